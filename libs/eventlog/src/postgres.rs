@@ -1,0 +1,517 @@
+//! The Postgres backend: one schema per service, appends with `UNNEST` batches, gap-safe
+//! tailing by `(transaction_id, global_position)` under `pg_snapshot_xmin`.
+
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use crate::EventLogError;
+use crate::event::{ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, StreamRef};
+use crate::store::{DeadLetter, Snapshot};
+
+/// Tables, indexes and the append-only guard. Idempotent; run under an advisory lock so
+/// replicas starting together do not race on DDL.
+const MIGRATION: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    global_position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id UUID NOT NULL CONSTRAINT events_event_id_unique UNIQUE,
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    schema_version INT NOT NULL,
+    payload BYTEA NOT NULL,
+    metadata JSONB NOT NULL,
+    transaction_id XID8 NOT NULL DEFAULT pg_current_xact_id(),
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    CONSTRAINT events_stream_version_unique UNIQUE (stream_type, stream_id, stream_version)
+);
+CREATE INDEX IF NOT EXISTS events_tail_idx ON events (transaction_id, global_position);
+
+CREATE OR REPLACE FUNCTION events_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION 'the event log is append-only: % on events refused', TG_OP
+        USING ERRCODE = 'restrict_violation';
+END
+$fn$;
+CREATE OR REPLACE TRIGGER events_append_only
+    BEFORE UPDATE OR DELETE ON events FOR EACH ROW EXECUTE FUNCTION events_refuse_change();
+CREATE OR REPLACE TRIGGER events_no_truncate
+    BEFORE TRUNCATE ON events FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change();
+
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL,
+    state_version INT NOT NULL,
+    state BYTEA NOT NULL,
+    PRIMARY KEY (stream_type, stream_id)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name TEXT PRIMARY KEY,
+    transaction_id BIGINT NOT NULL,
+    global_position BIGINT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS processed_events (
+    consumer TEXT NOT NULL,
+    event_id UUID NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    event_id UUID NOT NULL,
+    event_type TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INT NOT NULL,
+    envelope BYTEA NOT NULL,
+    failed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#;
+
+/// The columns of an event row, in the order `decode_row` reads them.
+macro_rules! event_columns {
+    () => {
+        "global_position, event_id, stream_type, stream_id, stream_version, \
+             event_type, schema_version, payload, metadata::text, transaction_id::text::int8, \
+             (extract(epoch from recorded_at) * 1000000)::int8"
+    };
+}
+
+pub(crate) struct PgLog {
+    pub(crate) pool: PgPool,
+    pub(crate) schema: String,
+}
+
+impl PgLog {
+    pub(crate) async fn connect(url: &str, schema: &str) -> Result<Self, EventLogError> {
+        validate_schema(schema)?;
+        let options = PgConnectOptions::from_str(url)?
+            .options([("search_path", schema)])
+            .application_name("switchboard");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+        })
+    }
+
+    pub(crate) async fn migrate(&self, extra: &str) -> Result<(), EventLogError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('switchboard:migrate'))")
+            .execute(&mut *tx)
+            .await?;
+        // The schema name was validated as a plain identifier in `connect`.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\";\n{MIGRATION}\n{extra}",
+            self.schema
+        )))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Returns the already-stored events among `ids`, for idempotent retries.
+    pub(crate) async fn find_events(
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+    ) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE event_id = ANY($1) ORDER BY global_position"
+        );
+        let rows = sqlx::query(sql).bind(ids).fetch_all(conn).await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Checks the expected version and inserts the batch. Returns `Ok(None)` when one of the
+    /// event ids is already stored (a retried request); the caller then returns the stored
+    /// events instead.
+    pub(crate) async fn insert(
+        conn: &mut PgConnection,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Option<Vec<RecordedEvent>>, EventLogError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let row = sqlx::query(
+            "SELECT (SELECT max(stream_version) FROM events WHERE stream_type = $1 AND stream_id = $2),
+                    EXISTS (SELECT 1 FROM events WHERE event_id = ANY($3))",
+        )
+        .bind(&stream.stream_type)
+        .bind(&stream.stream_id)
+        .bind(&ids)
+        .fetch_one(&mut *conn)
+        .await?;
+        let current: Option<i64> = row.try_get(0)?;
+        let duplicate: bool = row.try_get(1)?;
+        if duplicate {
+            return Ok(None);
+        }
+        let current = current.unwrap_or(0) as u64;
+        if current != expected.as_u64() {
+            return Err(conflict(stream, expected, current));
+        }
+
+        let versions: Vec<i64> = (1..=events.len() as i64)
+            .map(|i| current as i64 + i)
+            .collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let schema_versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+        let metadata: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::to_string(&e.metadata))
+            .collect::<Result<_, _>>()
+            .map_err(|e| EventLogError::Invalid {
+                field: "metadata",
+                reason: e.to_string(),
+            })?;
+        let inserted = sqlx::query(
+            "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,
+                                 schema_version, payload, metadata)
+             SELECT e, $1, $2, v, t, s, p, m::jsonb
+             FROM UNNEST($3::uuid[], $4::int8[], $5::text[], $6::int4[], $7::bytea[], $8::text[])
+                  AS u(e, v, t, s, p, m)
+             ORDER BY v
+             RETURNING stream_version, global_position, transaction_id::text::int8,
+                       (extract(epoch from recorded_at) * 1000000)::int8",
+        )
+        .bind(&stream.stream_type)
+        .bind(&stream.stream_id)
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata)
+        .fetch_all(&mut *conn)
+        .await;
+        let rows = match inserted {
+            Ok(rows) => rows,
+            Err(sqlx::Error::Database(db)) if db.constraint() == Some("events_event_id_unique") => {
+                return Ok(None);
+            }
+            Err(sqlx::Error::Database(db))
+                if db.constraint() == Some("events_stream_version_unique") =>
+            {
+                return Err(conflict(stream, expected, current + 1));
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let mut recorded = Vec::with_capacity(events.len());
+        for (event, row) in events.iter().zip(sort_by_version(rows)?) {
+            recorded.push(RecordedEvent {
+                event_id: event.event_id,
+                stream: stream.clone(),
+                stream_version: row.0 as u64,
+                global_position: row.1,
+                transaction_id: row.2 as u64,
+                event_type: event.event_type.clone(),
+                schema_version: event.schema_version,
+                payload: event.payload.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at: row.3,
+            });
+        }
+        Ok(Some(recorded))
+    }
+
+    pub(crate) async fn read_stream(
+        &self,
+        stream: &StreamRef,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events
+             WHERE stream_type = $1 AND stream_id = $2 AND stream_version > $3
+             ORDER BY stream_version LIMIT $4"
+        );
+        let rows = sqlx::query(sql)
+            .bind(&stream.stream_type)
+            .bind(&stream.stream_id)
+            .bind(after_version as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Events after `after`, in `(transaction_id, global_position)` order, from transactions
+    /// that finished before every still-running one began: an event that commits late is
+    /// held back until it is visible, never skipped.
+    pub(crate) async fn read_all(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events
+             WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+               AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY transaction_id, global_position LIMIT $3"
+        );
+        let rows = sqlx::query(sql)
+            .bind(after.transaction_id.to_string())
+            .bind(after.global_position)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Events after `after_position` in position order, inside a transaction that has locked
+    /// out writers (used by rebuilds, where every event is already committed).
+    pub(crate) async fn read_committed(
+        conn: &mut PgConnection,
+        after_position: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM events WHERE global_position > $1
+             ORDER BY global_position LIMIT $2"
+        );
+        let rows = sqlx::query(sql)
+            .bind(after_position)
+            .bind(limit as i64)
+            .fetch_all(conn)
+            .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    pub(crate) async fn load_snapshot(
+        &self,
+        stream: &StreamRef,
+        state_version: u32,
+    ) -> Result<Option<Snapshot>, EventLogError> {
+        let row = sqlx::query(
+            "SELECT stream_version, state_version, state FROM snapshots
+             WHERE stream_type = $1 AND stream_id = $2",
+        )
+        .bind(&stream.stream_type)
+        .bind(&stream.stream_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let stored_state_version: i32 = row.try_get(1)?;
+        if stored_state_version as u32 != state_version {
+            sqlx::query("DELETE FROM snapshots WHERE stream_type = $1 AND stream_id = $2")
+                .bind(&stream.stream_type)
+                .bind(&stream.stream_id)
+                .execute(&self.pool)
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
+            stream_version: row.try_get::<i64, _>(0)? as u64,
+            state: row.try_get(2)?,
+        }))
+    }
+
+    pub(crate) async fn save_snapshot(
+        &self,
+        stream: &StreamRef,
+        stream_version: u64,
+        state_version: u32,
+        state: &[u8],
+    ) -> Result<(), EventLogError> {
+        sqlx::query(
+            "INSERT INTO snapshots (stream_type, stream_id, stream_version, state_version, state)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (stream_type, stream_id) DO UPDATE
+             SET stream_version = excluded.stream_version, state_version = excluded.state_version,
+                 state = excluded.state
+             WHERE snapshots.stream_version <= excluded.stream_version
+                OR snapshots.state_version <> excluded.state_version",
+        )
+        .bind(&stream.stream_type)
+        .bind(&stream.stream_id)
+        .bind(stream_version as i64)
+        .bind(state_version as i32)
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn checkpoint(&self, name: &str) -> Result<LogPosition, EventLogError> {
+        let row =
+            sqlx::query("SELECT transaction_id, global_position FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match row {
+            Some(row) => LogPosition {
+                transaction_id: row.try_get::<i64, _>(0)? as u64,
+                global_position: row.try_get(1)?,
+            },
+            None => LogPosition::START,
+        })
+    }
+
+    pub(crate) async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<(), EventLogError> {
+        sqlx::query(
+            "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
+                 global_position = excluded.global_position, updated_at = now()",
+        )
+        .bind(name)
+        .bind(position.transaction_id as i64)
+        .bind(position.global_position)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that `consumer` handled `event_id`; false if it already had.
+    pub(crate) async fn mark_processed(
+        conn: &mut PgConnection,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool, EventLogError> {
+        let done = sqlx::query(
+            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(consumer)
+        .bind(event_id)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(crate) async fn insert_dead_letter(
+        conn: &mut PgConnection,
+        letter: &DeadLetter,
+    ) -> Result<(), EventLogError> {
+        sqlx::query(
+            "INSERT INTO dead_letters (consumer, event_id, event_type, stream_id, reason, attempts, envelope)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&letter.consumer)
+        .bind(letter.event_id)
+        .bind(&letter.event_type)
+        .bind(&letter.stream_id)
+        .bind(&letter.reason)
+        .bind(letter.attempts as i32)
+        .bind(&letter.envelope)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn dead_letters(
+        &self,
+        consumer: &str,
+    ) -> Result<Vec<DeadLetter>, EventLogError> {
+        let rows = sqlx::query(
+            "SELECT consumer, event_id, event_type, stream_id, reason, attempts, envelope
+             FROM dead_letters WHERE consumer = $1 ORDER BY id",
+        )
+        .bind(consumer)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadLetter {
+                    consumer: row.try_get(0)?,
+                    event_id: row.try_get(1)?,
+                    event_type: row.try_get(2)?,
+                    stream_id: row.try_get(3)?,
+                    reason: row.try_get(4)?,
+                    attempts: row.try_get::<i32, _>(5)? as u32,
+                    envelope: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) async fn count_events(&self) -> Result<u64, EventLogError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+fn sort_by_version(rows: Vec<PgRow>) -> Result<Vec<(i64, i64, i64, i64)>, EventLogError> {
+    let mut out = rows
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    out.sort_by_key(|r| r.0);
+    Ok(out)
+}
+
+fn conflict(stream: &StreamRef, expected: ExpectedVersion, actual: u64) -> EventLogError {
+    EventLogError::Conflict {
+        stream: stream.to_string(),
+        expected: expected.to_string(),
+        actual,
+    }
+}
+
+fn decode_row(row: &PgRow) -> Result<RecordedEvent, EventLogError> {
+    let metadata_json: String = row.try_get(8)?;
+    let event_id: Uuid = row.try_get(1)?;
+    let event_type: String = row.try_get(5)?;
+    let metadata: Metadata =
+        serde_json::from_str(&metadata_json).map_err(|e| EventLogError::Corrupt {
+            event_id: event_id.to_string(),
+            event_type: event_type.clone(),
+            reason: format!("metadata: {e}"),
+        })?;
+    Ok(RecordedEvent {
+        global_position: row.try_get(0)?,
+        event_id,
+        stream: StreamRef::new(row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?),
+        stream_version: row.try_get::<i64, _>(4)? as u64,
+        event_type,
+        schema_version: row.try_get::<i32, _>(6)? as u32,
+        payload: row.try_get(7)?,
+        metadata,
+        transaction_id: row.try_get::<i64, _>(9)? as u64,
+        recorded_at: row.try_get(10)?,
+    })
+}
+
+/// Schema names are spliced into DDL, so only plain lowercase identifiers are accepted.
+fn validate_schema(schema: &str) -> Result<(), EventLogError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(EventLogError::Invalid {
+            field: "schema",
+            reason: format!("`{schema}` is not a lowercase identifier of at most 63 characters"),
+        })
+    }
+}

@@ -1,0 +1,245 @@
+//! The relay: the log is the outbox, and the relay carries it to NATS JetStream.
+//!
+//! One relay is active per service (an advisory-lock leader; the others stand by). It
+//! tails the log gap-safely, publishes each routed event with `Nats-Msg-Id = event_id`,
+//! and advances its checkpoint only after JetStream acknowledged the whole batch. A crash
+//! between publish and checkpoint republishes the batch, and JetStream's duplicate window
+//! drops the copies; consumers dedupe by event id beyond it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::EventLogError;
+use crate::event::RecordedEvent;
+use crate::store::{EventLog, Leadership};
+
+/// Decides where each event of a service's log goes on NATS.
+pub trait Router: Send + Sync {
+    /// The subject for `event` (without the deployment prefix), or `None` to keep it in the
+    /// log only. Public events go to `events.<workspace>.<type>`, service-to-service ones
+    /// to `internal.<service>.<event>`.
+    fn subject(&self, event: &RecordedEvent) -> Option<String>;
+}
+
+/// A JetStream stream a service publishes to.
+#[derive(Debug, Clone)]
+pub struct StreamSpec {
+    /// Stream name, e.g. `CONVERSATIONS`.
+    pub name: String,
+    /// Subjects without the deployment prefix, e.g. `events.*.conversation.>`.
+    pub subjects: Vec<String>,
+    /// Replicas (3 in production).
+    pub replicas: usize,
+}
+
+impl StreamSpec {
+    /// The stream's name under a deployment prefix.
+    pub fn prefixed_name(&self, prefix: &str) -> String {
+        if prefix.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{prefix}_{}", self.name)
+        }
+    }
+}
+
+/// `subject` under a deployment prefix (tests isolate themselves with one).
+pub fn prefixed_subject(prefix: &str, subject: &str) -> String {
+    if prefix.is_empty() {
+        subject.to_owned()
+    } else {
+        format!("{prefix}.{subject}")
+    }
+}
+
+/// Creates the stream with file storage, the given replicas and a two-minute duplicate
+/// window, unless it exists.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    prefix: &str,
+    spec: &StreamSpec,
+) -> Result<stream::Stream, EventLogError> {
+    let config = stream::Config {
+        name: spec.prefixed_name(prefix),
+        subjects: spec
+            .subjects
+            .iter()
+            .map(|s| prefixed_subject(prefix, s))
+            .collect(),
+        storage: stream::StorageType::File,
+        num_replicas: spec.replicas,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    js.get_or_create_stream(config)
+        .await
+        .map_err(EventLogError::nats)
+}
+
+/// How a relay runs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The service whose log is relayed; names the leader lock and the checkpoint.
+    pub service: String,
+    /// Deployment prefix of every subject.
+    pub prefix: String,
+    pub batch_size: usize,
+    /// How often to look for events appended by other processes.
+    pub poll_interval: Duration,
+}
+
+/// Publishes one service's log to JetStream.
+pub struct Relay {
+    log: EventLog,
+    js: jetstream::Context,
+    router: Arc<dyn Router>,
+    config: RelayConfig,
+}
+
+impl Relay {
+    pub fn new(
+        log: EventLog,
+        js: jetstream::Context,
+        router: Arc<dyn Router>,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            log,
+            js,
+            router,
+            config,
+        }
+    }
+
+    fn checkpoint_name(&self) -> String {
+        format!("relay:{}", self.config.service)
+    }
+
+    /// Runs until `shutdown`: waits to become the leader, then publishes as events arrive.
+    /// Errors (NATS down, database restarting) are retried with backoff; the log keeps
+    /// every write meanwhile and the relay catches up.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let lock = self.checkpoint_name();
+        while !shutdown.is_cancelled() {
+            match self.log.try_lead(&lock).await {
+                Ok(Some(lease)) => {
+                    info!(service = %self.config.service, "relay is the active publisher");
+                    self.lead(lease, &shutdown).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "relay could not ask for leadership"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn lead(&self, mut lease: Leadership, shutdown: &CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let mut idle = 0u32;
+        loop {
+            let appended = self.log.appended();
+            match self.publish_pending().await {
+                Ok(0) => {
+                    idle += 1;
+                    if idle % 50 == 0 && !lease.is_held().await {
+                        warn!("relay lost its leader lock; standing by");
+                        return;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = appended => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                    }
+                }
+                Ok(_) => {
+                    idle = 0;
+                    backoff = Duration::from_millis(100);
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "relay could not publish; will retry");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if !lease.is_held().await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes everything readable now, batch by batch, advancing the checkpoint after
+    /// each acknowledged batch. Returns how many log events it passed (routed or not).
+    pub async fn publish_pending(&self) -> Result<usize, EventLogError> {
+        let name = self.checkpoint_name();
+        let mut passed = 0;
+        loop {
+            let after = self.log.checkpoint(&name).await?;
+            let batch = self.log.read_all(after, self.config.batch_size).await?;
+            let Some(last) = batch.last() else {
+                return Ok(passed);
+            };
+            let mut acks = Vec::with_capacity(batch.len());
+            for event in &batch {
+                let Some(subject) = self.router.subject(event) else {
+                    continue;
+                };
+                let subject = prefixed_subject(&self.config.prefix, &subject);
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, headers(event), envelope_bytes(event).into())
+                    .await
+                    .map_err(EventLogError::nats)?;
+                acks.push(ack);
+            }
+            let published = acks.len();
+            for ack in acks {
+                ack.await.map_err(EventLogError::nats)?;
+            }
+            self.log.save_checkpoint(&name, last.position()).await?;
+            metrics::counter!("relay_published_total", "service" => self.config.service.clone())
+                .increment(published as u64);
+            passed += batch.len();
+            if batch.len() < self.config.batch_size {
+                return Ok(passed);
+            }
+        }
+    }
+}
+
+/// The encoded envelope of `event`, the body of its NATS message.
+pub fn envelope_bytes(event: &RecordedEvent) -> Vec<u8> {
+    event.to_envelope().encode_to_vec()
+}
+
+/// The NATS headers of `event`: dedupe id, trace context and what a consumer needs to route
+/// without decoding.
+pub fn headers(event: &RecordedEvent) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+    headers.insert("sb-event-type", event.event_type.as_str());
+    headers.insert(
+        "sb-schema-version",
+        event.schema_version.to_string().as_str(),
+    );
+    headers.insert("sb-workspace", event.metadata.workspace_id.as_str());
+    headers.insert("content-type", "application/protobuf");
+    if !event.metadata.traceparent.is_empty() {
+        headers.insert("traceparent", event.metadata.traceparent.as_str());
+    }
+    headers
+}

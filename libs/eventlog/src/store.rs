@@ -1,0 +1,516 @@
+//! [`EventLog`]: the one handle a service holds on its log, whichever backend is under it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::EventLogError;
+use crate::event::{ExpectedVersion, LogPosition, NewEvent, RecordedEvent, StreamRef};
+use crate::postgres::PgLog;
+use crate::projection::{Projection, RebuildProgress, Upcaster};
+use crate::sqlite::SqliteLog;
+use crate::subscription::{HandleError, Handler};
+use crate::tx::Tx;
+
+/// Where a service's log lives.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A schema of a Postgres database (production).
+    Postgres { url: String, schema: String },
+    /// A SQLite file (embedded mode).
+    Sqlite { path: PathBuf },
+}
+
+/// The result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The events as stored. For a duplicate, the events stored by the original request.
+    pub events: Vec<RecordedEvent>,
+    /// True when the events were already in the log (a retried request): nothing was
+    /// appended and no projection ran.
+    pub duplicate: bool,
+}
+
+/// A stored state of one stream, valid while its `state_version` matches the code's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub stream_version: u64,
+    pub state: Vec<u8>,
+}
+
+/// An event a consumer could never handle, kept with the reason instead of being dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub consumer: String,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub stream_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    /// The encoded `EventEnvelope`, or the raw message when it could not be decoded.
+    pub envelope: Vec<u8>,
+}
+
+enum Backend {
+    Postgres(PgLog),
+    Sqlite(SqliteLog),
+}
+
+/// A service's event log. Cheap to clone; clones share the connection pools.
+#[derive(Clone)]
+pub struct EventLog {
+    backend: Arc<Backend>,
+    projections: Arc<Vec<Arc<dyn Projection>>>,
+    upcasters: Arc<Vec<Arc<dyn Upcaster>>>,
+    /// Woken after every append in this process, so local tailers need not poll.
+    appended: Arc<Notify>,
+    /// DDL of the service's own read models, applied by [`EventLog::migrate`].
+    read_model_ddl: Arc<ReadModelDdl>,
+}
+
+#[derive(Default)]
+struct ReadModelDdl {
+    postgres: String,
+    sqlite: String,
+}
+
+impl EventLog {
+    /// Connects to the store. Call [`EventLog::migrate`] before the first append.
+    pub async fn open(config: &StoreConfig) -> Result<Self, EventLogError> {
+        let backend = match config {
+            StoreConfig::Postgres { url, schema } => {
+                Backend::Postgres(PgLog::connect(url, schema).await?)
+            }
+            StoreConfig::Sqlite { path } => Backend::Sqlite(SqliteLog::open(path).await?),
+        };
+        Ok(Self {
+            backend: Arc::new(backend),
+            projections: Arc::default(),
+            upcasters: Arc::default(),
+            appended: Arc::default(),
+            read_model_ddl: Arc::default(),
+        })
+    }
+
+    /// Adds an inline projection: it runs inside every append's transaction, so its read
+    /// model is never behind the log.
+    pub fn with_projection(mut self, projection: Arc<dyn Projection>) -> Self {
+        let mut all = self.projections.as_ref().clone();
+        all.push(projection);
+        self.projections = Arc::new(all);
+        self
+    }
+
+    /// Adds an upcaster, run on every event read from the log.
+    pub fn with_upcaster(mut self, upcaster: Arc<dyn Upcaster>) -> Self {
+        let mut all = self.upcasters.as_ref().clone();
+        all.push(upcaster);
+        self.upcasters = Arc::new(all);
+        self
+    }
+
+    /// Adds the DDL of the service's read models (idempotent statements), one text per
+    /// backend, applied by [`EventLog::migrate`].
+    pub fn with_read_models(mut self, postgres: &str, sqlite: &str) -> Self {
+        self.read_model_ddl = Arc::new(ReadModelDdl {
+            postgres: format!("{}\n{postgres}", self.read_model_ddl.postgres),
+            sqlite: format!("{}\n{sqlite}", self.read_model_ddl.sqlite),
+        });
+        self
+    }
+
+    /// Creates the log's tables and the read models' if absent. Safe to run concurrently
+    /// and repeatedly.
+    pub async fn migrate(&self) -> Result<(), EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.migrate(&self.read_model_ddl.postgres).await,
+            Backend::Sqlite(lite) => lite.migrate(&self.read_model_ddl.sqlite).await,
+        }
+    }
+
+    /// A future that completes after the next append made through this process.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
+    /// The Postgres pool, for services whose read-model queries need it.
+    pub fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => Some(&pg.pool),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool used for reads, for services whose read-model queries need it.
+    pub fn sqlite_pool(&self) -> Option<&sqlx::SqlitePool> {
+        match self.backend.as_ref() {
+            Backend::Postgres(_) => None,
+            Backend::Sqlite(lite) => Some(&lite.reader),
+        }
+    }
+
+    /// Appends `events` to `stream` if it is at `expected`, running every inline projection
+    /// in the same transaction.
+    ///
+    /// Idempotent: if any of the event ids is already stored, nothing is appended and the
+    /// stored events are returned with `duplicate: true`. A stream at another version is a
+    /// [`EventLogError::Conflict`].
+    pub async fn append(
+        &self,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, EventLogError> {
+        if events.is_empty() {
+            return Err(EventLogError::Invalid {
+                field: "events",
+                reason: "an append needs at least one event".into(),
+            });
+        }
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let appended = match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut tx = pg.pool.begin().await?;
+                match PgLog::insert(&mut tx, stream, expected, &events).await? {
+                    Some(recorded) => {
+                        self.project(&mut Tx::Postgres(&mut tx), &recorded).await?;
+                        tx.commit().await?;
+                        Appended {
+                            events: recorded,
+                            duplicate: false,
+                        }
+                    }
+                    None => {
+                        tx.rollback().await?;
+                        let mut conn = pg.pool.acquire().await?;
+                        Appended {
+                            events: PgLog::find_events(&mut conn, &ids).await?,
+                            duplicate: true,
+                        }
+                    }
+                }
+            }
+            Backend::Sqlite(lite) => {
+                let mut tx = lite.writer.begin().await?;
+                match SqliteLog::insert(&mut tx, stream, expected, &events).await? {
+                    Some(recorded) => {
+                        self.project(&mut Tx::Sqlite(&mut tx), &recorded).await?;
+                        tx.commit().await?;
+                        Appended {
+                            events: recorded,
+                            duplicate: false,
+                        }
+                    }
+                    None => Appended {
+                        events: SqliteLog::find_events(&mut tx, &ids).await?,
+                        duplicate: true,
+                    },
+                }
+            }
+        };
+        if appended.duplicate {
+            return Ok(Appended {
+                events: self.upcast_all(appended.events),
+                duplicate: true,
+            });
+        }
+        metrics::counter!("eventlog_appended_events_total").increment(appended.events.len() as u64);
+        self.appended.notify_waiters();
+        Ok(appended)
+    }
+
+    async fn project(
+        &self,
+        tx: &mut Tx<'_>,
+        events: &[RecordedEvent],
+    ) -> Result<(), EventLogError> {
+        if self.projections.is_empty() {
+            return Ok(());
+        }
+        let events = self.upcast_all(events.to_vec());
+        for projection in self.projections.iter() {
+            projection.apply(tx, &events).await?;
+        }
+        Ok(())
+    }
+
+    /// The events of `stream` after `after_version` (0 for all), oldest first, at most
+    /// `limit`.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamRef,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let events = match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.read_stream(stream, after_version, limit).await?,
+            Backend::Sqlite(lite) => lite.read_stream(stream, after_version, limit).await?,
+        };
+        Ok(self.upcast_all(events))
+    }
+
+    /// Up to `limit` events after `after` in log order. Gap-safe: an event whose
+    /// transaction is still open is not returned yet, and nothing returned later can sort
+    /// before what was returned now.
+    pub async fn read_all(
+        &self,
+        after: LogPosition,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let events = match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.read_all(after, limit).await?,
+            Backend::Sqlite(lite) => lite.read_all(after, limit).await?,
+        };
+        Ok(self.upcast_all(events))
+    }
+
+    /// How many events the log holds.
+    pub async fn count_events(&self) -> Result<u64, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.count_events().await,
+            Backend::Sqlite(lite) => lite.count_events().await,
+        }
+    }
+
+    /// The stored snapshot of `stream`, unless it was made by another `state_version` of
+    /// the code, in which case it is discarded.
+    pub async fn load_snapshot(
+        &self,
+        stream: &StreamRef,
+        state_version: u32,
+    ) -> Result<Option<Snapshot>, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.load_snapshot(stream, state_version).await,
+            Backend::Sqlite(lite) => lite.load_snapshot(stream, state_version).await,
+        }
+    }
+
+    /// Stores the state of `stream` at `stream_version`. An older snapshot never replaces a
+    /// newer one of the same state version.
+    pub async fn save_snapshot(
+        &self,
+        stream: &StreamRef,
+        stream_version: u64,
+        state_version: u32,
+        state: &[u8],
+    ) -> Result<(), EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                pg.save_snapshot(stream, stream_version, state_version, state)
+                    .await
+            }
+            Backend::Sqlite(lite) => {
+                lite.save_snapshot(stream, stream_version, state_version, state)
+                    .await
+            }
+        }
+    }
+
+    /// The last position the reader `name` finished, or the start.
+    pub async fn checkpoint(&self, name: &str) -> Result<LogPosition, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.checkpoint(name).await,
+            Backend::Sqlite(lite) => lite.checkpoint(name).await,
+        }
+    }
+
+    pub async fn save_checkpoint(
+        &self,
+        name: &str,
+        position: LogPosition,
+    ) -> Result<(), EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.save_checkpoint(name, position).await,
+            Backend::Sqlite(lite) => lite.save_checkpoint(name, position).await,
+        }
+    }
+
+    /// Runs `handler` on `event` in a transaction that also records `(consumer, event_id)`,
+    /// so a redelivered event changes nothing. Returns `Ok(Ok(false))` when the event had
+    /// already been processed (the handler did not run), and the handler's error, with its
+    /// effects rolled back, when it failed.
+    pub async fn process_once(
+        &self,
+        consumer: &str,
+        event: &RecordedEvent,
+        handler: &dyn Handler,
+    ) -> Result<Result<bool, HandleError>, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut tx = pg.pool.begin().await?;
+                if !PgLog::mark_processed(&mut tx, consumer, event.event_id).await? {
+                    return Ok(Ok(false));
+                }
+                match handler.handle(&mut Tx::Postgres(&mut tx), event).await {
+                    Ok(()) => {
+                        tx.commit().await?;
+                        Ok(Ok(true))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            }
+            Backend::Sqlite(lite) => {
+                let mut tx = lite.writer.begin().await?;
+                if !SqliteLog::mark_processed(&mut tx, consumer, event.event_id).await? {
+                    return Ok(Ok(false));
+                }
+                match handler.handle(&mut Tx::Sqlite(&mut tx), event).await {
+                    Ok(()) => {
+                        tx.commit().await?;
+                        Ok(Ok(true))
+                    }
+                    Err(e) => Ok(Err(e)),
+                }
+            }
+        }
+    }
+
+    /// Stores a dead letter and marks its event processed for the consumer, atomically.
+    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut tx = pg.pool.begin().await?;
+                PgLog::mark_processed(&mut tx, &letter.consumer, letter.event_id).await?;
+                PgLog::insert_dead_letter(&mut tx, letter).await?;
+                tx.commit().await?;
+            }
+            Backend::Sqlite(lite) => {
+                let mut tx = lite.writer.begin().await?;
+                SqliteLog::mark_processed(&mut tx, &letter.consumer, letter.event_id).await?;
+                SqliteLog::insert_dead_letter(&mut tx, letter).await?;
+                tx.commit().await?;
+            }
+        }
+        metrics::counter!("eventlog_dead_letters_total", "consumer" => letter.consumer.clone())
+            .increment(1);
+        Ok(())
+    }
+
+    /// The dead letters of `consumer`, oldest first.
+    pub async fn dead_letters(&self, consumer: &str) -> Result<Vec<DeadLetter>, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => pg.dead_letters(consumer).await,
+            Backend::Sqlite(lite) => lite.dead_letters(consumer).await,
+        }
+    }
+
+    /// Drops `projection`'s read model and folds every event into it again, in one
+    /// transaction that holds writers off, so readers see the old model until the new one
+    /// is complete. `progress` is called after each batch.
+    pub async fn rebuild(
+        &self,
+        projection: &dyn Projection,
+        progress: &mut (dyn FnMut(RebuildProgress) + Send),
+    ) -> Result<u64, EventLogError> {
+        const BATCH: usize = 1000;
+        let total = self.count_events().await?;
+        let mut done = 0u64;
+        let mut after = 0i64;
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut tx = pg.pool.begin().await?;
+                sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                projection.reset(&mut Tx::Postgres(&mut tx)).await?;
+                loop {
+                    let batch = PgLog::read_committed(&mut tx, after, BATCH).await?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.global_position;
+                    done += batch.len() as u64;
+                    let batch = self.upcast_all(batch);
+                    projection.apply(&mut Tx::Postgres(&mut tx), &batch).await?;
+                    progress(RebuildProgress { done, total });
+                }
+                tx.commit().await?;
+            }
+            Backend::Sqlite(lite) => {
+                let mut tx = lite.writer.begin().await?;
+                projection.reset(&mut Tx::Sqlite(&mut tx)).await?;
+                loop {
+                    let batch = SqliteLog::read_committed(&mut tx, after, BATCH).await?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.global_position;
+                    done += batch.len() as u64;
+                    let batch = self.upcast_all(batch);
+                    projection.apply(&mut Tx::Sqlite(&mut tx), &batch).await?;
+                    progress(RebuildProgress { done, total });
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Tries to become the one active holder of `name` (the relay of a service, say) among
+    /// every process sharing this store. Postgres uses a session advisory lock held by a
+    /// dedicated connection; SQLite is single-process and always grants it.
+    pub async fn try_lead(&self, name: &str) -> Result<Option<Leadership>, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut conn = pg.pool.acquire().await?;
+                let key = advisory_key(&pg.schema, name);
+                let row = sqlx::query("SELECT pg_try_advisory_lock($1)")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if row.try_get::<bool, _>(0)? {
+                    Ok(Some(Leadership { conn: Some(conn) }))
+                } else {
+                    Ok(None)
+                }
+            }
+            Backend::Sqlite(_) => Ok(Some(Leadership { conn: None })),
+        }
+    }
+
+    fn upcast_all(&self, mut events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
+        if self.upcasters.is_empty() {
+            return events;
+        }
+        for event in &mut events {
+            for upcaster in self.upcasters.iter() {
+                upcaster.upcast(event);
+            }
+        }
+        events
+    }
+}
+
+/// Proof of being the active holder of a named role. Dropping it, or losing its
+/// connection, gives the role up (the database releases a session lock with its session).
+pub struct Leadership {
+    conn: Option<PoolConnection<Postgres>>,
+}
+
+impl Leadership {
+    /// Whether the role is still held: the lock's connection still answers.
+    pub async fn is_held(&mut self) -> bool {
+        match self.conn.as_mut() {
+            Some(conn) => sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok(),
+            None => true,
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        // Closing the session releases its advisory locks; returning it to the pool would
+        // keep the lock alive on a connection nobody watches.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+fn advisory_key(schema: &str, name: &str) -> i64 {
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{schema}/{name}").as_bytes());
+    let bytes = id.as_bytes();
+    i64::from_be_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}

@@ -1,0 +1,347 @@
+//! Subscriptions: how a service receives another service's events, behind one trait.
+//!
+//! [`JetStreamSubscription`] reads a durable pull consumer (explicit ack, bounded
+//! redelivery with backoff). [`LogTailSubscription`] tails the producer's log directly, for
+//! embedded mode where there is no NATS. Either way each event goes through
+//! [`EventLog::process_once`] on the consumer's own store, so its effect and the record that
+//! it was processed commit together, and an event that can never be handled ends in the
+//! dead-letter table with its reason instead of being dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use async_trait::async_trait;
+use futures::StreamExt;
+use prost::Message;
+use switchboard_proto::events::v1::EventEnvelope;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::EventLogError;
+use crate::event::RecordedEvent;
+use crate::relay::{envelope_bytes, prefixed_subject};
+use crate::store::{DeadLetter, EventLog};
+use crate::tx::Tx;
+
+/// Why a handler did not handle an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// Might work later (a dependency is down): redeliver after a backoff, up to the
+    /// subscription's attempt limit.
+    #[error("retry: {0}")]
+    Retry(String),
+    /// Can never work (malformed, refers to nothing): dead-letter it now.
+    #[error("reject: {0}")]
+    Reject(String),
+}
+
+/// What a consumer does with one event. Its writes go through `tx`, the transaction that
+/// also records the event as processed.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError>;
+}
+
+/// A source of events delivered to a [`Handler`].
+#[async_trait]
+pub trait Subscription: Send {
+    /// Delivers events until `shutdown`, finishing the event in hand before returning.
+    async fn run(
+        self: Box<Self>,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), EventLogError>;
+}
+
+/// Who consumes, where its processed records and dead letters live, and how hard it tries.
+#[derive(Clone)]
+pub struct SubscriptionConfig {
+    /// Durable consumer name, unique per consuming service and purpose.
+    pub consumer: String,
+    /// The consumer's own store.
+    pub inbox: EventLog,
+    /// Attempts before a retried event is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before attempt n+1 is `backoff[n-1]` (the last entry repeats).
+    pub backoff: Vec<Duration>,
+}
+
+impl SubscriptionConfig {
+    pub fn new(consumer: impl Into<String>, inbox: EventLog) -> Self {
+        Self {
+            consumer: consumer.into(),
+            inbox,
+            max_attempts: 5,
+            backoff: vec![
+                Duration::from_millis(200),
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+        }
+    }
+
+    fn delay_after(&self, attempt: u32) -> Duration {
+        let i = (attempt.max(1) - 1) as usize;
+        self.backoff
+            .get(i)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(1))
+    }
+}
+
+/// Hands `event` to `handler` once. `Ok(None)` means finished (handled, already handled,
+/// or dead-lettered); `Ok(Some(delay))` means try again after `delay`.
+async fn deliver(
+    config: &SubscriptionConfig,
+    handler: &dyn Handler,
+    event: &RecordedEvent,
+    attempt: u32,
+) -> Result<Option<Duration>, EventLogError> {
+    let outcome = config
+        .inbox
+        .process_once(&config.consumer, event, handler)
+        .await?;
+    let reason = match outcome {
+        Ok(_) => return Ok(None),
+        Err(HandleError::Reject(reason)) => reason,
+        Err(HandleError::Retry(reason)) if attempt < config.max_attempts => {
+            debug!(consumer = %config.consumer, event_id = %event.event_id, attempt, %reason, "will retry");
+            return Ok(Some(config.delay_after(attempt)));
+        }
+        Err(HandleError::Retry(reason)) => {
+            format!("gave up after {attempt} attempts: {reason}")
+        }
+    };
+    warn!(consumer = %config.consumer, event_id = %event.event_id, %reason, "dead-lettering event");
+    config
+        .inbox
+        .dead_letter(&DeadLetter {
+            consumer: config.consumer.clone(),
+            event_id: event.event_id,
+            event_type: event.event_type.clone(),
+            stream_id: event.stream.stream_id.clone(),
+            reason,
+            attempts: attempt,
+            envelope: envelope_bytes(event),
+        })
+        .await?;
+    Ok(None)
+}
+
+/// Events from a JetStream durable pull consumer.
+pub struct JetStreamSubscription {
+    js: jetstream::Context,
+    stream: String,
+    filter_subject: String,
+    config: SubscriptionConfig,
+}
+
+impl JetStreamSubscription {
+    /// `stream` is the full stream name; `filter_subject` is without the deployment prefix,
+    /// which `prefix` supplies.
+    pub fn new(
+        js: jetstream::Context,
+        stream: impl Into<String>,
+        prefix: &str,
+        filter_subject: &str,
+        config: SubscriptionConfig,
+    ) -> Self {
+        Self {
+            js,
+            stream: stream.into(),
+            filter_subject: prefixed_subject(prefix, filter_subject),
+            config,
+        }
+    }
+
+    async fn consumer(&self) -> Result<consumer::PullConsumer, EventLogError> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(EventLogError::nats)?;
+        let durable: String = self
+            .config
+            .consumer
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        stream
+            .get_or_create_consumer(
+                &durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: self.filter_subject.clone(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    // Our own attempt limit dead-letters first; this bound only stops a
+                    // message that crashes the process from looping forever.
+                    max_deliver: i64::from(self.config.max_attempts) + 2,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(EventLogError::nats)
+    }
+}
+
+#[async_trait]
+impl Subscription for JetStreamSubscription {
+    async fn run(
+        self: Box<Self>,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), EventLogError> {
+        let consumer = self.consumer().await?;
+        let mut messages = consumer.messages().await.map_err(EventLogError::nats)?;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            let message = match next {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    warn!(error = %e, "subscription stream error");
+                    continue;
+                }
+                Some(Ok(message)) => message,
+            };
+            let attempt = message
+                .info()
+                .map(|info| info.delivered as u32)
+                .unwrap_or(1);
+            let event = EventEnvelope::decode(message.payload.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|env| RecordedEvent::from_envelope(env).map_err(|e| e.to_string()));
+            let retry = match event {
+                Ok(event) => deliver(&self.config, handler.as_ref(), &event, attempt).await?,
+                Err(reason) => {
+                    self.config
+                        .inbox
+                        .dead_letter(&undecodable(
+                            &self.config.consumer,
+                            &message,
+                            reason,
+                            attempt,
+                        ))
+                        .await?;
+                    None
+                }
+            };
+            let ack = match retry {
+                None => message.ack().await,
+                Some(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+            };
+            if let Err(e) = ack {
+                // The message will be redelivered; processed records make that harmless.
+                warn!(error = %e, "could not acknowledge message");
+            }
+        }
+    }
+}
+
+fn undecodable(
+    consumer: &str,
+    message: &jetstream::Message,
+    reason: String,
+    attempts: u32,
+) -> DeadLetter {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    DeadLetter {
+        consumer: consumer.to_owned(),
+        event_id: Uuid::parse_str(&header("Nats-Msg-Id")).unwrap_or_else(|_| Uuid::now_v7()),
+        event_type: header("sb-event-type"),
+        stream_id: String::new(),
+        reason: format!("undecodable message on {}: {reason}", message.subject),
+        attempts,
+        envelope: message.payload.to_vec(),
+    }
+}
+
+/// Events read straight from the producer's log (embedded mode: no NATS). The position
+/// is checkpointed in the consumer's store after each event.
+pub struct LogTailSubscription {
+    source: EventLog,
+    filter: Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>,
+    config: SubscriptionConfig,
+    poll_interval: Duration,
+}
+
+impl LogTailSubscription {
+    pub fn new(
+        source: EventLog,
+        filter: Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>,
+        config: SubscriptionConfig,
+    ) -> Self {
+        Self {
+            source,
+            filter,
+            config,
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for LogTailSubscription {
+    async fn run(
+        self: Box<Self>,
+        handler: Arc<dyn Handler>,
+        shutdown: CancellationToken,
+    ) -> Result<(), EventLogError> {
+        let checkpoint = format!("subscription:{}", self.config.consumer);
+        let mut after = self.config.inbox.checkpoint(&checkpoint).await?;
+        loop {
+            let appended = self.source.appended();
+            let batch = self.source.read_all(after, 100).await?;
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = appended => {}
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                }
+                continue;
+            }
+            for event in &batch {
+                if (self.filter)(event) {
+                    let mut attempt = 1;
+                    while let Some(delay) =
+                        deliver(&self.config, handler.as_ref(), event, attempt).await?
+                    {
+                        attempt += 1;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+                after = event.position();
+                self.config
+                    .inbox
+                    .save_checkpoint(&checkpoint, after)
+                    .await?;
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

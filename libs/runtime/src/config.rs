@@ -1,0 +1,751 @@
+//! Process configuration: one struct, layered once at start-up.
+//!
+//! Values come from three layers, later ones winning: the defaults in
+//! [`Config::default`], then an optional TOML file whose keys are the field names
+//! (`nats_replicas = 3`), then `SWITCHBOARD_*` environment variables
+//! (`SWITCHBOARD_NATS_REPLICAS=3`). The result is validated before it is returned, and
+//! every error names the environment variable a user would set to fix it, together with
+//! the offending value (secrets and URL passwords are redacted).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable this crate reads.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Everything a Switchboard process needs to know before it starts serving.
+///
+/// `Debug` is implemented by hand so that logging a `Config` never prints the service
+/// token, the encryption key or a password embedded in a URL.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// `SWITCHBOARD_DATABASE_URL`: `postgres://` URL; `None` runs against embedded storage.
+    pub database_url: Option<String>,
+    /// `SWITCHBOARD_DATABASE_SCHEMA_PREFIX`: each service owns schema `{prefix}{service}`.
+    pub database_schema_prefix: String,
+    /// `SWITCHBOARD_NATS_URL`: NATS server(s); `None` runs with the embedded event bus.
+    pub nats_url: Option<String>,
+    /// `SWITCHBOARD_NATS_PREFIX`: prepended to every subject and stream name (test isolation).
+    pub nats_prefix: String,
+    /// `SWITCHBOARD_NATS_REPLICAS`: JetStream replicas for the streams we create, 1..=5.
+    pub nats_replicas: usize,
+    /// `SWITCHBOARD_GRPC_ADDR`: where the gRPC server listens.
+    pub grpc_addr: SocketAddr,
+    /// `SWITCHBOARD_HTTP_ADDR`: where the ops HTTP server (metrics, health) listens.
+    pub http_addr: SocketAddr,
+    /// `SWITCHBOARD_DATA_DIR`: local state for embedded mode.
+    pub data_dir: PathBuf,
+    /// `SWITCHBOARD_SERVICE_TOKEN`: bearer token required on internal gRPC; `None` = no auth.
+    pub service_token: Option<String>,
+    /// `SWITCHBOARD_OTLP_ENDPOINT`: OTLP/gRPC collector, e.g. `http://otel-collector:4317`.
+    pub otlp_endpoint: Option<String>,
+    /// `SWITCHBOARD_LOG_FORMAT`: `text` for people, `json` for log collectors.
+    pub log_format: LogFormat,
+    /// `SWITCHBOARD_LOG_FILTER`: a `tracing_subscriber::EnvFilter` directive string.
+    pub log_filter: String,
+    /// `SWITCHBOARD_RELAY_POLL_MS`: how often the outbox relay polls, 1..=60000 ms.
+    pub relay_poll_ms: u64,
+    /// `SWITCHBOARD_SHUTDOWN_GRACE_SECS`: how long to drain in-flight work, 0..=600 s.
+    pub shutdown_grace_secs: u64,
+    /// `SWITCHBOARD_ENCRYPTION_KEY`: base64 of exactly 32 bytes, for secrets at rest.
+    pub encryption_key: Option<String>,
+}
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why configuration could not be loaded; the message is meant for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is present but not acceptable. Fix the named variable (or the same key,
+    /// lowercased and without the prefix, in the configuration file).
+    #[error("{variable}={value}: {reason}")]
+    Invalid {
+        /// Environment variable name, e.g. `SWITCHBOARD_NATS_REPLICAS`.
+        variable: String,
+        /// The rejected value, redacted when it is a secret.
+        value: String,
+        /// What an acceptable value looks like.
+        reason: String,
+    },
+    /// The configuration file given on the command line could not be read or parsed.
+    #[error("configuration file {}: {reason}", path.display())]
+    File {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// What went wrong reading or parsing it.
+        reason: String,
+    },
+    /// A figment error that is not tied to one key (should not happen with our providers).
+    #[error("configuration: {0}")]
+    Load(#[source] Box<figment::Error>),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: None,
+            database_schema_prefix: String::new(),
+            nats_url: None,
+            nats_prefix: String::new(),
+            nats_replicas: 1,
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./.switchboard"),
+            service_token: None,
+            otlp_endpoint: None,
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            relay_poll_ms: 100,
+            shutdown_grace_secs: 20,
+            encryption_key: None,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Config")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("database_schema_prefix", &self.database_schema_prefix)
+            .field("nats_url", &self.nats_url.as_deref().map(redact_url))
+            .field("nats_prefix", &self.nats_prefix)
+            .field("nats_replicas", &self.nats_replicas)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("data_dir", &self.data_dir)
+            .field("service_token", &redacted(&self.service_token))
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .field("relay_poll_ms", &self.relay_poll_ms)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("encryption_key", &redacted(&self.encryption_key))
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults, then the optional TOML file, then `SWITCHBOARD_*` environment variables.
+    ///
+    /// The result is already validated. A file that was named but does not exist is an
+    /// error (a typo in a path should not silently fall back to defaults).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let key = key.to_string_lossy().into_owned();
+            if !key.starts_with(ENV_PREFIX) {
+                continue;
+            }
+            match value.into_string() {
+                Ok(value) => env.push((key, value)),
+                Err(raw) => {
+                    return Err(ConfigError::Invalid {
+                        variable: key,
+                        value: raw.to_string_lossy().into_owned(),
+                        reason: "must be valid UTF-8".to_owned(),
+                    });
+                }
+            }
+        }
+        Self::load_from(file, env)
+    }
+
+    /// Same as [`Config::load`], but reads variables from `env` instead of the process
+    /// environment, so tests can run in parallel without touching global state.
+    ///
+    /// Pairs whose name does not start with `SWITCHBOARD_` are ignored, as are unknown
+    /// `SWITCHBOARD_*` names. An empty value for an optional setting means "unset".
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::File {
+                    path: path.to_owned(),
+                    reason: "no such file".to_owned(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(PrefixedEnv::new(env));
+
+        let mut config: Config = figment
+            .extract_lossy()
+            .map_err(|error| ConfigError::from_figment(error, &figment, file))?;
+        config.normalize();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that serde alone cannot: ranges, URL schemes, identifier
+    /// characters, key length. Returns the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                redact_url(url),
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        let prefix = &self.database_schema_prefix;
+        if prefix.len() > 40
+            || prefix.starts_with(|c: char| c.is_ascii_digit())
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(invalid(
+                "database_schema_prefix",
+                prefix,
+                "must be at most 40 characters of a-z, 0-9 and _, not starting with a digit",
+            ));
+        }
+        if let Some(urls) = &self.nats_url {
+            for url in urls.split(',').map(str::trim) {
+                if let Err(reason) = check_nats_url(url) {
+                    return Err(invalid("nats_url", redact_url(urls), reason));
+                }
+            }
+        }
+        if self.nats_prefix.len() > 64
+            || !self
+                .nats_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                "nats_prefix",
+                &self.nats_prefix,
+                "must be at most 64 characters of A-Z, a-z, 0-9, _ and - \
+                 (it is used in both subjects and stream names)",
+            ));
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err(invalid(
+                "nats_replicas",
+                self.nats_replicas,
+                "must be between 1 and 5",
+            ));
+        }
+        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
+            return Err(invalid(
+                "http_addr",
+                self.http_addr,
+                "must differ from SWITCHBOARD_GRPC_ADDR",
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "", "must not be empty"));
+        }
+        if let Some(token) = &self.service_token
+            && !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "service_token",
+                "<redacted>",
+                "must contain only printable ASCII without spaces",
+            ));
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "otlp_endpoint",
+                redact_url(endpoint),
+                "must start with http:// or https:// (OTLP over gRPC, usually port 4317)",
+            ));
+        }
+        if self.log_filter.trim().is_empty() {
+            return Err(invalid("log_filter", &self.log_filter, "must not be empty"));
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_filter) {
+            return Err(invalid(
+                "log_filter",
+                &self.log_filter,
+                format!("not a valid tracing filter: {error}"),
+            ));
+        }
+        if !(1..=60_000).contains(&self.relay_poll_ms) {
+            return Err(invalid(
+                "relay_poll_ms",
+                self.relay_poll_ms,
+                "must be between 1 and 60000",
+            ));
+        }
+        if self.shutdown_grace_secs > 600 {
+            return Err(invalid(
+                "shutdown_grace_secs",
+                self.shutdown_grace_secs,
+                "must be between 0 and 600",
+            ));
+        }
+        if let Some(key) = &self.encryption_key {
+            match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
+                Ok(bytes) if bytes.len() == 32 => {}
+                Ok(bytes) => {
+                    return Err(invalid(
+                        "encryption_key",
+                        "<redacted>",
+                        format!("must be base64 of exactly 32 bytes, got {}", bytes.len()),
+                    ));
+                }
+                Err(_) => {
+                    return Err(invalid(
+                        "encryption_key",
+                        "<redacted>",
+                        "must be standard base64 (of exactly 32 bytes)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Treats empty optional strings as unset, so `SWITCHBOARD_OTLP_ENDPOINT=` can turn
+    /// off a value that the configuration file set.
+    fn normalize(&mut self) {
+        for value in [
+            &mut self.database_url,
+            &mut self.nats_url,
+            &mut self.service_token,
+            &mut self.otlp_endpoint,
+            &mut self.encryption_key,
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
+    }
+}
+
+/// The environment variable that sets configuration key `key`.
+pub fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+fn invalid(key: &str, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        variable: env_var_name(key),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn check_nats_url(url: &str) -> Result<(), &'static str> {
+    if url.is_empty() || url.contains(char::is_whitespace) {
+        return Err("must be a comma-separated list of nats://host:port URLs");
+    }
+    if let Some((scheme, _)) = url.split_once("://")
+        && !matches!(scheme, "nats" | "tls" | "ws" | "wss")
+    {
+        return Err("scheme must be nats://, tls://, ws:// or wss://");
+    }
+    Ok(())
+}
+
+/// Replaces the password in `scheme://user:password@host` so errors and logs can show
+/// which URL was meant without leaking credentials.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at].split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}:***{}", &rest[at..])
+}
+
+impl ConfigError {
+    /// Turns a figment error into one naming the environment variable and its value.
+    fn from_figment(error: figment::Error, figment: &Figment, file: Option<&Path>) -> Self {
+        if error.path.is_empty() {
+            // Not tied to a key: with our providers that means the TOML did not parse.
+            return match file {
+                Some(path) => ConfigError::File {
+                    path: path.to_owned(),
+                    reason: error.kind.to_string(),
+                },
+                None => ConfigError::Load(Box::new(error)),
+            };
+        }
+        let key = error.path.join("_");
+        let value = figment
+            .find_value(&error.path.join("."))
+            .map(|value| render_value(&key, &value))
+            .unwrap_or_default();
+        let mut reason = error.kind.to_string();
+        if let Some(path) = error
+            .metadata
+            .as_ref()
+            .and_then(|md| md.source.as_ref())
+            .and_then(|source| source.file_path())
+        {
+            reason.push_str(&format!(" (set in {})", path.display()));
+        }
+        ConfigError::Invalid {
+            variable: env_var_name(&key),
+            value,
+            reason,
+        }
+    }
+}
+
+fn render_value(key: &str, value: &Value) -> String {
+    if matches!(key, "service_token" | "encryption_key") {
+        return "<redacted>".to_owned();
+    }
+    match value {
+        Value::String(_, s) => redact_url(s),
+        Value::Char(_, c) => c.to_string(),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(..) => value
+            .to_i128()
+            .map(|n| n.to_string())
+            .or_else(|| value.to_f64().map(|n| n.to_string()))
+            .unwrap_or_default(),
+        Value::Empty(..) => String::new(),
+        Value::Dict(..) | Value::Array(..) => format!("{value:?}"),
+    }
+}
+
+/// A figment provider over an explicit list of `SWITCHBOARD_*` pairs.
+///
+/// figment's own `Env` only reads the process environment; this one takes the pairs as
+/// input so [`Config::load_from`] is testable. Values stay strings: extraction is lossy,
+/// so `"3"` still becomes a number where a number is expected, while a numeric-looking
+/// token stays a string where a string is expected.
+struct PrefixedEnv {
+    /// Lowercased key without the prefix, to the raw value.
+    vars: BTreeMap<String, String>,
+}
+
+impl PrefixedEnv {
+    fn new(env: impl IntoIterator<Item = (String, String)>) -> Self {
+        let vars = env
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let key = key.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                (!key.is_empty()).then_some((key, value))
+            })
+            .collect();
+        PrefixedEnv { vars }
+    }
+}
+
+impl Provider for PrefixedEnv {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(format!("`{ENV_PREFIX}` environment variable(s)"))
+            .interpolater(|_: &Profile, keys: &[&str]| env_var_name(&keys.join("_")))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict: Dict = self
+            .vars
+            .iter()
+            .map(|(key, value)| (key.clone(), Value::from(value.clone())))
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A TOML file in the temp directory, removed on drop.
+    struct TempToml(PathBuf);
+
+    impl TempToml {
+        fn new(name: &str, contents: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "switchboard-runtime-{}-{name}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, contents).expect("write temp config");
+            TempToml(path)
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn invalid_variable(error: ConfigError) -> (String, String, String) {
+        match error {
+            ConfigError::Invalid {
+                variable,
+                value,
+                reason,
+            } => (variable, value, reason),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let config = Config::load_from(None, Vec::new()).expect("defaults are valid");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.grpc_addr, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(config.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.nats_replicas, 1);
+        assert_eq!(config.relay_poll_ms, 100);
+        assert_eq!(config.shutdown_grace_secs, 20);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_filter, "info");
+        assert_eq!(config.data_dir, PathBuf::from("./.switchboard"));
+        assert_eq!(config.database_url, None);
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD_DATABASE_URL", "postgres://sb:pw@localhost/sb"),
+                ("SWITCHBOARD_DATABASE_SCHEMA_PREFIX", "t_42_"),
+                ("SWITCHBOARD_NATS_URL", "nats://localhost:4222"),
+                ("SWITCHBOARD_NATS_PREFIX", "T-42_"),
+                ("SWITCHBOARD_NATS_REPLICAS", "3"),
+                ("SWITCHBOARD_GRPC_ADDR", "0.0.0.0:6000"),
+                ("SWITCHBOARD_HTTP_ADDR", "0.0.0.0:6001"),
+                ("SWITCHBOARD_SERVICE_TOKEN", "12345"),
+                ("SWITCHBOARD_LOG_FORMAT", "json"),
+                ("SWITCHBOARD_LOG_FILTER", "debug,hyper=warn"),
+                ("SWITCHBOARD_RELAY_POLL_MS", "250"),
+                ("SWITCHBOARD_SHUTDOWN_GRACE_SECS", "0"),
+                ("SWITCHBOARD_ENCRYPTION_KEY", &key),
+                ("SWITCHBOARD_OTLP_ENDPOINT", ""),
+                ("SWITCHBOARD_SOMETHING_ELSE", "ignored"),
+                ("OTHER_NATS_REPLICAS", "9"),
+            ]),
+        )
+        .expect("valid env");
+        assert_eq!(
+            config.database_url.as_deref(),
+            Some("postgres://sb:pw@localhost/sb")
+        );
+        assert_eq!(config.database_schema_prefix, "t_42_");
+        assert_eq!(config.nats_url.as_deref(), Some("nats://localhost:4222"));
+        assert_eq!(config.nats_prefix, "T-42_");
+        assert_eq!(config.nats_replicas, 3);
+        assert_eq!(config.grpc_addr, "0.0.0.0:6000".parse().unwrap());
+        assert_eq!(config.http_addr, "0.0.0.0:6001".parse().unwrap());
+        // Numeric-looking strings stay strings where a string is expected.
+        assert_eq!(config.service_token.as_deref(), Some("12345"));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.log_filter, "debug,hyper=warn");
+        assert_eq!(config.relay_poll_ms, 250);
+        assert_eq!(config.shutdown_grace_secs, 0);
+        assert_eq!(config.encryption_key.as_deref(), Some(key.as_str()));
+        assert_eq!(config.otlp_endpoint, None);
+    }
+
+    #[test]
+    fn file_then_env_precedence() {
+        let file = TempToml::new(
+            "precedence",
+            r#"
+                nats_replicas = 2
+                relay_poll_ms = 500
+                log_format = "json"
+                otlp_endpoint = "http://collector:4317"
+            "#,
+        );
+        let config = Config::load_from(
+            Some(&file.0),
+            env(&[
+                ("SWITCHBOARD_RELAY_POLL_MS", "50"),
+                ("SWITCHBOARD_OTLP_ENDPOINT", ""),
+            ]),
+        )
+        .expect("valid layers");
+        // From the file, not overridden.
+        assert_eq!(config.nats_replicas, 2);
+        assert_eq!(config.log_format, LogFormat::Json);
+        // The environment wins over the file.
+        assert_eq!(config.relay_poll_ms, 50);
+        // An empty variable unsets what the file set.
+        assert_eq!(config.otlp_endpoint, None);
+        // Untouched by both: default.
+        assert_eq!(config.shutdown_grace_secs, 20);
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let path = std::env::temp_dir().join("switchboard-runtime-does-not-exist.toml");
+        let error = Config::load_from(Some(&path), Vec::new()).unwrap_err();
+        assert!(matches!(error, ConfigError::File { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn unparsable_file_names_the_file() {
+        let file = TempToml::new("broken", "nats_replicas = [");
+        let error = Config::load_from(Some(&file.0), Vec::new()).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, ConfigError::File { .. }), "{message}");
+        assert!(message.contains("broken"), "{message}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_variable_and_value() {
+        let error =
+            Config::load_from(None, env(&[("SWITCHBOARD_NATS_REPLICAS", "9")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "SWITCHBOARD_NATS_REPLICAS=9: must be between 1 and 5"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_variable_and_value() {
+        let error =
+            Config::load_from(None, env(&[("SWITCHBOARD_NATS_REPLICAS", "three")])).unwrap_err();
+        let (variable, value, _) = invalid_variable(error);
+        assert_eq!(variable, "SWITCHBOARD_NATS_REPLICAS");
+        assert_eq!(value, "three");
+    }
+
+    #[test]
+    fn unparsable_address_names_variable_and_value() {
+        let error =
+            Config::load_from(None, env(&[("SWITCHBOARD_GRPC_ADDR", "localhost:x")])).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("SWITCHBOARD_GRPC_ADDR=localhost:x: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_in_file_names_variable_and_file() {
+        let file = TempToml::new("badtype", "relay_poll_ms = \"soon\"");
+        let error = Config::load_from(Some(&file.0), Vec::new()).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("SWITCHBOARD_RELAY_POLL_MS=soon: "),
+            "{message}"
+        );
+        assert!(message.contains("badtype"), "{message}");
+    }
+
+    #[test]
+    fn bad_database_url_is_rejected_without_leaking_password() {
+        let error = Config::load_from(
+            None,
+            env(&[("SWITCHBOARD_DATABASE_URL", "mysql://root:hunter2@db/sb")]),
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert_eq!(
+            message,
+            "SWITCHBOARD_DATABASE_URL=mysql://root:***@db/sb: \
+             must start with postgres:// or postgresql://"
+        );
+    }
+
+    #[test]
+    fn unknown_log_format_names_variable() {
+        let error = Config::load_from(None, env(&[("SWITCHBOARD_LOG_FORMAT", "xml")])).unwrap_err();
+        let (variable, value, reason) = invalid_variable(error);
+        assert_eq!(variable, "SWITCHBOARD_LOG_FORMAT");
+        assert_eq!(value, "xml");
+        assert!(reason.contains("text"), "{reason}");
+    }
+
+    #[test]
+    fn encryption_key_must_be_32_bytes_and_is_redacted() {
+        let short = base64::engine::general_purpose::STANDARD.encode([1u8; 16]);
+        let error =
+            Config::load_from(None, env(&[("SWITCHBOARD_ENCRYPTION_KEY", &short)])).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("SWITCHBOARD_ENCRYPTION_KEY=<redacted>: "),
+            "{message}"
+        );
+        assert!(!message.contains(&short), "{message}");
+
+        let error = Config::load_from(None, env(&[("SWITCHBOARD_ENCRYPTION_KEY", "not base64!")]))
+            .unwrap_err();
+        assert!(error.to_string().contains("base64"), "{error}");
+    }
+
+    #[test]
+    fn other_ranges_are_checked() {
+        for (variable, value) in [
+            ("SWITCHBOARD_RELAY_POLL_MS", "0"),
+            ("SWITCHBOARD_RELAY_POLL_MS", "60001"),
+            ("SWITCHBOARD_SHUTDOWN_GRACE_SECS", "601"),
+            ("SWITCHBOARD_NATS_REPLICAS", "0"),
+            ("SWITCHBOARD_NATS_PREFIX", "a.b"),
+            ("SWITCHBOARD_DATABASE_SCHEMA_PREFIX", "Tenant"),
+            ("SWITCHBOARD_NATS_URL", "http://nats:4222"),
+            ("SWITCHBOARD_OTLP_ENDPOINT", "otel:4317"),
+            ("SWITCHBOARD_LOG_FILTER", "=[{"),
+            ("SWITCHBOARD_HTTP_ADDR", "127.0.0.1:50051"),
+        ] {
+            let error = Config::load_from(None, env(&[(variable, value)]))
+                .expect_err(&format!("{variable}={value} should be rejected"));
+            let (got, got_value, _) = invalid_variable(error);
+            assert_eq!(got, variable);
+            assert_eq!(got_value, value);
+        }
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let config = Config {
+            database_url: Some("postgres://sb:hunter2@db/sb".to_owned()),
+            service_token: Some("tok-secret".to_owned()),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("tok-secret"), "{debug}");
+        assert!(debug.contains("postgres://sb:***@db/sb"), "{debug}");
+    }
+
+    #[test]
+    fn redact_url_handles_urls_without_credentials() {
+        assert_eq!(redact_url("postgres://db/sb"), "postgres://db/sb");
+        assert_eq!(redact_url("nats://u@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

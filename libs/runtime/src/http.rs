@@ -1,0 +1,54 @@
+//! The ops HTTP server: Prometheus metrics and liveness/readiness probes.
+//!
+//! It is separate from the gRPC port so that scrapers and orchestrators never need the
+//! service token, and so a saturated gRPC server still answers probes.
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RuntimeError;
+
+/// `GET /metrics` (Prometheus text exposition), `GET /healthz` and `GET /readyz`
+/// (both `200 ok` while the process serves).
+pub fn ops_router(handle: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = handle.render();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then stops accepting and
+/// lets in-flight requests finish.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let local_addr = listener.local_addr()?;
+    tracing::info!(%local_addr, "ops HTTP server listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    tracing::info!(%local_addr, "ops HTTP server stopped");
+    Ok(())
+}

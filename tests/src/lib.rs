@@ -1,0 +1,1 @@
+//! Shared helpers for cross-service tests and benchmarks.
