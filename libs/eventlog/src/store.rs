@@ -238,6 +238,21 @@ impl EventLog {
         Ok(())
     }
 
+    /// The stored event with id `event_id`, if any.
+    pub async fn find_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, EventLogError> {
+        let found = match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut conn = pg.pool.acquire().await?;
+                PgLog::find_events(&mut conn, &[event_id]).await?
+            }
+            Backend::Sqlite(lite) => {
+                let mut conn = lite.reader.acquire().await?;
+                SqliteLog::find_events(&mut conn, &[event_id]).await?
+            }
+        };
+        Ok(self.upcast_all(found).into_iter().next())
+    }
+
     /// The events of `stream` after `after_version` (0 for all), oldest first, at most
     /// `limit`.
     pub async fn read_stream(

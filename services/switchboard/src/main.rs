@@ -1,1 +1,132 @@
-fn main() {}
+//! `switchboard`: the one binary of the cluster. It parses the command line, loads the
+//! configuration (defaults, optional file, `SWITCHBOARD_*` environment) and starts what it
+//! is asked for.
+#![forbid(unsafe_code)]
+
+mod cluster;
+mod events;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use switchboard_runtime::Config;
+
+use crate::cluster::ServiceName;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "The backend for conversational AI agents that act."
+)]
+struct Cli {
+    /// Optional TOML configuration file; `SWITCHBOARD_*` environment variables override it.
+    #[arg(long, global = true, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service in one process on SQLite logs in a data directory. Needs no other
+    /// program: no Postgres, no NATS.
+    Dev {
+        /// Where the SQLite logs live (default ./.switchboard).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// gRPC address of every service (default 127.0.0.1:50051).
+        #[arg(long)]
+        grpc_addr: Option<SocketAddr>,
+        /// HTTP address: REST API, /metrics and /healthz (default 127.0.0.1:8080).
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+    },
+    /// Run the named services against Postgres (SWITCHBOARD_DATABASE_URL) and NATS
+    /// (SWITCHBOARD_NATS_URL), applying their migrations first.
+    Serve {
+        /// Comma-separated services to run, e.g. `conversations`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        services: Vec<ServiceName>,
+    },
+    /// Apply the database migrations of the named services (default: all) and exit.
+    Migrate {
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<ServiceName>,
+    },
+    /// Read or rebuild from a service's event log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print a service's events as JSON lines, in log order.
+    Tail {
+        #[arg(long, default_value = "conversations")]
+        service: ServiceName,
+        /// Start after this global position (0: from the beginning).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Stop after this many events (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Drop a service's read models and fold them again from position 0, showing progress.
+    /// Writers wait while it runs.
+    Rebuild {
+        #[arg(long, default_value = "conversations")]
+        service: ServiceName,
+        /// Confirm: the read models are replaced.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref()).context("configuration")?;
+    match cli.command {
+        Command::Dev {
+            data_dir,
+            grpc_addr,
+            http_addr,
+        } => {
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(addr) = grpc_addr {
+                config.grpc_addr = addr;
+            }
+            if let Some(addr) = http_addr {
+                config.http_addr = addr;
+            }
+            cluster::dev(config).await
+        }
+        Command::Serve { services } => cluster::serve(config, services).await,
+        Command::Migrate { services } => cluster::migrate(config, services).await,
+        Command::Events { command } => match command {
+            EventsCommand::Tail {
+                service,
+                after,
+                limit,
+                follow,
+            } => events::tail(config, service, after, limit, follow).await,
+            EventsCommand::Rebuild { service, yes } => {
+                anyhow::ensure!(
+                    yes,
+                    "rebuild replaces the read models of {service}: pass --yes to confirm"
+                );
+                events::rebuild(config, service).await
+            }
+        },
+    }
+}

@@ -1,0 +1,380 @@
+//! The `switchboard.conversations.v1.Conversations` gRPC service: decode and check the
+//! request envelope, call the command handler or the read model, encode the answer.
+
+mod error;
+
+use switchboard_proto::conversations::v1::conversations_server::{self, ConversationsServer};
+use switchboard_proto::conversations::v1::*;
+use switchboard_proto::events::v1::{Conversation, Lead, MessageKind};
+use tonic::{Request, Response, Status};
+
+pub use error::invalid;
+
+use crate::domain::{Command, FieldViolation, Violations};
+use crate::service::{ConversationService, Outcome, RequestContext, new_id};
+use crate::store::{ConversationStore, ListFilter};
+
+/// Default and bounds of a page.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+/// The tonic service.
+#[derive(Clone)]
+pub struct ConversationsApi {
+    service: ConversationService,
+    store: ConversationStore,
+}
+
+impl ConversationsApi {
+    pub fn new(service: ConversationService, store: ConversationStore) -> Self {
+        Self { service, store }
+    }
+
+    pub fn into_server(self) -> ConversationsServer<Self> {
+        ConversationsServer::new(self)
+            .max_decoding_message_size(1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+}
+
+/// Checks the fields every request carries and builds the request context.
+fn context(
+    workspace_id: &str,
+    request_id: &str,
+    conversation_id: Option<&str>,
+) -> Result<RequestContext, Status> {
+    let mut v = Violations::default();
+    check_workspace(&mut v, workspace_id);
+    if request_id.len() > 128 {
+        v.push("request_id", "at most 128 bytes");
+    }
+    if let Some(id) = conversation_id {
+        check_conversation_id(&mut v, id);
+    }
+    finish(v)?;
+    Ok(RequestContext {
+        workspace_id: workspace_id.to_owned(),
+        request_id: request_id.to_owned(),
+        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+    })
+}
+
+fn check_workspace(v: &mut Violations, workspace_id: &str) {
+    if !valid_prefixed_id(workspace_id, "ws_") {
+        v.push(
+            "workspace_id",
+            "required: `ws_` followed by 1 to 64 letters, digits, `_` or `-`",
+        );
+    }
+}
+
+fn check_conversation_id(v: &mut Violations, id: &str) {
+    if !valid_prefixed_id(id, "conv_") {
+        v.push(
+            "conversation_id",
+            "required: `conv_` followed by 1 to 64 letters, digits, `_` or `-`",
+        );
+    }
+}
+
+/// Ids are spliced into stream ids (`ws_…/conv_…`), so only a safe alphabet is accepted.
+fn valid_prefixed_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        (1..=64).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+fn finish(v: Violations) -> Result<(), Status> {
+    v.finish().map_err(|e| match e {
+        crate::domain::DomainError::Invalid(violations) => invalid(violations),
+        other => Status::internal(other.to_string()),
+    })
+}
+
+fn limit(requested: u32) -> Result<u32, Status> {
+    match requested {
+        0 => Ok(DEFAULT_LIMIT),
+        1..=MAX_LIMIT => Ok(requested),
+        _ => Err(invalid(vec![FieldViolation::new(
+            "limit",
+            format!("between 1 and {MAX_LIMIT}, or 0 for the default of {DEFAULT_LIMIT}"),
+        )])),
+    }
+}
+
+fn conversation(outcome: Outcome) -> Response<ConversationResponse> {
+    Response::new(ConversationResponse {
+        conversation: Some(outcome.conversation),
+    })
+}
+
+fn message(outcome: Outcome) -> Response<MessageResponse> {
+    Response::new(MessageResponse {
+        message: outcome.message,
+        conversation: Some(outcome.conversation),
+    })
+}
+
+#[tonic::async_trait]
+impl conversations_server::Conversations for ConversationsApi {
+    async fn start_conversation(
+        &self,
+        request: Request<StartConversationRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, None)?;
+        let id = new_id("conv");
+        let command = Command::Start {
+            conversation_id: id.clone(),
+            workspace_id: r.workspace_id,
+            channel: r.channel,
+            user_id: r.user_id,
+            lead: r.lead.unwrap_or(Lead::default()),
+            agent_id: r.agent_id,
+            metafields: r.metafields,
+        };
+        Ok(conversation(
+            self.service.execute(&ctx, &id, command).await?,
+        ))
+    }
+
+    async fn add_message(
+        &self,
+        request: Request<AddMessageRequest>,
+    ) -> Result<Response<MessageResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::AddMessage {
+            message_id: new_id("msg"),
+            author: r.author,
+            kind: if r.kind == 0 {
+                MessageKind::Text as i32
+            } else {
+                r.kind
+            },
+            text: r.text,
+            form: r.form,
+            buttons: r.buttons,
+            sentiment: r.sentiment,
+        };
+        Ok(message(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn submit_form(
+        &self,
+        request: Request<SubmitFormRequest>,
+    ) -> Result<Response<MessageResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::SubmitForm {
+            message_id: new_id("msg"),
+            form_message_id: r.form_message_id,
+            values: r.values,
+        };
+        Ok(message(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn click_button(
+        &self,
+        request: Request<ClickButtonRequest>,
+    ) -> Result<Response<MessageResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::ClickButton {
+            message_id: new_id("msg"),
+            buttons_message_id: r.buttons_message_id,
+            button_id: r.button_id,
+        };
+        Ok(message(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn set_status(
+        &self,
+        request: Request<SetStatusRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::SetStatus { status: r.status };
+        Ok(conversation(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn set_metafields(
+        &self,
+        request: Request<SetMetafieldsRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::SetMetafields {
+            metafields: r.metafields,
+        };
+        Ok(conversation(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn remove_metafields(
+        &self,
+        request: Request<RemoveMetafieldsRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::RemoveMetafields { keys: r.keys };
+        Ok(conversation(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn assign(
+        &self,
+        request: Request<AssignRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::Assign {
+            group: r.group,
+            agent: r.agent,
+        };
+        Ok(conversation(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn record_analysis(
+        &self,
+        request: Request<RecordAnalysisRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::RecordAnalysis {
+            topic: r.topic,
+            sentiment: r.sentiment,
+            custom: r.custom,
+        };
+        Ok(conversation(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn end_conversation(
+        &self,
+        request: Request<EndConversationRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let command = Command::End { reason: r.reason };
+        Ok(conversation(
+            self.service
+                .execute(&ctx, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<ConversationResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", Some(&r.conversation_id))?;
+        let found: Option<Conversation> =
+            self.store.get(&r.workspace_id, &r.conversation_id).await?;
+        let conversation = found.ok_or_else(error::not_found)?;
+        Ok(Response::new(ConversationResponse {
+            conversation: Some(conversation),
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<ListConversationsRequest>,
+    ) -> Result<Response<ListConversationsResponse>, Status> {
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        check_workspace(&mut v, &r.workspace_id);
+        if r.status != 0
+            && switchboard_proto::events::v1::ConversationStatus::try_from(r.status).is_err()
+        {
+            v.push("status", format!("unknown value {}", r.status));
+        }
+        if r.channel != 0 && switchboard_proto::events::v1::Channel::try_from(r.channel).is_err() {
+            v.push("channel", format!("unknown value {}", r.channel));
+        }
+        let updated_since = match &r.updated_since {
+            None => 0,
+            Some(t) if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) => {
+                v.push("updated_since", "not a valid timestamp");
+                0
+            }
+            Some(t) => t
+                .seconds
+                .saturating_mul(1_000_000)
+                .saturating_add(i64::from(t.nanos) / 1000),
+        };
+        finish(v)?;
+        let limit = limit(r.limit)?;
+        let filter = ListFilter {
+            status: r.status,
+            channel: r.channel,
+            updated_since,
+        };
+        let page = self
+            .store
+            .list(&r.workspace_id, &filter, limit, &r.cursor)
+            .await?;
+        Ok(Response::new(ListConversationsResponse {
+            conversations: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<ListMessagesRequest>,
+    ) -> Result<Response<ListMessagesResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", Some(&r.conversation_id))?;
+        let limit = limit(r.limit)?;
+        if self
+            .store
+            .get(&r.workspace_id, &r.conversation_id)
+            .await?
+            .is_none()
+        {
+            return Err(error::not_found());
+        }
+        let page = self
+            .store
+            .messages(&r.workspace_id, &r.conversation_id, limit, &r.cursor)
+            .await?;
+        Ok(Response::new(ListMessagesResponse {
+            messages: page.items,
+            next_cursor: page.next_cursor,
+        }))
+    }
+}

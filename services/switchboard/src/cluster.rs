@@ -1,0 +1,281 @@
+//! Starting services: all of them in one process on SQLite (`dev`), or the named ones
+//! against Postgres and NATS (`serve`), each with its gRPC API, its relay and its
+//! consumers, all stopped by one cancellation token.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use switchboard_eventlog::{
+    EventLog, Relay, RelayConfig, Router, StoreConfig, StreamSpec, ensure_stream,
+};
+use switchboard_runtime::{Config, GrpcServer, http, metrics, shutdown, telemetry};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The services the binary can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceName {
+    Conversations,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 1] = [ServiceName::Conversations];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conversations => switchboard_conversations::SERVICE,
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "conversations" => Ok(Self::Conversations),
+            "flows" | "actions" | "connexease" | "webhooks" | "gateway" => Err(format!(
+                "the {s} service is not built yet; available: conversations"
+            )),
+            other => Err(format!(
+                "unknown service `{other}`; available: conversations"
+            )),
+        }
+    }
+}
+
+/// Where a service's log lives under `config`: Postgres when a database URL is set,
+/// otherwise a SQLite file in the data directory.
+pub fn store_config(config: &Config, service: ServiceName) -> StoreConfig {
+    match &config.database_url {
+        Some(url) => StoreConfig::Postgres {
+            url: url.clone(),
+            schema: format!("{}{}", config.database_schema_prefix, service.as_str()),
+        },
+        None => StoreConfig::Sqlite {
+            path: config.data_dir.join(format!("{}.db", service.as_str())),
+        },
+    }
+}
+
+/// Opens a service's log (with its projections) and applies its migrations.
+pub async fn open(config: &Config, service: ServiceName) -> anyhow::Result<EventLog> {
+    let store = store_config(config, service);
+    let log = match service {
+        ServiceName::Conversations => switchboard_conversations::open_log(&store).await,
+    }
+    .with_context(|| format!("opening the {service} event log"))?;
+    log.migrate()
+        .await
+        .with_context(|| format!("migrating the {service} event log"))?;
+    Ok(log)
+}
+
+/// A service ready to serve: its log and how it publishes.
+struct Running {
+    name: ServiceName,
+    log: EventLog,
+}
+
+impl Running {
+    fn router(&self) -> Arc<dyn Router> {
+        match self.name {
+            ServiceName::Conversations => Arc::new(switchboard_conversations::PublicEvents),
+        }
+    }
+
+    fn stream(&self, replicas: usize) -> StreamSpec {
+        match self.name {
+            ServiceName::Conversations => switchboard_conversations::stream_spec(replicas),
+        }
+    }
+
+    fn add_to(&self, server: GrpcServer) -> GrpcServer {
+        match self.name {
+            ServiceName::Conversations => server.add_service(
+                switchboard_conversations::GRPC_SERVICE,
+                switchboard_conversations::api(self.log.clone()).into_server(),
+            ),
+        }
+    }
+}
+
+/// `switchboard dev`: every service, SQLite logs, no NATS.
+pub async fn dev(config: Config) -> anyhow::Result<()> {
+    let mut config = config;
+    config.database_url = None;
+    config.nats_url = None;
+    let telemetry = telemetry::init("switchboard", &config)?;
+    let shutdown = shutdown::signal_token();
+    let mut running = Vec::new();
+    for name in ServiceName::ALL {
+        running.push(Running {
+            name,
+            log: open(&config, name).await?,
+        });
+    }
+    println!("switchboard dev: every service in one process");
+    println!("  data directory  {}", config.data_dir.display());
+    let result = serve_all(&config, running, None, shutdown).await;
+    telemetry.shutdown();
+    result
+}
+
+/// `switchboard serve`: the named services against Postgres and NATS.
+pub async fn serve(config: Config, services: Vec<ServiceName>) -> anyhow::Result<()> {
+    let telemetry = telemetry::init("switchboard", &config)?;
+    let shutdown = shutdown::signal_token();
+    anyhow::ensure!(
+        config.database_url.is_some(),
+        "SWITCHBOARD_DATABASE_URL is required by `serve` (use `dev` for the embedded mode)"
+    );
+    let nats_url = config
+        .nats_url
+        .clone()
+        .context("SWITCHBOARD_NATS_URL is required by `serve` (use `dev` for the embedded mode)")?;
+    // NATS being down must not stop writes: the log is the truth, and the relay catches up.
+    let client = async_nats::ConnectOptions::new()
+        .name("switchboard")
+        .retry_on_initial_connect()
+        .connect(&nats_url)
+        .await
+        .with_context(|| format!("connecting to NATS at {nats_url}"))?;
+    let js = jetstream::new(client.clone());
+    let mut running = Vec::new();
+    for name in services {
+        running.push(Running {
+            name,
+            log: open(&config, name).await?,
+        });
+    }
+    let result = serve_all(&config, running, Some(js), shutdown).await;
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "could not flush NATS on shutdown");
+    }
+    telemetry.shutdown();
+    result
+}
+
+async fn serve_all(
+    config: &Config,
+    running: Vec<Running>,
+    js: Option<jetstream::Context>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut grpc = GrpcServer::new()
+        .with_descriptor(switchboard_proto::FILE_DESCRIPTOR_SET)
+        .with_service_token(config.service_token.clone())
+        .with_shutdown_grace(Duration::from_secs(config.shutdown_grace_secs));
+    let mut tasks = JoinSet::new();
+    for service in &running {
+        grpc = service.add_to(grpc);
+        if let Some(js) = &js {
+            let relay = Relay::new(
+                service.log.clone(),
+                js.clone(),
+                service.router(),
+                RelayConfig {
+                    service: service.name.as_str().to_owned(),
+                    prefix: config.nats_prefix.clone(),
+                    batch_size: 256,
+                    poll_interval: Duration::from_millis(config.relay_poll_ms),
+                },
+            );
+            let stream = service.stream(config.nats_replicas);
+            let js = js.clone();
+            let prefix = config.nats_prefix.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                ensure_stream_until_ready(&js, &prefix, &stream, &shutdown).await;
+                relay.run(shutdown).await;
+            });
+        }
+    }
+    let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
+        format!(
+            "binding gRPC to {} (SWITCHBOARD_GRPC_ADDR)",
+            config.grpc_addr
+        )
+    })?;
+    let http_listener = TcpListener::bind(config.http_addr).await.with_context(|| {
+        format!(
+            "binding HTTP to {} (SWITCHBOARD_HTTP_ADDR)",
+            config.http_addr
+        )
+    })?;
+    let names: Vec<&str> = running.iter().map(|s| s.name.as_str()).collect();
+    println!("  services        {}", names.join(", "));
+    println!(
+        "  gRPC            {} (health, reflection)",
+        grpc_listener.local_addr()?
+    );
+    println!(
+        "  HTTP            http://{} (/metrics, /healthz, /readyz)",
+        http_listener.local_addr()?
+    );
+    println!("ready; ctrl-c stops");
+    info!(services = ?names, "switchboard started");
+
+    let ops = http::ops_router(metrics::prometheus());
+    let (grpc_result, http_result) = tokio::join!(
+        grpc.serve(grpc_listener, shutdown.clone()),
+        http::serve_http(http_listener, ops, shutdown.clone()),
+    );
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    grpc_result.context("gRPC server")?;
+    http_result.context("HTTP server")?;
+    info!("switchboard stopped cleanly");
+    Ok(())
+}
+
+/// Creates the service's stream, retrying while NATS is unreachable.
+async fn ensure_stream_until_ready(
+    js: &jetstream::Context,
+    prefix: &str,
+    spec: &StreamSpec,
+    shutdown: &CancellationToken,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ensure_stream(js, prefix, spec).await {
+            Ok(_) => return,
+            Err(e) => warn!(stream = %spec.name, error = %e, "cannot create stream yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// `switchboard migrate`.
+pub async fn migrate(config: Config, services: Vec<ServiceName>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.database_url.is_some(),
+        "SWITCHBOARD_DATABASE_URL is required by `migrate`"
+    );
+    let services = if services.is_empty() {
+        ServiceName::ALL.to_vec()
+    } else {
+        services
+    };
+    for service in services {
+        open(&config, service).await?;
+        println!("migrated {service}");
+    }
+    Ok(())
+}
