@@ -1,0 +1,344 @@
+//! End to end: the `switchboard` binary as a real process, called over gRPC, its events
+//! seen on NATS, killed with SIGKILL and restarted, and everything still there.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use prost::Message as _;
+use switchboard_eventlog::testing::{TestNats, unique_name};
+use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
+use switchboard_proto::conversations::v1::*;
+use switchboard_proto::events::v1::{
+    Author, Channel, ConversationUpdatedEvent, EventEnvelope, MessageKind,
+};
+use tonic::transport::Channel as GrpcChannel;
+
+const WS: &str = "ws_e2e";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `switchboard` process and how to start it again the same way.
+struct Process {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    grpc_port: u16,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn new(args: &[&str], env: Vec<(String, String)>) -> Self {
+        let grpc_port = free_port();
+        let mut env = env;
+        env.push((
+            "SWITCHBOARD_GRPC_ADDR".into(),
+            format!("127.0.0.1:{grpc_port}"),
+        ));
+        env.push((
+            "SWITCHBOARD_HTTP_ADDR".into(),
+            format!("127.0.0.1:{}", free_port()),
+        ));
+        env.push(("SWITCHBOARD_LOG_FILTER".into(), "warn".into()));
+        Self {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env,
+            grpc_port,
+            child: None,
+        }
+    }
+
+    async fn start(&mut self) -> ConversationsClient<GrpcChannel> {
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(&self.args)
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start switchboard");
+        self.child = Some(child);
+        let url = format!("http://127.0.0.1:{}", self.grpc_port);
+        for _ in 0..200 {
+            if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut health =
+                    tonic_health::pb::health_client::HealthClient::new(channel.clone());
+                let check = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: "switchboard.conversations.v1.Conversations".into(),
+                    })
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == 1) {
+                    return ConversationsClient::new(channel);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("switchboard did not become healthy on {url}");
+    }
+
+    /// SIGKILL: no drain, no flush.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status of the graceful shutdown.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    fn run_to_end(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .envs(self.env.iter().cloned())
+            .output()
+            .expect("run switchboard")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn start_and_talk(client: &mut ConversationsClient<GrpcChannel>) -> String {
+    let conversation = client
+        .start_conversation(StartConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "e2e-start".into(),
+            channel: Channel::Api as i32,
+            user_id: "user-e2e".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    client
+        .add_message(AddMessageRequest {
+            workspace_id: WS.into(),
+            conversation_id: conversation.id.clone(),
+            author: Author::Customer as i32,
+            kind: MessageKind::Text as i32,
+            text: "hello from the other side".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    conversation.id
+}
+
+async fn everything(
+    client: &mut ConversationsClient<GrpcChannel>,
+    id: &str,
+) -> (ListConversationsResponse, ListMessagesResponse) {
+    let list = client
+        .list_conversations(ListConversationsRequest {
+            workspace_id: WS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let messages = client
+        .list_messages(ListMessagesRequest {
+            workspace_id: WS.into(),
+            conversation_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (list, messages)
+}
+
+#[tokio::test]
+async fn serve_publishes_survives_kill_9_and_rebuilds() {
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let env = vec![
+        (
+            "SWITCHBOARD_DATABASE_URL".into(),
+            switchboard_eventlog::testing::database_url(),
+        ),
+        (
+            "SWITCHBOARD_DATABASE_SCHEMA_PREFIX".into(),
+            schema_prefix.clone(),
+        ),
+        (
+            "SWITCHBOARD_NATS_URL".into(),
+            switchboard_eventlog::testing::nats_url(),
+        ),
+        ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
+        ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
+    ];
+    let mut process = Process::new(&["serve", "--services", "conversations"], env);
+    let mut client = process.start().await;
+    let mut updates = nats
+        .client
+        .subscribe(format!("{}.events.{WS}.conversation.updated", nats.prefix))
+        .await
+        .unwrap();
+
+    let id = start_and_talk(&mut client).await;
+    let message = tokio::time::timeout(Duration::from_secs(20), updates.next())
+        .await
+        .expect("conversation.updated on NATS")
+        .unwrap();
+    let headers = message.headers.clone().unwrap();
+    assert_eq!(
+        headers.get("sb-event-type").unwrap().as_str(),
+        "conversation.updated"
+    );
+    let envelope = EventEnvelope::decode(message.payload.as_ref()).unwrap();
+    let updated = ConversationUpdatedEvent::decode(envelope.payload.as_slice()).unwrap();
+    let conversation = updated.conversation.unwrap();
+    assert_eq!(conversation.id, id);
+    assert_eq!(
+        conversation.message_count, 1,
+        "the consumer gets the state, not a diff"
+    );
+    assert!(
+        updated
+            .changed_fields
+            .contains(&"message_count".to_string())
+    );
+    assert_eq!(updated.message.unwrap().text, "hello from the other side");
+    let before = everything(&mut client, &id).await;
+
+    process.kill9();
+    let mut client = process.start().await;
+    assert_eq!(
+        everything(&mut client, &id).await,
+        before,
+        "every acknowledged write survived"
+    );
+    // The relay resumes where it stopped: three public events so far, two more now, and
+    // never one twice.
+    client
+        .add_message(AddMessageRequest {
+            workspace_id: WS.into(),
+            conversation_id: id.clone(),
+            author: Author::Agent as i32,
+            kind: MessageKind::Text as i32,
+            text: "after the crash".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stream_name = format!("{}_CONVERSATIONS", nats.prefix);
+    let mut published = 0;
+    for _ in 0..200 {
+        published = nats
+            .js
+            .get_stream(&stream_name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if published >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let published_later = nats
+        .js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!((published, published_later), (5, 5));
+
+    // The read model equals a rebuild from position 0.
+    let live = everything(&mut client, &id).await;
+    let rebuild = process.run_to_end(&["events", "rebuild", "--service", "conversations", "--yes"]);
+    assert!(
+        rebuild.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuild.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rebuild.stdout).contains("rebuilt conversations from"));
+    assert_eq!(everything(&mut client, &id).await, live);
+
+    // The log reads back as JSON lines.
+    let tail = process.run_to_end(&["events", "tail", "--service", "conversations"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event_type"] == "conversation.message_added")
+    );
+
+    assert!(process.terminate().success(), "SIGTERM shuts down cleanly");
+    drop_schema(&format!("{schema_prefix}conversations")).await;
+    nats.drop().await;
+}
+
+#[tokio::test]
+async fn dev_mode_needs_nothing_and_survives_kill_9() {
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut client = process.start().await;
+    let id = start_and_talk(&mut client).await;
+    let before = everything(&mut client, &id).await;
+    process.kill9();
+    let mut client = process.start().await;
+    assert_eq!(everything(&mut client, &id).await, before);
+    assert!(Path::new(&dir).join("conversations.db").exists());
+    assert!(process.terminate().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn bad_configuration_names_the_variable() {
+    let process = Process::new(&[], vec![("SWITCHBOARD_NATS_REPLICAS".into(), "9".into())]);
+    let out = process.run_to_end(&["migrate"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SWITCHBOARD_NATS_REPLICAS"), "{stderr}");
+}
+
+async fn drop_schema(name: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&switchboard_eventlog::testing::database_url())
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
