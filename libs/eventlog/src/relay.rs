@@ -150,7 +150,7 @@ impl Relay {
             match self.publish_pending().await {
                 Ok(0) => {
                     idle += 1;
-                    if idle % 50 == 0 && !lease.is_held().await {
+                    if idle.is_multiple_of(50) && !lease.is_held().await {
                         warn!("relay lost its leader lock; standing by");
                         return;
                     }

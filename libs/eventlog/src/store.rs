@@ -175,9 +175,23 @@ impl EventLog {
         let appended = match self.backend.as_ref() {
             Backend::Postgres(pg) => {
                 let mut tx = pg.pool.begin().await?;
-                match PgLog::insert(&mut tx, stream, expected, &events).await? {
+                // Roll back explicitly on every failure: a failed insert has taken a
+                // transaction id, and until the ROLLBACK reaches the server it holds back
+                // every gap-safe reader of the log.
+                let inserted = PgLog::insert(&mut tx, stream, expected, &events).await;
+                let inserted = match inserted {
+                    Ok(inserted) => inserted,
+                    Err(e) => {
+                        tx.rollback().await?;
+                        return Err(e);
+                    }
+                };
+                match inserted {
                     Some(recorded) => {
-                        self.project(&mut Tx::Postgres(&mut tx), &recorded).await?;
+                        if let Err(e) = self.project(&mut Tx::Postgres(&mut tx), &recorded).await {
+                            tx.rollback().await?;
+                            return Err(e);
+                        }
                         tx.commit().await?;
                         Appended {
                             events: recorded,
@@ -358,6 +372,7 @@ impl EventLog {
             Backend::Postgres(pg) => {
                 let mut tx = pg.pool.begin().await?;
                 if !PgLog::mark_processed(&mut tx, consumer, event.event_id).await? {
+                    tx.rollback().await?;
                     return Ok(Ok(false));
                 }
                 match handler.handle(&mut Tx::Postgres(&mut tx), event).await {
@@ -365,12 +380,16 @@ impl EventLog {
                         tx.commit().await?;
                         Ok(Ok(true))
                     }
-                    Err(e) => Ok(Err(e)),
+                    Err(e) => {
+                        tx.rollback().await?;
+                        Ok(Err(e))
+                    }
                 }
             }
             Backend::Sqlite(lite) => {
                 let mut tx = lite.writer.begin().await?;
                 if !SqliteLog::mark_processed(&mut tx, consumer, event.event_id).await? {
+                    tx.rollback().await?;
                     return Ok(Ok(false));
                 }
                 match handler.handle(&mut Tx::Sqlite(&mut tx), event).await {
@@ -378,7 +397,10 @@ impl EventLog {
                         tx.commit().await?;
                         Ok(Ok(true))
                     }
-                    Err(e) => Ok(Err(e)),
+                    Err(e) => {
+                        tx.rollback().await?;
+                        Ok(Err(e))
+                    }
                 }
             }
         }

@@ -221,7 +221,7 @@ pub struct State {
 impl State {
     pub fn to_snapshot(&self) -> Vec<u8> {
         let mut interactive: Vec<Message> = self.interactive.values().cloned().collect();
-        interactive.sort_by(|a, b| a.sequence.cmp(&b.sequence));
+        interactive.sort_by_key(|m| m.sequence);
         ConversationSnapshot {
             conversation: Some(self.conversation.clone()),
             interactive_messages: interactive,
@@ -989,4 +989,217 @@ pub fn describe_payload(event: &RecordedEvent) -> String {
         },
     };
     decoded.unwrap_or_else(|e| format!("<undecodable: {e}>"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start_command() -> Command {
+        Command::Start {
+            conversation_id: "conv_1".into(),
+            workspace_id: "ws_1".into(),
+            channel: Channel::Widget as i32,
+            user_id: "u".into(),
+            lead: Lead::default(),
+            agent_id: String::new(),
+            metafields: HashMap::new(),
+        }
+    }
+
+    fn started() -> Option<State> {
+        let mut state = None;
+        for e in decide(None, &start_command(), 10).unwrap() {
+            apply(&mut state, &e, 10);
+        }
+        state
+    }
+
+    fn say(text: &str) -> Command {
+        Command::AddMessage {
+            message_id: "msg_1".into(),
+            author: Author::Customer as i32,
+            kind: MessageKind::Text as i32,
+            text: text.into(),
+            form: None,
+            buttons: vec![],
+            sentiment: 0,
+        }
+    }
+
+    #[test]
+    fn a_started_conversation_is_active() {
+        let state = started().unwrap();
+        assert_eq!(state.conversation.status, ConversationStatus::Active as i32);
+        assert_eq!(state.conversation.created_at.unwrap().seconds, 0);
+    }
+
+    #[test]
+    fn commands_need_a_started_conversation() {
+        assert_eq!(decide(None, &say("hi"), 1), Err(DomainError::NotFound));
+        let twice = decide(started().as_ref(), &start_command(), 1);
+        assert!(matches!(twice, Err(DomainError::FailedPrecondition(_))));
+    }
+
+    #[test]
+    fn a_start_without_channel_names_the_field() {
+        let Command::Start {
+            conversation_id,
+            workspace_id,
+            user_id,
+            lead,
+            agent_id,
+            metafields,
+            ..
+        } = start_command()
+        else {
+            unreachable!()
+        };
+        let bad = Command::Start {
+            conversation_id,
+            workspace_id,
+            channel: 0,
+            user_id,
+            lead,
+            agent_id,
+            metafields,
+        };
+        let Err(DomainError::Invalid(violations)) = decide(None, &bad, 1) else {
+            panic!()
+        };
+        assert_eq!(violations[0].field, "channel");
+    }
+
+    #[test]
+    fn ended_conversations_refuse_messages_but_take_analysis() {
+        let mut state = started();
+        for e in decide(
+            state.as_ref(),
+            &Command::End {
+                reason: "done".into(),
+            },
+            20,
+        )
+        .unwrap()
+        {
+            apply(&mut state, &e, 20);
+        }
+        assert!(matches!(
+            decide(state.as_ref(), &say("hi"), 30),
+            Err(DomainError::FailedPrecondition(_))
+        ));
+        let analysis = Command::RecordAnalysis {
+            topic: "billing".into(),
+            sentiment: 0,
+            custom: HashMap::new(),
+        };
+        assert_eq!(decide(state.as_ref(), &analysis, 30).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unchanged_values_decide_nothing() {
+        let state = started();
+        let same = Command::SetStatus {
+            status: ConversationStatus::Active as i32,
+        };
+        assert!(decide(state.as_ref(), &same, 1).unwrap().is_empty());
+        let absent = Command::RemoveMetafields {
+            keys: vec!["nope".into()],
+        };
+        assert!(decide(state.as_ref(), &absent, 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn metafield_limit_counts_what_is_already_there() {
+        let mut state = started();
+        let hundred: HashMap<String, String> =
+            (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+        for e in decide(
+            state.as_ref(),
+            &Command::SetMetafields {
+                metafields: hundred.clone(),
+            },
+            2,
+        )
+        .unwrap()
+        {
+            apply(&mut state, &e, 2);
+        }
+        // Overwriting existing keys is fine; one new key is not.
+        assert!(
+            decide(
+                state.as_ref(),
+                &Command::SetMetafields {
+                    metafields: hundred
+                },
+                3
+            )
+            .is_ok()
+        );
+        let one_more = HashMap::from([("extra".to_string(), "v".to_string())]);
+        assert!(matches!(
+            decide(
+                state.as_ref(),
+                &Command::SetMetafields {
+                    metafields: one_more
+                },
+                3
+            ),
+            Err(DomainError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_message_publishes_message_created_and_the_whole_conversation() {
+        let before = started().unwrap();
+        let events = decide(Some(&before), &say("hello"), 50).unwrap();
+        let mut after = Some(before.clone());
+        for e in &events {
+            apply(&mut after, e, 50);
+        }
+        let after = after.unwrap();
+        let public = integration_events(Some(&before.conversation), &after.conversation, &events);
+        let types: Vec<_> = public.iter().map(|p| p.event_type).collect();
+        assert_eq!(
+            types,
+            vec![event_types::MESSAGE_CREATED, event_types::UPDATED]
+        );
+        let updated = ConversationUpdatedEvent::decode(public[1].payload.as_slice()).unwrap();
+        assert_eq!(updated.conversation.unwrap().message_count, 1);
+        assert_eq!(updated.changed_fields, vec!["message_count", "updated_at"]);
+        assert_eq!(updated.message.unwrap().text, "hello");
+    }
+
+    #[test]
+    fn keys_are_bounded_and_lowercase() {
+        assert!(valid_key("order.id-2_b"));
+        for bad in ["", "Order", "a b", "ключ", &"k".repeat(65)] {
+            assert!(!valid_key(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn snapshots_round_trip() {
+        let mut state = started();
+        let form = Command::AddMessage {
+            message_id: "msg_f".into(),
+            author: Author::Agent as i32,
+            kind: MessageKind::Form as i32,
+            text: String::new(),
+            form: Some(Form {
+                title: "t".into(),
+                fields: vec![switchboard_proto::events::v1::FormField {
+                    name: "n".into(),
+                    ..Default::default()
+                }],
+            }),
+            buttons: vec![],
+            sentiment: 0,
+        };
+        for e in decide(state.as_ref(), &form, 5).unwrap() {
+            apply(&mut state, &e, 5);
+        }
+        let state = state.unwrap();
+        assert_eq!(State::from_snapshot(&state.to_snapshot()), Some(state));
+    }
 }

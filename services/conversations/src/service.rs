@@ -1,6 +1,8 @@
 //! The command handler: load the conversation, decide, append (domain and public events in
 //! one append), and retry a bounded number of times when another writer wins the race.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use switchboard_eventlog::{
     EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamRef,
     derive_event_id,
@@ -8,6 +10,7 @@ use switchboard_eventlog::{
 use switchboard_proto::events::v1::{
     Conversation, ConversationCreatedEvent, ConversationUpdatedEvent, Message, MessageCreatedEvent,
 };
+
 use uuid::Uuid;
 
 use crate::domain::{self, Command, DomainError, DomainEvent, State, event_types};
@@ -52,6 +55,45 @@ pub struct Outcome {
 #[derive(Clone)]
 pub struct ConversationService {
     log: EventLog,
+    cache: Arc<StateCache>,
+}
+
+/// Recently used conversation states with the stream version they are at, so a command
+/// reads only the events appended since (usually none) instead of the snapshot and the
+/// tail of the stream. Entries may be stale (another process appended); the read after
+/// the cached version brings them up to date, and the append's version check catches
+/// any race.
+struct StateCache {
+    entries: Mutex<HashMap<StreamRef, (State, u64)>>,
+}
+
+impl StateCache {
+    const CAPACITY: usize = 10_000;
+
+    fn get(&self, stream: &StreamRef) -> Option<(State, u64)> {
+        self.entries.lock().ok()?.get(stream).cloned()
+    }
+
+    fn put(&self, stream: StreamRef, state: State, version: u64) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= Self::CAPACITY && !entries.contains_key(&stream) {
+            // Evict an arbitrary tenth: cheap, and a miss only costs a snapshot read.
+            let doomed: Vec<StreamRef> =
+                entries.keys().take(Self::CAPACITY / 10).cloned().collect();
+            for key in doomed {
+                entries.remove(&key);
+            }
+        }
+        match entries.get_mut(&stream) {
+            Some(entry) if entry.1 >= version => {}
+            Some(entry) => *entry = (state, version),
+            None => {
+                entries.insert(stream, (state, version));
+            }
+        }
+    }
 }
 
 /// The stream of one conversation: the workspace is part of the id, so a conversation of
@@ -67,7 +109,12 @@ pub fn new_id(prefix: &str) -> String {
 
 impl ConversationService {
     pub fn new(log: EventLog) -> Self {
-        Self { log }
+        Self {
+            log,
+            cache: Arc::new(StateCache {
+                entries: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     pub fn log(&self) -> &EventLog {
@@ -81,18 +128,26 @@ impl ConversationService {
         conversation_id: &str,
     ) -> Result<(Option<State>, u64), ServiceError> {
         let stream = stream_of(workspace_id, conversation_id);
-        let (mut state, mut version) = match self
-            .log
-            .load_snapshot(&stream, domain::STATE_VERSION)
-            .await?
-        {
-            Some(snapshot) => match State::from_snapshot(&snapshot.state) {
-                Some(state) => (Some(state), snapshot.stream_version),
-                None => (None, 0),
+        let (mut state, mut version, from) = match self.cache.get(&stream) {
+            // A cached state has no snapshot debt: count from the last snapshot we know of
+            // as if it were at this version.
+            Some((state, version)) => (Some(state), version, version),
+            None => match self
+                .log
+                .load_snapshot(&stream, domain::STATE_VERSION)
+                .await?
+            {
+                Some(snapshot) => match State::from_snapshot(&snapshot.state) {
+                    Some(state) => (
+                        Some(state),
+                        snapshot.stream_version,
+                        snapshot.stream_version,
+                    ),
+                    None => (None, 0, 0),
+                },
+                None => (None, 0, 0),
             },
-            None => (None, 0),
         };
-        let from = version;
         loop {
             let events = self.log.read_stream(&stream, version, 1000).await?;
             let Some(last) = events.last() else { break };
@@ -108,6 +163,7 @@ impl ConversationService {
         }
         if let Some(state) = state.as_mut() {
             state.conversation.version = version;
+            self.cache.put(stream.clone(), state.clone(), version);
             if version - from >= SNAPSHOT_EVERY {
                 // Best effort: a failed snapshot only makes the next load longer.
                 if let Err(e) = self
@@ -216,6 +272,8 @@ impl ConversationService {
                 }
                 Ok(_) => {
                     metrics::counter!("conversations_commands_total").increment(1);
+                    self.cache
+                        .put(stream.clone(), after.clone(), after.conversation.version);
                     return Ok(Outcome {
                         conversation: after.conversation,
                         message,

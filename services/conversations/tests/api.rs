@@ -930,7 +930,7 @@ async fn list_filters(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(none.conversations.is_empty());
-    let since = slack.updated_at.clone();
+    let since = slack.updated_at;
     let recent = h
         .client
         .list_conversations(list(

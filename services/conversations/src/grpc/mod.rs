@@ -5,7 +5,7 @@ mod error;
 
 use switchboard_proto::conversations::v1::conversations_server::{self, ConversationsServer};
 use switchboard_proto::conversations::v1::*;
-use switchboard_proto::events::v1::{Conversation, Lead, MessageKind};
+use switchboard_proto::events::v1::{Conversation, MessageKind};
 use tonic::{Request, Response, Status};
 
 pub use error::invalid;
@@ -132,7 +132,7 @@ impl conversations_server::Conversations for ConversationsApi {
             workspace_id: r.workspace_id,
             channel: r.channel,
             user_id: r.user_id,
-            lead: r.lead.unwrap_or(Lead::default()),
+            lead: r.lead.unwrap_or_default(),
             agent_id: r.agent_id,
             metafields: r.metafields,
         };

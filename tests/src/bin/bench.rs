@@ -1,0 +1,674 @@
+//! `make bench`: Switchboard's hot paths measured against raw baselines run in the same
+//! process on the same servers, reported as ratios (ours / baseline time; 1.00 = as fast
+//! as the raw operation) and written to BENCHMARKS.md.
+//!
+//! Needs Postgres on 127.0.0.1:5432 and NATS on 127.0.0.1:4222, like the test suite.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use prost::Message as _;
+use sqlx::postgres::PgPoolOptions;
+use switchboard_conversations::{PublicEvents, stream_spec};
+use switchboard_eventlog::testing::{TestNats, TestSchema};
+use switchboard_eventlog::{
+    EventLog, ExpectedVersion, Metadata, NewEvent, Relay, RelayConfig, StreamRef, ensure_stream,
+};
+use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
+use switchboard_proto::conversations::v1::{AddMessageRequest, StartConversationRequest};
+use switchboard_proto::events::v1::{
+    Author, Channel, ConversationUpdatedEvent, EventEnvelope, MessageKind,
+};
+use switchboard_runtime::GrpcServer;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Parser)]
+struct Args {
+    /// Write the results as Markdown to this file.
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
+    /// Scale every workload (1.0 = the recorded size).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Requests per second of the latency benchmark.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Run only the benchmarks whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+struct Row {
+    name: String,
+    ours: String,
+    baseline: String,
+    ratio: f64,
+    note: String,
+}
+
+fn per_sec(n: usize, d: Duration) -> String {
+    format!("{:.0}/s", n as f64 / d.as_secs_f64())
+}
+
+fn event(i: usize, payload: &[u8]) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: "bench.happened".into(),
+        schema_version: 1,
+        payload: payload.to_vec(),
+        metadata: Metadata {
+            workspace_id: "ws_bench".into(),
+            correlation_id: format!("req-{i}"),
+            occurred_at: 1,
+            ..Default::default()
+        },
+    }
+}
+
+const RAW_TABLE: &str = "CREATE TABLE raw_events (
+    global_position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id UUID NOT NULL UNIQUE, stream_type TEXT NOT NULL, stream_id TEXT NOT NULL,
+    stream_version BIGINT NOT NULL, event_type TEXT NOT NULL, schema_version INT NOT NULL,
+    payload BYTEA NOT NULL, metadata JSONB NOT NULL,
+    UNIQUE (stream_type, stream_id, stream_version))";
+
+async fn raw_insert(pool: &sqlx::PgPool, events: &[NewEvent], stream: &str) {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let versions: Vec<i64> = (1..=events.len() as i64).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let schemas: Vec<i32> = events.iter().map(|_| 1).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    let metadata: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(&e.metadata).unwrap())
+        .collect();
+    sqlx::query(
+        "INSERT INTO raw_events (event_id, stream_type, stream_id, stream_version, event_type, schema_version, payload, metadata)
+         SELECT e, 'bench', $1, v, t, s, p, m::jsonb
+         FROM UNNEST($2::uuid[], $3::int8[], $4::text[], $5::int4[], $6::bytea[], $7::text[]) AS u(e, v, t, s, p, m)",
+    )
+    .bind(stream)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&types)
+    .bind(&schemas)
+    .bind(&payloads)
+    .bind(&metadata)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+async fn appends(rows: &mut Vec<Row>, scale: f64) {
+    let schema = TestSchema::new().await;
+    let log = EventLog::open(&schema.store_config()).await.unwrap();
+    log.migrate().await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .after_connect({
+            let schema = schema.name.clone();
+            move |conn, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SET search_path TO \"{schema}\""
+                    )))
+                    .execute(conn)
+                    .await?;
+                    Ok(())
+                })
+            }
+        })
+        .connect(&schema.url)
+        .await
+        .unwrap();
+    sqlx::query(RAW_TABLE).execute(&pool).await.unwrap();
+    let payload = vec![7u8; 200];
+
+    // Batches of 100, one writer.
+    let batches = (40.0 * scale).max(1.0) as usize;
+    let prepared: Vec<Vec<NewEvent>> = (0..batches)
+        .map(|b| (0..100).map(|i| event(b * 100 + i, &payload)).collect())
+        .collect();
+    let raw_prepared: Vec<Vec<NewEvent>> = (0..batches)
+        .map(|b| (0..100).map(|i| event(b * 100 + i, &payload)).collect())
+        .collect();
+    let started = Instant::now();
+    for (b, batch) in raw_prepared.iter().enumerate() {
+        raw_insert(&pool, batch, &format!("ws_bench/raw-{b}")).await;
+    }
+    let raw = started.elapsed();
+    let started = Instant::now();
+    for (b, batch) in prepared.into_iter().enumerate() {
+        log.append(
+            &StreamRef::new("bench", format!("ws_bench/b-{b}")),
+            ExpectedVersion::NoStream,
+            batch,
+        )
+        .await
+        .unwrap();
+    }
+    let ours = started.elapsed();
+    rows.push(Row {
+        name: format!(
+            "append, batches of 100 ({} events, 1 writer)",
+            batches * 100
+        ),
+        ours: per_sec(batches * 100, ours),
+        baseline: per_sec(batches * 100, raw),
+        ratio: ours.as_secs_f64() / raw.as_secs_f64(),
+        note: "baseline: raw sqlx UNNEST multi-row INSERT of the same rows".into(),
+    });
+
+    // Single appends from 32 concurrent writers.
+    let writers = 32;
+    let per_writer = (50.0 * scale).max(1.0) as usize;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let pool = pool.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                raw_insert(
+                    &pool,
+                    &[event(i, &payload)],
+                    &format!("ws_bench/raw-w{w}-{i}"),
+                )
+                .await;
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    let raw = started.elapsed();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let log = log.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                log.append(
+                    &StreamRef::new("bench", format!("ws_bench/w{w}-{i}")),
+                    ExpectedVersion::NoStream,
+                    vec![event(i, &payload)],
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    let ours = started.elapsed();
+    rows.push(Row {
+        name: format!(
+            "append, single events from {writers} concurrent writers ({} events)",
+            writers * per_writer
+        ),
+        ours: per_sec(writers * per_writer, ours),
+        baseline: per_sec(writers * per_writer, raw),
+        ratio: ours.as_secs_f64() / raw.as_secs_f64(),
+        note: "baseline: raw single-row INSERT, same pool size (16)".into(),
+    });
+    pool.close().await;
+    schema.drop().await;
+}
+
+async fn relay(rows: &mut Vec<Row>, scale: f64) {
+    let schema = TestSchema::new().await;
+    let nats = TestNats::new().await;
+    let log = EventLog::open(&schema.store_config()).await.unwrap();
+    log.migrate().await.unwrap();
+    let n = (5000.0 * scale).max(100.0) as usize;
+    let payload = vec![7u8; 200];
+    for b in 0..n / 100 {
+        let batch: Vec<NewEvent> = (0..100)
+            .map(|i| {
+                let mut e = event(b * 100 + i, &payload);
+                e.event_type = "conversation.updated".into();
+                e
+            })
+            .collect();
+        log.append(
+            &StreamRef::new("conversation", format!("ws_bench/conv_{b}")),
+            ExpectedVersion::NoStream,
+            batch,
+        )
+        .await
+        .unwrap();
+    }
+    ensure_stream(&nats.js, &nats.prefix, &stream_spec(1))
+        .await
+        .unwrap();
+    let relay = Relay::new(
+        log.clone(),
+        nats.js.clone(),
+        Arc::new(PublicEvents),
+        RelayConfig {
+            service: "bench".into(),
+            prefix: nats.prefix.clone(),
+            batch_size: 256,
+            poll_interval: Duration::from_millis(20),
+        },
+    );
+    let started = Instant::now();
+    let mut passed = 0;
+    while passed < n / 100 * 100 {
+        passed += relay.publish_pending().await.unwrap();
+    }
+    let ours = started.elapsed();
+    assert_eq!(passed, n / 100 * 100);
+
+    // Baseline: the same payloads published raw, all acks awaited, to a stream of its own.
+    let baseline_prefix = format!("{}b", nats.prefix);
+    ensure_stream(&nats.js, &baseline_prefix, &stream_spec(1))
+        .await
+        .unwrap();
+    let events = log.read_all(Default::default(), n).await.unwrap();
+    let bodies: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| e.to_envelope().encode_to_vec())
+        .collect();
+    let subject = format!("{baseline_prefix}.events.ws_bench.conversation.updated");
+    let started = Instant::now();
+    for chunk in bodies.chunks(256) {
+        let mut acks = Vec::new();
+        for body in chunk {
+            acks.push(
+                nats.js
+                    .publish(subject.clone(), body.clone().into())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    let raw = started.elapsed();
+    rows.push(Row {
+        name: format!("relay to JetStream ({} events)", passed),
+        ours: per_sec(passed, ours),
+        baseline: per_sec(passed, raw),
+        ratio: ours.as_secs_f64() / raw.as_secs_f64(),
+        note: "baseline: raw async JetStream publishes of the same envelopes, acks awaited per 256"
+            .into(),
+    });
+    let _ = nats
+        .js
+        .delete_stream(format!("{baseline_prefix}_CONVERSATIONS"))
+        .await;
+    nats.drop().await;
+    schema.drop().await;
+}
+
+async fn serve_conversations(
+    log: EventLog,
+) -> (
+    ConversationsClient<tonic::transport::Channel>,
+    CancellationToken,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = GrpcServer::new().add_service(
+        switchboard_conversations::GRPC_SERVICE,
+        switchboard_conversations::api(log).into_server(),
+    );
+    let token = shutdown.clone();
+    tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
+    (
+        ConversationsClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap(),
+        shutdown,
+    )
+}
+
+async fn rebuild(rows: &mut Vec<Row>, scale: f64) {
+    let schema = TestSchema::new().await;
+    let log = switchboard_conversations::open_log(&schema.store_config())
+        .await
+        .unwrap();
+    log.migrate().await.unwrap();
+    let (client, shutdown) = serve_conversations(log.clone()).await;
+    let conversations = (100.0 * scale).max(4.0) as usize;
+    let mut tasks = Vec::new();
+    for _ in 0..conversations {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client
+                .start_conversation(StartConversationRequest {
+                    workspace_id: "ws_bench".into(),
+                    channel: Channel::Api as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .conversation
+                .unwrap();
+            for i in 0..10 {
+                client.add_message(text(&c.id, i)).await.unwrap();
+            }
+        }));
+    }
+    futures::future::join_all(tasks).await;
+    let total = log.count_events().await.unwrap() as usize;
+    let started = Instant::now();
+    let folded = log
+        .rebuild(
+            &switchboard_conversations::ConversationsProjection,
+            &mut |_| {},
+        )
+        .await
+        .unwrap() as usize;
+    let ours = started.elapsed();
+    let pool = log.postgres_pool().unwrap();
+    let started = Instant::now();
+    let raw: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT global_position, payload FROM events ORDER BY global_position")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let raw_time = started.elapsed();
+    assert_eq!((folded, raw.len()), (total, total));
+    rows.push(Row {
+        name: format!("rebuild the conversations read model ({total} events)"),
+        ours: per_sec(total, ours),
+        baseline: per_sec(total, raw_time),
+        ratio: ours.as_secs_f64() / raw_time.as_secs_f64(),
+        note: "baseline: raw SELECT of the same rows; ours decodes and writes the read model"
+            .into(),
+    });
+    shutdown.cancel();
+    schema.drop().await;
+}
+
+fn text(conversation_id: &str, i: usize) -> AddMessageRequest {
+    AddMessageRequest {
+        workspace_id: "ws_bench".into(),
+        conversation_id: conversation_id.into(),
+        author: Author::Customer as i32,
+        kind: MessageKind::Text as i32,
+        text: format!("message {i} with a little text in it"),
+        ..Default::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn latency(rows: &mut Vec<Row>, scale: f64, rate: f64) {
+    let schema = TestSchema::new().await;
+    let nats = TestNats::new().await;
+    let log = switchboard_conversations::open_log(&schema.store_config())
+        .await
+        .unwrap();
+    log.migrate().await.unwrap();
+    ensure_stream(&nats.js, &nats.prefix, &stream_spec(1))
+        .await
+        .unwrap();
+    let (client, shutdown) = serve_conversations(log.clone()).await;
+    let relay = Relay::new(
+        log.clone(),
+        nats.js.clone(),
+        Arc::new(PublicEvents),
+        RelayConfig {
+            service: "conversations".into(),
+            prefix: nats.prefix.clone(),
+            batch_size: 256,
+            poll_interval: Duration::from_millis(100),
+        },
+    );
+    tokio::spawn(relay.run(shutdown.clone()));
+
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let mut c = client.clone();
+        ids.push(
+            c.start_conversation(StartConversationRequest {
+                workspace_id: "ws_bench".into(),
+                channel: Channel::Api as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .conversation
+            .unwrap()
+            .id,
+        );
+    }
+    let requests = (5000.0 * scale).max(200.0) as usize;
+    let mut updates = nats
+        .client
+        .subscribe(format!(
+            "{}.events.ws_bench.conversation.updated",
+            nats.prefix
+        ))
+        .await
+        .unwrap();
+    let sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let receiver = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while latencies.len() < requests {
+                let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_secs(10), updates.next()).await
+                else {
+                    break;
+                };
+                let now = Instant::now();
+                let envelope = EventEnvelope::decode(msg.payload.as_ref()).unwrap();
+                let updated =
+                    ConversationUpdatedEvent::decode(envelope.payload.as_slice()).unwrap();
+                let key = updated.message.map(|m| m.text).unwrap_or_default();
+                if let Some(at) = sent.lock().unwrap().remove(&key) {
+                    if std::env::var("BENCH_DEBUG").is_ok() && now - at > Duration::from_millis(50)
+                    {
+                        eprintln!("slow {key}: {:?}", now - at);
+                    }
+                    latencies.push(now - at);
+                }
+            }
+            latencies
+        })
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..requests {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let mut c = client.clone();
+        let mut request = text(&ids[i % ids.len()], i);
+        request.text = format!("latency probe {i}");
+        sent.lock()
+            .unwrap()
+            .insert(request.text.clone(), Instant::now());
+        tasks.push(tokio::spawn(async move {
+            c.add_message(request).await.map(|_| ())
+        }));
+    }
+    let failures = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .filter(|r| !matches!(r, Ok(Ok(()))))
+        .count();
+    let mut ours = receiver.await.unwrap();
+    ours.sort();
+
+    // Baseline: raw JetStream publishes of a small body, received by a core subscriber, at
+    // the same rate: the transport alone.
+    let subject = format!("{}.events.ws_bench.conversation.updated", nats.prefix);
+    let mut raw_sub = nats.client.subscribe(subject.clone()).await.unwrap();
+    let raw_sent: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let raw_receiver = {
+        let raw_sent = raw_sent.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while latencies.len() < requests {
+                let Ok(Some(msg)) =
+                    tokio::time::timeout(Duration::from_secs(10), raw_sub.next()).await
+                else {
+                    break;
+                };
+                let now = Instant::now();
+                let key = String::from_utf8_lossy(&msg.payload).to_string();
+                if let Some(at) = raw_sent.lock().unwrap().remove(&key) {
+                    latencies.push(now - at);
+                }
+            }
+            latencies
+        })
+    };
+    let started = Instant::now();
+    let mut acks = Vec::new();
+    for i in 0..requests {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let key = format!("raw probe {i}");
+        raw_sent.lock().unwrap().insert(key.clone(), Instant::now());
+        acks.push(nats.js.publish(subject.clone(), key.into()).await.unwrap());
+    }
+    for ack in acks {
+        let _ = ack.await;
+    }
+    let mut raw = raw_receiver.await.unwrap();
+    raw.sort();
+
+    // Second baseline: a raw single-row INSERT and its COMMIT at the same rate, which is
+    // what the disk's fsync latency does to any durable write on this machine.
+    let pool = log.postgres_pool().unwrap().clone();
+    sqlx::query("CREATE TABLE raw_commits (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..requests {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let at = Instant::now();
+            sqlx::query("INSERT INTO raw_commits (body) VALUES ($1)")
+                .bind(format!("probe {i}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            at.elapsed()
+        }));
+    }
+    let mut commits: Vec<Duration> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    commits.sort();
+    shutdown.cancel();
+    nats.drop().await;
+    schema.drop().await;
+
+    let p50 = percentile(&ours, 0.50);
+    let p99 = percentile(&ours, 0.99);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    rows.push(Row {
+        name: format!("latency: AddMessage to conversation.updated received from NATS, {requests} requests at {rate:.0}/s"),
+        ours: format!("p50 {:.2} ms, p99 {:.2} ms ({} received, {failures} failed)", ms(p50), ms(p99), ours.len()),
+        baseline: format!("p50 {:.2} ms, p99 {:.2} ms", ms(percentile(&raw, 0.5)), ms(percentile(&raw, 0.99))),
+        ratio: p50.as_secs_f64() / percentile(&raw, 0.5).as_secs_f64(),
+        note: "baseline: raw JetStream publish to a core subscriber at the same rate (ratio of p50s)".into(),
+    });
+    rows.push(Row {
+        name: format!("latency, second baseline: raw INSERT + COMMIT at {rate:.0}/s"),
+        ours: format!(
+            "p50 {:.2} ms, p99 {:.2} ms (Switchboard, as above)",
+            ms(p50),
+            ms(p99)
+        ),
+        baseline: format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            ms(percentile(&commits, 0.5)),
+            ms(percentile(&commits, 0.99))
+        ),
+        ratio: p50.as_secs_f64() / percentile(&commits, 0.5).as_secs_f64(),
+        note: "baseline: one durable Postgres write, no NATS (ratio of p50s)".into(),
+    });
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut rows = Vec::new();
+    let run = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    if run("append") {
+        appends(&mut rows, args.scale).await;
+    }
+    if run("relay") {
+        relay(&mut rows, args.scale).await;
+    }
+    if run("rebuild") {
+        rebuild(&mut rows, args.scale).await;
+    }
+    if run("latency") {
+        latency(&mut rows, args.scale, args.rate).await;
+    }
+    let mut out = String::new();
+    writeln!(
+        out,
+        "| benchmark | Switchboard | baseline | ratio (time, ours / baseline) | baseline is |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---|---|---|---|").unwrap();
+    for r in &rows {
+        let ratio = if r.ratio.is_nan() {
+            "-".into()
+        } else {
+            format!("{:.2}", r.ratio)
+        };
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            r.name, r.ours, r.baseline, ratio, r.note
+        )
+        .unwrap();
+    }
+    writeln!(
+        out,
+        "\nPeak RSS of the benchmark process: {:.0} MiB.",
+        peak_rss_mib()
+    )
+    .unwrap();
+    print!("{out}");
+    if let Some(path) = args.write {
+        let header = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.split("<!-- results -->").next().map(str::to_owned))
+            .unwrap_or_default();
+        std::fs::write(&path, format!("{header}<!-- results -->\n{out}")).unwrap();
+    }
+}
