@@ -145,28 +145,8 @@ impl PgLog {
         events: &[NewEvent],
     ) -> Result<Option<Vec<RecordedEvent>>, EventLogError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let row = sqlx::query(
-            "SELECT (SELECT max(stream_version) FROM events WHERE stream_type = $1 AND stream_id = $2),
-                    EXISTS (SELECT 1 FROM events WHERE event_id = ANY($3))",
-        )
-        .bind(&stream.stream_type)
-        .bind(&stream.stream_id)
-        .bind(&ids)
-        .fetch_one(&mut *conn)
-        .await?;
-        let current: Option<i64> = row.try_get(0)?;
-        let duplicate: bool = row.try_get(1)?;
-        if duplicate {
-            return Ok(None);
-        }
-        let current = current.unwrap_or(0) as u64;
-        if current != expected.as_u64() {
-            return Err(conflict(stream, expected, current));
-        }
-
-        let versions: Vec<i64> = (1..=events.len() as i64)
-            .map(|i| current as i64 + i)
-            .collect();
+        let first = expected.as_u64() as i64;
+        let versions: Vec<i64> = (1..=events.len() as i64).map(|i| first + i).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let schema_versions: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
@@ -178,15 +158,26 @@ impl PgLog {
                 field: "metadata",
                 reason: e.to_string(),
             })?;
+        // One round trip: check the version and the ids, and insert only if both allow it.
+        // A writer racing between the check and the insert hits the unique constraints.
         let inserted = sqlx::query(
-            "INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,
-                                 schema_version, payload, metadata)
-             SELECT e, $1, $2, v, t, s, p, m::jsonb
-             FROM UNNEST($3::uuid[], $4::int8[], $5::text[], $6::int4[], $7::bytea[], $8::text[])
-                  AS u(e, v, t, s, p, m)
-             ORDER BY v
-             RETURNING stream_version, global_position, transaction_id::text::int8,
-                       (extract(epoch from recorded_at) * 1000000)::int8",
+            "WITH state AS (
+                 SELECT (SELECT max(stream_version) FROM events
+                         WHERE stream_type = $1 AND stream_id = $2) AS current,
+                        EXISTS (SELECT 1 FROM events WHERE event_id = ANY($3)) AS duplicate
+             ), inserted AS (
+                 INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type,
+                                     schema_version, payload, metadata)
+                 SELECT e, $1, $2, v, t, s, p, m::jsonb
+                 FROM UNNEST($3::uuid[], $4::int8[], $5::text[], $6::int4[], $7::bytea[],
+                             $8::text[]) AS u(e, v, t, s, p, m), state
+                 WHERE NOT state.duplicate AND coalesce(state.current, 0) = $9
+                 ORDER BY v
+                 RETURNING stream_version, global_position, transaction_id::text::int8,
+                           (extract(epoch from recorded_at) * 1000000)::int8
+             )
+             SELECT state.current, state.duplicate, inserted.*
+             FROM state LEFT JOIN inserted ON true",
         )
         .bind(&stream.stream_type)
         .bind(&stream.stream_id)
@@ -196,6 +187,7 @@ impl PgLog {
         .bind(&schema_versions)
         .bind(&payloads)
         .bind(&metadata)
+        .bind(first)
         .fetch_all(&mut *conn)
         .await;
         let rows = match inserted {
@@ -206,10 +198,23 @@ impl PgLog {
             Err(sqlx::Error::Database(db))
                 if db.constraint() == Some("events_stream_version_unique") =>
             {
-                return Err(conflict(stream, expected, current + 1));
+                return Err(conflict(stream, expected, expected.as_u64() + 1));
             }
             Err(e) => return Err(e.into()),
         };
+        let Some(head) = rows.first() else {
+            return Err(EventLogError::Invalid {
+                field: "append",
+                reason: "the append statement returned no row".into(),
+            });
+        };
+        if head.try_get::<bool, _>(1)? {
+            return Ok(None);
+        }
+        let current = head.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64;
+        if current != expected.as_u64() {
+            return Err(conflict(stream, expected, current));
+        }
 
         let mut recorded = Vec::with_capacity(events.len());
         for (event, row) in events.iter().zip(sort_by_version(rows)?) {
@@ -457,10 +462,12 @@ impl PgLog {
     }
 }
 
+/// The inserted rows' `(stream_version, global_position, transaction_id, recorded_at)`,
+/// which follow the version and duplicate columns.
 fn sort_by_version(rows: Vec<PgRow>) -> Result<Vec<(i64, i64, i64, i64)>, EventLogError> {
     let mut out = rows
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .map(|r| Ok((r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     out.sort_by_key(|r| r.0);
     Ok(out)

@@ -173,6 +173,20 @@ impl EventLog {
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let appended = match self.backend.as_ref() {
+            Backend::Postgres(pg) if self.projections.is_empty() => {
+                // Nothing else to write: the one statement is its own transaction.
+                let mut conn = pg.pool.acquire().await?;
+                match PgLog::insert(&mut conn, stream, expected, &events).await? {
+                    Some(recorded) => Appended {
+                        events: recorded,
+                        duplicate: false,
+                    },
+                    None => Appended {
+                        events: PgLog::find_events(&mut conn, &ids).await?,
+                        duplicate: true,
+                    },
+                }
+            }
             Backend::Postgres(pg) => {
                 let mut tx = pg.pool.begin().await?;
                 // Roll back explicitly on every failure: a failed insert has taken a

@@ -2,6 +2,8 @@
 //! inline projection of the public events (each carries the conversation as it now is),
 //! and the paginated queries over it.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -56,29 +58,45 @@ impl Projection for ConversationsProjection {
         "conversations"
     }
 
+    /// Folds a batch into at most one upsert per conversation and one insert of its new
+    /// messages per chunk, so a rebuild writes in bulk and an append in two statements.
     async fn apply(&self, tx: &mut Tx<'_>, events: &[RecordedEvent]) -> Result<(), EventLogError> {
+        let mut latest: HashMap<(String, String), Conversation> = HashMap::new();
+        let mut messages: HashMap<(String, String, u64), Message> = HashMap::new();
         for event in events {
-            match event.event_type.as_str() {
-                event_types::CREATED => {
-                    let e: ConversationCreatedEvent = event.decode()?;
-                    upsert(tx, e.conversation).await?;
-                }
-                event_types::UPDATED => {
-                    let e: ConversationUpdatedEvent = event.decode()?;
-                    upsert(tx, e.conversation).await?;
-                }
-                event_types::ENDED => {
-                    let e: ConversationEndedEvent = event.decode()?;
-                    upsert(tx, e.conversation).await?;
-                }
+            let conversation = match event.event_type.as_str() {
+                event_types::CREATED => event.decode::<ConversationCreatedEvent>()?.conversation,
+                event_types::UPDATED => event.decode::<ConversationUpdatedEvent>()?.conversation,
+                event_types::ENDED => event.decode::<ConversationEndedEvent>()?.conversation,
                 event_types::MESSAGE_CREATED => {
-                    let e: MessageCreatedEvent = event.decode()?;
-                    if let Some(message) = e.message {
-                        insert_message(tx, event.workspace_id(), &message).await?;
+                    if let Some(m) = event.decode::<MessageCreatedEvent>()?.message {
+                        let key = (
+                            event.workspace_id().to_owned(),
+                            m.conversation_id.clone(),
+                            m.sequence,
+                        );
+                        messages.entry(key).or_insert(m);
                     }
+                    continue;
                 }
-                _ => {}
-            }
+                _ => continue,
+            };
+            let Some(c) = conversation else {
+                return Err(EventLogError::Projection {
+                    name: "conversations".into(),
+                    reason: format!("{} without a conversation", event.event_id),
+                });
+            };
+            // Later events carry later states: keep the last one per conversation.
+            latest.insert((c.workspace_id.clone(), c.id.clone()), c);
+        }
+        let conversations: Vec<Conversation> = latest.into_values().collect();
+        for chunk in conversations.chunks(WRITE_CHUNK) {
+            upsert_conversations(tx, chunk).await?;
+        }
+        let messages: Vec<((String, String, u64), Message)> = messages.into_iter().collect();
+        for chunk in messages.chunks(WRITE_CHUNK) {
+            insert_messages(tx, chunk).await?;
         }
         Ok(())
     }
@@ -90,57 +108,56 @@ impl Projection for ConversationsProjection {
     }
 }
 
-async fn upsert(tx: &mut Tx<'_>, conversation: Option<Conversation>) -> Result<(), EventLogError> {
-    let Some(c) = conversation else {
-        return Err(EventLogError::Projection {
-            name: "conversations".into(),
-            reason: "public event without a conversation".into(),
+/// Rows per multi-row statement: well under SQLite's limit of 32766 parameters.
+const WRITE_CHUNK: usize = 500;
+
+fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
+    t.as_ref()
+        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+        .unwrap_or_default()
+}
+
+async fn upsert_conversations(tx: &mut Tx<'_>, rows: &[Conversation]) -> Result<(), EventLogError> {
+    on_conn!(tx, conn => {
+        let mut query = sqlx::QueryBuilder::new(
+            "INSERT INTO conversations (workspace_id, id, status, channel, created_at, updated_at, state) ",
+        );
+        query.push_values(rows, |mut row, c| {
+            row.push_bind(c.workspace_id.clone())
+                .push_bind(c.id.clone())
+                .push_bind(c.status)
+                .push_bind(c.channel)
+                .push_bind(micros(&c.created_at))
+                .push_bind(micros(&c.updated_at))
+                .push_bind(c.encode_to_vec());
         });
-    };
-    let micros = |t: &Option<prost_types::Timestamp>| {
-        t.as_ref()
-            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
-            .unwrap_or_default()
-    };
-    let state = c.encode_to_vec();
-    on_conn!(tx, conn => sqlx::query(
-        "INSERT INTO conversations (workspace_id, id, status, channel, created_at, updated_at, state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (workspace_id, id) DO UPDATE SET status = excluded.status,
-             channel = excluded.channel, updated_at = excluded.updated_at, state = excluded.state",
-    )
-    .bind(&c.workspace_id)
-    .bind(&c.id)
-    .bind(c.status)
-    .bind(c.channel)
-    .bind(micros(&c.created_at))
-    .bind(micros(&c.updated_at))
-    .bind(&state)
-    .execute(conn)
-    .await
-    .map(|r| r.rows_affected()))?;
+        query.push(
+            " ON CONFLICT (workspace_id, id) DO UPDATE SET status = excluded.status,
+              channel = excluded.channel, updated_at = excluded.updated_at, state = excluded.state",
+        );
+        query.build().execute(conn).await.map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
-async fn insert_message(
+async fn insert_messages(
     tx: &mut Tx<'_>,
-    workspace_id: &str,
-    message: &Message,
+    rows: &[((String, String, u64), Message)],
 ) -> Result<(), EventLogError> {
-    let body = message.encode_to_vec();
-    on_conn!(tx, conn => sqlx::query(
-        "INSERT INTO messages (workspace_id, conversation_id, sequence, id, body)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (workspace_id, conversation_id, sequence) DO NOTHING",
-    )
-    .bind(workspace_id)
-    .bind(&message.conversation_id)
-    .bind(message.sequence as i64)
-    .bind(&message.id)
-    .bind(&body)
-    .execute(conn)
-    .await
-    .map(|r| r.rows_affected()))?;
+    on_conn!(tx, conn => {
+        let mut query = sqlx::QueryBuilder::new(
+            "INSERT INTO messages (workspace_id, conversation_id, sequence, id, body) ",
+        );
+        query.push_values(rows, |mut row, ((workspace_id, conversation_id, sequence), m)| {
+            row.push_bind(workspace_id.clone())
+                .push_bind(conversation_id.clone())
+                .push_bind(*sequence as i64)
+                .push_bind(m.id.clone())
+                .push_bind(m.encode_to_vec());
+        });
+        query.push(" ON CONFLICT (workspace_id, conversation_id, sequence) DO NOTHING");
+        query.build().execute(conn).await.map(|r| r.rows_affected())
+    })?;
     Ok(())
 }
 
