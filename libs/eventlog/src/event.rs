@@ -91,6 +91,8 @@ pub struct Metadata {
     pub causation_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traceparent: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracestate: String,
     /// When the change happened, in microseconds since the epoch.
     pub occurred_at: i64,
 }
@@ -185,6 +187,7 @@ impl RecordedEvent {
             causation_id: self.metadata.causation_id.clone(),
             traceparent: self.metadata.traceparent.clone(),
             payload: self.payload.clone(),
+            tracestate: self.metadata.tracestate.clone(),
         }
     }
 
@@ -210,6 +213,7 @@ impl RecordedEvent {
                 correlation_id: envelope.correlation_id,
                 causation_id: envelope.causation_id,
                 traceparent: envelope.traceparent,
+                tracestate: envelope.tracestate,
                 occurred_at: envelope.occurred_at.map(micros).unwrap_or_default(),
             },
             recorded_at: envelope.recorded_at.map(micros).unwrap_or_default(),
@@ -265,6 +269,7 @@ mod tests {
                 correlation_id: "req_1".into(),
                 causation_id: String::new(),
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                tracestate: "vendor=1".into(),
                 occurred_at: 1_700_000_000_123_456,
             },
             recorded_at: -1_500_001,

@@ -381,7 +381,9 @@ impl PgLog {
         sqlx::query(
             "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
-                 global_position = excluded.global_position, updated_at = now()",
+                 global_position = excluded.global_position, updated_at = now()
+             WHERE (checkpoints.transaction_id, checkpoints.global_position)
+                 < (excluded.transaction_id, excluded.global_position)",
         )
         .bind(name)
         .bind(position.transaction_id as i64)

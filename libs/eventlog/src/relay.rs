@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, stream};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::EventLogError;
 use crate::event::RecordedEvent;
-use crate::store::{EventLog, Leadership};
+use crate::store::{DeadLetter, EventLog, Leadership};
 
 /// Decides where each event of a service's log goes on NATS.
 pub trait Router: Send + Sync {
@@ -59,7 +60,7 @@ pub fn prefixed_subject(prefix: &str, subject: &str) -> String {
 }
 
 /// Creates the stream with file storage, the given replicas and a two-minute duplicate
-/// window, unless it exists.
+/// window, or brings an existing one's subjects and replicas up to date.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     prefix: &str,
@@ -77,9 +78,27 @@ pub async fn ensure_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    js.get_or_create_stream(config)
-        .await
-        .map_err(EventLogError::nats)
+    match js.get_stream(&config.name).await {
+        Ok(mut existing) => {
+            let current = existing
+                .info()
+                .await
+                .map_err(EventLogError::nats)?
+                .config
+                .clone();
+            if current.subjects != config.subjects || current.num_replicas != config.num_replicas {
+                info!(stream = %config.name, "updating stream subjects and replicas");
+                js.update_stream(config)
+                    .await
+                    .map_err(EventLogError::nats)?;
+            }
+            Ok(existing)
+        }
+        Err(_) => js
+            .get_or_create_stream(config)
+            .await
+            .map_err(EventLogError::nats),
+    }
 }
 
 /// How a relay runs.
@@ -144,16 +163,18 @@ impl Relay {
 
     async fn lead(&self, mut lease: Leadership, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        let mut idle = 0u32;
+        let mut rounds = 0u32;
         loop {
+            rounds += 1;
+            // Another relay may have taken over if our lock's session died; the checkpoint
+            // only moves forward, so a stale leader cannot rewind it, but it should stop.
+            if rounds.is_multiple_of(50) && !lease.is_held().await {
+                warn!("relay lost its leader lock; standing by");
+                return;
+            }
             let appended = self.log.appended();
             match self.publish_pending().await {
                 Ok(0) => {
-                    idle += 1;
-                    if idle.is_multiple_of(50) && !lease.is_held().await {
-                        warn!("relay lost its leader lock; standing by");
-                        return;
-                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = appended => {}
@@ -161,7 +182,6 @@ impl Relay {
                     }
                 }
                 Ok(_) => {
-                    idle = 0;
                     backoff = Duration::from_millis(100);
                     if shutdown.is_cancelled() {
                         return;
@@ -186,9 +206,9 @@ impl Relay {
     /// each acknowledged batch. Returns how many log events it passed (routed or not).
     pub async fn publish_pending(&self) -> Result<usize, EventLogError> {
         let name = self.checkpoint_name();
+        let mut after = self.log.checkpoint(&name).await?;
         let mut passed = 0;
         loop {
-            let after = self.log.checkpoint(&name).await?;
             let batch = self.log.read_all(after, self.config.batch_size).await?;
             let Some(last) = batch.last() else {
                 return Ok(passed);
@@ -199,18 +219,27 @@ impl Relay {
                     continue;
                 };
                 let subject = prefixed_subject(&self.config.prefix, &subject);
-                let ack = self
+                let published = self
                     .js
                     .publish_with_headers(subject, headers(event), envelope_bytes(event).into())
-                    .await
-                    .map_err(EventLogError::nats)?;
-                acks.push(ack);
+                    .await;
+                match published {
+                    Ok(ack) => acks.push(ack),
+                    // Retrying can never send this one: keep it, say why, and go on, rather
+                    // than hold back every event behind it.
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        self.dead_letter(event, &format!("cannot publish: {e}"))
+                            .await?;
+                    }
+                    Err(e) => return Err(EventLogError::nats(e)),
+                }
             }
             let published = acks.len();
             for ack in acks {
                 ack.await.map_err(EventLogError::nats)?;
             }
             self.log.save_checkpoint(&name, last.position()).await?;
+            after = last.position();
             metrics::counter!("relay_published_total", "service" => self.config.service.clone())
                 .increment(published as u64);
             passed += batch.len();
@@ -218,6 +247,21 @@ impl Relay {
                 return Ok(passed);
             }
         }
+    }
+
+    async fn dead_letter(&self, event: &RecordedEvent, reason: &str) -> Result<(), EventLogError> {
+        warn!(event_id = %event.event_id, event_type = %event.event_type, %reason, "relay dead-letters an event");
+        self.log
+            .dead_letter(&DeadLetter {
+                consumer: self.checkpoint_name(),
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                stream_id: event.stream.stream_id.clone(),
+                reason: reason.to_owned(),
+                attempts: 1,
+                envelope: envelope_bytes(event),
+            })
+            .await
     }
 }
 
@@ -240,6 +284,9 @@ pub fn headers(event: &RecordedEvent) -> HeaderMap {
     headers.insert("content-type", "application/protobuf");
     if !event.metadata.traceparent.is_empty() {
         headers.insert("traceparent", event.metadata.traceparent.as_str());
+    }
+    if !event.metadata.tracestate.is_empty() {
+        headers.insert("tracestate", event.metadata.tracestate.as_str());
     }
     headers
 }

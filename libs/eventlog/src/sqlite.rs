@@ -351,7 +351,9 @@ impl SqliteLog {
         sqlx::query(
             "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
-                 global_position = excluded.global_position",
+                 global_position = excluded.global_position
+             WHERE (checkpoints.transaction_id, checkpoints.global_position)
+                 < (excluded.transaction_id, excluded.global_position)",
         )
         .bind(name)
         .bind(position.transaction_id as i64)

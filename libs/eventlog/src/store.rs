@@ -196,14 +196,14 @@ impl EventLog {
                 let inserted = match inserted {
                     Ok(inserted) => inserted,
                     Err(e) => {
-                        tx.rollback().await?;
+                        rollback_quietly(tx).await;
                         return Err(e);
                     }
                 };
                 match inserted {
                     Some(recorded) => {
                         if let Err(e) = self.project(&mut Tx::Postgres(&mut tx), &recorded).await {
-                            tx.rollback().await?;
+                            rollback_quietly(tx).await;
                             return Err(e);
                         }
                         tx.commit().await?;
@@ -395,7 +395,7 @@ impl EventLog {
                         Ok(Ok(true))
                     }
                     Err(e) => {
-                        tx.rollback().await?;
+                        rollback_quietly(tx).await;
                         Ok(Err(e))
                     }
                 }
@@ -412,7 +412,7 @@ impl EventLog {
                         Ok(Ok(true))
                     }
                     Err(e) => {
-                        tx.rollback().await?;
+                        rollback_quietly(tx).await;
                         Ok(Err(e))
                     }
                 }
@@ -564,4 +564,12 @@ fn advisory_key(schema: &str, name: &str) -> i64 {
     i64::from_be_bytes([
         bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
     ])
+}
+
+/// Rolls back after a failure without hiding it: the caller returns the original error,
+/// and a connection too broken to roll back is closed by the pool anyway.
+async fn rollback_quietly<DB: sqlx::Database>(tx: sqlx::Transaction<'_, DB>) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "rollback after a failed append did not complete");
+    }
 }

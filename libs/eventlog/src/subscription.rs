@@ -184,9 +184,11 @@ impl JetStreamSubscription {
                     filter_subject: self.filter_subject.clone(),
                     ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: Duration::from_secs(30),
-                    // Our own attempt limit dead-letters first; this bound only stops a
-                    // message that crashes the process from looping forever.
-                    max_deliver: i64::from(self.config.max_attempts) + 2,
+                    // Unlimited here: our own attempt limit dead-letters, and a message
+                    // redelivered past it without an outcome (the consumer crashed on it)
+                    // is dead-lettered before it reaches the handler again. JetStream's
+                    // own limit would drop it silently.
+                    max_deliver: -1,
                     ..Default::default()
                 },
             )
@@ -224,21 +226,40 @@ impl Subscription for JetStreamSubscription {
             let event = EventEnvelope::decode(message.payload.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|env| RecordedEvent::from_envelope(env).map_err(|e| e.to_string()));
-            let retry = match event {
-                Ok(event) => deliver(&self.config, handler.as_ref(), &event, attempt).await?,
-                Err(reason) => {
-                    self.config
-                        .inbox
-                        .dead_letter(&undecodable(
-                            &self.config.consumer,
-                            &message,
-                            reason,
-                            attempt,
-                        ))
-                        .await?;
-                    None
-                }
+            let outcome = match event {
+                Ok(event) if attempt > self.config.max_attempts + 1 => self
+                    .config
+                    .inbox
+                    .dead_letter(&DeadLetter {
+                        consumer: self.config.consumer.clone(),
+                        event_id: event.event_id,
+                        event_type: event.event_type.clone(),
+                        stream_id: event.stream.stream_id.clone(),
+                        reason: format!("delivered {attempt} times without an outcome"),
+                        attempts: attempt,
+                        envelope: message.payload.to_vec(),
+                    })
+                    .await
+                    .map(|()| None),
+                Ok(event) => deliver(&self.config, handler.as_ref(), &event, attempt).await,
+                Err(reason) => self
+                    .config
+                    .inbox
+                    .dead_letter(&undecodable(
+                        &self.config.consumer,
+                        &message,
+                        reason,
+                        attempt,
+                    ))
+                    .await
+                    .map(|()| None),
             };
+            // Our own store failing is no reason to give up on the event: leave it to be
+            // redelivered after a backoff.
+            let retry = outcome.unwrap_or_else(|e| {
+                warn!(consumer = %self.config.consumer, error = %e, "could not process event; redelivering");
+                Some(self.config.delay_after(attempt))
+            });
             let ack = match retry {
                 None => message.ack().await,
                 Some(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
@@ -308,7 +329,34 @@ impl Subscription for LogTailSubscription {
         shutdown: CancellationToken,
     ) -> Result<(), EventLogError> {
         let checkpoint = format!("subscription:{}", self.config.consumer);
-        let mut after = self.config.inbox.checkpoint(&checkpoint).await?;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.follow(&checkpoint, handler.as_ref(), &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    // Either store failing is transient from here: the checkpoint and the
+                    // processed records make resuming safe.
+                    warn!(consumer = %self.config.consumer, error = %e, retry_in = ?backoff, "subscription failed; resuming");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+}
+
+impl LogTailSubscription {
+    /// Delivers from the checkpoint on until `shutdown`, or until a store fails.
+    async fn follow(
+        &self,
+        checkpoint: &str,
+        handler: &dyn Handler,
+        shutdown: &CancellationToken,
+    ) -> Result<(), EventLogError> {
+        let mut after = self.config.inbox.checkpoint(checkpoint).await?;
         loop {
             let appended = self.source.appended();
             let batch = self.source.read_all(after, 100).await?;
@@ -323,9 +371,7 @@ impl Subscription for LogTailSubscription {
             for event in &batch {
                 if (self.filter)(event) {
                     let mut attempt = 1;
-                    while let Some(delay) =
-                        deliver(&self.config, handler.as_ref(), event, attempt).await?
-                    {
+                    while let Some(delay) = deliver(&self.config, handler, event, attempt).await? {
                         attempt += 1;
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(()),
@@ -334,10 +380,7 @@ impl Subscription for LogTailSubscription {
                     }
                 }
                 after = event.position();
-                self.config
-                    .inbox
-                    .save_checkpoint(&checkpoint, after)
-                    .await?;
+                self.config.inbox.save_checkpoint(checkpoint, after).await?;
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }

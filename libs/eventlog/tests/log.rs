@@ -510,3 +510,28 @@ async fn projection_and_rebuild_postgres() {
 async fn projection_and_rebuild_sqlite() {
     projection_case(Fixture::sqlite()).await;
 }
+
+async fn checkpoint_case(fixture: Fixture) {
+    let log = fixture.open().await;
+    let at = |p| LogPosition {
+        transaction_id: 0,
+        global_position: p,
+    };
+    log.save_checkpoint("reader", at(5)).await.unwrap();
+    // A stale writer (a relay that lost its lock) cannot move it back.
+    log.save_checkpoint("reader", at(3)).await.unwrap();
+    assert_eq!(log.checkpoint("reader").await.unwrap(), at(5));
+    log.save_checkpoint("reader", at(8)).await.unwrap();
+    assert_eq!(log.checkpoint("reader").await.unwrap(), at(8));
+    fixture.cleanup().await;
+}
+
+#[tokio::test]
+async fn checkpoints_only_move_forward_postgres() {
+    checkpoint_case(Fixture::postgres().await).await;
+}
+
+#[tokio::test]
+async fn checkpoints_only_move_forward_sqlite() {
+    checkpoint_case(Fixture::sqlite()).await;
+}

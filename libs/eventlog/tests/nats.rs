@@ -187,6 +187,38 @@ fn switchboard_eventlog_headers(e: &RecordedEvent) -> async_nats::HeaderMap {
 }
 
 #[tokio::test]
+async fn relay_dead_letters_what_nats_can_never_take_and_goes_on() {
+    let schema = TestSchema::new().await;
+    let nats = TestNats::new().await;
+    let log = open(&schema.store_config()).await;
+    ensure_stream(&nats.js, &nats.prefix, &spec())
+        .await
+        .unwrap();
+    let mut huge = event("thing.made");
+    huge.payload = vec![0u8; 2 * 1024 * 1024]; // over NATS's 1 MB max_payload
+    let s = StreamRef::new("thing", "ws_test/huge");
+    log.append(&s, ExpectedVersion::NoStream, vec![huge])
+        .await
+        .unwrap();
+    append_n(&log, 2, "thing.made").await;
+    publish_all(&relay(&log, &nats), 3).await;
+    assert_eq!(
+        stream_messages(&nats).await,
+        2,
+        "the events behind it went out"
+    );
+    let letters = log.dead_letters("relay:things").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].reason.contains("max payload"),
+        "{}",
+        letters[0].reason
+    );
+    nats.drop().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
 async fn only_one_relay_leads() {
     let schema = TestSchema::new().await;
     let log = open(&schema.store_config()).await;

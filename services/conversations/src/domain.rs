@@ -32,7 +32,15 @@ pub mod limits {
     pub const FORM_FIELDS: usize = 50;
     pub const FIELD_OPTIONS: usize = 50;
     pub const BUTTONS: usize = 20;
-    pub const ANALYSIS_KEYS: usize = 100;
+    /// Custom analysis keys a conversation can hold in all, and the size of each value.
+    pub const ANALYSIS_KEYS: usize = 50;
+    pub const ANALYSIS_VALUE_BYTES: usize = 1024;
+    /// Encoded size of one message: text, form or buttons with everything in them.
+    pub const MESSAGE_BYTES: usize = 48 * 1024;
+    /// Form and buttons messages a conversation remembers for submissions and clicks; the
+    /// oldest are forgotten first. Together with the limits above this bounds the state and
+    /// every public event (well under NATS's 1 MB message limit).
+    pub const INTERACTIVE_MESSAGES: usize = 20;
 }
 
 /// Version of the snapshot encoding; bump it when [`State`] changes meaning, and old
@@ -129,6 +137,25 @@ pub enum Command {
     End {
         reason: String,
     },
+}
+
+impl Command {
+    /// The domain event type this command appends first when it changes anything.
+    pub fn event_type(&self) -> &'static str {
+        use event_types::*;
+        match self {
+            Self::Start { .. } => STARTED,
+            Self::AddMessage { .. } | Self::SubmitForm { .. } | Self::ClickButton { .. } => {
+                MESSAGE_ADDED
+            }
+            Self::SetStatus { .. } => STATUS_CHANGED,
+            Self::SetMetafields { .. } => METAFIELDS_SET,
+            Self::RemoveMetafields { .. } => METAFIELDS_REMOVED,
+            Self::Assign { .. } => ASSIGNED,
+            Self::RecordAnalysis { .. } => ANALYSIS_RECORDED,
+            Self::End { .. } => CLOSED,
+        }
+    }
 }
 
 /// A fact about one conversation, stored in its stream.
@@ -329,6 +356,16 @@ pub fn decide(
             message.form = form.clone();
             message.buttons = buttons.clone();
             message.sentiment = sentiment.unwrap_or(Sentiment::Unspecified) as i32;
+            if message.encoded_len() > limits::MESSAGE_BYTES {
+                return Err(DomainError::Invalid(vec![FieldViolation::new(
+                    "text",
+                    format!(
+                        "the message is {} bytes with its form or buttons; at most {}",
+                        message.encoded_len(),
+                        limits::MESSAGE_BYTES
+                    ),
+                )]));
+            }
             Ok(vec![DomainEvent::MessageAdded(MessageAdded {
                 message: Some(message),
             })])
@@ -347,8 +384,9 @@ pub fn decide(
                 None => v.push(
                     "form_message_id",
                     format!(
-                        "no form message `{}` in this conversation",
-                        truncate(form_message_id)
+                        "no form message `{}` among the last {} forms and buttons of this conversation",
+                        truncate(form_message_id),
+                        limits::INTERACTIVE_MESSAGES
                     ),
                 ),
                 Some(form) => {
@@ -530,12 +568,31 @@ pub fn decide(
             let mut v = Violations::default();
             v.short("topic", topic);
             let sentiment = v.optional_enum("sentiment", *sentiment, Sentiment::try_from);
-            if custom.len() > limits::ANALYSIS_KEYS {
-                v.push("custom", format!("at most {} keys", limits::ANALYSIS_KEYS));
+            let recorded = conversation.analysis.as_ref().map(|a| &a.custom);
+            let total = recorded
+                .into_iter()
+                .flat_map(|c| c.keys())
+                .chain(custom.keys())
+                .collect::<BTreeSet<_>>()
+                .len();
+            if total > limits::ANALYSIS_KEYS {
+                v.push(
+                    "custom",
+                    format!(
+                        "a conversation has at most {} custom analysis keys; this would make {total}",
+                        limits::ANALYSIS_KEYS
+                    ),
+                );
             }
             for (key, value) in custom {
-                v.key(&format!("custom[{}]", truncate(key)), key);
-                v.value(&format!("custom[{}]", truncate(key)), value);
+                let field = format!("custom[{}]", truncate(key));
+                v.key(&field, key);
+                if value.len() > limits::ANALYSIS_VALUE_BYTES {
+                    v.push(
+                        field,
+                        format!("at most {} bytes", limits::ANALYSIS_VALUE_BYTES),
+                    );
+                }
             }
             if topic.is_empty() && sentiment.is_none() && custom.is_empty() {
                 v.push("topic", "record at least one of topic, sentiment or custom");
@@ -648,6 +705,16 @@ pub fn apply(state: &mut Option<State>, event: &DomainEvent, occurred_at: i64) {
                     state
                         .interactive
                         .insert(message.id.clone(), message.clone());
+                    if state.interactive.len() > limits::INTERACTIVE_MESSAGES {
+                        let oldest = state
+                            .interactive
+                            .values()
+                            .min_by_key(|m| m.sequence)
+                            .map(|m| m.id.clone());
+                        if let Some(oldest) = oldest {
+                            state.interactive.remove(&oldest);
+                        }
+                    }
                 }
             }
         }

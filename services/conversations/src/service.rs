@@ -11,6 +11,7 @@ use switchboard_proto::events::v1::{
     Conversation, ConversationCreatedEvent, ConversationUpdatedEvent, Message, MessageCreatedEvent,
 };
 
+use prost::Message as _;
 use uuid::Uuid;
 
 use crate::domain::{self, Command, DomainError, DomainEvent, State, event_types};
@@ -64,35 +65,61 @@ pub struct ConversationService {
 /// the cached version brings them up to date, and the append's version check catches
 /// any race.
 struct StateCache {
-    entries: Mutex<HashMap<StreamRef, (State, u64)>>,
+    inner: Mutex<CacheEntries>,
+}
+
+#[derive(Default)]
+struct CacheEntries {
+    entries: HashMap<StreamRef, (State, u64, usize)>,
+    /// Encoded size of every cached state, the bound that matters for memory.
+    bytes: usize,
 }
 
 impl StateCache {
-    const CAPACITY: usize = 10_000;
+    /// Memory the cache may hold, measured as encoded state sizes.
+    const MAX_BYTES: usize = 64 * 1024 * 1024;
 
     fn get(&self, stream: &StreamRef) -> Option<(State, u64)> {
-        self.entries.lock().ok()?.get(stream).cloned()
+        let inner = self.inner.lock().ok()?;
+        inner
+            .entries
+            .get(stream)
+            .map(|(state, version, _)| (state.clone(), *version))
     }
 
     fn put(&self, stream: StreamRef, state: State, version: u64) {
-        let Ok(mut entries) = self.entries.lock() else {
+        let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        if entries.len() >= Self::CAPACITY && !entries.contains_key(&stream) {
-            // Evict an arbitrary tenth: cheap, and a miss only costs a snapshot read.
-            let doomed: Vec<StreamRef> =
-                entries.keys().take(Self::CAPACITY / 10).cloned().collect();
-            for key in doomed {
-                entries.remove(&key);
+        if inner
+            .entries
+            .get(&stream)
+            .is_some_and(|(_, cached, _)| *cached >= version)
+        {
+            return;
+        }
+        let size = state.conversation.encoded_len()
+            + state
+                .interactive
+                .values()
+                .map(|m| m.encoded_len())
+                .sum::<usize>()
+            + 64;
+        if let Some((_, _, old)) = inner.entries.remove(&stream) {
+            inner.bytes -= old;
+        }
+        // Evict arbitrary entries until the new one fits: cheap, and a miss only costs a
+        // snapshot read.
+        while inner.bytes + size > Self::MAX_BYTES {
+            let Some(victim) = inner.entries.keys().next().cloned() else {
+                break;
+            };
+            if let Some((_, _, freed)) = inner.entries.remove(&victim) {
+                inner.bytes -= freed;
             }
         }
-        match entries.get_mut(&stream) {
-            Some(entry) if entry.1 >= version => {}
-            Some(entry) => *entry = (state, version),
-            None => {
-                entries.insert(stream, (state, version));
-            }
-        }
+        inner.bytes += size;
+        inner.entries.insert(stream, (state, version, size));
     }
 }
 
@@ -112,7 +139,7 @@ impl ConversationService {
         Self {
             log,
             cache: Arc::new(StateCache {
-                entries: Mutex::new(HashMap::new()),
+                inner: Mutex::new(CacheEntries::default()),
             }),
         }
     }
@@ -200,7 +227,7 @@ impl ConversationService {
                 Err(e) => {
                     // A retried request whose original already succeeded may be refused by
                     // the new state (a second Start, say): answer with the original.
-                    if let Some(original) = self.original_outcome(ctx).await? {
+                    if let Some(original) = self.original_outcome(ctx, &command, &stream).await? {
                         return Ok(original);
                     }
                     return Err(e.into());
@@ -241,6 +268,7 @@ impl ConversationService {
                 correlation_id: ctx.request_id.clone(),
                 causation_id: String::new(),
                 traceparent: ctx.traceparent.clone(),
+                tracestate: String::new(),
                 occurred_at: now,
             };
             let events: Vec<NewEvent> = decided
@@ -262,13 +290,10 @@ impl ConversationService {
             };
             match self.log.append(&stream, expected, events).await {
                 Ok(appended) if appended.duplicate => {
-                    return outcome_from_recorded(&appended.events).ok_or_else(|| {
-                        DomainError::FailedPrecondition(
-                            "SB-CONV-0006: this request id was already used for another request"
-                                .into(),
-                        )
-                        .into()
-                    });
+                    return same_request(&command, &stream, &appended.events)
+                        .then(|| outcome_from_recorded(&appended.events))
+                        .flatten()
+                        .ok_or_else(request_id_reused);
                 }
                 Ok(_) => {
                     metrics::counter!("conversations_commands_total").increment(1);
@@ -290,6 +315,8 @@ impl ConversationService {
     async fn original_outcome(
         &self,
         ctx: &RequestContext,
+        command: &Command,
+        stream: &StreamRef,
     ) -> Result<Option<Outcome>, ServiceError> {
         if ctx.request_id.is_empty() {
             return Ok(None);
@@ -306,8 +333,30 @@ impl ConversationService {
             .into_iter()
             .take_while(|e| e.metadata.correlation_id == ctx.request_id)
             .collect();
+        if !same_request(command, stream, &own) {
+            return Err(request_id_reused());
+        }
         Ok(outcome_from_recorded(&own))
     }
+}
+
+/// Whether `recorded`, found under this request's event ids, was stored by the same kind
+/// of command on the same conversation: a request id reused for something else must not
+/// answer with another request's result.
+fn same_request(command: &Command, stream: &StreamRef, recorded: &[RecordedEvent]) -> bool {
+    let Some(first) = recorded.first() else {
+        return false;
+    };
+    // A retried start picks a new conversation id, so only its kind can be compared.
+    let same_stream = matches!(command, Command::Start { .. }) || first.stream == *stream;
+    same_stream && first.event_type == command.event_type()
+}
+
+fn request_id_reused() -> ServiceError {
+    DomainError::FailedPrecondition(
+        "SB-CONV-0006: this request id was already used for another request".into(),
+    )
+    .into()
 }
 
 fn event_id(ctx: &RequestContext, index: usize) -> Uuid {

@@ -595,6 +595,30 @@ async fn invalid_input_is_refused_with_field_violations(backend: Backend) {
                 .unwrap_err(),
         ),
         (
+            "custom",
+            h.client
+                .record_analysis(RecordAnalysisRequest {
+                    workspace_id: WS.into(),
+                    conversation_id: id.clone(),
+                    custom: (0..51).map(|i| (format!("k{i}"), "v".into())).collect(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "custom[long]",
+            h.client
+                .record_analysis(RecordAnalysisRequest {
+                    workspace_id: WS.into(),
+                    conversation_id: id.clone(),
+                    custom: HashMap::from([("long".into(), "v".repeat(1025))]),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err(),
+        ),
+        (
             "form",
             h.client
                 .add_message(AddMessageRequest {
@@ -811,6 +835,29 @@ async fn retried_requests_change_nothing(backend: Backend) {
         .into_inner();
     assert_eq!(list.conversations.len(), 1);
     assert_eq!(list.conversations[0].message_count, 1);
+
+    // The same request id for another request, even on another conversation, is refused
+    // rather than answered with the first request's result.
+    let other = started(&mut h).await;
+    let mut reused = text(&other, "not the same request");
+    reused.request_id = "req-msg-1".into();
+    let refused = h.client.add_message(reused).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("SB-CONV-0006"),
+        "{}",
+        refused.message()
+    );
+    let status = SetStatusRequest {
+        workspace_id: WS.into(),
+        conversation_id: a.id.clone(),
+        request_id: "req-msg-1".into(),
+        status: ConversationStatus::Resolved as i32,
+    };
+    assert_eq!(
+        h.client.set_status(status).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
     h.stop().await;
 }
 

@@ -134,7 +134,17 @@ pub async fn dev(config: Config) -> anyhow::Result<()> {
 }
 
 /// `switchboard serve`: the named services against Postgres and NATS.
-pub async fn serve(config: Config, services: Vec<ServiceName>) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    services: Vec<ServiceName>,
+    allow_unauthenticated: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.service_token.is_some() || allow_unauthenticated,
+        "SWITCHBOARD_SERVICE_TOKEN is required by `serve`: the gRPC API trusts the workspace \
+         in each request, so only our own services may call it (pass --allow-unauthenticated \
+         to run without, on a trusted network only)"
+    );
     let telemetry = telemetry::init("switchboard", &config)?;
     let shutdown = shutdown::signal_token();
     anyhow::ensure!(
@@ -229,12 +239,24 @@ async fn serve_all(
     info!(services = ?names, "switchboard started");
 
     let ops = http::ops_router(metrics::prometheus());
+    // Whichever server stops first, for whatever reason, stops the process.
     let (grpc_result, http_result) = tokio::join!(
-        grpc.serve(grpc_listener, shutdown.clone()),
-        http::serve_http(http_listener, ops, shutdown.clone()),
+        async {
+            let result = grpc.serve(grpc_listener, shutdown.clone()).await;
+            shutdown.cancel();
+            result
+        },
+        async {
+            let result = http::serve_http(http_listener, ops, shutdown.clone()).await;
+            shutdown.cancel();
+            result
+        },
     );
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
+    while let Some(finished) = tasks.join_next().await {
+        if let Err(e) = finished {
+            warn!(error = %e, "a background task failed");
+        }
+    }
     grpc_result.context("gRPC server")?;
     http_result.context("HTTP server")?;
     info!("switchboard stopped cleanly");

@@ -50,6 +50,10 @@ enum Command {
         /// Comma-separated services to run, e.g. `conversations`.
         #[arg(long, value_delimiter = ',', required = true)]
         services: Vec<ServiceName>,
+        /// Serve gRPC without a service token. Only on a network where nothing else can
+        /// reach the port: the API trusts the workspace named in each request.
+        #[arg(long)]
+        allow_unauthenticated: bool,
     },
     /// Apply the database migrations of the named services (default: all) and exit.
     Migrate {
@@ -111,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
             }
             cluster::dev(config).await
         }
-        Command::Serve { services } => cluster::serve(config, services).await,
+        Command::Serve {
+            services,
+            allow_unauthenticated,
+        } => cluster::serve(config, services, allow_unauthenticated).await,
         Command::Migrate { services } => cluster::migrate(config, services).await,
         Command::Events { command } => match command {
             EventsCommand::Tail {

@@ -192,7 +192,15 @@ async fn serve_publishes_survives_kill_9_and_rebuilds() {
         ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
         ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
     ];
-    let mut process = Process::new(&["serve", "--services", "conversations"], env);
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
     let mut client = process.start().await;
     let mut updates = nats
         .client
@@ -319,6 +327,14 @@ async fn dev_mode_needs_nothing_and_survives_kill_9() {
     assert!(Path::new(&dir).join("conversations.db").exists());
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn serve_refuses_to_run_without_a_service_token() {
+    let process = Process::new(&[], vec![]);
+    let out = process.run_to_end(&["serve", "--services", "conversations"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SWITCHBOARD_SERVICE_TOKEN"));
 }
 
 #[tokio::test]

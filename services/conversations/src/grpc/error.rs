@@ -53,8 +53,20 @@ impl From<QueryError> for Status {
     }
 }
 
-/// Logs the cause and answers without internals.
+/// Logs the cause and answers without internals: retryable when the store was out of
+/// reach, internal when what it holds cannot be used (retrying will not help).
 fn internal(e: switchboard_eventlog::EventLogError) -> Status {
+    use switchboard_eventlog::EventLogError as E;
     tracing::error!(error = %e, "conversations: internal error");
-    Status::unavailable("SB-CONV-0500: the conversation store is unavailable; retry")
+    match e {
+        E::Database(_) | E::Nats(_) => {
+            Status::unavailable("SB-CONV-0500: the conversation store is unavailable; retry")
+        }
+        E::Conflict { .. } => {
+            Status::aborted("SB-CONV-0005: the conversation is changing too fast; retry")
+        }
+        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } => Status::internal(
+            "SB-CONV-0501: the conversation store refused the change; see the server log",
+        ),
+    }
 }
