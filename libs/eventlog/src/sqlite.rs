@@ -14,7 +14,6 @@ use crate::EventLogError;
 use crate::event::{
     ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, StreamRef, now_micros,
 };
-use crate::store::{DeadLetter, Snapshot};
 
 const MIGRATION: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
@@ -63,7 +62,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     envelope BLOB NOT NULL,
-    failed_at INTEGER NOT NULL
+    failed_at INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000000 AS INTEGER))
 );
 "#;
 
@@ -272,166 +271,6 @@ impl SqliteLog {
             .fetch_all(conn)
             .await?;
         rows.iter().map(decode_row).collect()
-    }
-
-    pub(crate) async fn load_snapshot(
-        &self,
-        stream: &StreamRef,
-        state_version: u32,
-    ) -> Result<Option<Snapshot>, EventLogError> {
-        let row = sqlx::query(
-            "SELECT stream_version, state_version, state FROM snapshots
-             WHERE stream_type = $1 AND stream_id = $2",
-        )
-        .bind(&stream.stream_type)
-        .bind(&stream.stream_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        if row.try_get::<i64, _>(1)? as u32 != state_version {
-            sqlx::query("DELETE FROM snapshots WHERE stream_type = $1 AND stream_id = $2")
-                .bind(&stream.stream_type)
-                .bind(&stream.stream_id)
-                .execute(&self.writer)
-                .await?;
-            return Ok(None);
-        }
-        Ok(Some(Snapshot {
-            stream_version: row.try_get::<i64, _>(0)? as u64,
-            state: row.try_get(2)?,
-        }))
-    }
-
-    pub(crate) async fn save_snapshot(
-        &self,
-        stream: &StreamRef,
-        stream_version: u64,
-        state_version: u32,
-        state: &[u8],
-    ) -> Result<(), EventLogError> {
-        sqlx::query(
-            "INSERT INTO snapshots (stream_type, stream_id, stream_version, state_version, state)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (stream_type, stream_id) DO UPDATE
-             SET stream_version = excluded.stream_version, state_version = excluded.state_version,
-                 state = excluded.state
-             WHERE snapshots.stream_version <= excluded.stream_version
-                OR snapshots.state_version <> excluded.state_version",
-        )
-        .bind(&stream.stream_type)
-        .bind(&stream.stream_id)
-        .bind(stream_version as i64)
-        .bind(state_version as i64)
-        .bind(state)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn checkpoint(&self, name: &str) -> Result<LogPosition, EventLogError> {
-        let row =
-            sqlx::query("SELECT transaction_id, global_position FROM checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await?;
-        Ok(match row {
-            Some(row) => LogPosition {
-                transaction_id: row.try_get::<i64, _>(0)? as u64,
-                global_position: row.try_get(1)?,
-            },
-            None => LogPosition::START,
-        })
-    }
-
-    pub(crate) async fn save_checkpoint(
-        &self,
-        name: &str,
-        position: LogPosition,
-    ) -> Result<(), EventLogError> {
-        sqlx::query(
-            "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2, $3)
-             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
-                 global_position = excluded.global_position
-             WHERE (checkpoints.transaction_id, checkpoints.global_position)
-                 < (excluded.transaction_id, excluded.global_position)",
-        )
-        .bind(name)
-        .bind(position.transaction_id as i64)
-        .bind(position.global_position)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn mark_processed(
-        conn: &mut SqliteConnection,
-        consumer: &str,
-        event_id: Uuid,
-    ) -> Result<bool, EventLogError> {
-        let done = sqlx::query(
-            "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(consumer)
-        .bind(event_id)
-        .execute(conn)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    pub(crate) async fn insert_dead_letter(
-        conn: &mut SqliteConnection,
-        letter: &DeadLetter,
-    ) -> Result<(), EventLogError> {
-        sqlx::query(
-            "INSERT INTO dead_letters (consumer, event_id, event_type, stream_id, reason, attempts,
-                                       envelope, failed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&letter.consumer)
-        .bind(letter.event_id)
-        .bind(&letter.event_type)
-        .bind(&letter.stream_id)
-        .bind(&letter.reason)
-        .bind(letter.attempts as i64)
-        .bind(&letter.envelope)
-        .bind(now_micros())
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn dead_letters(
-        &self,
-        consumer: &str,
-    ) -> Result<Vec<DeadLetter>, EventLogError> {
-        let rows = sqlx::query(
-            "SELECT consumer, event_id, event_type, stream_id, reason, attempts, envelope
-             FROM dead_letters WHERE consumer = $1 ORDER BY id",
-        )
-        .bind(consumer)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadLetter {
-                    consumer: row.try_get(0)?,
-                    event_id: row.try_get(1)?,
-                    event_type: row.try_get(2)?,
-                    stream_id: row.try_get(3)?,
-                    reason: row.try_get(4)?,
-                    attempts: row.try_get::<i64, _>(5)? as u32,
-                    envelope: row.try_get(6)?,
-                })
-            })
-            .collect()
-    }
-
-    pub(crate) async fn count_events(&self) -> Result<u64, EventLogError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&self.reader)
-            .await?;
-        Ok(n as u64)
     }
 }
 

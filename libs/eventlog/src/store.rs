@@ -10,11 +10,45 @@ use uuid::Uuid;
 
 use crate::EventLogError;
 use crate::event::{ExpectedVersion, LogPosition, NewEvent, RecordedEvent, StreamRef};
+use crate::on_conn;
 use crate::postgres::PgLog;
 use crate::projection::{Projection, RebuildProgress, Upcaster};
 use crate::sqlite::SqliteLog;
 use crate::subscription::{HandleError, Handler};
 use crate::tx::Tx;
+
+/// Runs the same query on the pool a backend reads with. Most of the log's SQL is
+/// written once for both backends; only appends and tailing differ.
+macro_rules! on_read_pool {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Postgres(pg) => {
+                let $pool = &pg.pool;
+                $body
+            }
+            Backend::Sqlite(lite) => {
+                let $pool = &lite.reader;
+                $body
+            }
+        }
+    };
+}
+
+/// Like `on_read_pool!`, on the pool a backend writes with (SQLite's single writer).
+macro_rules! on_write_pool {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Postgres(pg) => {
+                let $pool = &pg.pool;
+                $body
+            }
+            Backend::Sqlite(lite) => {
+                let $pool = &lite.writer;
+                $body
+            }
+        }
+    };
+}
 
 /// Where a service's log lives.
 #[derive(Debug, Clone)]
@@ -313,10 +347,10 @@ impl EventLog {
 
     /// How many events the log holds.
     pub async fn count_events(&self) -> Result<u64, EventLogError> {
-        match self.backend.as_ref() {
-            Backend::Postgres(pg) => pg.count_events().await,
-            Backend::Sqlite(lite) => lite.count_events().await,
-        }
+        let n: i64 = on_read_pool!(self.backend.as_ref(), pool => sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await)?;
+        Ok(n as u64)
     }
 
     /// The stored snapshot of `stream`, unless it was made by another `state_version` of
@@ -326,10 +360,33 @@ impl EventLog {
         stream: &StreamRef,
         state_version: u32,
     ) -> Result<Option<Snapshot>, EventLogError> {
-        match self.backend.as_ref() {
-            Backend::Postgres(pg) => pg.load_snapshot(stream, state_version).await,
-            Backend::Sqlite(lite) => lite.load_snapshot(stream, state_version).await,
+        let row: Option<(i64, i32, Vec<u8>)> = on_read_pool!(self.backend.as_ref(), pool => sqlx::query_as(
+            "SELECT stream_version, state_version, state FROM snapshots
+             WHERE stream_type = $1 AND stream_id = $2",
+        )
+        .bind(&stream.stream_type)
+        .bind(&stream.stream_id)
+        .fetch_optional(pool)
+        .await)?;
+        let Some((stream_version, stored_state_version, state)) = row else {
+            return Ok(None);
+        };
+        if stored_state_version as u32 != state_version {
+            on_write_pool!(self.backend.as_ref(), pool => sqlx::query(
+                "DELETE FROM snapshots WHERE stream_type = $1 AND stream_id = $2 AND state_version = $3",
+            )
+            .bind(&stream.stream_type)
+            .bind(&stream.stream_id)
+            .bind(stored_state_version)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+            return Ok(None);
         }
+        Ok(Some(Snapshot {
+            stream_version: stream_version as u64,
+            state,
+        }))
     }
 
     /// Stores the state of `stream` at `stream_version`. An older snapshot never replaces a
@@ -341,35 +398,65 @@ impl EventLog {
         state_version: u32,
         state: &[u8],
     ) -> Result<(), EventLogError> {
-        match self.backend.as_ref() {
-            Backend::Postgres(pg) => {
-                pg.save_snapshot(stream, stream_version, state_version, state)
-                    .await
-            }
-            Backend::Sqlite(lite) => {
-                lite.save_snapshot(stream, stream_version, state_version, state)
-                    .await
-            }
-        }
+        on_write_pool!(self.backend.as_ref(), pool => sqlx::query(
+            "INSERT INTO snapshots (stream_type, stream_id, stream_version, state_version, state)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (stream_type, stream_id) DO UPDATE
+             SET stream_version = excluded.stream_version, state_version = excluded.state_version,
+                 state = excluded.state
+             WHERE snapshots.stream_version <= excluded.stream_version
+                OR snapshots.state_version <> excluded.state_version",
+        )
+        .bind(&stream.stream_type)
+        .bind(&stream.stream_id)
+        .bind(stream_version as i64)
+        .bind(state_version as i32)
+        .bind(state)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
     }
 
     /// The last position the reader `name` finished, or the start.
     pub async fn checkpoint(&self, name: &str) -> Result<LogPosition, EventLogError> {
-        match self.backend.as_ref() {
-            Backend::Postgres(pg) => pg.checkpoint(name).await,
-            Backend::Sqlite(lite) => lite.checkpoint(name).await,
-        }
+        let row: Option<(i64, i64)> = on_read_pool!(self.backend.as_ref(), pool => sqlx::query_as(
+            "SELECT transaction_id, global_position FROM checkpoints WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(
+            row.map_or(LogPosition::START, |(transaction_id, global_position)| {
+                LogPosition {
+                    transaction_id: transaction_id as u64,
+                    global_position,
+                }
+            }),
+        )
     }
 
+    /// Records that the reader `name` finished `position`. Checkpoints only move forward,
+    /// so a stale writer (a relay that lost its lock, say) cannot rewind one.
     pub async fn save_checkpoint(
         &self,
         name: &str,
         position: LogPosition,
     ) -> Result<(), EventLogError> {
-        match self.backend.as_ref() {
-            Backend::Postgres(pg) => pg.save_checkpoint(name, position).await,
-            Backend::Sqlite(lite) => lite.save_checkpoint(name, position).await,
-        }
+        on_write_pool!(self.backend.as_ref(), pool => sqlx::query(
+            "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
+                 global_position = excluded.global_position
+             WHERE (checkpoints.transaction_id, checkpoints.global_position)
+                 < (excluded.transaction_id, excluded.global_position)",
+        )
+        .bind(name)
+        .bind(position.transaction_id as i64)
+        .bind(position.global_position)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
     }
 
     /// Runs `handler` on `event` in a transaction that also records `(consumer, event_id)`,
@@ -385,7 +472,7 @@ impl EventLog {
         match self.backend.as_ref() {
             Backend::Postgres(pg) => {
                 let mut tx = pg.pool.begin().await?;
-                if !PgLog::mark_processed(&mut tx, consumer, event.event_id).await? {
+                if !mark_processed(&mut Tx::Postgres(&mut tx), consumer, event.event_id).await? {
                     tx.rollback().await?;
                     return Ok(Ok(false));
                 }
@@ -402,7 +489,7 @@ impl EventLog {
             }
             Backend::Sqlite(lite) => {
                 let mut tx = lite.writer.begin().await?;
-                if !SqliteLog::mark_processed(&mut tx, consumer, event.event_id).await? {
+                if !mark_processed(&mut Tx::Sqlite(&mut tx), consumer, event.event_id).await? {
                     tx.rollback().await?;
                     return Ok(Ok(false));
                 }
@@ -425,14 +512,12 @@ impl EventLog {
         match self.backend.as_ref() {
             Backend::Postgres(pg) => {
                 let mut tx = pg.pool.begin().await?;
-                PgLog::mark_processed(&mut tx, &letter.consumer, letter.event_id).await?;
-                PgLog::insert_dead_letter(&mut tx, letter).await?;
+                insert_dead_letter(&mut Tx::Postgres(&mut tx), letter).await?;
                 tx.commit().await?;
             }
             Backend::Sqlite(lite) => {
                 let mut tx = lite.writer.begin().await?;
-                SqliteLog::mark_processed(&mut tx, &letter.consumer, letter.event_id).await?;
-                SqliteLog::insert_dead_letter(&mut tx, letter).await?;
+                insert_dead_letter(&mut Tx::Sqlite(&mut tx), letter).await?;
                 tx.commit().await?;
             }
         }
@@ -443,10 +528,30 @@ impl EventLog {
 
     /// The dead letters of `consumer`, oldest first.
     pub async fn dead_letters(&self, consumer: &str) -> Result<Vec<DeadLetter>, EventLogError> {
-        match self.backend.as_ref() {
-            Backend::Postgres(pg) => pg.dead_letters(consumer).await,
-            Backend::Sqlite(lite) => lite.dead_letters(consumer).await,
-        }
+        type Row = (String, Uuid, String, String, String, i32, Vec<u8>);
+        let rows: Vec<Row> = on_read_pool!(self.backend.as_ref(), pool => sqlx::query_as(
+            "SELECT consumer, event_id, event_type, stream_id, reason, attempts, envelope
+             FROM dead_letters WHERE consumer = $1 ORDER BY id",
+        )
+        .bind(consumer)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(consumer, event_id, event_type, stream_id, reason, attempts, envelope)| {
+                    DeadLetter {
+                        consumer,
+                        event_id,
+                        event_type,
+                        stream_id,
+                        reason,
+                        attempts: attempts as u32,
+                        envelope,
+                    }
+                },
+            )
+            .collect())
     }
 
     /// Drops `projection`'s read model and folds every event into it again, in one
@@ -572,4 +677,41 @@ async fn rollback_quietly<DB: sqlx::Database>(tx: sqlx::Transaction<'_, DB>) {
     if let Err(e) = tx.rollback().await {
         tracing::warn!(error = %e, "rollback after a failed append did not complete");
     }
+}
+
+/// Records that `consumer` handled `event_id`; false if it already had.
+async fn mark_processed(
+    tx: &mut Tx<'_>,
+    consumer: &str,
+    event_id: Uuid,
+) -> Result<bool, EventLogError> {
+    let inserted = on_conn!(tx, conn => sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(inserted == 1)
+}
+
+/// Stores a dead letter and marks its event processed for the consumer.
+async fn insert_dead_letter(tx: &mut Tx<'_>, letter: &DeadLetter) -> Result<(), EventLogError> {
+    mark_processed(tx, &letter.consumer, letter.event_id).await?;
+    on_conn!(tx, conn => sqlx::query(
+        "INSERT INTO dead_letters (consumer, event_id, event_type, stream_id, reason, attempts, envelope)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&letter.consumer)
+    .bind(letter.event_id)
+    .bind(&letter.event_type)
+    .bind(&letter.stream_id)
+    .bind(&letter.reason)
+    .bind(letter.attempts as i32)
+    .bind(&letter.envelope)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
 }
