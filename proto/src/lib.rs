@@ -16,6 +16,12 @@ pub mod events {
     }
 }
 
+pub mod actions {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/switchboard.actions.v1.rs"));
+    }
+}
+
 pub mod conversations {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/switchboard.conversations.v1.rs"));

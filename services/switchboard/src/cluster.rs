@@ -13,6 +13,7 @@ use switchboard_eventlog::{
     EventLog, Relay, RelayConfig, Router, StoreConfig, StreamSpec, ensure_stream,
 };
 use switchboard_runtime::{Config, GrpcServer, http, metrics, shutdown, telemetry};
+use switchboard_secrets::Keyring;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,14 +23,16 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServiceName {
     Conversations,
+    Actions,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 1] = [ServiceName::Conversations];
+    pub const ALL: [ServiceName; 2] = [ServiceName::Conversations, ServiceName::Actions];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Conversations => switchboard_conversations::SERVICE,
+            Self::Actions => switchboard_actions::SERVICE,
         }
     }
 }
@@ -46,11 +49,12 @@ impl FromStr for ServiceName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "conversations" => Ok(Self::Conversations),
-            "flows" | "actions" | "connexease" | "webhooks" | "gateway" => Err(format!(
-                "the {s} service is not built yet; available: conversations"
+            "actions" => Ok(Self::Actions),
+            "flows" | "connexease" | "webhooks" | "gateway" => Err(format!(
+                "the {s} service is not built yet; available: conversations, actions"
             )),
             other => Err(format!(
-                "unknown service `{other}`; available: conversations"
+                "unknown service `{other}`; available: conversations, actions"
             )),
         }
     }
@@ -75,6 +79,7 @@ pub async fn open(config: &Config, service: ServiceName) -> anyhow::Result<Event
     let store = store_config(config, service);
     let log = match service {
         ServiceName::Conversations => switchboard_conversations::open_log(&store).await,
+        ServiceName::Actions => switchboard_actions::open_log(&store).await,
     }
     .with_context(|| format!("opening the {service} event log"))?;
     log.migrate()
@@ -87,18 +92,22 @@ pub async fn open(config: &Config, service: ServiceName) -> anyhow::Result<Event
 struct Running {
     name: ServiceName,
     log: EventLog,
+    /// Seals secrets at rest; loaded only for services that keep secrets.
+    keyring: Option<Arc<Keyring>>,
 }
 
 impl Running {
     fn router(&self) -> Arc<dyn Router> {
         match self.name {
             ServiceName::Conversations => Arc::new(switchboard_conversations::PublicEvents),
+            ServiceName::Actions => Arc::new(switchboard_actions::PublicEvents),
         }
     }
 
     fn stream(&self, replicas: usize) -> StreamSpec {
         match self.name {
             ServiceName::Conversations => switchboard_conversations::stream_spec(replicas),
+            ServiceName::Actions => switchboard_actions::stream_spec(replicas),
         }
     }
 
@@ -107,6 +116,16 @@ impl Running {
             ServiceName::Conversations => server.add_service(
                 switchboard_conversations::GRPC_SERVICE,
                 switchboard_conversations::api(self.log.clone()).into_server(),
+            ),
+            ServiceName::Actions => server.add_service(
+                switchboard_actions::GRPC_SERVICE,
+                switchboard_actions::api(
+                    self.log.clone(),
+                    self.keyring
+                        .clone()
+                        .expect("the actions service is started with a keyring"),
+                )
+                .into_server(),
             ),
         }
     }
@@ -124,6 +143,7 @@ pub async fn dev(config: Config) -> anyhow::Result<()> {
         running.push(Running {
             name,
             log: open(&config, name).await?,
+            keyring: keyring_for(&config, name, KeySource::DataDir)?,
         });
     }
     println!("switchboard dev: every service in one process");
@@ -167,6 +187,7 @@ pub async fn serve(
     for name in services {
         running.push(Running {
             name,
+            keyring: keyring_for(&config, name, KeySource::Required)?,
             log: open(&config, name).await?,
         });
     }
@@ -282,6 +303,61 @@ async fn ensure_stream_until_ready(
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Where a keyring comes from when `SWITCHBOARD_ENCRYPTION_KEY` is not set.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeySource {
+    /// `dev`: a key generated once into the data directory.
+    DataDir,
+    /// `serve`: none; the operator must provide the key.
+    Required,
+}
+
+/// The keyring of a service that keeps secrets (`None` for the others).
+fn keyring_for(
+    config: &Config,
+    service: ServiceName,
+    source: KeySource,
+) -> anyhow::Result<Option<Arc<Keyring>>> {
+    if service != ServiceName::Actions {
+        return Ok(None);
+    }
+    let key = match (&config.encryption_key, source) {
+        (Some(key), _) => key.clone(),
+        (None, KeySource::Required) => anyhow::bail!(
+            "SWITCHBOARD_ENCRYPTION_KEY is required by the {service} service: base64 of 32 \
+             random bytes (e.g. `openssl rand -base64 32`)"
+        ),
+        (None, KeySource::DataDir) => dev_key(&config.data_dir)?,
+    };
+    let keyring = Keyring::from_base64(&[key]).context("SWITCHBOARD_ENCRYPTION_KEY")?;
+    Ok(Some(Arc::new(keyring)))
+}
+
+/// The development key in `<data dir>/encryption.key`, created on first use (mode 0600).
+fn dev_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let path = data_dir.join("encryption.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(key.as_bytes()))
+        .with_context(|| format!("writing the development key to {}", path.display()))?;
+    Ok(key)
 }
 
 /// `switchboard migrate`.

@@ -48,6 +48,13 @@ pub async fn tail(
 fn describe(service: ServiceName, event: &RecordedEvent) -> serde_json::Value {
     let payload = match service {
         ServiceName::Conversations => switchboard_conversations::domain::describe_payload(event),
+        ServiceName::Actions => match switchboard_actions::domain::decode(event) {
+            Ok(Some(definition)) => {
+                format!("{:?}", switchboard_actions::domain::public_view(definition))
+            }
+            Ok(None) => format!("<{} bytes of unknown type>", event.payload.len()),
+            Err(e) => format!("<undecodable: {e}>"),
+        },
     };
     serde_json::json!({
         "global_position": event.global_position,
@@ -69,6 +76,7 @@ pub async fn rebuild(config: Config, service: ServiceName) -> anyhow::Result<()>
     let log = cluster::open(&config, service).await?;
     let projection: Box<dyn switchboard_eventlog::Projection> = match service {
         ServiceName::Conversations => Box::new(switchboard_conversations::ConversationsProjection),
+        ServiceName::Actions => Box::new(switchboard_actions::ActionsProjection),
     };
     let bar = ProgressBar::new(log.count_events().await?);
     bar.set_style(

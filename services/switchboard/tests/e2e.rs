@@ -9,6 +9,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use prost::Message as _;
 use switchboard_eventlog::testing::{TestNats, unique_name};
+use switchboard_proto::actions::v1::actions_client::ActionsClient;
+use switchboard_proto::actions::v1::{
+    ActionDefinition, ActionKind, AuthKind, CreateActionRequest, GetActionRequest, HttpAuth,
+    HttpSpec,
+};
 use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_proto::conversations::v1::*;
 use switchboard_proto::events::v1::{
@@ -321,10 +326,26 @@ async fn dev_mode_needs_nothing_and_survives_kill_9() {
     let mut client = process.start().await;
     let id = start_and_talk(&mut client).await;
     let before = everything(&mut client, &id).await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let action = create_action(&mut actions).await;
     process.kill9();
     let mut client = process.start().await;
     assert_eq!(everything(&mut client, &id).await, before);
+    let mut actions = actions_client(process.grpc_port).await;
+    let again = actions
+        .get_action(GetActionRequest {
+            workspace_id: WS.into(),
+            action_id: action.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    assert_eq!(again, action, "the action and its sealed secret survived");
+    assert!(again.http.unwrap().auth.unwrap().secret_set);
     assert!(Path::new(&dir).join("conversations.db").exists());
+    assert!(Path::new(&dir).join("encryption.key").exists());
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -344,6 +365,41 @@ async fn bad_configuration_names_the_variable() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SWITCHBOARD_NATS_REPLICAS"), "{stderr}");
+}
+
+async fn actions_client(port: u16) -> ActionsClient<GrpcChannel> {
+    ActionsClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap()
+}
+
+async fn create_action(client: &mut ActionsClient<GrpcChannel>) -> ActionDefinition {
+    client
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            request_id: "e2e-action".into(),
+            definition: Some(ActionDefinition {
+                name: "lookup_order".into(),
+                description: "Looks up an order".into(),
+                kind: ActionKind::Http as i32,
+                http: Some(HttpSpec {
+                    method: "GET".into(),
+                    url: "https://shop.example.com/orders/{{ input.number }}".into(),
+                    auth: Some(HttpAuth {
+                        kind: AuthKind::Bearer as i32,
+                        secret: "secret-token-value".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
 }
 
 async fn drop_schema(name: &str) {

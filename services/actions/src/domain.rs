@@ -1,0 +1,804 @@
+//! The action aggregate: a definition, validated as a whole and versioned with every
+//! change. Pure: no I/O, no clock (time comes in as an argument), no keys (the command
+//! handler seals secrets after validation).
+
+use std::collections::BTreeSet;
+
+use prost::Message as _;
+use switchboard_eventlog::{EventLogError, RecordedEvent};
+use switchboard_proto::actions::v1::{
+    ActionChanged, ActionDefinition, ActionKind, AuthKind, HttpAuth, HttpSpec, PermissionLevel,
+    RetryPolicy,
+};
+use switchboard_template::{Kind, Mapping, Renderer};
+
+pub mod limits {
+    pub const NAME_CHARS: usize = 64;
+    pub const DESCRIPTION_BYTES: usize = 1024;
+    pub const EXAMPLES: usize = 10;
+    pub const EXAMPLE_BYTES: usize = 512;
+    pub const SCHEMA_BYTES: usize = 64 * 1024;
+    pub const URL_BYTES: usize = 2048;
+    pub const HEADERS: usize = 50;
+    pub const HEADER_VALUE_BYTES: usize = 4096;
+    pub const BODY_BYTES: usize = 64 * 1024;
+    pub const TIMEOUT_MS_DEFAULT: u32 = 10_000;
+    pub const TIMEOUT_MS_MAX: u32 = 120_000;
+    pub const ATTEMPTS_MAX: u32 = 5;
+    pub const BACKOFF_MS_MAX: u32 = 60_000;
+    pub const RATE_PER_MINUTE_MAX: u32 = 10_000;
+    pub const CACHE_TTL_MAX: u32 = 86_400;
+    pub const MAPPINGS: usize = 50;
+    pub const SECRET_BYTES: usize = 8 * 1024;
+}
+
+/// Namespaces a template may read: what the flow runtime provides when it runs an action.
+pub const VARIABLE_NAMESPACES: [&str; 10] = [
+    "conversation",
+    "message",
+    "lead",
+    "agent",
+    "session",
+    "nodes",
+    "input",
+    "analysis",
+    "secure",
+    "workspace",
+];
+
+pub mod event_types {
+    pub const CREATED: &str = "action.created";
+    pub const UPDATED: &str = "action.updated";
+    pub const ENABLED: &str = "action.enabled";
+    pub const DISABLED: &str = "action.disabled";
+    pub const ALL: [&str; 4] = [CREATED, UPDATED, ENABLED, DISABLED];
+}
+
+/// One invalid field of a definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("invalid definition: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldViolation>),
+    #[error("SB-ACT-0404: action not found")]
+    NotFound,
+    #[error("SB-ACT-0002: the action already exists")]
+    AlreadyExists,
+    #[error("SB-ACT-0003: the action is at version {actual}, not {expected}")]
+    StaleVersion { expected: u64, actual: u64 },
+}
+
+/// What a caller asks of an action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `definition` carries any secret in plain text; it has been sealed into
+    /// `auth.sealed_secret` by the handler before `decide`.
+    Create {
+        definition: ActionDefinition,
+    },
+    Update {
+        definition: ActionDefinition,
+        expected_version: Option<u64>,
+    },
+    SetEnabled {
+        enabled: bool,
+    },
+}
+
+/// A decided change: its event type and the definition as it becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub event_type: &'static str,
+    pub definition: ActionDefinition,
+}
+
+impl Change {
+    pub fn payload(&self) -> Vec<u8> {
+        ActionChanged {
+            definition: Some(self.definition.clone()),
+        }
+        .encode_to_vec()
+    }
+}
+
+/// The definition stored in `event`, or `None` for a type this code does not know.
+pub fn decode(event: &RecordedEvent) -> Result<Option<ActionDefinition>, EventLogError> {
+    if !event_types::ALL.contains(&event.event_type.as_str()) {
+        return Ok(None);
+    }
+    Ok(event.decode::<ActionChanged>()?.definition)
+}
+
+/// Decides `command` against the current definition (`None`: no such action) at `now`
+/// (microseconds). `None` means nothing changes.
+pub fn decide(
+    current: Option<&ActionDefinition>,
+    command: Command,
+    now: i64,
+) -> Result<Option<Change>, DomainError> {
+    let at = Some(timestamp(now));
+    match (current, command) {
+        (Some(_), Command::Create { .. }) => Err(DomainError::AlreadyExists),
+        (None, Command::Create { mut definition }) => {
+            validate(&definition, None)?;
+            normalize(&mut definition);
+            definition.enabled = true;
+            definition.version = 1;
+            definition.created_at = at;
+            definition.updated_at = at;
+            Ok(Some(Change {
+                event_type: event_types::CREATED,
+                definition,
+            }))
+        }
+        (None, _) => Err(DomainError::NotFound),
+        (
+            Some(current),
+            Command::Update {
+                mut definition,
+                expected_version,
+            },
+        ) => {
+            if let Some(expected) = expected_version.filter(|v| *v != current.version) {
+                return Err(DomainError::StaleVersion {
+                    expected,
+                    actual: current.version,
+                });
+            }
+            definition.id = current.id.clone();
+            definition.workspace_id = current.workspace_id.clone();
+            definition.enabled = current.enabled;
+            validate(&definition, Some(current))?;
+            normalize(&mut definition);
+            definition.version = current.version + 1;
+            definition.created_at = current.created_at;
+            definition.updated_at = at;
+            Ok(Some(Change {
+                event_type: event_types::UPDATED,
+                definition,
+            }))
+        }
+        (Some(current), Command::SetEnabled { enabled }) => {
+            if current.enabled == enabled {
+                return Ok(None);
+            }
+            let mut definition = current.clone();
+            definition.enabled = enabled;
+            definition.version += 1;
+            definition.updated_at = at;
+            Ok(Some(Change {
+                event_type: if enabled {
+                    event_types::ENABLED
+                } else {
+                    event_types::DISABLED
+                },
+                definition,
+            }))
+        }
+    }
+}
+
+/// The definition as callers see it: no secret, sealed or not.
+pub fn public_view(mut definition: ActionDefinition) -> ActionDefinition {
+    if let Some(auth) = definition.http.as_mut().and_then(|h| h.auth.as_mut()) {
+        auth.secret_set = !auth.sealed_secret.is_empty();
+        auth.secret.clear();
+        auth.sealed_secret.clear();
+    }
+    definition
+}
+
+/// Fills defaults so a stored definition says exactly how it runs.
+fn normalize(definition: &mut ActionDefinition) {
+    if definition.input_schema.trim().is_empty() {
+        definition.input_schema = r#"{"type":"object","properties":{}}"#.into();
+    }
+    if definition.permission_level == 0 {
+        definition.permission_level = PermissionLevel::Agent as i32;
+    }
+    if let Some(http) = definition.http.as_mut() {
+        http.method = http.method.to_ascii_uppercase();
+        if http.timeout_ms == 0 {
+            http.timeout_ms = limits::TIMEOUT_MS_DEFAULT;
+        }
+        let retry = http.retry.get_or_insert_with(RetryPolicy::default);
+        retry.max_attempts = retry.max_attempts.max(1);
+        if retry.initial_backoff_ms == 0 {
+            retry.initial_backoff_ms = 200;
+        }
+        if retry.max_backoff_ms == 0 {
+            retry.max_backoff_ms = 5_000;
+        }
+        let auth = http.auth.get_or_insert_with(HttpAuth::default);
+        if auth.kind == 0 {
+            auth.kind = AuthKind::None as i32;
+        }
+        // The plain secret never reaches the log; the handler sealed it already.
+        auth.secret.clear();
+        auth.secret_set = !auth.sealed_secret.is_empty();
+    }
+}
+
+/// Every violation of a definition at once. `previous` is the stored version on an update
+/// (its sealed secret is kept when no new one is given).
+pub fn validate(
+    definition: &ActionDefinition,
+    previous: Option<&ActionDefinition>,
+) -> Result<(), DomainError> {
+    let mut v = Violations::default();
+    if !valid_name(&definition.name) {
+        v.push(
+            "name",
+            "required: a letter, then up to 63 of a-z, 0-9 and `_` (it is the agent's tool name)",
+        );
+    }
+    if definition.description.trim().is_empty() {
+        v.push(
+            "description",
+            "required: the agent reads it to decide when to call the action",
+        );
+    }
+    v.max_bytes(
+        "description",
+        &definition.description,
+        limits::DESCRIPTION_BYTES,
+    );
+    v.max_bytes(
+        "when_not_to_use",
+        &definition.when_not_to_use,
+        limits::DESCRIPTION_BYTES,
+    );
+    if definition.example_requests.len() > limits::EXAMPLES {
+        v.push("example_requests", format!("at most {}", limits::EXAMPLES));
+    }
+    for (i, example) in definition.example_requests.iter().enumerate() {
+        v.max_bytes(
+            &format!("example_requests[{i}]"),
+            example,
+            limits::EXAMPLE_BYTES,
+        );
+    }
+    if PermissionLevel::try_from(definition.permission_level).is_err() {
+        v.push(
+            "permission_level",
+            format!("unknown value {}", definition.permission_level),
+        );
+    }
+    validate_schema(&mut v, &definition.input_schema);
+    match ActionKind::try_from(definition.kind) {
+        Ok(ActionKind::Http) => match &definition.http {
+            Some(http) => {
+                let previous_auth = previous
+                    .and_then(|p| p.http.as_ref())
+                    .and_then(|h| h.auth.as_ref());
+                validate_http(&mut v, http, previous_auth);
+            }
+            None => v.push("http", "an http action needs its request"),
+        },
+        Ok(ActionKind::Unspecified) => v.push("kind", "required"),
+        Ok(other) => v.push(
+            "kind",
+            format!(
+                "SB-ACT-0010: {} actions are not available yet; http is",
+                other.as_str_name()
+            ),
+        ),
+        Err(_) => v.push("kind", format!("unknown value {}", definition.kind)),
+    }
+    if definition.kind != ActionKind::Http as i32 && definition.http.is_some() {
+        v.push("http", "only an http action has an http request");
+    }
+    v.finish()
+}
+
+fn validate_schema(v: &mut Violations, schema: &str) {
+    if schema.trim().is_empty() {
+        return;
+    }
+    if schema.len() > limits::SCHEMA_BYTES {
+        v.push(
+            "input_schema",
+            format!("at most {} bytes", limits::SCHEMA_BYTES),
+        );
+        return;
+    }
+    let parsed: serde_json::Value = match serde_json::from_str(schema) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            v.push("input_schema", format!("not JSON: {e}"));
+            return;
+        }
+    };
+    if parsed.get("type").and_then(|t| t.as_str()) != Some("object") {
+        v.push(
+            "input_schema",
+            "must describe an object (`\"type\": \"object\"`): tools take named parameters",
+        );
+    }
+    if let Err(e) = jsonschema::validator_for(&parsed) {
+        v.push("input_schema", format!("not a valid JSON Schema: {e}"));
+    }
+}
+
+fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&HttpAuth>) {
+    let renderer = Renderer::default();
+    let method = http.method.to_ascii_uppercase();
+    if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+        v.push("http.method", "one of GET, POST, PUT, PATCH, DELETE");
+    }
+    if http.url.len() > limits::URL_BYTES {
+        v.push("http.url", format!("at most {} bytes", limits::URL_BYTES));
+    } else if !(http.url.starts_with("https://") || http.url.starts_with("http://")) {
+        v.push("http.url", "must start with https:// or http://");
+    } else {
+        v.template("http.url", renderer.variables(&http.url));
+    }
+    if http.headers.len() > limits::HEADERS {
+        v.push("http.headers", format!("at most {}", limits::HEADERS));
+    }
+    for (name, value) in &http.headers {
+        let field = format!("http.headers[{name}]");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            v.push(field.clone(), "not a valid header name");
+        }
+        if value.len() > limits::HEADER_VALUE_BYTES {
+            v.push(
+                field.clone(),
+                format!("at most {} bytes", limits::HEADER_VALUE_BYTES),
+            );
+        } else {
+            v.template(&field, renderer.variables(value));
+        }
+    }
+    if !http.body.trim().is_empty() {
+        if http.body.len() > limits::BODY_BYTES {
+            v.push("http.body", format!("at most {} bytes", limits::BODY_BYTES));
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&http.body) {
+                Ok(body) => v.template("http.body", renderer.json_variables(&body)),
+                Err(e) => v.push("http.body", format!("a JSON template must be JSON: {e}")),
+            }
+        }
+        if method == "GET" || method == "DELETE" {
+            v.push("http.body", format!("{method} requests carry no body"));
+        }
+    }
+    if http.timeout_ms > limits::TIMEOUT_MS_MAX {
+        v.push(
+            "http.timeout_ms",
+            format!(
+                "1 to {} ms, or 0 for {}",
+                limits::TIMEOUT_MS_MAX,
+                limits::TIMEOUT_MS_DEFAULT
+            ),
+        );
+    }
+    if let Some(retry) = &http.retry {
+        if retry.max_attempts > limits::ATTEMPTS_MAX {
+            v.push(
+                "http.retry.max_attempts",
+                format!("at most {}", limits::ATTEMPTS_MAX),
+            );
+        }
+        if retry.initial_backoff_ms > limits::BACKOFF_MS_MAX
+            || retry.max_backoff_ms > limits::BACKOFF_MS_MAX
+        {
+            v.push(
+                "http.retry",
+                format!("backoffs of at most {} ms", limits::BACKOFF_MS_MAX),
+            );
+        }
+    }
+    if http.rate_limit_per_minute > limits::RATE_PER_MINUTE_MAX {
+        v.push(
+            "http.rate_limit_per_minute",
+            format!("at most {}", limits::RATE_PER_MINUTE_MAX),
+        );
+    }
+    if http.cache_ttl_seconds > 0 && method != "GET" {
+        v.push("http.cache_ttl_seconds", "only GET responses are cached");
+    }
+    if http.cache_ttl_seconds > limits::CACHE_TTL_MAX {
+        v.push(
+            "http.cache_ttl_seconds",
+            format!("at most {} seconds", limits::CACHE_TTL_MAX),
+        );
+    }
+    if http.response_mapping.len() > limits::MAPPINGS {
+        v.push(
+            "http.response_mapping",
+            format!("at most {}", limits::MAPPINGS),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, m) in http.response_mapping.iter().enumerate() {
+        let field = format!("http.response_mapping[{i}]");
+        match mapping(m) {
+            Ok(mapping) => {
+                if let Err(e) = mapping.validate() {
+                    v.push(field.clone(), e.to_string());
+                }
+            }
+            Err(reason) => v.push(field.clone(), reason),
+        }
+        if !names.insert(&m.name) {
+            v.push(field, "duplicate variable name");
+        }
+    }
+    validate_auth(v, http.auth.as_ref(), previous_auth);
+}
+
+fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: Option<&HttpAuth>) {
+    let Some(auth) = auth else { return };
+    let kind = match AuthKind::try_from(auth.kind) {
+        Ok(kind) => kind,
+        Err(_) => {
+            v.push("http.auth.kind", format!("unknown value {}", auth.kind));
+            return;
+        }
+    };
+    // A secret is kept across updates of the same kind when none is given.
+    let has_secret = !auth.secret.is_empty()
+        || !auth.sealed_secret.is_empty()
+        || previous.is_some_and(|p| p.kind == auth.kind && !p.sealed_secret.is_empty());
+    if auth.secret.len() > limits::SECRET_BYTES {
+        v.push(
+            "http.auth.secret",
+            format!("at most {} bytes", limits::SECRET_BYTES),
+        );
+    }
+    if !auth.secret.is_empty() && auth.secret.len() < 4 {
+        v.push("http.auth.secret", "at least 4 characters");
+    }
+    let needs_secret = !matches!(kind, AuthKind::Unspecified | AuthKind::None);
+    if needs_secret && !has_secret {
+        v.push("http.auth.secret", "required for this kind of auth");
+    }
+    match kind {
+        AuthKind::ApiKeyHeader | AuthKind::ApiKeyQuery if auth.name.trim().is_empty() => {
+            v.push(
+                "http.auth.name",
+                "the header or query parameter that carries the key",
+            );
+        }
+        AuthKind::Basic if auth.username.is_empty() => v.push("http.auth.username", "required"),
+        AuthKind::Oauth2ClientCredentials => {
+            if !(auth.token_url.starts_with("https://") || auth.token_url.starts_with("http://")) {
+                v.push("http.auth.token_url", "an http(s) URL");
+            }
+            if auth.client_id.is_empty() {
+                v.push("http.auth.client_id", "required");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The template-library mapping of a stored one.
+pub fn mapping(m: &switchboard_proto::actions::v1::ResponseMapping) -> Result<Mapping, String> {
+    let kind: Kind = serde_json::from_value(serde_json::Value::String(if m.kind.is_empty() {
+        "any".into()
+    } else {
+        m.kind.clone()
+    }))
+    .map_err(|_| {
+        format!(
+            "kind `{}` is not one of any, string, number, integer, boolean, object, array",
+            m.kind
+        )
+    })?;
+    let default = if m.default_json.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str(&m.default_json)
+                .map_err(|e| format!("default_json is not JSON: {e}"))?,
+        )
+    };
+    Ok(Mapping {
+        name: m.name.clone(),
+        path: m.path.clone(),
+        kind,
+        required: m.required,
+        default,
+    })
+}
+
+/// An LLM tool name: a letter, then a-z, 0-9 and `_`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=limits::NAME_CHARS).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    fn max_bytes(&mut self, field: &str, value: &str, limit: usize) {
+        if value.len() > limit {
+            self.push(field, format!("at most {limit} bytes"));
+        }
+    }
+
+    /// A template must parse and read only known namespaces.
+    fn template(
+        &mut self,
+        field: &str,
+        variables: Result<BTreeSet<String>, switchboard_template::TemplateError>,
+    ) {
+        match variables {
+            Err(e) => self.push(field, e.to_string()),
+            Ok(variables) => {
+                for variable in variables {
+                    let namespace = variable.split('.').next().unwrap_or_default();
+                    if !VARIABLE_NAMESPACES.contains(&namespace) {
+                        self.push(
+                            field,
+                            format!(
+                                "unknown variable namespace `{namespace}` in `{variable}`; known: {}",
+                                VARIABLE_NAMESPACES.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), DomainError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(DomainError::Invalid(self.0))
+        }
+    }
+}
+
+/// The action as a tool an LLM agent can call: name, description with the when-not-to-use
+/// guidance, JSON Schema parameters, and the function-calling JSON most APIs accept.
+pub fn agent_tool(definition: &ActionDefinition) -> switchboard_proto::actions::v1::AgentTool {
+    let mut description = definition.description.trim().to_owned();
+    if !definition.when_not_to_use.trim().is_empty() {
+        description.push_str("\n\nDo not use when: ");
+        description.push_str(definition.when_not_to_use.trim());
+    }
+    if definition.confirmation_required {
+        description.push_str("\n\nAsk the user to confirm before calling it.");
+    }
+    let parameters: serde_json::Value = serde_json::from_str(&definition.input_schema)
+        .unwrap_or_else(|_| serde_json::json!({"type": "object", "properties": {}}));
+    let function = serde_json::json!({
+        "type": "function",
+        "function": {"name": definition.name, "description": description, "parameters": parameters},
+    });
+    switchboard_proto::actions::v1::AgentTool {
+        name: definition.name.clone(),
+        description,
+        parameters: parameters.to_string(),
+        confirmation_required: definition.confirmation_required,
+        function_json: function.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn http_action() -> ActionDefinition {
+        ActionDefinition {
+            id: "act_1".into(),
+            workspace_id: "ws_1".into(),
+            name: "lookup_order".into(),
+            description: "Looks up an order by its number".into(),
+            kind: ActionKind::Http as i32,
+            http: Some(HttpSpec {
+                method: "get".into(),
+                url: "https://shop.example.com/orders/{{ input.order_number }}".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn fields(result: Result<Option<Change>, DomainError>) -> Vec<String> {
+        match result {
+            Err(DomainError::Invalid(v)) => v.into_iter().map(|v| v.field).collect(),
+            other => panic!("expected violations, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_created_action_is_enabled_normalized_and_at_version_one() {
+        let change = decide(
+            None,
+            Command::Create {
+                definition: http_action(),
+            },
+            5,
+        )
+        .unwrap()
+        .unwrap();
+        let d = change.definition;
+        assert_eq!(
+            (d.version, d.enabled, change.event_type),
+            (1, true, event_types::CREATED)
+        );
+        let http = d.http.unwrap();
+        assert_eq!((http.method.as_str(), http.timeout_ms), ("GET", 10_000));
+        assert_eq!(http.retry.unwrap().max_attempts, 1);
+        assert_eq!(d.input_schema, r#"{"type":"object","properties":{}}"#);
+    }
+
+    #[test]
+    fn bad_definitions_name_every_field() {
+        let mut d = http_action();
+        d.name = "Lookup Order".into();
+        d.input_schema = r#"{"type": "object", "properties": {"n": {"type": "nonsense"}}}"#.into();
+        let http = d.http.as_mut().unwrap();
+        http.url = "https://x.example/{{ secrets.key }}".into();
+        http.timeout_ms = 500_000;
+        http.method = "TRACE".into();
+        http.cache_ttl_seconds = 0;
+        http.body = "{not json".into();
+        let fields = fields(decide(None, Command::Create { definition: d }, 1));
+        for expected in [
+            "name",
+            "input_schema",
+            "http.url",
+            "http.timeout_ms",
+            "http.method",
+            "http.body",
+        ] {
+            assert!(
+                fields.iter().any(|f| f == expected),
+                "{expected} missing from {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_needs_its_secret_and_keeps_it_across_updates() {
+        let mut d = http_action();
+        d.http.as_mut().unwrap().auth = Some(HttpAuth {
+            kind: AuthKind::Bearer as i32,
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(decide(
+                None,
+                Command::Create {
+                    definition: d.clone()
+                },
+                1
+            )),
+            vec!["http.auth.secret"]
+        );
+        let auth = d.http.as_mut().unwrap().auth.as_mut().unwrap();
+        auth.sealed_secret = vec![1, 2, 3];
+        let created = decide(
+            None,
+            Command::Create {
+                definition: d.clone(),
+            },
+            1,
+        )
+        .unwrap()
+        .unwrap()
+        .definition;
+        // An update that says nothing about the secret keeps it (the handler carries it over).
+        let mut update = d.clone();
+        update
+            .http
+            .as_mut()
+            .unwrap()
+            .auth
+            .as_mut()
+            .unwrap()
+            .sealed_secret
+            .clear();
+        assert!(validate(&update, Some(&created)).is_ok());
+        assert!(
+            public_view(created)
+                .http
+                .unwrap()
+                .auth
+                .unwrap()
+                .sealed_secret
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn versions_move_and_stale_updates_are_refused() {
+        let created = decide(
+            None,
+            Command::Create {
+                definition: http_action(),
+            },
+            1,
+        )
+        .unwrap()
+        .unwrap()
+        .definition;
+        let updated = decide(
+            Some(&created),
+            Command::Update {
+                definition: http_action(),
+                expected_version: Some(1),
+            },
+            2,
+        )
+        .unwrap()
+        .unwrap()
+        .definition;
+        assert_eq!(updated.version, 2);
+        assert_eq!(
+            decide(
+                Some(&updated),
+                Command::Update {
+                    definition: http_action(),
+                    expected_version: Some(1)
+                },
+                3
+            ),
+            Err(DomainError::StaleVersion {
+                expected: 1,
+                actual: 2
+            })
+        );
+        let disabled = decide(Some(&updated), Command::SetEnabled { enabled: false }, 4)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (disabled.event_type, disabled.definition.version),
+            (event_types::DISABLED, 3)
+        );
+        assert_eq!(
+            decide(
+                Some(&disabled.definition),
+                Command::SetEnabled { enabled: false },
+                5
+            ),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn kinds_not_built_yet_are_refused_clearly() {
+        let mut d = http_action();
+        d.kind = ActionKind::Calculation as i32;
+        d.http = None;
+        let Err(DomainError::Invalid(v)) = decide(None, Command::Create { definition: d }, 1)
+        else {
+            panic!()
+        };
+        assert!(v[0].description.contains("SB-ACT-0010"), "{v:?}");
+    }
+}

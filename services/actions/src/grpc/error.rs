@@ -1,0 +1,75 @@
+//! The one place where this service's errors become gRPC statuses.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{DomainError, FieldViolation};
+use crate::service::ServiceError;
+use crate::store::QueryError;
+
+pub fn invalid(violations: Vec<FieldViolation>) -> Status {
+    let message = format!(
+        "SB-ACT-0001: invalid request: {}",
+        violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+pub fn not_found() -> Status {
+    Status::not_found(DomainError::NotFound.to_string())
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Domain(DomainError::Invalid(v)) => invalid(v),
+            ServiceError::Domain(DomainError::NotFound) => not_found(),
+            ServiceError::Domain(e @ DomainError::AlreadyExists) => {
+                Status::already_exists(e.to_string())
+            }
+            ServiceError::Domain(e @ DomainError::StaleVersion { .. }) => {
+                Status::aborted(e.to_string())
+            }
+            ServiceError::Contended => Status::aborted(e.to_string()),
+            ServiceError::Log(e) => internal(e),
+        }
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Cursor(e) => invalid(vec![FieldViolation {
+                field: "cursor".into(),
+                description: e.to_string(),
+            }]),
+            QueryError::Log(e) => internal(e),
+        }
+    }
+}
+
+fn internal(e: switchboard_eventlog::EventLogError) -> Status {
+    use switchboard_eventlog::EventLogError as E;
+    tracing::error!(error = %e, "actions: internal error");
+    match e {
+        E::Database(_) | E::Nats(_) => {
+            Status::unavailable("SB-ACT-0500: the action store is unavailable; retry")
+        }
+        E::Conflict { .. } => {
+            Status::aborted("SB-ACT-0005: the action is changing too fast; retry")
+        }
+        _ => {
+            Status::internal("SB-ACT-0501: the action store refused the change; see the server log")
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The `switchboard.actions.v1.Actions` gRPC service.
+
+mod error;
+
+use switchboard_proto::actions::v1::actions_server::{self, ActionsServer};
+use switchboard_proto::actions::v1::*;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{self, Command, FieldViolation};
+use crate::service::{ActionService, RequestContext, new_action_id};
+use crate::store::ActionStore;
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 200;
+
+#[derive(Clone)]
+pub struct ActionsApi {
+    service: ActionService,
+    store: ActionStore,
+}
+
+impl ActionsApi {
+    pub fn new(service: ActionService, store: ActionStore) -> Self {
+        Self { service, store }
+    }
+
+    pub fn into_server(self) -> ActionsServer<Self> {
+        ActionsServer::new(self).max_decoding_message_size(1024 * 1024)
+    }
+}
+
+fn context(
+    workspace_id: &str,
+    request_id: &str,
+    action_id: Option<&str>,
+) -> Result<RequestContext, Status> {
+    let mut v = Vec::new();
+    if !valid_prefixed_id(workspace_id, "ws_") {
+        v.push(violation(
+            "workspace_id",
+            "required: `ws_` followed by 1 to 64 letters, digits, `_` or `-`",
+        ));
+    }
+    if request_id.len() > 128 {
+        v.push(violation("request_id", "at most 128 bytes"));
+    }
+    if let Some(id) = action_id.filter(|id| !valid_prefixed_id(id, "act_")) {
+        let _ = id;
+        v.push(violation(
+            "action_id",
+            "required: `act_` followed by 1 to 64 letters, digits, `_` or `-`",
+        ));
+    }
+    if !v.is_empty() {
+        return Err(error::invalid(v));
+    }
+    Ok(RequestContext {
+        workspace_id: workspace_id.to_owned(),
+        request_id: request_id.to_owned(),
+        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+    })
+}
+
+fn violation(field: &str, description: &str) -> FieldViolation {
+    FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }
+}
+
+fn valid_prefixed_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        (1..=64).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+fn answer(definition: ActionDefinition) -> Response<ActionResponse> {
+    Response::new(ActionResponse {
+        action: Some(domain::public_view(definition)),
+    })
+}
+
+#[tonic::async_trait]
+impl actions_server::Actions for ActionsApi {
+    async fn create_action(
+        &self,
+        request: Request<CreateActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, None)?;
+        let id = new_action_id();
+        let mut definition = r.definition.unwrap_or_default();
+        definition.id = id.clone();
+        definition.workspace_id = r.workspace_id;
+        Ok(answer(
+            self.service
+                .execute(&ctx, &id, Command::Create { definition })
+                .await?,
+        ))
+    }
+
+    async fn update_action(
+        &self,
+        request: Request<UpdateActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.action_id))?;
+        let command = Command::Update {
+            definition: r.definition.unwrap_or_default(),
+            expected_version: (r.expected_version > 0).then_some(r.expected_version),
+        };
+        Ok(answer(
+            self.service.execute(&ctx, &r.action_id, command).await?,
+        ))
+    }
+
+    async fn set_action_enabled(
+        &self,
+        request: Request<SetActionEnabledRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.action_id))?;
+        let command = Command::SetEnabled { enabled: r.enabled };
+        Ok(answer(
+            self.service.execute(&ctx, &r.action_id, command).await?,
+        ))
+    }
+
+    async fn get_action(
+        &self,
+        request: Request<GetActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", Some(&r.action_id))?;
+        let found = self.store.get(&r.workspace_id, &r.action_id).await?;
+        Ok(answer(found.ok_or_else(error::not_found)?))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<ListActionsRequest>,
+    ) -> Result<Response<ListActionsResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", None)?;
+        let limit = match r.limit {
+            0 => DEFAULT_LIMIT,
+            1..=MAX_LIMIT => r.limit,
+            _ => {
+                return Err(error::invalid(vec![violation(
+                    "limit",
+                    "between 1 and 200, or 0 for the default of 50",
+                )]));
+            }
+        };
+        let (actions, next_cursor) = self
+            .store
+            .list(&r.workspace_id, r.enabled_only, limit, &r.cursor)
+            .await?;
+        Ok(Response::new(ListActionsResponse {
+            actions: actions.into_iter().map(domain::public_view).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn list_agent_tools(
+        &self,
+        request: Request<ListAgentToolsRequest>,
+    ) -> Result<Response<ListAgentToolsResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", None)?;
+        let mut tools = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (page, next) = self
+                .store
+                .list(&r.workspace_id, true, MAX_LIMIT, &cursor)
+                .await?;
+            tools.extend(page.iter().map(domain::agent_tool));
+            if next.is_empty() {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(Response::new(ListAgentToolsResponse { tools }))
+    }
+}

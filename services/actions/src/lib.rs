@@ -1,0 +1,64 @@
+//! The actions service: what an agent can do in the outside world.
+//!
+//! This part keeps the action definitions (event-sourced and versioned, names unique per
+//! workspace, secrets sealed) and serves the tool catalogue. Execution, execution logs and
+//! test runs come next.
+//!
+//! - [`domain`]: validation, `decide`, the agent-tool shape; pure.
+//! - [`service`]: the command handler (load, seal secrets, decide, append, retry).
+//! - [`store`]: the read model and its queries.
+//! - [`grpc`]: the tonic service.
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use switchboard_eventlog::{EventLog, EventLogError, StoreConfig};
+use switchboard_secrets::Keyring;
+
+pub use grpc::ActionsApi;
+pub use service::ActionService;
+pub use store::{ActionStore, ActionsProjection};
+
+pub const SERVICE: &str = "actions";
+pub const GRPC_SERVICE: &str = "switchboard.actions.v1.Actions";
+
+/// Opens the service's log with its read model and projection.
+pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
+    let (postgres, sqlite) = store::read_model_ddl();
+    Ok(EventLog::open(config)
+        .await?
+        .with_read_models(&postgres, &sqlite)
+        .with_projection(Arc::new(ActionsProjection)))
+}
+
+/// The gRPC API over `log`, sealing secrets with `keyring`.
+pub fn api(log: EventLog, keyring: Arc<Keyring>) -> ActionsApi {
+    ActionsApi::new(
+        ActionService::new(log.clone(), keyring),
+        ActionStore::new(log),
+    )
+}
+
+/// Where the actions service publishes. Definitions are not public events; executions
+/// (`action.executed`, `internal.actions.action_completed`) will be.
+pub struct PublicEvents;
+
+impl switchboard_eventlog::Router for PublicEvents {
+    fn subject(&self, _event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+        None
+    }
+}
+
+/// The JetStream stream the service publishes to.
+pub fn stream_spec(replicas: usize) -> switchboard_eventlog::StreamSpec {
+    switchboard_eventlog::StreamSpec {
+        name: "ACTIONS".into(),
+        subjects: vec!["events.*.action.>".into(), "internal.actions.>".into()],
+        replicas,
+    }
+}

@@ -1,0 +1,417 @@
+//! The actions API over real gRPC, on Postgres and on SQLite.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use switchboard_eventlog::testing::{TestSchema, unique_name};
+use switchboard_eventlog::{EventLog, LogPosition, StoreConfig};
+use switchboard_proto::actions::v1::actions_client::ActionsClient;
+use switchboard_proto::actions::v1::*;
+use switchboard_runtime::GrpcServer;
+use switchboard_secrets::Keyring;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+const WS: &str = "ws_shop";
+const SECRET: &str = "sk_live_do_not_leak_42";
+
+enum Storage {
+    Postgres(TestSchema),
+    Sqlite(PathBuf),
+}
+
+struct Harness {
+    client: ActionsClient<Channel>,
+    log: EventLog,
+    storage: Storage,
+    shutdown: CancellationToken,
+}
+
+impl Harness {
+    async fn start(postgres: bool) -> Self {
+        let storage = if postgres {
+            Storage::Postgres(TestSchema::new().await)
+        } else {
+            Storage::Sqlite(std::env::temp_dir().join(format!("{}.db", unique_name())))
+        };
+        let config = match &storage {
+            Storage::Postgres(s) => s.store_config(),
+            Storage::Sqlite(p) => StoreConfig::Sqlite { path: p.clone() },
+        };
+        let log = switchboard_actions::open_log(&config).await.unwrap();
+        log.migrate().await.unwrap();
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let keyring = Arc::new(Keyring::from_base64(&[key]).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = GrpcServer::new().add_service(
+            switchboard_actions::GRPC_SERVICE,
+            switchboard_actions::api(log.clone(), keyring).into_server(),
+        );
+        let token = shutdown.clone();
+        tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
+        let client = ActionsClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        Self {
+            client,
+            log,
+            storage,
+            shutdown,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        match self.storage {
+            Storage::Postgres(s) => s.drop().await,
+            Storage::Sqlite(p) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
+                }
+            }
+        }
+    }
+}
+
+fn lookup_order(name: &str) -> ActionDefinition {
+    ActionDefinition {
+        name: name.into(),
+        description: "Looks up the status of a customer's order".into(),
+        when_not_to_use: "The customer has not given an order number".into(),
+        input_schema: r#"{"type":"object","properties":{"order_number":{"type":"string"}},"required":["order_number"]}"#.into(),
+        kind: ActionKind::Http as i32,
+        http: Some(HttpSpec {
+            method: "GET".into(),
+            url: "https://shop.example.com/orders/{{ input.order_number }}?c={{ conversation.id }}".into(),
+            headers: HashMap::from([("X-Workspace".into(), "{{ workspace.id }}".into())]),
+            auth: Some(HttpAuth {
+                kind: AuthKind::Bearer as i32,
+                secret: SECRET.into(),
+                ..Default::default()
+            }),
+            response_mapping: vec![ResponseMapping {
+                name: "status".into(),
+                path: "data.status".into(),
+                kind: "string".into(),
+                required: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    h: &mut Harness,
+    workspace: &str,
+    definition: ActionDefinition,
+) -> Result<ActionDefinition, tonic::Status> {
+    h.client
+        .create_action(CreateActionRequest {
+            workspace_id: workspace.into(),
+            request_id: String::new(),
+            definition: Some(definition),
+        })
+        .await
+        .map(|r| r.into_inner().action.unwrap())
+}
+
+fn fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn postgres() { super::$name(true).await }
+            #[tokio::test]
+            async fn sqlite() { super::$name(false).await }
+        }
+    )*};
+}
+
+on_both_backends!(
+    definitions_are_versioned_and_secrets_never_leave,
+    bad_definitions_are_refused_field_by_field,
+    names_are_unique_per_workspace,
+    the_tool_catalogue_lists_enabled_actions
+);
+
+async fn definitions_are_versioned_and_secrets_never_leave(postgres: bool) {
+    let mut h = Harness::start(postgres).await;
+    let created = create(&mut h, WS, lookup_order("lookup_order"))
+        .await
+        .unwrap();
+    assert!(created.id.starts_with("act_"));
+    assert_eq!((created.version, created.enabled), (1, true));
+    let auth = created.http.as_ref().unwrap().auth.clone().unwrap();
+    assert!(auth.secret_set && auth.secret.is_empty() && auth.sealed_secret.is_empty());
+    assert_eq!(created.http.as_ref().unwrap().timeout_ms, 10_000);
+
+    // An update without a secret keeps the stored one; a stale expected version is refused.
+    let mut changed = lookup_order("lookup_order");
+    changed.description = "Finds an order".into();
+    changed
+        .http
+        .as_mut()
+        .unwrap()
+        .auth
+        .as_mut()
+        .unwrap()
+        .secret
+        .clear();
+    let update = |version: u64, definition: ActionDefinition| UpdateActionRequest {
+        workspace_id: WS.into(),
+        request_id: String::new(),
+        action_id: created.id.clone(),
+        definition: Some(definition),
+        expected_version: version,
+    };
+    let updated = h
+        .client
+        .update_action(update(1, changed.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    assert_eq!(updated.version, 2);
+    assert!(
+        updated
+            .http
+            .as_ref()
+            .unwrap()
+            .auth
+            .as_ref()
+            .unwrap()
+            .secret_set
+    );
+    let stale = h
+        .client
+        .update_action(update(1, changed))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    // Another workspace sees nothing.
+    let other = h
+        .client
+        .get_action(GetActionRequest {
+            workspace_id: "ws_other".into(),
+            action_id: created.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::NotFound);
+
+    // The secret is in no event and no row, only sealed.
+    let events = h.log.read_all(LogPosition::START, 100).await.unwrap();
+    assert_eq!(events.len(), 2);
+    for event in &events {
+        assert!(
+            !event
+                .payload
+                .windows(SECRET.len())
+                .any(|w| w == SECRET.as_bytes()),
+            "secret in {}",
+            event.event_type
+        );
+    }
+
+    // Rebuilt from the log, the read model serves the same.
+    let before = h
+        .client
+        .get_action(GetActionRequest {
+            workspace_id: WS.into(),
+            action_id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    h.log
+        .rebuild(&switchboard_actions::ActionsProjection, &mut |_| {})
+        .await
+        .unwrap();
+    let after = h
+        .client
+        .get_action(GetActionRequest {
+            workspace_id: WS.into(),
+            action_id: created.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before, after);
+    h.stop().await;
+}
+
+async fn bad_definitions_are_refused_field_by_field(postgres: bool) {
+    let mut h = Harness::start(postgres).await;
+    let mut bad = lookup_order("lookup_order");
+    bad.input_schema = r#"{"type":"object","properties":{"n":{"type":12}}}"#.into();
+    let http = bad.http.as_mut().unwrap();
+    http.url = "ftp://shop.example.com/{{ env.HOME }}".into();
+    http.timeout_ms = 120_001;
+    http.headers
+        .insert("X-Thing".into(), "{{ cookies.session }}".into());
+    http.method = "POST".into();
+    http.cache_ttl_seconds = 60;
+    let err = create(&mut h, WS, bad).await.unwrap_err();
+    let fields = fields(&err);
+    for expected in [
+        "input_schema",
+        "http.url",
+        "http.timeout_ms",
+        "http.headers[X-Thing]",
+        "http.cache_ttl_seconds",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} not in {fields:?}"
+        );
+    }
+    let mut unknown = lookup_order("uses_unknown_namespace");
+    unknown.http.as_mut().unwrap().url = "https://x.example/{{ env.HOME }}".into();
+    let err = create(&mut h, WS, unknown).await.unwrap_err();
+    assert!(
+        err.message().contains("unknown variable namespace `env`"),
+        "{}",
+        err.message()
+    );
+    let list = h
+        .client
+        .list_actions(ListActionsRequest {
+            workspace_id: WS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.actions.is_empty(), "nothing refused was stored");
+    h.stop().await;
+}
+
+async fn names_are_unique_per_workspace(postgres: bool) {
+    let mut h = Harness::start(postgres).await;
+    create(&mut h, WS, lookup_order("lookup_order"))
+        .await
+        .unwrap();
+    let err = create(&mut h, WS, lookup_order("lookup_order"))
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), vec!["name"]);
+    create(&mut h, "ws_elsewhere", lookup_order("lookup_order"))
+        .await
+        .unwrap();
+    // Renaming onto a taken name is refused too.
+    let second = create(&mut h, WS, lookup_order("cancel_order"))
+        .await
+        .unwrap();
+    let err = h
+        .client
+        .update_action(UpdateActionRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            action_id: second.id.clone(),
+            definition: Some(lookup_order("lookup_order")),
+            expected_version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&err), vec!["name"]);
+    h.stop().await;
+}
+
+async fn the_tool_catalogue_lists_enabled_actions(postgres: bool) {
+    let mut h = Harness::start(postgres).await;
+    let mut confirm = lookup_order("refund_order");
+    confirm.confirmation_required = true;
+    let refund = create(&mut h, WS, confirm).await.unwrap();
+    let lookup = create(&mut h, WS, lookup_order("lookup_order"))
+        .await
+        .unwrap();
+    create(&mut h, WS, lookup_order("zz_last")).await.unwrap();
+    h.client
+        .set_action_enabled(SetActionEnabledRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            action_id: lookup.id.clone(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let tools = h
+        .client
+        .list_agent_tools(ListAgentToolsRequest {
+            workspace_id: WS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tools;
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["refund_order", "zz_last"]);
+    let refund_tool = &tools[0];
+    assert!(refund_tool.confirmation_required);
+    assert!(
+        refund_tool
+            .description
+            .contains("Do not use when: The customer has not given an order number")
+    );
+    let function: serde_json::Value = serde_json::from_str(&refund_tool.function_json).unwrap();
+    assert_eq!(function["function"]["name"], "refund_order");
+    assert_eq!(
+        function["function"]["parameters"]["required"][0],
+        "order_number"
+    );
+    assert!(!refund_tool.function_json.contains(SECRET));
+    let _ = refund;
+
+    // Pages by name.
+    let page = h
+        .client
+        .list_actions(ListActionsRequest {
+            workspace_id: WS.into(),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.actions.len(), 2);
+    let rest = h
+        .client
+        .list_actions(ListActionsRequest {
+            workspace_id: WS.into(),
+            limit: 2,
+            cursor: page.next_cursor,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rest.actions
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["zz_last"]
+    );
+    assert!(rest.next_cursor.is_empty());
+    h.stop().await;
+}
