@@ -58,6 +58,10 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// `SWITCHBOARD_ENCRYPTION_KEY`: base64 of exactly 32 bytes, for secrets at rest.
     pub encryption_key: Option<String>,
+    /// `SWITCHBOARD_OUTBOUND_ALLOW`: comma-separated CIDR ranges that outbound requests
+    /// (actions, webhooks) may reach although they are private or loopback, e.g.
+    /// `10.1.0.0/16`. Empty: public addresses only.
+    pub outbound_allow: String,
 }
 
 /// How log lines are written to stdout.
@@ -116,6 +120,7 @@ impl Default for Config {
             relay_poll_ms: 100,
             shutdown_grace_secs: 20,
             encryption_key: None,
+            outbound_allow: String::new(),
         }
     }
 }
@@ -142,6 +147,7 @@ impl fmt::Debug for Config {
             .field("relay_poll_ms", &self.relay_poll_ms)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("encryption_key", &redacted(&self.encryption_key))
+            .field("outbound_allow", &self.outbound_allow)
             .finish()
     }
 }
@@ -305,6 +311,19 @@ impl Config {
                 "must be between 0 and 600",
             ));
         }
+        for range in self.outbound_allow_ranges() {
+            let parsed = range
+                .parse::<ipnet::IpNet>()
+                .map(|_| ())
+                .or_else(|_| range.parse::<std::net::IpAddr>().map(|_| ()));
+            if parsed.is_err() {
+                return Err(invalid(
+                    "outbound_allow",
+                    &self.outbound_allow,
+                    format!("`{range}` is not an IP range in CIDR notation (e.g. 10.1.0.0/16)"),
+                ));
+            }
+        }
         if let Some(key) = &self.encryption_key {
             match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
                 Ok(bytes) if bytes.len() == 32 => {}
@@ -325,6 +344,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The ranges of `outbound_allow`, one per comma-separated entry.
+    pub fn outbound_allow_ranges(&self) -> Vec<&str> {
+        self.outbound_allow
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .collect()
     }
 
     /// Treats empty optional strings as unset, so `SWITCHBOARD_OTLP_ENDPOINT=` can turn
@@ -747,5 +775,17 @@ mod tests {
         assert_eq!(redact_url("postgres://db/sb"), "postgres://db/sb");
         assert_eq!(redact_url("nats://u@h:4222"), "nats://u:***@h:4222");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn outbound_allow_ranges_are_checked() {
+        let var = |v: &str| vec![("SWITCHBOARD_OUTBOUND_ALLOW".to_owned(), v.to_owned())];
+        let err = Config::load_from(None, var("10.0.0.0/8, nope")).unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_OUTBOUND_ALLOW"),
+            "{err}"
+        );
+        let ok = Config::load_from(None, var("10.0.0.0/8, ::1")).unwrap();
+        assert_eq!(ok.outbound_allow_ranges(), vec!["10.0.0.0/8", "::1"]);
     }
 }

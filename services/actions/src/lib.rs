@@ -1,16 +1,19 @@
 //! The actions service: what an agent can do in the outside world.
 //!
-//! This part keeps the action definitions (event-sourced and versioned, names unique per
-//! workspace, secrets sealed) and serves the tool catalogue. Execution, execution logs and
-//! test runs come next.
+//! It keeps the action definitions (event-sourced and versioned, names unique per
+//! workspace, secrets sealed), serves the tool catalogue, and runs `http` actions once per
+//! idempotency key, recording every outcome. Execution through NATS, execution-log
+//! queries and the other kinds come next.
 //!
 //! - [`domain`]: validation, `decide`, the agent-tool shape; pure.
 //! - [`service`]: the command handler (load, seal secrets, decide, append, retry).
+//! - [`execute`]: running an http action (guards, rendering, auth, retries, mapping).
 //! - [`store`]: the read model and its queries.
 //! - [`grpc`]: the tonic service.
 #![forbid(unsafe_code)]
 
 pub mod domain;
+pub mod execute;
 pub mod grpc;
 pub mod service;
 pub mod store;
@@ -36,10 +39,15 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
         .with_projection(Arc::new(ActionsProjection)))
 }
 
-/// The gRPC API over `log`, sealing secrets with `keyring`.
-pub fn api(log: EventLog, keyring: Arc<Keyring>) -> ActionsApi {
+/// The gRPC API over `log`, sealing secrets with `keyring` and calling out through
+/// `client`.
+pub fn api(
+    log: EventLog,
+    keyring: Arc<Keyring>,
+    client: switchboard_outbound::GuardedClient,
+) -> ActionsApi {
     ActionsApi::new(
-        ActionService::new(log.clone(), keyring),
+        ActionService::new(log.clone(), keyring, client),
         ActionStore::new(log),
     )
 }

@@ -3,15 +3,20 @@
 
 use std::sync::Arc;
 
+use prost::Message as _;
 use switchboard_eventlog::{
     EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
     now_micros,
 };
-use switchboard_proto::actions::v1::ActionDefinition;
+use switchboard_outbound::GuardedClient;
+use switchboard_proto::actions::v1::{
+    ActionDefinition, ExecutionCompleted, ExecutionResult, ExecutionStarted, PermissionLevel,
+};
 use switchboard_secrets::Keyring;
 use uuid::Uuid;
 
 use crate::domain::{self, Command, DomainError, FieldViolation};
+use crate::execute::{Executor, Invocation};
 
 const MAX_ATTEMPTS: usize = 5;
 pub const STREAM_TYPE: &str = "action";
@@ -22,6 +27,8 @@ pub enum ServiceError {
     Domain(#[from] DomainError),
     #[error("SB-ACT-0005: the action is changing too fast; retry")]
     Contended,
+    #[error("SB-ACT-0007: an execution with this idempotency key is still running; retry later")]
+    InProgress,
     #[error(transparent)]
     Log(#[from] EventLogError),
 }
@@ -51,11 +58,166 @@ pub fn secret_owner(workspace_id: &str, action_id: &str) -> String {
 pub struct ActionService {
     log: EventLog,
     keyring: Arc<Keyring>,
+    executor: Executor,
+}
+
+/// What a caller asks to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub action_id: String,
+    pub variables: serde_json::Value,
+    /// Empty for a test run.
+    pub idempotency_key: String,
+    pub confirmed: bool,
+    pub caller: PermissionLevel,
+    pub conversation_id: String,
+    pub test: bool,
+}
+
+pub mod execution_events {
+    pub const STARTED: &str = "action_execution.started";
+    pub const COMPLETED: &str = "action_execution.completed";
 }
 
 impl ActionService {
-    pub fn new(log: EventLog, keyring: Arc<Keyring>) -> Self {
-        Self { log, keyring }
+    pub fn new(log: EventLog, keyring: Arc<Keyring>, client: GuardedClient) -> Self {
+        let executor = Executor::new(client, keyring.clone());
+        Self {
+            log,
+            keyring,
+            executor,
+        }
+    }
+
+    /// Runs an action once per idempotency key: the key is claimed in the log before the
+    /// call, and the outcome recorded after it. A repeated key answers with the recorded
+    /// outcome; while the first run is still going it is `InProgress`. Test runs get a
+    /// stream of their own and are always new.
+    pub async fn run(
+        &self,
+        ctx: &RequestContext,
+        request: RunRequest,
+    ) -> Result<ExecutionResult, ServiceError> {
+        let (definition, _) = self.load(&ctx.workspace_id, &request.action_id).await?;
+        let definition = definition.ok_or(DomainError::NotFound)?;
+        let execution_id = format!("exec_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let (stream, key) = if request.test {
+            (
+                StreamRef::new(
+                    "action_test",
+                    format!("{}/{execution_id}", ctx.workspace_id),
+                ),
+                execution_id.clone(),
+            )
+        } else {
+            (
+                StreamRef::new(
+                    "action_execution",
+                    format!("{}/{}", ctx.workspace_id, request.idempotency_key),
+                ),
+                request.idempotency_key.clone(),
+            )
+        };
+        if let Some(recorded) = self.recorded(&stream).await? {
+            return recorded;
+        }
+        let metadata = Metadata {
+            workspace_id: ctx.workspace_id.clone(),
+            correlation_id: key.clone(),
+            traceparent: ctx.traceparent.clone(),
+            occurred_at: now_micros(),
+            ..Default::default()
+        };
+        let started = ExecutionStarted {
+            execution_id: execution_id.clone(),
+            action_id: definition.id.clone(),
+            idempotency_key: key.clone(),
+            test: request.test,
+            conversation_id: request.conversation_id.clone(),
+        };
+        let claim = NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: execution_events::STARTED.into(),
+            schema_version: 1,
+            payload: started.encode_to_vec(),
+            metadata: metadata.clone(),
+        };
+        match self
+            .log
+            .append(&stream, ExpectedVersion::NoStream, vec![claim])
+            .await
+        {
+            Ok(_) => {}
+            Err(EventLogError::Conflict { .. }) => {
+                return match self.recorded(&stream).await? {
+                    Some(recorded) => recorded,
+                    None => Err(ServiceError::InProgress),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let started_at = now_micros();
+        let mut result = self
+            .executor
+            .run(Invocation {
+                definition: &definition,
+                variables: request.variables,
+                idempotency_key: key,
+                traceparent: ctx.traceparent.clone(),
+                confirmed: request.confirmed,
+                caller: request.caller,
+                test: request.test,
+            })
+            .await;
+        result.execution_id = execution_id;
+        result.conversation_id = request.conversation_id;
+        result.started_at = Some(prost_types::Timestamp {
+            seconds: started_at.div_euclid(1_000_000),
+            nanos: (started_at.rem_euclid(1_000_000) * 1000) as i32,
+        });
+        let completed = NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: execution_events::COMPLETED.into(),
+            schema_version: 1,
+            payload: ExecutionCompleted {
+                result: Some(result.clone()),
+            }
+            .encode_to_vec(),
+            metadata: Metadata {
+                occurred_at: now_micros(),
+                ..metadata
+            },
+        };
+        self.log
+            .append(&stream, ExpectedVersion::Exact(1), vec![completed])
+            .await?;
+        Ok(result)
+    }
+
+    /// The recorded outcome of an execution stream: `None` if it was never claimed,
+    /// `Some(Err(InProgress))` while its run has not finished.
+    async fn recorded(
+        &self,
+        stream: &StreamRef,
+    ) -> Result<Option<Result<ExecutionResult, ServiceError>>, ServiceError> {
+        let events = self.log.read_stream(stream, 0, 10).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        for event in &events {
+            if event.event_type == execution_events::COMPLETED {
+                let completed: ExecutionCompleted = event.decode()?;
+                return Ok(Some(completed.result.ok_or_else(|| {
+                    EventLogError::Corrupt {
+                        event_id: event.event_id.to_string(),
+                        event_type: event.event_type.clone(),
+                        reason: "completed without a result".into(),
+                    }
+                    .into()
+                })));
+            }
+        }
+        Ok(Some(Err(ServiceError::InProgress)))
     }
 
     /// The definition as its events left it, with its stream version.

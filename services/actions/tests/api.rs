@@ -1,83 +1,14 @@
 //! The actions API over real gRPC, on Postgres and on SQLite.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 
-use base64::Engine as _;
-use switchboard_eventlog::testing::{TestSchema, unique_name};
-use switchboard_eventlog::{EventLog, LogPosition, StoreConfig};
-use switchboard_proto::actions::v1::actions_client::ActionsClient;
+use common::{Harness, SECRET, WS};
+use switchboard_eventlog::LogPosition;
 use switchboard_proto::actions::v1::*;
-use switchboard_runtime::GrpcServer;
-use switchboard_secrets::Keyring;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
-
-const WS: &str = "ws_shop";
-const SECRET: &str = "sk_live_do_not_leak_42";
-
-enum Storage {
-    Postgres(TestSchema),
-    Sqlite(PathBuf),
-}
-
-struct Harness {
-    client: ActionsClient<Channel>,
-    log: EventLog,
-    storage: Storage,
-    shutdown: CancellationToken,
-}
-
-impl Harness {
-    async fn start(postgres: bool) -> Self {
-        let storage = if postgres {
-            Storage::Postgres(TestSchema::new().await)
-        } else {
-            Storage::Sqlite(std::env::temp_dir().join(format!("{}.db", unique_name())))
-        };
-        let config = match &storage {
-            Storage::Postgres(s) => s.store_config(),
-            Storage::Sqlite(p) => StoreConfig::Sqlite { path: p.clone() },
-        };
-        let log = switchboard_actions::open_log(&config).await.unwrap();
-        log.migrate().await.unwrap();
-        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        let keyring = Arc::new(Keyring::from_base64(&[key]).unwrap());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = GrpcServer::new().add_service(
-            switchboard_actions::GRPC_SERVICE,
-            switchboard_actions::api(log.clone(), keyring).into_server(),
-        );
-        let token = shutdown.clone();
-        tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
-        let client = ActionsClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        Self {
-            client,
-            log,
-            storage,
-            shutdown,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        match self.storage {
-            Storage::Postgres(s) => s.drop().await,
-            Storage::Sqlite(p) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", p.display()));
-                }
-            }
-        }
-    }
-}
 
 fn lookup_order(name: &str) -> ActionDefinition {
     ActionDefinition {

@@ -12,6 +12,7 @@ use async_nats::jetstream;
 use switchboard_eventlog::{
     EventLog, Relay, RelayConfig, Router, StoreConfig, StreamSpec, ensure_stream,
 };
+use switchboard_outbound::{ClientOptions, GuardedClient, Policy};
 use switchboard_runtime::{Config, GrpcServer, http, metrics, shutdown, telemetry};
 use switchboard_secrets::Keyring;
 use tokio::net::TcpListener;
@@ -94,6 +95,8 @@ struct Running {
     log: EventLog,
     /// Seals secrets at rest; loaded only for services that keep secrets.
     keyring: Option<Arc<Keyring>>,
+    /// The SSRF-guarded client of services that call out.
+    outbound: Option<GuardedClient>,
 }
 
 impl Running {
@@ -124,6 +127,9 @@ impl Running {
                     self.keyring
                         .clone()
                         .expect("the actions service is started with a keyring"),
+                    self.outbound
+                        .clone()
+                        .expect("the actions service is started with an outbound client"),
                 )
                 .into_server(),
             ),
@@ -144,6 +150,7 @@ pub async fn dev(config: Config) -> anyhow::Result<()> {
             name,
             log: open(&config, name).await?,
             keyring: keyring_for(&config, name, KeySource::DataDir)?,
+            outbound: outbound_for(&config, name)?,
         });
     }
     println!("switchboard dev: every service in one process");
@@ -188,6 +195,7 @@ pub async fn serve(
         running.push(Running {
             name,
             keyring: keyring_for(&config, name, KeySource::Required)?,
+            outbound: outbound_for(&config, name)?,
             log: open(&config, name).await?,
         });
     }
@@ -333,6 +341,24 @@ fn keyring_for(
     };
     let keyring = Keyring::from_base64(&[key]).context("SWITCHBOARD_ENCRYPTION_KEY")?;
     Ok(Some(Arc::new(keyring)))
+}
+
+/// The outbound HTTP client of a service that calls out (`None` for the others), refusing
+/// private destinations except the ranges in `SWITCHBOARD_OUTBOUND_ALLOW`.
+fn outbound_for(config: &Config, service: ServiceName) -> anyhow::Result<Option<GuardedClient>> {
+    if service != ServiceName::Actions {
+        return Ok(None);
+    }
+    let policy =
+        Policy::allowing(&config.outbound_allow_ranges()).context("SWITCHBOARD_OUTBOUND_ALLOW")?;
+    // Each action sets its own timeout (at most 120 s); this only bounds the client.
+    let options = ClientOptions {
+        timeout: Duration::from_secs(125),
+        ..Default::default()
+    };
+    Ok(Some(
+        GuardedClient::new(policy, &options).context("building the outbound HTTP client")?,
+    ))
 }
 
 /// The development key in `<data dir>/encryption.key`, created on first use (mode 0600).

@@ -7,7 +7,7 @@ use switchboard_proto::actions::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Command, FieldViolation};
-use crate::service::{ActionService, RequestContext, new_action_id};
+use crate::service::{ActionService, RequestContext, RunRequest, new_action_id};
 use crate::store::ActionStore;
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -75,6 +75,27 @@ fn valid_prefixed_id(id: &str, prefix: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     })
+}
+
+/// Variables: a JSON object of at most 1 MiB (the gRPC limit), empty for none.
+fn variables(json: &str, v: &mut Vec<FieldViolation>) -> serde_json::Value {
+    if json.trim().is_empty() {
+        return serde_json::json!({});
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(value @ serde_json::Value::Object(_)) => value,
+        Ok(_) => {
+            v.push(violation(
+                "variables_json",
+                "must be a JSON object of namespaces",
+            ));
+            serde_json::Value::Null
+        }
+        Err(e) => {
+            v.push(violation("variables_json", &format!("not JSON: {e}")));
+            serde_json::Value::Null
+        }
+    }
 }
 
 fn answer(definition: ActionDefinition) -> Response<ActionResponse> {
@@ -163,6 +184,63 @@ impl actions_server::Actions for ActionsApi {
             actions: actions.into_iter().map(domain::public_view).collect(),
             next_cursor,
         }))
+    }
+
+    async fn execute_action(
+        &self,
+        request: Request<ExecuteActionRequest>,
+    ) -> Result<Response<ExecutionResult>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, "", Some(&r.action_id))?;
+        let key_ok = (1..=128).contains(&r.idempotency_key.len())
+            && r.idempotency_key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+        let mut v = Vec::new();
+        if !key_ok {
+            v.push(violation(
+                "idempotency_key",
+                "required: 1 to 128 of letters, digits, `_`, `-`, `.` and `:`",
+            ));
+        }
+        if PermissionLevel::try_from(r.caller_permission).is_err() {
+            v.push(violation("caller_permission", "unknown value"));
+        }
+        let variables = variables(&r.variables_json, &mut v);
+        if !v.is_empty() {
+            return Err(error::invalid(v));
+        }
+        let run = RunRequest {
+            action_id: r.action_id,
+            variables,
+            idempotency_key: r.idempotency_key,
+            confirmed: r.confirmed,
+            caller: PermissionLevel::try_from(r.caller_permission)
+                .unwrap_or(PermissionLevel::Agent),
+            conversation_id: r.conversation_id,
+            test: false,
+        };
+        Ok(Response::new(self.service.run(&ctx, run).await?))
+    }
+
+    async fn test_action(
+        &self,
+        request: Request<TestActionRequest>,
+    ) -> Result<Response<ExecutionResult>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, "", Some(&r.action_id))?;
+        let mut v = Vec::new();
+        let variables = variables(&r.variables_json, &mut v);
+        if !v.is_empty() {
+            return Err(error::invalid(v));
+        }
+        let run = RunRequest {
+            action_id: r.action_id,
+            variables,
+            test: true,
+            ..Default::default()
+        };
+        Ok(Response::new(self.service.run(&ctx, run).await?))
     }
 
     async fn list_agent_tools(

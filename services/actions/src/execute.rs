@@ -1,0 +1,542 @@
+//! Running an `http` action: guards, input validation, rendering, auth, the call with its
+//! timeout and retries, and response mapping. Every failure is an outcome with a reason,
+//! never an error of the caller's request; what is recorded has its secrets redacted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value as Json};
+use switchboard_outbound::{GuardedClient, OutboundError};
+use switchboard_proto::actions::v1::{
+    ActionDefinition, AuthKind, ExecutionResult, FailureReason, HttpSpec, Outcome, PermissionLevel,
+    RenderedRequest,
+};
+use switchboard_secrets::{Keyring, REDACTED, Secret, redact};
+use switchboard_template::{Renderer, map_response};
+
+use crate::domain;
+use crate::service::secret_owner;
+
+/// Response bytes kept in the result and the log.
+pub const RESPONSE_KEEP_BYTES: usize = 64 * 1024;
+/// Response bytes read at most (for mapping); the rest is not read.
+pub const RESPONSE_READ_BYTES: usize = 1024 * 1024;
+
+/// One run of an action.
+pub struct Invocation<'a> {
+    pub definition: &'a ActionDefinition,
+    /// Variables by namespace (`input`, `conversation`, `secure`, ...).
+    pub variables: Json,
+    pub idempotency_key: String,
+    pub traceparent: String,
+    pub confirmed: bool,
+    pub caller: PermissionLevel,
+    /// A test run: guards for confirmation and permission do not apply, the action may be
+    /// disabled.
+    pub test: bool,
+}
+
+/// Runs actions' HTTP requests through the SSRF guard.
+#[derive(Clone)]
+pub struct Executor {
+    client: GuardedClient,
+    keyring: Arc<Keyring>,
+    renderer: Arc<Renderer>,
+}
+
+/// A failure outcome under way.
+struct Failure {
+    reason: FailureReason,
+    error: String,
+}
+
+fn fail(reason: FailureReason, error: impl Into<String>) -> Failure {
+    Failure {
+        reason,
+        error: error.into(),
+    }
+}
+
+impl Executor {
+    pub fn new(client: GuardedClient, keyring: Arc<Keyring>) -> Self {
+        Self {
+            client,
+            keyring,
+            renderer: Arc::new(Renderer::default()),
+        }
+    }
+
+    /// Runs the invocation to an outcome. `result.execution_id`, timestamps and the test
+    /// flag are filled by the caller.
+    pub async fn run(&self, invocation: Invocation<'_>) -> ExecutionResult {
+        let started = Instant::now();
+        let definition = invocation.definition;
+        let mut result = ExecutionResult {
+            action_id: definition.id.clone(),
+            action_version: definition.version,
+            test: invocation.test,
+            ..Default::default()
+        };
+        let secrets = match self.secrets(&invocation) {
+            Ok(secrets) => secrets,
+            Err(failure) => return finish(result, Err(failure), started),
+        };
+        let outcome = self.attempt_all(&invocation, &secrets, &mut result).await;
+        let secret_refs: Vec<&Secret> = secrets.iter().collect();
+        result.error = redact(&result.error, &secret_refs);
+        let mut result = finish(result, outcome, started);
+        result.error = redact(&result.error, &secret_refs);
+        result
+    }
+
+    /// The action's own secret and every secure variable, for use and for redaction.
+    fn secrets(&self, invocation: &Invocation<'_>) -> Result<Vec<Secret>, Failure> {
+        let mut secrets = Vec::new();
+        if let Some(auth) = auth_of(invocation.definition).filter(|a| !a.sealed_secret.is_empty()) {
+            let owner = secret_owner(
+                &invocation.definition.workspace_id,
+                &invocation.definition.id,
+            );
+            let secret = self
+                .keyring
+                .open(&auth.sealed_secret, &owner)
+                .map_err(|e| {
+                    fail(
+                        FailureReason::InvalidInput,
+                        format!("the action's credential cannot be opened: {e}"),
+                    )
+                })?;
+            secrets.push(Secret::new(String::from_utf8_lossy(&secret).into_owned()));
+        }
+        collect_strings(invocation.variables.get("secure"), &mut secrets);
+        Ok(secrets)
+    }
+
+    async fn attempt_all(
+        &self,
+        invocation: &Invocation<'_>,
+        secrets: &[Secret],
+        result: &mut ExecutionResult,
+    ) -> Result<Map<String, Json>, Failure> {
+        let definition = invocation.definition;
+        guards(invocation)?;
+        let http = definition
+            .http
+            .as_ref()
+            .ok_or_else(|| fail(FailureReason::InvalidInput, "only http actions can run yet"))?;
+        validate_input(definition, &invocation.variables)?;
+        let secret_refs: Vec<&Secret> = secrets.iter().collect();
+        let credential = auth_of(definition)
+            .filter(|a| !a.sealed_secret.is_empty())
+            .and(secrets.first());
+        let prepared = self.prepare(invocation, http, credential)?;
+        result.request = Some(prepared.redacted(&secret_refs));
+
+        let retry = http.retry.unwrap_or_default();
+        let attempts = retry.max_attempts.clamp(1, domain::limits::ATTEMPTS_MAX);
+        let mut backoff = Duration::from_millis(u64::from(retry.initial_backoff_ms.max(1)));
+        let max_backoff = Duration::from_millis(u64::from(
+            retry.max_backoff_ms.max(retry.initial_backoff_ms),
+        ));
+        let mut last = fail(FailureReason::Network, "not attempted");
+        for attempt in 1..=attempts {
+            result.attempts = attempt;
+            match self.attempt(&prepared, http, &secret_refs, result).await {
+                Ok(outputs) => return Ok(outputs),
+                Err((failure, retryable)) => {
+                    last = failure;
+                    if !retryable || attempt == attempts {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(max_backoff);
+        }
+        Err(last)
+    }
+
+    /// One call. `Err((failure, retryable))`.
+    async fn attempt(
+        &self,
+        prepared: &Prepared,
+        http: &HttpSpec,
+        secrets: &[&Secret],
+        result: &mut ExecutionResult,
+    ) -> Result<Map<String, Json>, (Failure, bool)> {
+        let request = prepared
+            .build(&self.client)
+            .map_err(|e| (fail(FailureReason::InvalidInput, e), false))?;
+        let response = match self.client.execute(request).await {
+            Ok(response) => response,
+            Err(OutboundError::Blocked(blocked)) => {
+                return Err((
+                    fail(FailureReason::DestinationBlocked, blocked.to_string()),
+                    false,
+                ));
+            }
+            Err(OutboundError::Http(e)) if e.is_timeout() => {
+                return Err((
+                    fail(
+                        FailureReason::Timeout,
+                        format!("no answer within {} ms", http.timeout_ms),
+                    ),
+                    true,
+                ));
+            }
+            Err(OutboundError::Http(e)) => {
+                return Err((fail(FailureReason::Network, describe_network(&e)), true));
+            }
+        };
+        let status = response.status();
+        result.status_code = u32::from(status.as_u16());
+        let (body, truncated) = match read_body(response).await {
+            Ok(read) => read,
+            Err(e) if e.is_timeout() => {
+                return Err((
+                    fail(
+                        FailureReason::Timeout,
+                        format!("the body did not arrive within {} ms", http.timeout_ms),
+                    ),
+                    true,
+                ));
+            }
+            Err(e) => return Err((fail(FailureReason::Network, describe_network(&e)), true)),
+        };
+        let text = String::from_utf8_lossy(&body);
+        let kept: String = text
+            .chars()
+            .scan(0usize, |n, c| {
+                *n += c.len_utf8();
+                (*n <= RESPONSE_KEEP_BYTES).then_some(c)
+            })
+            .collect();
+        result.response_truncated = truncated || kept.len() < text.len();
+        result.response_body = redact(&kept, secrets);
+        if status.as_u16() == 429 {
+            return Err((
+                fail(
+                    FailureReason::RateLimited,
+                    "the target answered 429 Too Many Requests",
+                ),
+                true,
+            ));
+        }
+        if !status.is_success() {
+            let retryable = status.is_server_error();
+            return Err((
+                fail(
+                    FailureReason::HttpStatus,
+                    format!("the target answered {status}"),
+                ),
+                retryable,
+            ));
+        }
+        if http.response_mapping.is_empty() {
+            return Ok(Map::new());
+        }
+        if truncated {
+            return Err((
+                fail(
+                    FailureReason::Mapping,
+                    format!("the response is larger than {RESPONSE_READ_BYTES} bytes"),
+                ),
+                false,
+            ));
+        }
+        let json: Json = serde_json::from_slice(&body).map_err(|e| {
+            (
+                fail(
+                    FailureReason::Mapping,
+                    format!("the response is not JSON: {e}"),
+                ),
+                false,
+            )
+        })?;
+        let mappings = http
+            .response_mapping
+            .iter()
+            .map(domain::mapping)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| (fail(FailureReason::Mapping, e), false))?;
+        map_response(&json, &mappings)
+            .map_err(|e| (fail(FailureReason::Mapping, e.to_string()), false))
+    }
+
+    fn prepare(
+        &self,
+        invocation: &Invocation<'_>,
+        http: &HttpSpec,
+        credential: Option<&Secret>,
+    ) -> Result<Prepared, Failure> {
+        let vars = &invocation.variables;
+        let invalid = |e: switchboard_template::TemplateError| {
+            fail(FailureReason::InvalidInput, e.to_string())
+        };
+        let mut url = self.renderer.render_url(&http.url, vars).map_err(invalid)?;
+        let mut headers = Vec::new();
+        let mut names: Vec<&String> = http.headers.keys().collect();
+        names.sort();
+        for name in names {
+            headers.push((
+                name.clone(),
+                self.renderer
+                    .render_header(name, &http.headers[name], vars)
+                    .map_err(invalid)?,
+            ));
+        }
+        let body = if http.body.trim().is_empty() {
+            None
+        } else {
+            let template: Json = serde_json::from_str(&http.body).map_err(|e| {
+                fail(
+                    FailureReason::InvalidInput,
+                    format!("the body template is not JSON: {e}"),
+                )
+            })?;
+            Some(
+                self.renderer
+                    .render_json(&template, vars)
+                    .map_err(invalid)?,
+            )
+        };
+        let auth = auth_of(invocation.definition).cloned().unwrap_or_default();
+        let mut basic = None;
+        match (
+            AuthKind::try_from(auth.kind).unwrap_or(AuthKind::None),
+            credential,
+        ) {
+            (AuthKind::ApiKeyHeader, Some(secret)) => {
+                headers.push((auth.name.clone(), secret.expose().to_owned()))
+            }
+            (AuthKind::ApiKeyQuery, Some(secret)) => {
+                url.query_pairs_mut()
+                    .append_pair(&auth.name, secret.expose());
+            }
+            (AuthKind::Bearer, Some(secret)) => headers.push((
+                "Authorization".into(),
+                format!("Bearer {}", secret.expose()),
+            )),
+            (AuthKind::Basic, Some(secret)) => {
+                basic = Some((auth.username.clone(), secret.clone()))
+            }
+            (AuthKind::None | AuthKind::Unspecified, _) => {}
+            (kind, _) => {
+                return Err(fail(
+                    FailureReason::InvalidInput,
+                    format!("auth {} has no credential stored", kind.as_str_name()),
+                ));
+            }
+        }
+        headers.push(("Idempotency-Key".into(), invocation.idempotency_key.clone()));
+        if !invocation.traceparent.is_empty() {
+            headers.push(("traceparent".into(), invocation.traceparent.clone()));
+        }
+        let method = reqwest::Method::from_bytes(http.method.as_bytes()).map_err(|_| {
+            fail(
+                FailureReason::InvalidInput,
+                format!("method {} is not valid", http.method),
+            )
+        })?;
+        Ok(Prepared {
+            method,
+            url,
+            headers,
+            body,
+            basic,
+            timeout: Duration::from_millis(u64::from(http.timeout_ms.max(1))),
+        })
+    }
+}
+
+/// A rendered request, ready to send once per attempt.
+struct Prepared {
+    method: reqwest::Method,
+    url: url::Url,
+    headers: Vec<(String, String)>,
+    body: Option<Json>,
+    basic: Option<(String, Secret)>,
+    timeout: Duration,
+}
+
+impl Prepared {
+    fn build(&self, client: &GuardedClient) -> Result<reqwest::Request, String> {
+        let mut builder = client
+            .inner()
+            .request(self.method.clone(), self.url.clone())
+            .timeout(self.timeout);
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        if let Some((user, password)) = &self.basic {
+            builder = builder.basic_auth(user, Some(password.expose()));
+        }
+        if let Some(body) = &self.body {
+            builder = builder
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(body).map_err(|e| e.to_string())?);
+        }
+        builder
+            .build()
+            .map_err(|e| format!("the request cannot be built: {e}"))
+    }
+
+    /// What the log may keep: credentials and secure values replaced by the redaction mark.
+    fn redacted(&self, secrets: &[&Secret]) -> RenderedRequest {
+        let mut headers: HashMap<String, String> = self
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let sensitive = ["authorization", "proxy-authorization", "cookie"]
+                    .contains(&name.to_ascii_lowercase().as_str());
+                (
+                    name.clone(),
+                    if sensitive {
+                        REDACTED.to_owned()
+                    } else {
+                        redact(value, secrets)
+                    },
+                )
+            })
+            .collect();
+        if self.basic.is_some() {
+            headers.insert("Authorization".into(), REDACTED.into());
+        }
+        RenderedRequest {
+            method: self.method.to_string(),
+            url: redact(self.url.as_str(), secrets),
+            headers,
+            body: self
+                .body
+                .as_ref()
+                .map(|b| redact(&b.to_string(), secrets))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Confirmation and permission, recorded as refusals when they fail.
+fn guards(invocation: &Invocation<'_>) -> Result<(), Failure> {
+    let definition = invocation.definition;
+    if invocation.test {
+        return Ok(());
+    }
+    if !definition.enabled {
+        return Err(fail(FailureReason::Disabled, "the action is disabled"));
+    }
+    if definition.confirmation_required && !invocation.confirmed {
+        return Err(fail(
+            FailureReason::ConfirmationRequired,
+            "the action needs the user's confirmation first",
+        ));
+    }
+    let caller = (invocation.caller as i32).max(PermissionLevel::Agent as i32);
+    if caller
+        < definition
+            .permission_level
+            .max(PermissionLevel::Agent as i32)
+    {
+        let needed = PermissionLevel::try_from(definition.permission_level)
+            .map(|p| p.as_str_name())
+            .unwrap_or("?");
+        return Err(fail(
+            FailureReason::Forbidden,
+            format!("the action needs {needed}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `variables.input` against the action's input JSON Schema.
+fn validate_input(definition: &ActionDefinition, variables: &Json) -> Result<(), Failure> {
+    let schema: Json = serde_json::from_str(&definition.input_schema).map_err(|e| {
+        fail(
+            FailureReason::InvalidInput,
+            format!("the input schema is not JSON: {e}"),
+        )
+    })?;
+    let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        fail(
+            FailureReason::InvalidInput,
+            format!("the input schema is invalid: {e}"),
+        )
+    })?;
+    let empty = Json::Object(Map::new());
+    let input = variables.get("input").unwrap_or(&empty);
+    let errors: Vec<String> = validator
+        .iter_errors(input)
+        .take(10)
+        .map(|e| format!("{} at `{}`", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(fail(
+            FailureReason::InvalidInput,
+            format!("the input does not match the schema: {}", errors.join("; ")),
+        ))
+    }
+}
+
+fn auth_of(definition: &ActionDefinition) -> Option<&switchboard_proto::actions::v1::HttpAuth> {
+    definition.http.as_ref().and_then(|h| h.auth.as_ref())
+}
+
+fn collect_strings(value: Option<&Json>, out: &mut Vec<Secret>) {
+    match value {
+        Some(Json::String(s)) if !s.is_empty() => out.push(Secret::new(s.clone())),
+        Some(Json::Array(items)) => items.iter().for_each(|i| collect_strings(Some(i), out)),
+        Some(Json::Object(map)) => map.values().for_each(|v| collect_strings(Some(v), out)),
+        Some(Json::Number(n)) => out.push(Secret::new(n.to_string())),
+        _ => {}
+    }
+}
+
+/// Reads at most [`RESPONSE_READ_BYTES`]; `true` when there was more.
+async fn read_body(mut response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > RESPONSE_READ_BYTES {
+            body.extend_from_slice(&chunk[..RESPONSE_READ_BYTES - body.len()]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+fn describe_network(e: &reqwest::Error) -> String {
+    let mut message = if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "the connection failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
+}
+
+fn finish(
+    mut result: ExecutionResult,
+    outcome: Result<Map<String, Json>, Failure>,
+    started: Instant,
+) -> ExecutionResult {
+    result.duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+    match outcome {
+        Ok(outputs) => {
+            result.outcome = Outcome::Success as i32;
+            result.outputs_json = Json::Object(outputs).to_string();
+        }
+        Err(failure) => {
+            result.outcome = Outcome::Failure as i32;
+            result.reason = failure.reason as i32;
+            result.error = failure.error;
+            result.outputs_json = "{}".into();
+        }
+    }
+    result
+}

@@ -1,0 +1,361 @@
+//! Running http actions against a real HTTP server on loopback (allowed explicitly by the
+//! test's outbound policy).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::{Harness, SECRET, WS};
+use switchboard_eventlog::LogPosition;
+use switchboard_proto::actions::v1::*;
+
+/// What the stub received.
+#[derive(Default)]
+struct Seen {
+    calls: HashMap<String, u32>,
+    headers: Vec<HeaderMap>,
+    queries: Vec<HashMap<String, String>>,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+fn record(seen: &Shared, route: &str, headers: &HeaderMap, query: HashMap<String, String>) {
+    let mut seen = seen.lock().unwrap();
+    *seen.calls.entry(route.into()).or_default() += 1;
+    seen.headers.push(headers.clone());
+    seen.queries.push(query);
+}
+
+async fn stub() -> (SocketAddr, Shared) {
+    let seen: Shared = Arc::default();
+    let app = Router::new()
+        .route(
+            "/orders/{number}",
+            get(|State(s): State<Shared>, Path(number): Path<String>, Query(q): Query<HashMap<String, String>>, h: HeaderMap| async move {
+                record(&s, "orders", &h, q);
+                Json(serde_json::json!({"data": {"status": "shipped", "number": number, "eta_days": "2"}}))
+            }),
+        )
+        .route(
+            "/echo",
+            post(|State(s): State<Shared>, h: HeaderMap, Json(body): Json<serde_json::Value>| async move {
+                record(&s, "echo", &h, HashMap::new());
+                Json(serde_json::json!({"received": body}))
+            }),
+        )
+        .route(
+            "/slow",
+            get(|State(s): State<Shared>, h: HeaderMap| async move {
+                record(&s, "slow", &h, HashMap::new());
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/broken",
+            get(|State(s): State<Shared>, h: HeaderMap| async move {
+                record(&s, "broken", &h, HashMap::new());
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("boom, your key was {SECRET}"))
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, seen)
+}
+
+fn calls(seen: &Shared, route: &str) -> u32 {
+    seen.lock().unwrap().calls.get(route).copied().unwrap_or(0)
+}
+
+fn http_action(name: &str, method: &str, url: String) -> ActionDefinition {
+    ActionDefinition {
+        name: name.into(),
+        description: "Test action".into(),
+        input_schema: r#"{"type":"object","properties":{"number":{"type":"string"}}}"#.into(),
+        kind: ActionKind::Http as i32,
+        http: Some(HttpSpec {
+            method: method.into(),
+            url,
+            auth: Some(HttpAuth {
+                kind: AuthKind::Bearer as i32,
+                secret: SECRET.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn define(h: &mut Harness, definition: ActionDefinition) -> ActionDefinition {
+    h.client
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            definition: Some(definition),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
+}
+
+fn run(action: &ActionDefinition, key: &str, variables: serde_json::Value) -> ExecuteActionRequest {
+    ExecuteActionRequest {
+        workspace_id: WS.into(),
+        action_id: action.id.clone(),
+        variables_json: variables.to_string(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+async fn execute(h: &mut Harness, request: ExecuteActionRequest) -> ExecutionResult {
+    h.client.execute_action(request).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn a_call_renders_authenticates_maps_and_runs_once_per_key() {
+    for postgres in [true, false] {
+        let (addr, seen) = stub().await;
+        let mut h = Harness::start(postgres).await;
+        let mut definition = http_action(
+            "lookup_order",
+            "GET",
+            format!(
+                "http://127.0.0.1:{}/orders/{{{{ input.number }}}}?c={{{{ conversation.id }}}}",
+                addr.port()
+            ),
+        );
+        let spec = definition.http.as_mut().unwrap();
+        spec.headers
+            .insert("X-Customer".into(), "{{ secure.customer_token }}".into());
+        spec.response_mapping = vec![
+            ResponseMapping {
+                name: "status".into(),
+                path: "data.status".into(),
+                kind: "string".into(),
+                required: true,
+                ..Default::default()
+            },
+            ResponseMapping {
+                name: "eta_days".into(),
+                path: "$.data.eta_days".into(),
+                kind: "integer".into(),
+                required: true,
+                ..Default::default()
+            },
+        ];
+        let action = define(&mut h, definition).await;
+        let variables = serde_json::json!({
+            "input": {"number": "A/42"},
+            "conversation": {"id": "conv_9"},
+            "secure": {"customer_token": "tok-secure-777"},
+        });
+        let result = execute(&mut h, run(&action, "run-1", variables.clone())).await;
+        assert_eq!(result.outcome, Outcome::Success as i32, "{result:?}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&result.outputs_json).unwrap(),
+            serde_json::json!({"status": "shipped", "eta_days": 2})
+        );
+        assert_eq!((result.status_code, result.attempts), (200, 1));
+        {
+            let seen = seen.lock().unwrap();
+            let headers = &seen.headers[0];
+            assert_eq!(headers["authorization"], format!("Bearer {SECRET}"));
+            assert_eq!(headers["idempotency-key"], "run-1");
+            assert_eq!(headers["x-customer"], "tok-secure-777");
+            assert_eq!(seen.queries[0]["c"], "conv_9");
+        }
+        // What is kept shows no credential and no secure value.
+        let request = result.request.clone().unwrap();
+        assert_eq!(request.headers["Authorization"], "[redacted]");
+        assert_eq!(request.headers["X-Customer"], "[redacted]");
+        assert!(
+            request.url.contains("/orders/A%2F42?c=conv_9"),
+            "{}",
+            request.url
+        );
+
+        // The same key: the recorded outcome, no second call.
+        let again = execute(&mut h, run(&action, "run-1", variables)).await;
+        assert_eq!(again.execution_id, result.execution_id);
+        assert_eq!(calls(&seen, "orders"), 1);
+
+        let events = h.log.read_all(LogPosition::START, 100).await.unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.event_type == "action_execution.completed")
+        );
+        for event in &events {
+            for secret in [SECRET.as_bytes(), b"tok-secure-777".as_slice()] {
+                assert!(
+                    !event.payload.windows(secret.len()).any(|w| w == secret),
+                    "a secret in {}",
+                    event.event_type
+                );
+            }
+        }
+        h.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn failures_have_reasons() {
+    let (addr, seen) = stub().await;
+    let mut h = Harness::start(false).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+
+    let mut slow = http_action("slow_one", "GET", format!("{base}/slow"));
+    slow.http.as_mut().unwrap().timeout_ms = 200;
+    let slow = define(&mut h, slow).await;
+    let result = execute(&mut h, run(&slow, "slow-1", serde_json::json!({}))).await;
+    assert_eq!(result.reason, FailureReason::Timeout as i32, "{result:?}");
+
+    let mut broken = http_action("broken_one", "GET", format!("{base}/broken"));
+    broken.http.as_mut().unwrap().retry = Some(RetryPolicy {
+        max_attempts: 3,
+        initial_backoff_ms: 10,
+        max_backoff_ms: 20,
+    });
+    let broken = define(&mut h, broken).await;
+    let result = execute(&mut h, run(&broken, "broken-1", serde_json::json!({}))).await;
+    assert_eq!(
+        (result.reason, result.status_code, result.attempts),
+        (FailureReason::HttpStatus as i32, 500, 3)
+    );
+    assert_eq!(calls(&seen, "broken"), 3, "retried exactly as configured");
+    assert!(
+        !result.response_body.contains(SECRET),
+        "the echoed key is redacted: {}",
+        result.response_body
+    );
+
+    let mut confirm = http_action("refund", "GET", format!("{base}/orders/1"));
+    confirm.confirmation_required = true;
+    let confirm = define(&mut h, confirm).await;
+    let result = execute(&mut h, run(&confirm, "refund-1", serde_json::json!({}))).await;
+    assert_eq!(result.reason, FailureReason::ConfirmationRequired as i32);
+    let mut confirmed = run(&confirm, "refund-2", serde_json::json!({}));
+    confirmed.confirmed = true;
+    assert_eq!(
+        execute(&mut h, confirmed).await.outcome,
+        Outcome::Success as i32
+    );
+
+    let mut admin = http_action("admin_only", "GET", format!("{base}/orders/1"));
+    admin.permission_level = PermissionLevel::Admin as i32;
+    let admin = define(&mut h, admin).await;
+    let result = execute(&mut h, run(&admin, "admin-1", serde_json::json!({}))).await;
+    assert_eq!(result.reason, FailureReason::Forbidden as i32);
+
+    let lookup = define(
+        &mut h,
+        http_action(
+            "typed_input",
+            "GET",
+            format!("{base}/orders/{{{{ input.number }}}}"),
+        ),
+    )
+    .await;
+    let result = execute(
+        &mut h,
+        run(
+            &lookup,
+            "bad-input",
+            serde_json::json!({"input": {"number": 42}}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        result.reason,
+        FailureReason::InvalidInput as i32,
+        "{result:?}"
+    );
+    let result = execute(&mut h, run(&lookup, "missing-var", serde_json::json!({}))).await;
+    assert_eq!(result.reason, FailureReason::InvalidInput as i32);
+    assert!(result.error.contains("input.number"), "{}", result.error);
+
+    let metadata = define(
+        &mut h,
+        http_action(
+            "metadata",
+            "GET",
+            "http://169.254.169.254/latest/meta-data".into(),
+        ),
+    )
+    .await;
+    let result = execute(&mut h, run(&metadata, "meta-1", serde_json::json!({}))).await;
+    assert_eq!(result.reason, FailureReason::DestinationBlocked as i32);
+    assert_eq!(calls(&seen, "orders"), 1, "refused runs made no call");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_keep_their_types_and_test_runs_work_on_disabled_actions() {
+    let (addr, _seen) = stub().await;
+    let mut h = Harness::start(false).await;
+    let mut echo = http_action(
+        "create_ticket",
+        "POST",
+        format!("http://127.0.0.1:{}/echo", addr.port()),
+    );
+    echo.http.as_mut().unwrap().body = r#"{"count": "{{ input.count }}", "note": "for {{ input.name }}", "tags": "{{ input.tags }}"}"#.into();
+    echo.input_schema = r#"{"type":"object"}"#.into();
+    echo.http.as_mut().unwrap().response_mapping = vec![ResponseMapping {
+        name: "count".into(),
+        path: "received.count".into(),
+        kind: "integer".into(),
+        required: true,
+        ..Default::default()
+    }];
+    let action = define(&mut h, echo).await;
+    h.client
+        .set_action_enabled(SetActionEnabledRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            action_id: action.id.clone(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let variables =
+        serde_json::json!({"input": {"count": 3, "name": "Ada \"Lovelace\"", "tags": ["a"]}});
+    let live = execute(&mut h, run(&action, "live-1", variables.clone())).await;
+    assert_eq!(live.reason, FailureReason::Disabled as i32);
+    let test = h
+        .client
+        .test_action(TestActionRequest {
+            workspace_id: WS.into(),
+            action_id: action.id.clone(),
+            variables_json: variables.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(test.test);
+    assert_eq!(test.outcome, Outcome::Success as i32, "{test:?}");
+    let echoed: serde_json::Value = serde_json::from_str(&test.response_body).unwrap();
+    assert_eq!(
+        echoed["received"],
+        serde_json::json!({"count": 3, "note": "for Ada \"Lovelace\"", "tags": ["a"]})
+    );
+    let bad = h
+        .client
+        .execute_action(run(&action, "", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    h.stop().await;
+}
