@@ -3,9 +3,11 @@
 //! never an error of the caller's request; what is recorded has its secrets redacted.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value as Json};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::actions::v1::{
@@ -43,6 +45,70 @@ pub struct Executor {
     client: GuardedClient,
     keyring: Arc<Keyring>,
     renderer: Arc<Renderer>,
+    limits: Arc<Throttles>,
+}
+
+/// Per-action rate limiters and the GET response cache. Both live in this process: with
+/// several replicas, each enforces the limit on its own share of the calls.
+#[derive(Default)]
+struct Throttles {
+    limiters: Mutex<HashMap<(String, u64), Arc<DefaultDirectRateLimiter>>>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+/// A successful GET answer, reusable until `expires`.
+#[derive(Clone)]
+struct Cached {
+    expires: Instant,
+    status_code: u32,
+    body: String,
+    truncated: bool,
+    outputs: Map<String, Json>,
+}
+
+const CACHE_ENTRIES: usize = 10_000;
+
+impl Throttles {
+    /// Whether one more call of this action version fits its per-minute limit.
+    fn admit(&self, definition: &ActionDefinition, per_minute: u32) -> bool {
+        let Some(per_minute) = NonZeroU32::new(per_minute) else {
+            return true;
+        };
+        let Ok(mut limiters) = self.limiters.lock() else {
+            return true;
+        };
+        let limiter = limiters
+            .entry((
+                format!("{}/{}", definition.workspace_id, definition.id),
+                definition.version,
+            ))
+            .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))))
+            .clone();
+        drop(limiters);
+        limiter.check().is_ok()
+    }
+
+    fn cached(&self, key: &str) -> Option<Cached> {
+        let cache = self.cache.lock().ok()?;
+        cache
+            .get(key)
+            .filter(|c| c.expires > Instant::now())
+            .cloned()
+    }
+
+    fn remember(&self, key: String, entry: Cached) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= CACHE_ENTRIES {
+            let now = Instant::now();
+            cache.retain(|_, c| c.expires > now);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(key, entry);
+    }
 }
 
 /// A failure outcome under way.
@@ -64,6 +130,7 @@ impl Executor {
             client,
             keyring,
             renderer: Arc::new(Renderer::default()),
+            limits: Arc::default(),
         }
     }
 
@@ -133,6 +200,30 @@ impl Executor {
         let prepared = self.prepare(invocation, http, credential)?;
         result.request = Some(prepared.redacted(&secret_refs));
 
+        let cache_key = (http.cache_ttl_seconds > 0 && prepared.method == reqwest::Method::GET)
+            .then(|| {
+                format!(
+                    "{}/{}@{} {}",
+                    definition.workspace_id, definition.id, definition.version, prepared.url
+                )
+            });
+        if let Some(hit) = cache_key.as_deref().and_then(|key| self.limits.cached(key)) {
+            result.cached = true;
+            result.status_code = hit.status_code;
+            result.response_body = hit.body;
+            result.response_truncated = hit.truncated;
+            return Ok(hit.outputs);
+        }
+        if !self.limits.admit(definition, http.rate_limit_per_minute) {
+            return Err(fail(
+                FailureReason::RateLimited,
+                format!(
+                    "the action's limit of {} calls a minute is reached",
+                    http.rate_limit_per_minute
+                ),
+            ));
+        }
+
         let retry = http.retry.unwrap_or_default();
         let attempts = retry.max_attempts.clamp(1, domain::limits::ATTEMPTS_MAX);
         let mut backoff = Duration::from_millis(u64::from(retry.initial_backoff_ms.max(1)));
@@ -143,7 +234,22 @@ impl Executor {
         for attempt in 1..=attempts {
             result.attempts = attempt;
             match self.attempt(&prepared, http, &secret_refs, result).await {
-                Ok(outputs) => return Ok(outputs),
+                Ok(outputs) => {
+                    if let Some(key) = cache_key {
+                        self.limits.remember(
+                            key,
+                            Cached {
+                                expires: Instant::now()
+                                    + Duration::from_secs(u64::from(http.cache_ttl_seconds)),
+                                status_code: result.status_code,
+                                body: result.response_body.clone(),
+                                truncated: result.response_truncated,
+                                outputs: outputs.clone(),
+                            },
+                        );
+                    }
+                    return Ok(outputs);
+                }
                 Err((failure, retryable)) => {
                     last = failure;
                     if !retryable || attempt == attempts {

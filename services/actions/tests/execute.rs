@@ -359,3 +359,61 @@ async fn bodies_keep_their_types_and_test_runs_work_on_disabled_actions() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limits_and_the_get_cache_save_calls() {
+    let (addr, seen) = stub().await;
+    let mut h = Harness::start(false).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+
+    let mut limited = http_action(
+        "limited",
+        "GET",
+        format!("{base}/orders/{{{{ input.number }}}}"),
+    );
+    limited.http.as_mut().unwrap().rate_limit_per_minute = 2;
+    let limited = define(&mut h, limited).await;
+    let mut reasons = Vec::new();
+    for i in 0..3 {
+        let result = execute(
+            &mut h,
+            run(
+                &limited,
+                &format!("limit-{i}"),
+                serde_json::json!({"input": {"number": format!("n{i}")}}),
+            ),
+        )
+        .await;
+        reasons.push(result.reason);
+    }
+    assert_eq!(reasons, vec![0, 0, FailureReason::RateLimited as i32]);
+    assert_eq!(calls(&seen, "orders"), 2);
+
+    let mut cached = http_action(
+        "cached",
+        "GET",
+        format!("{base}/orders/{{{{ input.number }}}}"),
+    );
+    cached.http.as_mut().unwrap().cache_ttl_seconds = 60;
+    let cached = define(&mut h, cached).await;
+    let same = serde_json::json!({"input": {"number": "c1"}});
+    let first = execute(&mut h, run(&cached, "cache-1", same.clone())).await;
+    let second = execute(&mut h, run(&cached, "cache-2", same)).await;
+    let other = execute(
+        &mut h,
+        run(
+            &cached,
+            "cache-3",
+            serde_json::json!({"input": {"number": "c2"}}),
+        ),
+    )
+    .await;
+    assert!(!first.cached && second.cached && !other.cached);
+    assert_eq!(second.response_body, first.response_body);
+    assert_eq!(
+        calls(&seen, "orders"),
+        4,
+        "one call for the two identical GETs, one for the other"
+    );
+    h.stop().await;
+}
