@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message as _;
 use switchboard_eventlog::{EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn};
-use switchboard_proto::actions::v1::ActionDefinition;
+use switchboard_proto::actions::v1::{ActionDefinition, ExecutionCompleted, ExecutionResult};
 
 use crate::domain;
 
@@ -20,6 +20,18 @@ CREATE TABLE IF NOT EXISTS actions (
     PRIMARY KEY (workspace_id, id),
     CONSTRAINT actions_name_unique UNIQUE (workspace_id, name)
 );
+CREATE TABLE IF NOT EXISTS executions (
+    workspace_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    action_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    test INTEGER NOT NULL,
+    result {bytes} NOT NULL,
+    PRIMARY KEY (workspace_id, id)
+);
+CREATE INDEX IF NOT EXISTS executions_by_time ON executions (workspace_id, started_at, id);
+CREATE INDEX IF NOT EXISTS executions_by_action ON executions (workspace_id, action_id, started_at);
 ";
 
 pub fn read_model_ddl() -> (String, String) {
@@ -39,6 +51,10 @@ impl Projection for ActionsProjection {
 
     async fn apply(&self, tx: &mut Tx<'_>, events: &[RecordedEvent]) -> Result<(), EventLogError> {
         for event in events {
+            if event.event_type == crate::service::execution_events::COMPLETED {
+                record_execution(tx, event).await?;
+                continue;
+            }
             let Some(d) = domain::decode(event)? else {
                 continue;
             };
@@ -62,8 +78,47 @@ impl Projection for ActionsProjection {
 
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
         on_conn!(tx, conn => sqlx::query("DELETE FROM actions").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
+        on_conn!(tx, conn => sqlx::query("DELETE FROM executions").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
+}
+
+async fn record_execution(tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), EventLogError> {
+    let completed: ExecutionCompleted = event.decode()?;
+    let Some(result) = completed.result else {
+        return Ok(());
+    };
+    let started_at = result
+        .started_at
+        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+        .unwrap_or(event.metadata.occurred_at);
+    let bytes = result.encode_to_vec();
+    on_conn!(tx, conn => sqlx::query(
+        "INSERT INTO executions (workspace_id, id, action_id, conversation_id, started_at, test, result)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, id) DO NOTHING",
+    )
+    .bind(event.workspace_id())
+    .bind(&result.execution_id)
+    .bind(&result.action_id)
+    .bind(&result.conversation_id)
+    .bind(started_at)
+    .bind(i32::from(result.test))
+    .bind(&bytes)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// Filters of the execution log.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub action_id: String,
+    pub conversation_id: String,
+    /// Microseconds; 0 for no bound.
+    pub since: i64,
+    pub until: i64,
+    pub include_tests: bool,
 }
 
 /// A malformed cursor.
@@ -161,6 +216,64 @@ impl ActionStore {
             String::new()
         };
         Ok((items, next))
+    }
+}
+
+impl ActionStore {
+    /// Executions newest first; the cursor is the last `(started_at, id)` returned.
+    pub async fn executions(
+        &self,
+        workspace_id: &str,
+        filter: &ExecutionFilter,
+        limit: u32,
+        cursor: &str,
+    ) -> Result<(Vec<ExecutionResult>, String), QueryError> {
+        let (before_at, before_id) = if cursor.is_empty() {
+            (i64::MAX, String::new())
+        } else {
+            let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(cursor).map_err(|_| BadCursor)?)
+                .map_err(|_| BadCursor)?;
+            let (at, id) = raw.split_once('/').ok_or(BadCursor)?;
+            (at.parse().map_err(|_| BadCursor)?, id.to_owned())
+        };
+        let rows: Vec<(i64, Vec<u8>)> = on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT started_at, result FROM executions
+             WHERE workspace_id = $1 AND ($2 = '' OR action_id = $2) AND ($3 = '' OR conversation_id = $3)
+               AND started_at >= $4 AND ($5 = 0 OR started_at < $5) AND ($6 = 1 OR test = 0)
+               AND (started_at < $7 OR (started_at = $7 AND id < $8))
+             ORDER BY started_at DESC, id DESC LIMIT $9",
+        )
+        .bind(workspace_id)
+        .bind(&filter.action_id)
+        .bind(&filter.conversation_id)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(i32::from(filter.include_tests))
+        .bind(before_at)
+        .bind(&before_id)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(pool)
+        .await)?;
+        let mut items = Vec::with_capacity(rows.len());
+        for (at, bytes) in &rows {
+            let result = ExecutionResult::decode(bytes.as_slice()).map_err(|e| {
+                QueryError::Log(EventLogError::Projection {
+                    name: "actions".into(),
+                    reason: format!("stored execution cannot be decoded: {e}"),
+                })
+            })?;
+            items.push((*at, result));
+        }
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items
+                .last()
+                .map(|(at, r)| URL_SAFE_NO_PAD.encode(format!("{at}/{}", r.execution_id)))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((items.into_iter().map(|(_, r)| r).collect(), next))
     }
 }
 

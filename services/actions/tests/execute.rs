@@ -417,3 +417,122 @@ async fn rate_limits_and_the_get_cache_save_calls() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn the_execution_log_is_queryable_and_rebuilt() {
+    for postgres in [true, false] {
+        let (addr, _seen) = stub().await;
+        let mut h = Harness::start(postgres).await;
+        let base = format!("http://127.0.0.1:{}", addr.port());
+        let a = define(
+            &mut h,
+            http_action("first", "GET", format!("{base}/orders/1")),
+        )
+        .await;
+        let b = define(
+            &mut h,
+            http_action("second", "GET", format!("{base}/orders/2")),
+        )
+        .await;
+        for i in 0..3 {
+            let mut request = run(&a, &format!("a-{i}"), serde_json::json!({}));
+            request.conversation_id = if i == 0 {
+                "conv_x".into()
+            } else {
+                "conv_y".into()
+            };
+            execute(&mut h, request).await;
+        }
+        execute(&mut h, run(&b, "b-0", serde_json::json!({}))).await;
+        h.client
+            .test_action(TestActionRequest {
+                workspace_id: WS.into(),
+                action_id: b.id.clone(),
+                variables_json: String::new(),
+            })
+            .await
+            .unwrap();
+        let list = |action_id: &str,
+                    conversation_id: &str,
+                    include_tests: bool,
+                    limit: u32,
+                    cursor: String| ListExecutionsRequest {
+            workspace_id: WS.into(),
+            action_id: action_id.into(),
+            conversation_id: conversation_id.into(),
+            include_tests,
+            limit,
+            cursor,
+            ..Default::default()
+        };
+        let all = h
+            .client
+            .list_executions(list("", "", true, 0, String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.executions.len(), 5);
+        let live = h
+            .client
+            .list_executions(list("", "", false, 0, String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(live.executions.len(), 4);
+        let by_action = h
+            .client
+            .list_executions(list(&a.id, "", false, 0, String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_action.executions.len(), 3);
+        let by_conversation = h
+            .client
+            .list_executions(list("", "conv_y", false, 0, String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(by_conversation.executions.len(), 2);
+        // Pages of two, newest first, nothing twice.
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = h
+                .client
+                .list_executions(list("", "", true, 2, cursor))
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(page.executions.iter().map(|e| e.execution_id.clone()));
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor;
+        }
+        assert_eq!(
+            seen,
+            all.executions
+                .iter()
+                .map(|e| e.execution_id.clone())
+                .collect::<Vec<_>>()
+        );
+        h.log
+            .rebuild(&switchboard_actions::ActionsProjection, &mut |_| {})
+            .await
+            .unwrap();
+        let rebuilt = h
+            .client
+            .list_executions(list("", "", true, 0, String::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rebuilt, all);
+        let bad = h
+            .client
+            .list_executions(list("", "", true, 0, "garbage".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+        h.stop().await;
+    }
+}

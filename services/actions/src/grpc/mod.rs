@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Command, FieldViolation};
 use crate::service::{ActionService, RequestContext, RunRequest, new_action_id};
-use crate::store::ActionStore;
+use crate::store::{ActionStore, ExecutionFilter};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -241,6 +241,58 @@ impl actions_server::Actions for ActionsApi {
             ..Default::default()
         };
         Ok(Response::new(self.service.run(&ctx, run).await?))
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<ListExecutionsRequest>,
+    ) -> Result<Response<ListExecutionsResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", None)?;
+        let mut v = Vec::new();
+        if !r.action_id.is_empty() && !valid_prefixed_id(&r.action_id, "act_") {
+            v.push(violation(
+                "action_id",
+                "`act_` followed by 1 to 64 letters, digits, `_` or `-`",
+            ));
+        }
+        if r.conversation_id.len() > 128 {
+            v.push(violation("conversation_id", "at most 128 bytes"));
+        }
+        let micros = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref().map_or(0, |t| {
+                t.seconds.saturating_mul(1_000_000) + i64::from(t.nanos) / 1000
+            })
+        };
+        let limit = match r.limit {
+            0 => DEFAULT_LIMIT,
+            1..=MAX_LIMIT => r.limit,
+            _ => {
+                v.push(violation(
+                    "limit",
+                    "between 1 and 200, or 0 for the default of 50",
+                ));
+                0
+            }
+        };
+        if !v.is_empty() {
+            return Err(error::invalid(v));
+        }
+        let filter = ExecutionFilter {
+            action_id: r.action_id,
+            conversation_id: r.conversation_id,
+            since: micros(&r.since),
+            until: micros(&r.until),
+            include_tests: r.include_tests,
+        };
+        let (executions, next_cursor) = self
+            .store
+            .executions(&r.workspace_id, &filter, limit, &r.cursor)
+            .await?;
+        Ok(Response::new(ListExecutionsResponse {
+            executions,
+            next_cursor,
+        }))
     }
 
     async fn list_agent_tools(
