@@ -472,10 +472,15 @@ fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: Option<&
             );
         }
         AuthKind::Basic if auth.username.is_empty() => v.push("http.auth.username", "required"),
-        AuthKind::Oauth2ClientCredentials => v.push(
-            "http.auth.kind",
-            "SB-ACT-0011: OAuth2 client credentials are not available yet; use bearer, basic or an API key",
-        ),
+        AuthKind::Oauth2ClientCredentials => {
+            if !(auth.token_url.starts_with("https://") || auth.token_url.starts_with("http://")) {
+                v.push("http.auth.token_url", "an http(s) URL");
+            }
+            if auth.client_id.is_empty() {
+                v.push("http.auth.client_id", "required");
+            }
+            v.max_bytes("http.auth.scope", &auth.scope, 1024);
+        }
         _ => {}
     }
 }

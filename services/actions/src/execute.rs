@@ -54,6 +54,8 @@ pub struct Executor {
 struct Throttles {
     limiters: Mutex<HashMap<(String, u64), Arc<DefaultDirectRateLimiter>>>,
     cache: Mutex<HashMap<String, Cached>>,
+    /// OAuth2 access tokens by action version, until shortly before they expire.
+    tokens: Mutex<HashMap<String, (Secret, Instant)>>,
 }
 
 /// A successful GET answer, reusable until `expires`.
@@ -197,7 +199,15 @@ impl Executor {
         let credential = auth_of(definition)
             .filter(|a| !a.sealed_secret.is_empty())
             .and(secrets.first());
-        let prepared = self.prepare(invocation, http, credential)?;
+        let oauth =
+            auth_of(definition).is_some_and(|a| a.kind == AuthKind::Oauth2ClientCredentials as i32);
+        let mut token = match (oauth, credential) {
+            (true, Some(client_secret)) => {
+                Some(self.oauth_token(definition, client_secret, false).await?)
+            }
+            _ => None,
+        };
+        let mut prepared = self.prepare(invocation, http, credential, token.as_ref())?;
         result.request = Some(prepared.redacted(&secret_refs));
 
         let cache_key = (http.cache_ttl_seconds > 0 && prepared.method == reqwest::Method::GET)
@@ -231,9 +241,14 @@ impl Executor {
             retry.max_backoff_ms.max(retry.initial_backoff_ms),
         ));
         let mut last = fail(FailureReason::Network, "not attempted");
-        for attempt in 1..=attempts {
-            result.attempts = attempt;
-            match self.attempt(&prepared, http, &secret_refs, result).await {
+        let mut remaining = attempts;
+        let mut refreshed = false;
+        while remaining > 0 {
+            remaining -= 1;
+            result.attempts += 1;
+            let mut redactable = secret_refs.clone();
+            redactable.extend(token.as_ref());
+            match self.attempt(&prepared, http, &redactable, result).await {
                 Ok(outputs) => {
                     if let Some(key) = cache_key {
                         self.limits.remember(
@@ -251,8 +266,20 @@ impl Executor {
                     return Ok(outputs);
                 }
                 Err((failure, retryable)) => {
+                    // An OAuth2 token the target no longer accepts is refreshed once, and
+                    // the call made again; that call does not count against the policy.
+                    if let (true, false, 401, Some(client_secret)) =
+                        (oauth, refreshed, result.status_code, credential)
+                    {
+                        refreshed = true;
+                        token = Some(self.oauth_token(definition, client_secret, true).await?);
+                        prepared = self.prepare(invocation, http, credential, token.as_ref())?;
+                        remaining += 1;
+                        last = failure;
+                        continue;
+                    }
                     last = failure;
-                    if !retryable || attempt == attempts {
+                    if !retryable || remaining == 0 {
                         break;
                     }
                 }
@@ -370,11 +397,121 @@ impl Executor {
             .map_err(|e| (fail(FailureReason::Mapping, e.to_string()), false))
     }
 
+    /// An OAuth2 client-credentials access token for the action: cached until 30 s before
+    /// it expires, fetched anew when `refresh` is set. The token endpoint is called through
+    /// the same SSRF guard.
+    async fn oauth_token(
+        &self,
+        definition: &ActionDefinition,
+        client_secret: &Secret,
+        refresh: bool,
+    ) -> Result<Secret, Failure> {
+        let key = format!(
+            "{}/{}@{}",
+            definition.workspace_id, definition.id, definition.version
+        );
+        if !refresh {
+            if let Some((token, expires)) = self
+                .limits
+                .tokens
+                .lock()
+                .ok()
+                .and_then(|t| t.get(&key).cloned())
+            {
+                if expires > Instant::now() {
+                    return Ok(token);
+                }
+            }
+        }
+        let auth = auth_of(definition).cloned().unwrap_or_default();
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if !auth.scope.is_empty() {
+                form.append_pair("scope", &auth.scope);
+            }
+            form.finish()
+        };
+        let request = self
+            .client
+            .inner()
+            .post(&auth.token_url)
+            .basic_auth(&auth.client_id, Some(client_secret.expose()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(form)
+            .build()
+            .map_err(|e| {
+                fail(
+                    FailureReason::InvalidInput,
+                    format!("the token request cannot be built: {e}"),
+                )
+            })?;
+        let response = match self.client.execute(request).await {
+            Ok(response) => response,
+            Err(OutboundError::Blocked(blocked)) => {
+                return Err(fail(FailureReason::DestinationBlocked, blocked.to_string()));
+            }
+            Err(OutboundError::Http(e)) if e.is_timeout() => {
+                return Err(fail(
+                    FailureReason::Timeout,
+                    "the token endpoint did not answer in time",
+                ));
+            }
+            Err(OutboundError::Http(e)) => {
+                return Err(fail(
+                    FailureReason::Network,
+                    format!("token endpoint: {}", describe_network(&e)),
+                ));
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(fail(
+                FailureReason::HttpStatus,
+                format!("the token endpoint answered {status}"),
+            ));
+        }
+        let (body, _) = read_body(response).await.map_err(|e| {
+            fail(
+                FailureReason::Network,
+                format!("token endpoint: {}", describe_network(&e)),
+            )
+        })?;
+        let answer: Json = serde_json::from_slice(&body).map_err(|_| {
+            fail(
+                FailureReason::HttpStatus,
+                "the token endpoint did not answer JSON",
+            )
+        })?;
+        let token = answer
+            .get("access_token")
+            .and_then(Json::as_str)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                fail(
+                    FailureReason::HttpStatus,
+                    "the token endpoint answered no access_token",
+                )
+            })?;
+        let lifetime = answer
+            .get("expires_in")
+            .and_then(Json::as_u64)
+            .unwrap_or(3600);
+        let token = Secret::new(token);
+        if let Ok(mut tokens) = self.limits.tokens.lock() {
+            let expires = Instant::now() + Duration::from_secs(lifetime.saturating_sub(30));
+            tokens.insert(key, (token.clone(), expires));
+        }
+        Ok(token)
+    }
+
     fn prepare(
         &self,
         invocation: &Invocation<'_>,
         http: &HttpSpec,
         credential: Option<&Secret>,
+        oauth_token: Option<&Secret>,
     ) -> Result<Prepared, Failure> {
         let vars = &invocation.variables;
         let invalid = |e: switchboard_template::TemplateError| {
@@ -426,6 +563,11 @@ impl Executor {
             )),
             (AuthKind::Basic, Some(secret)) => {
                 basic = Some((auth.username.clone(), secret.clone()))
+            }
+            (AuthKind::Oauth2ClientCredentials, Some(_)) => {
+                let token = oauth_token
+                    .ok_or_else(|| fail(FailureReason::InvalidInput, "no OAuth2 token"))?;
+                headers.push(("Authorization".into(), format!("Bearer {}", token.expose())));
             }
             (AuthKind::None | AuthKind::Unspecified, _) => {}
             (kind, _) => {

@@ -536,3 +536,88 @@ async fn the_execution_log_is_queryable_and_rebuilt() {
         h.stop().await;
     }
 }
+
+#[derive(Default)]
+struct OAuthState {
+    issued: u32,
+    valid: String,
+}
+
+#[tokio::test]
+async fn oauth2_tokens_are_cached_and_refreshed_once_on_401() {
+    use axum::extract::State as S;
+    let state: Arc<Mutex<OAuthState>> = Arc::new(Mutex::new(OAuthState {
+        issued: 0,
+        valid: "tok-1".into(),
+    }));
+    let app = Router::new()
+        .route(
+            "/token",
+            post(|S(state): S<Arc<Mutex<OAuthState>>>, headers: HeaderMap, body: String| async move {
+                use base64::Engine as _;
+                let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("client-1:{SECRET}")));
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) || !body.contains("grant_type=client_credentials") {
+                    return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "invalid_client"})));
+                }
+                let mut state = state.lock().unwrap();
+                state.issued += 1;
+                (StatusCode::OK, Json(serde_json::json!({"access_token": format!("tok-{}", state.issued), "expires_in": 3600, "token_type": "Bearer"})))
+            }),
+        )
+        .route(
+            "/protected",
+            get(|S(state): S<Arc<Mutex<OAuthState>>>, headers: HeaderMap| async move {
+                let valid = format!("Bearer {}", state.lock().unwrap().valid);
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(valid.as_str()) {
+                    (StatusCode::OK, Json(serde_json::json!({"ok": true})))
+                } else {
+                    (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "expired"})))
+                }
+            }),
+        )
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut h = Harness::start(false).await;
+    let mut definition = http_action(
+        "oauth_call",
+        "GET",
+        format!("http://127.0.0.1:{}/protected", addr.port()),
+    );
+    definition.http.as_mut().unwrap().auth = Some(HttpAuth {
+        kind: AuthKind::Oauth2ClientCredentials as i32,
+        token_url: format!("http://127.0.0.1:{}/token", addr.port()),
+        client_id: "client-1".into(),
+        secret: SECRET.into(),
+        ..Default::default()
+    });
+    let action = define(&mut h, definition).await;
+    let first = execute(&mut h, run(&action, "o-1", serde_json::json!({}))).await;
+    let second = execute(&mut h, run(&action, "o-2", serde_json::json!({}))).await;
+    assert_eq!(
+        (first.outcome, second.outcome),
+        (Outcome::Success as i32, Outcome::Success as i32),
+        "{first:?}"
+    );
+    assert_eq!(state.lock().unwrap().issued, 1, "the token is reused");
+    // The target stops accepting it: one refresh, one more call, success.
+    state.lock().unwrap().valid = "tok-2".into();
+    let third = execute(&mut h, run(&action, "o-3", serde_json::json!({}))).await;
+    assert_eq!(third.outcome, Outcome::Success as i32, "{third:?}");
+    assert_eq!((state.lock().unwrap().issued, third.attempts), (2, 2));
+    assert_eq!(
+        third.request.unwrap().headers["Authorization"],
+        "[redacted]"
+    );
+    // A target that refuses every token fails after exactly one refresh.
+    state.lock().unwrap().valid = "never".into();
+    let fourth = execute(&mut h, run(&action, "o-4", serde_json::json!({}))).await;
+    assert_eq!(
+        (fourth.reason, fourth.status_code),
+        (FailureReason::HttpStatus as i32, 401)
+    );
+    assert_eq!(state.lock().unwrap().issued, 3);
+    h.stop().await;
+}
