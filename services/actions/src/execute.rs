@@ -410,18 +410,17 @@ impl Executor {
             "{}/{}@{}",
             definition.workspace_id, definition.id, definition.version
         );
-        if !refresh {
-            if let Some((token, expires)) = self
-                .limits
-                .tokens
-                .lock()
-                .ok()
-                .and_then(|t| t.get(&key).cloned())
-            {
-                if expires > Instant::now() {
-                    return Ok(token);
-                }
-            }
+        let cached = self
+            .limits
+            .tokens
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&key).cloned());
+        if !refresh
+            && let Some((token, expires)) = cached
+            && expires > Instant::now()
+        {
+            return Ok(token);
         }
         let auth = auth_of(definition).cloned().unwrap_or_default();
         let form = {
