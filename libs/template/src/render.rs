@@ -85,6 +85,16 @@ impl Renderer {
     /// absolute `http` or `https` URL.
     pub fn render_url(&self, template: &str, vars: &Json) -> Result<url::Url, TemplateError> {
         let rendered = self.render_with(&self.url, "url", template, vars)?;
+        // URL parsing resolves `.` and `..` segments (also written `%2e`), so a value like
+        // `..` would climb out of the path the template chose: refuse them.
+        if has_dot_segment(&rendered) {
+            return Err(TemplateError::Invalid {
+                place: "url".into(),
+                reason:
+                    "the URL path has a `.` or `..` segment; a value cannot change the path's level"
+                        .into(),
+            });
+        }
         let url = url::Url::parse(&rendered).map_err(|e| TemplateError::Invalid {
             place: "url".into(),
             reason: format!("`{}` is not a URL: {e}", shorten(&rendered)),
@@ -340,6 +350,20 @@ fn syntax(place: &str, error: &Error) -> TemplateError {
             .map(str::to_owned)
             .unwrap_or_else(|| error.kind().to_string()),
     }
+}
+
+/// Whether the path of a rendered URL has a dot segment, in any spelling.
+fn has_dot_segment(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some(path_start) = after_scheme.find('/') else {
+        return false;
+    };
+    let path = &after_scheme[path_start..];
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// `Some(expression)` when `s` is exactly one `{{ expression }}`.

@@ -42,6 +42,32 @@ fn url_values_are_encoded_for_their_place() {
 }
 
 #[test]
+fn values_cannot_climb_out_of_the_path() {
+    let r = Renderer::default();
+    for value in ["..", ".", "%2e%2e", ".%2E"] {
+        let err = r
+            .render_url(
+                "https://api.test/orders/{{ v | safe }}/items",
+                &json!({"v": value}),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, TemplateError::Invalid { .. }),
+            "{value}: {err:?}"
+        );
+    }
+    let err = r
+        .render_url("https://api.test/orders/{{ v }}/items", &json!({"v": ".."}))
+        .unwrap_err();
+    assert!(err.to_string().contains("`..`"), "{err}");
+    // Dots inside a value are fine.
+    assert!(
+        r.render_url("https://api.test/files/{{ v }}", &json!({"v": "a..b.txt"}))
+            .is_ok()
+    );
+}
+
+#[test]
 fn urls_must_be_http() {
     let r = Renderer::default();
     for bad in ["ftp://example.com/", "not a url", "file:///etc/passwd"] {
@@ -303,7 +329,12 @@ proptest! {
     #[test]
     fn any_value_stays_in_its_url_component(value in "\\PC{0,40}") {
         let r = Renderer::default();
-        let url = r.render_url("https://h.test/a/{{ v }}/b?q={{ v }}", &json!({"v": value})).unwrap();
+        let rendered = r.render_url("https://h.test/a/{{ v }}/b?q={{ v }}", &json!({"v": value}));
+        if value == "." || value == ".." {
+            prop_assert!(matches!(rendered, Err(TemplateError::Invalid { .. })), "{rendered:?}");
+            return Ok(());
+        }
+        let url = rendered.unwrap();
         let segments: Vec<_> = url.path_segments().unwrap().collect();
         prop_assert_eq!(segments.len(), 3);
         let decoded = percent_encoding::percent_decode_str(segments[1]).decode_utf8().unwrap();

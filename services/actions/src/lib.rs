@@ -9,9 +9,11 @@
 //! - [`service`]: the command handler (load, seal secrets, decide, append, retry).
 //! - [`execute`]: running an http action (guards, rendering, auth, retries, mapping).
 //! - [`store`]: the read model and its queries.
+//! - [`consumers`]: actions requested by flow runs over NATS.
 //! - [`grpc`]: the tonic service.
 #![forbid(unsafe_code)]
 
+pub mod consumers;
 pub mod domain;
 pub mod execute;
 pub mod grpc;
@@ -52,13 +54,25 @@ pub fn api(
     )
 }
 
-/// Where the actions service publishes. Definitions are not public events; executions
-/// (`action.executed`, `internal.actions.action_completed`) will be.
+/// Where the actions service publishes: a live execution's completion goes to the flow
+/// runtime on `internal.actions.action_completed`, and the public `action.executed` to
+/// `events.<workspace>.action.executed`. Definitions and test runs stay in the log.
 pub struct PublicEvents;
 
 impl switchboard_eventlog::Router for PublicEvents {
-    fn subject(&self, _event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
-        None
+    fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+        match event.event_type.as_str() {
+            service::execution_events::COMPLETED
+                if event.stream.stream_type == "action_execution" =>
+            {
+                Some("internal.actions.action_completed".into())
+            }
+            service::execution_events::EXECUTED => Some(format!(
+                "events.{}.action.executed",
+                event.metadata.workspace_id
+            )),
+            _ => None,
+        }
     }
 }
 

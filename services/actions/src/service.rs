@@ -10,7 +10,8 @@ use switchboard_eventlog::{
 };
 use switchboard_outbound::GuardedClient;
 use switchboard_proto::actions::v1::{
-    ActionDefinition, ExecutionCompleted, ExecutionResult, ExecutionStarted, PermissionLevel,
+    ActionDefinition, ActionExecutedEvent, ExecutionCompleted, ExecutionResult, ExecutionStarted,
+    PermissionLevel,
 };
 use switchboard_secrets::Keyring;
 use uuid::Uuid;
@@ -72,11 +73,16 @@ pub struct RunRequest {
     pub caller: PermissionLevel,
     pub conversation_id: String,
     pub test: bool,
+    /// The flow run and node that asked, when a flow did.
+    pub run_id: String,
+    pub node_id: String,
 }
 
 pub mod execution_events {
     pub const STARTED: &str = "action_execution.started";
     pub const COMPLETED: &str = "action_execution.completed";
+    /// The public event beside every live completion.
+    pub const EXECUTED: &str = "action.executed";
 }
 
 impl ActionService {
@@ -87,6 +93,11 @@ impl ActionService {
             keyring,
             executor,
         }
+    }
+
+    /// The service's log, where consumers keep their processed records.
+    pub fn log(&self) -> &EventLog {
+        &self.log
     }
 
     /// Runs an action once per idempotency key: the key is claimed in the log before the
@@ -175,21 +186,36 @@ impl ActionService {
             seconds: started_at.div_euclid(1_000_000),
             nanos: (started_at.rem_euclid(1_000_000) * 1000) as i32,
         });
-        let completed = NewEvent {
+        let metadata = Metadata {
+            occurred_at: now_micros(),
+            ..metadata
+        };
+        let mut events = vec![NewEvent {
             event_id: Uuid::now_v7(),
             event_type: execution_events::COMPLETED.into(),
             schema_version: 1,
             payload: ExecutionCompleted {
                 result: Some(result.clone()),
+                run_id: request.run_id.clone(),
+                node_id: request.node_id.clone(),
             }
             .encode_to_vec(),
-            metadata: Metadata {
-                occurred_at: now_micros(),
-                ..metadata
-            },
-        };
+            metadata: metadata.clone(),
+        }];
+        if !request.test {
+            events.push(NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: execution_events::EXECUTED.into(),
+                schema_version: 1,
+                payload: ActionExecutedEvent {
+                    result: Some(result.clone()),
+                }
+                .encode_to_vec(),
+                metadata,
+            });
+        }
         self.log
-            .append(&stream, ExpectedVersion::Exact(1), vec![completed])
+            .append(&stream, ExpectedVersion::Exact(1), events)
             .await?;
         Ok(result)
     }

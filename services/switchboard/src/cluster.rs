@@ -114,6 +114,19 @@ impl Running {
         }
     }
 
+    /// The actions command handler, for the consumer of action requests.
+    fn action_service(&self) -> switchboard_actions::ActionService {
+        switchboard_actions::ActionService::new(
+            self.log.clone(),
+            self.keyring
+                .clone()
+                .expect("the actions service is started with a keyring"),
+            self.outbound
+                .clone()
+                .expect("the actions service is started with an outbound client"),
+        )
+    }
+
     fn add_to(&self, server: GrpcServer) -> GrpcServer {
         match self.name {
             ServiceName::Conversations => server.add_service(
@@ -233,13 +246,23 @@ async fn serve_all(
                 },
             );
             let stream = service.stream(config.nats_replicas);
-            let js = js.clone();
-            let prefix = config.nats_prefix.clone();
-            let shutdown = shutdown.clone();
-            tasks.spawn(async move {
-                ensure_stream_until_ready(&js, &prefix, &stream, &shutdown).await;
-                relay.run(shutdown).await;
-            });
+            {
+                let js = js.clone();
+                let prefix = config.nats_prefix.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    ensure_stream_until_ready(&js, &prefix, &stream, &shutdown).await;
+                    relay.run(shutdown).await;
+                });
+            }
+            if service.name == ServiceName::Actions {
+                tasks.spawn(consume_action_requests(
+                    service.action_service(),
+                    js.clone(),
+                    config.nats_prefix.clone(),
+                    shutdown.clone(),
+                ));
+            }
         }
     }
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
@@ -290,6 +313,46 @@ async fn serve_all(
     http_result.context("HTTP server")?;
     info!("switchboard stopped cleanly");
     Ok(())
+}
+
+/// Runs the actions flow runs request over NATS. The flows service owns the stream; until
+/// it exists this waits and tries again.
+async fn consume_action_requests(
+    service: switchboard_actions::ActionService,
+    js: jetstream::Context,
+    prefix: String,
+    shutdown: CancellationToken,
+) {
+    use switchboard_actions::consumers::{
+        ACTION_REQUESTED_SUBJECT, ActionRequests, CONSUMER, FLOWS_STREAM,
+    };
+    use switchboard_eventlog::{JetStreamSubscription, Subscription, SubscriptionConfig};
+    let stream = StreamSpec {
+        name: FLOWS_STREAM.into(),
+        subjects: vec![],
+        replicas: 1,
+    }
+    .prefixed_name(&prefix);
+    let handler = Arc::new(ActionRequests::new(service.clone()));
+    while !shutdown.is_cancelled() {
+        let subscription = Box::new(JetStreamSubscription::new(
+            js.clone(),
+            stream.clone(),
+            &prefix,
+            ACTION_REQUESTED_SUBJECT,
+            SubscriptionConfig::new(CONSUMER, service.log().clone()),
+        ));
+        match subscription.run(handler.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(stream = %stream, error = %e, "cannot consume action requests yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 /// Creates the service's stream, retrying while NATS is unreachable.

@@ -219,6 +219,7 @@ impl actions_server::Actions for ActionsApi {
                 .unwrap_or(PermissionLevel::Agent),
             conversation_id: r.conversation_id,
             test: false,
+            ..Default::default()
         };
         Ok(Response::new(self.service.run(&ctx, run).await?))
     }
