@@ -81,3 +81,23 @@ pub fn outbound() -> switchboard_outbound::GuardedClient {
     let policy = switchboard_outbound::Policy::allowing(&["127.0.0.0/8"]).unwrap();
     switchboard_outbound::GuardedClient::new(policy, &Default::default()).unwrap()
 }
+
+/// Every event of the log once `done` holds for them. A gap-safe read holds events back
+/// while an older transaction anywhere on the server is open (other tests run beside this
+/// one), so a single read may see fewer.
+pub async fn events_until(
+    log: &EventLog,
+    done: impl Fn(&[switchboard_eventlog::RecordedEvent]) -> bool,
+) -> Vec<switchboard_eventlog::RecordedEvent> {
+    for _ in 0..400 {
+        let events = log
+            .read_all(switchboard_eventlog::LogPosition::START, 10_000)
+            .await
+            .unwrap();
+        if done(&events) {
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the log never showed the expected events");
+}
