@@ -34,3 +34,17 @@ macro_rules! on_conn {
         }
     };
 }
+
+/// Runs the same read-only sqlx expression on whichever pool an [`EventLog`](crate::EventLog)
+/// reads with, for read-model queries written once for both backends. As with
+/// [`on_conn!`](crate::on_conn), the body must have one type on both.
+#[macro_export]
+macro_rules! on_pool {
+    ($log:expr, $pool:ident => $body:expr) => {
+        match ($log.postgres_pool(), $log.sqlite_pool()) {
+            (Some($pool), _) => $body,
+            (_, Some($pool)) => $body,
+            (None, None) => unreachable!("a log has one backend"),
+        }
+    };
+}

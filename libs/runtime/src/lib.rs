@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod requests;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message as _;
-use switchboard_eventlog::{EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn};
+use switchboard_eventlog::{
+    EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
+};
 use switchboard_proto::actions::v1::{ActionDefinition, ExecutionCompleted, ExecutionResult};
 
 use crate::domain;
@@ -138,16 +140,6 @@ impl From<sqlx::Error> for QueryError {
     fn from(e: sqlx::Error) -> Self {
         Self::Log(e.into())
     }
-}
-
-macro_rules! on_pool {
-    ($log:expr, $pool:ident => $body:expr) => {
-        match ($log.postgres_pool(), $log.sqlite_pool()) {
-            (Some($pool), _) => $body,
-            (_, Some($pool)) => $body,
-            (None, None) => unreachable!("a log has one backend"),
-        }
-    };
 }
 
 #[derive(Clone)]

@@ -10,7 +10,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use switchboard_eventlog::{EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn};
+use switchboard_eventlog::{
+    EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
+};
 use switchboard_proto::events::v1::{
     Conversation, ConversationCreatedEvent, ConversationEndedEvent, ConversationUpdatedEvent,
     Message, MessageCreatedEvent,
@@ -223,17 +225,6 @@ impl From<sqlx::Error> for QueryError {
     fn from(e: sqlx::Error) -> Self {
         Self::Log(e.into())
     }
-}
-
-/// Runs the same read-only query on whichever pool the log has.
-macro_rules! on_pool {
-    ($log:expr, $pool:ident => $body:expr) => {
-        match ($log.postgres_pool(), $log.sqlite_pool()) {
-            (Some($pool), _) => $body,
-            (_, Some($pool)) => $body,
-            (None, None) => unreachable!("a log has one backend"),
-        }
-    };
 }
 
 /// Queries over the read model.

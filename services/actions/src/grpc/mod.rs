@@ -4,6 +4,7 @@ mod error;
 
 use switchboard_proto::actions::v1::actions_server::{self, ActionsServer};
 use switchboard_proto::actions::v1::*;
+use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{self, Command, FieldViolation};
@@ -66,15 +67,6 @@ fn violation(field: &str, description: &str) -> FieldViolation {
         field: field.into(),
         description: description.into(),
     }
-}
-
-fn valid_prefixed_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|rest| {
-        (1..=64).contains(&rest.len())
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    })
 }
 
 /// Variables: a JSON object of at most 1 MiB (the gRPC limit), empty for none.

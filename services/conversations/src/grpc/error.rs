@@ -1,7 +1,6 @@
 //! The one place where this service's errors become gRPC statuses.
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::Status;
 
 use crate::domain::{DomainError, FieldViolation};
 use crate::service::ServiceError;
@@ -9,21 +8,10 @@ use crate::store::QueryError;
 
 /// `INVALID_ARGUMENT` with every field violation in the standard `BadRequest` detail.
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
-    let message = format!(
-        "SB-CONV-0001: invalid request: {}",
-        violations
-            .iter()
-            .map(|v| format!("{}: {}", v.field, v.description))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    let details = ErrorDetails::with_bad_request(
-        violations
-            .into_iter()
-            .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
-            .collect::<Vec<_>>(),
-    );
-    Status::with_error_details(Code::InvalidArgument, message, details)
+    switchboard_runtime::requests::invalid_argument(
+        "SB-CONV-0001",
+        violations.into_iter().map(|v| (v.field, v.description)),
+    )
 }
 
 pub fn not_found() -> Status {

@@ -6,6 +6,7 @@ mod error;
 use switchboard_proto::conversations::v1::conversations_server::{self, ConversationsServer};
 use switchboard_proto::conversations::v1::*;
 use switchboard_proto::events::v1::{Conversation, MessageKind};
+use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
 pub use error::invalid;
@@ -75,16 +76,6 @@ fn check_conversation_id(v: &mut Violations, id: &str) {
             "required: `conv_` followed by 1 to 64 letters, digits, `_` or `-`",
         );
     }
-}
-
-/// Ids are spliced into stream ids (`ws_…/conv_…`), so only a safe alphabet is accepted.
-fn valid_prefixed_id(id: &str, prefix: &str) -> bool {
-    id.strip_prefix(prefix).is_some_and(|rest| {
-        (1..=64).contains(&rest.len())
-            && rest
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    })
 }
 
 fn finish(v: Violations) -> Result<(), Status> {

@@ -1,0 +1,80 @@
+//! What every service's gRPC layer checks the same way: the ids that go into stream ids,
+//! and how invalid input is answered.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// Whether `id` is `prefix` followed by 1 to 64 letters, digits, `_` or `-`. Ids are spliced
+/// into stream ids (`ws_…/conv_…`), so nothing else is accepted.
+pub fn valid_prefixed_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        (1..=64).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
+}
+
+/// `INVALID_ARGUMENT` with every `(field, description)` in the standard `BadRequest`
+/// detail and in the message, which starts with the service's stable `code`.
+pub fn invalid_argument(
+    code: &str,
+    violations: impl IntoIterator<Item = (String, String)>,
+) -> Status {
+    let violations: Vec<(String, String)> = violations.into_iter().collect();
+    let message = format!(
+        "{code}: invalid request: {}",
+        violations
+            .iter()
+            .map(|(field, description)| format!("{field}: {description}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|(field, description)| FieldViolation::new(field, description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_and_plain() {
+        assert!(valid_prefixed_id("ws_acme-1", "ws_"));
+        for bad in [
+            "ws_",
+            "acme",
+            "ws_a/b",
+            "ws_a b",
+            &format!("ws_{}", "a".repeat(65)),
+        ] {
+            assert!(!valid_prefixed_id(bad, "ws_"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_arguments_carry_every_field() {
+        let status = invalid_argument(
+            "SB-X-0001",
+            [("a".into(), "bad".into()), ("b".into(), "worse".into())],
+        );
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "SB-X-0001: invalid request: a: bad; b: worse"
+        );
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, vec!["a", "b"]);
+    }
+}
