@@ -27,3 +27,9 @@ pub mod conversations {
         include!(concat!(env!("OUT_DIR"), "/switchboard.conversations.v1.rs"));
     }
 }
+
+pub mod connexease {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/switchboard.connexease.v1.rs"));
+    }
+}

@@ -62,6 +62,25 @@ pub struct Config {
     /// (actions, webhooks) may reach although they are private or loopback, e.g.
     /// `10.1.0.0/16`. Empty: public addresses only.
     pub outbound_allow: String,
+    /// `SWITCHBOARD_CONVERSATIONS_URL`: the conversations service's gRPC address, for
+    /// `update_conversation` actions; unset: this process's own gRPC server when it runs
+    /// the conversations service.
+    pub conversations_url: Option<String>,
+    /// `SWITCHBOARD_QUERY_DATABASES`: the Postgres databases `database_query` actions may
+    /// read, as `name=postgres://...` pairs separated by commas. Give them a read-only role.
+    pub query_databases: String,
+    /// `SWITCHBOARD_EXECUTION_RETENTION_DAYS`: how long executions stay in the queryable
+    /// execution log, 1..=3650 days (the events stay as the audit trail).
+    pub execution_retention_days: u32,
+    /// `SWITCHBOARD_CONNEXEASE_URL`: the connexease service's gRPC address, for
+    /// `connexease` actions; unset: this process's own gRPC server when it runs the
+    /// connexease service.
+    pub connexease_url: Option<String>,
+    /// `SWITCHBOARD_CONNEXEASE_SIM_ADDR`: where `dev` runs the Connexease simulator.
+    pub connexease_sim_addr: SocketAddr,
+    /// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`: the workspace the simulator's webhooks are
+    /// sent to in `dev` (every workspace may use the simulator; its webhooks go to one).
+    pub connexease_sim_workspace: String,
 }
 
 /// How log lines are written to stdout.
@@ -121,6 +140,12 @@ impl Default for Config {
             shutdown_grace_secs: 20,
             encryption_key: None,
             outbound_allow: String::new(),
+            conversations_url: None,
+            query_databases: String::new(),
+            execution_retention_days: 30,
+            connexease_url: None,
+            connexease_sim_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            connexease_sim_workspace: "ws_dev".to_owned(),
         }
     }
 }
@@ -148,6 +173,15 @@ impl fmt::Debug for Config {
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("encryption_key", &redacted(&self.encryption_key))
             .field("outbound_allow", &self.outbound_allow)
+            .field("conversations_url", &self.conversations_url)
+            .field(
+                "query_databases",
+                &(!self.query_databases.is_empty()).then_some("<redacted>"),
+            )
+            .field("execution_retention_days", &self.execution_retention_days)
+            .field("connexease_url", &self.connexease_url)
+            .field("connexease_sim_addr", &self.connexease_sim_addr)
+            .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .finish()
     }
 }
@@ -324,6 +358,38 @@ impl Config {
                 ));
             }
         }
+        if let Some(url) = &self.conversations_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "conversations_url",
+                redact_url(url),
+                "must start with http:// or https:// (the gRPC address)",
+            ));
+        }
+        if let Some(url) = &self.connexease_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "connexease_url",
+                redact_url(url),
+                "must start with http:// or https:// (the gRPC address)",
+            ));
+        }
+        if !self.connexease_sim_workspace.starts_with("ws_") {
+            return Err(invalid(
+                "connexease_sim_workspace",
+                &self.connexease_sim_workspace,
+                "a workspace id (`ws_...`)",
+            ));
+        }
+        if !(1..=3650).contains(&self.execution_retention_days) {
+            return Err(invalid(
+                "execution_retention_days",
+                self.execution_retention_days,
+                "must be between 1 and 3650",
+            ));
+        }
         if let Some(key) = &self.encryption_key {
             match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
                 Ok(bytes) if bytes.len() == 32 => {}
@@ -364,6 +430,8 @@ impl Config {
             &mut self.service_token,
             &mut self.otlp_endpoint,
             &mut self.encryption_key,
+            &mut self.conversations_url,
+            &mut self.connexease_url,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;
@@ -447,7 +515,7 @@ impl ConfigError {
 }
 
 fn render_value(key: &str, value: &Value) -> String {
-    if matches!(key, "service_token" | "encryption_key") {
+    if matches!(key, "service_token" | "encryption_key" | "query_databases") {
         return "<redacted>".to_owned();
     }
     match value {

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -189,9 +190,11 @@ impl GrpcServer {
             }
         };
 
+        let metrics_layer = GrpcMetricsLayer::new(known_services);
+        let in_flight = metrics_layer.in_flight();
         let mut server = tonic::transport::Server::builder()
             .layer(crate::telemetry::grpc_trace_layer())
-            .layer(GrpcMetricsLayer::new(known_services))
+            .layer(metrics_layer)
             .layer(ServiceTokenLayer::new(self.service_token));
         let serving = server.add_routes(routes).serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -201,19 +204,29 @@ impl GrpcServer {
         match self.shutdown_grace {
             None => serving.await?,
             Some(grace) => {
-                let deadline = async {
+                // The drain waits for calls, not connections: an idle client (another
+                // service, or this process's own clients of its services) keeps its
+                // connection open and would otherwise hold the drain to the grace.
+                let drained = async {
                     shutdown.cancelled().await;
-                    tokio::time::sleep(grace).await;
+                    let deadline = Instant::now() + grace;
+                    // Let the listener close and calls already accepted begin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    while in_flight.load(Ordering::SeqCst) > 0 {
+                        if Instant::now() >= deadline {
+                            tracing::warn!(
+                                %local_addr,
+                                grace_secs = grace.as_secs_f64(),
+                                "gRPC drain exceeded the shutdown grace; abandoning open calls"
+                            );
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 };
                 tokio::select! {
                     result = serving => result?,
-                    () = deadline => {
-                        tracing::warn!(
-                            %local_addr,
-                            grace_secs = grace.as_secs_f64(),
-                            "gRPC drain exceeded the shutdown grace; abandoning open calls"
-                        );
-                    }
+                    () = drained => {}
                 }
             }
         }
@@ -283,6 +296,7 @@ fn code_name(code: i32) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
     known_services: Arc<HashSet<String>>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl GrpcMetricsLayer {
@@ -290,7 +304,31 @@ impl GrpcMetricsLayer {
     pub fn new(known_services: HashSet<String>) -> Self {
         GrpcMetricsLayer {
             known_services: Arc::new(known_services),
+            in_flight: Arc::default(),
         }
+    }
+
+    /// The calls under way right now: what a drain waits for.
+    pub fn in_flight(&self) -> Arc<AtomicUsize> {
+        self.in_flight.clone()
+    }
+}
+
+/// Counts a call as under way until it is dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        let now = count.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("grpc_server_in_flight_requests").set(now as f64);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("grpc_server_in_flight_requests").set(now as f64);
     }
 }
 
@@ -301,6 +339,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
         GrpcMetricsService {
             inner,
             known_services: self.known_services.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -310,6 +349,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetricsService<S> {
     inner: S,
     known_services: Arc<HashSet<String>>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetricsService<S>
@@ -333,9 +373,11 @@ where
             .contains(service)
             .then(|| path.trim_start_matches('/').to_owned());
         let started = Instant::now();
+        let in_flight = InFlight::start(&self.in_flight);
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
+            drop(in_flight);
             let code = match &result {
                 Ok(response) => grpc_status_code(response.headers()),
                 Err(_) => 2,

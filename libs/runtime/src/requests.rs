@@ -39,6 +39,26 @@ pub fn invalid_argument(
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
+/// A request to another Switchboard service: the service token as a bearer credential and
+/// the caller's trace context, so the callee authenticates it and joins the trace.
+pub fn outgoing<T>(
+    message: T,
+    service_token: Option<&str>,
+    traceparent: &str,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    if let Some(value) = service_token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        metadata.insert("authorization", value);
+    }
+    if !traceparent.is_empty()
+        && let Ok(value) = traceparent.parse()
+    {
+        metadata.insert("traceparent", value);
+    }
+    request
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,12 @@
 //!   headers (no injected line breaks) and JSON bodies (whole-expression strings keep their
 //!   JSON type), with strict undefined variables, filters such as `default`, `json` and
 //!   `urlencode`, and bounds on size, depth and work.
+//! - [`Renderer::evaluate_expression`] evaluates expressions (arithmetic, comparisons,
+//!   filters, and the date and unit functions of `functions`) for calculations.
 //! - [`map_response`] pulls typed variables out of a JSON response with RFC 9535 JSONPath.
 #![forbid(unsafe_code)]
 
+mod functions;
 mod mapping;
 mod render;
 

@@ -155,7 +155,16 @@ impl Renderer {
             .text
             .template_from_str(template)
             .map_err(|e| syntax("template", &e))?;
-        Ok(compiled.undeclared_variables(true).into_iter().collect())
+        Ok(self.without_globals(compiled.undeclared_variables(true)))
+    }
+
+    /// Drops names that are the environment's own functions (`date_add`, `range`, ...).
+    fn without_globals(&self, names: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        let globals: BTreeSet<&str> = self.text.globals().map(|(name, _)| name).collect();
+        names
+            .into_iter()
+            .filter(|name| !globals.contains(name.split('.').next().unwrap_or_default()))
+            .collect()
     }
 
     /// The variables of every string in a JSON body template.
@@ -217,15 +226,52 @@ impl Renderer {
         })
     }
 
+    /// Evaluates one expression (`input.price * 1.2 | round(2)`, `days_between(a, b)`) to
+    /// a JSON value, with the same strictness, functions and limits as templates.
+    pub fn evaluate_expression(
+        &self,
+        place: &str,
+        expression: &str,
+        vars: &Json,
+    ) -> Result<Json, TemplateError> {
+        self.evaluate(place, expression, vars)
+    }
+
+    /// The variables an expression refers to, as dotted paths.
+    pub fn expression_variables(
+        &self,
+        expression: &str,
+    ) -> Result<BTreeSet<String>, TemplateError> {
+        self.check_size("expression", expression)?;
+        let compiled = self
+            .text
+            .compile_expression(expression)
+            .map_err(|e| syntax("expression", &e))?;
+        Ok(self.without_globals(compiled.undeclared_variables(true)))
+    }
+
     fn evaluate(&self, place: &str, expression: &str, vars: &Json) -> Result<Json, TemplateError> {
         self.check_size(place, expression)?;
         let compiled = self
             .text
             .compile_expression(expression)
             .map_err(|e| syntax(place, &e))?;
-        let value = compiled
-            .eval(context(vars))
-            .map_err(|e| self.render_error(place, expression, &e, vars))?;
+        let value = compiled.eval(context(vars)).map_err(|e| {
+            // An operation on a missing value fails as an invalid operation, not as an
+            // undefined one: name the missing variable either way.
+            let mut used: Vec<String> = self
+                .without_globals(compiled.undeclared_variables(true))
+                .into_iter()
+                .collect();
+            used.sort();
+            match used.into_iter().find(|name| lookup(vars, name).is_none()) {
+                Some(name) => TemplateError::MissingVariable {
+                    place: place.into(),
+                    name,
+                },
+                None => self.render_error(place, expression, &e, vars),
+            }
+        })?;
         if value.is_undefined() {
             return Err(TemplateError::MissingVariable {
                 place: place.into(),
@@ -330,6 +376,7 @@ fn environment(
         }
         write(out, value).map_err(Error::from)
     });
+    crate::functions::register(&mut env);
     env.add_filter("json", |value: Value| -> Result<Value, Error> {
         serde_json::to_string(&value)
             .map(Value::from)

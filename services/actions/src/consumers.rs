@@ -69,6 +69,7 @@ impl Handler for ActionRequests {
             test: false,
             run_id: request.run_id,
             node_id: request.node_id,
+            inject_result: request.inject_result,
         };
         // The outcome, success or failure, is recorded and published by the run itself.
         match self.service.run(&ctx, run).await {

@@ -1,23 +1,28 @@
-//! Running an `http` action: guards, input validation, rendering, auth, the call with its
-//! timeout and retries, and response mapping. Every failure is an outcome with a reason,
-//! never an error of the caller's request; what is recorded has its secrets redacted.
+//! Running an action: guards, input validation, then what its kind does. For requests:
+//! rendering, auth, the call with its timeout and retries, and response mapping; for the
+//! integration kinds, the call to the system they act on; the pure kinds are computed.
+//! Every failure is an outcome with a reason, never an error of the caller's request; what
+//! is recorded has its secrets redacted.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value as Json};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::actions::v1::{
-    ActionDefinition, AuthKind, ExecutionResult, FailureReason, HttpSpec, Outcome, PermissionLevel,
-    RenderedRequest,
+    ActionDefinition, ActionKind, AuthKind, ExecutionResult, FailureReason, HttpSpec, Outcome,
+    PermissionLevel, RenderedRequest,
 };
+use switchboard_proto::events::v1::ConversationStatus;
 use switchboard_secrets::{Keyring, REDACTED, Secret, redact};
 use switchboard_template::{Renderer, map_response};
 
-use crate::domain;
+use crate::domain::{self, compute, request_spec};
+use crate::integrations::{Call, ConversationUpdate, Integrations, PortError};
 use crate::service::secret_owner;
 
 /// Response bytes kept in the result and the log.
@@ -34,6 +39,8 @@ pub struct Invocation<'a> {
     pub traceparent: String,
     pub confirmed: bool,
     pub caller: PermissionLevel,
+    /// The conversation the action runs for; empty for none.
+    pub conversation_id: String,
     /// A test run: guards for confirmation and permission do not apply, the action may be
     /// disabled.
     pub test: bool,
@@ -46,6 +53,7 @@ pub struct Executor {
     keyring: Arc<Keyring>,
     renderer: Arc<Renderer>,
     limits: Arc<Throttles>,
+    integrations: Integrations,
 }
 
 /// Per-action rate limiters and the GET response cache. Both live in this process: with
@@ -113,16 +121,56 @@ impl Throttles {
     }
 }
 
+/// The secrets of one run.
+struct Secrets {
+    /// The action's own credential (API key, token, password, client secret).
+    credential: Option<Secret>,
+    /// Everything to redact from what is recorded.
+    all: Vec<Secret>,
+}
+
 /// A failure outcome under way.
 struct Failure {
     reason: FailureReason,
     error: String,
+    /// What the failure leaves for the caller (a validation's errors); `{}` when unset.
+    outputs: Option<Map<String, Json>>,
 }
 
 fn fail(reason: FailureReason, error: impl Into<String>) -> Failure {
     Failure {
         reason,
         error: error.into(),
+        outputs: None,
+    }
+}
+
+impl From<PortError> for Failure {
+    fn from(e: PortError) -> Self {
+        let reason = match &e {
+            PortError::NotConnected(_) => FailureReason::NotConnected,
+            PortError::Rejected(_) => FailureReason::Rejected,
+            PortError::Unavailable(_) => FailureReason::Network,
+            PortError::Timeout(_) => FailureReason::Timeout,
+        };
+        fail(reason, e.to_string())
+    }
+}
+
+/// Problems with values, as a failure whose outputs list them.
+fn invalid_values(summary: &str, problems: Vec<compute::Invalid>) -> Failure {
+    let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+    let error = format!("{summary}: {}", messages.join("; "));
+    let mut outputs = Map::new();
+    outputs.insert("valid".into(), Json::Bool(false));
+    outputs.insert(
+        "errors".into(),
+        serde_json::to_value(&problems).unwrap_or_default(),
+    );
+    Failure {
+        reason: FailureReason::InvalidInput,
+        error,
+        outputs: Some(outputs),
     }
 }
 
@@ -133,7 +181,18 @@ impl Executor {
             keyring,
             renderer: Arc::new(Renderer::default()),
             limits: Arc::default(),
+            integrations: Integrations::default(),
         }
+    }
+
+    /// Wires the systems integration kinds act on.
+    pub fn with_integrations(mut self, integrations: Integrations) -> Self {
+        self.integrations = integrations;
+        self
+    }
+
+    pub fn integrations(&self) -> &Integrations {
+        &self.integrations
     }
 
     /// Runs the invocation to an outcome. `result.execution_id`, timestamps and the test
@@ -145,23 +204,31 @@ impl Executor {
             action_id: definition.id.clone(),
             action_version: definition.version,
             test: invocation.test,
+            kind: definition.kind,
+            caller_permission: invocation.caller as i32,
+            confirmed: invocation.confirmed,
             ..Default::default()
         };
         let secrets = match self.secrets(&invocation) {
             Ok(secrets) => secrets,
             Err(failure) => return finish(result, Err(failure), started),
         };
-        let outcome = self.attempt_all(&invocation, &secrets, &mut result).await;
-        let secret_refs: Vec<&Secret> = secrets.iter().collect();
+        let outcome = match guards(&invocation) {
+            Ok(()) => self.run_kind(&invocation, &secrets, &mut result).await,
+            Err(refusal) => Err(refusal),
+        };
+        let secret_refs: Vec<&Secret> = secrets.all.iter().collect();
         result.error = redact(&result.error, &secret_refs);
         let mut result = finish(result, outcome, started);
         result.error = redact(&result.error, &secret_refs);
         result
     }
 
-    /// The action's own secret and every secure variable, for use and for redaction.
-    fn secrets(&self, invocation: &Invocation<'_>) -> Result<Vec<Secret>, Failure> {
-        let mut secrets = Vec::new();
+    /// The action's own credential, and everything to redact: the credential, every
+    /// secure variable, and the forms they take once encoded.
+    fn secrets(&self, invocation: &Invocation<'_>) -> Result<Secrets, Failure> {
+        let mut credential = None;
+        let mut all = Vec::new();
         if let Some(auth) = auth_of(invocation.definition).filter(|a| !a.sealed_secret.is_empty()) {
             let owner = secret_owner(
                 &invocation.definition.workspace_id,
@@ -176,29 +243,320 @@ impl Executor {
                         format!("the action's credential cannot be opened: {e}"),
                     )
                 })?;
-            secrets.push(Secret::new(String::from_utf8_lossy(&secret).into_owned()));
+            let secret = Secret::new(String::from_utf8_lossy(&secret).into_owned());
+            if auth.kind == AuthKind::Basic as i32 {
+                let pair = format!("{}:{}", auth.username, secret.expose());
+                all.push(Secret::new(
+                    base64::engine::general_purpose::STANDARD.encode(pair),
+                ));
+            }
+            all.push(secret.clone());
+            credential = Some(secret);
         }
-        collect_strings(invocation.variables.get("secure"), &mut secrets);
-        Ok(secrets)
+        collect_strings(invocation.variables.get("secure"), &mut all);
+        Ok(Secrets {
+            credential,
+            all: with_encodings(all),
+        })
     }
 
-    async fn attempt_all(
+    /// What the action's kind does, once the guards let it run.
+    async fn run_kind(
         &self,
         invocation: &Invocation<'_>,
-        secrets: &[Secret],
+        secrets: &Secrets,
         result: &mut ExecutionResult,
     ) -> Result<Map<String, Json>, Failure> {
         let definition = invocation.definition;
-        guards(invocation)?;
-        let http = definition
-            .http
-            .as_ref()
-            .ok_or_else(|| fail(FailureReason::InvalidInput, "only http actions can run yet"))?;
-        validate_input(definition, &invocation.variables)?;
-        let secret_refs: Vec<&Secret> = secrets.iter().collect();
+        let vars = &invocation.variables;
+        let kind = ActionKind::try_from(definition.kind).unwrap_or(ActionKind::Unspecified);
+        let missing = || {
+            fail(
+                FailureReason::InvalidInput,
+                format!(
+                    "the definition has no {} part",
+                    domain::kinds::field_of(kind)
+                ),
+            )
+        };
+        // A form checks its own fields (answers arrive as text and are converted).
+        if kind != ActionKind::Form {
+            validate_input(definition, vars)?;
+        }
+        match kind {
+            ActionKind::Http => {
+                let http = definition.http.as_ref().ok_or_else(missing)?;
+                self.request(invocation, http, vars, secrets, result).await
+            }
+            ActionKind::Form => {
+                let form = definition.form.as_ref().ok_or_else(missing)?;
+                let empty = Json::Object(Map::new());
+                let submission = compute::check_form(form, vars.get("input").unwrap_or(&empty))
+                    .map_err(|problems| {
+                        invalid_values("the form is not filled in right", problems)
+                    })?;
+                let Some(http) = &form.on_submit else {
+                    return Ok(submission);
+                };
+                let mut scope = vars.clone();
+                if let Some(object) = scope.as_object_mut() {
+                    object.insert("input".into(), Json::Object(submission.clone()));
+                }
+                let mut outputs = submission;
+                outputs.extend(
+                    self.request(invocation, http, &scope, secrets, result)
+                        .await?,
+                );
+                Ok(outputs)
+            }
+            ActionKind::Button => {
+                let button = definition.button.as_ref().ok_or_else(missing)?;
+                if let Some(http) = &button.on_click {
+                    return self.request(invocation, http, vars, secrets, result).await;
+                }
+                let url = self
+                    .renderer
+                    .render_url(&button.open_url, vars)
+                    .map_err(|e| fail(FailureReason::InvalidInput, e.to_string()))?;
+                let secret_refs: Vec<&Secret> = secrets.all.iter().collect();
+                Ok(Map::from_iter([(
+                    "url".to_owned(),
+                    Json::String(redact(url.as_str(), &secret_refs)),
+                )]))
+            }
+            ActionKind::UpdateConversation => {
+                let spec = definition
+                    .update_conversation
+                    .as_ref()
+                    .ok_or_else(missing)?;
+                self.update_conversation(invocation, spec, result).await
+            }
+            ActionKind::Connexease => {
+                let spec = definition.connexease.as_ref().ok_or_else(missing)?;
+                let arguments = self.render_map(&spec.arguments, vars)?;
+                let mut outputs = Map::new();
+                outputs.insert("operation".into(), Json::String(spec.operation.clone()));
+                outputs.insert(
+                    "arguments".into(),
+                    serde_json::to_value(&arguments).unwrap_or_default(),
+                );
+                if invocation.test {
+                    result.dry_run = true;
+                    return Ok(outputs);
+                }
+                let call = self.call(invocation)?;
+                let answer = self
+                    .integrations
+                    .connexease
+                    .run(&call, &spec.operation, &arguments)
+                    .await?;
+                outputs.insert("result".into(), answer);
+                Ok(outputs)
+            }
+            ActionKind::Calculation => {
+                let spec = definition.calculation.as_ref().ok_or_else(missing)?;
+                compute::calculate(&self.renderer, spec, vars)
+                    .map_err(|e| fail(FailureReason::InvalidInput, e))
+            }
+            ActionKind::Validation => {
+                let spec = definition.validation.as_ref().ok_or_else(missing)?;
+                let problems = compute::check_rules(spec, vars);
+                if !problems.is_empty() {
+                    return Err(invalid_values("the values do not pass", problems));
+                }
+                Ok(Map::from_iter([
+                    ("valid".to_owned(), Json::Bool(true)),
+                    ("errors".to_owned(), Json::Array(vec![])),
+                ]))
+            }
+            ActionKind::DatabaseQuery => {
+                let spec = definition.database_query.as_ref().ok_or_else(missing)?;
+                let parameters = spec
+                    .parameters
+                    .iter()
+                    .map(|p| self.renderer.render_json(&Json::String(p.clone()), vars))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| fail(FailureReason::InvalidInput, e.to_string()))?;
+                let rows = self
+                    .integrations
+                    .databases
+                    .query(
+                        &spec.connection,
+                        &spec.statement,
+                        &parameters,
+                        spec.max_rows.max(1),
+                        Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        PortError::Rejected(message) => fail(FailureReason::Query, message),
+                        other => other.into(),
+                    })?;
+                let answer = serde_json::json!({
+                    "rows": rows.rows,
+                    "row_count": rows.rows.len(),
+                    "truncated": rows.truncated,
+                });
+                let mut outputs = Map::new();
+                if spec.response_mapping.is_empty() {
+                    if let Json::Object(all) = answer {
+                        outputs = all;
+                    }
+                } else {
+                    let mappings = spec
+                        .response_mapping
+                        .iter()
+                        .map(domain::mapping)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| fail(FailureReason::Mapping, e))?;
+                    outputs = map_response(&answer, &mappings)
+                        .map_err(|e| fail(FailureReason::Mapping, e.to_string()))?;
+                }
+                Ok(outputs)
+            }
+            ActionKind::Workflow => {
+                let spec = definition.workflow.as_ref().ok_or_else(missing)?;
+                let mut inputs = Map::new();
+                for (name, template) in &spec.inputs {
+                    let value = self
+                        .renderer
+                        .render_json(&Json::String(template.clone()), vars)
+                        .map_err(|e| fail(FailureReason::InvalidInput, e.to_string()))?;
+                    inputs.insert(name.clone(), value);
+                }
+                if invocation.test {
+                    result.dry_run = true;
+                    return Ok(Map::from_iter([
+                        ("workflow".to_owned(), Json::String(spec.workflow.clone())),
+                        ("inputs".to_owned(), Json::Object(inputs)),
+                    ]));
+                }
+                let call = self.call(invocation)?;
+                let answer = self
+                    .integrations
+                    .workflows
+                    .invoke(
+                        &call,
+                        &spec.workflow,
+                        &inputs,
+                        Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
+                    )
+                    .await?;
+                Ok(match answer {
+                    Json::Object(outputs) => outputs,
+                    other => Map::from_iter([("result".to_owned(), other)]),
+                })
+            }
+            ActionKind::Unspecified => Err(missing()),
+        }
+    }
+
+    /// Sets the conversation's status and metafields; a test run only renders them.
+    async fn update_conversation(
+        &self,
+        invocation: &Invocation<'_>,
+        spec: &switchboard_proto::actions::v1::UpdateConversationSpec,
+        result: &mut ExecutionResult,
+    ) -> Result<Map<String, Json>, Failure> {
+        let vars = &invocation.variables;
+        let status_name = self
+            .renderer
+            .render_text(&spec.status, vars)
+            .map_err(|e| fail(FailureReason::InvalidInput, e.to_string()))?;
+        let status_name = status_name.trim().to_ascii_lowercase();
+        let status = match status_name.as_str() {
+            "" => None,
+            "active" => Some(ConversationStatus::Active),
+            "on_hold" => Some(ConversationStatus::OnHold),
+            "resolved" => Some(ConversationStatus::Resolved),
+            "archived" => Some(ConversationStatus::Archived),
+            other => {
+                return Err(fail(
+                    FailureReason::InvalidInput,
+                    format!(
+                        "status `{other}` is not one of {}",
+                        domain::CONVERSATION_STATUSES.join(", ")
+                    ),
+                ));
+            }
+        };
+        let update = ConversationUpdate {
+            status,
+            set_metafields: self.render_map(&spec.set_metafields, vars)?,
+            remove_metafields: spec.remove_metafields.clone(),
+        };
+        let mut outputs = Map::new();
+        if status.is_some() {
+            outputs.insert("status".into(), Json::String(status_name));
+        }
+        outputs.insert(
+            "set_metafields".into(),
+            serde_json::to_value(&update.set_metafields).unwrap_or_default(),
+        );
+        outputs.insert(
+            "remove_metafields".into(),
+            serde_json::to_value(&update.remove_metafields).unwrap_or_default(),
+        );
+        if invocation.test {
+            // A test touches no conversation.
+            result.dry_run = true;
+            return Ok(outputs);
+        }
+        let call = self.call(invocation)?;
+        self.integrations
+            .conversations
+            .update(&call, &update)
+            .await?;
+        Ok(outputs)
+    }
+
+    /// Who an integration call is for; integration kinds run only for a conversation.
+    fn call<'a>(&self, invocation: &'a Invocation<'_>) -> Result<Call<'a>, Failure> {
+        if invocation.conversation_id.is_empty() {
+            return Err(fail(
+                FailureReason::InvalidInput,
+                "this action acts on a conversation: give conversation_id",
+            ));
+        }
+        Ok(Call {
+            workspace_id: &invocation.definition.workspace_id,
+            conversation_id: &invocation.conversation_id,
+            idempotency_key: &invocation.idempotency_key,
+            traceparent: &invocation.traceparent,
+        })
+    }
+
+    /// Renders a map of text templates.
+    fn render_map(
+        &self,
+        templates: &std::collections::HashMap<String, String>,
+        vars: &Json,
+    ) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+        templates
+            .iter()
+            .map(|(name, template)| {
+                self.renderer
+                    .render_text(template, vars)
+                    .map(|value| (name.clone(), value))
+                    .map_err(|e| fail(FailureReason::InvalidInput, format!("{name}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Makes the action's HTTP request with `vars`: rate limit, cache, retries, mapping.
+    async fn request(
+        &self,
+        invocation: &Invocation<'_>,
+        http: &HttpSpec,
+        vars: &Json,
+        secrets: &Secrets,
+        result: &mut ExecutionResult,
+    ) -> Result<Map<String, Json>, Failure> {
+        let definition = invocation.definition;
+        let secret_refs: Vec<&Secret> = secrets.all.iter().collect();
         let credential = auth_of(definition)
             .filter(|a| !a.sealed_secret.is_empty())
-            .and(secrets.first());
+            .and(secrets.credential.as_ref());
         let oauth =
             auth_of(definition).is_some_and(|a| a.kind == AuthKind::Oauth2ClientCredentials as i32);
         let mut token = match (oauth, credential) {
@@ -207,7 +565,7 @@ impl Executor {
             }
             _ => None,
         };
-        let mut prepared = self.prepare(invocation, http, credential, token.as_ref())?;
+        let mut prepared = self.prepare(invocation, http, vars, credential, token.as_ref())?;
         result.request = Some(prepared.redacted(&secret_refs));
 
         let cache_key = (http.cache_ttl_seconds > 0 && prepared.method == reqwest::Method::GET)
@@ -273,7 +631,8 @@ impl Executor {
                     {
                         refreshed = true;
                         token = Some(self.oauth_token(definition, client_secret, true).await?);
-                        prepared = self.prepare(invocation, http, credential, token.as_ref())?;
+                        prepared =
+                            self.prepare(invocation, http, vars, credential, token.as_ref())?;
                         remaining += 1;
                         last = failure;
                         continue;
@@ -509,10 +868,10 @@ impl Executor {
         &self,
         invocation: &Invocation<'_>,
         http: &HttpSpec,
+        vars: &Json,
         credential: Option<&Secret>,
         oauth_token: Option<&Secret>,
     ) -> Result<Prepared, Failure> {
-        let vars = &invocation.variables;
         let invalid = |e: switchboard_template::TemplateError| {
             fail(FailureReason::InvalidInput, e.to_string())
         };
@@ -663,6 +1022,34 @@ impl Prepared {
     }
 }
 
+/// How long a claim on an idempotency key is held: the longest the run can take (every
+/// attempt timing out, every backoff at its longest) and a margin. After it, a run that
+/// never recorded its outcome is taken to have died, and the key may be run again.
+pub fn lease_for(definition: &ActionDefinition) -> Duration {
+    const MARGIN: Duration = Duration::from_secs(30);
+    let work = match request_spec(definition) {
+        Some(http) => {
+            let retry = http.retry.unwrap_or_default();
+            let attempts = retry.max_attempts.clamp(1, domain::limits::ATTEMPTS_MAX);
+            // One more attempt for an OAuth2 refresh, and the token request.
+            let calls = u64::from(attempts) + 2;
+            Duration::from_millis(
+                u64::from(http.timeout_ms.max(1)) * calls
+                    + u64::from(retry.max_backoff_ms) * u64::from(attempts),
+            )
+        }
+        None => {
+            let query = definition
+                .database_query
+                .as_ref()
+                .map_or(0, |q| q.timeout_ms);
+            let workflow = definition.workflow.as_ref().map_or(0, |w| w.timeout_ms);
+            Duration::from_millis(u64::from(query.max(workflow))) + Duration::from_secs(10)
+        }
+    };
+    work + MARGIN
+}
+
 /// Confirmation and permission, recorded as refusals when they fail.
 fn guards(invocation: &Invocation<'_>) -> Result<(), Failure> {
     let definition = invocation.definition;
@@ -727,7 +1114,28 @@ fn validate_input(definition: &ActionDefinition, variables: &Json) -> Result<(),
 }
 
 fn auth_of(definition: &ActionDefinition) -> Option<&switchboard_proto::actions::v1::HttpAuth> {
-    definition.http.as_ref().and_then(|h| h.auth.as_ref())
+    request_spec(definition).and_then(|h| h.auth.as_ref())
+}
+
+/// Each secret as it may appear once encoded for where it was sent (percent-encoded in a
+/// URL, escaped in JSON), so redaction finds it there too; longest first, so a secret that
+/// contains another is redacted whole.
+fn with_encodings(secrets: Vec<Secret>) -> Vec<Secret> {
+    let mut all: Vec<Secret> = Vec::with_capacity(secrets.len() * 2);
+    for secret in secrets {
+        let plain = secret.expose();
+        let percent: String = url::form_urlencoded::byte_serialize(plain.as_bytes()).collect();
+        let json = serde_json::to_string(plain).unwrap_or_default();
+        let json = json.trim_matches('"');
+        for variant in [percent.as_str(), json] {
+            if variant != plain && !variant.is_empty() {
+                all.push(Secret::new(variant.to_owned()));
+            }
+        }
+        all.push(secret);
+    }
+    all.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+    all
 }
 
 fn collect_strings(value: Option<&Json>, out: &mut Vec<Secret>) {
@@ -782,7 +1190,7 @@ fn finish(
             result.outcome = Outcome::Failure as i32;
             result.reason = failure.reason as i32;
             result.error = failure.error;
-            result.outputs_json = "{}".into();
+            result.outputs_json = Json::Object(failure.outputs.unwrap_or_default()).to_string();
         }
     }
     result

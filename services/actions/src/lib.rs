@@ -1,13 +1,16 @@
 //! The actions service: what an agent can do in the outside world.
 //!
 //! It keeps the action definitions (event-sourced and versioned, names unique per
-//! workspace, secrets sealed), serves the tool catalogue, and runs `http` actions once per
-//! idempotency key, recording every outcome. Execution through NATS, execution-log
-//! queries and the other kinds come next.
+//! workspace, secrets sealed), serves the tool catalogue, runs actions of every kind once
+//! per idempotency key (over gRPC and from flow runs over NATS), and keeps the execution
+//! log, refusals included.
 //!
-//! - [`domain`]: validation, `decide`, the agent-tool shape; pure.
+//! - [`domain`]: validation of every kind, `decide`, the agent-tool shape, and the pure
+//!   kinds (calculation, validation, form checking); pure.
 //! - [`service`]: the command handler (load, seal secrets, decide, append, retry).
-//! - [`execute`]: running an http action (guards, rendering, auth, retries, mapping).
+//! - [`execute`]: running an action (guards, rendering, auth, retries, mapping, and the
+//!   dispatch to each kind).
+//! - [`integrations`]: the systems integration kinds act on, behind traits.
 //! - [`store`]: the read model and its queries.
 //! - [`consumers`]: actions requested by flow runs over NATS.
 //! - [`grpc`]: the tonic service.
@@ -17,6 +20,7 @@ pub mod consumers;
 pub mod domain;
 pub mod execute;
 pub mod grpc;
+pub mod integrations;
 pub mod service;
 pub mod store;
 
@@ -41,15 +45,16 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
         .with_projection(Arc::new(ActionsProjection)))
 }
 
-/// The gRPC API over `log`, sealing secrets with `keyring` and calling out through
-/// `client`.
+/// The gRPC API over `log`, sealing secrets with `keyring`, calling out through `client`
+/// and acting on the systems in `integrations`.
 pub fn api(
     log: EventLog,
     keyring: Arc<Keyring>,
     client: switchboard_outbound::GuardedClient,
+    integrations: integrations::Integrations,
 ) -> ActionsApi {
     ActionsApi::new(
-        ActionService::new(log.clone(), keyring, client),
+        ActionService::new(log.clone(), keyring, client).with_integrations(integrations),
         ActionStore::new(log),
     )
 }

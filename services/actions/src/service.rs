@@ -14,6 +14,7 @@ use switchboard_proto::actions::v1::{
     PermissionLevel,
 };
 use switchboard_secrets::Keyring;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::domain::{self, Command, DomainError, FieldViolation};
@@ -62,6 +63,19 @@ pub struct ActionService {
     executor: Executor,
 }
 
+/// Where an execution stream stands.
+enum ClaimState {
+    Unclaimed,
+    Held {
+        /// The stream version of the latest claim.
+        version: u64,
+        claim: u32,
+        execution_id: String,
+        lease_until: i64,
+    },
+    Completed(Box<ExecutionResult>),
+}
+
 /// What a caller asks to run.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
@@ -76,6 +90,8 @@ pub struct RunRequest {
     /// The flow run and node that asked, when a flow did.
     pub run_id: String,
     pub node_id: String,
+    /// The caller will put the result into the conversation.
+    pub inject_result: bool,
 }
 
 pub mod execution_events {
@@ -93,6 +109,13 @@ impl ActionService {
             keyring,
             executor,
         }
+    }
+
+    /// Wires the systems integration kinds act on (conversations, Connexease, workflows,
+    /// query databases); without it they answer "not connected".
+    pub fn with_integrations(mut self, integrations: crate::integrations::Integrations) -> Self {
+        self.executor = self.executor.with_integrations(integrations);
+        self
     }
 
     /// The service's log, where consumers keep their processed records.
@@ -129,9 +152,21 @@ impl ActionService {
                 request.idempotency_key.clone(),
             )
         };
-        if let Some(recorded) = self.recorded(&stream).await? {
-            return recorded;
-        }
+        let (expected, claim, execution_id) = match self.claim_state(&stream).await? {
+            ClaimState::Completed(result) => return Ok(*result),
+            ClaimState::Held { lease_until, .. } if lease_until > now_micros() => {
+                return Err(ServiceError::InProgress);
+            }
+            // The run that claimed the key died before recording an outcome: run it again
+            // under the same key (the target sees the same Idempotency-Key).
+            ClaimState::Held {
+                version,
+                claim,
+                execution_id,
+                ..
+            } => (ExpectedVersion::Exact(version), claim + 1, execution_id),
+            ClaimState::Unclaimed => (ExpectedVersion::NoStream, 1, execution_id),
+        };
         let metadata = Metadata {
             workspace_id: ctx.workspace_id.clone(),
             correlation_id: key.clone(),
@@ -139,35 +174,48 @@ impl ActionService {
             occurred_at: now_micros(),
             ..Default::default()
         };
+        let lease = crate::execute::lease_for(&definition);
         let started = ExecutionStarted {
             execution_id: execution_id.clone(),
             action_id: definition.id.clone(),
             idempotency_key: key.clone(),
             test: request.test,
             conversation_id: request.conversation_id.clone(),
+            lease_until: now_micros() + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2),
+            claim,
         };
-        let claim = NewEvent {
+        let claim_event = NewEvent {
             event_id: Uuid::now_v7(),
             event_type: execution_events::STARTED.into(),
             schema_version: 1,
             payload: started.encode_to_vec(),
             metadata: metadata.clone(),
         };
-        match self
-            .log
-            .append(&stream, ExpectedVersion::NoStream, vec![claim])
-            .await
-        {
-            Ok(_) => {}
+        let claimed_version = match self.log.append(&stream, expected, vec![claim_event]).await {
+            Ok(appended) => appended.events.last().map_or(1, |e| e.stream_version),
             Err(EventLogError::Conflict { .. }) => {
-                return match self.recorded(&stream).await? {
-                    Some(recorded) => recorded,
-                    None => Err(ServiceError::InProgress),
+                return match self.claim_state(&stream).await? {
+                    ClaimState::Completed(result) => Ok(*result),
+                    _ => Err(ServiceError::InProgress),
                 };
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let started_at = now_micros();
+        let span = tracing::info_span!(
+            "action.execute",
+            workspace_id = %ctx.workspace_id,
+            action_id = %definition.id,
+            action_version = definition.version,
+            kind = definition.kind().as_str_name(),
+            execution_id = %execution_id,
+            claim,
+            test = request.test,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            status_code = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
         let mut result = self
             .executor
             .run(Invocation {
@@ -177,11 +225,34 @@ impl ActionService {
                 traceparent: ctx.traceparent.clone(),
                 confirmed: request.confirmed,
                 caller: request.caller,
+                conversation_id: request.conversation_id.clone(),
                 test: request.test,
             })
+            .instrument(span.clone())
             .await;
+        span.record("outcome", result.outcome().as_str_name());
+        span.record("reason", result.reason().as_str_name());
+        span.record("status_code", result.status_code);
+        span.record("duration_ms", result.duration_ms);
+        // What was sent and what went wrong, as recorded: credentials already redacted.
+        span.in_scope(|| {
+            let request = result.request.as_ref();
+            tracing::info!(
+                method = request.map_or("", |r| r.method.as_str()),
+                url = request.map_or("", |r| r.url.as_str()),
+                error = %result.error,
+                "action executed"
+            );
+        });
         result.execution_id = execution_id;
         result.conversation_id = request.conversation_id;
+        result.injected_into_conversation = request.inject_result && !request.test;
+        result.trace_id = ctx
+            .traceparent
+            .split('-')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
         result.started_at = Some(prost_types::Timestamp {
             seconds: started_at.div_euclid(1_000_000),
             nanos: (started_at.rem_euclid(1_000_000) * 1000) as i32,
@@ -214,36 +285,63 @@ impl ActionService {
                 metadata,
             });
         }
-        self.log
-            .append(&stream, ExpectedVersion::Exact(1), events)
-            .await?;
-        Ok(result)
+        match self
+            .log
+            .append(&stream, ExpectedVersion::Exact(claimed_version), events)
+            .await
+        {
+            Ok(_) => Ok(result),
+            // Our lease ran out and another run took the key over: its outcome stands.
+            Err(EventLogError::Conflict { .. }) => match self.claim_state(&stream).await? {
+                ClaimState::Completed(recorded) => Ok(*recorded),
+                _ => Err(ServiceError::InProgress),
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
-    /// The recorded outcome of an execution stream: `None` if it was never claimed,
-    /// `Some(Err(InProgress))` while its run has not finished.
-    async fn recorded(
-        &self,
-        stream: &StreamRef,
-    ) -> Result<Option<Result<ExecutionResult, ServiceError>>, ServiceError> {
-        let events = self.log.read_stream(stream, 0, 10).await?;
-        if events.is_empty() {
-            return Ok(None);
-        }
-        for event in &events {
-            if event.event_type == execution_events::COMPLETED {
-                let completed: ExecutionCompleted = event.decode()?;
-                return Ok(Some(completed.result.ok_or_else(|| {
-                    EventLogError::Corrupt {
-                        event_id: event.event_id.to_string(),
-                        event_type: event.event_type.clone(),
-                        reason: "completed without a result".into(),
+    /// Where an execution stream stands: never claimed, claimed (by whom, until when), or
+    /// completed with its outcome.
+    async fn claim_state(&self, stream: &StreamRef) -> Result<ClaimState, ServiceError> {
+        let mut state = ClaimState::Unclaimed;
+        let mut from = 0;
+        loop {
+            let events = self.log.read_stream(stream, from, 100).await?;
+            let Some(last) = events.last() else { break };
+            from = last.stream_version;
+            for event in &events {
+                match event.event_type.as_str() {
+                    execution_events::COMPLETED => {
+                        let completed: ExecutionCompleted = event.decode()?;
+                        let result = completed.result.ok_or_else(|| EventLogError::Corrupt {
+                            event_id: event.event_id.to_string(),
+                            event_type: event.event_type.clone(),
+                            reason: "completed without a result".into(),
+                        })?;
+                        return Ok(ClaimState::Completed(Box::new(result)));
                     }
-                    .into()
-                })));
+                    execution_events::STARTED => {
+                        let started: ExecutionStarted = event.decode()?;
+                        state = ClaimState::Held {
+                            version: event.stream_version,
+                            claim: started.claim.max(1),
+                            execution_id: started.execution_id,
+                            // Claims recorded before leases existed never expire.
+                            lease_until: if started.lease_until == 0 {
+                                i64::MAX
+                            } else {
+                                started.lease_until
+                            },
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            if events.len() < 100 {
+                break;
             }
         }
-        Ok(Some(Err(ServiceError::InProgress)))
+        Ok(state)
     }
 
     /// The definition as its events left it, with its stream version.
@@ -279,6 +377,7 @@ impl ActionService {
         action_id: &str,
         command: Command,
     ) -> Result<ActionDefinition, ServiceError> {
+        self.check_connection(&command)?;
         let stream = stream_of(&ctx.workspace_id, action_id);
         for _ in 0..MAX_ATTEMPTS {
             let (current, version) = self.load(&ctx.workspace_id, action_id).await?;
@@ -343,6 +442,34 @@ impl ActionService {
         Err(ServiceError::Contended)
     }
 
+    /// A `database_query` action may name only a connection the operator configured.
+    fn check_connection(&self, command: &Command) -> Result<(), ServiceError> {
+        let (Command::Create { definition } | Command::Update { definition, .. }) = command else {
+            return Ok(());
+        };
+        let Some(query) = &definition.database_query else {
+            return Ok(());
+        };
+        let databases = &self.executor.integrations().databases;
+        if databases.contains(&query.connection) {
+            return Ok(());
+        }
+        let known: Vec<&str> = databases.names().collect();
+        Err(DomainError::Invalid(vec![FieldViolation {
+            field: "database_query.connection".into(),
+            description: if known.is_empty() {
+                "no query database is configured (SWITCHBOARD_QUERY_DATABASES)".into()
+            } else {
+                format!(
+                    "`{}` is not a configured connection; configured: {}",
+                    query.connection,
+                    known.join(", ")
+                )
+            },
+        }])
+        .into())
+    }
+
     /// Seals a plain secret in the command's definition, or carries the stored one over
     /// when the update gives none for the same kind of auth.
     fn seal_secret(
@@ -354,9 +481,11 @@ impl ActionService {
     ) -> Command {
         let seal = |mut definition: ActionDefinition| {
             let previous = current
-                .and_then(|c| c.http.as_ref())
+                .and_then(domain::request_spec)
                 .and_then(|h| h.auth.as_ref());
-            if let Some(auth) = definition.http.as_mut().and_then(|h| h.auth.as_mut()) {
+            if let Some(auth) =
+                domain::request_spec_mut(&mut definition).and_then(|h| h.auth.as_mut())
+            {
                 auth.sealed_secret.clear();
                 if !auth.secret.is_empty() {
                     auth.sealed_secret = self.keyring.seal(

@@ -8,7 +8,9 @@ use prost::Message as _;
 use switchboard_eventlog::{
     EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
 };
-use switchboard_proto::actions::v1::{ActionDefinition, ExecutionCompleted, ExecutionResult};
+use switchboard_proto::actions::v1::{
+    ActionDefinition, ExecutionCompleted, ExecutionResult, FailureReason,
+};
 
 use crate::domain;
 
@@ -22,19 +24,29 @@ CREATE TABLE IF NOT EXISTS actions (
     PRIMARY KEY (workspace_id, id),
     CONSTRAINT actions_name_unique UNIQUE (workspace_id, name)
 );
-CREATE TABLE IF NOT EXISTS executions (
+DROP TABLE IF EXISTS executions;
+CREATE TABLE IF NOT EXISTS execution_log (
     workspace_id TEXT NOT NULL,
     id TEXT NOT NULL,
     action_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
     started_at BIGINT NOT NULL,
     test INTEGER NOT NULL,
+    refusal INTEGER NOT NULL,
     result {bytes} NOT NULL,
     PRIMARY KEY (workspace_id, id)
 );
-CREATE INDEX IF NOT EXISTS executions_by_time ON executions (workspace_id, started_at, id);
-CREATE INDEX IF NOT EXISTS executions_by_action ON executions (workspace_id, action_id, started_at);
+CREATE INDEX IF NOT EXISTS execution_log_by_time ON execution_log (workspace_id, started_at, id);
+CREATE INDEX IF NOT EXISTS execution_log_by_action ON execution_log (workspace_id, action_id, started_at);
+CREATE INDEX IF NOT EXISTS execution_log_for_retention ON execution_log (started_at);
 ";
+
+/// Failure reasons that are refusals by a guard (what the audit view lists).
+pub const REFUSALS: [FailureReason; 3] = [
+    FailureReason::Disabled,
+    FailureReason::ConfirmationRequired,
+    FailureReason::Forbidden,
+];
 
 pub fn read_model_ddl() -> (String, String) {
     (
@@ -80,7 +92,7 @@ impl Projection for ActionsProjection {
 
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
         on_conn!(tx, conn => sqlx::query("DELETE FROM actions").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
-        on_conn!(tx, conn => sqlx::query("DELETE FROM executions").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
+        on_conn!(tx, conn => sqlx::query("DELETE FROM execution_log").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 }
@@ -95,9 +107,10 @@ async fn record_execution(tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), 
         .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
         .unwrap_or(event.metadata.occurred_at);
     let bytes = result.encode_to_vec();
+    let refusal = REFUSALS.iter().any(|r| *r as i32 == result.reason);
     on_conn!(tx, conn => sqlx::query(
-        "INSERT INTO executions (workspace_id, id, action_id, conversation_id, started_at, test, result)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workspace_id, id) DO NOTHING",
+        "INSERT INTO execution_log (workspace_id, id, action_id, conversation_id, started_at, test, refusal, result)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (workspace_id, id) DO NOTHING",
     )
     .bind(event.workspace_id())
     .bind(&result.execution_id)
@@ -105,6 +118,7 @@ async fn record_execution(tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), 
     .bind(&result.conversation_id)
     .bind(started_at)
     .bind(i32::from(result.test))
+    .bind(i32::from(refusal))
     .bind(&bytes)
     .execute(&mut *conn)
     .await
@@ -121,6 +135,8 @@ pub struct ExecutionFilter {
     pub since: i64,
     pub until: i64,
     pub include_tests: bool,
+    /// Only refusals by a guard (the audit view).
+    pub refusals_only: bool,
 }
 
 /// A malformed cursor.
@@ -229,10 +245,10 @@ impl ActionStore {
             (at.parse().map_err(|_| BadCursor)?, id.to_owned())
         };
         let rows: Vec<(i64, Vec<u8>)> = on_pool!(self.log, pool => sqlx::query_as(
-            "SELECT started_at, result FROM executions
+            "SELECT started_at, result FROM execution_log
              WHERE workspace_id = $1 AND ($2 = '' OR action_id = $2) AND ($3 = '' OR conversation_id = $3)
                AND started_at >= $4 AND ($5 = 0 OR started_at < $5) AND ($6 = 1 OR test = 0)
-               AND (started_at < $7 OR (started_at = $7 AND id < $8))
+               AND (started_at < $7 OR (started_at = $7 AND id < $8)) AND ($10 = 0 OR refusal = 1)
              ORDER BY started_at DESC, id DESC LIMIT $9",
         )
         .bind(workspace_id)
@@ -244,6 +260,7 @@ impl ActionStore {
         .bind(before_at)
         .bind(&before_id)
         .bind(i64::from(limit) + 1)
+        .bind(i32::from(filter.refusals_only))
         .fetch_all(pool)
         .await)?;
         let mut items = Vec::with_capacity(rows.len());
@@ -266,6 +283,29 @@ impl ActionStore {
             String::new()
         };
         Ok((items.into_iter().map(|(_, r)| r).collect(), next))
+    }
+}
+
+impl ActionStore {
+    /// Removes from the queryable execution log every execution started before `before`
+    /// (microseconds), a batch at a time; answers how many went. The events stay in the
+    /// log as the audit trail.
+    pub async fn prune_executions(&self, before: i64) -> Result<u64, QueryError> {
+        let mut removed = 0;
+        loop {
+            let batch = on_pool!(self.log, pool => sqlx::query(
+                "DELETE FROM execution_log WHERE (workspace_id, id) IN
+                   (SELECT workspace_id, id FROM execution_log WHERE started_at < $1 LIMIT 1000)",
+            )
+            .bind(before)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+            removed += batch;
+            if batch < 1000 {
+                return Ok(removed);
+            }
+        }
     }
 }
 

@@ -25,16 +25,27 @@ use tracing::{info, warn};
 pub enum ServiceName {
     Conversations,
     Actions,
+    Connexease,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 2] = [ServiceName::Conversations, ServiceName::Actions];
+    pub const ALL: [ServiceName; 3] = [
+        ServiceName::Conversations,
+        ServiceName::Actions,
+        ServiceName::Connexease,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Conversations => switchboard_conversations::SERVICE,
             Self::Actions => switchboard_actions::SERVICE,
+            Self::Connexease => switchboard_connexease::SERVICE,
         }
+    }
+
+    /// Whether the service keeps secrets (and needs the encryption key).
+    fn keeps_secrets(self) -> bool {
+        matches!(self, Self::Actions | Self::Connexease)
     }
 }
 
@@ -51,11 +62,12 @@ impl FromStr for ServiceName {
         match s.trim() {
             "conversations" => Ok(Self::Conversations),
             "actions" => Ok(Self::Actions),
-            "flows" | "connexease" | "webhooks" | "gateway" => Err(format!(
-                "the {s} service is not built yet; available: conversations, actions"
+            "connexease" => Ok(Self::Connexease),
+            "flows" | "webhooks" | "gateway" => Err(format!(
+                "the {s} service is not built yet; available: conversations, actions, connexease"
             )),
             other => Err(format!(
-                "unknown service `{other}`; available: conversations, actions"
+                "unknown service `{other}`; available: conversations, actions, connexease"
             )),
         }
     }
@@ -81,6 +93,7 @@ pub async fn open(config: &Config, service: ServiceName) -> anyhow::Result<Event
     let log = match service {
         ServiceName::Conversations => switchboard_conversations::open_log(&store).await,
         ServiceName::Actions => switchboard_actions::open_log(&store).await,
+        ServiceName::Connexease => switchboard_connexease::open_log(&store).await,
     }
     .with_context(|| format!("opening the {service} event log"))?;
     log.migrate()
@@ -97,6 +110,10 @@ struct Running {
     keyring: Option<Arc<Keyring>>,
     /// The SSRF-guarded client of services that call out.
     outbound: Option<GuardedClient>,
+    /// What the actions service's integration kinds reach.
+    integrations: Option<switchboard_actions::integrations::Integrations>,
+    /// The connexease command handler (its gRPC API, webhooks and directory sync share it).
+    connexease: Option<switchboard_connexease::ConnexeaseService>,
 }
 
 impl Running {
@@ -104,6 +121,7 @@ impl Running {
         match self.name {
             ServiceName::Conversations => Arc::new(switchboard_conversations::PublicEvents),
             ServiceName::Actions => Arc::new(switchboard_actions::PublicEvents),
+            ServiceName::Connexease => Arc::new(switchboard_connexease::PublicEvents),
         }
     }
 
@@ -111,6 +129,7 @@ impl Running {
         match self.name {
             ServiceName::Conversations => switchboard_conversations::stream_spec(replicas),
             ServiceName::Actions => switchboard_actions::stream_spec(replicas),
+            ServiceName::Connexease => switchboard_connexease::stream_spec(replicas),
         }
     }
 
@@ -125,6 +144,7 @@ impl Running {
                 .clone()
                 .expect("the actions service is started with an outbound client"),
         )
+        .with_integrations(self.integrations.clone().unwrap_or_default())
     }
 
     fn add_to(&self, server: GrpcServer) -> GrpcServer {
@@ -143,6 +163,16 @@ impl Running {
                     self.outbound
                         .clone()
                         .expect("the actions service is started with an outbound client"),
+                    self.integrations.clone().unwrap_or_default(),
+                )
+                .into_server(),
+            ),
+            ServiceName::Connexease => server.add_service(
+                switchboard_connexease::GRPC_SERVICE,
+                switchboard_connexease::ConnexeaseApi::new(
+                    self.connexease
+                        .clone()
+                        .expect("the connexease service is started with its handler"),
                 )
                 .into_server(),
             ),
@@ -150,27 +180,131 @@ impl Running {
     }
 }
 
-/// `switchboard dev`: every service, SQLite logs, no NATS.
+/// `switchboard dev`: every service, SQLite logs, no NATS, and the Connexease simulator
+/// standing in for Connexease.
 pub async fn dev(config: Config) -> anyhow::Result<()> {
     let mut config = config;
     config.database_url = None;
     config.nats_url = None;
     let telemetry = telemetry::init("switchboard", &config)?;
     let shutdown = shutdown::signal_token();
+    let sim = start_simulator(&config, shutdown.clone()).await?;
     let mut running = Vec::new();
     for name in ServiceName::ALL {
+        let log = open(&config, name).await?;
+        let keyring = keyring_for(&config, name, KeySource::DataDir)?;
+        let outbound = outbound_for(&config, name, Some(sim.addr))?;
         running.push(Running {
             name,
-            log: open(&config, name).await?,
-            keyring: keyring_for(&config, name, KeySource::DataDir)?,
-            outbound: outbound_for(&config, name)?,
+            connexease: connexease_for(name, &log, keyring.as_ref(), outbound.as_ref(), Some(&sim)),
+            log,
+            keyring,
+            outbound,
+            integrations: integrations_for(&config, name, &ServiceName::ALL)?,
         });
     }
     println!("switchboard dev: every service in one process");
     println!("  data directory  {}", config.data_dir.display());
+    println!(
+        "  Connexease sim  {} (token {}; its webhooks go to {})",
+        sim.base_url(),
+        sim.config.token,
+        config.connexease_sim_workspace
+    );
     let result = serve_all(&config, running, None, shutdown).await;
     telemetry.shutdown();
     result
+}
+
+/// The Connexease simulator of `dev`: workspaces with no connection are connected to it
+/// on first use, and it sends its webhooks to `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`.
+async fn start_simulator(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<switchboard_connexease::sim::RunningSim> {
+    use switchboard_connexease::sim::{SimConfig, serve};
+    let listener = TcpListener::bind(config.connexease_sim_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the Connexease simulator to {} (SWITCHBOARD_CONNEXEASE_SIM_ADDR)",
+                config.connexease_sim_addr
+            )
+        })?;
+    let http = loopback(config.http_addr);
+    let sim = SimConfig {
+        webhook_url: Some(format!(
+            "http://{http}/connexease/webhooks/{}",
+            config.connexease_sim_workspace
+        )),
+        ..SimConfig::default()
+    };
+    Ok(serve(listener, sim, shutdown).await?)
+}
+
+/// `switchboard connexease-sim`: the simulator alone, until ctrl-c.
+pub async fn connexease_sim(
+    addr: std::net::SocketAddr,
+    sim: switchboard_connexease::sim::SimConfig,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown::signal_token();
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the Connexease simulator to {addr}"))?;
+    let running = switchboard_connexease::sim::serve(listener, sim, shutdown.clone()).await?;
+    println!("Connexease simulator on {}", running.base_url());
+    println!("  token           {}", running.config.token);
+    println!(
+        "  webhooks        {}",
+        running.config.webhook_url.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "  rate            {} requests/s",
+        running.config.rate_per_second
+    );
+    println!("ready; ctrl-c stops");
+    shutdown.cancelled().await;
+    Ok(())
+}
+
+/// The address to reach a listener on `addr` from this machine.
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), addr.port())
+    } else {
+        addr
+    }
+}
+
+/// The connexease command handler of a process that runs the connexease service.
+fn connexease_for(
+    name: ServiceName,
+    log: &EventLog,
+    keyring: Option<&Arc<Keyring>>,
+    outbound: Option<&GuardedClient>,
+    sim: Option<&switchboard_connexease::sim::RunningSim>,
+) -> Option<switchboard_connexease::ConnexeaseService> {
+    use switchboard_connexease::client::{HttpConnexease, RetryPolicy};
+    if name != ServiceName::Connexease {
+        return None;
+    }
+    let api = HttpConnexease::new(outbound?.clone(), RetryPolicy::default());
+    let service = switchboard_connexease::ConnexeaseService::new(
+        log.clone(),
+        keyring?.clone(),
+        Arc::new(api),
+    );
+    Some(match sim {
+        Some(sim) => {
+            service.with_default_connection(switchboard_proto::connexease::v1::Connection {
+                base_url: sim.base_url(),
+                access_token: sim.config.token.clone(),
+                webhook_secret: sim.config.webhook_secret.clone(),
+                ..Default::default()
+            })
+        }
+        None => service,
+    })
 }
 
 /// `switchboard serve`: the named services against Postgres and NATS.
@@ -204,12 +338,17 @@ pub async fn serve(
         .with_context(|| format!("connecting to NATS at {nats_url}"))?;
     let js = jetstream::new(client.clone());
     let mut running = Vec::new();
-    for name in services {
+    for &name in &services {
+        let log = open(&config, name).await?;
+        let keyring = keyring_for(&config, name, KeySource::Required)?;
+        let outbound = outbound_for(&config, name, None)?;
         running.push(Running {
             name,
-            keyring: keyring_for(&config, name, KeySource::Required)?,
-            outbound: outbound_for(&config, name)?,
-            log: open(&config, name).await?,
+            connexease: connexease_for(name, &log, keyring.as_ref(), outbound.as_ref(), None),
+            log,
+            keyring,
+            outbound,
+            integrations: integrations_for(&config, name, &services)?,
         });
     }
     let result = serve_all(&config, running, Some(js), shutdown).await;
@@ -255,14 +394,26 @@ async fn serve_all(
                     relay.run(shutdown).await;
                 });
             }
-            if service.name == ServiceName::Actions {
-                tasks.spawn(consume_action_requests(
-                    service.action_service(),
-                    js.clone(),
-                    config.nats_prefix.clone(),
-                    shutdown.clone(),
-                ));
-            }
+        }
+        if let Some(connexease) = &service.connexease {
+            tasks.spawn(sync_directories(connexease.clone(), shutdown.clone()));
+        }
+        if service.name == ServiceName::Actions {
+            tasks.spawn(prune_execution_log(
+                switchboard_actions::ActionStore::new(service.log.clone()),
+                config.execution_retention_days,
+                shutdown.clone(),
+            ));
+        }
+        if let Some(js) = &js
+            && service.name == ServiceName::Actions
+        {
+            tasks.spawn(consume_action_requests(
+                service.action_service(),
+                js.clone(),
+                config.nats_prefix.clone(),
+                shutdown.clone(),
+            ));
         }
     }
     let grpc_listener = TcpListener::bind(config.grpc_addr).await.with_context(|| {
@@ -290,7 +441,27 @@ async fn serve_all(
     println!("ready; ctrl-c stops");
     info!(services = ?names, "switchboard started");
 
-    let ops = http::ops_router(metrics::prometheus());
+    let mut ops = http::ops_router(metrics::prometheus());
+    let names_running: Vec<ServiceName> = running.iter().map(|s| s.name).collect();
+    for service in &running {
+        if let Some(connexease) = &service.connexease {
+            let conversations = service_url(config, &names_running, ServiceName::Conversations)
+                .map(|url| {
+                    switchboard_connexease::inbound::GrpcConversations::connect_lazy(
+                        &url,
+                        config.service_token.clone(),
+                    )
+                    .with_context(|| format!("SWITCHBOARD_CONVERSATIONS_URL={url}"))
+                })
+                .transpose()?
+                .map(|c| Arc::new(c) as Arc<dyn switchboard_connexease::inbound::Conversations>);
+            ops = ops.merge(switchboard_connexease::inbound::router(
+                connexease.clone(),
+                switchboard_connexease::ConnexeaseStore::new(service.log.clone()),
+                conversations,
+            ));
+        }
+    }
     // Whichever server stops first, for whatever reason, stops the process.
     let (grpc_result, http_result) = tokio::join!(
         async {
@@ -355,6 +526,101 @@ async fn consume_action_requests(
     }
 }
 
+/// Keeps the queryable execution log to its retention: prunes at start and every hour.
+async fn prune_execution_log(
+    store: switchboard_actions::ActionStore,
+    retention_days: u32,
+    shutdown: CancellationToken,
+) {
+    let retention = i64::from(retention_days) * 86_400 * 1_000_000;
+    loop {
+        let before = switchboard_eventlog::now_micros() - retention;
+        match store.prune_executions(before).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, retention_days, "pruned the execution log"),
+            Err(e) => warn!(error = %e, "could not prune the execution log"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// What the actions service's integration kinds reach: the conversations service over gRPC
+/// (this process's own server when it runs it, unless `SWITCHBOARD_CONVERSATIONS_URL`
+/// says otherwise) and the operator's query databases. Connexease and action workflows
+/// answer "not connected" until their services exist.
+fn integrations_for(
+    config: &Config,
+    service: ServiceName,
+    running: &[ServiceName],
+) -> anyhow::Result<Option<switchboard_actions::integrations::Integrations>> {
+    use switchboard_actions::integrations::{GrpcConversations, Integrations, QueryDatabases};
+    if service != ServiceName::Actions {
+        return Ok(None);
+    }
+    let mut integrations = Integrations {
+        databases: QueryDatabases::from_config(&config.query_databases)?,
+        ..Integrations::default()
+    };
+    if let Some(url) = service_url(config, running, ServiceName::Conversations) {
+        integrations.conversations = Arc::new(
+            GrpcConversations::connect_lazy(&url, config.service_token.clone())
+                .with_context(|| format!("SWITCHBOARD_CONVERSATIONS_URL={url}"))?,
+        );
+    }
+    if let Some(url) = service_url(config, running, ServiceName::Connexease) {
+        integrations.connexease = Arc::new(
+            switchboard_actions::integrations::GrpcConnexease::connect_lazy(
+                &url,
+                config.service_token.clone(),
+            )
+            .with_context(|| format!("SWITCHBOARD_CONNEXEASE_URL={url}"))?,
+        );
+    }
+    Ok(Some(integrations))
+}
+
+/// Where another service's gRPC API is: its configured URL, or this process's own server
+/// when the process runs it.
+fn service_url(config: &Config, running: &[ServiceName], service: ServiceName) -> Option<String> {
+    let configured = match service {
+        ServiceName::Conversations => config.conversations_url.clone(),
+        ServiceName::Connexease => config.connexease_url.clone(),
+        ServiceName::Actions => None,
+    };
+    configured.or_else(|| {
+        running
+            .contains(&service)
+            .then(|| format!("http://{}", loopback(config.grpc_addr)))
+    })
+}
+
+/// Pulls the directory of every connected workspace every 15 minutes (and at start).
+async fn sync_directories(
+    service: switchboard_connexease::ConnexeaseService,
+    shutdown: CancellationToken,
+) {
+    let store = switchboard_connexease::ConnexeaseStore::new(service.log().clone());
+    loop {
+        match store.connected_workspaces().await {
+            Ok(workspaces) => {
+                for workspace in workspaces {
+                    if let Err(e) = service.sync_directory(&workspace).await {
+                        warn!(workspace, error = %e, "could not sync the Connexease directory");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "could not list the connected workspaces"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(15 * 60)) => {}
+        }
+    }
+}
+
 /// Creates the service's stream, retrying while NATS is unreachable.
 async fn ensure_stream_until_ready(
     js: &jetstream::Context,
@@ -391,7 +657,7 @@ fn keyring_for(
     service: ServiceName,
     source: KeySource,
 ) -> anyhow::Result<Option<Arc<Keyring>>> {
-    if service != ServiceName::Actions {
+    if !service.keeps_secrets() {
         return Ok(None);
     }
     let key = match (&config.encryption_key, source) {
@@ -408,12 +674,25 @@ fn keyring_for(
 
 /// The outbound HTTP client of a service that calls out (`None` for the others), refusing
 /// private destinations except the ranges in `SWITCHBOARD_OUTBOUND_ALLOW`.
-fn outbound_for(config: &Config, service: ServiceName) -> anyhow::Result<Option<GuardedClient>> {
-    if service != ServiceName::Actions {
+/// In `dev`, the connexease service may also reach the simulator at `sim`.
+fn outbound_for(
+    config: &Config,
+    service: ServiceName,
+    sim: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<GuardedClient>> {
+    if !matches!(service, ServiceName::Actions | ServiceName::Connexease) {
         return Ok(None);
     }
-    let policy =
-        Policy::allowing(&config.outbound_allow_ranges()).context("SWITCHBOARD_OUTBOUND_ALLOW")?;
+    let mut allowed: Vec<String> = config
+        .outbound_allow_ranges()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let (ServiceName::Connexease, Some(sim)) = (service, sim) {
+        allowed.push(loopback(sim).ip().to_string());
+    }
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    let policy = Policy::allowing(&allowed).context("SWITCHBOARD_OUTBOUND_ALLOW")?;
     // Each action sets its own timeout (at most 120 s); this only bounds the client.
     let options = ClientOptions {
         timeout: Duration::from_secs(125),

@@ -55,6 +55,7 @@ fn describe(service: ServiceName, event: &RecordedEvent) -> serde_json::Value {
             Ok(None) => format!("<{} bytes of unknown type>", event.payload.len()),
             Err(e) => format!("<undecodable: {e}>"),
         },
+        ServiceName::Connexease => switchboard_connexease::describe_payload(event),
     };
     serde_json::json!({
         "global_position": event.global_position,
@@ -77,6 +78,7 @@ pub async fn rebuild(config: Config, service: ServiceName) -> anyhow::Result<()>
     let projection: Box<dyn switchboard_eventlog::Projection> = match service {
         ServiceName::Conversations => Box::new(switchboard_conversations::ConversationsProjection),
         ServiceName::Actions => Box::new(switchboard_actions::ActionsProjection),
+        ServiceName::Connexease => Box::new(switchboard_connexease::ConnexeaseProjection),
     };
     let bar = ProgressBar::new(log.count_events().await?);
     bar.set_style(

@@ -60,6 +60,24 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         services: Vec<ServiceName>,
     },
+    /// Run the Connexease simulator alone: the endpoint set of services/connexease/README.md
+    /// with in-memory state, its errors, and signed webhooks.
+    ConnexeaseSim {
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// The access token it accepts.
+        #[arg(long, default_value = "cx_sim_token")]
+        token: String,
+        /// The secret its webhooks are signed with.
+        #[arg(long, default_value = "cx_sim_webhook_secret")]
+        webhook_secret: String,
+        /// Where it sends webhooks, e.g. http://127.0.0.1:8080/connexease/webhooks/ws_dev.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Requests a second before it answers 429 with Retry-After.
+        #[arg(long, default_value_t = 80)]
+        rate: u32,
+    },
     /// Read or rebuild from a service's event log.
     Events {
         #[command(subcommand)]
@@ -120,6 +138,22 @@ async fn main() -> anyhow::Result<()> {
             allow_unauthenticated,
         } => cluster::serve(config, services, allow_unauthenticated).await,
         Command::Migrate { services } => cluster::migrate(config, services).await,
+        Command::ConnexeaseSim {
+            listen,
+            token,
+            webhook_secret,
+            webhook_url,
+            rate,
+        } => {
+            let sim = switchboard_connexease::sim::SimConfig {
+                token,
+                webhook_secret,
+                webhook_url,
+                rate_per_second: rate,
+                ..Default::default()
+            };
+            cluster::connexease_sim(listen, sim).await
+        }
         Command::Events { command } => match command {
             EventsCommand::Tail {
                 service,

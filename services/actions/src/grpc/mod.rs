@@ -210,6 +210,7 @@ impl actions_server::Actions for ActionsApi {
             caller: PermissionLevel::try_from(r.caller_permission)
                 .unwrap_or(PermissionLevel::Agent),
             conversation_id: r.conversation_id,
+            inject_result: r.inject_result,
             test: false,
             ..Default::default()
         };
@@ -277,6 +278,7 @@ impl actions_server::Actions for ActionsApi {
             since: micros(&r.since),
             until: micros(&r.until),
             include_tests: r.include_tests,
+            refusals_only: r.refusals_only,
         };
         let (executions, next_cursor) = self
             .store

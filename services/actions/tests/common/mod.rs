@@ -5,9 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use switchboard_actions::integrations::{GrpcConversations, Integrations, QueryDatabases};
 use switchboard_eventlog::testing::{TestSchema, unique_name};
 use switchboard_eventlog::{EventLog, StoreConfig};
 use switchboard_proto::actions::v1::actions_client::ActionsClient;
+use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_runtime::GrpcServer;
 use switchboard_secrets::Keyring;
 use tokio_util::sync::CancellationToken;
@@ -23,10 +25,17 @@ enum Storage {
 
 pub struct Harness {
     pub client: ActionsClient<Channel>,
+    /// The real conversations service `update_conversation` actions change, on the same
+    /// gRPC server.
+    pub conversations: ConversationsClient<Channel>,
     pub log: EventLog,
     storage: Storage,
+    conversations_db: PathBuf,
     shutdown: CancellationToken,
 }
+
+/// The query database tests configure: the shared test Postgres.
+pub const QUERY_DB: &str = "testdb";
 
 impl Harness {
     pub async fn start(postgres: bool) -> Self {
@@ -46,25 +55,57 @@ impl Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = GrpcServer::new().add_service(
-            switchboard_actions::GRPC_SERVICE,
-            switchboard_actions::api(log.clone(), keyring, outbound()).into_server(),
-        );
+        let conversations_db = std::env::temp_dir().join(format!("{}-conv.db", unique_name()));
+        let conversations_log = switchboard_conversations::open_log(&StoreConfig::Sqlite {
+            path: conversations_db.clone(),
+        })
+        .await
+        .unwrap();
+        conversations_log.migrate().await.unwrap();
+        let integrations = Integrations {
+            conversations: Arc::new(
+                GrpcConversations::connect_lazy(&format!("http://{addr}"), None).unwrap(),
+            ),
+            databases: QueryDatabases::from_config(&format!(
+                "{QUERY_DB}={}",
+                switchboard_eventlog::testing::database_url()
+            ))
+            .unwrap(),
+            ..Integrations::default()
+        };
+        let server = GrpcServer::new()
+            .add_service(
+                switchboard_actions::GRPC_SERVICE,
+                switchboard_actions::api(log.clone(), keyring, outbound(), integrations)
+                    .into_server(),
+            )
+            .add_service(
+                switchboard_conversations::GRPC_SERVICE,
+                switchboard_conversations::api(conversations_log).into_server(),
+            );
         let token = shutdown.clone();
         tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
         let client = ActionsClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
+        let conversations = ConversationsClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         Self {
             client,
+            conversations,
             log,
             storage,
+            conversations_db,
             shutdown,
         }
     }
 
     pub async fn stop(self) {
         self.shutdown.cancel();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.conversations_db.display()));
+        }
         match self.storage {
             Storage::Postgres(s) => s.drop().await,
             Storage::Sqlite(p) => {

@@ -12,6 +12,11 @@ use switchboard_proto::actions::v1::{
 };
 use switchboard_template::{Kind, Mapping, Renderer};
 
+pub mod compute;
+pub mod kinds;
+
+pub use kinds::{CONNEXEASE_OPERATIONS, CONVERSATION_STATUSES, VALIDATION_RULES};
+
 pub mod limits {
     pub const NAME_CHARS: usize = 64;
     pub const DESCRIPTION_BYTES: usize = 1024;
@@ -186,7 +191,7 @@ pub fn decide(
 
 /// The definition as callers see it: no secret, sealed or not.
 pub fn public_view(mut definition: ActionDefinition) -> ActionDefinition {
-    if let Some(auth) = definition.http.as_mut().and_then(|h| h.auth.as_mut()) {
+    if let Some(auth) = request_spec_mut(&mut definition).and_then(|h| h.auth.as_mut()) {
         auth.secret_set = !auth.sealed_secret.is_empty();
         auth.secret.clear();
         auth.sealed_secret.clear();
@@ -196,13 +201,19 @@ pub fn public_view(mut definition: ActionDefinition) -> ActionDefinition {
 
 /// Fills defaults so a stored definition says exactly how it runs.
 fn normalize(definition: &mut ActionDefinition) {
+    if definition.input_schema.trim().is_empty()
+        && let Some(form) = &definition.form
+    {
+        definition.input_schema = kinds::form_schema(form).to_string();
+    }
     if definition.input_schema.trim().is_empty() {
         definition.input_schema = r#"{"type":"object","properties":{}}"#.into();
     }
     if definition.permission_level == 0 {
         definition.permission_level = PermissionLevel::Agent as i32;
     }
-    if let Some(http) = definition.http.as_mut() {
+    kinds::normalize(definition);
+    if let Some(http) = request_spec_mut(definition) {
         http.method = http.method.to_ascii_uppercase();
         if http.timeout_ms == 0 {
             http.timeout_ms = limits::TIMEOUT_MS_DEFAULT;
@@ -271,30 +282,35 @@ pub fn validate(
         );
     }
     validate_schema(&mut v, &definition.input_schema);
+    let previous_auth = previous
+        .and_then(request_spec)
+        .and_then(|h| h.auth.as_ref());
     match ActionKind::try_from(definition.kind) {
-        Ok(ActionKind::Http) => match &definition.http {
-            Some(http) => {
-                let previous_auth = previous
-                    .and_then(|p| p.http.as_ref())
-                    .and_then(|h| h.auth.as_ref());
-                validate_http(&mut v, http, previous_auth);
-            }
-            None => v.push("http", "an http action needs its request"),
-        },
         Ok(ActionKind::Unspecified) => v.push("kind", "required"),
-        Ok(other) => v.push(
-            "kind",
-            format!(
-                "SB-ACT-0010: {} actions are not available yet; http is",
-                other.as_str_name()
-            ),
-        ),
+        Ok(kind) => kinds::validate(&mut v, kind, definition, previous_auth),
         Err(_) => v.push("kind", format!("unknown value {}", definition.kind)),
     }
-    if definition.kind != ActionKind::Http as i32 && definition.http.is_some() {
-        v.push("http", "only an http action has an http request");
-    }
     v.finish()
+}
+
+/// The HTTP request an action makes, if it makes one: an `http` action's request, a form's
+/// `on_submit`, a button's `on_click`.
+pub fn request_spec(definition: &ActionDefinition) -> Option<&HttpSpec> {
+    match ActionKind::try_from(definition.kind).ok()? {
+        ActionKind::Http => definition.http.as_ref(),
+        ActionKind::Form => definition.form.as_ref()?.on_submit.as_ref(),
+        ActionKind::Button => definition.button.as_ref()?.on_click.as_ref(),
+        _ => None,
+    }
+}
+
+pub fn request_spec_mut(definition: &mut ActionDefinition) -> Option<&mut HttpSpec> {
+    match ActionKind::try_from(definition.kind).ok()? {
+        ActionKind::Http => definition.http.as_mut(),
+        ActionKind::Form => definition.form.as_mut()?.on_submit.as_mut(),
+        ActionKind::Button => definition.button.as_mut()?.on_click.as_mut(),
+        _ => None,
+    }
 }
 
 fn validate_schema(v: &mut Violations, schema: &str) {
@@ -326,24 +342,25 @@ fn validate_schema(v: &mut Violations, schema: &str) {
     }
 }
 
-fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&HttpAuth>) {
+/// Checks a request; fields are named relative to it (`url`, `auth.secret`).
+pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&HttpAuth>) {
     let renderer = Renderer::default();
     let method = http.method.to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-        v.push("http.method", "one of GET, POST, PUT, PATCH, DELETE");
+        v.push("method", "one of GET, POST, PUT, PATCH, DELETE");
     }
     if http.url.len() > limits::URL_BYTES {
-        v.push("http.url", format!("at most {} bytes", limits::URL_BYTES));
+        v.push("url", format!("at most {} bytes", limits::URL_BYTES));
     } else if !(http.url.starts_with("https://") || http.url.starts_with("http://")) {
-        v.push("http.url", "must start with https:// or http://");
+        v.push("url", "must start with https:// or http://");
     } else {
-        v.template("http.url", renderer.variables(&http.url));
+        v.template("url", renderer.variables(&http.url));
     }
     if http.headers.len() > limits::HEADERS {
-        v.push("http.headers", format!("at most {}", limits::HEADERS));
+        v.push("headers", format!("at most {}", limits::HEADERS));
     }
     for (name, value) in &http.headers {
-        let field = format!("http.headers[{name}]");
+        let field = format!("headers[{name}]");
         if name.is_empty()
             || !name
                 .bytes()
@@ -362,20 +379,20 @@ fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&Htt
     }
     if !http.body.trim().is_empty() {
         if http.body.len() > limits::BODY_BYTES {
-            v.push("http.body", format!("at most {} bytes", limits::BODY_BYTES));
+            v.push("body", format!("at most {} bytes", limits::BODY_BYTES));
         } else {
             match serde_json::from_str::<serde_json::Value>(&http.body) {
-                Ok(body) => v.template("http.body", renderer.json_variables(&body)),
-                Err(e) => v.push("http.body", format!("a JSON template must be JSON: {e}")),
+                Ok(body) => v.template("body", renderer.json_variables(&body)),
+                Err(e) => v.push("body", format!("a JSON template must be JSON: {e}")),
             }
         }
         if method == "GET" || method == "DELETE" {
-            v.push("http.body", format!("{method} requests carry no body"));
+            v.push("body", format!("{method} requests carry no body"));
         }
     }
     if http.timeout_ms > limits::TIMEOUT_MS_MAX {
         v.push(
-            "http.timeout_ms",
+            "timeout_ms",
             format!(
                 "1 to {} ms, or 0 for {}",
                 limits::TIMEOUT_MS_MAX,
@@ -386,7 +403,7 @@ fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&Htt
     if let Some(retry) = &http.retry {
         if retry.max_attempts > limits::ATTEMPTS_MAX {
             v.push(
-                "http.retry.max_attempts",
+                "retry.max_attempts",
                 format!("at most {}", limits::ATTEMPTS_MAX),
             );
         }
@@ -394,35 +411,32 @@ fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&Htt
             || retry.max_backoff_ms > limits::BACKOFF_MS_MAX
         {
             v.push(
-                "http.retry",
+                "retry",
                 format!("backoffs of at most {} ms", limits::BACKOFF_MS_MAX),
             );
         }
     }
     if http.rate_limit_per_minute > limits::RATE_PER_MINUTE_MAX {
         v.push(
-            "http.rate_limit_per_minute",
+            "rate_limit_per_minute",
             format!("at most {}", limits::RATE_PER_MINUTE_MAX),
         );
     }
     if http.cache_ttl_seconds > 0 && method != "GET" {
-        v.push("http.cache_ttl_seconds", "only GET responses are cached");
+        v.push("cache_ttl_seconds", "only GET responses are cached");
     }
     if http.cache_ttl_seconds > limits::CACHE_TTL_MAX {
         v.push(
-            "http.cache_ttl_seconds",
+            "cache_ttl_seconds",
             format!("at most {} seconds", limits::CACHE_TTL_MAX),
         );
     }
     if http.response_mapping.len() > limits::MAPPINGS {
-        v.push(
-            "http.response_mapping",
-            format!("at most {}", limits::MAPPINGS),
-        );
+        v.push("response_mapping", format!("at most {}", limits::MAPPINGS));
     }
     let mut names = BTreeSet::new();
     for (i, m) in http.response_mapping.iter().enumerate() {
-        let field = format!("http.response_mapping[{i}]");
+        let field = format!("response_mapping[{i}]");
         match mapping(m) {
             Ok(mapping) => {
                 if let Err(e) = mapping.validate() {
@@ -443,7 +457,7 @@ fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: Option<&
     let kind = match AuthKind::try_from(auth.kind) {
         Ok(kind) => kind,
         Err(_) => {
-            v.push("http.auth.kind", format!("unknown value {}", auth.kind));
+            v.push("auth.kind", format!("unknown value {}", auth.kind));
             return;
         }
     };
@@ -453,33 +467,33 @@ fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: Option<&
         || previous.is_some_and(|p| p.kind == auth.kind && !p.sealed_secret.is_empty());
     if auth.secret.len() > limits::SECRET_BYTES {
         v.push(
-            "http.auth.secret",
+            "auth.secret",
             format!("at most {} bytes", limits::SECRET_BYTES),
         );
     }
     if !auth.secret.is_empty() && auth.secret.len() < 4 {
-        v.push("http.auth.secret", "at least 4 characters");
+        v.push("auth.secret", "at least 4 characters");
     }
     let needs_secret = !matches!(kind, AuthKind::Unspecified | AuthKind::None);
     if needs_secret && !has_secret {
-        v.push("http.auth.secret", "required for this kind of auth");
+        v.push("auth.secret", "required for this kind of auth");
     }
     match kind {
         AuthKind::ApiKeyHeader | AuthKind::ApiKeyQuery if auth.name.trim().is_empty() => {
             v.push(
-                "http.auth.name",
+                "auth.name",
                 "the header or query parameter that carries the key",
             );
         }
-        AuthKind::Basic if auth.username.is_empty() => v.push("http.auth.username", "required"),
+        AuthKind::Basic if auth.username.is_empty() => v.push("auth.username", "required"),
         AuthKind::Oauth2ClientCredentials => {
             if !(auth.token_url.starts_with("https://") || auth.token_url.starts_with("http://")) {
-                v.push("http.auth.token_url", "an http(s) URL");
+                v.push("auth.token_url", "an http(s) URL");
             }
             if auth.client_id.is_empty() {
-                v.push("http.auth.client_id", "required");
+                v.push("auth.client_id", "required");
             }
-            v.max_bytes("http.auth.scope", &auth.scope, 1024);
+            v.max_bytes("auth.scope", &auth.scope, 1024);
         }
         _ => {}
     }
@@ -531,25 +545,46 @@ fn timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
+/// Violations collected while checking a definition; fields are named relative to the part
+/// being checked (`prefix`), so one checker serves `http`, `form.on_submit` and
+/// `button.on_click`.
 #[derive(Default)]
-struct Violations(Vec<FieldViolation>);
+pub(crate) struct Violations {
+    found: Vec<FieldViolation>,
+    prefix: String,
+    /// Namespaces templates may read besides [`VARIABLE_NAMESPACES`].
+    extra_namespaces: Vec<&'static str>,
+}
 
 impl Violations {
-    fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(FieldViolation {
-            field: field.into(),
+    pub(crate) fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        let field = field.into();
+        self.found.push(FieldViolation {
+            field: if self.prefix.is_empty() {
+                field
+            } else {
+                format!("{}{field}", self.prefix)
+            },
             description: description.into(),
         });
     }
 
-    fn max_bytes(&mut self, field: &str, value: &str, limit: usize) {
+    /// Checks a part of the definition with its fields named under `prefix` (`http.`).
+    pub(crate) fn within(&mut self, prefix: &str, check: impl FnOnce(&mut Self)) {
+        let inner = format!("{}{prefix}", self.prefix);
+        let outer = std::mem::replace(&mut self.prefix, inner);
+        check(self);
+        self.prefix = outer;
+    }
+
+    pub(crate) fn max_bytes(&mut self, field: &str, value: &str, limit: usize) {
         if value.len() > limit {
             self.push(field, format!("at most {limit} bytes"));
         }
     }
 
     /// A template must parse and read only known namespaces.
-    fn template(
+    pub(crate) fn template(
         &mut self,
         field: &str,
         variables: Result<BTreeSet<String>, switchboard_template::TemplateError>,
@@ -559,7 +594,9 @@ impl Violations {
             Ok(variables) => {
                 for variable in variables {
                     let namespace = variable.split('.').next().unwrap_or_default();
-                    if !VARIABLE_NAMESPACES.contains(&namespace) {
+                    if !VARIABLE_NAMESPACES.contains(&namespace)
+                        && !self.extra_namespaces.contains(&namespace)
+                    {
                         self.push(
                             field,
                             format!(
@@ -574,10 +611,10 @@ impl Violations {
     }
 
     fn finish(self) -> Result<(), DomainError> {
-        if self.0.is_empty() {
+        if self.found.is_empty() {
             Ok(())
         } else {
-            Err(DomainError::Invalid(self.0))
+            Err(DomainError::Invalid(self.found))
         }
     }
 }
@@ -792,14 +829,117 @@ mod tests {
     }
 
     #[test]
-    fn kinds_not_built_yet_are_refused_clearly() {
+    fn every_kind_checks_its_own_part() {
+        use switchboard_proto::actions::v1::{
+            Calculation, CalculationSpec, DatabaseQuerySpec, FormField, FormSpec,
+            UpdateConversationSpec,
+        };
         let mut d = http_action();
         d.kind = ActionKind::Calculation as i32;
+        assert_eq!(
+            fields(decide(
+                None,
+                Command::Create {
+                    definition: d.clone()
+                },
+                1
+            )),
+            vec!["http", "calculation"]
+        );
         d.http = None;
-        let Err(DomainError::Invalid(v)) = decide(None, Command::Create { definition: d }, 1)
-        else {
-            panic!()
-        };
-        assert!(v[0].description.contains("SB-ACT-0010"), "{v:?}");
+        d.calculation = Some(CalculationSpec {
+            outputs: vec![
+                Calculation {
+                    name: "total".into(),
+                    expression: "input.price * outputs.tax".into(),
+                },
+                Calculation {
+                    name: "tax".into(),
+                    expression: "secrets.x +".into(),
+                },
+            ],
+        });
+        assert_eq!(
+            fields(decide(
+                None,
+                Command::Create {
+                    definition: d.clone()
+                },
+                1
+            )),
+            vec![
+                "calculation.outputs[0].expression",
+                "calculation.outputs[1].expression"
+            ]
+        );
+        d.kind = ActionKind::DatabaseQuery as i32;
+        d.calculation = None;
+        d.database_query = Some(DatabaseQuerySpec {
+            connection: "orders".into(),
+            statement: "DELETE FROM orders WHERE id = $1".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(decide(
+                None,
+                Command::Create {
+                    definition: d.clone()
+                },
+                1
+            )),
+            vec!["database_query.statement", "database_query.parameters"]
+        );
+        d.kind = ActionKind::UpdateConversation as i32;
+        d.database_query = None;
+        d.update_conversation = Some(UpdateConversationSpec {
+            status: "closed".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(decide(
+                None,
+                Command::Create {
+                    definition: d.clone()
+                },
+                1
+            )),
+            vec!["update_conversation.status"]
+        );
+        d.kind = ActionKind::Form as i32;
+        d.update_conversation = None;
+        d.form = Some(FormSpec {
+            fields: vec![
+                FormField {
+                    name: "order".into(),
+                    r#type: "text".into(),
+                    pattern: "[0-9]+".into(),
+                    required: true,
+                    ..Default::default()
+                },
+                FormField {
+                    name: "size".into(),
+                    r#type: "select".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            fields(decide(
+                None,
+                Command::Create {
+                    definition: d.clone()
+                },
+                1
+            )),
+            vec!["form.fields[1].options"]
+        );
+        d.form.as_mut().unwrap().fields.pop();
+        let created = decide(None, Command::Create { definition: d }, 1)
+            .unwrap()
+            .unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(&created.definition.input_schema).unwrap();
+        assert_eq!(schema["required"], serde_json::json!(["order"]));
     }
 }

@@ -1,0 +1,456 @@
+//! The connection's checks and the resolution of an operation against the directory: names
+//! become ids, values take the type of their field, and every reference is checked with a
+//! specific error. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value as Json, json};
+use switchboard_proto::connexease::v1::{Connection, Directory};
+
+use crate::client::AssignTo;
+
+pub mod limits {
+    pub const URL_BYTES: usize = 2048;
+    pub const TOKEN_BYTES: usize = 4096;
+    pub const WEBHOOK_SECRET_MIN: usize = 16;
+    pub const WEBHOOK_SECRET_MAX: usize = 256;
+    pub const RATE_DEFAULT: u32 = 20;
+    /// Connexease documents about 80 requests a second.
+    pub const RATE_MAX: u32 = 80;
+    pub const ARGUMENTS: usize = 50;
+    pub const VALUE_BYTES: usize = 4096;
+    pub const TAGS: usize = 50;
+}
+
+pub const OPERATIONS: [&str; 8] = [
+    "assign_group",
+    "assign_agent",
+    "auto_assign",
+    "archive",
+    "unarchive",
+    "set_conversation_fields",
+    "update_customer",
+    "set_customer_fields",
+];
+
+pub mod event_types {
+    pub const CONNECTED: &str = "connexease.connected";
+    pub const DISCONNECTED: &str = "connexease.disconnected";
+    pub const DIRECTORY_SYNCED: &str = "connexease.directory_synced";
+    pub const OPERATION_STARTED: &str = "connexease_operation.started";
+    pub const OPERATION_COMPLETED: &str = "connexease_operation.completed";
+    /// A transient failure (Connexease unreachable after the retries): the key may run again.
+    pub const OPERATION_ABANDONED: &str = "connexease_operation.abandoned";
+    pub const LINKED: &str = "connexease.linked";
+    pub const WEBHOOK_RECEIVED: &str = "connexease.webhook_received";
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+fn violation(field: impl Into<String>, description: impl Into<String>) -> FieldViolation {
+    FieldViolation {
+        field: field.into(),
+        description: description.into(),
+    }
+}
+
+/// Checks a connection as given; `previous` is the stored one (its secrets are kept when
+/// none are given).
+pub fn validate_connection(
+    connection: &Connection,
+    previous: Option<&Connection>,
+) -> Vec<FieldViolation> {
+    let mut v = Vec::new();
+    let url = connection.base_url.trim();
+    if url.len() > limits::URL_BYTES {
+        v.push(violation(
+            "base_url",
+            format!("at most {} bytes", limits::URL_BYTES),
+        ));
+    } else if !(url.starts_with("https://") || url.starts_with("http://")) {
+        v.push(violation(
+            "base_url",
+            "an https:// URL (http:// only for hosts the operator allows)",
+        ));
+    } else if url::Url::parse(url).is_err() {
+        v.push(violation("base_url", "not a URL"));
+    }
+    let had = |f: fn(&Connection) -> bool| previous.is_some_and(|p| p.connected && f(p));
+    if connection.access_token.is_empty() && !had(|p| !p.sealed_access_token.is_empty()) {
+        v.push(violation(
+            "access_token",
+            "required: the account access token",
+        ));
+    }
+    if connection.access_token.len() > limits::TOKEN_BYTES
+        || connection.access_token.contains(char::is_whitespace)
+    {
+        v.push(violation(
+            "access_token",
+            format!("at most {} bytes, no spaces", limits::TOKEN_BYTES),
+        ));
+    }
+    if connection.webhook_secret.is_empty() && !had(|p| !p.sealed_webhook_secret.is_empty()) {
+        v.push(violation(
+            "webhook_secret",
+            "required: it verifies Connexease's webhooks",
+        ));
+    }
+    if !connection.webhook_secret.is_empty()
+        && !(limits::WEBHOOK_SECRET_MIN..=limits::WEBHOOK_SECRET_MAX)
+            .contains(&connection.webhook_secret.len())
+    {
+        v.push(violation(
+            "webhook_secret",
+            format!(
+                "{} to {} bytes",
+                limits::WEBHOOK_SECRET_MIN,
+                limits::WEBHOOK_SECRET_MAX
+            ),
+        ));
+    }
+    if connection.rate_limit_per_second > limits::RATE_MAX {
+        v.push(violation(
+            "rate_limit_per_second",
+            format!("at most {} (Connexease's own limit)", limits::RATE_MAX),
+        ));
+    }
+    v
+}
+
+/// An operation resolved against the directory, ready to call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Assign(AssignTo),
+    Archive(bool),
+    ConversationFields(BTreeMap<String, Json>),
+    /// `{"name", "email", "phone", "social": {...}}`, only what was given.
+    UpdateCustomer(Json),
+    CustomerFields(BTreeMap<String, Json>),
+}
+
+impl Plan {
+    /// Whether the plan acts on the customer rather than the conversation.
+    pub fn on_customer(&self) -> bool {
+        matches!(self, Plan::UpdateCustomer(_) | Plan::CustomerFields(_))
+    }
+}
+
+/// Arguments every operation may take besides its own.
+pub const COMMON_ARGUMENTS: [&str; 1] = ["external_conversation_id"];
+
+/// Resolves `operation` with its rendered `arguments` against `directory`: every group,
+/// agent and field must exist there, and every value fit its field.
+pub fn resolve(
+    directory: &Directory,
+    operation: &str,
+    arguments: &BTreeMap<String, String>,
+) -> Result<Plan, Vec<FieldViolation>> {
+    let mut v = Vec::new();
+    if arguments.len() > limits::ARGUMENTS {
+        v.push(violation(
+            "arguments",
+            format!("at most {}", limits::ARGUMENTS),
+        ));
+    }
+    for (name, value) in arguments {
+        if value.len() > limits::VALUE_BYTES {
+            v.push(violation(
+                format!("arguments[{name}]"),
+                format!("at most {} bytes", limits::VALUE_BYTES),
+            ));
+        }
+    }
+    let own: Vec<(&String, &String)> = arguments
+        .iter()
+        .filter(|(name, _)| !COMMON_ARGUMENTS.contains(&name.as_str()))
+        .collect();
+    let unexpected = |v: &mut Vec<FieldViolation>, accepts: &dyn Fn(&str) -> bool, takes: &str| {
+        for (name, _) in &own {
+            if !accepts(name) {
+                v.push(violation(
+                    format!("arguments[{name}]"),
+                    format!("{operation} takes {takes}"),
+                ));
+            }
+        }
+    };
+    let group = |v: &mut Vec<FieldViolation>, name: &str| -> Option<String> {
+        let found = directory
+            .groups
+            .iter()
+            .find(|g| g.id == name || g.name.eq_ignore_ascii_case(name));
+        if found.is_none() {
+            v.push(violation(
+                "arguments[group]",
+                format!("group `{name}` does not exist in Connexease"),
+            ));
+        }
+        found.map(|g| g.id.clone())
+    };
+    let plan = match operation {
+        "assign_group" => {
+            unexpected(&mut v, &|n| n == "group", "group");
+            match arguments.get("group").map(|g| g.trim()) {
+                Some(name) if !name.is_empty() => {
+                    group(&mut v, name).map(|id| Plan::Assign(AssignTo::Group(id)))
+                }
+                _ => {
+                    v.push(violation(
+                        "arguments[group]",
+                        "required: the group's name or id",
+                    ));
+                    None
+                }
+            }
+        }
+        "assign_agent" => {
+            unexpected(&mut v, &|n| n == "agent_email", "agent_email");
+            match arguments.get("agent_email").map(|e| e.trim()) {
+                Some(email) if !email.is_empty() => {
+                    let found = directory
+                        .agents
+                        .iter()
+                        .find(|a| a.email.eq_ignore_ascii_case(email));
+                    if found.is_none() {
+                        v.push(violation(
+                            "arguments[agent_email]",
+                            format!("agent `{email}` does not exist in Connexease"),
+                        ));
+                    }
+                    found.map(|a| Plan::Assign(AssignTo::Agent(a.id.clone())))
+                }
+                _ => {
+                    v.push(violation(
+                        "arguments[agent_email]",
+                        "required: the agent's email",
+                    ));
+                    None
+                }
+            }
+        }
+        "auto_assign" => {
+            unexpected(&mut v, &|n| n == "group", "an optional group");
+            match arguments
+                .get("group")
+                .map(|g| g.trim())
+                .filter(|g| !g.is_empty())
+            {
+                Some(name) => group(&mut v, name).map(|id| Plan::Assign(AssignTo::Auto(Some(id)))),
+                None => Some(Plan::Assign(AssignTo::Auto(None))),
+            }
+        }
+        "archive" | "unarchive" => {
+            unexpected(&mut v, &|_| false, "no arguments");
+            Some(Plan::Archive(operation == "archive"))
+        }
+        "set_conversation_fields" | "set_customer_fields" => {
+            let scope = if operation == "set_conversation_fields" {
+                "conversation"
+            } else {
+                "customer"
+            };
+            unexpected(&mut v, &|n| n.starts_with("fields."), "fields.<key>");
+            let mut fields = BTreeMap::new();
+            for (name, value) in &own {
+                let Some(key) = name.strip_prefix("fields.") else {
+                    continue;
+                };
+                let Some(field) = directory
+                    .fields
+                    .iter()
+                    .find(|f| f.key == key && f.scope == scope)
+                else {
+                    v.push(violation(
+                        format!("arguments[{name}]"),
+                        format!("{scope} field `{key}` does not exist in Connexease"),
+                    ));
+                    continue;
+                };
+                let typed = if field.r#type == "tags" {
+                    let tags: Vec<&str> = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .collect();
+                    if tags.len() > limits::TAGS {
+                        v.push(violation(
+                            format!("arguments[{name}]"),
+                            format!("at most {} tags", limits::TAGS),
+                        ));
+                    }
+                    json!(tags)
+                } else {
+                    json!(value)
+                };
+                fields.insert(key.to_owned(), typed);
+            }
+            if fields.is_empty() && v.is_empty() {
+                v.push(violation(
+                    "arguments",
+                    format!("{operation} needs fields.<key>"),
+                ));
+            }
+            Some(if scope == "conversation" {
+                Plan::ConversationFields(fields)
+            } else {
+                Plan::CustomerFields(fields)
+            })
+        }
+        "update_customer" => {
+            let accepts = |n: &str| {
+                ["name", "email", "phone"].contains(&n)
+                    || n.strip_prefix("social.").is_some_and(|s| !s.is_empty())
+            };
+            unexpected(&mut v, &accepts, "name, email, phone and social.<network>");
+            let mut update = serde_json::Map::new();
+            let mut social = serde_json::Map::new();
+            for (name, value) in &own {
+                match name.as_str() {
+                    "email" if !email_address::EmailAddress::is_valid(value.trim()) => {
+                        v.push(violation(
+                            "arguments[email]",
+                            format!("`{value}` is not an email address"),
+                        ))
+                    }
+                    "name" | "email" | "phone" => {
+                        update.insert((*name).clone(), json!(value.trim()));
+                    }
+                    other => {
+                        if let Some(network) = other.strip_prefix("social.") {
+                            social.insert(network.to_owned(), json!(value.trim()));
+                        }
+                    }
+                }
+            }
+            if !social.is_empty() {
+                update.insert("social".into(), Json::Object(social));
+            }
+            if update.is_empty() && v.is_empty() {
+                v.push(violation(
+                    "arguments",
+                    "update_customer needs name, email, phone or social.<network>",
+                ));
+            }
+            Some(Plan::UpdateCustomer(Json::Object(update)))
+        }
+        other => {
+            v.push(violation(
+                "operation",
+                format!("`{other}` is not one of {}", OPERATIONS.join(", ")),
+            ));
+            None
+        }
+    };
+    match plan {
+        Some(plan) if v.is_empty() => Ok(plan),
+        _ => Err(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::connexease::v1::{Agent, CustomField, Group};
+
+    use super::*;
+
+    fn directory() -> Directory {
+        Directory {
+            groups: vec![Group {
+                id: "grp_1".into(),
+                name: "Billing".into(),
+            }],
+            agents: vec![Agent {
+                id: "agt_1".into(),
+                email: "ada@shop.example".into(),
+                ..Default::default()
+            }],
+            fields: vec![
+                CustomField {
+                    key: "topics".into(),
+                    r#type: "tags".into(),
+                    scope: "conversation".into(),
+                    ..Default::default()
+                },
+                CustomField {
+                    key: "tier".into(),
+                    r#type: "text".into(),
+                    scope: "customer".into(),
+                    ..Default::default()
+                },
+            ],
+            synced_at: None,
+        }
+    }
+
+    fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn names_resolve_to_ids_and_values_to_their_field_type() {
+        let d = directory();
+        assert_eq!(
+            resolve(&d, "assign_group", &args(&[("group", "billing")])),
+            Ok(Plan::Assign(AssignTo::Group("grp_1".into())))
+        );
+        assert_eq!(
+            resolve(
+                &d,
+                "assign_agent",
+                &args(&[("agent_email", "ADA@shop.example")])
+            ),
+            Ok(Plan::Assign(AssignTo::Agent("agt_1".into())))
+        );
+        assert_eq!(
+            resolve(
+                &d,
+                "set_conversation_fields",
+                &args(&[("fields.topics", "refund, late ,")])
+            ),
+            Ok(Plan::ConversationFields(
+                [("topics".to_owned(), json!(["refund", "late"]))].into()
+            ))
+        );
+    }
+
+    #[test]
+    fn every_bad_reference_is_named() {
+        let d = directory();
+        let errors = |op: &str, a: &[(&str, &str)]| -> Vec<String> {
+            resolve(&d, op, &args(a))
+                .unwrap_err()
+                .into_iter()
+                .map(|v| v.description)
+                .collect()
+        };
+        assert_eq!(
+            errors("assign_group", &[("group", "sales")]),
+            ["group `sales` does not exist in Connexease"]
+        );
+        assert_eq!(
+            errors("assign_agent", &[("agent_email", "zed@x.example")]),
+            ["agent `zed@x.example` does not exist in Connexease"]
+        );
+        assert_eq!(
+            errors("set_conversation_fields", &[("fields.tier", "gold")]),
+            ["conversation field `tier` does not exist in Connexease"]
+        );
+        assert_eq!(
+            errors("archive", &[("group", "x")]),
+            ["archive takes no arguments"]
+        );
+        assert_eq!(
+            errors("update_customer", &[("email", "nope")]),
+            ["`nope` is not an email address"]
+        );
+        assert_eq!(errors("explode", &[]).len(), 1);
+    }
+}

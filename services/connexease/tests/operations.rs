@@ -1,0 +1,517 @@
+//! The connexease service against the simulator over real HTTP: connecting, the directory,
+//! every operation, every reference error, retries on 429 and 5xx, idempotency, state
+//! rebuilt after a restart, and the token kept out of every event.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Harness, TOKEN, WEBHOOK_SECRET, WS};
+use serde_json::json;
+use switchboard_proto::connexease::v1::*;
+use tonic::Code;
+
+/// Arguments of an operation, as name and value.
+type Args = Vec<(&'static str, &'static str)>;
+
+fn operation(
+    key: &str,
+    conversation: &str,
+    op: &str,
+    args: &[(&str, &str)],
+) -> RunOperationRequest {
+    RunOperationRequest {
+        workspace_id: WS.into(),
+        idempotency_key: key.into(),
+        conversation_id: conversation.into(),
+        operation: op.into(),
+        arguments: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+    }
+}
+
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    tonic_types::StatusExt::get_error_details(status)
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn connecting_checks_the_token_pulls_the_directory_and_hides_secrets() {
+    let mut h = Harness::start(80).await;
+    // Every operation of an unconnected workspace is a clear failed precondition.
+    let status = h
+        .client
+        .run_operation(operation("k0", "conv_1", "archive", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("SB-CX-0001"));
+
+    let bad = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            connection: Some(Connection {
+                access_token: "wrong".into(),
+                ..h.connection()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&bad)[0].0, "access_token", "{bad:?}");
+    let missing = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            connection: Some(Connection {
+                base_url: "ftp://x".into(),
+                webhook_secret: "short".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = violations(&missing).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["base_url", "access_token", "webhook_secret"]);
+
+    // The base URL goes through the SSRF guard: a metadata address is refused.
+    let blocked = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            connection: Some(Connection {
+                base_url: "http://169.254.169.254".into(),
+                ..h.connection()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&blocked)[0].0, "base_url", "{blocked:?}");
+
+    let connection = h.connect().await;
+    assert!(connection.connected);
+    assert_eq!(connection.account_name, "Connexease simulator");
+    assert!(connection.access_token_set && connection.webhook_secret_set);
+    assert!(connection.access_token.is_empty() && connection.sealed_access_token.is_empty());
+    let directory = h
+        .client
+        .get_directory(GetDirectoryRequest {
+            workspace_id: WS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .directory
+        .unwrap();
+    assert_eq!(directory.groups.len(), 3);
+    assert_eq!(directory.agents[0].email, "ada@shop.example");
+    let test = h
+        .client
+        .test_connection(TestConnectionRequest {
+            workspace_id: WS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(test.ok, "{test:?}");
+
+    let disconnected = h
+        .client
+        .disconnect_workspace(DisconnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert!(!disconnected.connected && !disconnected.access_token_set);
+    let status = h
+        .client
+        .sync_directory(SyncDirectoryRequest {
+            workspace_id: WS.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // The token and the webhook secret are in no event, sealed or not.
+    let events = h
+        .log
+        .read_stream(
+            &switchboard_connexease::service::connection_stream(WS),
+            0,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(events.len() >= 3);
+    for event in &events {
+        let payload = String::from_utf8_lossy(&event.payload);
+        assert!(!payload.contains(TOKEN) && !payload.contains(WEBHOOK_SECRET));
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn every_operation_changes_connexease_once_per_key() {
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let external = h.sim_conversation(None).await;
+    let external_id = external["id"].as_str().unwrap().to_owned();
+    let customer_id = external["customer_id"].as_str().unwrap().to_owned();
+
+    // Not linked yet: the first operation names Connexease's conversation and links it.
+    let status = h
+        .client
+        .run_operation(operation("k-unlinked", "conv_a", "archive", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&status)[0].0, "conversation_id");
+    let assigned = h
+        .client
+        .run_operation(operation(
+            "k1",
+            "conv_a",
+            "assign_group",
+            &[
+                ("group", "Billing"),
+                ("external_conversation_id", &external_id),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(assigned.ok, "{assigned:?}");
+    assert_eq!(assigned.external_customer_id, customer_id);
+    let link = h
+        .client
+        .get_link(GetLinkRequest {
+            workspace_id: WS.into(),
+            conversation_id: "conv_a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(link.external_conversation_id, external_id);
+
+    let steps: [(&str, &str, Args); 7] = [
+        (
+            "k2",
+            "assign_agent",
+            vec![("agent_email", "bob@shop.example")],
+        ),
+        ("k3", "auto_assign", vec![("group", "support")]),
+        (
+            "k4",
+            "set_conversation_fields",
+            vec![
+                ("fields.order_number", "A-17"),
+                ("fields.topics", "refund, late"),
+            ],
+        ),
+        (
+            "k5",
+            "update_customer",
+            vec![
+                ("name", "Grace Hopper"),
+                ("email", "grace@navy.example"),
+                ("social.instagram", "@grace"),
+            ],
+        ),
+        (
+            "k6",
+            "set_customer_fields",
+            vec![
+                ("fields.tier", "gold"),
+                ("fields.interests", "cobol,compilers"),
+            ],
+        ),
+        ("k7", "archive", vec![]),
+        ("k8", "unarchive", vec![]),
+    ];
+    for (key, op, args) in &steps {
+        let result = h
+            .client
+            .run_operation(operation(key, "conv_a", op, args))
+            .await
+            .unwrap_or_else(|s| panic!("{op}: {s:?}"))
+            .into_inner();
+        assert!(result.ok, "{op}: {result:?}");
+    }
+    let state = h.sim_state().await;
+    let conversation = &state["conversations"][&external_id];
+    assert_eq!(conversation["group_id"], "grp_support");
+    assert_eq!(
+        conversation["agent_id"], "agt_ada",
+        "auto-assign picks the agent online"
+    );
+    assert_eq!(conversation["status"], "open");
+    assert_eq!(
+        conversation["custom_fields"],
+        json!({"order_number": "A-17", "topics": ["refund", "late"]})
+    );
+    let customer = &state["customers"][&customer_id];
+    assert_eq!(customer["name"], "Grace Hopper");
+    assert_eq!(customer["social"]["instagram"], "@grace");
+    assert_eq!(
+        customer["custom_fields"],
+        json!({"tier": "gold", "interests": ["cobol", "compilers"]})
+    );
+
+    // A repeated key is answered from the record: Connexease is not called again.
+    let before = h.sim_requests().await.len();
+    let again = h
+        .client
+        .run_operation(operation("k7", "conv_a", "archive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.ok && again.replayed);
+    assert_eq!(h.sim_requests().await.len(), before);
+    assert_eq!(
+        h.sim_state().await["conversations"][&external_id]["status"],
+        "open"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn every_reference_is_checked_against_the_directory() {
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let cases: [(&str, Args, &str); 5] = [
+        (
+            "assign_group",
+            vec![("group", "sales")],
+            "group `sales` does not exist in Connexease",
+        ),
+        (
+            "assign_agent",
+            vec![("agent_email", "zed@shop.example")],
+            "agent `zed@shop.example` does not exist in Connexease",
+        ),
+        (
+            "set_conversation_fields",
+            vec![("fields.tier", "gold")],
+            "conversation field `tier` does not exist in Connexease",
+        ),
+        (
+            "set_customer_fields",
+            vec![("fields.colour", "red")],
+            "customer field `colour` does not exist in Connexease",
+        ),
+        (
+            "update_customer",
+            vec![("email", "not-an-email")],
+            "`not-an-email` is not an email address",
+        ),
+    ];
+    for (i, (op, args, expected)) in cases.iter().enumerate() {
+        let status = h
+            .client
+            .run_operation(operation(&format!("ref-{i}"), "conv_b", op, args))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{op}");
+        assert_eq!(violations(&status)[0].1, *expected, "{op}");
+    }
+    // Nothing reached Connexease but the connect and directory calls.
+    let calls: Vec<String> = h
+        .sim_requests()
+        .await
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        calls.iter().all(|p| !p.starts_with("/v1/conversations")),
+        "{calls:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limited_requests_are_retried_after_retry_after() {
+    // Two requests a second: a burst meets 429s with Retry-After.
+    let mut h = Harness::start(2).await;
+    h.connect().await;
+    let external = h.sim_conversation(None).await;
+    let external_id = external["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let link = operation(
+        "r0",
+        "conv_c",
+        "set_conversation_fields",
+        &[
+            ("fields.order_number", "1"),
+            ("external_conversation_id", &external_id),
+        ],
+    );
+    h.client.run_operation(link).await.unwrap();
+    let mut results = Vec::new();
+    for i in 1..=3 {
+        let mut client = h.client.clone();
+        let value = i.to_string();
+        results.push(tokio::spawn(async move {
+            client
+                .run_operation(operation(
+                    &format!("r{i}"),
+                    "conv_c",
+                    "set_conversation_fields",
+                    &[("fields.order_number", &value)],
+                ))
+                .await
+        }));
+    }
+    for result in results {
+        let result = result.await.unwrap().unwrap().into_inner();
+        assert!(result.ok, "{result:?}");
+    }
+    let limited = h
+        .sim_requests()
+        .await
+        .iter()
+        .filter(|r| r["status"] == 429)
+        .count();
+    assert!(limited > 0, "the burst met the simulator's rate limit");
+    // After a 429 the same request came again no sooner than its Retry-After (1 s).
+    let requests = h.sim_requests().await;
+    for (i, request) in requests.iter().enumerate() {
+        let Some(key) = request["idempotency_key"].as_str() else {
+            continue;
+        };
+        if request["status"] != 429 {
+            continue;
+        }
+        let next = requests[i + 1..]
+            .iter()
+            .find(|r| r["idempotency_key"].as_str() == Some(key))
+            .expect("the rate-limited request was retried");
+        let waited = next["at_ms"].as_i64().unwrap() - request["at_ms"].as_i64().unwrap();
+        assert!(
+            waited >= 1000,
+            "retried {waited} ms after a 429 with Retry-After: 1"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_the_key_is_released_when_retries_give_up() {
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let external = h.sim_conversation(None).await;
+    let external_id = external["id"].as_str().unwrap().to_owned();
+    h.client
+        .run_operation(operation(
+            "r0",
+            "conv_c",
+            "set_conversation_fields",
+            &[
+                ("fields.order_number", "1"),
+                ("external_conversation_id", &external_id),
+            ],
+        ))
+        .await
+        .unwrap();
+
+    // 5xx twice, then success: three attempts, one change.
+    h.fail_next(2, 503).await;
+    let result = h
+        .client
+        .run_operation(operation("r5", "conv_c", "archive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.ok && result.attempts == 3, "{result:?}");
+
+    // Failing beyond the retries: UNAVAILABLE, and the key can run again later.
+    h.fail_next(20, 502).await;
+    let status = h
+        .client
+        .run_operation(operation("r6", "conv_c", "unarchive", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    h.fail_next(0, 502).await;
+    let retried = h
+        .client
+        .run_operation(operation("r6", "conv_c", "unarchive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.ok && !retried.replayed, "{retried:?}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn state_is_rebuilt_after_a_restart() {
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let external = h.sim_conversation(None).await;
+    let external_id = external["id"].as_str().unwrap().to_owned();
+    h.client
+        .run_operation(operation(
+            "s1",
+            "conv_d",
+            "archive",
+            &[("external_conversation_id", &external_id)],
+        ))
+        .await
+        .unwrap();
+    let schema = h.stop_keeping_schema().await;
+
+    let mut h = Harness::start_on(schema, 80).await;
+    let connection = h
+        .client
+        .get_connection(GetConnectionRequest {
+            workspace_id: WS.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert!(connection.connected && connection.access_token_set);
+    let link = h
+        .client
+        .get_link(GetLinkRequest {
+            workspace_id: WS.into(),
+            conversation_id: "conv_d".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(link.external_conversation_id, external_id);
+    // The recorded outcome still answers the key (the new simulator never saw it).
+    let again = h
+        .client
+        .run_operation(operation("s1", "conv_d", "archive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    // The read models rebuild from the log alone.
+    let rebuilt = h
+        .log
+        .rebuild(&switchboard_connexease::ConnexeaseProjection, &mut |_| {})
+        .await
+        .unwrap();
+    assert!(rebuilt > 0);
+    let store = switchboard_connexease::ConnexeaseStore::new(h.log.clone());
+    assert_eq!(store.connected_workspaces().await.unwrap(), [WS]);
+    h.stop().await;
+}
