@@ -28,6 +28,12 @@ pub mod conversations {
     }
 }
 
+pub mod webhooks {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/switchboard.webhooks.v1.rs"));
+    }
+}
+
 pub mod connexease {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/switchboard.connexease.v1.rs"));

@@ -81,6 +81,17 @@ pub struct Config {
     /// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`: the workspace the simulator's webhooks are
     /// sent to in `dev` (every workspace may use the simulator; its webhooks go to one).
     pub connexease_sim_workspace: String,
+    /// `SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE`: the delays between webhook attempts after the
+    /// first, comma-separated durations (`5s,5m,30m,2h,5h,10h,10h`), each jittered ±20%.
+    pub webhook_retry_schedule: String,
+    /// `SWITCHBOARD_WEBHOOK_TIMEOUT_SECS`: how long a receiver has to answer, 1..=60.
+    pub webhook_timeout_secs: u64,
+    /// `SWITCHBOARD_WEBHOOK_DISABLE_AFTER_HOURS`: an endpoint failing this long with no
+    /// success is disabled, 1..=720.
+    pub webhook_disable_after_hours: u64,
+    /// `SWITCHBOARD_WEBHOOK_ALLOW_HTTP_HOSTS`: comma-separated hosts endpoints may reach
+    /// over plain http (everything else must be https).
+    pub webhook_allow_http_hosts: String,
 }
 
 /// How log lines are written to stdout.
@@ -146,6 +157,10 @@ impl Default for Config {
             connexease_url: None,
             connexease_sim_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
             connexease_sim_workspace: "ws_dev".to_owned(),
+            webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_owned(),
+            webhook_timeout_secs: 15,
+            webhook_disable_after_hours: 120,
+            webhook_allow_http_hosts: String::new(),
         }
     }
 }
@@ -182,6 +197,13 @@ impl fmt::Debug for Config {
             .field("connexease_url", &self.connexease_url)
             .field("connexease_sim_addr", &self.connexease_sim_addr)
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
+            .field("webhook_retry_schedule", &self.webhook_retry_schedule)
+            .field("webhook_timeout_secs", &self.webhook_timeout_secs)
+            .field(
+                "webhook_disable_after_hours",
+                &self.webhook_disable_after_hours,
+            )
+            .field("webhook_allow_http_hosts", &self.webhook_allow_http_hosts)
             .finish()
     }
 }
@@ -383,6 +405,27 @@ impl Config {
                 "a workspace id (`ws_...`)",
             ));
         }
+        if let Err(reason) = self.webhook_retry_delays() {
+            return Err(invalid(
+                "webhook_retry_schedule",
+                &self.webhook_retry_schedule,
+                reason,
+            ));
+        }
+        if !(1..=60).contains(&self.webhook_timeout_secs) {
+            return Err(invalid(
+                "webhook_timeout_secs",
+                self.webhook_timeout_secs,
+                "must be between 1 and 60",
+            ));
+        }
+        if !(1..=720).contains(&self.webhook_disable_after_hours) {
+            return Err(invalid(
+                "webhook_disable_after_hours",
+                self.webhook_disable_after_hours,
+                "must be between 1 and 720",
+            ));
+        }
         if !(1..=3650).contains(&self.execution_retention_days) {
             return Err(invalid(
                 "execution_retention_days",
@@ -410,6 +453,40 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The delays of `webhook_retry_schedule`: 1 to 20 of them, each at most a day.
+    pub fn webhook_retry_delays(&self) -> Result<Vec<std::time::Duration>, String> {
+        let delays = self
+            .webhook_retry_schedule
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| format!("`{s}` is not a duration like 5s, 5m or 2h: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.is_empty() || delays.len() > 20 {
+            return Err("must list 1 to 20 delays, e.g. 5s,5m,30m,2h".into());
+        }
+        if delays
+            .iter()
+            .any(|d| *d > std::time::Duration::from_secs(86_400))
+        {
+            return Err("each delay must be at most 24h".into());
+        }
+        Ok(delays)
+    }
+
+    /// The hosts of `webhook_allow_http_hosts`.
+    pub fn webhook_http_hosts(&self) -> Vec<String> {
+        self.webhook_allow_http_hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The ranges of `outbound_allow`, one per comma-separated entry.
@@ -627,6 +704,41 @@ mod tests {
         assert_eq!(config.log_filter, "info");
         assert_eq!(config.data_dir, PathBuf::from("./.switchboard"));
         assert_eq!(config.database_url, None);
+    }
+
+    #[test]
+    fn webhook_settings_are_checked() {
+        let config = Config::load_from(
+            None,
+            env(&[
+                ("SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE", "250ms, 5s,5m,2h"),
+                (
+                    "SWITCHBOARD_WEBHOOK_ALLOW_HTTP_HOSTS",
+                    "hooks.internal, 10.0.0.5",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.webhook_retry_delays().unwrap(),
+            [
+                std::time::Duration::from_millis(250),
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(300),
+                std::time::Duration::from_secs(7200)
+            ]
+        );
+        assert_eq!(config.webhook_http_hosts(), ["hooks.internal", "10.0.0.5"]);
+        for (variable, value) in [
+            ("SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE", "5 parsecs"),
+            ("SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE", "48h"),
+            ("SWITCHBOARD_WEBHOOK_TIMEOUT_SECS", "0"),
+            ("SWITCHBOARD_WEBHOOK_DISABLE_AFTER_HOURS", "10000"),
+        ] {
+            let (named, _, _) =
+                invalid_variable(Config::load_from(None, env(&[(variable, value)])).unwrap_err());
+            assert_eq!(named, variable);
+        }
     }
 
     #[test]

@@ -92,3 +92,48 @@ pub fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
     };
     shown.unwrap_or_else(|e| format!("<undecodable: {e}>"))
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use switchboard_eventlog::{Metadata, RecordedEvent, Router, StreamRef};
+    use switchboard_proto::connexease::v1::WebhookReceived;
+
+    use super::*;
+
+    fn recorded(event_type: &str, payload: Vec<u8>) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::nil(),
+            stream: StreamRef::new("connexease_webhook", "ws_1/d1"),
+            stream_version: 1,
+            global_position: 1,
+            transaction_id: 0,
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: Metadata {
+                workspace_id: "ws_1".into(),
+                ..Default::default()
+            },
+            recorded_at: 0,
+        }
+    }
+
+    #[test]
+    fn only_inbound_webhooks_are_public_and_their_dots_become_underscores() {
+        let webhook = WebhookReceived {
+            event: "conversation.archived".into(),
+            ..Default::default()
+        };
+        let public = recorded(
+            domain::event_types::WEBHOOK_RECEIVED,
+            webhook.encode_to_vec(),
+        );
+        assert_eq!(
+            PublicEvents.subject(&public).as_deref(),
+            Some("events.ws_1.connexease.conversation_archived")
+        );
+        let private = recorded(domain::event_types::LINKED, webhook.encode_to_vec());
+        assert_eq!(PublicEvents.subject(&private), None);
+    }
+}

@@ -26,13 +26,15 @@ pub enum ServiceName {
     Conversations,
     Actions,
     Connexease,
+    Webhooks,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 3] = [
+    pub const ALL: [ServiceName; 4] = [
         ServiceName::Conversations,
         ServiceName::Actions,
         ServiceName::Connexease,
+        ServiceName::Webhooks,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,12 +42,13 @@ impl ServiceName {
             Self::Conversations => switchboard_conversations::SERVICE,
             Self::Actions => switchboard_actions::SERVICE,
             Self::Connexease => switchboard_connexease::SERVICE,
+            Self::Webhooks => switchboard_webhooks::SERVICE,
         }
     }
 
     /// Whether the service keeps secrets (and needs the encryption key).
     fn keeps_secrets(self) -> bool {
-        matches!(self, Self::Actions | Self::Connexease)
+        matches!(self, Self::Actions | Self::Connexease | Self::Webhooks)
     }
 }
 
@@ -63,11 +66,14 @@ impl FromStr for ServiceName {
             "conversations" => Ok(Self::Conversations),
             "actions" => Ok(Self::Actions),
             "connexease" => Ok(Self::Connexease),
-            "flows" | "webhooks" | "gateway" => Err(format!(
-                "the {s} service is not built yet; available: conversations, actions, connexease"
+            "webhooks" => Ok(Self::Webhooks),
+            "flows" | "gateway" => Err(format!(
+                "the {s} service is not built yet; available: conversations, actions, \
+                 connexease, webhooks"
             )),
             other => Err(format!(
-                "unknown service `{other}`; available: conversations, actions, connexease"
+                "unknown service `{other}`; available: conversations, actions, connexease, \
+                 webhooks"
             )),
         }
     }
@@ -94,6 +100,7 @@ pub async fn open(config: &Config, service: ServiceName) -> anyhow::Result<Event
         ServiceName::Conversations => switchboard_conversations::open_log(&store).await,
         ServiceName::Actions => switchboard_actions::open_log(&store).await,
         ServiceName::Connexease => switchboard_connexease::open_log(&store).await,
+        ServiceName::Webhooks => switchboard_webhooks::open_log(&store).await,
     }
     .with_context(|| format!("opening the {service} event log"))?;
     log.migrate()
@@ -114,6 +121,8 @@ struct Running {
     integrations: Option<switchboard_actions::integrations::Integrations>,
     /// The connexease command handler (its gRPC API, webhooks and directory sync share it).
     connexease: Option<switchboard_connexease::ConnexeaseService>,
+    /// The webhooks command handler (its gRPC API, the fan-out and the dispatcher share it).
+    webhooks: Option<switchboard_webhooks::WebhooksService>,
 }
 
 impl Running {
@@ -122,6 +131,7 @@ impl Running {
             ServiceName::Conversations => Arc::new(switchboard_conversations::PublicEvents),
             ServiceName::Actions => Arc::new(switchboard_actions::PublicEvents),
             ServiceName::Connexease => Arc::new(switchboard_connexease::PublicEvents),
+            ServiceName::Webhooks => Arc::new(switchboard_webhooks::PublicEvents),
         }
     }
 
@@ -130,6 +140,7 @@ impl Running {
             ServiceName::Conversations => switchboard_conversations::stream_spec(replicas),
             ServiceName::Actions => switchboard_actions::stream_spec(replicas),
             ServiceName::Connexease => switchboard_connexease::stream_spec(replicas),
+            ServiceName::Webhooks => switchboard_webhooks::stream_spec(replicas),
         }
     }
 
@@ -176,6 +187,15 @@ impl Running {
                 )
                 .into_server(),
             ),
+            ServiceName::Webhooks => server.add_service(
+                switchboard_webhooks::GRPC_SERVICE,
+                switchboard_webhooks::WebhooksApi::new(
+                    self.webhooks
+                        .clone()
+                        .expect("the webhooks service is started with its handler"),
+                )
+                .into_server(),
+            ),
         }
     }
 }
@@ -193,10 +213,11 @@ pub async fn dev(config: Config) -> anyhow::Result<()> {
     for name in ServiceName::ALL {
         let log = open(&config, name).await?;
         let keyring = keyring_for(&config, name, KeySource::DataDir)?;
-        let outbound = outbound_for(&config, name, Some(sim.addr))?;
+        let outbound = outbound_for(&config, name, Some(sim.addr), true)?;
         running.push(Running {
             name,
             connexease: connexease_for(name, &log, keyring.as_ref(), outbound.as_ref(), Some(&sim)),
+            webhooks: webhooks_for(&config, name, &log, keyring.as_ref(), true)?,
             log,
             keyring,
             outbound,
@@ -341,10 +362,11 @@ pub async fn serve(
     for &name in &services {
         let log = open(&config, name).await?;
         let keyring = keyring_for(&config, name, KeySource::Required)?;
-        let outbound = outbound_for(&config, name, None)?;
+        let outbound = outbound_for(&config, name, None, false)?;
         running.push(Running {
             name,
             connexease: connexease_for(name, &log, keyring.as_ref(), outbound.as_ref(), None),
+            webhooks: webhooks_for(&config, name, &log, keyring.as_ref(), false)?,
             log,
             keyring,
             outbound,
@@ -397,6 +419,17 @@ async fn serve_all(
         }
         if let Some(connexease) = &service.connexease {
             tasks.spawn(sync_directories(connexease.clone(), shutdown.clone()));
+        }
+        if let (Some(webhooks), Some(outbound)) = (&service.webhooks, &service.outbound) {
+            start_webhooks(
+                webhooks,
+                outbound.clone(),
+                &running,
+                js.as_ref(),
+                &config.nats_prefix,
+                &mut tasks,
+                &shutdown,
+            );
         }
         if service.name == ServiceName::Actions {
             tasks.spawn(prune_execution_log(
@@ -588,7 +621,7 @@ fn service_url(config: &Config, running: &[ServiceName], service: ServiceName) -
     let configured = match service {
         ServiceName::Conversations => config.conversations_url.clone(),
         ServiceName::Connexease => config.connexease_url.clone(),
-        ServiceName::Actions => None,
+        ServiceName::Actions | ServiceName::Webhooks => None,
     };
     configured.or_else(|| {
         running
@@ -679,10 +712,37 @@ fn outbound_for(
     config: &Config,
     service: ServiceName,
     sim: Option<std::net::SocketAddr>,
+    dev: bool,
 ) -> anyhow::Result<Option<GuardedClient>> {
-    if !matches!(service, ServiceName::Actions | ServiceName::Connexease) {
-        return Ok(None);
-    }
+    let policy = outbound_policy(config, service, sim, dev)?;
+    let options = match service {
+        // Each action sets its own timeout (at most 120 s); this only bounds the client.
+        ServiceName::Actions | ServiceName::Connexease => ClientOptions {
+            timeout: Duration::from_secs(125),
+            ..Default::default()
+        },
+        // A receiver that hangs is cut here; redirects are failures, never followed.
+        ServiceName::Webhooks => ClientOptions {
+            timeout: Duration::from_secs(config.webhook_timeout_secs),
+            max_redirects: 0,
+            ..Default::default()
+        },
+        ServiceName::Conversations => return Ok(None),
+    };
+    Ok(Some(
+        GuardedClient::new(policy, &options).context("building the outbound HTTP client")?,
+    ))
+}
+
+/// What a calling service may reach: public addresses, the ranges in
+/// `SWITCHBOARD_OUTBOUND_ALLOW`, and in `dev` the simulator (connexease) and loopback
+/// (webhooks to a receiver on the laptop).
+fn outbound_policy(
+    config: &Config,
+    service: ServiceName,
+    sim: Option<std::net::SocketAddr>,
+    dev: bool,
+) -> anyhow::Result<Policy> {
     let mut allowed: Vec<String> = config
         .outbound_allow_ranges()
         .into_iter()
@@ -691,16 +751,159 @@ fn outbound_for(
     if let (ServiceName::Connexease, Some(sim)) = (service, sim) {
         allowed.push(loopback(sim).ip().to_string());
     }
+    if dev && service == ServiceName::Webhooks {
+        allowed.extend(["127.0.0.0/8".to_owned(), "::1/128".to_owned()]);
+    }
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
-    let policy = Policy::allowing(&allowed).context("SWITCHBOARD_OUTBOUND_ALLOW")?;
-    // Each action sets its own timeout (at most 120 s); this only bounds the client.
-    let options = ClientOptions {
-        timeout: Duration::from_secs(125),
-        ..Default::default()
+    Policy::allowing(&allowed).context("SWITCHBOARD_OUTBOUND_ALLOW")
+}
+
+/// The webhooks command handler of a process that runs the webhooks service. In `dev`,
+/// endpoints may use plain http to `localhost` and `127.0.0.1`.
+fn webhooks_for(
+    config: &Config,
+    name: ServiceName,
+    log: &EventLog,
+    keyring: Option<&Arc<Keyring>>,
+    dev: bool,
+) -> anyhow::Result<Option<switchboard_webhooks::WebhooksService>> {
+    use switchboard_webhooks::domain::{RetrySchedule, UrlRules};
+    if name != ServiceName::Webhooks {
+        return Ok(None);
+    }
+    let mut allow_http_hosts = config.webhook_http_hosts();
+    if dev {
+        allow_http_hosts.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    }
+    let settings = switchboard_webhooks::Settings {
+        urls: UrlRules {
+            allow_http_hosts,
+            policy: outbound_policy(config, name, None, dev)?,
+        },
+        schedule: RetrySchedule {
+            delays: config
+                .webhook_retry_delays()
+                .map_err(anyhow::Error::msg)
+                .context("SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE")?,
+            ..RetrySchedule::default()
+        },
+        disable_after: Duration::from_secs(config.webhook_disable_after_hours * 3600),
     };
-    Ok(Some(
-        GuardedClient::new(policy, &options).context("building the outbound HTTP client")?,
-    ))
+    let keyring = keyring
+        .context("the webhooks service keeps secrets")?
+        .clone();
+    Ok(Some(switchboard_webhooks::WebhooksService::new(
+        log.clone(),
+        keyring,
+        settings,
+    )))
+}
+
+/// Delivers webhooks: the fan-out of every producer's public events (tailing the logs of
+/// this process's producers when there is no NATS, otherwise one durable JetStream
+/// consumer per producer stream) and the dispatcher.
+fn start_webhooks(
+    service: &switchboard_webhooks::WebhooksService,
+    outbound: GuardedClient,
+    running: &[Running],
+    js: Option<&jetstream::Context>,
+    prefix: &str,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) {
+    use switchboard_eventlog::{LogTailSubscription, Subscription, SubscriptionConfig};
+    use switchboard_webhooks::consumers::{FanOut, consumer_name};
+    let dispatcher = Arc::new(switchboard_webhooks::Dispatcher::new(
+        service.clone(),
+        outbound,
+        switchboard_webhooks::DeliveryConfig::default(),
+    ));
+    tasks.spawn(dispatcher.run(shutdown.clone()));
+    let producers: [(ServiceName, Arc<dyn Router>); 3] = [
+        (
+            ServiceName::Conversations,
+            Arc::new(switchboard_conversations::PublicEvents),
+        ),
+        (
+            ServiceName::Actions,
+            Arc::new(switchboard_actions::PublicEvents),
+        ),
+        (
+            ServiceName::Connexease,
+            Arc::new(switchboard_connexease::PublicEvents),
+        ),
+    ];
+    for (producer, router) in producers {
+        let handler = Arc::new(FanOut::new(service.clone(), router.clone()));
+        let config =
+            SubscriptionConfig::new(consumer_name(producer.as_str()), service.log().clone());
+        match js {
+            Some(js) => {
+                let stream = match producer {
+                    ServiceName::Conversations => switchboard_conversations::stream_spec(1),
+                    ServiceName::Actions => switchboard_actions::stream_spec(1),
+                    _ => switchboard_connexease::stream_spec(1),
+                }
+                .prefixed_name(prefix);
+                tasks.spawn(consume_public_events(
+                    js.clone(),
+                    stream,
+                    prefix.to_owned(),
+                    config,
+                    handler,
+                    shutdown.clone(),
+                ));
+            }
+            None => {
+                let Some(source) = running.iter().find(|r| r.name == producer) else {
+                    continue;
+                };
+                let filter = Arc::new(move |e: &switchboard_eventlog::RecordedEvent| {
+                    router.subject(e).is_some_and(|s| s.starts_with("events."))
+                });
+                let subscription =
+                    Box::new(LogTailSubscription::new(source.log.clone(), filter, config));
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = subscription.run(handler, shutdown).await {
+                        warn!(error = %e, "webhook fan-out stopped");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One producer's public events over NATS. Until the producer creates its stream this
+/// waits and tries again.
+async fn consume_public_events(
+    js: jetstream::Context,
+    stream: String,
+    prefix: String,
+    config: switchboard_eventlog::SubscriptionConfig,
+    handler: Arc<switchboard_webhooks::consumers::FanOut>,
+    shutdown: CancellationToken,
+) {
+    use switchboard_eventlog::{JetStreamSubscription, Subscription};
+    while !shutdown.is_cancelled() {
+        let subscription = Box::new(JetStreamSubscription::new(
+            js.clone(),
+            stream.clone(),
+            &prefix,
+            "events.>",
+            config.clone(),
+        ));
+        match subscription.run(handler.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(stream = %stream, error = %e, "cannot fan out public events yet; retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 /// The development key in `<data dir>/encryption.key`, created on first use (mode 0600).

@@ -56,6 +56,7 @@ fn describe(service: ServiceName, event: &RecordedEvent) -> serde_json::Value {
             Err(e) => format!("<undecodable: {e}>"),
         },
         ServiceName::Connexease => switchboard_connexease::describe_payload(event),
+        ServiceName::Webhooks => switchboard_webhooks::describe_payload(event),
     };
     serde_json::json!({
         "global_position": event.global_position,
@@ -79,6 +80,7 @@ pub async fn rebuild(config: Config, service: ServiceName) -> anyhow::Result<()>
         ServiceName::Conversations => Box::new(switchboard_conversations::ConversationsProjection),
         ServiceName::Actions => Box::new(switchboard_actions::ActionsProjection),
         ServiceName::Connexease => Box::new(switchboard_connexease::ConnexeaseProjection),
+        ServiceName::Webhooks => Box::new(switchboard_webhooks::WebhooksProjection),
     };
     let bar = ProgressBar::new(log.count_events().await?);
     bar.set_style(

@@ -507,3 +507,144 @@ async fn dev_runs_connexease_actions_against_the_simulator() {
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// What a webhook receiver got: headers and body of each request.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+async fn keep(
+    axum::extract::State(got): axum::extract::State<Received>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> &'static str {
+    got.lock().unwrap().push((headers, body));
+    "ok"
+}
+
+/// A webhook receiver on loopback that keeps what it gets.
+async fn webhook_receiver() -> (std::net::SocketAddr, Received) {
+    let got = Received::default();
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(keep))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, got)
+}
+
+/// Production mode: conversations publish to NATS, the webhooks service fans their public
+/// events out from JetStream and delivers them signed to a receiver.
+#[tokio::test]
+async fn serve_delivers_conversation_events_as_signed_webhooks() {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    use switchboard_proto::webhooks::v1::CreateEndpointRequest;
+    use switchboard_proto::webhooks::v1::webhooks_client::WebhooksClient;
+
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+    let env = vec![
+        (
+            "SWITCHBOARD_DATABASE_URL".into(),
+            switchboard_eventlog::testing::database_url(),
+        ),
+        (
+            "SWITCHBOARD_DATABASE_SCHEMA_PREFIX".into(),
+            schema_prefix.clone(),
+        ),
+        (
+            "SWITCHBOARD_NATS_URL".into(),
+            switchboard_eventlog::testing::nats_url(),
+        ),
+        ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
+        ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
+        ("SWITCHBOARD_ENCRYPTION_KEY".into(), key),
+        ("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into()),
+        (
+            "SWITCHBOARD_WEBHOOK_ALLOW_HTTP_HOSTS".into(),
+            "127.0.0.1".into(),
+        ),
+    ];
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,webhooks",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    let mut conversations = process.start().await;
+    let (addr, got) = webhook_receiver().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", process.grpc_port))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let created = WebhooksClient::new(channel)
+        .create_endpoint(CreateEndpointRequest {
+            workspace_id: WS.into(),
+            url: format!("http://{addr}/hook"),
+            event_types: vec!["conversation.*".into()],
+            ordered: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let id = start_and_talk(&mut conversations).await;
+    let mut received = Vec::new();
+    for _ in 0..600 {
+        received = got.lock().unwrap().clone();
+        if received.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        received.len(),
+        2,
+        "conversation.created and conversation.updated"
+    );
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(created.secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let mut types = Vec::new();
+    for (headers, body) in &received {
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(
+            format!(
+                "{}.{}.{body}",
+                header("webhook-id"),
+                header("webhook-timestamp")
+            )
+            .as_bytes(),
+        );
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        assert_eq!(header("webhook-signature"), format!("v1,{expected}"));
+        assert_eq!(header("webhook-conversation"), id);
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["data"]["conversation"]["id"], id.as_str());
+        types.push((
+            header("webhook-sequence"),
+            body["type"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(
+        types,
+        [
+            ("1".to_owned(), "conversation.created".to_owned()),
+            ("2".to_owned(), "conversation.updated".to_owned())
+        ],
+        "in order, with the conversation's sequence"
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    drop_schema(&format!("{schema_prefix}conversations")).await;
+    drop_schema(&format!("{schema_prefix}webhooks")).await;
+    nats.drop().await;
+}

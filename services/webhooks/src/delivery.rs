@@ -1,0 +1,552 @@
+//! The dispatcher: sends due messages, records every attempt, and schedules the next.
+//!
+//! The schedule lives in the log: each attempt's event says when the next one is due, and
+//! the messages read model (rebuilt from the log) is what the dispatcher polls, so after a
+//! restart every pending retry resumes on time. One dispatcher is active per deployment
+//! (an advisory-lock leader, like the relay); a crash mid-attempt sends that message again
+//! with the same `webhook-id`, which is the at-least-once contract receivers dedupe on.
+//!
+//! Per endpoint: a token-bucket rate limit, a circuit breaker (after consecutive failures
+//! the endpoint is left alone for a cool-down, then one probe goes through), and automatic
+//! disabling once it has failed, with no success, for `disable_after`.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use prost::Message as _;
+use rand::Rng as _;
+use switchboard_eventlog::{NewEvent, derive_event_id};
+use switchboard_outbound::{GuardedClient, OutboundError};
+use switchboard_proto::webhooks::v1::{
+    Attempt, AttemptOutcome, Endpoint, ErrorClass, MessageDeferred, MessageFailed,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::domain::{self, Verdict, event_types as t, limits};
+use crate::service::{ServiceError, WebhooksService, timestamp};
+use crate::store::Due;
+
+/// How the dispatcher works.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Attempts in flight at once, over all endpoints.
+    pub concurrency: usize,
+    /// How often to look for due messages when nothing wakes the dispatcher.
+    pub poll_interval: Duration,
+    /// Consecutive failures that open an endpoint's circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit stays open before one probe is let through.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            poll_interval: Duration::from_millis(200),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Breaker {
+    consecutive_failures: u32,
+    /// Open until then (microseconds on the service clock).
+    open_until: i64,
+    /// Half-open: one probe is in flight; the rest wait for its answer.
+    probing: bool,
+}
+
+/// What the breaker lets an attempt do.
+enum Gate {
+    Go,
+    WaitUntil(i64),
+}
+
+pub struct Dispatcher {
+    service: WebhooksService,
+    client: GuardedClient,
+    config: DeliveryConfig,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    limiters: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
+    /// Messages being attempted, and the ordered lanes they hold.
+    in_flight: Mutex<HashSet<String>>,
+    lanes: Mutex<HashSet<(String, String)>>,
+}
+
+impl Dispatcher {
+    pub fn new(service: WebhooksService, client: GuardedClient, config: DeliveryConfig) -> Self {
+        Self {
+            service,
+            client,
+            config,
+            breakers: Mutex::default(),
+            limiters: Mutex::default(),
+            in_flight: Mutex::default(),
+            lanes: Mutex::default(),
+        }
+    }
+
+    /// Delivers until `shutdown`, while this process holds the dispatcher role.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.service.log().try_lead("webhooks-dispatcher").await {
+                Ok(Some(mut lease)) => {
+                    info!("webhook dispatcher is active");
+                    let mut rounds = 0u32;
+                    let mut tasks = JoinSet::new();
+                    while !shutdown.is_cancelled() {
+                        rounds += 1;
+                        if rounds.is_multiple_of(100) && !lease.is_held().await {
+                            warn!("webhook dispatcher lost its lock; standing by");
+                            break;
+                        }
+                        let appended = self.service.log().appended();
+                        while tasks.try_join_next().is_some() {}
+                        match self.start_due(&mut tasks).await {
+                            Ok(0) => {
+                                tokio::select! {
+                                    _ = shutdown.cancelled() => {}
+                                    _ = appended => {}
+                                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                                }
+                            }
+                            Ok(_) => tokio::task::yield_now().await,
+                            Err(e) => {
+                                warn!(error = %e, "webhook dispatcher could not read due messages");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                    // Finish the attempts in hand: cutting them would only send them again.
+                    while tasks.join_next().await.is_some() {}
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "webhook dispatcher could not ask for the lock"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Attempts every message due now and waits for them, again and again until nothing is
+    /// due (the next in an ordered lane becomes due when its head settles). For tests and
+    /// tools that move a clock by hand.
+    pub async fn deliver_due(self: &Arc<Self>) -> Result<usize, ServiceError> {
+        let mut total = 0;
+        loop {
+            let mut tasks = JoinSet::new();
+            let started = self.start_due(&mut tasks).await?;
+            while tasks.join_next().await.is_some() {}
+            if started == 0 {
+                return Ok(total);
+            }
+            total += started;
+        }
+    }
+
+    /// Starts an attempt for each due message not already in flight, up to the
+    /// concurrency limit. Returns how many it started.
+    async fn start_due(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<usize, ServiceError> {
+        let room = self.config.concurrency.saturating_sub(tasks.len());
+        if room == 0 {
+            return Ok(0);
+        }
+        let now = self.service.now();
+        let due = self
+            .service
+            .store()
+            .due(now, (room * 4).min(1000) as u32)
+            .await?;
+        let mut started = 0;
+        for message in due {
+            if started == room {
+                break;
+            }
+            let lane = (message.endpoint_id.clone(), message.conversation_id.clone());
+            {
+                let mut in_flight = self.in_flight.lock().expect("not poisoned");
+                if in_flight.contains(&message.message_id) {
+                    continue;
+                }
+                if message.ordered && !message.conversation_id.is_empty() {
+                    let mut lanes = self.lanes.lock().expect("not poisoned");
+                    if !lanes.insert(lane.clone()) {
+                        continue;
+                    }
+                }
+                in_flight.insert(message.message_id.clone());
+            }
+            started += 1;
+            let this = self.clone();
+            tasks.spawn(async move {
+                let id = message.message_id.clone();
+                let ordered = message.ordered && !message.conversation_id.is_empty();
+                if let Err(e) = this.attempt(message).await {
+                    warn!(message_id = %id, error = %e, "webhook attempt could not be recorded; it will be tried again");
+                }
+                this.in_flight.lock().expect("not poisoned").remove(&id);
+                if ordered {
+                    this.lanes.lock().expect("not poisoned").remove(&lane);
+                }
+            });
+        }
+        Ok(started)
+    }
+
+    /// Closed: go. Open: wait for the cool-down. Past the cool-down (half-open): the
+    /// first attempt goes as the probe, the others wait a second for its answer.
+    fn gate(&self, endpoint_id: &str) -> Gate {
+        let now = self.service.now();
+        let mut breakers = self.breakers.lock().expect("not poisoned");
+        let Some(breaker) = breakers.get_mut(endpoint_id) else {
+            return Gate::Go;
+        };
+        if breaker.consecutive_failures < self.config.breaker_threshold {
+            return Gate::Go;
+        }
+        if breaker.open_until > now {
+            return Gate::WaitUntil(breaker.open_until);
+        }
+        if breaker.probing {
+            return Gate::WaitUntil(now + 1_000_000);
+        }
+        breaker.probing = true;
+        Gate::Go
+    }
+
+    fn limiter(&self, endpoint: &Endpoint) -> Option<Arc<DefaultDirectRateLimiter>> {
+        let rate = NonZeroU32::new(endpoint.rate_limit_per_second)?;
+        let mut limiters = self.limiters.lock().expect("not poisoned");
+        Some(
+            limiters
+                .entry((endpoint.id.clone(), rate.get()))
+                .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_second(rate))))
+                .clone(),
+        )
+    }
+
+    /// One attempt of one message, recorded.
+    async fn attempt(&self, message: Due) -> Result<(), ServiceError> {
+        let ws = message.workspace_id.clone();
+        let endpoint = match self
+            .service
+            .load_endpoint(&ws, &message.endpoint_id)
+            .await?
+        {
+            Some((e, _)) if e.enabled && !e.deleted => e,
+            Some((e, _)) => {
+                let reason = if e.deleted {
+                    "the endpoint was deleted".to_owned()
+                } else {
+                    format!("the endpoint is disabled ({})", e.disabled_reason)
+                };
+                return self.give_up(&message, &reason).await;
+            }
+            None => return self.give_up(&message, "the endpoint does not exist").await,
+        };
+        if let Gate::WaitUntil(until) = self.gate(&endpoint.id) {
+            return self.defer(&message, until).await;
+        }
+        if let Some(limiter) = self.limiter(&endpoint) {
+            limiter.until_ready().await;
+        }
+        let secrets = self.service.signing_secrets(&endpoint)?;
+        let keys: Vec<Vec<u8>> = secrets
+            .iter()
+            .filter_map(|s| domain::secret_key(s).ok())
+            .collect();
+        let sent_at = self.service.now();
+        let unix = sent_at.div_euclid(1_000_000);
+        let body = message.payload.as_bytes();
+        let mut headers: Vec<(&str, String)> = vec![
+            ("content-type", "application/json".into()),
+            ("webhook-id", message.message_id.clone()),
+            ("webhook-timestamp", unix.to_string()),
+            (
+                "webhook-signature",
+                domain::signature_header(&keys, &message.message_id, unix, body),
+            ),
+        ];
+        if message.ordered && !message.conversation_id.is_empty() {
+            headers.push(("webhook-sequence", message.sequence.to_string()));
+            headers.push(("webhook-conversation", message.conversation_id.clone()));
+        }
+        let mut request = self.client.inner().post(&endpoint.url).body(body.to_vec());
+        for (name, value) in &headers {
+            request = request.header(*name, value);
+        }
+        let started = Instant::now();
+        let result = match request.build() {
+            Ok(request) => self.client.execute(request).await,
+            Err(e) => Err(OutboundError::Http(e)),
+        };
+        let mut attempt = Attempt {
+            message_id: message.message_id.clone(),
+            endpoint_id: endpoint.id.clone(),
+            attempt: (message.attempts + 1) as u32,
+            attempted_at: Some(timestamp(sent_at)),
+            url: endpoint.url.clone(),
+            request_headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        let (verdict, retry_after) = match result {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = domain::throttles(status)
+                    .then(|| retry_after(response.headers()))
+                    .flatten();
+                let read = read_capped(response, limits::RESPONSE_BODY_BYTES).await;
+                attempt.response_status = u32::from(status);
+                let (text, cut) = domain::truncate(&read.0, limits::RESPONSE_BODY_BYTES);
+                attempt.response_body = text;
+                attempt.response_truncated = cut || read.1;
+                let verdict = domain::judge_status(status);
+                if verdict != Verdict::Delivered {
+                    attempt.error_class = ErrorClass::HttpStatus as i32;
+                    attempt.error = format!("the endpoint answered {status}");
+                }
+                (verdict, retry_after)
+            }
+            Err(e) => {
+                let class = match &e {
+                    OutboundError::Blocked(_) => ErrorClass::SsrfBlocked,
+                    OutboundError::Http(inner) => domain::classify_error(inner),
+                };
+                attempt.error_class = class as i32;
+                attempt.error = e.to_string();
+                // A refused destination stays refused: retrying would only knock again.
+                let verdict = if class == ErrorClass::SsrfBlocked {
+                    Verdict::Fail
+                } else {
+                    Verdict::Retry
+                };
+                (verdict, None)
+            }
+        };
+        attempt.duration_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        let next_delay = (verdict == Verdict::Retry)
+            .then(|| {
+                self.service.settings().schedule.next_delay(
+                    (message.round_attempts + 1) as u32,
+                    retry_after,
+                    rand::rng().random::<f64>(),
+                )
+            })
+            .flatten();
+        attempt.outcome = match (verdict, next_delay) {
+            (Verdict::Delivered, _) => AttemptOutcome::Delivered,
+            (Verdict::Retry, Some(delay)) => {
+                attempt.next_attempt_at = Some(timestamp(sent_at + delay.as_micros() as i64));
+                AttemptOutcome::Retry
+            }
+            _ => AttemptOutcome::Failed,
+        } as i32;
+        let delivered = verdict == Verdict::Delivered;
+        self.record(&message, &attempt).await?;
+        self.track(&endpoint, delivered, sent_at).await?;
+        if verdict == Verdict::Gone {
+            info!(endpoint_id = %endpoint.id, "endpoint answered 410 Gone; disabling it");
+            self.service
+                .set_enabled(&ws, &endpoint.id, false, "gone")
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&self, message: &Due, attempt: &Attempt) -> Result<(), ServiceError> {
+        let ws = &message.workspace_id;
+        let event = NewEvent {
+            event_id: derive_event_id(
+                ws,
+                &format!("attempt:{}/{}", message.message_id, attempt.attempt),
+                0,
+            ),
+            event_type: t::MESSAGE_ATTEMPTED.into(),
+            schema_version: 1,
+            payload: attempt.encode_to_vec(),
+            metadata: switchboard_eventlog::Metadata {
+                workspace_id: ws.clone(),
+                occurred_at: self.service.now(),
+                traceparent: switchboard_runtime::telemetry::current_traceparent()
+                    .unwrap_or_default(),
+                ..Default::default()
+            },
+        };
+        Ok(self
+            .service
+            .append_to_message(ws, &message.message_id, event)
+            .await?)
+    }
+
+    /// Updates the endpoint's breaker, and disables an endpoint that has failed for
+    /// longer than the operator allows.
+    async fn track(
+        &self,
+        endpoint: &Endpoint,
+        delivered: bool,
+        at: i64,
+    ) -> Result<(), ServiceError> {
+        {
+            let mut breakers = self.breakers.lock().expect("not poisoned");
+            let breaker = breakers.entry(endpoint.id.clone()).or_default();
+            if delivered {
+                *breaker = Breaker::default();
+            } else {
+                breaker.consecutive_failures += 1;
+                breaker.probing = false;
+                if breaker.consecutive_failures >= self.config.breaker_threshold {
+                    breaker.open_until = at + self.config.breaker_cooldown.as_micros() as i64;
+                }
+            }
+        }
+        if delivered {
+            return Ok(());
+        }
+        let failing_since = self
+            .service
+            .store()
+            .live_endpoints(&endpoint.workspace_id)
+            .await?
+            .into_iter()
+            .find(|e| e.endpoint_id == endpoint.id)
+            .map(|e| e.failing_since)
+            .unwrap_or(0);
+        let limit = self.service.settings().disable_after.as_micros() as i64;
+        if failing_since != 0 && at - failing_since >= limit {
+            warn!(endpoint_id = %endpoint.id, "endpoint has failed for too long; disabling it");
+            self.service
+                .set_enabled(&endpoint.workspace_id, &endpoint.id, false, "failing")
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn defer(&self, message: &Due, until: i64) -> Result<(), ServiceError> {
+        let ws = &message.workspace_id;
+        let event = NewEvent {
+            event_id: derive_event_id(
+                ws,
+                &format!(
+                    "deferred:{}/{}/{until}",
+                    message.message_id, message.attempts
+                ),
+                0,
+            ),
+            event_type: t::MESSAGE_DEFERRED.into(),
+            schema_version: 1,
+            payload: MessageDeferred {
+                next_attempt_at: Some(timestamp(until)),
+                reason: "the endpoint's circuit is open after repeated failures".into(),
+            }
+            .encode_to_vec(),
+            metadata: switchboard_eventlog::Metadata {
+                workspace_id: ws.clone(),
+                occurred_at: self.service.now(),
+                ..Default::default()
+            },
+        };
+        Ok(self
+            .service
+            .append_to_message(ws, &message.message_id, event)
+            .await?)
+    }
+
+    async fn give_up(&self, message: &Due, reason: &str) -> Result<(), ServiceError> {
+        let ws = &message.workspace_id;
+        let event = NewEvent {
+            event_id: derive_event_id(
+                ws,
+                &format!("failed:{}/{}", message.message_id, message.attempts),
+                0,
+            ),
+            event_type: t::MESSAGE_FAILED.into(),
+            schema_version: 1,
+            payload: MessageFailed {
+                reason: reason.to_owned(),
+            }
+            .encode_to_vec(),
+            metadata: switchboard_eventlog::Metadata {
+                workspace_id: ws.clone(),
+                occurred_at: self.service.now(),
+                ..Default::default()
+            },
+        };
+        Ok(self
+            .service
+            .append_to_message(ws, &message.message_id, event)
+            .await?)
+    }
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate_seconds(value)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(when.saturating_sub(now)))
+}
+
+/// Seconds since the epoch of an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate_seconds(value: &str) -> Option<u64> {
+    httpdate::parse_http_date(value)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// Reads at most `cap` bytes of the body (and says whether there was more), so a receiver
+/// cannot make us buffer an endless answer.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap.saturating_sub(body.len());
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, true);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) | Err(_) => return (body, false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(120)));
+        assert_eq!(
+            httpdate_seconds("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(httpdate_seconds("tomorrow"), None);
+    }
+}

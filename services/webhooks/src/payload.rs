@@ -1,0 +1,176 @@
+//! The JSON form of public events, for webhook bodies: derived from the same `.proto`
+//! descriptors as the protobuf on NATS (prost-reflect's canonical JSON mapping with the
+//! proto field names), so the two forms cannot drift apart.
+
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use serde_json::{Map, Value, json};
+use switchboard_eventlog::RecordedEvent;
+
+/// The message each stored public event type carries.
+const MESSAGES: &[(&str, &str)] = &[
+    (
+        "conversation.created",
+        "switchboard.events.v1.ConversationCreatedEvent",
+    ),
+    (
+        "conversation.updated",
+        "switchboard.events.v1.ConversationUpdatedEvent",
+    ),
+    (
+        "conversation.ended",
+        "switchboard.events.v1.ConversationEndedEvent",
+    ),
+    (
+        "message.created",
+        "switchboard.events.v1.MessageCreatedEvent",
+    ),
+    (
+        "action.executed",
+        "switchboard.actions.v1.ActionExecutedEvent",
+    ),
+    (
+        "connexease.webhook_received",
+        "switchboard.connexease.v1.WebhookReceived",
+    ),
+];
+
+/// Renders stored public events as webhook bodies.
+#[derive(Clone)]
+pub struct PublicJson {
+    pool: DescriptorPool,
+}
+
+impl Default for PublicJson {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PublicJson {
+    pub fn new() -> Self {
+        Self {
+            pool: DescriptorPool::decode(switchboard_proto::FILE_DESCRIPTOR_SET)
+                .expect("the compiled descriptor set decodes"),
+        }
+    }
+
+    /// The event's payload as JSON, or why it has none.
+    pub fn data(&self, event: &RecordedEvent) -> Result<Value, String> {
+        let name = MESSAGES
+            .iter()
+            .find(|(t, _)| *t == event.event_type)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| format!("no JSON form for `{}`", event.event_type))?;
+        let descriptor = self
+            .pool
+            .get_message_by_name(name)
+            .ok_or_else(|| format!("`{name}` is not in the descriptor set"))?;
+        let message = DynamicMessage::decode(descriptor, event.payload.as_slice())
+            .map_err(|e| format!("undecodable `{}`: {e}", event.event_type))?;
+        let options = SerializeOptions::new()
+            .use_proto_field_name(true)
+            .skip_default_fields(false)
+            .stringify_64_bit_integers(false);
+        let value = message
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .map_err(|e| e.to_string())?;
+        Ok(expand_embedded_json(value))
+    }
+
+    /// The webhook body: `{"type", "timestamp", "data"}`.
+    pub fn body(&self, public_type: &str, event: &RecordedEvent) -> Result<Value, String> {
+        Ok(json!({
+            "type": public_type,
+            "timestamp": rfc3339(event.metadata.occurred_at),
+            "data": self.data(event)?,
+        }))
+    }
+}
+
+/// Fields that carry JSON as a string (`outputs_json`, `data_json`) become that JSON under
+/// the name without `_json`, so receivers get one document, not JSON inside a string.
+fn expand_embedded_json(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => {
+            let mut out = Map::with_capacity(fields.len());
+            for (key, value) in fields {
+                if let (Some(bare), Value::String(text)) = (key.strip_suffix("_json"), &value)
+                    && let Ok(parsed) = serde_json::from_str::<Value>(text)
+                {
+                    out.insert(bare.to_owned(), expand_embedded_json(parsed));
+                    continue;
+                }
+                out.insert(key, expand_embedded_json(value));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(expand_embedded_json).collect()),
+        other => other,
+    }
+}
+
+/// Microseconds since the epoch as RFC 3339 with microseconds, UTC.
+pub fn rfc3339(micros: i64) -> String {
+    let timestamp = prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    };
+    timestamp.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use switchboard_eventlog::{Metadata, StreamRef};
+    use switchboard_proto::events::v1::{
+        Conversation, ConversationStatus, ConversationUpdatedEvent,
+    };
+
+    use super::*;
+
+    #[test]
+    fn conversation_updated_is_the_conversation_now_plus_what_changed() {
+        let updated = ConversationUpdatedEvent {
+            conversation: Some(Conversation {
+                id: "conv_1".into(),
+                status: ConversationStatus::Archived as i32,
+                ..Default::default()
+            }),
+            changed_fields: vec!["status".into()],
+            ..Default::default()
+        };
+        let event = RecordedEvent {
+            event_id: uuid::Uuid::nil(),
+            stream: StreamRef::new("conversation", "ws_1/conv_1"),
+            stream_version: 2,
+            global_position: 2,
+            transaction_id: 0,
+            event_type: "conversation.updated".into(),
+            schema_version: 1,
+            payload: updated.encode_to_vec(),
+            metadata: Metadata {
+                workspace_id: "ws_1".into(),
+                occurred_at: 1_614_265_330_000_001,
+                ..Default::default()
+            },
+            recorded_at: 0,
+        };
+        let body = PublicJson::new()
+            .body("conversation.updated", &event)
+            .unwrap();
+        assert_eq!(body["type"], "conversation.updated");
+        assert_eq!(body["timestamp"], "2021-02-25T15:02:10.000001Z");
+        assert_eq!(body["data"]["conversation"]["id"], "conv_1");
+        assert_eq!(
+            body["data"]["conversation"]["status"],
+            "CONVERSATION_STATUS_ARCHIVED"
+        );
+        assert_eq!(body["data"]["changed_fields"][0], "status");
+    }
+
+    #[test]
+    fn embedded_json_is_expanded() {
+        let value = expand_embedded_json(json!({"data_json": "{\"a\":1}", "x_json": "not json"}));
+        assert_eq!(value, json!({"data": {"a": 1}, "x_json": "not json"}));
+    }
+}
