@@ -803,6 +803,142 @@ async fn actions(rows: &mut Vec<Row>, scale: f64) {
 /// Connexease operations through the connexease service (gRPC in, claim and outcome
 /// recorded, the simulator called over HTTP) against the same HTTP request sent directly to
 /// the simulator.
+/// Webhook deliveries: the dispatcher sending pending messages (signing, attempting,
+/// recording each attempt) to a loopback receiver, against plain POSTs of the same bodies
+/// to the same receiver at the same concurrency.
+async fn webhooks(rows: &mut Vec<Row>, scale: f64) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use switchboard_proto::events::v1::Conversation;
+    use switchboard_proto::webhooks::v1::CreateEndpointRequest;
+    use switchboard_webhooks::{DeliveryConfig, Dispatcher, Settings, WebhooksService};
+
+    let received = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let received = received.clone();
+            move |_body: axum::body::Bytes| {
+                received.fetch_add(1, Ordering::Relaxed);
+                async { "ok" }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let schema = TestSchema::new().await;
+    let log = switchboard_webhooks::open_log(&schema.store_config())
+        .await
+        .unwrap();
+    log.migrate().await.unwrap();
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+    let keyring = Arc::new(switchboard_secrets::Keyring::from_base64(&[key]).unwrap());
+    let policy = switchboard_outbound::Policy::allowing(&["127.0.0.0/8"]).unwrap();
+    let settings = Settings {
+        urls: switchboard_webhooks::domain::UrlRules {
+            allow_http_hosts: vec!["127.0.0.1".into()],
+            policy: policy.clone(),
+        },
+        ..Settings::default()
+    };
+    let service = WebhooksService::new(log, keyring, settings);
+    service
+        .create_endpoint(CreateEndpointRequest {
+            workspace_id: "ws_bench".into(),
+            url: format!("http://{addr}/hook"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let n = (2000.0 * scale).max(10.0) as usize;
+    let mut bodies = Vec::with_capacity(n);
+    for i in 0..n {
+        let updated = ConversationUpdatedEvent {
+            conversation: Some(Conversation {
+                id: format!("conv_{}", i % 100),
+                message_count: i as u64,
+                ..Default::default()
+            }),
+            changed_fields: vec!["message_count".into()],
+            ..Default::default()
+        };
+        let event = switchboard_eventlog::RecordedEvent {
+            event_id: Uuid::now_v7(),
+            stream: StreamRef::new("conversation", format!("ws_bench/conv_{}", i % 100)),
+            stream_version: i as u64 + 1,
+            global_position: i as i64 + 1,
+            transaction_id: 0,
+            event_type: "conversation.updated".into(),
+            schema_version: 1,
+            payload: updated.encode_to_vec(),
+            metadata: Metadata {
+                workspace_id: "ws_bench".into(),
+                occurred_at: 1,
+                ..Default::default()
+            },
+            recorded_at: 1,
+        };
+        service
+            .fan_out("conversation.updated", &event)
+            .await
+            .unwrap();
+    }
+    let messages = service
+        .store()
+        .messages(
+            "ws_bench",
+            &switchboard_webhooks::store::MessageFilter::default(),
+            None,
+            500,
+        )
+        .await
+        .unwrap();
+    bodies.extend(messages.iter().map(|m| m.payload_json.clone()));
+    let client = switchboard_outbound::GuardedClient::new(policy, &Default::default()).unwrap();
+    let dispatcher = Arc::new(Dispatcher::new(
+        service.clone(),
+        client.clone(),
+        DeliveryConfig::default(),
+    ));
+    let started = Instant::now();
+    let delivered = dispatcher.deliver_due().await.unwrap();
+    let ours = started.elapsed();
+    assert_eq!(delivered, n);
+    assert!(received.load(Ordering::Relaxed) >= n);
+
+    let url = format!("http://{addr}/hook");
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let request = client
+                .inner()
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(bodies[i % bodies.len()].clone());
+            async move {
+                let response = request.send().await.unwrap();
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let raw = started.elapsed();
+    rows.push(Row {
+        name: format!("webhook deliveries, 64 in flight ({n})"),
+        ours: per_sec(n, ours),
+        baseline: per_sec(n, raw),
+        ratio: ours.as_secs_f64() / raw.as_secs_f64(),
+        note: "baseline: plain POSTs of the same bodies to the same loopback receiver, 64 in \
+               flight; ours signs, attempts and records each attempt as an event"
+            .into(),
+    });
+    schema.drop().await;
+}
+
 async fn connexease(rows: &mut Vec<Row>, scale: f64) {
     use switchboard_connexease::client::{HttpConnexease, RetryPolicy};
     use switchboard_connexease::sim::{SimConfig, serve};
@@ -1010,6 +1146,9 @@ async fn main() {
     }
     if run("action") {
         actions(&mut rows, args.scale).await;
+    }
+    if run("webhooks") {
+        webhooks(&mut rows, args.scale).await;
     }
     if run("connexease") {
         connexease(&mut rows, args.scale).await;
