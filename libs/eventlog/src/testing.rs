@@ -174,3 +174,25 @@ async fn delete_streams(js: &jetstream::Context, doomed: impl Fn(&str) -> bool) 
         let _ = js.delete_stream(name).await;
     }
 }
+
+/// Starts a nats-server of the test's own (JetStream on `port`, its store in `store`),
+/// for tests that stop or restart NATS and must not touch the shared one.
+pub fn spawn_nats_server(port: u16, store: &std::path::Path) -> std::process::Child {
+    let binary = [
+        "/usr/sbin/nats-server",
+        "/usr/local/bin/nats-server",
+        "nats-server",
+    ]
+    .into_iter()
+    .find(|b| std::path::Path::new(b).exists())
+    .unwrap_or("nats-server");
+    std::process::Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("this test starts its own nats-server ({binary}): {e}; install nats-server")
+        })
+}

@@ -472,23 +472,7 @@ fn free_port() -> u16 {
 }
 
 fn start_nats(port: u16, store: &std::path::Path) -> std::process::Child {
-    let binary = [
-        "/usr/sbin/nats-server",
-        "/usr/local/bin/nats-server",
-        "nats-server",
-    ]
-    .into_iter()
-    .find(|b| std::path::Path::new(b).exists())
-    .unwrap_or("nats-server");
-    std::process::Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("this test starts its own nats-server ({binary}): {e}; install nats-server")
-        })
+    switchboard_eventlog::testing::spawn_nats_server(port, store)
 }
 
 async fn connect_retrying(port: u16) -> async_nats::Client {

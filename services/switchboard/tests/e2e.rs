@@ -508,28 +508,114 @@ async fn dev_runs_connexease_actions_against_the_simulator() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// What a webhook receiver got: headers and body of each request.
-type Received = std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+/// A webhook receiver: what it got (headers and body of each request), and whether it
+/// hangs instead of answering.
+#[derive(Clone, Default)]
+struct Hooks {
+    got: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hooks {
+    fn got(&self) -> Vec<(axum::http::HeaderMap, String)> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (up to a minute) and returns them all.
+    async fn wait_for(&self, n: usize) -> Vec<(axum::http::HeaderMap, String)> {
+        for _ in 0..1200 {
+            let got = self.got();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.got()
+    }
+}
 
 async fn keep(
-    axum::extract::State(got): axum::extract::State<Received>,
+    axum::extract::State(hooks): axum::extract::State<Hooks>,
     headers: axum::http::HeaderMap,
     body: String,
 ) -> &'static str {
-    got.lock().unwrap().push((headers, body));
+    hooks.got.lock().unwrap().push((headers, body));
+    if hooks.hang.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
     "ok"
 }
 
-/// A webhook receiver on loopback that keeps what it gets.
-async fn webhook_receiver() -> (std::net::SocketAddr, Received) {
-    let got = Received::default();
+/// A webhook receiver on loopback.
+async fn webhook_receiver() -> (std::net::SocketAddr, Hooks) {
+    let hooks = Hooks::default();
     let app = axum::Router::new()
         .route("/hook", axum::routing::post(keep))
-        .with_state(got.clone());
+        .with_state(hooks.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, got)
+    (addr, hooks)
+}
+
+/// The environment of `serve` with webhooks: Postgres, NATS at `nats_url`, the key, and
+/// loopback receivers allowed.
+fn webhooks_env(schema_prefix: &str, nats_url: &str, nats_prefix: &str) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    vec![
+        (
+            "SWITCHBOARD_DATABASE_URL".into(),
+            switchboard_eventlog::testing::database_url(),
+        ),
+        (
+            "SWITCHBOARD_DATABASE_SCHEMA_PREFIX".into(),
+            schema_prefix.to_owned(),
+        ),
+        ("SWITCHBOARD_NATS_URL".into(), nats_url.to_owned()),
+        ("SWITCHBOARD_NATS_PREFIX".into(), nats_prefix.to_owned()),
+        ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
+        (
+            "SWITCHBOARD_ENCRYPTION_KEY".into(),
+            base64::engine::general_purpose::STANDARD.encode([5u8; 32]),
+        ),
+        ("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into()),
+        (
+            "SWITCHBOARD_WEBHOOK_ALLOW_HTTP_HOSTS".into(),
+            "127.0.0.1".into(),
+        ),
+        ("SWITCHBOARD_WEBHOOK_TIMEOUT_SECS".into(), "60".into()),
+    ]
+}
+
+async fn create_endpoint(
+    grpc_port: u16,
+    receiver: std::net::SocketAddr,
+) -> switchboard_proto::webhooks::v1::EndpointWithSecret {
+    use switchboard_proto::webhooks::v1::CreateEndpointRequest;
+    use switchboard_proto::webhooks::v1::webhooks_client::WebhooksClient;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    WebhooksClient::new(channel)
+        .create_endpoint(CreateEndpointRequest {
+            workspace_id: WS.into(),
+            url: format!("http://{receiver}/hook"),
+            event_types: vec!["conversation.*".into()],
+            ordered: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn header(headers: &axum::http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 /// Production mode: conversations publish to NATS, the webhooks service fans their public
@@ -538,34 +624,14 @@ async fn webhook_receiver() -> (std::net::SocketAddr, Received) {
 async fn serve_delivers_conversation_events_as_signed_webhooks() {
     use base64::Engine as _;
     use hmac::Mac as _;
-    use switchboard_proto::webhooks::v1::CreateEndpointRequest;
-    use switchboard_proto::webhooks::v1::webhooks_client::WebhooksClient;
 
     let nats = TestNats::new().await;
     let schema_prefix = format!("{}_", unique_name());
-    let key = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
-    let env = vec![
-        (
-            "SWITCHBOARD_DATABASE_URL".into(),
-            switchboard_eventlog::testing::database_url(),
-        ),
-        (
-            "SWITCHBOARD_DATABASE_SCHEMA_PREFIX".into(),
-            schema_prefix.clone(),
-        ),
-        (
-            "SWITCHBOARD_NATS_URL".into(),
-            switchboard_eventlog::testing::nats_url(),
-        ),
-        ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
-        ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
-        ("SWITCHBOARD_ENCRYPTION_KEY".into(), key),
-        ("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into()),
-        (
-            "SWITCHBOARD_WEBHOOK_ALLOW_HTTP_HOSTS".into(),
-            "127.0.0.1".into(),
-        ),
-    ];
+    let env = webhooks_env(
+        &schema_prefix,
+        &switchboard_eventlog::testing::nats_url(),
+        &nats.prefix,
+    );
     let mut process = Process::new(
         &[
             "serve",
@@ -576,34 +642,11 @@ async fn serve_delivers_conversation_events_as_signed_webhooks() {
         env,
     );
     let mut conversations = process.start().await;
-    let (addr, got) = webhook_receiver().await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", process.grpc_port))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let created = WebhooksClient::new(channel)
-        .create_endpoint(CreateEndpointRequest {
-            workspace_id: WS.into(),
-            url: format!("http://{addr}/hook"),
-            event_types: vec!["conversation.*".into()],
-            ordered: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (addr, hooks) = webhook_receiver().await;
+    let created = create_endpoint(process.grpc_port, addr).await;
 
     let id = start_and_talk(&mut conversations).await;
-    let mut received = Vec::new();
-    for _ in 0..600 {
-        received = got.lock().unwrap().clone();
-        if received.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let received = hooks.wait_for(2).await;
     assert_eq!(
         received.len(),
         2,
@@ -647,4 +690,79 @@ async fn serve_delivers_conversation_events_as_signed_webhooks() {
     drop_schema(&format!("{schema_prefix}conversations")).await;
     drop_schema(&format!("{schema_prefix}webhooks")).await;
     nats.drop().await;
+}
+
+/// NATS goes away and comes back, and the process is killed in the middle of a delivery:
+/// no message is lost, and a message sent twice carries the same `webhook-id`.
+#[tokio::test]
+async fn webhooks_survive_a_nats_outage_and_kill_9_mid_delivery() {
+    let nats_port = free_port();
+    let store = std::env::temp_dir().join(unique_name());
+    let mut nats_server = switchboard_eventlog::testing::spawn_nats_server(nats_port, &store);
+    let schema_prefix = format!("{}_", unique_name());
+    let env = webhooks_env(&schema_prefix, &format!("nats://127.0.0.1:{nats_port}"), "");
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,webhooks",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    let mut conversations = process.start().await;
+    let (addr, hooks) = webhook_receiver().await;
+    create_endpoint(process.grpc_port, addr).await;
+    let id = start_and_talk(&mut conversations).await;
+    assert_eq!(hooks.wait_for(2).await.len(), 2);
+
+    // NATS down: writes go on (the log is the truth); their webhooks wait for NATS.
+    nats_server.kill().unwrap();
+    nats_server.wait().unwrap();
+    let say = |text: &str| AddMessageRequest {
+        workspace_id: WS.into(),
+        conversation_id: id.clone(),
+        author: Author::Customer as i32,
+        kind: MessageKind::Text as i32,
+        text: text.into(),
+        ..Default::default()
+    };
+    conversations
+        .add_message(say("while NATS was down"))
+        .await
+        .unwrap();
+    let mut nats_server = switchboard_eventlog::testing::spawn_nats_server(nats_port, &store);
+    let got = hooks.wait_for(3).await;
+    assert_eq!(got.len(), 3, "the change made while NATS was down arrived");
+    assert!(got[2].1.contains("while NATS was down"));
+
+    // Killed while the receiver holds a delivery: after the restart the same message
+    // comes again, with the same webhook-id.
+    hooks.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    conversations
+        .add_message(say("in flight at the kill"))
+        .await
+        .unwrap();
+    let got = hooks.wait_for(4).await;
+    assert_eq!(got.len(), 4);
+    let in_flight = header(&got[3].0, "webhook-id");
+    process.kill9();
+    hooks.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    process.start().await;
+    let got = hooks.wait_for(5).await;
+    assert_eq!(got.len(), 5);
+    assert_eq!(header(&got[4].0, "webhook-id"), in_flight);
+    assert!(got[4].1.contains("in flight at the kill"));
+    let sequences: Vec<String> = got
+        .iter()
+        .map(|(h, _)| header(h, "webhook-sequence"))
+        .collect();
+    assert_eq!(sequences, ["1", "2", "3", "4", "4"]);
+
+    assert_eq!(process.terminate().code(), Some(0));
+    nats_server.kill().unwrap();
+    nats_server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&store);
+    drop_schema(&format!("{schema_prefix}conversations")).await;
+    drop_schema(&format!("{schema_prefix}webhooks")).await;
 }

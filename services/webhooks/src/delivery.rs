@@ -79,6 +79,16 @@ pub struct Dispatcher {
     /// Messages being attempted, and the ordered lanes they hold.
     in_flight: Mutex<HashSet<String>>,
     lanes: Mutex<HashSet<(String, String)>>,
+    /// Endpoints and their opened signing keys, by id, valid while the version matches
+    /// the read model's.
+    endpoints: Mutex<HashMap<String, Arc<CachedEndpoint>>>,
+}
+
+struct CachedEndpoint {
+    version: i64,
+    endpoint: Endpoint,
+    /// Signing keys with when each stops signing (`None`: the current one).
+    keys: Vec<(Vec<u8>, Option<i64>)>,
 }
 
 impl Dispatcher {
@@ -91,6 +101,7 @@ impl Dispatcher {
             limiters: Mutex::default(),
             in_flight: Mutex::default(),
             lanes: Mutex::default(),
+            endpoints: Mutex::default(),
         }
     }
 
@@ -204,19 +215,20 @@ impl Dispatcher {
         Ok(started)
     }
 
-    /// Closed: go. Open: wait for the cool-down. Past the cool-down (half-open): the
-    /// first attempt goes as the probe, the others wait a second for its answer.
+    /// Open (after repeated failures, or while the endpoint asked us to slow down): wait.
+    /// Closed: go. Past the cool-down after repeated failures (half-open): the first
+    /// attempt goes as the probe, the others wait a second for its answer.
     fn gate(&self, endpoint_id: &str) -> Gate {
         let now = self.service.now();
         let mut breakers = self.breakers.lock().expect("not poisoned");
         let Some(breaker) = breakers.get_mut(endpoint_id) else {
             return Gate::Go;
         };
-        if breaker.consecutive_failures < self.config.breaker_threshold {
-            return Gate::Go;
-        }
         if breaker.open_until > now {
             return Gate::WaitUntil(breaker.open_until);
+        }
+        if breaker.consecutive_failures < self.config.breaker_threshold {
+            return Gate::Go;
         }
         if breaker.probing {
             return Gate::WaitUntil(now + 1_000_000);
@@ -236,37 +248,75 @@ impl Dispatcher {
         )
     }
 
+    /// The message's endpoint with its opened keys: from the cache while its version is
+    /// the read model's, otherwise loaded from its stream.
+    async fn endpoint_for(
+        &self,
+        message: &Due,
+    ) -> Result<Option<Arc<CachedEndpoint>>, ServiceError> {
+        let cached = self
+            .endpoints
+            .lock()
+            .expect("not poisoned")
+            .get(&message.endpoint_id)
+            .filter(|c| c.version == message.endpoint_version)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let Some((endpoint, version)) = self
+            .service
+            .load_endpoint(&message.workspace_id, &message.endpoint_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let keys = self
+            .service
+            .all_secrets(&endpoint)?
+            .into_iter()
+            .filter_map(|(secret, expires)| Some((domain::secret_key(&secret).ok()?, expires)))
+            .collect();
+        let cached = Arc::new(CachedEndpoint {
+            version: version as i64,
+            endpoint,
+            keys,
+        });
+        self.endpoints
+            .lock()
+            .expect("not poisoned")
+            .insert(message.endpoint_id.clone(), cached.clone());
+        Ok(Some(cached))
+    }
+
     /// One attempt of one message, recorded.
     async fn attempt(&self, message: Due) -> Result<(), ServiceError> {
         let ws = message.workspace_id.clone();
-        let endpoint = match self
-            .service
-            .load_endpoint(&ws, &message.endpoint_id)
-            .await?
-        {
-            Some((e, _)) if e.enabled && !e.deleted => e,
-            Some((e, _)) => {
-                let reason = if e.deleted {
-                    "the endpoint was deleted".to_owned()
-                } else {
-                    format!("the endpoint is disabled ({})", e.disabled_reason)
-                };
-                return self.give_up(&message, &reason).await;
-            }
-            None => return self.give_up(&message, "the endpoint does not exist").await,
+        let Some(cached) = self.endpoint_for(&message).await? else {
+            return self.give_up(&message, "the endpoint does not exist").await;
         };
+        let endpoint = &cached.endpoint;
+        if endpoint.deleted || !endpoint.enabled {
+            let reason = if endpoint.deleted {
+                "the endpoint was deleted".to_owned()
+            } else {
+                format!("the endpoint is disabled ({})", endpoint.disabled_reason)
+            };
+            return self.give_up(&message, &reason).await;
+        }
         if let Gate::WaitUntil(until) = self.gate(&endpoint.id) {
             return self.defer(&message, until).await;
         }
-        if let Some(limiter) = self.limiter(&endpoint) {
+        if let Some(limiter) = self.limiter(endpoint) {
             limiter.until_ready().await;
         }
-        let secrets = self.service.signing_secrets(&endpoint)?;
-        let keys: Vec<Vec<u8>> = secrets
-            .iter()
-            .filter_map(|s| domain::secret_key(s).ok())
-            .collect();
         let sent_at = self.service.now();
+        let keys: Vec<&[u8]> = cached
+            .keys
+            .iter()
+            .filter(|(_, expires)| expires.is_none_or(|at| at > sent_at))
+            .map(|(key, _)| key.as_slice())
+            .collect();
         let unix = sent_at.div_euclid(1_000_000);
         let body = message.payload.as_bytes();
         let mut headers: Vec<(&str, String)> = vec![
@@ -356,8 +406,14 @@ impl Dispatcher {
             _ => AttemptOutcome::Failed,
         } as i32;
         let delivered = verdict == Verdict::Delivered;
+        // 429, 502, 503 and 504 throttle the whole endpoint, not only this message: its
+        // other messages wait until this one's next attempt (which honours Retry-After).
+        let throttle_until = (domain::throttles(attempt.response_status as u16) && !delivered)
+            .then(|| attempt.next_attempt_at.as_ref().map(crate::service::micros))
+            .flatten();
         self.record(&message, &attempt).await?;
-        self.track(&endpoint, delivered, sent_at).await?;
+        self.track(endpoint, delivered, sent_at, throttle_until)
+            .await?;
         if verdict == Verdict::Gone {
             info!(endpoint_id = %endpoint.id, "endpoint answered 410 Gone; disabling it");
             self.service
@@ -388,7 +444,12 @@ impl Dispatcher {
         };
         Ok(self
             .service
-            .append_to_message(ws, &message.message_id, event)
+            .append_to_message_at(
+                ws,
+                &message.message_id,
+                Some(message.stream_version as u64),
+                event,
+            )
             .await?)
     }
 
@@ -399,10 +460,14 @@ impl Dispatcher {
         endpoint: &Endpoint,
         delivered: bool,
         at: i64,
+        throttle_until: Option<i64>,
     ) -> Result<(), ServiceError> {
         {
             let mut breakers = self.breakers.lock().expect("not poisoned");
             let breaker = breakers.entry(endpoint.id.clone()).or_default();
+            if let Some(until) = throttle_until {
+                breaker.open_until = breaker.open_until.max(until);
+            }
             if delivered {
                 *breaker = Breaker::default();
             } else {
@@ -450,7 +515,9 @@ impl Dispatcher {
             schema_version: 1,
             payload: MessageDeferred {
                 next_attempt_at: Some(timestamp(until)),
-                reason: "the endpoint's circuit is open after repeated failures".into(),
+                reason: "the endpoint is paused: its circuit is open after repeated failures, \
+                         or it asked us to slow down (429/502/503/504)"
+                    .into(),
             }
             .encode_to_vec(),
             metadata: switchboard_eventlog::Metadata {
@@ -461,7 +528,12 @@ impl Dispatcher {
         };
         Ok(self
             .service
-            .append_to_message(ws, &message.message_id, event)
+            .append_to_message_at(
+                ws,
+                &message.message_id,
+                Some(message.stream_version as u64),
+                event,
+            )
             .await?)
     }
 
@@ -487,7 +559,12 @@ impl Dispatcher {
         };
         Ok(self
             .service
-            .append_to_message(ws, &message.message_id, event)
+            .append_to_message_at(
+                ws,
+                &message.message_id,
+                Some(message.stream_version as u64),
+                event,
+            )
             .await?)
     }
 }

@@ -235,10 +235,16 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
 
 /// The `webhook-signature` header value: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`
 /// per secret, space-separated.
-pub fn signature_header(keys: &[Vec<u8>], message_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header<K: AsRef<[u8]>>(
+    keys: &[K],
+    message_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     keys.iter()
         .map(|key| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(key.as_ref()).expect("HMAC takes any key length");
             mac.update(message_id.as_bytes());
             mac.update(b".");
             mac.update(timestamp.to_string().as_bytes());

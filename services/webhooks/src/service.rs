@@ -558,11 +558,23 @@ impl WebhooksService {
     /// period.
     pub fn signing_secrets(&self, endpoint: &Endpoint) -> Result<Vec<String>, ServiceError> {
         let now = self.now();
+        Ok(self
+            .all_secrets(endpoint)?
+            .into_iter()
+            .filter(|(_, expires)| expires.is_none_or(|at| at > now))
+            .map(|(secret, _)| secret)
+            .collect())
+    }
+
+    /// Every stored secret, opened, with when it stops signing (`None`: current).
+    pub fn all_secrets(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Vec<(String, Option<i64>)>, ServiceError> {
         endpoint
             .secrets
             .iter()
-            .filter(|s| s.expires_at.is_none_or(|at| micros(&at) > now))
-            .map(|s| self.open(endpoint, s))
+            .map(|s| Ok((self.open(endpoint, s)?, s.expires_at.map(|at| micros(&at)))))
             .collect()
     }
 
@@ -695,7 +707,35 @@ impl WebhooksService {
         message_id: &str,
         event: NewEvent,
     ) -> Result<(), EventLogError> {
+        self.append_to_message_at(workspace_id, message_id, None, event)
+            .await
+    }
+
+    /// Like [`WebhooksService::append_to_message`], trying `known_version` (from the read
+    /// model) first, so the common case reads nothing.
+    pub async fn append_to_message_at(
+        &self,
+        workspace_id: &str,
+        message_id: &str,
+        known_version: Option<u64>,
+        event: NewEvent,
+    ) -> Result<(), EventLogError> {
         let stream = message_stream(workspace_id, message_id);
+        if let Some(version) = known_version.filter(|v| *v > 0) {
+            match self
+                .log
+                .append(
+                    &stream,
+                    ExpectedVersion::Exact(version),
+                    vec![event.clone()],
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(EventLogError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut attempts = 0;
         loop {
             let mut version = 0;

@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     coalesce INTEGER NOT NULL,
     created_at BIGINT NOT NULL,
     failing_since BIGINT NOT NULL,
+    version BIGINT NOT NULL,
     PRIMARY KEY (workspace_id, endpoint_id)
 );
 CREATE TABLE IF NOT EXISTS messages (
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS messages (
     next_attempt_at BIGINT NOT NULL,
     superseded_by TEXT NOT NULL,
     last_error TEXT NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    stream_version BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS messages_by_endpoint ON messages (workspace_id, endpoint_id, created_at);
@@ -125,10 +127,11 @@ impl Projection for WebhooksProjection {
                     exec(
                         tx,
                         "INSERT INTO endpoints (workspace_id, endpoint_id, url, event_types, enabled,
-                             deleted, ordered, coalesce, created_at, failing_since)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0)
+                             deleted, ordered, coalesce, created_at, failing_since, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)
                          ON CONFLICT (workspace_id, endpoint_id) DO UPDATE SET
                              url = excluded.url, event_types = excluded.event_types,
+                             version = excluded.version,
                              enabled = excluded.enabled, deleted = excluded.deleted,
                              ordered = excluded.ordered, coalesce = excluded.coalesce,
                              failing_since = CASE WHEN excluded.enabled = 1 AND endpoints.enabled = 0
@@ -143,6 +146,7 @@ impl Projection for WebhooksProjection {
                             Int(e.ordered.into()),
                             Int(e.coalesce.into()),
                             Int(e.created_at.map(|t| micros(&t)).unwrap_or_default()),
+                            Int(event.stream_version as i64),
                         ],
                     )
                     .await?;
@@ -168,8 +172,9 @@ impl Projection for WebhooksProjection {
                         tx,
                         "INSERT INTO messages (message_id, workspace_id, endpoint_id, event_type,
                              event_id, conversation_id, sequence, status, attempts, round_attempts,
-                             created_at, next_attempt_at, superseded_by, last_error, payload)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $9, '', '', $10)
+                             created_at, next_attempt_at, superseded_by, last_error, payload,
+                             stream_version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, $9, '', '', $10, $11)
                          ON CONFLICT (message_id) DO NOTHING",
                         &[
                             Text(&m.message_id),
@@ -182,6 +187,7 @@ impl Projection for WebhooksProjection {
                             Int(PENDING.into()),
                             Int(created),
                             Text(&m.payload_json),
+                            Int(event.stream_version as i64),
                         ],
                     )
                     .await?;
@@ -220,7 +226,7 @@ impl Projection for WebhooksProjection {
                         "UPDATE messages SET attempts = attempts + 1,
                              round_attempts = round_attempts + 1,
                              status = CASE WHEN status = $2 AND $3 <> $4 THEN status ELSE $3 END,
-                             next_attempt_at = $5, last_error = $6
+                             next_attempt_at = $5, last_error = $6, stream_version = $7
                          WHERE message_id = $1",
                         &[
                             Text(&a.message_id),
@@ -229,25 +235,34 @@ impl Projection for WebhooksProjection {
                             Int(DELIVERED.into()),
                             Int(next),
                             Text(&a.error),
+                            Int(event.stream_version as i64),
                         ],
                     )
                     .await?;
-                    let failing_since = if outcome == AttemptOutcome::Delivered {
-                        "0"
+                    // Only a change of state writes the endpoint's row, so concurrent
+                    // deliveries to a healthy endpoint do not queue on its row lock.
+                    let (set, unless) = if outcome == AttemptOutcome::Delivered {
+                        ("0", "failing_since <> 0")
                     } else {
-                        "CASE WHEN failing_since = 0 THEN $3 ELSE failing_since END"
+                        ("$3", "failing_since = 0")
                     };
                     exec(
                         tx,
                         &format!(
-                            "UPDATE endpoints SET failing_since = {failing_since}
-                             WHERE workspace_id = $1 AND endpoint_id = $2"
+                            "UPDATE endpoints SET failing_since = {set}
+                             WHERE workspace_id = $1 AND endpoint_id = $2 AND {unless}"
                         ),
                         &[Text(ws), Text(&a.endpoint_id), Int(at)],
                     )
                     .await?;
                 }
                 t::MESSAGE_DEFERRED => {
+                    exec(
+                        tx,
+                        "UPDATE messages SET stream_version = $2 WHERE message_id = $1",
+                        &[Text(message_id), Int(event.stream_version as i64)],
+                    )
+                    .await?;
                     let d: MessageDeferred = event.decode()?;
                     let next = d.next_attempt_at.map(|t| micros(&t)).unwrap_or_default();
                     exec(
@@ -264,6 +279,12 @@ impl Projection for WebhooksProjection {
                     .await?;
                 }
                 t::MESSAGE_FAILED => {
+                    exec(
+                        tx,
+                        "UPDATE messages SET stream_version = $2 WHERE message_id = $1",
+                        &[Text(message_id), Int(event.stream_version as i64)],
+                    )
+                    .await?;
                     let f: MessageFailed = event.decode()?;
                     exec(
                         tx,
@@ -279,6 +300,12 @@ impl Projection for WebhooksProjection {
                     .await?;
                 }
                 t::MESSAGE_SUPERSEDED => {
+                    exec(
+                        tx,
+                        "UPDATE messages SET stream_version = $2 WHERE message_id = $1",
+                        &[Text(message_id), Int(event.stream_version as i64)],
+                    )
+                    .await?;
                     let s: MessageSuperseded = event.decode()?;
                     exec(
                         tx,
@@ -299,9 +326,14 @@ impl Projection for WebhooksProjection {
                     exec(
                         tx,
                         "UPDATE messages SET status = $2, round_attempts = 0, next_attempt_at = $3,
-                             superseded_by = ''
+                             superseded_by = '', stream_version = $4
                          WHERE message_id = $1",
-                        &[Text(message_id), Int(PENDING.into()), Int(at)],
+                        &[
+                            Text(message_id),
+                            Int(PENDING.into()),
+                            Int(at),
+                            Int(event.stream_version as i64),
+                        ],
                     )
                     .await?;
                 }
@@ -340,6 +372,10 @@ pub struct Due {
     pub round_attempts: i64,
     pub payload: String,
     pub ordered: bool,
+    /// The message stream's version, for the next append.
+    pub stream_version: i64,
+    /// The endpoint's stream version: a cache of it is current while this matches.
+    pub endpoint_version: i64,
 }
 
 type MessageRow = (
@@ -484,10 +520,22 @@ impl WebhooksStore {
     /// Pending messages due at `now`, oldest due first. For an ordered endpoint only the
     /// head of each conversation's lane is due: later messages wait for it to settle.
     pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<Due>, EventLogError> {
-        type Row = (String, String, String, String, i64, i64, i64, String, i32);
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            String,
+            i32,
+            i64,
+            i64,
+        );
         let rows: Vec<Row> = on_pool!(self.log, pool => sqlx::query_as(
             "SELECT m.message_id, m.workspace_id, m.endpoint_id, m.conversation_id, m.sequence,
-                    m.attempts, m.round_attempts, m.payload, e.ordered
+                    m.attempts, m.round_attempts, m.payload, e.ordered, m.stream_version, e.version
              FROM messages m
              JOIN endpoints e ON e.workspace_id = m.workspace_id AND e.endpoint_id = m.endpoint_id
              WHERE m.status = $1 AND m.next_attempt_at <= $2
@@ -516,6 +564,8 @@ impl WebhooksStore {
                     round_attempts,
                     payload,
                     ordered,
+                    stream_version,
+                    endpoint_version,
                 )| Due {
                     message_id,
                     workspace_id,
@@ -526,6 +576,8 @@ impl WebhooksStore {
                     round_attempts,
                     payload,
                     ordered: ordered == 1,
+                    stream_version,
+                    endpoint_version,
                 },
             )
             .collect())

@@ -513,3 +513,129 @@ async fn an_endpoint_failing_for_too_long_is_disabled_and_can_be_enabled_again()
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_429_pauses_the_whole_endpoint_until_retry_after() {
+    let h = Harness::new().await;
+    h.endpoint(|_| {}).await;
+    h.receiver.answer_with(429, &[("retry-after", "60")]);
+    h.conversation_updated("conv_1", 1).await;
+    h.deliver().await;
+    // Another conversation's message waits too: the endpoint asked us to slow down.
+    h.conversation_updated("conv_2", 1).await;
+    h.deliver().await;
+    assert_eq!(h.receiver.got().len(), 1);
+    let waiting = messages(&h)
+        .await
+        .into_iter()
+        .find(|m| m.conversation_id == "conv_2")
+        .unwrap();
+    assert_eq!(waiting.status(), MessageStatus::Pending);
+    assert!(waiting.last_error.contains("slow down"), "{waiting:?}");
+    assert_eq!(
+        micros(waiting.next_attempt_at.as_ref().unwrap()),
+        START + 60_000_000
+    );
+    h.clock.advance(Duration::from_secs(61));
+    h.deliver().await;
+    assert_eq!(h.receiver.got().len(), 3);
+    assert!(
+        messages(&h)
+            .await
+            .iter()
+            .all(|m| m.status() == MessageStatus::Delivered)
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn messages_and_attempts_are_listed_newest_first_by_cursor() {
+    use switchboard_proto::webhooks::v1::{ListAttemptsRequest, ListMessagesRequest};
+    let h = Harness::new().await;
+    let (endpoint, _) = h.endpoint(|_| {}).await;
+    for n in 1..=3 {
+        h.conversation_updated(&format!("conv_{n}"), 1).await;
+        h.clock.advance(Duration::from_secs(1));
+    }
+    h.deliver().await;
+    let api = WebhooksApi::new(h.service.clone());
+    let page = |cursor: String| ListMessagesRequest {
+        workspace_id: WS.into(),
+        endpoint_id: endpoint.id.clone(),
+        page_size: 2,
+        cursor,
+        ..Default::default()
+    };
+    let first = api
+        .list_messages(tonic::Request::new(page(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.messages.len(), 2);
+    assert_eq!(first.messages[0].conversation_id, "conv_3", "newest first");
+    let second = api
+        .list_messages(tonic::Request::new(page(first.next_cursor.clone())))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.messages.len(), 1);
+    assert_eq!(second.messages[0].conversation_id, "conv_1");
+    assert!(second.next_cursor.is_empty());
+
+    let attempts_page = |cursor: String| ListAttemptsRequest {
+        workspace_id: WS.into(),
+        outcome: AttemptOutcome::Delivered as i32,
+        page_size: 2,
+        cursor,
+        ..Default::default()
+    };
+    let first = api
+        .list_attempts(tonic::Request::new(attempts_page(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = api
+        .list_attempts(tonic::Request::new(attempts_page(first.next_cursor)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen: Vec<String> = first
+        .attempts
+        .iter()
+        .chain(&second.attempts)
+        .map(|a| a.message_id.clone())
+        .collect();
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "every attempt once across the pages");
+
+    let refused = api
+        .list_messages(tonic::Request::new(page("not-a-cursor".into())))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    // Another workspace sees nothing of this one.
+    let other = api
+        .list_messages(tonic::Request::new(ListMessagesRequest {
+            workspace_id: "ws_other".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.messages.is_empty());
+    let hidden = api
+        .get_message(tonic::Request::new(
+            switchboard_proto::webhooks::v1::MessageRef {
+                workspace_id: "ws_other".into(),
+                message_id: first_message_id(&h).await,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
+    h.stop().await;
+}
+
+async fn first_message_id(h: &Harness) -> String {
+    messages(h).await[0].id.clone()
+}
