@@ -285,6 +285,53 @@ impl EventLog {
         Ok(appended)
     }
 
+    /// Appends like [`EventLog::append`], inside `tx`: a subscription handler's
+    /// transaction, so the events commit together with the handler's processed record and
+    /// its other effects (one commit instead of two, and no second writer on SQLite's
+    /// single connection). Local tailers are woken when [`EventLog::process_once`]
+    /// commits. On Postgres a writer racing for the same stream can abort `tx`; the
+    /// handler's next statement then fails and the subscription tries the event again.
+    pub async fn append_in(
+        &self,
+        tx: &mut Tx<'_>,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, EventLogError> {
+        if events.is_empty() {
+            return Err(EventLogError::Invalid {
+                field: "events",
+                reason: "an append needs at least one event".into(),
+            });
+        }
+        let inserted = match tx {
+            Tx::Postgres(conn) => PgLog::insert(conn, stream, expected, &events).await?,
+            Tx::Sqlite(conn) => SqliteLog::insert(conn, stream, expected, &events).await?,
+        };
+        match inserted {
+            Some(recorded) => {
+                self.project(tx, &recorded).await?;
+                metrics::counter!("eventlog_appended_events_total")
+                    .increment(recorded.len() as u64);
+                Ok(Appended {
+                    events: recorded,
+                    duplicate: false,
+                })
+            }
+            None => {
+                let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+                let found = match tx {
+                    Tx::Postgres(conn) => PgLog::find_events(conn, &ids).await?,
+                    Tx::Sqlite(conn) => SqliteLog::find_events(conn, &ids).await?,
+                };
+                Ok(Appended {
+                    events: self.upcast_all(found),
+                    duplicate: true,
+                })
+            }
+        }
+    }
+
     async fn project(
         &self,
         tx: &mut Tx<'_>,
@@ -479,6 +526,8 @@ impl EventLog {
                 match handler.handle(&mut Tx::Postgres(&mut tx), event).await {
                     Ok(()) => {
                         tx.commit().await?;
+                        // The handler may have appended (`append_in`).
+                        self.appended.notify_waiters();
                         Ok(Ok(true))
                     }
                     Err(e) => {
@@ -496,6 +545,7 @@ impl EventLog {
                 match handler.handle(&mut Tx::Sqlite(&mut tx), event).await {
                     Ok(()) => {
                         tx.commit().await?;
+                        self.appended.notify_waiters();
                         Ok(Ok(true))
                     }
                     Err(e) => {

@@ -535,3 +535,114 @@ async fn checkpoints_only_move_forward_postgres() {
 async fn checkpoints_only_move_forward_sqlite() {
     checkpoint_case(Fixture::sqlite()).await;
 }
+
+/// A handler that appends the event it handles to its own stream, inside the handler's
+/// transaction; `fail` makes it fail after appending.
+struct Copier {
+    log: EventLog,
+    fail: bool,
+}
+
+#[async_trait]
+impl switchboard_eventlog::Handler for Copier {
+    async fn handle(
+        &self,
+        tx: &mut Tx<'_>,
+        handled: &RecordedEvent,
+    ) -> Result<(), switchboard_eventlog::HandleError> {
+        let copy = NewEvent {
+            event_id: switchboard_eventlog::derive_event_id(
+                "ws_test",
+                &handled.event_id.to_string(),
+                0,
+            ),
+            ..event("thing.copied", &handled.payload)
+        };
+        let appended = self
+            .log
+            .append_in(
+                tx,
+                &stream("copies"),
+                ExpectedVersion::NoStream,
+                vec![copy.clone()],
+            )
+            .await
+            .map_err(|e| switchboard_eventlog::HandleError::Retry(e.to_string()))?;
+        assert!(!appended.duplicate);
+        let again = self
+            .log
+            .append_in(tx, &stream("copies"), ExpectedVersion::NoStream, vec![copy])
+            .await
+            .unwrap();
+        assert!(
+            again.duplicate,
+            "the same id again is a duplicate, in the same tx too"
+        );
+        if self.fail {
+            return Err(switchboard_eventlog::HandleError::Retry(
+                "after appending".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn append_in_case(fixture: Fixture) {
+    let log = fixture.open().await.with_projection(Arc::new(Counts));
+    let source = log
+        .append(
+            &stream("source"),
+            ExpectedVersion::NoStream,
+            vec![event("thing.made", b"1")],
+        )
+        .await
+        .unwrap()
+        .events
+        .remove(0);
+    // A failing handler's appends roll back with it.
+    let failing = Copier {
+        log: log.clone(),
+        fail: true,
+    };
+    let outcome = log.process_once("copier", &source, &failing).await.unwrap();
+    assert!(outcome.is_err());
+    assert!(
+        log.read_stream(&stream("copies"), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(count_of(&log, "ws_test/copies").await, 0);
+    // A succeeding one commits its append, projected, with the processed record.
+    let copier = Copier {
+        log: log.clone(),
+        fail: false,
+    };
+    let woken = log.appended();
+    assert_eq!(
+        log.process_once("copier", &source, &copier).await.unwrap(),
+        Ok(true)
+    );
+    tokio::time::timeout(Duration::from_secs(5), woken)
+        .await
+        .expect("local tailers are woken when the handler's append commits");
+    assert_eq!(
+        log.read_stream(&stream("copies"), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(count_of(&log, "ws_test/copies").await, 1);
+    fixture.cleanup().await;
+}
+
+#[tokio::test]
+async fn append_in_a_handlers_transaction_postgres() {
+    append_in_case(Fixture::postgres().await).await;
+}
+
+#[tokio::test]
+async fn append_in_a_handlers_transaction_sqlite() {
+    append_in_case(Fixture::sqlite()).await;
+}

@@ -766,3 +766,33 @@ async fn webhooks_survive_a_nats_outage_and_kill_9_mid_delivery() {
     drop_schema(&format!("{schema_prefix}conversations")).await;
     drop_schema(&format!("{schema_prefix}webhooks")).await;
 }
+
+/// `dev` delivers webhooks with nothing else running: the fan-out tails the producers'
+/// logs, and a receiver on the laptop (plain http to 127.0.0.1) is allowed.
+#[tokio::test]
+async fn dev_delivers_webhooks_to_a_local_receiver() {
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    let (addr, hooks) = webhook_receiver().await;
+    create_endpoint(process.grpc_port, addr).await;
+    let id = start_and_talk(&mut conversations).await;
+    let got = hooks.wait_for(2).await;
+    let types: Vec<String> = got
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(types, ["conversation.created", "conversation.updated"]);
+    assert!(
+        got.iter()
+            .all(|(h, _)| header(h, "webhook-conversation") == id)
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

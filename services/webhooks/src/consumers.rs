@@ -38,11 +38,11 @@ impl FanOut {
 
 #[async_trait]
 impl Handler for FanOut {
-    async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
         let Some(public_type) = self.public_type(event) else {
             return Ok(());
         };
-        match self.service.fan_out(&public_type, event).await {
+        match self.service.fan_out(tx, &public_type, event).await {
             Ok(_) => Ok(()),
             Err(FanOutError::Unrenderable(reason)) => Err(HandleError::Reject(reason)),
             Err(FanOutError::Log(e)) => Err(HandleError::Retry(e.to_string())),

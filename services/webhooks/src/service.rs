@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamRef,
+    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamRef, Tx,
     derive_event_id, now_micros,
 };
 use switchboard_proto::webhooks::v1::{
@@ -583,10 +583,13 @@ impl WebhooksService {
     // -----------------------------------------------------------------------------------
 
     /// Records one message per endpoint of the workspace that wants the public event
-    /// (`public_type` is its name on NATS: `conversation.updated`). Ids are derived from
-    /// the event and the endpoint, so a redelivered event records nothing twice.
+    /// (`public_type` is its name on NATS: `conversation.updated`), in `tx`, the
+    /// subscription's transaction, so the messages and the record that the event was
+    /// processed commit together. Ids are derived from the event and the endpoint, so
+    /// even a redelivery past that record creates nothing twice.
     pub async fn fan_out(
         &self,
+        tx: &mut Tx<'_>,
         public_type: &str,
         event: &RecordedEvent,
     ) -> Result<usize, FanOutError> {
@@ -633,7 +636,8 @@ impl WebhooksService {
             };
             let appended = self
                 .log
-                .append(
+                .append_in(
+                    tx,
                     &message_stream(workspace_id, &message_id),
                     ExpectedVersion::NoStream,
                     vec![new],
@@ -655,6 +659,7 @@ impl WebhooksService {
                 && !conversation_id.is_empty()
             {
                 self.supersede_older(
+                    tx,
                     workspace_id,
                     &endpoint.endpoint_id,
                     &conversation_id,
@@ -670,18 +675,17 @@ impl WebhooksService {
     /// the same conversation; each replaced message records what replaced it.
     async fn supersede_older(
         &self,
+        tx: &mut Tx<'_>,
         workspace_id: &str,
         endpoint_id: &str,
         conversation_id: &str,
         newest: &str,
     ) -> Result<(), EventLogError> {
-        let Some(sequence) = self.store.sequence_of(newest).await? else {
+        let Some(sequence) = crate::store::sequence_in(tx, newest).await? else {
             return Ok(());
         };
-        for older in self
-            .store
-            .supersedable(endpoint_id, conversation_id, sequence)
-            .await?
+        for (older, version) in
+            crate::store::supersedable_in(tx, endpoint_id, conversation_id, sequence).await?
         {
             let event = NewEvent {
                 event_id: derive_event_id(workspace_id, &format!("superseded:{older}"), 0),
@@ -693,7 +697,13 @@ impl WebhooksService {
                 .encode_to_vec(),
                 metadata: self.metadata(workspace_id, ""),
             };
-            self.append_to_message(workspace_id, &older, event).await?;
+            let stream = message_stream(workspace_id, &older);
+            let expected = ExpectedVersion::Exact(version as u64);
+            match self.log.append_in(tx, &stream, expected, vec![event]).await {
+                // Its attempt is being recorded right now; it goes out as it is.
+                Ok(_) | Err(EventLogError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

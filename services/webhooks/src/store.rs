@@ -729,36 +729,37 @@ impl WebhooksStore {
         .await)?;
         Ok(n as u64)
     }
+}
 
-    /// Pending `conversation.updated` messages of a lane, older than `sequence`: what a
-    /// newer update supersedes when the endpoint coalesces.
-    pub async fn supersedable(
-        &self,
-        endpoint_id: &str,
-        conversation_id: &str,
-        sequence_below: i64,
-    ) -> Result<Vec<String>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
-            "SELECT message_id FROM messages
-             WHERE endpoint_id = $1 AND conversation_id = $2 AND status = $3
-               AND event_type = 'conversation.updated' AND sequence < $4
-             ORDER BY sequence",
-        )
-        .bind(endpoint_id)
-        .bind(conversation_id)
-        .bind(PENDING)
-        .bind(sequence_below)
-        .fetch_all(pool)
-        .await)?)
-    }
+/// Pending `conversation.updated` messages of a lane older than `sequence_below`, with
+/// their stream versions: what a newer update supersedes when the endpoint coalesces.
+/// Read in `tx`, which has just recorded the newer one.
+pub async fn supersedable_in(
+    tx: &mut Tx<'_>,
+    endpoint_id: &str,
+    conversation_id: &str,
+    sequence_below: i64,
+) -> Result<Vec<(String, i64)>, EventLogError> {
+    Ok(on_conn!(tx, conn => sqlx::query_as(
+        "SELECT message_id, stream_version FROM messages
+         WHERE endpoint_id = $1 AND conversation_id = $2 AND status = $3
+           AND event_type = 'conversation.updated' AND sequence < $4
+         ORDER BY sequence",
+    )
+    .bind(endpoint_id)
+    .bind(conversation_id)
+    .bind(PENDING)
+    .bind(sequence_below)
+    .fetch_all(&mut *conn)
+    .await)?)
+}
 
-    /// The sequence a message got in its lane (0 outside lanes), once projected.
-    pub async fn sequence_of(&self, message_id: &str) -> Result<Option<i64>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
-            "SELECT sequence FROM messages WHERE message_id = $1",
-        )
-        .bind(message_id)
-        .fetch_optional(pool)
-        .await)?)
-    }
+/// The sequence a message got in its lane (0 outside lanes), read in `tx`.
+pub async fn sequence_in(tx: &mut Tx<'_>, message_id: &str) -> Result<Option<i64>, EventLogError> {
+    Ok(on_conn!(tx, conn => sqlx::query_scalar(
+        "SELECT sequence FROM messages WHERE message_id = $1",
+    )
+    .bind(message_id)
+    .fetch_optional(&mut *conn)
+    .await)?)
 }

@@ -854,6 +854,8 @@ async fn webhooks(rows: &mut Vec<Row>, scale: f64) {
         .unwrap();
     let n = (2000.0 * scale).max(10.0) as usize;
     let mut bodies = Vec::with_capacity(n);
+    let fan_out =
+        switchboard_webhooks::consumers::FanOut::new(service.clone(), Arc::new(PublicEvents));
     for i in 0..n {
         let updated = ConversationUpdatedEvent {
             conversation: Some(Conversation {
@@ -881,8 +883,10 @@ async fn webhooks(rows: &mut Vec<Row>, scale: f64) {
             recorded_at: 1,
         };
         service
-            .fan_out("conversation.updated", &event)
+            .log()
+            .process_once("webhooks-fanout-conversations", &event, &fan_out)
             .await
+            .unwrap()
             .unwrap();
     }
     let messages = service

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -19,15 +18,29 @@ use hmac::{Hmac, Mac};
 use prost::Message as _;
 use sha2::Sha256;
 use switchboard_eventlog::testing::TestSchema;
-use switchboard_eventlog::{Metadata, RecordedEvent, StreamRef};
+use switchboard_eventlog::{Metadata, RecordedEvent, Router, StreamRef};
 use switchboard_proto::events::v1::{Conversation, ConversationUpdatedEvent};
 use switchboard_proto::webhooks::v1::{CreateEndpointRequest, Endpoint};
 use switchboard_secrets::Keyring;
+use switchboard_webhooks::consumers::FanOut;
 use switchboard_webhooks::domain::{RetrySchedule, UrlRules};
 use switchboard_webhooks::service::ManualClock;
 use switchboard_webhooks::{DeliveryConfig, Dispatcher, Settings, WebhooksService};
 
 pub const WS: &str = "ws_hooks";
+
+/// Routes every event as public, under its own type (`events.<ws>.<event_type>`), as the
+/// producers' routers do for their public events.
+pub struct ByType;
+
+impl Router for ByType {
+    fn subject(&self, event: &RecordedEvent) -> Option<String> {
+        Some(format!(
+            "events.{}.{}",
+            event.metadata.workspace_id, event.event_type
+        ))
+    }
+}
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -139,7 +152,7 @@ async fn receive(
 
 pub async fn start_receiver() -> (Receiver, SocketAddr) {
     let receiver = Receiver::default();
-    let app = Router::new()
+    let app = axum::Router::new()
         .route("/hook", post(receive))
         .route("/other", post(receive))
         .with_state(receiver.clone());
@@ -246,14 +259,23 @@ impl Harness {
         self.service.create_endpoint(request).await.unwrap()
     }
 
-    /// A `conversation.updated` of `conversation_id` with `status`, fanned out.
+    /// A `conversation.updated` of `conversation_id` (its n-th), fanned out.
     pub async fn conversation_updated(&self, conversation_id: &str, n: u64) -> RecordedEvent {
         let event = updated_event(conversation_id, n);
-        self.service
-            .fan_out("conversation.updated", &event)
-            .await
-            .unwrap();
+        self.publish("fanout", &event).await;
         event
+    }
+
+    /// Hands `event` to the fan-out as a subscription named `consumer` would: once per
+    /// consumer, in the transaction that records it processed.
+    pub async fn publish(&self, consumer: &str, event: &RecordedEvent) {
+        let fan_out = FanOut::new(self.service.clone(), Arc::new(ByType));
+        self.service
+            .log()
+            .process_once(consumer, event, &fan_out)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     pub async fn deliver(&self) -> usize {
