@@ -42,6 +42,13 @@ pub enum HandleError {
 #[async_trait]
 pub trait Handler: Send + Sync {
     async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError>;
+
+    /// Whether the event concerns this handler at all. An event it does not want is
+    /// acknowledged without a transaction: handling it would change nothing, so there is
+    /// nothing to record. The default wants every event.
+    async fn wants(&self, _event: &RecordedEvent) -> bool {
+        true
+    }
 }
 
 /// A source of events delivered to a [`Handler`].
@@ -101,6 +108,9 @@ async fn deliver(
     event: &RecordedEvent,
     attempt: u32,
 ) -> Result<Option<Duration>, EventLogError> {
+    if !handler.wants(event).await {
+        return Ok(None);
+    }
     let outcome = config
         .inbox
         .process_once(&config.consumer, event, handler)

@@ -48,4 +48,24 @@ impl Handler for FanOut {
             Err(FanOutError::Log(e)) => Err(HandleError::Retry(e.to_string())),
         }
     }
+
+    /// Only events some endpoint of the workspace wants: the rest (most `message.created`
+    /// in a workspace that subscribes to `conversation.*`, say) cost a read, not a commit.
+    async fn wants(&self, event: &RecordedEvent) -> bool {
+        let Some(public_type) = self.public_type(event) else {
+            return false;
+        };
+        match self
+            .service
+            .store()
+            .live_endpoints(event.workspace_id())
+            .await
+        {
+            Ok(endpoints) => endpoints
+                .iter()
+                .any(|e| crate::domain::wants(&e.event_types, &public_type)),
+            // Let the handler meet the error and retry.
+            Err(_) => true,
+        }
+    }
 }
