@@ -34,6 +34,12 @@ pub mod webhooks {
     }
 }
 
+pub mod flows {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/switchboard.flows.v1.rs"));
+    }
+}
+
 pub mod connexease {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/switchboard.connexease.v1.rs"));

@@ -76,6 +76,10 @@ pub struct Config {
     /// `connexease` actions; unset: this process's own gRPC server when it runs the
     /// connexease service.
     pub connexease_url: Option<String>,
+    /// `SWITCHBOARD_ACTIONS_URL`: the actions service's gRPC address, for the flows
+    /// service's checks of the actions a graph refers to; unset: this process's own gRPC
+    /// server when it runs the actions service.
+    pub actions_url: Option<String>,
     /// `SWITCHBOARD_CONNEXEASE_SIM_ADDR`: where `dev` runs the Connexease simulator.
     pub connexease_sim_addr: SocketAddr,
     /// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`: the workspace the simulator's webhooks are
@@ -155,6 +159,7 @@ impl Default for Config {
             query_databases: String::new(),
             execution_retention_days: 30,
             connexease_url: None,
+            actions_url: None,
             connexease_sim_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
             connexease_sim_workspace: "ws_dev".to_owned(),
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_owned(),
@@ -195,6 +200,7 @@ impl fmt::Debug for Config {
             )
             .field("execution_retention_days", &self.execution_retention_days)
             .field("connexease_url", &self.connexease_url)
+            .field("actions_url", &self.actions_url)
             .field("connexease_sim_addr", &self.connexease_sim_addr)
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .field("webhook_retry_schedule", &self.webhook_retry_schedule)
@@ -389,14 +395,19 @@ impl Config {
                 "must start with http:// or https:// (the gRPC address)",
             ));
         }
-        if let Some(url) = &self.connexease_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(invalid(
-                "connexease_url",
-                redact_url(url),
-                "must start with http:// or https:// (the gRPC address)",
-            ));
+        for (key, url) in [
+            ("connexease_url", &self.connexease_url),
+            ("actions_url", &self.actions_url),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    key,
+                    redact_url(url),
+                    "must start with http:// or https:// (the gRPC address)",
+                ));
+            }
         }
         if !self.connexease_sim_workspace.starts_with("ws_") {
             return Err(invalid(
@@ -509,6 +520,7 @@ impl Config {
             &mut self.encryption_key,
             &mut self.conversations_url,
             &mut self.connexease_url,
+            &mut self.actions_url,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;

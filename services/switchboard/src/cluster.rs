@@ -27,14 +27,16 @@ pub enum ServiceName {
     Actions,
     Connexease,
     Webhooks,
+    Flows,
 }
 
 impl ServiceName {
-    pub const ALL: [ServiceName; 4] = [
+    pub const ALL: [ServiceName; 5] = [
         ServiceName::Conversations,
         ServiceName::Actions,
         ServiceName::Connexease,
         ServiceName::Webhooks,
+        ServiceName::Flows,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +45,7 @@ impl ServiceName {
             Self::Actions => switchboard_actions::SERVICE,
             Self::Connexease => switchboard_connexease::SERVICE,
             Self::Webhooks => switchboard_webhooks::SERVICE,
+            Self::Flows => switchboard_flows::SERVICE,
         }
     }
 
@@ -67,13 +70,14 @@ impl FromStr for ServiceName {
             "actions" => Ok(Self::Actions),
             "connexease" => Ok(Self::Connexease),
             "webhooks" => Ok(Self::Webhooks),
-            "flows" | "gateway" => Err(format!(
+            "flows" => Ok(Self::Flows),
+            "gateway" => Err(format!(
                 "the {s} service is not built yet; available: conversations, actions, \
-                 connexease, webhooks"
+                 connexease, webhooks, flows"
             )),
             other => Err(format!(
                 "unknown service `{other}`; available: conversations, actions, connexease, \
-                 webhooks"
+                 webhooks, flows"
             )),
         }
     }
@@ -101,6 +105,7 @@ pub async fn open(config: &Config, service: ServiceName) -> anyhow::Result<Event
         ServiceName::Actions => switchboard_actions::open_log(&store).await,
         ServiceName::Connexease => switchboard_connexease::open_log(&store).await,
         ServiceName::Webhooks => switchboard_webhooks::open_log(&store).await,
+        ServiceName::Flows => switchboard_flows::open_log(&store).await,
     }
     .with_context(|| format!("opening the {service} event log"))?;
     log.migrate()
@@ -123,6 +128,8 @@ struct Running {
     connexease: Option<switchboard_connexease::ConnexeaseService>,
     /// The webhooks command handler (its gRPC API, the fan-out and the dispatcher share it).
     webhooks: Option<switchboard_webhooks::WebhooksService>,
+    /// The flows command handler.
+    flows: Option<switchboard_flows::FlowsService>,
 }
 
 impl Running {
@@ -132,6 +139,7 @@ impl Running {
             ServiceName::Actions => Arc::new(switchboard_actions::PublicEvents),
             ServiceName::Connexease => Arc::new(switchboard_connexease::PublicEvents),
             ServiceName::Webhooks => Arc::new(switchboard_webhooks::PublicEvents),
+            ServiceName::Flows => Arc::new(switchboard_flows::PublicEvents),
         }
     }
 
@@ -141,6 +149,7 @@ impl Running {
             ServiceName::Actions => switchboard_actions::stream_spec(replicas),
             ServiceName::Connexease => switchboard_connexease::stream_spec(replicas),
             ServiceName::Webhooks => switchboard_webhooks::stream_spec(replicas),
+            ServiceName::Flows => switchboard_flows::stream_spec(replicas),
         }
     }
 
@@ -196,6 +205,15 @@ impl Running {
                 )
                 .into_server(),
             ),
+            ServiceName::Flows => server.add_service(
+                switchboard_flows::GRPC_SERVICE,
+                switchboard_flows::FlowsApi::new(
+                    self.flows
+                        .clone()
+                        .expect("the flows service is started with its handler"),
+                )
+                .into_server(),
+            ),
         }
     }
 }
@@ -218,6 +236,7 @@ pub async fn dev(config: Config) -> anyhow::Result<()> {
             name,
             connexease: connexease_for(name, &log, keyring.as_ref(), outbound.as_ref(), Some(&sim)),
             webhooks: webhooks_for(&config, name, &log, keyring.as_ref(), true)?,
+            flows: flows_for(&config, name, &log, &ServiceName::ALL)?,
             log,
             keyring,
             outbound,
@@ -367,6 +386,7 @@ pub async fn serve(
             name,
             connexease: connexease_for(name, &log, keyring.as_ref(), outbound.as_ref(), None),
             webhooks: webhooks_for(&config, name, &log, keyring.as_ref(), false)?,
+            flows: flows_for(&config, name, &log, &services)?,
             log,
             keyring,
             outbound,
@@ -621,7 +641,8 @@ fn service_url(config: &Config, running: &[ServiceName], service: ServiceName) -
     let configured = match service {
         ServiceName::Conversations => config.conversations_url.clone(),
         ServiceName::Connexease => config.connexease_url.clone(),
-        ServiceName::Actions | ServiceName::Webhooks => None,
+        ServiceName::Actions => config.actions_url.clone(),
+        ServiceName::Webhooks | ServiceName::Flows => None,
     };
     configured.or_else(|| {
         running
@@ -727,7 +748,7 @@ fn outbound_for(
             max_redirects: 0,
             ..Default::default()
         },
-        ServiceName::Conversations => return Ok(None),
+        ServiceName::Conversations | ServiceName::Flows => return Ok(None),
     };
     Ok(Some(
         GuardedClient::new(policy, &options).context("building the outbound HTTP client")?,
@@ -756,6 +777,31 @@ fn outbound_policy(
     }
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
     Policy::allowing(&allowed).context("SWITCHBOARD_OUTBOUND_ALLOW")
+}
+
+/// The flows command handler of a process that runs the flows service: it checks the
+/// actions a graph refers to in the actions service (this process's, unless
+/// `SWITCHBOARD_ACTIONS_URL` says otherwise).
+fn flows_for(
+    config: &Config,
+    name: ServiceName,
+    log: &EventLog,
+    running: &[ServiceName],
+) -> anyhow::Result<Option<switchboard_flows::FlowsService>> {
+    if name != ServiceName::Flows {
+        return Ok(None);
+    }
+    let actions = service_url(config, running, ServiceName::Actions)
+        .map(|url| {
+            switchboard_flows::GrpcActions::connect_lazy(&url, config.service_token.clone())
+                .with_context(|| format!("SWITCHBOARD_ACTIONS_URL={url}"))
+        })
+        .transpose()?
+        .map(|a| Arc::new(a) as Arc<dyn switchboard_flows::ActionCatalog>);
+    Ok(Some(switchboard_flows::FlowsService::new(
+        log.clone(),
+        actions,
+    )))
 }
 
 /// The webhooks command handler of a process that runs the webhooks service. In `dev`,

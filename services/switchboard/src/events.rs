@@ -57,6 +57,7 @@ fn describe(service: ServiceName, event: &RecordedEvent) -> serde_json::Value {
         },
         ServiceName::Connexease => switchboard_connexease::describe_payload(event),
         ServiceName::Webhooks => switchboard_webhooks::describe_payload(event),
+        ServiceName::Flows => switchboard_flows::describe_payload(event),
     };
     serde_json::json!({
         "global_position": event.global_position,
@@ -81,6 +82,7 @@ pub async fn rebuild(config: Config, service: ServiceName) -> anyhow::Result<()>
         ServiceName::Actions => Box::new(switchboard_actions::ActionsProjection),
         ServiceName::Connexease => Box::new(switchboard_connexease::ConnexeaseProjection),
         ServiceName::Webhooks => Box::new(switchboard_webhooks::WebhooksProjection),
+        ServiceName::Flows => Box::new(switchboard_flows::FlowsProjection),
     };
     let bar = ProgressBar::new(log.count_events().await?);
     bar.set_style(

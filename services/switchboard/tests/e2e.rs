@@ -770,7 +770,7 @@ async fn webhooks_survive_a_nats_outage_and_kill_9_mid_delivery() {
 /// `dev` delivers webhooks with nothing else running: the fan-out tails the producers'
 /// logs, and a receiver on the laptop (plain http to 127.0.0.1) is allowed.
 #[tokio::test]
-async fn dev_delivers_webhooks_to_a_local_receiver() {
+async fn dev_delivers_webhooks_and_serves_flows() {
     let dir = std::env::temp_dir().join(unique_name());
     let data_dir = dir.to_string_lossy().to_string();
     let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
@@ -793,6 +793,52 @@ async fn dev_delivers_webhooks_to_a_local_receiver() {
         got.iter()
             .all(|(h, _)| header(h, "webhook-conversation") == id)
     );
+
+    // The flows service is there too: a flow is drafted and published.
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::{
+        CreateFlowRequest, Edge, End, FlowKind, Graph, Node, PublishRequest, Start, node,
+    };
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    let end = |id: &str, kind: node::Kind| Node {
+        id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "hello".into(),
+            kind: FlowKind::ConversationFlow as i32,
+            draft: Some(Graph {
+                nodes: vec![
+                    end("start", node::Kind::Start(Start {})),
+                    end("end", node::Kind::End(End::default())),
+                ],
+                edges: vec![Edge {
+                    from: "start".into(),
+                    to: "end".into(),
+                    port: String::new(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let published = flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(published.published_version, 1);
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,885 @@
+//! The pure part of flows: what a valid graph is (checked on save and on publish, every
+//! error naming its node), and how a flow's state folds from its events. No I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use prost::Message as _;
+use switchboard_proto::flows::v1::node::Kind;
+use switchboard_proto::flows::v1::{Edge, FlowKind, Graph, Node, Operator};
+
+/// Event types of the flows service's log.
+pub mod event_types {
+    pub const FLOW_CREATED: &str = "flow.created";
+    pub const FLOW_DRAFT_SAVED: &str = "flow.draft_saved";
+    pub const FLOW_DRAFT_DISCARDED: &str = "flow.draft_discarded";
+    pub const FLOW_PUBLISHED: &str = "flow.published";
+    pub const ASSISTANT_SAVED: &str = "assistant.saved";
+}
+
+/// Bounds of every definition.
+pub mod limits {
+    pub const NODES: usize = 500;
+    pub const EDGES: usize = 2000;
+    /// Encoded configuration of one node.
+    pub const NODE_CONFIG_BYTES: usize = 64 * 1024;
+    pub const NAME_BYTES: usize = 100;
+    pub const DESCRIPTION_BYTES: usize = 2000;
+    pub const INSTRUCTIONS_BYTES: usize = 32 * 1024;
+    pub const RULES: usize = 50;
+    pub const MAP_ENTRIES: usize = 50;
+    pub const BUTTONS: usize = 10;
+    pub const FORM_FIELDS: usize = 30;
+    pub const SCHEMA_BYTES: usize = 64 * 1024;
+    /// A delay of up to a year.
+    pub const DELAY_SECONDS: u64 = 366 * 24 * 3600;
+    pub const MAX_ASKS: u32 = 10;
+}
+
+/// Namespaces templates and variable paths may read at run time.
+pub const VARIABLE_NAMESPACES: &[&str] = &[
+    "conversation",
+    "message",
+    "lead",
+    "agent",
+    "session",
+    "nodes",
+    "analysis",
+    "secure",
+    "workspace",
+    "input",
+    "transcript",
+];
+
+/// Connexease operations a node may run.
+pub const CONNEXEASE_OPERATIONS: &[&str] = &[
+    "assign_group",
+    "assign_agent",
+    "auto_assign",
+    "archive",
+    "unarchive",
+    "set_conversation_fields",
+    "update_customer",
+    "set_customer_fields",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+#[derive(Default)]
+pub struct Violations(pub Vec<FieldViolation>);
+
+impl Violations {
+    pub fn push(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    pub fn finish(self) -> Result<(), Vec<FieldViolation>> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.0)
+        }
+    }
+}
+
+/// What a node kind is called in errors and events.
+pub fn kind_name(node: &Node) -> &'static str {
+    match &node.kind {
+        Some(Kind::Start(_)) => "start",
+        Some(Kind::SendMessage(_)) => "send_message",
+        Some(Kind::CaptureInput(_)) => "capture_input",
+        Some(Kind::Condition(_)) => "condition",
+        Some(Kind::SetVariable(_)) => "set_variable",
+        Some(Kind::ApiCall(_)) => "api_call",
+        Some(Kind::UpdateConversation(_)) => "update_conversation",
+        Some(Kind::Connexease(_)) => "connexease",
+        Some(Kind::CustomAction(_)) => "custom_action",
+        Some(Kind::Delay(_)) => "delay",
+        Some(Kind::End(_)) => "end",
+        None => "unspecified",
+    }
+}
+
+/// Whether a node acts on the outside world (and so routes on success and failure).
+pub fn acts(node: &Node) -> bool {
+    matches!(
+        node.kind,
+        Some(
+            Kind::ApiCall(_)
+                | Kind::UpdateConversation(_)
+                | Kind::Connexease(_)
+                | Kind::CustomAction(_)
+        )
+    )
+}
+
+/// The ports a node routes by, and which of them must be wired.
+fn ports(node: &Node) -> (&'static [&'static str], &'static [&'static str]) {
+    match &node.kind {
+        Some(Kind::End(_)) | None => (&[], &[]),
+        Some(Kind::Condition(_)) => (&["true", "false"], &["true", "false"]),
+        Some(Kind::CaptureInput(_)) => (&["next", "invalid"], &["next"]),
+        Some(_) if acts(node) => {
+            if node.end_on_failure {
+                (&["success", "failure"], &["success"])
+            } else {
+                (&["success", "failure"], &["success", "failure"])
+            }
+        }
+        Some(_) => (&["next"], &["next"]),
+    }
+}
+
+/// Finds the variables a template reads (`conversation.id`), for checking namespaces.
+pub trait TemplateCheck {
+    fn variables(&self, template: &str) -> Result<BTreeSet<String>, String>;
+}
+
+impl TemplateCheck for switchboard_template::Renderer {
+    fn variables(&self, template: &str) -> Result<BTreeSet<String>, String> {
+        switchboard_template::Renderer::variables(self, template).map_err(|e| e.to_string())
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `session.<name>`: where captured input and set variables go.
+fn valid_session_variable(path: &str) -> bool {
+    path.strip_prefix("session.").is_some_and(|name| {
+        (1..=64).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+struct Checker<'a> {
+    v: Violations,
+    templates: &'a dyn TemplateCheck,
+}
+
+impl Checker<'_> {
+    fn template(&mut self, field: &str, template: &str) {
+        match self.templates.variables(template) {
+            Err(e) => self.v.push(field, e),
+            Ok(variables) => {
+                for variable in variables {
+                    let namespace = variable.split('.').next().unwrap_or_default();
+                    if !VARIABLE_NAMESPACES.contains(&namespace) {
+                        self.v.push(
+                            field,
+                            format!(
+                                "unknown variable namespace `{namespace}` in `{variable}`; known: {}",
+                                VARIABLE_NAMESPACES.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn map(&mut self, field: &str, entries: &HashMap<String, String>) {
+        if entries.len() > limits::MAP_ENTRIES {
+            self.v
+                .push(field, format!("at most {} entries", limits::MAP_ENTRIES));
+        }
+        let sorted: BTreeMap<_, _> = entries.iter().collect();
+        for (key, value) in sorted {
+            if key.is_empty() || key.len() > 64 {
+                self.v
+                    .push(format!("{field}.{key}"), "keys are 1 to 64 bytes");
+            }
+            self.template(&format!("{field}.{key}"), value);
+        }
+    }
+
+    fn action_id(&mut self, field: &str, id: &str) {
+        if !switchboard_runtime::requests::valid_prefixed_id(id, "act_") {
+            self.v.push(field, "required: an action id (`act_…`)");
+        }
+    }
+
+    fn node(&mut self, at: &str, node: &Node) {
+        let Some(kind) = &node.kind else {
+            self.v
+                .push(format!("{at}.kind"), "required: which kind of node this is");
+            return;
+        };
+        match kind {
+            Kind::Start(_) | Kind::End(_) => {}
+            Kind::SendMessage(m) => {
+                if m.text.trim().is_empty() && m.form.is_empty() {
+                    self.v
+                        .push(format!("{at}.send_message.text"), "required: what to send");
+                }
+                self.template(&format!("{at}.send_message.text"), &m.text);
+                if m.buttons.len() > limits::BUTTONS {
+                    self.v.push(
+                        format!("{at}.send_message.buttons"),
+                        format!("at most {}", limits::BUTTONS),
+                    );
+                }
+                for (i, b) in m.buttons.iter().enumerate() {
+                    if b.label.trim().is_empty() {
+                        self.v
+                            .push(format!("{at}.send_message.buttons[{i}].label"), "required");
+                    }
+                }
+                if m.form.len() > limits::FORM_FIELDS {
+                    self.v.push(
+                        format!("{at}.send_message.form"),
+                        format!("at most {} fields", limits::FORM_FIELDS),
+                    );
+                }
+                for (i, f) in m.form.iter().enumerate() {
+                    let field = format!("{at}.send_message.form[{i}]");
+                    if f.name.is_empty() || !valid_node_id(&f.name) {
+                        self.v.push(
+                            format!("{field}.name"),
+                            "1 to 64 letters, digits, `_` or `-`",
+                        );
+                    }
+                    if !["text", "email", "phone", "number", "date", "select"]
+                        .contains(&f.r#type.as_str())
+                    {
+                        self.v.push(
+                            format!("{field}.type"),
+                            "one of text, email, phone, number, date, select",
+                        );
+                    }
+                    if f.r#type == "select" && f.options.is_empty() {
+                        self.v
+                            .push(format!("{field}.options"), "a select needs options");
+                    }
+                }
+            }
+            Kind::CaptureInput(c) => {
+                if !valid_session_variable(&c.variable) {
+                    self.v.push(
+                        format!("{at}.capture_input.variable"),
+                        "required: `session.<name>` (letters, digits, `_`)",
+                    );
+                }
+                match c.validation.as_str() {
+                    "" | "none" | "email" | "phone" | "number" => {}
+                    "regex" => {
+                        if let Err(e) = regex::Regex::new(&c.pattern) {
+                            self.v.push(
+                                format!("{at}.capture_input.pattern"),
+                                format!("not a regex: {e}"),
+                            );
+                        }
+                    }
+                    _ => self.v.push(
+                        format!("{at}.capture_input.validation"),
+                        "one of none, email, phone, number, regex",
+                    ),
+                }
+                if c.max_attempts > limits::MAX_ASKS {
+                    self.v.push(
+                        format!("{at}.capture_input.max_attempts"),
+                        format!("at most {}", limits::MAX_ASKS),
+                    );
+                }
+                self.template(&format!("{at}.capture_input.reask_text"), &c.reask_text);
+            }
+            Kind::Condition(c) => {
+                if c.rules.is_empty() || c.rules.len() > limits::RULES {
+                    self.v.push(
+                        format!("{at}.condition.rules"),
+                        format!("1 to {} rules", limits::RULES),
+                    );
+                }
+                for (i, rule) in c.rules.iter().enumerate() {
+                    let field = format!("{at}.condition.rules[{i}]");
+                    let namespace = rule.variable.split('.').next().unwrap_or_default();
+                    if rule.variable.is_empty() || !VARIABLE_NAMESPACES.contains(&namespace) {
+                        self.v.push(
+                            format!("{field}.variable"),
+                            format!(
+                                "a variable path in a known namespace ({})",
+                                VARIABLE_NAMESPACES.join(", ")
+                            ),
+                        );
+                    }
+                    match Operator::try_from(rule.operator) {
+                        Ok(Operator::Unspecified) | Err(_) => {
+                            self.v.push(format!("{field}.operator"), "required")
+                        }
+                        Ok(Operator::Regex) => {
+                            if let Err(e) = regex::Regex::new(&rule.value) {
+                                self.v
+                                    .push(format!("{field}.value"), format!("not a regex: {e}"));
+                            }
+                        }
+                        Ok(_) => self.template(&format!("{field}.value"), &rule.value),
+                    }
+                }
+            }
+            Kind::SetVariable(s) => {
+                if !valid_session_variable(&s.variable) {
+                    self.v.push(
+                        format!("{at}.set_variable.variable"),
+                        "required: `session.<name>` (letters, digits, `_`)",
+                    );
+                }
+                self.template(&format!("{at}.set_variable.value"), &s.value);
+            }
+            Kind::ApiCall(a) => {
+                self.action_id(&format!("{at}.api_call.action_id"), &a.action_id);
+                self.map(&format!("{at}.api_call.inputs"), &a.inputs);
+            }
+            Kind::CustomAction(a) => {
+                self.action_id(&format!("{at}.custom_action.action_id"), &a.action_id);
+                self.map(&format!("{at}.custom_action.inputs"), &a.inputs);
+            }
+            Kind::UpdateConversation(u) => {
+                if u.status.is_empty() && u.set_metafields.is_empty() {
+                    self.v.push(
+                        format!("{at}.update_conversation"),
+                        "set a status or metafields: nothing to update",
+                    );
+                }
+                self.template(&format!("{at}.update_conversation.status"), &u.status);
+                self.map(
+                    &format!("{at}.update_conversation.set_metafields"),
+                    &u.set_metafields,
+                );
+            }
+            Kind::Connexease(c) => {
+                if !CONNEXEASE_OPERATIONS.contains(&c.operation.as_str()) {
+                    self.v.push(
+                        format!("{at}.connexease.operation"),
+                        format!("one of {}", CONNEXEASE_OPERATIONS.join(", ")),
+                    );
+                }
+                self.map(&format!("{at}.connexease.arguments"), &c.arguments);
+            }
+            Kind::Delay(d) => {
+                if d.seconds == 0 || d.seconds > limits::DELAY_SECONDS {
+                    self.v.push(
+                        format!("{at}.delay.seconds"),
+                        format!("1 to {} (a year)", limits::DELAY_SECONDS),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Checks a graph whole: limits, node configurations, one start, routes that land,
+/// nothing unreachable, acting nodes with a failure route (or `end_on_failure`). Fields
+/// name the node (`nodes[lookup].api_call.action_id`, `edges[3].to`).
+pub fn validate_graph(
+    kind: FlowKind,
+    graph: &Graph,
+    templates: &dyn TemplateCheck,
+) -> Result<(), Vec<FieldViolation>> {
+    let mut c = Checker {
+        v: Violations::default(),
+        templates,
+    };
+    if graph.nodes.is_empty() {
+        c.v.push("nodes", "a graph needs at least a start node");
+        return c.v.finish();
+    }
+    if graph.nodes.len() > limits::NODES {
+        c.v.push(
+            "nodes",
+            format!(
+                "at most {} nodes; this graph has {}",
+                limits::NODES,
+                graph.nodes.len()
+            ),
+        );
+        return c.v.finish();
+    }
+    if graph.edges.len() > limits::EDGES {
+        c.v.push("edges", format!("at most {} edges", limits::EDGES));
+        return c.v.finish();
+    }
+    let mut by_id: HashMap<&str, &Node> = HashMap::new();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        if !valid_node_id(&node.id) {
+            c.v.push(
+                format!("nodes[{i}].id"),
+                "1 to 64 letters, digits, `_` or `-`",
+            );
+            continue;
+        }
+        if by_id.insert(&node.id, node).is_some() {
+            c.v.push(format!("nodes[{}].id", node.id), "used by another node");
+        }
+        let at = format!("nodes[{}]", node.id);
+        if node.encoded_len() > limits::NODE_CONFIG_BYTES {
+            c.v.push(
+                at.clone(),
+                format!(
+                    "at most {} bytes of configuration",
+                    limits::NODE_CONFIG_BYTES
+                ),
+            );
+            continue;
+        }
+        if node.name.len() > limits::NAME_BYTES {
+            c.v.push(
+                format!("{at}.name"),
+                format!("at most {} bytes", limits::NAME_BYTES),
+            );
+        }
+        c.node(&at, node);
+        if node.end_on_failure && !acts(node) {
+            c.v.push(
+                format!("{at}.end_on_failure"),
+                "only acting nodes (api_call, update_conversation, connexease, custom_action) fail",
+            );
+        }
+    }
+    let starts: Vec<&Node> = graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.kind, Some(Kind::Start(_))))
+        .collect();
+    match starts.len() {
+        1 => {}
+        0 => c.v.push("nodes", "needs one start node; there is none"),
+        n => {
+            c.v.push("nodes", format!("needs one start node; there are {n}"))
+        }
+    }
+    if kind != FlowKind::ConversationFlow
+        && graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, Some(Kind::CaptureInput(_))))
+    {
+        c.v.push(
+            "nodes",
+            "capture_input waits for the customer: only conversation flows have one",
+        );
+    }
+    for (field, schema) in [
+        ("input_schema_json", &graph.input_schema_json),
+        ("response_schema_json", &graph.response_schema_json),
+    ] {
+        if schema.is_empty() {
+            continue;
+        }
+        if kind != FlowKind::ActionWorkflow {
+            c.v.push(field, "only action workflows declare inputs and a response");
+        } else if schema.len() > limits::SCHEMA_BYTES {
+            c.v.push(field, format!("at most {} bytes", limits::SCHEMA_BYTES));
+        } else {
+            match serde_json::from_str::<serde_json::Value>(schema) {
+                Err(e) => c.v.push(field, format!("not JSON: {e}")),
+                Ok(value) => {
+                    if let Err(e) = jsonschema::options().build(&value) {
+                        c.v.push(field, format!("not a JSON Schema: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    // Routes: every edge leaves a known node by one of its ports and lands on a node.
+    let mut routes: HashMap<(&str, &str), &str> = HashMap::new();
+    for (i, edge) in graph.edges.iter().enumerate() {
+        check_edge(&mut c.v, i, edge, &by_id, &mut routes);
+    }
+    for node in &graph.nodes {
+        let (_, required) = ports(node);
+        for port in required {
+            if !routes.contains_key(&(node.id.as_str(), *port)) {
+                let why = if *port == "failure" {
+                    " (or set end_on_failure to end the run when it fails)"
+                } else {
+                    ""
+                };
+                c.v.push(
+                    format!("nodes[{}]", node.id),
+                    format!("{} needs a `{port}` route{why}", kind_name(node)),
+                );
+            }
+        }
+    }
+    if let [start] = starts.as_slice() {
+        let reachable = reachable_from(&start.id, &graph.edges);
+        for node in &graph.nodes {
+            if !reachable.contains(node.id.as_str()) {
+                c.v.push(
+                    format!("nodes[{}]", node.id),
+                    "unreachable from the start node",
+                );
+            }
+        }
+    }
+    c.v.finish()
+}
+
+fn check_edge<'g>(
+    v: &mut Violations,
+    i: usize,
+    edge: &'g Edge,
+    by_id: &HashMap<&str, &Node>,
+    routes: &mut HashMap<(&'g str, &'g str), &'g str>,
+) {
+    let Some(from) = by_id.get(edge.from.as_str()) else {
+        v.push(
+            format!("edges[{i}].from"),
+            format!("no node `{}`", edge.from),
+        );
+        return;
+    };
+    if !by_id.contains_key(edge.to.as_str()) {
+        v.push(format!("edges[{i}].to"), format!("no node `{}`", edge.to));
+    }
+    if matches!(
+        by_id.get(edge.to.as_str()).and_then(|n| n.kind.as_ref()),
+        Some(Kind::Start(_))
+    ) {
+        v.push(
+            format!("edges[{i}].to"),
+            "no route may lead back to the start node",
+        );
+    }
+    let port = if edge.port.is_empty() {
+        "next"
+    } else {
+        edge.port.as_str()
+    };
+    let (allowed, _) = ports(from);
+    if !allowed.contains(&port) {
+        v.push(
+            format!("edges[{i}].port"),
+            if allowed.is_empty() {
+                format!("{} `{}` routes nowhere", kind_name(from), from.id)
+            } else {
+                format!(
+                    "{} `{}` routes by {}, not `{port}`",
+                    kind_name(from),
+                    from.id,
+                    allowed.join(", ")
+                )
+            },
+        );
+        return;
+    }
+    if routes.insert((&edge.from, port), &edge.to).is_some() {
+        v.push(
+            format!("edges[{i}]"),
+            format!("`{}` already has a `{port}` route", edge.from),
+        );
+    }
+}
+
+fn reachable_from<'g>(start: &'g str, edges: &'g [Edge]) -> BTreeSet<&'g str> {
+    let mut out: HashMap<&str, Vec<&str>> = HashMap::new();
+    for e in edges {
+        out.entry(e.from.as_str()).or_default().push(e.to.as_str());
+    }
+    let mut seen = BTreeSet::from([start]);
+    let mut queue = VecDeque::from([start]);
+    while let Some(id) = queue.pop_front() {
+        for next in out.get(id).into_iter().flatten() {
+            if seen.insert(next) {
+                queue.push_back(next);
+            }
+        }
+    }
+    seen
+}
+
+/// The action ids a graph refers to, with the node that refers to each, and whether the
+/// node needs an `http` action (API call nodes do).
+pub fn referenced_actions(graph: &Graph) -> Vec<(String, String, bool)> {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            Some(Kind::ApiCall(a)) => Some((n.id.clone(), a.action_id.clone(), true)),
+            Some(Kind::CustomAction(a)) => Some((n.id.clone(), a.action_id.clone(), false)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `@name` references in an assistant's instructions.
+pub fn workflow_references(instructions: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = instructions.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'@' && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric()) {
+            let rest = &instructions[i + 1..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(rest.len());
+            if end > 0 {
+                out.insert(rest[..end].to_owned());
+            }
+            i += end + 1;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// A flow name: 1 to 100 bytes of letters, digits, `_` and `-` (assistants write `@name`).
+pub fn valid_flow_name(name: &str) -> bool {
+    (1..=limits::NAME_BYTES).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::flows::v1::*;
+
+    use super::*;
+
+    struct Plain;
+
+    impl TemplateCheck for Plain {
+        fn variables(&self, template: &str) -> Result<BTreeSet<String>, String> {
+            switchboard_template::Renderer::new(Default::default())
+                .variables(template)
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    pub fn node(id: &str, kind: node::Kind) -> Node {
+        Node {
+            id: id.into(),
+            kind: Some(kind),
+            ..Default::default()
+        }
+    }
+
+    pub fn edge(from: &str, to: &str, port: &str) -> Edge {
+        Edge {
+            from: from.into(),
+            to: to.into(),
+            port: port.into(),
+        }
+    }
+
+    /// The "look it up and act" pattern: capture the order number, call the order API; on
+    /// success send the status and resolve; on failure apologise and hand over.
+    pub fn look_up_and_act() -> Graph {
+        Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node(
+                    "ask",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "What is your order number?".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "capture",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.order_number".into(),
+                        validation: "regex".into(),
+                        pattern: "^[0-9]{4,10}$".into(),
+                        reask_text: "That does not look like an order number.".into(),
+                        max_attempts: 3,
+                    }),
+                ),
+                node(
+                    "lookup",
+                    node::Kind::ApiCall(ApiCall {
+                        action_id: "act_lookup".into(),
+                        inputs: [("order".to_owned(), "{{ session.order_number }}".to_owned())]
+                            .into(),
+                    }),
+                ),
+                node(
+                    "status",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Your order is {{ nodes.lookup.status }}.".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "resolve",
+                    node::Kind::UpdateConversation(UpdateConversation {
+                        status: "resolved".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "sorry",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "I'm having trouble reaching that right now, let me get a teammate"
+                            .into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "handover",
+                    node::Kind::Connexease(ConnexeaseOperation {
+                        operation: "assign_group".into(),
+                        arguments: [("group".to_owned(), "support".to_owned())].into(),
+                    }),
+                ),
+                node("done", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "ask", ""),
+                edge("ask", "capture", "next"),
+                edge("capture", "lookup", "next"),
+                edge("capture", "sorry", "invalid"),
+                edge("lookup", "status", "success"),
+                edge("lookup", "sorry", "failure"),
+                edge("status", "resolve", "next"),
+                edge("resolve", "done", "success"),
+                edge("resolve", "done", "failure"),
+                edge("sorry", "handover", "next"),
+                edge("handover", "done", "success"),
+                edge("handover", "done", "failure"),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn problems(graph: &Graph) -> Vec<(String, String)> {
+        validate_graph(FlowKind::ConversationFlow, graph, &Plain)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.field, v.description))
+            .collect()
+    }
+
+    #[test]
+    fn the_look_up_and_act_pattern_is_valid() {
+        assert_eq!(problems(&look_up_and_act()), vec![]);
+    }
+
+    #[test]
+    fn errors_name_the_node() {
+        let mut graph = look_up_and_act();
+        // No failure route for the lookup, a dangling edge, an unknown namespace, an
+        // unreachable node, and a second start.
+        graph
+            .edges
+            .retain(|e| !(e.from == "lookup" && e.port == "failure"));
+        graph.edges.push(edge("status", "nowhere", "next"));
+        if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[4].kind {
+            m.text = "{{ secrets.key }}".into();
+        }
+        graph
+            .nodes
+            .push(node("island", node::Kind::End(End::default())));
+        let found = problems(&graph);
+        let fields: BTreeSet<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+        for expected in [
+            "nodes[lookup]",
+            "edges[11].to",
+            "edges[11]",
+            "nodes[status].send_message.text",
+            "nodes[island]",
+        ] {
+            assert!(
+                fields.contains(expected),
+                "{expected} missing from {found:#?}"
+            );
+        }
+        let mut two_starts = look_up_and_act();
+        two_starts
+            .nodes
+            .push(node("start2", node::Kind::Start(Start {})));
+        assert!(
+            problems(&two_starts)
+                .iter()
+                .any(|(f, d)| f == "nodes" && d.contains("there are 2"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(f, d)| f == "nodes[lookup]" && d.contains("`failure` route")),
+            "{found:#?}"
+        );
+        // end_on_failure is the explicit alternative to a failure route.
+        let mut graph = look_up_and_act();
+        graph
+            .edges
+            .retain(|e| !(e.from == "lookup" && e.port == "failure"));
+        graph.nodes[3].end_on_failure = true;
+        let found = problems(&graph);
+        assert!(
+            !found.iter().any(|(f, _)| f == "nodes[lookup]"),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut graph = look_up_and_act();
+        for i in 0..limits::NODES {
+            graph
+                .nodes
+                .push(node(&format!("n{i}"), node::Kind::End(End::default())));
+        }
+        assert!(problems(&graph)[0].1.contains("at most 500 nodes"));
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[1].kind {
+            m.text = "x".repeat(limits::NODE_CONFIG_BYTES + 1);
+        }
+        assert!(
+            problems(&graph)
+                .iter()
+                .any(|(f, d)| f == "nodes[ask]" && d.contains("bytes of configuration"))
+        );
+    }
+
+    #[test]
+    fn ports_must_match_the_node() {
+        let mut graph = look_up_and_act();
+        graph.edges.push(edge("ask", "done", "true"));
+        let found = problems(&graph);
+        assert!(
+            found
+                .iter()
+                .any(|(f, d)| f == "edges[12].port" && d.contains("routes by next")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn capture_input_belongs_to_conversation_flows() {
+        let found = validate_graph(
+            FlowKind::PostConversationWorkflow,
+            &look_up_and_act(),
+            &Plain,
+        )
+        .unwrap_err();
+        assert!(
+            found
+                .iter()
+                .any(|v| v.description.contains("capture_input"))
+        );
+    }
+
+    #[test]
+    fn workflow_references_are_found() {
+        let refs = workflow_references("Use @lookup_order, then @refund-v2. Mail a@b.c");
+        assert_eq!(
+            refs.into_iter().collect::<Vec<_>>(),
+            ["lookup_order", "refund-v2"]
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! The one place where this service's errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::domain::FieldViolation;
+use crate::service::ServiceError;
+
+pub fn invalid(violations: Vec<FieldViolation>) -> Status {
+    switchboard_runtime::requests::invalid_argument(
+        "SB-FLOW-0400",
+        violations.into_iter().map(|v| (v.field, v.description)),
+    )
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(v) => invalid(v),
+            ServiceError::NotFound(_) => Status::not_found(e.to_string()),
+            ServiceError::Conflict { .. } => Status::aborted(e.to_string()),
+            ServiceError::NameTaken(_) => Status::already_exists(e.to_string()),
+            ServiceError::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            ServiceError::ActionsUnavailable(_) => Status::unavailable(e.to_string()),
+            ServiceError::Log(e) => {
+                tracing::error!(error = %e, "flows: internal error");
+                match e {
+                    switchboard_eventlog::EventLogError::Database(_) => {
+                        Status::unavailable("SB-FLOW-0500: the flows store is unavailable; retry")
+                    }
+                    _ => Status::internal(
+                        "SB-FLOW-0501: the flows store refused the change; see the server log",
+                    ),
+                }
+            }
+        }
+    }
+}

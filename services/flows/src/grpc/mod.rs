@@ -1,0 +1,255 @@
+//! The `switchboard.flows.v1.Flows` gRPC service.
+
+mod error;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use switchboard_proto::flows::v1::flows_server::{self, FlowsServer};
+use switchboard_proto::flows::v1::*;
+use switchboard_runtime::requests::valid_prefixed_id;
+use tonic::{Request, Response, Status};
+
+use crate::domain::FieldViolation;
+use crate::service::{FlowsService, ServiceError};
+
+#[derive(Clone)]
+pub struct FlowsApi {
+    service: FlowsService,
+}
+
+impl FlowsApi {
+    pub fn new(service: FlowsService) -> Self {
+        Self { service }
+    }
+
+    /// Graphs of up to 500 nodes of up to 64 KiB each fit.
+    pub fn into_server(self) -> FlowsServer<Self> {
+        FlowsServer::new(self).max_decoding_message_size(8 * 1024 * 1024)
+    }
+}
+
+/// Each `(field, value, prefix)` must be a plain prefixed id.
+fn check_ids(ids: &[(&str, &str, &str)]) -> Result<(), Status> {
+    let violations: Vec<FieldViolation> = ids
+        .iter()
+        .filter(|(_, value, prefix)| !valid_prefixed_id(value, prefix))
+        .map(|(field, _, prefix)| FieldViolation {
+            field: (*field).to_owned(),
+            description: format!(
+                "required: `{prefix}` followed by 1 to 64 letters, digits, `_` or `-`"
+            ),
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(error::invalid(violations))
+    }
+}
+
+fn flow_ref(workspace_id: &str, flow_id: &str) -> Result<(), Status> {
+    check_ids(&[
+        ("workspace_id", workspace_id, "ws_"),
+        ("flow_id", flow_id, "flow_"),
+    ])
+}
+
+fn page_size(requested: u32) -> u32 {
+    match requested {
+        0 => 50,
+        n => n.min(500),
+    }
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, Status> {
+    if cursor.is_empty() {
+        return Ok(String::new());
+    }
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            error::invalid(vec![FieldViolation {
+                field: "cursor".into(),
+                description: "not a cursor this API returned".into(),
+            }])
+        })
+}
+
+fn next_cursor(ids: &[String], size: u32) -> String {
+    match ids.last() {
+        Some(last) if ids.len() as u32 == size => URL_SAFE_NO_PAD.encode(last),
+        _ => String::new(),
+    }
+}
+
+#[tonic::async_trait]
+impl flows_server::Flows for FlowsApi {
+    async fn create_flow(
+        &self,
+        request: Request<CreateFlowRequest>,
+    ) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        Ok(Response::new(self.service.create_flow(r).await?))
+    }
+
+    async fn save_draft(
+        &self,
+        request: Request<SaveDraftRequest>,
+    ) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(self.service.save_draft(r).await?))
+    }
+
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(self.service.publish(r).await?))
+    }
+
+    async fn discard_draft(&self, request: Request<FlowRef>) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(
+            self.service
+                .discard_draft(&r.workspace_id, &r.flow_id)
+                .await?,
+        ))
+    }
+
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(self.service.rollback(r).await?))
+    }
+
+    async fn get_flow(&self, request: Request<FlowRef>) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(
+            self.service.load(&r.workspace_id, &r.flow_id).await?.flow,
+        ))
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<ListFlowsRequest>,
+    ) -> Result<Response<ListFlowsResponse>, Status> {
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let size = page_size(r.page_size);
+        let ids = self
+            .service
+            .store()
+            .flow_ids(&r.workspace_id, r.kind, &decode_cursor(&r.cursor)?, size)
+            .await
+            .map_err(ServiceError::from)?;
+        let mut flows = Vec::with_capacity(ids.len());
+        for id in &ids {
+            flows.push(self.service.load(&r.workspace_id, id).await?.flow);
+        }
+        Ok(Response::new(ListFlowsResponse {
+            flows,
+            next_cursor: next_cursor(&ids, size),
+        }))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<FlowRef>,
+    ) -> Result<Response<ListVersionsResponse>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        let state = self.service.load(&r.workspace_id, &r.flow_id).await?;
+        Ok(Response::new(ListVersionsResponse {
+            versions: state.versions,
+        }))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<GetVersionRequest>,
+    ) -> Result<Response<FlowVersion>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(
+            self.service
+                .version(&r.workspace_id, &r.flow_id, r.number)
+                .await?,
+        ))
+    }
+
+    async fn save_assistant(
+        &self,
+        request: Request<SaveAssistantRequest>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        let assistant = r.assistant.ok_or_else(|| {
+            error::invalid(vec![FieldViolation {
+                field: "assistant".into(),
+                description: "required".into(),
+            }])
+        })?;
+        check_ids(&[("assistant.workspace_id", &assistant.workspace_id, "ws_")])?;
+        if !assistant.id.is_empty() {
+            check_ids(&[("assistant.id", &assistant.id, "asst_")])?;
+        }
+        if !assistant.flow_id.is_empty() {
+            check_ids(&[("assistant.flow_id", &assistant.flow_id, "flow_")])?;
+        }
+        if r.request_id.len() > 128 {
+            return Err(error::invalid(vec![FieldViolation {
+                field: "request_id".into(),
+                description: "at most 128 bytes".into(),
+            }]));
+        }
+        Ok(Response::new(
+            self.service
+                .save_assistant(assistant, r.expected_version, &r.request_id)
+                .await?,
+        ))
+    }
+
+    async fn get_assistant(
+        &self,
+        request: Request<AssistantRef>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        Ok(Response::new(
+            self.service
+                .load_assistant(&r.workspace_id, &r.assistant_id)
+                .await?
+                .0,
+        ))
+    }
+
+    async fn list_assistants(
+        &self,
+        request: Request<ListAssistantsRequest>,
+    ) -> Result<Response<ListAssistantsResponse>, Status> {
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let size = page_size(r.page_size);
+        let ids = self
+            .service
+            .store()
+            .assistant_ids(&r.workspace_id, &decode_cursor(&r.cursor)?, size)
+            .await
+            .map_err(ServiceError::from)?;
+        let mut assistants = Vec::with_capacity(ids.len());
+        for id in &ids {
+            assistants.push(self.service.load_assistant(&r.workspace_id, id).await?.0);
+        }
+        Ok(Response::new(ListAssistantsResponse {
+            assistants,
+            next_cursor: next_cursor(&ids, size),
+        }))
+    }
+}

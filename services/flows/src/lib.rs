@@ -1,0 +1,75 @@
+//! The flows service: assistants, and the flows and workflows that make them behave, each
+//! with a draft and immutable published versions.
+//!
+//! - [`domain`]: what a valid graph is (every error naming its node); pure.
+//! - [`service`]: the command handler: create, save the draft, publish, discard, roll
+//!   back; assistants.
+//! - [`store`]: the read models (flows by name and kind, assistants).
+//! - [`grpc`]: the tonic service.
+//!
+//! The flow runtime (runs pinned to a version, durable timers, action requests) is built
+//! on these definitions next; see the README's "Flows" section for what exists today.
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use switchboard_eventlog::{EventLog, EventLogError, StoreConfig};
+
+pub use grpc::FlowsApi;
+pub use service::{ActionCatalog, FlowsService, GrpcActions};
+pub use store::{FlowsProjection, FlowsStore};
+
+pub const SERVICE: &str = "flows";
+pub const GRPC_SERVICE: &str = "switchboard.flows.v1.Flows";
+
+/// Opens the service's log with its read models and projection.
+pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
+    let (postgres, sqlite) = store::read_model_ddl();
+    Ok(EventLog::open(config)
+        .await?
+        .with_read_models(&postgres, &sqlite)
+        .with_projection(Arc::new(FlowsProjection)))
+}
+
+/// Definitions stay in the log; nothing is public yet.
+pub struct PublicEvents;
+
+impl switchboard_eventlog::Router for PublicEvents {
+    fn subject(&self, _event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+        None
+    }
+}
+
+/// The JetStream stream the service publishes to (the runtime's action requests will go
+/// to `internal.flows.>`).
+pub fn stream_spec(replicas: usize) -> switchboard_eventlog::StreamSpec {
+    switchboard_eventlog::StreamSpec {
+        name: "FLOWS".into(),
+        subjects: vec!["internal.flows.>".into(), "events.*.flow_run.>".into()],
+        replicas,
+    }
+}
+
+/// A stored event's payload for people (`switchboard events tail`).
+pub fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
+    use domain::event_types as t;
+    use switchboard_proto::flows::v1 as pb;
+    let shown = match event.event_type.as_str() {
+        t::FLOW_CREATED | t::FLOW_DRAFT_SAVED | t::FLOW_DRAFT_DISCARDED => {
+            event.decode::<pb::FlowChanged>().map(|f| format!("{f:?}"))
+        }
+        t::FLOW_PUBLISHED => event
+            .decode::<pb::FlowPublished>()
+            .map(|p| format!("{p:?}")),
+        t::ASSISTANT_SAVED => event
+            .decode::<pb::AssistantSaved>()
+            .map(|a| format!("{a:?}")),
+        _ => return format!("<{} bytes of unknown type>", event.payload.len()),
+    };
+    shown.unwrap_or_else(|e| format!("<undecodable: {e}>"))
+}

@@ -1,0 +1,718 @@
+//! The command handler of definitions: flows (create, save the draft, publish, discard,
+//! roll back) and assistants.
+//!
+//! Streams: `flow/<ws>/<flow>` (a flow: its draft and every published version) and
+//! `assistant/<ws>/<asst>`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prost::Message as _;
+use switchboard_eventlog::{
+    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
+    now_micros,
+};
+use switchboard_proto::actions::v1::ActionKind;
+use switchboard_proto::flows::v1::{
+    Assistant, AssistantSaved, CreateFlowRequest, Flow, FlowChanged, FlowKind, FlowPublished,
+    FlowVersion, Graph, PublishRequest, RollbackRequest, SaveDraftRequest,
+};
+use uuid::Uuid;
+
+use crate::domain::{self, FieldViolation, Violations, event_types as t, limits};
+use crate::store::FlowsStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<FieldViolation>),
+    #[error("SB-FLOW-0404: no such {0} in the workspace")]
+    NotFound(&'static str),
+    #[error("SB-FLOW-0409: it changed since version {expected}; it is at {actual}")]
+    Conflict { expected: u64, actual: u64 },
+    #[error("SB-FLOW-0410: a flow named `{0}` already exists in the workspace")]
+    NameTaken(String),
+    #[error("SB-FLOW-0412: {0}")]
+    FailedPrecondition(String),
+    #[error("SB-FLOW-0503: cannot check the referenced actions: {0}")]
+    ActionsUnavailable(String),
+    #[error(transparent)]
+    Log(#[from] EventLogError),
+}
+
+/// What the flows service knows of the actions service: an action's kind, or that it does
+/// not exist.
+#[async_trait]
+pub trait ActionCatalog: Send + Sync {
+    async fn kind_of(
+        &self,
+        workspace_id: &str,
+        action_id: &str,
+    ) -> Result<Option<ActionKind>, String>;
+}
+
+/// The actions service over gRPC.
+pub struct GrpcActions {
+    client:
+        switchboard_proto::actions::v1::actions_client::ActionsClient<tonic::transport::Channel>,
+    token: Option<String>,
+}
+
+impl GrpcActions {
+    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect_lazy();
+        Ok(Self {
+            client: switchboard_proto::actions::v1::actions_client::ActionsClient::new(channel),
+            token,
+        })
+    }
+}
+
+#[async_trait]
+impl ActionCatalog for GrpcActions {
+    async fn kind_of(
+        &self,
+        workspace_id: &str,
+        action_id: &str,
+    ) -> Result<Option<ActionKind>, String> {
+        let request = switchboard_runtime::requests::outgoing(
+            switchboard_proto::actions::v1::GetActionRequest {
+                workspace_id: workspace_id.to_owned(),
+                action_id: action_id.to_owned(),
+            },
+            self.token.as_deref(),
+            &switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+        );
+        match self.client.clone().get_action(request).await {
+            Ok(response) => Ok(response
+                .into_inner()
+                .action
+                .map(|a| ActionKind::try_from(a.kind).unwrap_or(ActionKind::Unspecified))),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(status.message().to_owned()),
+        }
+    }
+}
+
+pub fn flow_stream(workspace_id: &str, flow_id: &str) -> StreamRef {
+    StreamRef::new("flow", format!("{workspace_id}/{flow_id}"))
+}
+
+pub fn assistant_stream(workspace_id: &str, assistant_id: &str) -> StreamRef {
+    StreamRef::new("assistant", format!("{workspace_id}/{assistant_id}"))
+}
+
+pub fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+/// A flow as its events left it: the flow, every published version, the stream version.
+#[derive(Debug, Clone, Default)]
+pub struct FlowState {
+    pub flow: Flow,
+    pub versions: Vec<FlowVersion>,
+    pub version: u64,
+}
+
+impl FlowState {
+    /// Folds one event (pure).
+    pub fn apply(&mut self, event_type: &str, payload: &[u8]) -> Result<(), prost::DecodeError> {
+        match event_type {
+            t::FLOW_CREATED | t::FLOW_DRAFT_SAVED | t::FLOW_DRAFT_DISCARDED => {
+                if let Some(flow) = FlowChanged::decode(payload)?.flow {
+                    self.flow = flow;
+                }
+            }
+            t::FLOW_PUBLISHED => {
+                if let Some(version) = FlowPublished::decode(payload)?.version {
+                    self.flow.published_version = version.number;
+                    if !self.flow.has_draft || version.rolled_back_from == 0 {
+                        self.flow.draft = version.graph.clone();
+                        self.flow.has_draft = false;
+                    }
+                    self.flow.updated_at = version.published_at;
+                    self.versions.push(version);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn published(&self) -> Option<&FlowVersion> {
+        self.versions.last()
+    }
+}
+
+#[derive(Clone)]
+pub struct FlowsService {
+    log: EventLog,
+    store: FlowsStore,
+    actions: Option<Arc<dyn ActionCatalog>>,
+    renderer: Arc<switchboard_template::Renderer>,
+}
+
+fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
+    Metadata {
+        workspace_id: workspace_id.to_owned(),
+        correlation_id: correlation_id.to_owned(),
+        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+        occurred_at: now_micros(),
+        ..Default::default()
+    }
+}
+
+fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema_version: 1,
+        payload,
+        metadata,
+    }
+}
+
+fn is_unique_violation(e: &EventLogError) -> bool {
+    matches!(e, EventLogError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
+}
+
+impl FlowsService {
+    /// `actions`: where referenced actions are checked on publish; `None` refuses to
+    /// publish graphs that refer to actions (it cannot check them).
+    pub fn new(log: EventLog, actions: Option<Arc<dyn ActionCatalog>>) -> Self {
+        Self {
+            store: FlowsStore::new(log.clone()),
+            log,
+            actions,
+            renderer: Arc::new(switchboard_template::Renderer::new(Default::default())),
+        }
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    pub fn store(&self) -> &FlowsStore {
+        &self.store
+    }
+
+    pub async fn load(&self, workspace_id: &str, flow_id: &str) -> Result<FlowState, ServiceError> {
+        let stream = flow_stream(workspace_id, flow_id);
+        let mut state = FlowState::default();
+        loop {
+            let events = self.log.read_stream(&stream, state.version, 500).await?;
+            let Some(last) = events.last() else { break };
+            state.version = last.stream_version;
+            for e in &events {
+                state
+                    .apply(&e.event_type, &e.payload)
+                    .map_err(|err| EventLogError::Corrupt {
+                        event_id: e.event_id.to_string(),
+                        event_type: e.event_type.clone(),
+                        reason: err.to_string(),
+                    })?;
+            }
+            if events.len() < 500 {
+                break;
+            }
+        }
+        if state.version == 0 {
+            return Err(ServiceError::NotFound("flow"));
+        }
+        state.flow.version = state.version;
+        Ok(state)
+    }
+
+    fn check_graph(&self, kind: FlowKind, graph: &Graph) -> Result<(), ServiceError> {
+        domain::validate_graph(kind, graph, self.renderer.as_ref()).map_err(|v| {
+            ServiceError::Invalid(
+                v.into_iter()
+                    .map(|v| FieldViolation {
+                        field: format!("draft.{}", v.field),
+                        description: v.description,
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    async fn append(
+        &self,
+        workspace_id: &str,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, ServiceError> {
+        match self.log.append(stream, expected, events).await {
+            Ok(appended) => Ok(appended
+                .events
+                .last()
+                .map(|e| e.stream_version)
+                .unwrap_or(0)),
+            Err(EventLogError::Conflict { actual, .. }) => Err(ServiceError::Conflict {
+                expected: match expected {
+                    ExpectedVersion::Exact(v) => v,
+                    ExpectedVersion::NoStream => 0,
+                },
+                actual,
+            }),
+            Err(e) if is_unique_violation(&e) => {
+                let _ = workspace_id;
+                Err(ServiceError::FailedPrecondition(
+                    "a flow with that name already exists".into(),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn create_flow(&self, r: CreateFlowRequest) -> Result<Flow, ServiceError> {
+        let mut v = Violations::default();
+        if !domain::valid_flow_name(&r.name) {
+            v.push(
+                "name",
+                "required: 1 to 100 letters, digits, `_` or `-` (assistants refer to it as `@name`)",
+            );
+        }
+        let kind = FlowKind::try_from(r.kind).unwrap_or(FlowKind::Unspecified);
+        if kind == FlowKind::Unspecified {
+            v.push(
+                "kind",
+                "required: conversation_flow, action_workflow or post_conversation_workflow",
+            );
+        }
+        if r.description.len() > limits::DESCRIPTION_BYTES {
+            v.push(
+                "description",
+                format!("at most {} bytes", limits::DESCRIPTION_BYTES),
+            );
+        }
+        if r.request_id.len() > 128 {
+            v.push("request_id", "at most 128 bytes");
+        }
+        v.finish().map_err(ServiceError::Invalid)?;
+        let draft = r.draft.unwrap_or_default();
+        if !draft.nodes.is_empty() {
+            self.check_graph(kind, &draft)?;
+        }
+        let request_id = if r.request_id.is_empty() {
+            Uuid::now_v7().to_string()
+        } else {
+            r.request_id.clone()
+        };
+        let key = derive_event_id(&r.workspace_id, &format!("flow:{request_id}"), 0);
+        let flow_id = format!("flow_{}", key.simple());
+        if let Ok(existing) = self.load(&r.workspace_id, &flow_id).await {
+            return Ok(existing.flow);
+        }
+        if self
+            .store
+            .flow_named(&r.workspace_id, &r.name)
+            .await?
+            .is_some()
+        {
+            return Err(ServiceError::NameTaken(r.name));
+        }
+        let now = timestamp(now_micros());
+        let flow = Flow {
+            id: flow_id.clone(),
+            workspace_id: r.workspace_id.clone(),
+            name: r.name.clone(),
+            kind: kind as i32,
+            description: r.description,
+            draft: Some(draft),
+            has_draft: true,
+            published_version: 0,
+            created_at: Some(now),
+            updated_at: Some(now),
+            version: 1,
+        };
+        let new = NewEvent {
+            event_id: key,
+            ..event(
+                t::FLOW_CREATED,
+                FlowChanged {
+                    flow: Some(flow.clone()),
+                }
+                .encode_to_vec(),
+                metadata(&r.workspace_id, &request_id),
+            )
+        };
+        match self
+            .append(
+                &r.workspace_id,
+                &flow_stream(&r.workspace_id, &flow_id),
+                ExpectedVersion::NoStream,
+                vec![new],
+            )
+            .await
+        {
+            Ok(_) => Ok(flow),
+            Err(ServiceError::FailedPrecondition(_)) => Err(ServiceError::NameTaken(r.name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn expect(state: &FlowState, expected_version: u64) -> Result<(), ServiceError> {
+        if expected_version != 0 && expected_version != state.version {
+            return Err(ServiceError::Conflict {
+                expected: expected_version,
+                actual: state.version,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn save_draft(&self, r: SaveDraftRequest) -> Result<Flow, ServiceError> {
+        let state = self.load(&r.workspace_id, &r.flow_id).await?;
+        Self::expect(&state, r.expected_version)?;
+        let draft = r.draft.unwrap_or_default();
+        self.check_graph(state.flow.kind(), &draft)?;
+        let mut flow = state.flow.clone();
+        flow.draft = Some(draft);
+        flow.has_draft = true;
+        flow.updated_at = Some(timestamp(now_micros()));
+        self.change(&state, t::FLOW_DRAFT_SAVED, flow).await
+    }
+
+    async fn change(
+        &self,
+        state: &FlowState,
+        event_type: &str,
+        mut flow: Flow,
+    ) -> Result<Flow, ServiceError> {
+        flow.version = state.version + 1;
+        self.append(
+            &flow.workspace_id.clone(),
+            &flow_stream(&flow.workspace_id, &flow.id),
+            ExpectedVersion::Exact(state.version),
+            vec![event(
+                event_type,
+                FlowChanged {
+                    flow: Some(flow.clone()),
+                }
+                .encode_to_vec(),
+                metadata(&flow.workspace_id, ""),
+            )],
+        )
+        .await?;
+        Ok(flow)
+    }
+
+    /// Every action the graph refers to exists, and API call nodes refer to `http` ones.
+    async fn check_actions(&self, workspace_id: &str, graph: &Graph) -> Result<(), ServiceError> {
+        let referenced = domain::referenced_actions(graph);
+        if referenced.is_empty() {
+            return Ok(());
+        }
+        let Some(actions) = &self.actions else {
+            return Err(ServiceError::ActionsUnavailable(
+                "no actions service is configured (SWITCHBOARD_ACTIONS_URL)".into(),
+            ));
+        };
+        let mut v = Violations::default();
+        for (node, action_id, needs_http) in referenced {
+            let field = if needs_http {
+                format!("draft.nodes[{node}].api_call.action_id")
+            } else {
+                format!("draft.nodes[{node}].custom_action.action_id")
+            };
+            match actions
+                .kind_of(workspace_id, &action_id)
+                .await
+                .map_err(ServiceError::ActionsUnavailable)?
+            {
+                None => v.push(field, format!("no action `{action_id}` in the workspace")),
+                Some(kind) if needs_http && kind != ActionKind::Http => v.push(
+                    field,
+                    format!("`{action_id}` is not an http action; use a custom_action node"),
+                ),
+                Some(_) => {}
+            }
+        }
+        v.finish().map_err(ServiceError::Invalid)
+    }
+
+    /// Publishes the draft as the next immutable version.
+    pub async fn publish(&self, r: PublishRequest) -> Result<Flow, ServiceError> {
+        let state = self.load(&r.workspace_id, &r.flow_id).await?;
+        Self::expect(&state, r.expected_version)?;
+        if !state.flow.has_draft {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "nothing to publish: the draft is version {} as published",
+                state.flow.published_version
+            )));
+        }
+        let graph = state.flow.draft.clone().unwrap_or_default();
+        self.check_graph(state.flow.kind(), &graph)?;
+        self.check_actions(&r.workspace_id, &graph).await?;
+        if r.note.len() > limits::DESCRIPTION_BYTES {
+            return Err(ServiceError::Invalid(vec![FieldViolation {
+                field: "note".into(),
+                description: format!("at most {} bytes", limits::DESCRIPTION_BYTES),
+            }]));
+        }
+        self.publish_version(&state, graph, 0, r.note).await
+    }
+
+    async fn publish_version(
+        &self,
+        state: &FlowState,
+        graph: Graph,
+        rolled_back_from: u32,
+        note: String,
+    ) -> Result<Flow, ServiceError> {
+        let version = FlowVersion {
+            flow_id: state.flow.id.clone(),
+            number: state.flow.published_version + 1,
+            graph: Some(graph),
+            published_at: Some(timestamp(now_micros())),
+            rolled_back_from,
+            note,
+        };
+        let ws = state.flow.workspace_id.clone();
+        self.append(
+            &ws,
+            &flow_stream(&ws, &state.flow.id),
+            ExpectedVersion::Exact(state.version),
+            vec![event(
+                t::FLOW_PUBLISHED,
+                FlowPublished {
+                    version: Some(version),
+                }
+                .encode_to_vec(),
+                metadata(&ws, ""),
+            )],
+        )
+        .await?;
+        Ok(self.load(&ws, &state.flow.id).await?.flow)
+    }
+
+    /// Drops the draft: back to the last published version.
+    pub async fn discard_draft(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+    ) -> Result<Flow, ServiceError> {
+        let state = self.load(workspace_id, flow_id).await?;
+        let Some(published) = state.published() else {
+            return Err(ServiceError::FailedPrecondition(
+                "never published: there is no version to go back to".into(),
+            ));
+        };
+        if !state.flow.has_draft {
+            return Ok(state.flow);
+        }
+        let mut flow = state.flow.clone();
+        flow.draft = published.graph.clone();
+        flow.has_draft = false;
+        flow.updated_at = Some(timestamp(now_micros()));
+        self.change(&state, t::FLOW_DRAFT_DISCARDED, flow).await
+    }
+
+    /// Publishes version `to_version`'s graph again as a new version. A draft in progress
+    /// stays as it is.
+    pub async fn rollback(&self, r: RollbackRequest) -> Result<Flow, ServiceError> {
+        let state = self.load(&r.workspace_id, &r.flow_id).await?;
+        let Some(old) = state.versions.iter().find(|v| v.number == r.to_version) else {
+            return Err(ServiceError::Invalid(vec![FieldViolation {
+                field: "to_version".into(),
+                description: format!(
+                    "no version {}; published versions are 1 to {}",
+                    r.to_version, state.flow.published_version
+                ),
+            }]));
+        };
+        if r.to_version == state.flow.published_version {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "version {} is the published one already",
+                r.to_version
+            )));
+        }
+        let graph = old.graph.clone().unwrap_or_default();
+        self.publish_version(
+            &state,
+            graph,
+            r.to_version,
+            format!("rollback to {}", r.to_version),
+        )
+        .await
+    }
+
+    pub async fn version(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+        number: u32,
+    ) -> Result<FlowVersion, ServiceError> {
+        let state = self.load(workspace_id, flow_id).await?;
+        let wanted = if number == 0 {
+            state.flow.published_version
+        } else {
+            number
+        };
+        state
+            .versions
+            .into_iter()
+            .find(|v| v.number == wanted)
+            .ok_or(ServiceError::NotFound("version"))
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Assistants
+    // -----------------------------------------------------------------------------------
+
+    pub async fn load_assistant(
+        &self,
+        workspace_id: &str,
+        assistant_id: &str,
+    ) -> Result<(Assistant, u64), ServiceError> {
+        let events = self
+            .log
+            .read_stream(&assistant_stream(workspace_id, assistant_id), 0, 10_000)
+            .await?;
+        let Some(last) = events.last() else {
+            return Err(ServiceError::NotFound("assistant"));
+        };
+        let saved: AssistantSaved = last.decode()?;
+        let mut assistant = saved.assistant.unwrap_or_default();
+        assistant.version = last.stream_version;
+        Ok((assistant, last.stream_version))
+    }
+
+    pub async fn save_assistant(
+        &self,
+        mut assistant: Assistant,
+        expected_version: u64,
+        request_id: &str,
+    ) -> Result<Assistant, ServiceError> {
+        let ws = assistant.workspace_id.clone();
+        let mut v = Violations::default();
+        if assistant.name.trim().is_empty() || assistant.name.len() > limits::NAME_BYTES {
+            v.push("assistant.name", "required: at most 100 bytes");
+        }
+        if assistant.instructions.len() > limits::INSTRUCTIONS_BYTES {
+            v.push(
+                "assistant.instructions",
+                format!("at most {} bytes", limits::INSTRUCTIONS_BYTES),
+            );
+        }
+        if assistant.enabled_action_ids.len() > 100 {
+            v.push("assistant.enabled_action_ids", "at most 100");
+        }
+        for (i, id) in assistant.enabled_action_ids.iter().enumerate() {
+            if !switchboard_runtime::requests::valid_prefixed_id(id, "act_") {
+                v.push(
+                    format!("assistant.enabled_action_ids[{i}]"),
+                    "an action id (`act_…`)",
+                );
+            }
+        }
+        for (i, id) in assistant.knowledge_collection_ids.iter().enumerate() {
+            if !switchboard_runtime::requests::valid_prefixed_id(id, "kc_") {
+                v.push(
+                    format!("assistant.knowledge_collection_ids[{i}]"),
+                    "a knowledge collection id (`kc_…`)",
+                );
+            }
+        }
+        v.finish().map_err(ServiceError::Invalid)?;
+
+        // References must name what exists: published action workflows, actions, the flow.
+        let mut v = Violations::default();
+        for name in domain::workflow_references(&assistant.instructions) {
+            match self.store.flow_named(&ws, &name).await? {
+                Some((_, kind, published))
+                    if kind == FlowKind::ActionWorkflow as i32 && published > 0 => {}
+                Some((_, kind, _)) if kind != FlowKind::ActionWorkflow as i32 => v.push(
+                    "assistant.instructions",
+                    format!("`@{name}` is not an action workflow"),
+                ),
+                Some(_) => v.push(
+                    "assistant.instructions",
+                    format!("`@{name}` is not published yet"),
+                ),
+                None => v.push(
+                    "assistant.instructions",
+                    format!("`@{name}`: no action workflow by that name"),
+                ),
+            }
+        }
+        if !assistant.flow_id.is_empty() {
+            match self.load(&ws, &assistant.flow_id).await {
+                Ok(state) if state.flow.kind() == FlowKind::ConversationFlow => {}
+                Ok(_) => v.push("assistant.flow_id", "not a conversation flow"),
+                Err(ServiceError::NotFound(_)) => {
+                    v.push("assistant.flow_id", "no such flow in the workspace")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !assistant.enabled_action_ids.is_empty() {
+            let Some(actions) = &self.actions else {
+                return Err(ServiceError::ActionsUnavailable(
+                    "no actions service is configured (SWITCHBOARD_ACTIONS_URL)".into(),
+                ));
+            };
+            for (i, id) in assistant.enabled_action_ids.iter().enumerate() {
+                if actions
+                    .kind_of(&ws, id)
+                    .await
+                    .map_err(ServiceError::ActionsUnavailable)?
+                    .is_none()
+                {
+                    v.push(
+                        format!("assistant.enabled_action_ids[{i}]"),
+                        format!("no action `{id}` in the workspace"),
+                    );
+                }
+            }
+        }
+        v.finish().map_err(ServiceError::Invalid)?;
+
+        let (expected, event_id) = if assistant.id.is_empty() {
+            let request_id = if request_id.is_empty() {
+                Uuid::now_v7().to_string()
+            } else {
+                request_id.to_owned()
+            };
+            let key = derive_event_id(&ws, &format!("assistant:{request_id}"), 0);
+            assistant.id = format!("asst_{}", key.simple());
+            (ExpectedVersion::NoStream, key)
+        } else {
+            let (_, version) = self.load_assistant(&ws, &assistant.id).await?;
+            if expected_version != 0 && expected_version != version {
+                return Err(ServiceError::Conflict {
+                    expected: expected_version,
+                    actual: version,
+                });
+            }
+            (ExpectedVersion::Exact(version), Uuid::now_v7())
+        };
+        assistant.updated_at = Some(timestamp(now_micros()));
+        let new = NewEvent {
+            event_id,
+            ..event(
+                t::ASSISTANT_SAVED,
+                AssistantSaved {
+                    assistant: Some(assistant.clone()),
+                }
+                .encode_to_vec(),
+                metadata(&ws, request_id),
+            )
+        };
+        let version = self
+            .append(
+                &ws,
+                &assistant_stream(&ws, &assistant.id),
+                expected,
+                vec![new],
+            )
+            .await?;
+        assistant.version = version;
+        Ok(assistant)
+    }
+}
