@@ -168,13 +168,28 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A template that must parse and read known namespaces, and not `secure.*`: it may
+    /// end up in a message, a variable or a log.
     fn template(&mut self, field: &str, template: &str) {
+        self.checked_template(field, template, false);
+    }
+
+    fn checked_template(&mut self, field: &str, template: &str, secure_allowed: bool) {
         match self.templates.variables(template) {
             Err(e) => self.v.push(field, e),
             Ok(variables) => {
                 for variable in variables {
                     let namespace = variable.split('.').next().unwrap_or_default();
-                    if !VARIABLE_NAMESPACES.contains(&namespace) {
+                    if namespace == "secure" && !secure_allowed {
+                        self.v.push(
+                            field,
+                            format!(
+                                "`{variable}` is secure metadata: only action inputs and \
+                                 Connexease arguments (requests) may read it, never text \
+                                 anyone or anything reads"
+                            ),
+                        );
+                    } else if !VARIABLE_NAMESPACES.contains(&namespace) {
                         self.v.push(
                             field,
                             format!(
@@ -188,7 +203,7 @@ impl Checker<'_> {
         }
     }
 
-    fn map(&mut self, field: &str, entries: &HashMap<String, String>) {
+    fn map(&mut self, field: &str, entries: &HashMap<String, String>, secure_allowed: bool) {
         if entries.len() > limits::MAP_ENTRIES {
             self.v
                 .push(field, format!("at most {} entries", limits::MAP_ENTRIES));
@@ -199,7 +214,7 @@ impl Checker<'_> {
                 self.v
                     .push(format!("{field}.{key}"), "keys are 1 to 64 bytes");
             }
-            self.template(&format!("{field}.{key}"), value);
+            self.checked_template(&format!("{field}.{key}"), value, secure_allowed);
         }
     }
 
@@ -337,11 +352,11 @@ impl Checker<'_> {
             }
             Kind::ApiCall(a) => {
                 self.action_id(&format!("{at}.api_call.action_id"), &a.action_id);
-                self.map(&format!("{at}.api_call.inputs"), &a.inputs);
+                self.map(&format!("{at}.api_call.inputs"), &a.inputs, true);
             }
             Kind::CustomAction(a) => {
                 self.action_id(&format!("{at}.custom_action.action_id"), &a.action_id);
-                self.map(&format!("{at}.custom_action.inputs"), &a.inputs);
+                self.map(&format!("{at}.custom_action.inputs"), &a.inputs, true);
             }
             Kind::UpdateConversation(u) => {
                 if u.status.is_empty() && u.set_metafields.is_empty() {
@@ -354,6 +369,7 @@ impl Checker<'_> {
                 self.map(
                     &format!("{at}.update_conversation.set_metafields"),
                     &u.set_metafields,
+                    false,
                 );
             }
             Kind::Connexease(c) => {
@@ -363,7 +379,7 @@ impl Checker<'_> {
                         format!("one of {}", CONNEXEASE_OPERATIONS.join(", ")),
                     );
                 }
-                self.map(&format!("{at}.connexease.arguments"), &c.arguments);
+                self.map(&format!("{at}.connexease.arguments"), &c.arguments, true);
             }
             Kind::Delay(d) => {
                 if d.seconds == 0 || d.seconds > limits::DELAY_SECONDS {
@@ -644,7 +660,7 @@ pub fn valid_flow_name(name: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use switchboard_proto::flows::v1::*;
 
     use super::*;
@@ -872,6 +888,21 @@ mod tests {
                 .iter()
                 .any(|v| v.description.contains("capture_input"))
         );
+    }
+
+    #[test]
+    fn secure_metadata_is_refused_where_anyone_would_read_it() {
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[1].kind {
+            m.text = "Your key is {{ secure.api_key }}".into();
+        }
+        if let Some(node::Kind::ApiCall(a)) = &mut graph.nodes[3].kind {
+            a.inputs.insert("key".into(), "{{ secure.api_key }}".into());
+        }
+        let found = problems(&graph);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0].0, "nodes[ask].send_message.text");
+        assert!(found[0].1.contains("secure metadata"));
     }
 
     #[test]

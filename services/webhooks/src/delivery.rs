@@ -442,15 +442,32 @@ impl Dispatcher {
                 ..Default::default()
             },
         };
-        Ok(self
-            .service
-            .append_to_message_at(
-                ws,
-                &message.message_id,
-                Some(message.stream_version as u64),
-                event,
-            )
-            .await?)
+        // The request has gone out: try hard to record it, since an unrecorded attempt is
+        // sent again (same webhook-id, but a duplicate all the same). The event id makes
+        // a retried append a no-op if an earlier try did commit.
+        let mut delay = Duration::from_millis(50);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self
+                .service
+                .append_to_message_at(
+                    ws,
+                    &message.message_id,
+                    Some(message.stream_version as u64),
+                    event.clone(),
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 6 => {
+                    warn!(message_id = %message.message_id, error = %e, "recording an attempt failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Updates the endpoint's breaker, and disables an endpoint that has failed for

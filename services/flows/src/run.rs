@@ -1,0 +1,1131 @@
+//! The flow runtime's pure core. A run is pinned to one published graph; its state is a
+//! fold of its events ([`Run::apply`]), and [`decide`] says which events an input causes:
+//! a message captured, a node's effect requested, a timer armed, a route taken. No I/O,
+//! no clock, no randomness: the same graph and events always give the same state, which
+//! is what makes runs replayable after a restart and drafts replayable against recorded
+//! conversations.
+//!
+//! Effects (actions, conversation updates, Connexease operations) are requested with a key
+//! derived from the run, the node and the attempt, and the run waits for their outcome.
+//! Values read from `secure.*` are never put in an event: inputs that read them travel as
+//! templates and are rendered only when the request is sent.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde_json::{Map, Value as Json, json};
+use switchboard_proto::flows::v1::node::Kind;
+use switchboard_proto::flows::v1::{Graph, Node, Operator, Rule};
+
+/// Nodes one input may pass through before the run is stopped as a loop.
+pub const STEP_LIMIT: u32 = 1000;
+
+/// Where a run is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Status {
+    #[default]
+    NotStarted,
+    /// Passing through nodes (only inside `decide`).
+    Running,
+    /// At a capture node, waiting for the customer.
+    WaitingInput,
+    /// Waiting for the outcome of the effect requested with this key.
+    WaitingEffect {
+        key: String,
+    },
+    /// Waiting for a timer (microseconds since the epoch).
+    WaitingTimer {
+        due_at: i64,
+    },
+    Ended {
+        reason: String,
+    },
+}
+
+/// A side effect a node asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Run an action of the actions service.
+    Action { action_id: String },
+    /// Change the conversation (status and metafields).
+    UpdateConversation,
+    /// Run a Connexease operation.
+    Connexease { operation: String },
+}
+
+/// What happened in a run, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunEvent {
+    Started {
+        run_id: String,
+        context: Json,
+    },
+    Entered {
+        node: String,
+    },
+    MessageSent {
+        node: String,
+        text: String,
+        buttons: Vec<(String, String)>,
+    },
+    /// A customer message that arrived while the run was not waiting for one.
+    InputQueued {
+        text: String,
+    },
+    /// The run waits for the customer at a capture node.
+    AwaitingInput {
+        node: String,
+    },
+    Captured {
+        node: String,
+        variable: String,
+        value: String,
+    },
+    /// A message that did not validate after the last ask.
+    InputRejected {
+        node: String,
+    },
+    Reasked {
+        node: String,
+        text: String,
+    },
+    VariableSet {
+        variable: String,
+        value: Json,
+    },
+    ConditionEvaluated {
+        node: String,
+        result: bool,
+    },
+    EffectRequested {
+        node: String,
+        key: String,
+        effect: Effect,
+        /// Rendered inputs (or status/metafields/arguments), without secure values.
+        inputs: BTreeMap<String, Json>,
+        /// Inputs that read `secure.*`: their templates, rendered only when sent.
+        sealed_inputs: BTreeMap<String, String>,
+    },
+    EffectCompleted {
+        node: String,
+        key: String,
+        success: bool,
+        outputs: Json,
+        error: String,
+    },
+    TimerArmed {
+        node: String,
+        due_at: i64,
+    },
+    TimerFired {
+        node: String,
+    },
+    Ended {
+        reason: String,
+    },
+}
+
+/// What reaches a run from outside.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Start {
+        run_id: String,
+        context: Json,
+    },
+    Message {
+        text: String,
+    },
+    EffectDone {
+        key: String,
+        success: bool,
+        outputs: Json,
+        error: String,
+    },
+    TimerDue {
+        node: String,
+    },
+}
+
+/// A run's state: a fold of its events.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Run {
+    pub run_id: String,
+    pub status: Status,
+    /// The node the run is at.
+    pub at: String,
+    /// `conversation`, `lead`, … from the start, plus `session` and `nodes`.
+    pub vars: Json,
+    /// Asks made at the current capture node.
+    pub asks: u32,
+    /// Times each node was entered (the attempt in effect keys).
+    pub entered: HashMap<String, u32>,
+    pub queued: VecDeque<String>,
+}
+
+impl Run {
+    pub fn apply(&mut self, event: &RunEvent) {
+        match event {
+            RunEvent::Started { run_id, context } => {
+                self.run_id = run_id.clone();
+                let mut vars = context.as_object().cloned().unwrap_or_default();
+                vars.entry("session").or_insert_with(|| json!({}));
+                vars.insert("nodes".into(), json!({}));
+                self.vars = Json::Object(vars);
+                self.status = Status::Running;
+            }
+            RunEvent::Entered { node } => {
+                self.at = node.clone();
+                self.asks = 0;
+                *self.entered.entry(node.clone()).or_default() += 1;
+                self.status = Status::Running;
+            }
+            RunEvent::InputQueued { text } => self.queued.push_back(text.clone()),
+            RunEvent::AwaitingInput { .. } => self.status = Status::WaitingInput,
+            RunEvent::InputRejected { .. } => {
+                self.queued.pop_front();
+                self.status = Status::Running;
+            }
+            RunEvent::Captured {
+                variable, value, ..
+            } => {
+                self.queued.pop_front();
+                set_path(&mut self.vars, variable, Json::String(value.clone()));
+                set_path(
+                    &mut self.vars,
+                    "message.content",
+                    Json::String(value.clone()),
+                );
+                self.status = Status::Running;
+            }
+            RunEvent::Reasked { .. } => {
+                self.queued.pop_front();
+                self.asks += 1;
+                self.status = Status::WaitingInput;
+            }
+            RunEvent::VariableSet { variable, value } => {
+                set_path(&mut self.vars, variable, value.clone())
+            }
+            RunEvent::EffectRequested { key, .. } => {
+                self.status = Status::WaitingEffect { key: key.clone() }
+            }
+            RunEvent::EffectCompleted {
+                node,
+                success,
+                outputs,
+                error,
+                ..
+            } => {
+                let recorded = json!({"ok": success, "outputs": outputs, "error": error});
+                let mut merged = outputs.as_object().cloned().unwrap_or_default();
+                for (k, v) in recorded.as_object().into_iter().flatten() {
+                    merged.insert(k.clone(), v.clone());
+                }
+                set_path(
+                    &mut self.vars,
+                    &format!("nodes.{node}"),
+                    Json::Object(merged),
+                );
+                self.status = Status::Running;
+            }
+            RunEvent::TimerArmed { due_at, .. } => {
+                self.status = Status::WaitingTimer { due_at: *due_at }
+            }
+            RunEvent::TimerFired { .. } => self.status = Status::Running,
+            RunEvent::Ended { reason } => {
+                self.status = Status::Ended {
+                    reason: reason.clone(),
+                }
+            }
+            RunEvent::MessageSent { .. } | RunEvent::ConditionEvaluated { .. } => {}
+        }
+    }
+
+    /// The state after `events`, from nothing.
+    pub fn fold<'e>(events: impl IntoIterator<Item = &'e RunEvent>) -> Self {
+        let mut run = Run::default();
+        for event in events {
+            run.apply(event);
+        }
+        run
+    }
+}
+
+/// Renders templates for the runtime; `libs/template` in production.
+pub trait Render {
+    /// Renders text; `Err(name)` names a missing variable, `Err` otherwise says why.
+    fn text(&self, template: &str, vars: &Json) -> Result<String, RenderError>;
+    /// The variables a template reads.
+    fn reads(&self, template: &str) -> Vec<String>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenderError {
+    Missing(String),
+    Other(String),
+}
+
+impl Render for switchboard_template::Renderer {
+    fn text(&self, template: &str, vars: &Json) -> Result<String, RenderError> {
+        self.render_text(template, vars).map_err(|e| match e {
+            switchboard_template::TemplateError::MissingVariable { name, .. } => {
+                RenderError::Missing(name)
+            }
+            other => RenderError::Other(other.to_string()),
+        })
+    }
+
+    fn reads(&self, template: &str) -> Vec<String> {
+        self.variables(template)
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Decides what `input` does to `run` on `graph` at time `now` (microseconds).
+pub fn decide(
+    graph: &Graph,
+    run: &Run,
+    input: &Input,
+    now: i64,
+    render: &dyn Render,
+) -> Vec<RunEvent> {
+    let mut d = Decider {
+        graph,
+        render,
+        now,
+        run: run.clone(),
+        out: Vec::new(),
+        steps: 0,
+        nodes: graph.nodes.iter().map(|n| (n.id.as_str(), n)).collect(),
+    };
+    d.input(input);
+    d.out
+}
+
+struct Decider<'g> {
+    graph: &'g Graph,
+    render: &'g dyn Render,
+    now: i64,
+    run: Run,
+    out: Vec<RunEvent>,
+    steps: u32,
+    nodes: HashMap<&'g str, &'g Node>,
+}
+
+impl<'g> Decider<'g> {
+    fn emit(&mut self, event: RunEvent) {
+        self.run.apply(&event);
+        self.out.push(event);
+    }
+
+    fn end(&mut self, reason: impl Into<String>) {
+        self.emit(RunEvent::Ended {
+            reason: reason.into(),
+        });
+    }
+
+    fn input(&mut self, input: &Input) {
+        let next = match (&self.run.status, input) {
+            (Status::NotStarted, Input::Start { run_id, context }) => {
+                // Secure metadata stays out of the run: inputs that read it are sealed
+                // templates, rendered from the sealed store only when sent.
+                let mut context = context.clone();
+                if let Some(map) = context.as_object_mut() {
+                    map.remove("secure");
+                }
+                self.emit(RunEvent::Started {
+                    run_id: run_id.clone(),
+                    context,
+                });
+                let start = self
+                    .graph
+                    .nodes
+                    .iter()
+                    .find(|n| matches!(n.kind, Some(Kind::Start(_))));
+                match start {
+                    Some(start) => Some(start.id.clone()),
+                    None => {
+                        self.end("no_start_node");
+                        None
+                    }
+                }
+            }
+            (Status::WaitingInput, Input::Message { text }) => {
+                self.emit(RunEvent::InputQueued { text: text.clone() });
+                self.capture()
+            }
+            (Status::Ended { .. }, _) => None,
+            (_, Input::Message { text }) => {
+                self.emit(RunEvent::InputQueued { text: text.clone() });
+                None
+            }
+            (
+                Status::WaitingEffect { key },
+                Input::EffectDone {
+                    key: done,
+                    success,
+                    outputs,
+                    error,
+                },
+            ) if key == done => {
+                let node = self.run.at.clone();
+                self.emit(RunEvent::EffectCompleted {
+                    node: node.clone(),
+                    key: done.clone(),
+                    success: *success,
+                    outputs: outputs.clone(),
+                    error: error.clone(),
+                });
+                if *success {
+                    self.route(&node, "success")
+                } else {
+                    self.fail(&node, error)
+                }
+            }
+            (Status::WaitingTimer { .. }, Input::TimerDue { node }) if *node == self.run.at => {
+                self.emit(RunEvent::TimerFired { node: node.clone() });
+                self.route(&node.clone(), "next")
+            }
+            // Outcomes of old attempts, timers of other nodes, a second start: nothing.
+            _ => None,
+        };
+        self.go(next);
+    }
+
+    /// Passes through nodes until the run waits or ends.
+    fn go(&mut self, mut next: Option<String>) {
+        while let Some(id) = next {
+            self.steps += 1;
+            if self.steps > STEP_LIMIT {
+                return self.end("step_limit: the flow went round in circles");
+            }
+            next = self.enter(&id);
+        }
+    }
+
+    /// The node after `node` by `port`, or the run ends saying why.
+    fn route(&mut self, node: &str, port: &str) -> Option<String> {
+        let next = self
+            .graph
+            .edges
+            .iter()
+            .find(|e| e.from == node && (e.port == port || (e.port.is_empty() && port == "next")))
+            .map(|e| e.to.clone());
+        if next.is_none() {
+            self.end(format!("no `{port}` route from `{node}`"));
+        }
+        next
+    }
+
+    fn fail(&mut self, node: &str, error: &str) -> Option<String> {
+        let has_route = self
+            .graph
+            .edges
+            .iter()
+            .any(|e| e.from == node && e.port == "failure");
+        if has_route {
+            self.route(node, "failure")
+        } else {
+            self.end(format!("failed at `{node}`: {error}"));
+            None
+        }
+    }
+
+    /// Variables without `secure`: what messages and session variables may read.
+    fn open_vars(&self) -> Json {
+        let mut vars = self.run.vars.clone();
+        if let Some(map) = vars.as_object_mut() {
+            map.remove("secure");
+        }
+        vars
+    }
+
+    /// Enters a node; returns the node to enter next, if the run goes straight on.
+    fn enter(&mut self, id: &str) -> Option<String> {
+        let Some(node) = self.nodes.get(id).copied() else {
+            self.end(format!("no node `{id}` in the graph"));
+            return None;
+        };
+        self.emit(RunEvent::Entered {
+            node: id.to_owned(),
+        });
+        let Some(kind) = &node.kind else {
+            self.end(format!("node `{id}` has no kind"));
+            return None;
+        };
+        match kind {
+            Kind::Start(_) => self.route(id, "next"),
+            Kind::End(end) => {
+                self.end(if end.reason.is_empty() {
+                    "completed".to_owned()
+                } else {
+                    end.reason.clone()
+                });
+                None
+            }
+            Kind::SendMessage(m) => match self.render.text(&m.text, &self.open_vars()) {
+                Ok(text) => {
+                    self.emit(RunEvent::MessageSent {
+                        node: id.to_owned(),
+                        text,
+                        buttons: m
+                            .buttons
+                            .iter()
+                            .map(|b| (b.label.clone(), b.value.clone()))
+                            .collect(),
+                    });
+                    self.route(id, "next")
+                }
+                Err(e) => {
+                    self.end(render_failure(id, e));
+                    None
+                }
+            },
+            Kind::SetVariable(s) => match self.render.text(&s.value, &self.open_vars()) {
+                Ok(value) => {
+                    self.emit(RunEvent::VariableSet {
+                        variable: s.variable.clone(),
+                        value: Json::String(value),
+                    });
+                    self.route(id, "next")
+                }
+                Err(e) => {
+                    self.end(render_failure(id, e));
+                    None
+                }
+            },
+            Kind::Condition(c) => {
+                let results: Vec<bool> = c.rules.iter().map(|r| self.holds(r)).collect();
+                let result = if c.any {
+                    results.iter().any(|r| *r)
+                } else {
+                    results.iter().all(|r| *r)
+                };
+                self.emit(RunEvent::ConditionEvaluated {
+                    node: id.to_owned(),
+                    result,
+                });
+                self.route(id, if result { "true" } else { "false" })
+            }
+            Kind::CaptureInput(_) => {
+                self.emit(RunEvent::AwaitingInput {
+                    node: id.to_owned(),
+                });
+                if self.run.queued.is_empty() {
+                    None
+                } else {
+                    self.capture()
+                }
+            }
+            Kind::Delay(delay) => {
+                let due_at = self.now + (delay.seconds as i64) * 1_000_000;
+                self.emit(RunEvent::TimerArmed {
+                    node: id.to_owned(),
+                    due_at,
+                });
+                None
+            }
+            Kind::ApiCall(a) => self.request(
+                node,
+                Effect::Action {
+                    action_id: a.action_id.clone(),
+                },
+                &a.inputs.iter().collect(),
+            ),
+            Kind::CustomAction(a) => self.request(
+                node,
+                Effect::Action {
+                    action_id: a.action_id.clone(),
+                },
+                &a.inputs.iter().collect(),
+            ),
+            Kind::UpdateConversation(u) => {
+                let status_key = "status".to_owned();
+                let prefixed: Vec<(String, &String)> = u
+                    .set_metafields
+                    .iter()
+                    .map(|(k, v)| (format!("metafields.{k}"), v))
+                    .collect();
+                let mut fields: BTreeMap<&String, &String> = BTreeMap::new();
+                if !u.status.is_empty() {
+                    fields.insert(&status_key, &u.status);
+                }
+                for (k, v) in &prefixed {
+                    fields.insert(k, v);
+                }
+                self.request(node, Effect::UpdateConversation, &fields)
+            }
+            Kind::Connexease(c) => self.request(
+                node,
+                Effect::Connexease {
+                    operation: c.operation.clone(),
+                },
+                &c.arguments.iter().collect(),
+            ),
+        }
+    }
+
+    /// Renders an acting node's inputs and asks for its effect; a missing variable takes
+    /// the failure route with reason `missing_variable`.
+    fn request(
+        &mut self,
+        node: &Node,
+        effect: Effect,
+        templates: &BTreeMap<&String, &String>,
+    ) -> Option<String> {
+        let id = node.id.clone();
+        let attempt = self.run.entered.get(&id).copied().unwrap_or(1);
+        let key = format!("{}/{}/{}", self.run.run_id, id, attempt);
+        let mut inputs = BTreeMap::new();
+        let mut sealed_inputs = BTreeMap::new();
+        for (name, template) in templates {
+            let reads_secure = self
+                .render
+                .reads(template)
+                .iter()
+                .any(|v| v == "secure" || v.starts_with("secure."));
+            if reads_secure {
+                sealed_inputs.insert((*name).clone(), (*template).clone());
+                continue;
+            }
+            match self.render.text(template, &self.run.vars) {
+                Ok(value) => {
+                    inputs.insert((*name).clone(), Json::String(value));
+                }
+                Err(e) => {
+                    let error = render_failure(&id, e);
+                    self.emit(RunEvent::EffectCompleted {
+                        node: id.clone(),
+                        key,
+                        success: false,
+                        outputs: json!({}),
+                        error: error.clone(),
+                    });
+                    return self.fail(&id, &error);
+                }
+            }
+        }
+        self.emit(RunEvent::EffectRequested {
+            node: id,
+            key,
+            effect,
+            inputs,
+            sealed_inputs,
+        });
+        None
+    }
+
+    /// The run waits at a capture node with a queued message: validate it. Returns the
+    /// node to go on to, if the message settled the capture.
+    fn capture(&mut self) -> Option<String> {
+        loop {
+            let text = self.run.queued.front().cloned()?;
+            let id = self.run.at.clone();
+            let Some(Kind::CaptureInput(c)) =
+                self.nodes.get(id.as_str()).and_then(|n| n.kind.as_ref())
+            else {
+                return None;
+            };
+            let c = c.clone();
+            if valid_input(&c.validation, &c.pattern, &text) {
+                self.emit(RunEvent::Captured {
+                    node: id.clone(),
+                    variable: c.variable.clone(),
+                    value: text,
+                });
+                return self.route(&id, "next");
+            }
+            let max = if c.max_attempts == 0 {
+                3
+            } else {
+                c.max_attempts
+            };
+            if self.run.asks + 1 >= max {
+                // Asks ran out: the message goes to the `invalid` route (or the end).
+                self.emit(RunEvent::InputRejected { node: id.clone() });
+                let has_invalid = self
+                    .graph
+                    .edges
+                    .iter()
+                    .any(|e| e.from == id && e.port == "invalid");
+                if has_invalid {
+                    return self.route(&id, "invalid");
+                }
+                self.end(format!("invalid_input at `{id}`"));
+                return None;
+            }
+            let reask = if c.reask_text.is_empty() {
+                "Sorry, I did not get that. Could you say it again?".to_owned()
+            } else {
+                self.render
+                    .text(&c.reask_text, &self.open_vars())
+                    .unwrap_or_else(|_| c.reask_text.clone())
+            };
+            self.emit(RunEvent::Reasked {
+                node: id,
+                text: reask,
+            });
+            // Another queued message answers the re-ask.
+        }
+    }
+
+    fn holds(&self, rule: &Rule) -> bool {
+        let value = lookup(&self.run.vars, &rule.variable);
+        let operator = Operator::try_from(rule.operator).unwrap_or(Operator::Unspecified);
+        if operator == Operator::Exists {
+            return value.is_some_and(|v| !v.is_null() && v != &Json::String(String::new()));
+        }
+        // A missing variable matches nothing (the rule is false).
+        let Some(value) = value else {
+            return false;
+        };
+        let actual = match value {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let expected = self
+            .render
+            .text(&rule.value, &self.open_vars())
+            .unwrap_or_default();
+        let numbers = || {
+            Some((
+                actual.trim().parse::<f64>().ok()?,
+                expected.trim().parse::<f64>().ok()?,
+            ))
+        };
+        match operator {
+            Operator::Equals => actual == expected,
+            Operator::NotEquals => actual != expected,
+            Operator::Contains => actual.contains(&expected),
+            Operator::Regex => regex::Regex::new(&rule.value).is_ok_and(|r| r.is_match(&actual)),
+            Operator::GreaterThan => numbers().is_some_and(|(a, b)| a > b),
+            Operator::GreaterOrEqual => numbers().is_some_and(|(a, b)| a >= b),
+            Operator::LessThan => numbers().is_some_and(|(a, b)| a < b),
+            Operator::LessOrEqual => numbers().is_some_and(|(a, b)| a <= b),
+            Operator::Exists | Operator::Unspecified => false,
+        }
+    }
+}
+
+fn render_failure(node: &str, e: RenderError) -> String {
+    match e {
+        RenderError::Missing(name) => format!("missing_variable: `{name}` at `{node}`"),
+        RenderError::Other(reason) => format!("render_failed at `{node}`: {reason}"),
+    }
+}
+
+fn valid_input(validation: &str, pattern: &str, text: &str) -> bool {
+    let text = text.trim();
+    match validation {
+        "" | "none" => !text.is_empty(),
+        "email" => email_address::EmailAddress::is_valid(text),
+        "phone" => {
+            let digits = text.chars().filter(char::is_ascii_digit).count();
+            (6..=15).contains(&digits)
+                && text
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " +-()".contains(c))
+        }
+        "number" => text.parse::<f64>().is_ok_and(f64::is_finite),
+        "regex" => regex::Regex::new(pattern).is_ok_and(|r| r.is_match(text)),
+        _ => false,
+    }
+}
+
+fn lookup<'v>(vars: &'v Json, path: &str) -> Option<&'v Json> {
+    path.split('.').try_fold(vars, |v, key| v.get(key))
+}
+
+fn set_path(vars: &mut Json, path: &str, value: Json) {
+    let mut current = vars;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, key) in parts.iter().enumerate() {
+        if !current.is_object() {
+            *current = Json::Object(Map::new());
+        }
+        let map = current.as_object_mut().expect("made an object above");
+        if i == parts.len() - 1 {
+            map.insert((*key).to_owned(), value);
+            return;
+        }
+        current = map.entry((*key).to_owned()).or_insert_with(|| json!({}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::flows::v1::*;
+
+    use super::*;
+    use crate::domain::tests::{edge, look_up_and_act, node};
+
+    const NOW: i64 = 1_767_225_600_000_000;
+
+    fn renderer() -> switchboard_template::Renderer {
+        switchboard_template::Renderer::new(Default::default())
+    }
+
+    /// Feeds inputs one by one, folding each decision, and returns every event.
+    fn drive(graph: &Graph, inputs: &[Input]) -> (Run, Vec<RunEvent>) {
+        let r = renderer();
+        let mut run = Run::default();
+        let mut all = Vec::new();
+        for input in inputs {
+            for event in decide(graph, &run, input, NOW, &r) {
+                run.apply(&event);
+                all.push(event);
+            }
+        }
+        (run, all)
+    }
+
+    fn start() -> Input {
+        Input::Start {
+            run_id: "run_1".into(),
+            context: json!({"conversation": {"id": "conv_1"}, "secure": {"token": "s3cret"}}),
+        }
+    }
+
+    fn say(text: &str) -> Input {
+        Input::Message { text: text.into() }
+    }
+
+    fn done(key: &str, success: bool, outputs: Json) -> Input {
+        Input::EffectDone {
+            key: key.into(),
+            success,
+            outputs,
+            error: if success {
+                String::new()
+            } else {
+                "HTTP 503".into()
+            },
+        }
+    }
+
+    fn sent(events: &[RunEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::MessageSent { text, .. } | RunEvent::Reasked { text, .. } => {
+                    Some(text.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn requested(events: &[RunEvent]) -> Vec<(String, Effect, BTreeMap<String, Json>)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RunEvent::EffectRequested {
+                    key,
+                    effect,
+                    inputs,
+                    ..
+                } => Some((key.clone(), effect.clone(), inputs.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn look_up_and_act_succeeds_then_resolves() {
+        let graph = look_up_and_act();
+        let (run, events) = drive(
+            &graph,
+            &[
+                start(),
+                say("12345"),
+                done("run_1/lookup/1", true, json!({"status": "shipped"})),
+                done("run_1/resolve/1", true, json!({})),
+            ],
+        );
+        assert_eq!(
+            sent(&events),
+            ["What is your order number?", "Your order is shipped."]
+        );
+        let effects = requested(&events);
+        assert_eq!(effects[0].0, "run_1/lookup/1");
+        assert_eq!(effects[0].2["order"], json!("12345"));
+        assert_eq!(effects[1].1, Effect::UpdateConversation);
+        assert_eq!(effects[1].2["status"], json!("resolved"));
+        assert_eq!(
+            run.status,
+            Status::Ended {
+                reason: "completed".into()
+            }
+        );
+        assert_eq!(run.vars["session"]["order_number"], "12345");
+    }
+
+    #[test]
+    fn look_up_and_act_fails_over_to_a_teammate() {
+        let graph = look_up_and_act();
+        let (run, events) = drive(
+            &graph,
+            &[
+                start(),
+                say("12345"),
+                done("run_1/lookup/1", false, json!({})),
+                done("run_1/handover/1", true, json!({})),
+            ],
+        );
+        assert_eq!(
+            sent(&events)[1],
+            "I'm having trouble reaching that right now, let me get a teammate"
+        );
+        let effects = requested(&events);
+        assert_eq!(
+            effects[1].1,
+            Effect::Connexease {
+                operation: "assign_group".into()
+            }
+        );
+        assert_eq!(effects[1].2["group"], json!("support"));
+        assert!(matches!(run.status, Status::Ended { .. }));
+    }
+
+    #[test]
+    fn bad_input_is_reasked_then_takes_the_invalid_route() {
+        let graph = look_up_and_act();
+        // Three asks in all: the question and two re-asks.
+        let (run, events) = drive(&graph, &[start(), say("no idea"), say("abc")]);
+        assert_eq!(
+            sent(&events)[1..],
+            [
+                "That does not look like an order number.",
+                "That does not look like an order number."
+            ]
+        );
+        assert_eq!(run.status, Status::WaitingInput);
+        let (_, events) = drive(&graph, &[start(), say("a"), say("b"), say("c")]);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, RunEvent::InputRejected { node } if node == "capture"))
+        );
+        assert_eq!(
+            sent(&events).last().unwrap(),
+            "I'm having trouble reaching that right now, let me get a teammate"
+        );
+    }
+
+    #[test]
+    fn messages_that_arrive_early_wait_their_turn_in_order() {
+        // Two messages before the run reaches the capture: the first is captured, the
+        // second is still queued afterwards.
+        let graph = look_up_and_act();
+        let r = renderer();
+        let mut run = Run::default();
+        for event in decide(&graph, &run, &start(), NOW, &r) {
+            run.apply(&event);
+        }
+        // Waiting at the capture already; answer while an effect is pending elsewhere is
+        // modelled by queueing: send two at once.
+        for input in [say("777777"), say("and another thing")] {
+            for event in decide(&graph, &run, &input, NOW, &r) {
+                run.apply(&event);
+            }
+        }
+        assert_eq!(run.vars["session"]["order_number"], "777777");
+        assert_eq!(run.queued, ["and another thing"]);
+        assert!(matches!(run.status, Status::WaitingEffect { .. }));
+    }
+
+    #[test]
+    fn delays_arm_a_timer_and_fire_once() {
+        let graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node("wait", node::Kind::Delay(Delay { seconds: 86_400 })),
+                node(
+                    "follow_up",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "How did it go?".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "wait", ""),
+                edge("wait", "follow_up", ""),
+                edge("follow_up", "end", ""),
+            ],
+            ..Default::default()
+        };
+        let (run, events) = drive(&graph, &[start()]);
+        assert_eq!(
+            run.status,
+            Status::WaitingTimer {
+                due_at: NOW + 86_400_000_000
+            }
+        );
+        assert!(sent(&events).is_empty());
+        let (run, events) = drive(
+            &graph,
+            &[
+                start(),
+                Input::TimerDue {
+                    node: "elsewhere".into(),
+                },
+                Input::TimerDue {
+                    node: "wait".into(),
+                },
+                Input::TimerDue {
+                    node: "wait".into(),
+                },
+            ],
+        );
+        assert_eq!(sent(&events), ["How did it go?"], "fired once");
+        assert!(matches!(run.status, Status::Ended { .. }));
+    }
+
+    #[test]
+    fn missing_variables_end_or_fail_with_a_reason_never_panic() {
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[1].kind {
+            m.text = "Hello {{ lead.name }}".into();
+        }
+        let (run, _) = drive(&graph, &[start()]);
+        assert_eq!(
+            run.status,
+            Status::Ended {
+                reason: "missing_variable: `lead.name` at `ask`".into()
+            }
+        );
+        // An acting node's missing input takes its failure route, with the reason.
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::ApiCall(a)) = &mut graph.nodes[3].kind {
+            a.inputs.insert("email".into(), "{{ lead.email }}".into());
+        }
+        let (run, events) = drive(&graph, &[start(), say("12345")]);
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                RunEvent::EffectCompleted { success: false, error, .. } if error.contains("missing_variable")
+            )),
+            "{events:#?}"
+        );
+        assert_eq!(run.at, "handover", "the failure route was taken");
+    }
+
+    #[test]
+    fn secure_values_never_enter_an_event_or_a_message() {
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::ApiCall(a)) = &mut graph.nodes[3].kind {
+            a.inputs
+                .insert("token".into(), "Bearer {{ secure.token }}".into());
+        }
+        let (_, events) = drive(&graph, &[start(), say("12345")]);
+        let everything = format!("{events:?}");
+        assert!(!everything.contains("s3cret"), "{everything}");
+        let sealed = events
+            .iter()
+            .find_map(|e| match e {
+                RunEvent::EffectRequested { sealed_inputs, .. } => Some(sealed_inputs.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(sealed["token"], "Bearer {{ secure.token }}");
+        // A message cannot show it: secure metadata is not among a message's variables.
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[1].kind {
+            m.text = "Token: {{ secure.token }}".into();
+        }
+        let (run, events) = drive(&graph, &[start()]);
+        assert!(!format!("{events:?}").contains("s3cret"));
+        assert!(
+            matches!(&run.status, Status::Ended { reason } if reason.starts_with("missing_variable")),
+            "{:?}",
+            run.status
+        );
+    }
+
+    #[test]
+    fn conditions_compare_text_numbers_patterns_and_presence() {
+        let vars = json!({"session": {"total": "120", "email": "ada@example.com", "empty": ""}});
+        let d = Decider {
+            graph: &Graph::default(),
+            render: &renderer(),
+            now: NOW,
+            run: Run {
+                vars,
+                ..Default::default()
+            },
+            out: vec![],
+            steps: 0,
+            nodes: HashMap::new(),
+        };
+        let rule = |variable: &str, operator: Operator, value: &str| Rule {
+            variable: variable.into(),
+            operator: operator as i32,
+            value: value.into(),
+        };
+        assert!(d.holds(&rule("session.total", Operator::GreaterThan, "100")));
+        assert!(!d.holds(&rule("session.total", Operator::LessThan, "100")));
+        assert!(d.holds(&rule("session.email", Operator::Contains, "@example")));
+        assert!(d.holds(&rule("session.email", Operator::Regex, "^[a-z]+@")));
+        assert!(d.holds(&rule("session.total", Operator::Equals, "120")));
+        assert!(d.holds(&rule("session.email", Operator::Exists, "")));
+        assert!(!d.holds(&rule("session.empty", Operator::Exists, "")));
+        assert!(!d.holds(&rule("session.nothing", Operator::Equals, "x")));
+        assert!(!d.holds(&rule("session.email", Operator::GreaterThan, "1")));
+    }
+
+    #[test]
+    fn loops_stop_at_the_step_limit() {
+        let graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node(
+                    "a",
+                    node::Kind::SetVariable(SetVariable {
+                        variable: "session.x".into(),
+                        value: "1".into(),
+                    }),
+                ),
+                node(
+                    "b",
+                    node::Kind::SetVariable(SetVariable {
+                        variable: "session.y".into(),
+                        value: "2".into(),
+                    }),
+                ),
+            ],
+            edges: vec![
+                edge("start", "a", ""),
+                edge("a", "b", ""),
+                edge("b", "a", ""),
+            ],
+            ..Default::default()
+        };
+        let (run, _) = drive(&graph, &[start()]);
+        assert!(
+            matches!(&run.status, Status::Ended { reason } if reason.starts_with("step_limit")),
+            "{:?}",
+            run.status
+        );
+    }
+
+    #[test]
+    fn the_same_graph_and_events_give_the_same_state() {
+        let graph = look_up_and_act();
+        let inputs = [
+            start(),
+            say("bad"),
+            say("12345"),
+            done("run_1/lookup/9", true, json!({})), // a stale key: ignored
+            done("run_1/lookup/1", true, json!({"status": "packed"})),
+        ];
+        let (run, events) = drive(&graph, &inputs);
+        assert_eq!(Run::fold(&events), run, "the state is a fold of the events");
+        let (again, events_again) = drive(&graph, &inputs);
+        assert_eq!(
+            (again, events_again),
+            (run, events),
+            "decisions are deterministic"
+        );
+    }
+}
