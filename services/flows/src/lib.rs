@@ -13,6 +13,7 @@
 
 pub mod domain;
 pub mod grpc;
+pub mod knowledge;
 pub mod run;
 pub mod service;
 pub mod store;

@@ -2,12 +2,108 @@
 //! inside the append) with their kind and published version, and assistants.
 
 use async_trait::async_trait;
+use prost::Message as _;
 use switchboard_eventlog::{
     EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
 };
-use switchboard_proto::flows::v1::{AssistantSaved, FlowChanged, FlowPublished};
+use switchboard_proto::flows::v1::{
+    AssistantSaved, CollectionCreated, Document, DocumentDeleted, DocumentUpserted, FlowChanged,
+    FlowPublished, KnowledgeCollection, SearchHit,
+};
 
 use crate::domain::event_types as t;
+use crate::knowledge::event_types as k;
+
+/// `kc_…` from the stream id `ws_…/kc_…`.
+fn collection_of(event: &RecordedEvent) -> &str {
+    event
+        .stream
+        .stream_id
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+}
+
+async fn upsert_document(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    collection: &str,
+    d: &Document,
+    hash: &str,
+) -> Result<(), EventLogError> {
+    let record = d.encode_to_vec();
+    on_conn!(tx, conn => sqlx::query(
+        "INSERT INTO documents (workspace_id, collection_id, external_id, title, body, url,
+             record, content_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (workspace_id, collection_id, external_id) DO UPDATE SET
+             title = excluded.title, body = excluded.body, url = excluded.url,
+             record = excluded.record, content_hash = excluded.content_hash",
+    )
+    .bind(ws)
+    .bind(collection)
+    .bind(&d.external_id)
+    .bind(&d.title)
+    .bind(&d.body)
+    .bind(&d.url)
+    .bind(&record)
+    .bind(hash)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if let Tx::Sqlite(conn) = tx {
+        sqlx::query(
+            "DELETE FROM documents_fts
+             WHERE workspace_id = $1 AND collection_id = $2 AND external_id = $3",
+        )
+        .bind(ws)
+        .bind(collection)
+        .bind(&d.external_id)
+        .execute(&mut **conn)
+        .await?;
+        sqlx::query(
+            "INSERT INTO documents_fts (workspace_id, collection_id, external_id, title, body)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(ws)
+        .bind(collection)
+        .bind(&d.external_id)
+        .bind(&d.title)
+        .bind(&d.body)
+        .execute(&mut **conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn delete_document(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    collection: &str,
+    external_id: &str,
+) -> Result<(), EventLogError> {
+    on_conn!(tx, conn => sqlx::query(
+        "DELETE FROM documents WHERE workspace_id = $1 AND collection_id = $2 AND external_id = $3",
+    )
+    .bind(ws)
+    .bind(collection)
+    .bind(external_id)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    if let Tx::Sqlite(conn) = tx {
+        sqlx::query(
+            "DELETE FROM documents_fts
+             WHERE workspace_id = $1 AND collection_id = $2 AND external_id = $3",
+        )
+        .bind(ws)
+        .bind(collection)
+        .bind(external_id)
+        .execute(&mut **conn)
+        .await?;
+    }
+    Ok(())
+}
 
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS flows (
@@ -27,8 +123,60 @@ CREATE TABLE IF NOT EXISTS assistants (
 );
 ";
 
+/// Knowledge: collections (names unique), documents, and the search index: a generated
+/// `tsvector` with a GIN index on Postgres, an FTS5 table on SQLite.
+const KNOWLEDGE_DDL: &str = "
+CREATE TABLE IF NOT EXISTS collections (
+    workspace_id TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    stream_version BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, collection_id),
+    CONSTRAINT collections_name_unique UNIQUE (workspace_id, name)
+);
+";
+
+const DOCUMENTS_POSTGRES: &str = "
+CREATE TABLE IF NOT EXISTS documents (
+    workspace_id TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    url TEXT NOT NULL,
+    record BYTEA NOT NULL,
+    content_hash TEXT NOT NULL,
+    search tsvector GENERATED ALWAYS AS
+        (setweight(to_tsvector('simple', title), 'A') || to_tsvector('simple', body)) STORED,
+    PRIMARY KEY (workspace_id, collection_id, external_id)
+);
+CREATE INDEX IF NOT EXISTS documents_search ON documents USING GIN (search);
+";
+
+const DOCUMENTS_SQLITE: &str = "
+CREATE TABLE IF NOT EXISTS documents (
+    workspace_id TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    external_id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    body TEXT NOT NULL,
+    url TEXT NOT NULL,
+    record BLOB NOT NULL,
+    content_hash TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, collection_id, external_id)
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS documents_fts USING fts5(
+    workspace_id UNINDEXED, collection_id UNINDEXED, external_id UNINDEXED, title, body
+);
+";
+
 pub fn read_model_ddl() -> (String, String) {
-    (DDL.to_owned(), DDL.to_owned())
+    (
+        format!("{DDL}{KNOWLEDGE_DDL}{DOCUMENTS_POSTGRES}"),
+        format!("{DDL}{KNOWLEDGE_DDL}{DOCUMENTS_SQLITE}"),
+    )
 }
 
 pub struct FlowsProjection;
@@ -89,6 +237,48 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
+                k::COLLECTION_CREATED => {
+                    let Some(c) = event.decode::<CollectionCreated>()?.collection else {
+                        continue;
+                    };
+                    on_conn!(tx, conn => sqlx::query(
+                        "INSERT INTO collections (workspace_id, collection_id, name, description,
+                             created_at, stream_version)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(ws)
+                    .bind(&c.id)
+                    .bind(&c.name)
+                    .bind(&c.description)
+                    .bind(c.created_at.map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000).unwrap_or_default())
+                    .bind(event.stream_version as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                k::DOCUMENT_UPSERTED | k::DOCUMENT_DELETED => {
+                    let collection = collection_of(event);
+                    on_conn!(tx, conn => sqlx::query(
+                        "UPDATE collections SET stream_version = $3
+                         WHERE workspace_id = $1 AND collection_id = $2",
+                    )
+                    .bind(ws)
+                    .bind(collection)
+                    .bind(event.stream_version as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                    if event.event_type == k::DOCUMENT_UPSERTED {
+                        let upserted: DocumentUpserted = event.decode()?;
+                        let Some(d) = upserted.document.as_ref() else {
+                            continue;
+                        };
+                        upsert_document(tx, ws, collection, d, &upserted.content_hash).await?;
+                    } else {
+                        let deleted: DocumentDeleted = event.decode()?;
+                        delete_document(tx, ws, collection, &deleted.external_id).await?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -96,8 +286,14 @@ impl Projection for FlowsProjection {
     }
 
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
-        on_conn!(tx, conn => sqlx::query("DELETE FROM flows").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
-        on_conn!(tx, conn => sqlx::query("DELETE FROM assistants").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
+        for table in ["flows", "assistants", "collections", "documents"] {
+            on_conn!(tx, conn => sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *conn).await.map(|r| r.rows_affected()))?;
+        }
+        if let Tx::Sqlite(conn) = tx {
+            sqlx::query("DELETE FROM documents_fts")
+                .execute(&mut **conn)
+                .await?;
+        }
         Ok(())
     }
 }
@@ -165,5 +361,187 @@ impl FlowsStore {
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await)?)
+    }
+}
+
+/// Knowledge queries.
+#[derive(Clone)]
+pub struct KnowledgeStore {
+    log: EventLog,
+}
+
+type CollectionRow = (String, String, String, i64, i64, i64);
+
+impl KnowledgeStore {
+    pub fn new(log: EventLog) -> Self {
+        Self { log }
+    }
+
+    /// The collection and its stream version.
+    pub async fn collection(
+        &self,
+        workspace_id: &str,
+        collection_id: &str,
+    ) -> Result<Option<(KnowledgeCollection, u64)>, EventLogError> {
+        let row: Option<CollectionRow> = on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT c.collection_id, c.name, c.description, c.created_at, c.stream_version,
+                    (SELECT COUNT(*) FROM documents d
+                     WHERE d.workspace_id = c.workspace_id AND d.collection_id = c.collection_id)
+             FROM collections c WHERE c.workspace_id = $1 AND c.collection_id = $2",
+        )
+        .bind(workspace_id)
+        .bind(collection_id)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(|(id, name, description, created, version, count)| {
+            (
+                KnowledgeCollection {
+                    id,
+                    workspace_id: workspace_id.to_owned(),
+                    name,
+                    description,
+                    document_count: count as u64,
+                    created_at: Some(crate::service::timestamp(created)),
+                },
+                version as u64,
+            )
+        }))
+    }
+
+    pub async fn collection_ids(&self, workspace_id: &str) -> Result<Vec<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT collection_id FROM collections WHERE workspace_id = $1 ORDER BY collection_id",
+        )
+        .bind(workspace_id)
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// `(external_id, content_hash)` of those of `ids` the collection holds.
+    pub async fn hashes(
+        &self,
+        workspace_id: &str,
+        collection_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<(String, String)>, EventLogError> {
+        let mut found = Vec::new();
+        // Bounded batches keep every statement under the backends' parameter limits.
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT external_id, content_hash FROM documents
+                 WHERE workspace_id = $1 AND collection_id = $2 AND external_id IN ({})",
+                placeholders.join(", ")
+            );
+            let rows: Vec<(String, String)> = on_pool!(self.log, pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(workspace_id)
+                    .bind(collection_id);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(pool).await
+            })?;
+            found.extend(rows);
+        }
+        Ok(found)
+    }
+
+    pub async fn document(
+        &self,
+        workspace_id: &str,
+        collection_id: &str,
+        external_id: &str,
+    ) -> Result<Option<Document>, EventLogError> {
+        let record: Option<Vec<u8>> = on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT record FROM documents
+             WHERE workspace_id = $1 AND collection_id = $2 AND external_id = $3",
+        )
+        .bind(workspace_id)
+        .bind(collection_id)
+        .bind(external_id)
+        .fetch_optional(pool)
+        .await)?;
+        record
+            .map(|r| {
+                Document::decode(r.as_slice()).map_err(|e| EventLogError::Projection {
+                    name: "flows".into(),
+                    reason: format!("a documents row does not decode: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Documents matching every term, best first.
+    pub async fn search(
+        &self,
+        workspace_id: &str,
+        collection_id: &str,
+        terms: &[String],
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, EventLogError> {
+        type Row = (String, String, String, String, f64);
+        let rows: Vec<Row> = match (self.log.postgres_pool(), self.log.sqlite_pool()) {
+            (Some(pool), _) => {
+                // Each term as a prefix, all required: `refund & polic:*`.
+                let query = terms
+                    .iter()
+                    .map(|t| format!("{}:*", t.replace('\'', "")))
+                    .collect::<Vec<_>>()
+                    .join(" & ");
+                sqlx::query_as(
+                    "SELECT external_id, title, url,
+                            ts_headline('simple', body, to_tsquery('simple', $3),
+                                'MaxWords=24, MinWords=8, StartSel=[, StopSel=]'),
+                            ts_rank(search, to_tsquery('simple', $3))::float8
+                     FROM documents
+                     WHERE workspace_id = $1 AND collection_id = $2
+                       AND search @@ to_tsquery('simple', $3)
+                     ORDER BY 5 DESC, external_id LIMIT $4",
+                )
+                .bind(workspace_id)
+                .bind(collection_id)
+                .bind(&query)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+            }
+            (_, Some(pool)) => {
+                // Each term quoted (so nothing is FTS5 syntax) and as a prefix.
+                let query = terms
+                    .iter()
+                    .map(|t| format!("\"{}\"*", t.replace('"', "")))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                sqlx::query_as(
+                    "SELECT f.external_id, f.title, d.url,
+                            snippet(documents_fts, 4, '[', ']', '…', 16),
+                            -bm25(documents_fts, 0.0, 0.0, 0.0, 2.0, 1.0)
+                     FROM documents_fts f
+                     JOIN documents d ON d.workspace_id = f.workspace_id
+                         AND d.collection_id = f.collection_id AND d.external_id = f.external_id
+                     WHERE documents_fts MATCH $3 AND f.workspace_id = $1 AND f.collection_id = $2
+                     ORDER BY 5 DESC, f.external_id LIMIT $4",
+                )
+                .bind(workspace_id)
+                .bind(collection_id)
+                .bind(&query)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+            }
+            (None, None) => unreachable!("a log has one backend"),
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(external_id, title, url, snippet, score)| SearchHit {
+                external_id,
+                title,
+                url,
+                snippet,
+                score,
+            })
+            .collect())
     }
 }

@@ -10,16 +10,28 @@ use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
 use crate::domain::FieldViolation;
+use crate::knowledge::KnowledgeService;
 use crate::service::{FlowsService, ServiceError};
+
+fn collection_ref(workspace_id: &str, collection_id: &str) -> Result<(), Status> {
+    check_ids(&[
+        ("workspace_id", workspace_id, "ws_"),
+        ("collection_id", collection_id, "kc_"),
+    ])
+}
 
 #[derive(Clone)]
 pub struct FlowsApi {
     service: FlowsService,
+    knowledge: KnowledgeService,
 }
 
 impl FlowsApi {
     pub fn new(service: FlowsService) -> Self {
-        Self { service }
+        Self {
+            knowledge: KnowledgeService::new(service.log().clone()),
+            service,
+        }
     }
 
     /// Graphs of up to 500 nodes of up to 64 KiB each fit.
@@ -251,5 +263,109 @@ impl flows_server::Flows for FlowsApi {
             assistants,
             next_cursor: next_cursor(&ids, size),
         }))
+    }
+
+    async fn create_collection(
+        &self,
+        request: Request<CreateCollectionRequest>,
+    ) -> Result<Response<KnowledgeCollection>, Status> {
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        Ok(Response::new(
+            self.knowledge
+                .create_collection(&r.workspace_id, &r.name, &r.description, &r.request_id)
+                .await?,
+        ))
+    }
+
+    async fn get_collection(
+        &self,
+        request: Request<CollectionRef>,
+    ) -> Result<Response<KnowledgeCollection>, Status> {
+        let r = request.into_inner();
+        collection_ref(&r.workspace_id, &r.collection_id)?;
+        Ok(Response::new(
+            self.knowledge
+                .collection(&r.workspace_id, &r.collection_id)
+                .await?
+                .0,
+        ))
+    }
+
+    async fn list_collections(
+        &self,
+        request: Request<ListCollectionsRequest>,
+    ) -> Result<Response<ListCollectionsResponse>, Status> {
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let ids = self
+            .knowledge
+            .store()
+            .collection_ids(&r.workspace_id)
+            .await
+            .map_err(ServiceError::from)?;
+        let mut collections = Vec::with_capacity(ids.len());
+        for id in &ids {
+            collections.push(self.knowledge.collection(&r.workspace_id, id).await?.0);
+        }
+        Ok(Response::new(ListCollectionsResponse { collections }))
+    }
+
+    async fn upsert_documents(
+        &self,
+        request: Request<UpsertDocumentsRequest>,
+    ) -> Result<Response<UpsertDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        collection_ref(&r.workspace_id, &r.collection_id)?;
+        Ok(Response::new(
+            self.knowledge
+                .upsert(&r.workspace_id, &r.collection_id, r.documents)
+                .await?,
+        ))
+    }
+
+    async fn delete_documents(
+        &self,
+        request: Request<DeleteDocumentsRequest>,
+    ) -> Result<Response<DeleteDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        collection_ref(&r.workspace_id, &r.collection_id)?;
+        Ok(Response::new(
+            self.knowledge
+                .delete(&r.workspace_id, &r.collection_id, r.external_ids)
+                .await?,
+        ))
+    }
+
+    async fn get_document(
+        &self,
+        request: Request<DocumentRef>,
+    ) -> Result<Response<Document>, Status> {
+        let r = request.into_inner();
+        collection_ref(&r.workspace_id, &r.collection_id)?;
+        self.knowledge
+            .collection(&r.workspace_id, &r.collection_id)
+            .await?;
+        let document = self
+            .knowledge
+            .store()
+            .document(&r.workspace_id, &r.collection_id, &r.external_id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or(ServiceError::NotFound("document"))?;
+        Ok(Response::new(document))
+    }
+
+    async fn search_documents(
+        &self,
+        request: Request<SearchDocumentsRequest>,
+    ) -> Result<Response<SearchDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        collection_ref(&r.workspace_id, &r.collection_id)?;
+        let hits = self
+            .knowledge
+            .search(&r.workspace_id, &r.collection_id, &r.query, r.limit)
+            .await?;
+        Ok(Response::new(SearchDocumentsResponse { hits }))
     }
 }
