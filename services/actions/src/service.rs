@@ -269,6 +269,11 @@ impl ActionService {
                 result: Some(result.clone()),
                 run_id: request.run_id.clone(),
                 node_id: request.node_id.clone(),
+                idempotency_key: if request.test {
+                    String::new()
+                } else {
+                    request.idempotency_key.clone()
+                },
             }
             .encode_to_vec(),
             metadata: metadata.clone(),

@@ -169,8 +169,12 @@ async fn a_requested_action_runs_once_and_answers_on_nats() {
     let envelope = EventEnvelope::decode(message.payload.as_ref()).unwrap();
     let done = ExecutionCompleted::decode(envelope.payload.as_slice()).unwrap();
     assert_eq!(
-        (done.run_id.as_str(), done.node_id.as_str()),
-        ("run_1", "node_3")
+        (
+            done.run_id.as_str(),
+            done.node_id.as_str(),
+            done.idempotency_key.as_str()
+        ),
+        ("run_1", "node_3", "run_1:node_3:1")
     );
     let result = done.result.unwrap();
     assert_eq!(result.outcome, Outcome::Success as i32, "{result:?}");

@@ -15,6 +15,7 @@ pub mod domain;
 pub mod grpc;
 pub mod knowledge;
 pub mod run;
+pub mod runs;
 pub mod service;
 pub mod store;
 
@@ -38,12 +39,15 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
         .with_projection(Arc::new(FlowsProjection)))
 }
 
-/// Definitions stay in the log; nothing is public yet.
+/// Where the flows service publishes: the actions its runs request, on
+/// `internal.flows.action_requested` for the actions service. Definitions and run steps
+/// stay in the log.
 pub struct PublicEvents;
 
 impl switchboard_eventlog::Router for PublicEvents {
-    fn subject(&self, _event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
-        None
+    fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+        (event.event_type == runs::ACTION_REQUESTED)
+            .then(|| "internal.flows.action_requested".to_owned())
     }
 }
 

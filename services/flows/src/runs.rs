@@ -1,0 +1,532 @@
+//! Flow runs in the log: the command handler around the pure core in [`crate::run`].
+//!
+//! A run lives in `flow_run/<ws>/<run>`, pinned by its first event to one published
+//! version. Handling an input loads the run, asks [`crate::run::decide`] what happens, and
+//! appends the result at the version it read (another writer in between: load and decide
+//! again), so inputs for one run are applied one at a time, in order. An action the run
+//! asks for is also appended as `flow_run.action_requested`, which the relay publishes on
+//! `internal.flows.action_requested` for the actions service; its
+//! `internal.actions.action_completed` answer comes back through [`ActionOutcomes`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use prost::Message as _;
+use serde_json::{Value as Json, json};
+use switchboard_eventlog::{
+    EventLog, EventLogError, ExpectedVersion, HandleError, Handler, Metadata, NewEvent,
+    RecordedEvent, StreamRef, Tx, derive_event_id, now_micros,
+};
+use switchboard_proto::actions::v1::{
+    ActionRequested, ExecutionCompleted, Outcome, PermissionLevel,
+};
+use switchboard_proto::flows::v1::run_event_record::Event as Record;
+use switchboard_proto::flows::v1::{
+    ButtonOption, Graph, RunCaptured, RunCondition, RunEffectCompleted, RunEffectRequested,
+    RunEventRecord, RunMessage, RunNode, RunStarted, RunText, RunTimer, RunVariable,
+};
+
+use crate::run::{self, Effect, Input, Run, RunEvent};
+use crate::service::{FlowsService, ServiceError, timestamp};
+
+/// The event type of an action request, on `internal.flows.action_requested`.
+pub const ACTION_REQUESTED: &str = "flow_run.action_requested";
+
+pub fn run_stream(workspace_id: &str, run_id: &str) -> StreamRef {
+    StreamRef::new("flow_run", format!("{workspace_id}/{run_id}"))
+}
+
+/// A run as stored: the pure state, what it is pinned to, and its stream version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunState {
+    pub run: Run,
+    pub flow_id: String,
+    pub flow_version: u32,
+    pub conversation_id: String,
+    pub version: u64,
+}
+
+/// The event type a run event is stored as.
+pub fn event_type(event: &RunEvent) -> &'static str {
+    match event {
+        RunEvent::Started { .. } => "flow_run.started",
+        RunEvent::Entered { .. } => "flow_run.node_entered",
+        RunEvent::MessageSent { .. } => "flow_run.message_sent",
+        RunEvent::InputQueued { .. } => "flow_run.input_queued",
+        RunEvent::AwaitingInput { .. } => "flow_run.awaiting_input",
+        RunEvent::Captured { .. } => "flow_run.input_captured",
+        RunEvent::InputRejected { .. } => "flow_run.input_rejected",
+        RunEvent::Reasked { .. } => "flow_run.reasked",
+        RunEvent::VariableSet { .. } => "flow_run.variable_set",
+        RunEvent::ConditionEvaluated { .. } => "flow_run.condition_evaluated",
+        RunEvent::EffectRequested { .. } => "flow_run.effect_requested",
+        RunEvent::EffectCompleted { .. } => "flow_run.effect_completed",
+        RunEvent::TimerArmed { .. } => "flow_run.timer_armed",
+        RunEvent::TimerFired { .. } => "flow_run.timer_fired",
+        RunEvent::Ended { .. } => "flow_run.ended",
+    }
+}
+
+fn node(node: &str) -> RunNode {
+    RunNode {
+        node: node.to_owned(),
+    }
+}
+
+fn effect_name(effect: &Effect) -> (&'static str, String) {
+    match effect {
+        Effect::Action { action_id } => ("action", action_id.clone()),
+        Effect::UpdateConversation => ("update_conversation", String::new()),
+        Effect::Connexease { operation } => ("connexease", operation.clone()),
+    }
+}
+
+/// A run event as stored. `pinned` adds what only the stored start says.
+pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRecord {
+    let record = match event {
+        RunEvent::Started { run_id, context } => {
+            let (flow_id, flow_version, conversation_id) = pinned.unwrap_or_default();
+            Record::Started(RunStarted {
+                run_id: run_id.clone(),
+                flow_id: flow_id.to_owned(),
+                flow_version,
+                conversation_id: conversation_id.to_owned(),
+                context_json: context.to_string(),
+            })
+        }
+        RunEvent::Entered { node: n } => Record::Entered(node(n)),
+        RunEvent::MessageSent {
+            node: n,
+            text,
+            buttons,
+        } => Record::MessageSent(RunMessage {
+            node: n.clone(),
+            text: text.clone(),
+            buttons: buttons
+                .iter()
+                .map(|(label, value)| ButtonOption {
+                    label: label.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }),
+        RunEvent::InputQueued { text } => Record::InputQueued(RunText { text: text.clone() }),
+        RunEvent::AwaitingInput { node: n } => Record::AwaitingInput(node(n)),
+        RunEvent::Captured {
+            node: n,
+            variable,
+            value,
+        } => Record::Captured(RunCaptured {
+            node: n.clone(),
+            variable: variable.clone(),
+            value: value.clone(),
+        }),
+        RunEvent::InputRejected { node: n } => Record::InputRejected(node(n)),
+        RunEvent::Reasked { node: n, text } => Record::Reasked(RunMessage {
+            node: n.clone(),
+            text: text.clone(),
+            buttons: vec![],
+        }),
+        RunEvent::VariableSet { variable, value } => Record::VariableSet(RunVariable {
+            variable: variable.clone(),
+            value_json: value.to_string(),
+        }),
+        RunEvent::ConditionEvaluated { node: n, result } => {
+            Record::ConditionEvaluated(RunCondition {
+                node: n.clone(),
+                result: *result,
+            })
+        }
+        RunEvent::EffectRequested {
+            node: n,
+            key,
+            effect,
+            inputs,
+            sealed_inputs,
+        } => {
+            let (name, target) = effect_name(effect);
+            Record::EffectRequested(RunEffectRequested {
+                node: n.clone(),
+                key: key.clone(),
+                effect: name.to_owned(),
+                target,
+                inputs_json: serde_json::to_string(inputs).unwrap_or_default(),
+                sealed_inputs: sealed_inputs.clone().into_iter().collect(),
+            })
+        }
+        RunEvent::EffectCompleted {
+            node: n,
+            key,
+            success,
+            outputs,
+            error,
+        } => Record::EffectCompleted(RunEffectCompleted {
+            node: n.clone(),
+            key: key.clone(),
+            success: *success,
+            outputs_json: outputs.to_string(),
+            error: error.clone(),
+        }),
+        RunEvent::TimerArmed { node: n, due_at } => Record::TimerArmed(RunTimer {
+            node: n.clone(),
+            due_at: Some(timestamp(*due_at)),
+        }),
+        RunEvent::TimerFired { node: n } => Record::TimerFired(node(n)),
+        RunEvent::Ended { reason } => Record::Ended(RunText {
+            text: reason.clone(),
+        }),
+    };
+    RunEventRecord {
+        event: Some(record),
+    }
+}
+
+fn json(text: &str) -> Json {
+    serde_json::from_str(text).unwrap_or(Json::Null)
+}
+
+/// A stored run event back as the runtime's.
+pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
+    Some(match record.event? {
+        Record::Started(s) => RunEvent::Started {
+            run_id: s.run_id,
+            context: json(&s.context_json),
+        },
+        Record::Entered(n) => RunEvent::Entered { node: n.node },
+        Record::MessageSent(m) => RunEvent::MessageSent {
+            node: m.node,
+            text: m.text,
+            buttons: m.buttons.into_iter().map(|b| (b.label, b.value)).collect(),
+        },
+        Record::InputQueued(t) => RunEvent::InputQueued { text: t.text },
+        Record::AwaitingInput(n) => RunEvent::AwaitingInput { node: n.node },
+        Record::Captured(c) => RunEvent::Captured {
+            node: c.node,
+            variable: c.variable,
+            value: c.value,
+        },
+        Record::InputRejected(n) => RunEvent::InputRejected { node: n.node },
+        Record::Reasked(m) => RunEvent::Reasked {
+            node: m.node,
+            text: m.text,
+        },
+        Record::VariableSet(v) => RunEvent::VariableSet {
+            variable: v.variable,
+            value: json(&v.value_json),
+        },
+        Record::ConditionEvaluated(c) => RunEvent::ConditionEvaluated {
+            node: c.node,
+            result: c.result,
+        },
+        Record::EffectRequested(e) => RunEvent::EffectRequested {
+            node: e.node,
+            key: e.key,
+            effect: match e.effect.as_str() {
+                "action" => Effect::Action {
+                    action_id: e.target,
+                },
+                "connexease" => Effect::Connexease {
+                    operation: e.target,
+                },
+                _ => Effect::UpdateConversation,
+            },
+            inputs: serde_json::from_str(&e.inputs_json).unwrap_or_default(),
+            sealed_inputs: e.sealed_inputs.into_iter().collect(),
+        },
+        Record::EffectCompleted(e) => RunEvent::EffectCompleted {
+            node: e.node,
+            key: e.key,
+            success: e.success,
+            outputs: json(&e.outputs_json),
+            error: e.error,
+        },
+        Record::TimerArmed(t) => RunEvent::TimerArmed {
+            node: t.node,
+            due_at: t
+                .due_at
+                .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos) / 1000)
+                .unwrap_or_default(),
+        },
+        Record::TimerFired(n) => RunEvent::TimerFired { node: n.node },
+        Record::Ended(t) => RunEvent::Ended { reason: t.text },
+    })
+}
+
+#[derive(Clone)]
+pub struct RunService {
+    log: EventLog,
+    flows: FlowsService,
+    render: Arc<switchboard_template::Renderer>,
+}
+
+impl RunService {
+    pub fn new(flows: FlowsService) -> Self {
+        Self {
+            log: flows.log().clone(),
+            flows,
+            render: Arc::new(switchboard_template::Renderer::new(Default::default())),
+        }
+    }
+
+    /// A run's state, folded from its stream.
+    pub async fn load(&self, workspace_id: &str, run_id: &str) -> Result<RunState, ServiceError> {
+        let stream = run_stream(workspace_id, run_id);
+        let mut state = RunState::default();
+        loop {
+            let events = self.log.read_stream(&stream, state.version, 500).await?;
+            let Some(last) = events.last() else { break };
+            state.version = last.stream_version;
+            for e in &events {
+                if e.event_type == ACTION_REQUESTED {
+                    continue;
+                }
+                let record: RunEventRecord = e.decode()?;
+                if let Some(Record::Started(s)) = &record.event {
+                    state.flow_id = s.flow_id.clone();
+                    state.flow_version = s.flow_version;
+                    state.conversation_id = s.conversation_id.clone();
+                }
+                if let Some(event) = decode(record) {
+                    state.run.apply(&event);
+                }
+            }
+            if events.len() < 500 {
+                break;
+            }
+        }
+        if state.version == 0 {
+            return Err(ServiceError::NotFound("run"));
+        }
+        Ok(state)
+    }
+
+    async fn graph(&self, workspace_id: &str, state: &RunState) -> Result<Graph, ServiceError> {
+        Ok(self
+            .flows
+            .version(workspace_id, &state.flow_id, state.flow_version)
+            .await?
+            .graph
+            .unwrap_or_default())
+    }
+
+    /// Starts a run of the flow's published version for a conversation (one run per flow
+    /// and conversation: starting it again returns the same run).
+    pub async fn start(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+        conversation_id: &str,
+        context: Json,
+    ) -> Result<RunState, ServiceError> {
+        let flow = self.flows.load(workspace_id, flow_id).await?.flow;
+        if flow.published_version == 0 {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "flow `{}` has no published version to run",
+                flow.name
+            )));
+        }
+        let key = derive_event_id(workspace_id, &format!("run:{flow_id}:{conversation_id}"), 0);
+        let run_id = format!("run_{}", key.simple());
+        if let Ok(existing) = self.load(workspace_id, &run_id).await {
+            return Ok(existing);
+        }
+        let pinned = RunState {
+            flow_id: flow_id.to_owned(),
+            flow_version: flow.published_version,
+            conversation_id: conversation_id.to_owned(),
+            ..Default::default()
+        };
+        let graph = self.graph(workspace_id, &pinned).await?;
+        let input = Input::Start {
+            run_id: run_id.clone(),
+            context,
+        };
+        let events = run::decide(
+            &graph,
+            &pinned.run,
+            &input,
+            now_micros(),
+            self.render.as_ref(),
+        );
+        self.append(
+            workspace_id,
+            &run_id,
+            &pinned,
+            &events,
+            ExpectedVersion::NoStream,
+        )
+        .await?;
+        self.load(workspace_id, &run_id).await
+    }
+
+    /// Applies `input` to the run: decides at the version it read and appends there,
+    /// deciding again when another input got in first. Returns what happened.
+    pub async fn handle(
+        &self,
+        workspace_id: &str,
+        run_id: &str,
+        input: Input,
+    ) -> Result<Vec<RunEvent>, ServiceError> {
+        for _ in 0..10 {
+            let state = self.load(workspace_id, run_id).await?;
+            let graph = self.graph(workspace_id, &state).await?;
+            let events = run::decide(
+                &graph,
+                &state.run,
+                &input,
+                now_micros(),
+                self.render.as_ref(),
+            );
+            if events.is_empty() {
+                return Ok(events);
+            }
+            match self
+                .append(
+                    workspace_id,
+                    run_id,
+                    &state,
+                    &events,
+                    ExpectedVersion::Exact(state.version),
+                )
+                .await
+            {
+                Ok(()) => return Ok(events),
+                Err(ServiceError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ServiceError::FailedPrecondition(
+            "the run is changing too fast; retry".into(),
+        ))
+    }
+
+    async fn append(
+        &self,
+        workspace_id: &str,
+        run_id: &str,
+        state: &RunState,
+        events: &[RunEvent],
+        expected: ExpectedVersion,
+    ) -> Result<(), ServiceError> {
+        let metadata = Metadata {
+            workspace_id: workspace_id.to_owned(),
+            correlation_id: run_id.to_owned(),
+            traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+            occurred_at: now_micros(),
+            ..Default::default()
+        };
+        let pinned = Some((
+            state.flow_id.as_str(),
+            state.flow_version,
+            state.conversation_id.as_str(),
+        ));
+        let mut new = Vec::with_capacity(events.len() + 1);
+        let mut after = state.run.clone();
+        for event in events {
+            after.apply(event);
+            new.push(NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: event_type(event).into(),
+                schema_version: 1,
+                payload: encode(event, pinned).encode_to_vec(),
+                metadata: metadata.clone(),
+            });
+            if let RunEvent::EffectRequested {
+                node,
+                key,
+                effect: Effect::Action { action_id },
+                inputs,
+                ..
+            } = event
+            {
+                // What the actions service runs: the node's inputs under `input`, beside
+                // the run's variables (which never hold `secure`).
+                let mut variables = after.vars.clone();
+                if let Some(map) = variables.as_object_mut() {
+                    map.insert("input".into(), json!(inputs));
+                }
+                new.push(NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    event_type: ACTION_REQUESTED.into(),
+                    schema_version: 1,
+                    payload: ActionRequested {
+                        action_id: action_id.clone(),
+                        variables_json: variables.to_string(),
+                        idempotency_key: key.clone(),
+                        conversation_id: state.conversation_id.clone(),
+                        run_id: run_id.to_owned(),
+                        node_id: node.clone(),
+                        confirmed: false,
+                        caller_permission: PermissionLevel::Agent as i32,
+                        inject_result: false,
+                    }
+                    .encode_to_vec(),
+                    metadata: metadata.clone(),
+                });
+            }
+        }
+        match self
+            .log
+            .append(&run_stream(workspace_id, run_id), expected, new)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(EventLogError::Conflict { actual, .. }) => Err(ServiceError::Conflict {
+                expected: state.version,
+                actual,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The actions service's answers (`internal.actions.action_completed`), fed back into the
+/// runs that asked.
+pub struct ActionOutcomes {
+    runs: RunService,
+}
+
+impl ActionOutcomes {
+    pub fn new(runs: RunService) -> Self {
+        Self { runs }
+    }
+}
+
+/// The event type of the actions service's answers.
+pub const ACTION_COMPLETED: &str = "action_execution.completed";
+
+#[async_trait]
+impl Handler for ActionOutcomes {
+    async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+        let done: ExecutionCompleted = event
+            .decode()
+            .map_err(|e| HandleError::Reject(e.to_string()))?;
+        let result = done.result.unwrap_or_default();
+        let input = Input::EffectDone {
+            key: done.idempotency_key.clone(),
+            success: result.outcome == Outcome::Success as i32,
+            outputs: serde_json::from_str(&result.outputs_json).unwrap_or(json!({})),
+            error: result.error.clone(),
+        };
+        match self
+            .runs
+            .handle(event.workspace_id(), &done.run_id, input)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ServiceError::NotFound(_)) => Err(HandleError::Reject(format!(
+                "no run `{}` in the workspace",
+                done.run_id
+            ))),
+            Err(e) => Err(HandleError::Retry(e.to_string())),
+        }
+    }
+
+    /// Only the completions flows asked for.
+    async fn wants(&self, event: &RecordedEvent) -> bool {
+        event.event_type == ACTION_COMPLETED
+            && event
+                .decode::<ExecutionCompleted>()
+                .is_ok_and(|done| !done.run_id.is_empty() && !done.idempotency_key.is_empty())
+    }
+}

@@ -1,0 +1,275 @@
+//! Flow runs in the log: pinned to a published version, inputs applied in order, action
+//! requests published for the actions service, outcomes fed back, state rebuilt after a
+//! restart exactly as it was.
+
+mod common;
+
+use common::*;
+use prost::Message as _;
+use serde_json::json;
+use switchboard_eventlog::{EventLog, HandleError, Handler, Metadata, RecordedEvent, StreamRef};
+use switchboard_flows::run::{Effect, Input, Run, RunEvent, Status};
+use switchboard_flows::runs::{ACTION_COMPLETED, ACTION_REQUESTED, ActionOutcomes, RunService};
+use switchboard_proto::actions::v1::{
+    ActionKind, ActionRequested, ExecutionCompleted, ExecutionResult, Outcome,
+};
+use switchboard_proto::flows::v1::*;
+
+async fn open_runs(h: &Harness) -> (RunService, EventLog) {
+    let log = switchboard_flows::open_log(&h.flows_schema.store_config())
+        .await
+        .unwrap();
+    (
+        RunService::new(switchboard_flows::FlowsService::new(log.clone(), None)),
+        log,
+    )
+}
+
+fn sent(events: &[RunEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::MessageSent { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The seeds' pattern, with the order lookup as a real http action.
+fn look_up_and_act(action_id: &str) -> Graph {
+    let mut graph = lookup(action_id);
+    graph.nodes.insert(
+        1,
+        node(
+            "capture",
+            node::Kind::CaptureInput(CaptureInput {
+                variable: "session.order".into(),
+                validation: "number".into(),
+                ..Default::default()
+            }),
+        ),
+    );
+    graph.edges[0] = edge("start", "capture", "");
+    graph.edges.push(edge("capture", "lookup", ""));
+    graph
+}
+
+fn completed(run_id: &str, key: &str, outcome: Outcome, outputs: &str) -> RecordedEvent {
+    RecordedEvent {
+        event_id: uuid::Uuid::now_v7(),
+        stream: StreamRef::new("action_execution", format!("{WS}/{key}")),
+        stream_version: 2,
+        global_position: 1,
+        transaction_id: 0,
+        event_type: ACTION_COMPLETED.into(),
+        schema_version: 1,
+        payload: ExecutionCompleted {
+            result: Some(ExecutionResult {
+                outcome: outcome as i32,
+                outputs_json: outputs.into(),
+                ..Default::default()
+            }),
+            run_id: run_id.into(),
+            node_id: "lookup".into(),
+            idempotency_key: key.into(),
+        }
+        .encode_to_vec(),
+        metadata: Metadata {
+            workspace_id: WS.into(),
+            ..Default::default()
+        },
+        recorded_at: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart() {
+    let mut h = Harness::start().await;
+    let action = h.action("order_status", ActionKind::Http).await;
+    let flow = h
+        .create(
+            "orders",
+            FlowKind::ConversationFlow,
+            look_up_and_act(&action),
+        )
+        .await;
+    h.publish(&flow).await.unwrap();
+    let (runs, log) = open_runs(&h).await;
+    let started = runs
+        .start(
+            WS,
+            &flow.id,
+            "conv_1",
+            json!({"conversation": {"id": "conv_1"}, "secure": {"key": "k-123"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.run.status, Status::WaitingInput);
+    assert_eq!(started.flow_version, 1);
+    let run_id = started.run.run_id.clone();
+    // Starting again is the same run.
+    let again = runs.start(WS, &flow.id, "conv_1", json!({})).await.unwrap();
+    assert_eq!(again, started);
+
+    let events = runs
+        .handle(
+            WS,
+            &run_id,
+            Input::Message {
+                text: "4711".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let key = format!("{run_id}/lookup/1");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        RunEvent::EffectRequested { key: k, effect: Effect::Action { action_id }, .. }
+            if *k == key && *action_id == action
+    )));
+    // The request for the actions service is in the run's stream, routed to NATS.
+    let stream = switchboard_flows::runs::run_stream(WS, &run_id);
+    let stored = log.read_stream(&stream, 0, 100).await.unwrap();
+    let request = stored
+        .iter()
+        .find(|e| e.event_type == ACTION_REQUESTED)
+        .expect("an action request");
+    assert_eq!(
+        switchboard_eventlog::Router::subject(&switchboard_flows::PublicEvents, request).as_deref(),
+        Some("internal.flows.action_requested")
+    );
+    let asked: ActionRequested = request.decode().unwrap();
+    assert_eq!(asked.idempotency_key, key);
+    assert_eq!(asked.conversation_id, "conv_1");
+    let variables: serde_json::Value = serde_json::from_str(&asked.variables_json).unwrap();
+    assert_eq!(variables["input"]["order"], "4711");
+    assert_eq!(variables["session"]["order"], "4711");
+    assert!(
+        !stored
+            .iter()
+            .any(|e| String::from_utf8_lossy(&e.payload).contains("k-123")),
+        "secure metadata is in no stored event"
+    );
+
+    // A restart: another service on the same log, fed the outcome by the consumer.
+    let (restarted, _) = runs_after_restart(&h).await;
+    let outcomes = ActionOutcomes::new(restarted.clone());
+    let stale = completed(
+        &run_id,
+        &format!("{run_id}/lookup/0"),
+        Outcome::Success,
+        "{}",
+    );
+    assert!(outcomes.wants(&stale).await);
+    let done = completed(&run_id, &key, Outcome::Success, r#"{"status":"shipped"}"#);
+    let (_, fresh_log) = open_runs(&h).await;
+    fresh_log
+        .process_once("flows-action-outcomes", &stale, &outcomes)
+        .await
+        .unwrap()
+        .unwrap();
+    fresh_log
+        .process_once("flows-action-outcomes", &done, &outcomes)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = restarted.load(WS, &run_id).await.unwrap();
+    assert_eq!(
+        state.run.status,
+        Status::Ended {
+            reason: "completed".into()
+        }
+    );
+    let all = log.read_stream(&stream, 0, 100).await.unwrap();
+    let events: Vec<RunEvent> = all
+        .iter()
+        .filter(|e| e.event_type != ACTION_REQUESTED)
+        .filter_map(|e| switchboard_flows::runs::decode(e.decode().unwrap()))
+        .collect();
+    assert_eq!(sent(&events), ["It is shipped"]);
+    assert_eq!(
+        Run::fold(&events),
+        state.run,
+        "the state is a fold of the stored events"
+    );
+
+    // Completions nobody in flows asked for are not ours.
+    let mut foreign = completed("", "", Outcome::Success, "{}");
+    foreign.event_type = ACTION_COMPLETED.into();
+    assert!(!outcomes.wants(&foreign).await);
+    let unknown = completed("run_gone", "run_gone/lookup/1", Outcome::Success, "{}");
+    let outcome = fresh_log
+        .process_once("flows-action-outcomes", &unknown, &outcomes)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(HandleError::Reject(_))),
+        "{outcome:?}"
+    );
+    h.stop().await;
+}
+
+async fn runs_after_restart(h: &Harness) -> (RunService, EventLog) {
+    open_runs(h).await
+}
+
+#[tokio::test]
+async fn runs_stay_on_their_version_while_new_ones_take_the_new_one() {
+    let mut h = Harness::start().await;
+    let mut graph = greeting("Hello from version 1");
+    // Wait for the customer so the run stays open.
+    graph.nodes.insert(
+        2,
+        node(
+            "wait",
+            node::Kind::CaptureInput(CaptureInput {
+                variable: "session.answer".into(),
+                ..Default::default()
+            }),
+        ),
+    );
+    graph.edges = vec![
+        edge("start", "greet", ""),
+        edge("greet", "wait", ""),
+        edge("wait", "end", ""),
+    ];
+    let flow = h
+        .create("hello", FlowKind::ConversationFlow, graph.clone())
+        .await;
+    h.publish(&flow).await.unwrap();
+    let (runs, _) = open_runs(&h).await;
+    let old = runs
+        .start(WS, &flow.id, "conv_old", json!({}))
+        .await
+        .unwrap();
+
+    if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[1].kind {
+        m.text = "Hello from version 2".into();
+    }
+    h.flows
+        .save_draft(SaveDraftRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            draft: Some(graph),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    h.publish(&flow).await.unwrap();
+    let new = runs
+        .start(WS, &flow.id, "conv_new", json!({}))
+        .await
+        .unwrap();
+    assert_eq!((old.flow_version, new.flow_version), (1, 2));
+    let finished = runs
+        .handle(WS, &old.run.run_id, Input::Message { text: "ok".into() })
+        .await
+        .unwrap();
+    assert!(matches!(finished.last(), Some(RunEvent::Ended { .. })));
+    assert_eq!(
+        runs.load(WS, &old.run.run_id).await.unwrap().flow_version,
+        1,
+        "pinned"
+    );
+    h.stop().await;
+}
