@@ -11,7 +11,9 @@
 //! on these definitions next; see the README's "Flows" section for what exists today.
 #![forbid(unsafe_code)]
 
+pub mod consumers;
 pub mod domain;
+pub mod effects;
 pub mod grpc;
 pub mod knowledge;
 pub mod run;

@@ -268,6 +268,11 @@ impl RunService {
         }
     }
 
+    /// The read models (runs by conversation, flows, assistants).
+    pub fn store(&self) -> &crate::store::FlowsStore {
+        self.flows.store()
+    }
+
     /// A run's state, folded from its stream.
     pub async fn load(&self, workspace_id: &str, run_id: &str) -> Result<RunState, ServiceError> {
         let stream = run_stream(workspace_id, run_id);
@@ -318,6 +323,33 @@ impl RunService {
         conversation_id: &str,
         context: Json,
     ) -> Result<RunState, ServiceError> {
+        self.start_with(None, workspace_id, flow_id, conversation_id, context)
+            .await
+    }
+
+    /// [`RunService::start`] inside a subscription handler's transaction. Returns the run
+    /// id (the run is readable once the transaction commits).
+    pub async fn start_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace_id: &str,
+        flow_id: &str,
+        conversation_id: &str,
+        context: Json,
+    ) -> Result<String, ServiceError> {
+        self.start_with(Some(tx), workspace_id, flow_id, conversation_id, context)
+            .await
+            .map(|state| state.run.run_id)
+    }
+
+    async fn start_with(
+        &self,
+        tx: Option<&mut Tx<'_>>,
+        workspace_id: &str,
+        flow_id: &str,
+        conversation_id: &str,
+        context: Json,
+    ) -> Result<RunState, ServiceError> {
         let flow = self.flows.load(workspace_id, flow_id).await?.flow;
         if flow.published_version == 0 {
             return Err(ServiceError::FailedPrecondition(format!(
@@ -348,7 +380,9 @@ impl RunService {
             now_micros(),
             self.render.as_ref(),
         );
+        let in_tx = tx.is_some();
         self.append(
+            tx,
             workspace_id,
             &run_id,
             &pinned,
@@ -356,6 +390,14 @@ impl RunService {
             ExpectedVersion::NoStream,
         )
         .await?;
+        if in_tx {
+            // Not committed yet: what was decided is what the run will be.
+            let mut state = pinned;
+            for e in &events {
+                state.run.apply(e);
+            }
+            return Ok(state);
+        }
         self.load(workspace_id, &run_id).await
     }
 
@@ -363,6 +405,28 @@ impl RunService {
     /// deciding again when another input got in first. Returns what happened.
     pub async fn handle(
         &self,
+        workspace_id: &str,
+        run_id: &str,
+        input: Input,
+    ) -> Result<Vec<RunEvent>, ServiceError> {
+        self.handle_with(None, workspace_id, run_id, input).await
+    }
+
+    /// [`RunService::handle`] inside a subscription handler's transaction.
+    pub async fn handle_in(
+        &self,
+        tx: &mut Tx<'_>,
+        workspace_id: &str,
+        run_id: &str,
+        input: Input,
+    ) -> Result<Vec<RunEvent>, ServiceError> {
+        self.handle_with(Some(tx), workspace_id, run_id, input)
+            .await
+    }
+
+    async fn handle_with(
+        &self,
+        mut tx: Option<&mut Tx<'_>>,
         workspace_id: &str,
         run_id: &str,
         input: Input,
@@ -382,6 +446,7 @@ impl RunService {
             }
             match self
                 .append(
+                    tx.as_deref_mut(),
                     workspace_id,
                     run_id,
                     &state,
@@ -402,6 +467,7 @@ impl RunService {
 
     async fn append(
         &self,
+        tx: Option<&mut Tx<'_>>,
         workspace_id: &str,
         run_id: &str,
         state: &RunState,
@@ -465,11 +531,12 @@ impl RunService {
                 });
             }
         }
-        match self
-            .log
-            .append(&run_stream(workspace_id, run_id), expected, new)
-            .await
-        {
+        let stream = run_stream(workspace_id, run_id);
+        let appended = match tx {
+            Some(tx) => self.log.append_in(tx, &stream, expected, new).await,
+            None => self.log.append(&stream, expected, new).await,
+        };
+        match appended {
             Ok(_) => Ok(()),
             Err(EventLogError::Conflict { actual, .. }) => Err(ServiceError::Conflict {
                 expected: state.version,
@@ -497,7 +564,7 @@ pub const ACTION_COMPLETED: &str = "action_execution.completed";
 
 #[async_trait]
 impl Handler for ActionOutcomes {
-    async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
         let done: ExecutionCompleted = event
             .decode()
             .map_err(|e| HandleError::Reject(e.to_string()))?;
@@ -510,7 +577,7 @@ impl Handler for ActionOutcomes {
         };
         match self
             .runs
-            .handle(event.workspace_id(), &done.run_id, input)
+            .handle_in(tx, event.workspace_id(), &done.run_id, input)
             .await
         {
             Ok(_) => Ok(()),

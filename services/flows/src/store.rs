@@ -6,9 +6,10 @@ use prost::Message as _;
 use switchboard_eventlog::{
     EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
 };
+use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
     AssistantSaved, CollectionCreated, Document, DocumentDeleted, DocumentUpserted, FlowChanged,
-    FlowPublished, KnowledgeCollection, SearchHit,
+    FlowKind, FlowPublished, KnowledgeCollection, RunEventRecord, SearchHit,
 };
 
 use crate::domain::event_types as t;
@@ -119,8 +120,18 @@ CREATE TABLE IF NOT EXISTS assistants (
     workspace_id TEXT NOT NULL,
     assistant_id TEXT NOT NULL,
     name TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
     PRIMARY KEY (workspace_id, assistant_id)
 );
+CREATE TABLE IF NOT EXISTS runs (
+    workspace_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    ended INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS runs_by_conversation ON runs (workspace_id, conversation_id);
 ";
 
 /// Knowledge: collections (names unique), documents, and the search index: a generated
@@ -227,15 +238,54 @@ impl Projection for FlowsProjection {
                         continue;
                     };
                     on_conn!(tx, conn => sqlx::query(
-                        "INSERT INTO assistants (workspace_id, assistant_id, name) VALUES ($1, $2, $3)
-                         ON CONFLICT (workspace_id, assistant_id) DO UPDATE SET name = excluded.name",
+                        "INSERT INTO assistants (workspace_id, assistant_id, name, flow_id)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (workspace_id, assistant_id) DO UPDATE SET
+                             name = excluded.name, flow_id = excluded.flow_id",
                     )
                     .bind(ws)
                     .bind(&assistant.id)
                     .bind(&assistant.name)
+                    .bind(&assistant.flow_id)
                     .execute(&mut *conn)
                     .await
                     .map(|r| r.rows_affected()))?;
+                }
+                "flow_run.started" | "flow_run.ended" => {
+                    let record: RunEventRecord = event.decode()?;
+                    let run_id = event
+                        .stream
+                        .stream_id
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default();
+                    match record.event {
+                        Some(Record::Started(started)) => {
+                            on_conn!(tx, conn => sqlx::query(
+                                "INSERT INTO runs (workspace_id, run_id, conversation_id, flow_id, ended)
+                                 VALUES ($1, $2, $3, $4, 0)
+                                 ON CONFLICT (workspace_id, run_id) DO NOTHING",
+                            )
+                            .bind(ws)
+                            .bind(run_id)
+                            .bind(&started.conversation_id)
+                            .bind(&started.flow_id)
+                            .execute(&mut *conn)
+                            .await
+                            .map(|r| r.rows_affected()))?;
+                        }
+                        Some(Record::Ended(_)) => {
+                            on_conn!(tx, conn => sqlx::query(
+                                "UPDATE runs SET ended = 1 WHERE workspace_id = $1 AND run_id = $2",
+                            )
+                            .bind(ws)
+                            .bind(run_id)
+                            .execute(&mut *conn)
+                            .await
+                            .map(|r| r.rows_affected()))?;
+                        }
+                        _ => {}
+                    }
                 }
                 k::COLLECTION_CREATED => {
                     let Some(c) = event.decode::<CollectionCreated>()?.collection else {
@@ -286,7 +336,7 @@ impl Projection for FlowsProjection {
     }
 
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
-        for table in ["flows", "assistants", "collections", "documents"] {
+        for table in ["flows", "assistants", "collections", "documents", "runs"] {
             on_conn!(tx, conn => sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         }
         if let Tx::Sqlite(conn) = tx {
@@ -341,6 +391,61 @@ impl FlowsStore {
         .bind(kind)
         .bind(after)
         .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// The flow a conversation runs: that of the `preferred` assistant, otherwise of the
+    /// workspace's first assistant (by id) that has one.
+    pub async fn assistant_flow(
+        &self,
+        workspace_id: &str,
+        preferred: Option<&str>,
+    ) -> Result<Option<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT flow_id FROM assistants
+             WHERE workspace_id = $1 AND flow_id <> ''
+             ORDER BY CASE WHEN assistant_id = $2 THEN 0 ELSE 1 END, assistant_id
+             LIMIT 1",
+        )
+        .bind(workspace_id)
+        .bind(preferred.unwrap_or_default())
+        .fetch_optional(pool)
+        .await)?)
+    }
+
+    /// Published flows of a kind.
+    pub async fn published_flows(
+        &self,
+        workspace_id: &str,
+        kind: FlowKind,
+    ) -> Result<Vec<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT flow_id FROM flows
+             WHERE workspace_id = $1 AND kind = $2 AND published_version > 0
+             ORDER BY flow_id",
+        )
+        .bind(workspace_id)
+        .bind(kind as i32)
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// The conversation flow runs of a conversation that have not ended.
+    pub async fn open_runs(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT r.run_id FROM runs r
+             JOIN flows f ON f.workspace_id = r.workspace_id AND f.flow_id = r.flow_id
+             WHERE r.workspace_id = $1 AND r.conversation_id = $2 AND r.ended = 0 AND f.kind = $3
+             ORDER BY r.run_id",
+        )
+        .bind(workspace_id)
+        .bind(conversation_id)
+        .bind(FlowKind::ConversationFlow as i32)
         .fetch_all(pool)
         .await)?)
     }

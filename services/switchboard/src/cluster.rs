@@ -440,6 +440,16 @@ async fn serve_all(
         if let Some(connexease) = &service.connexease {
             tasks.spawn(sync_directories(connexease.clone(), shutdown.clone()));
         }
+        if let Some(flows) = &service.flows {
+            start_flows(config, flows, &running, js.as_ref(), &mut tasks, &shutdown)?;
+        }
+        if js.is_none()
+            && service.name == ServiceName::Actions
+            && let Some(flows) = running.iter().find(|r| r.name == ServiceName::Flows)
+        {
+            consume_action_requests_locally(config, service, &flows.log, &mut tasks, &shutdown)
+                .await?;
+        }
         if let (Some(webhooks), Some(outbound)) = (&service.webhooks, &service.outbound) {
             start_webhooks(
                 webhooks,
@@ -916,6 +926,200 @@ fn start_webhooks(
                     }
                 });
             }
+        }
+    }
+}
+
+/// The flow runtime's subscriptions: conversations' events start runs and feed them
+/// customers' messages; the actions service's answers go back to the runs that asked; and
+/// the runs' own messages and effects are carried out from the flows log itself.
+fn start_flows(
+    config: &Config,
+    flows: &switchboard_flows::FlowsService,
+    running: &[Running],
+    js: Option<&jetstream::Context>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    use switchboard_eventlog::{LogTailSubscription, Subscription, SubscriptionConfig};
+    use switchboard_flows::consumers::ConversationEvents;
+    use switchboard_flows::effects::{Effects, GrpcConnexease, GrpcConversations};
+    use switchboard_flows::runs::{ACTION_COMPLETED, ActionOutcomes, RunService};
+    let names: Vec<ServiceName> = running.iter().map(|r| r.name).collect();
+    let runs = RunService::new(flows.clone());
+    let inbox = flows.log().clone();
+
+    // Effects: tail our own log.
+    let conversations_url = service_url(config, &names, ServiceName::Conversations);
+    match conversations_url {
+        Some(url) => {
+            let conversations = Arc::new(
+                GrpcConversations::connect_lazy(&url, config.service_token.clone())
+                    .with_context(|| format!("SWITCHBOARD_CONVERSATIONS_URL={url}"))?,
+            );
+            let connexease = service_url(config, &names, ServiceName::Connexease)
+                .map(|url| {
+                    GrpcConnexease::connect_lazy(&url, config.service_token.clone())
+                        .with_context(|| format!("SWITCHBOARD_CONNEXEASE_URL={url}"))
+                })
+                .transpose()?
+                .map(|c| Arc::new(c) as Arc<dyn switchboard_flows::effects::Connexease>);
+            let handler = Arc::new(Effects::new(runs.clone(), conversations, connexease));
+            let filter = Arc::new(|e: &switchboard_eventlog::RecordedEvent| {
+                e.event_type.starts_with("flow_run.")
+            });
+            let subscription = Box::new(LogTailSubscription::new(
+                inbox.clone(),
+                filter,
+                SubscriptionConfig::new("flows-effects", inbox.clone()),
+            ));
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(e) = subscription.run(handler, shutdown).await {
+                    warn!(error = %e, "flow effects stopped");
+                }
+            });
+        }
+        None => warn!(
+            "flows: no conversations service (SWITCHBOARD_CONVERSATIONS_URL); runs' messages wait"
+        ),
+    }
+
+    let conversation_events = Arc::new(ConversationEvents::new(flows.clone(), runs.clone()));
+    let outcomes = Arc::new(ActionOutcomes::new(runs));
+    let conversations_config =
+        SubscriptionConfig::new(switchboard_flows::consumers::CONSUMER, inbox.clone());
+    let outcomes_config = SubscriptionConfig::new("flows-action-outcomes", inbox.clone());
+    match js {
+        Some(js) => {
+            let prefix = config.nats_prefix.clone();
+            tasks.spawn(consume_stream(
+                js.clone(),
+                switchboard_conversations::stream_spec(1).prefixed_name(&prefix),
+                prefix.clone(),
+                "events.>",
+                conversations_config,
+                conversation_events,
+                shutdown.clone(),
+            ));
+            tasks.spawn(consume_stream(
+                js.clone(),
+                switchboard_actions::stream_spec(1).prefixed_name(&prefix),
+                prefix,
+                "internal.actions.action_completed",
+                outcomes_config,
+                outcomes,
+                shutdown.clone(),
+            ));
+        }
+        None => {
+            let tail = |producer: ServiceName,
+                        filter: Arc<
+                dyn Fn(&switchboard_eventlog::RecordedEvent) -> bool + Send + Sync,
+            >,
+                        config: SubscriptionConfig,
+                        handler: Arc<dyn switchboard_eventlog::Handler>| {
+                running.iter().find(|r| r.name == producer).map(|source| {
+                    let subscription =
+                        Box::new(LogTailSubscription::new(source.log.clone(), filter, config));
+                    let shutdown = shutdown.clone();
+                    async move {
+                        if let Err(e) = subscription.run(handler, shutdown).await {
+                            warn!(error = %e, "a flows subscription stopped");
+                        }
+                    }
+                })
+            };
+            let public = Arc::new(|e: &switchboard_eventlog::RecordedEvent| {
+                switchboard_conversations::PublicEvents
+                    .subject(e)
+                    .is_some_and(|s| s.starts_with("events."))
+            });
+            if let Some(task) = tail(
+                ServiceName::Conversations,
+                public,
+                conversations_config,
+                conversation_events,
+            ) {
+                tasks.spawn(task);
+            }
+            let completed = Arc::new(|e: &switchboard_eventlog::RecordedEvent| {
+                e.event_type == ACTION_COMPLETED
+            });
+            if let Some(task) = tail(ServiceName::Actions, completed, outcomes_config, outcomes) {
+                tasks.spawn(task);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In `dev`, the actions service runs the flows' action requests by tailing the flows log.
+/// Its processed records live in a store of their own (`actions-inbox.db`): the handler
+/// appends to the actions log, and SQLite has one writer per file. The actions service's
+/// own claim by idempotency key keeps a redelivered request from running twice.
+async fn consume_action_requests_locally(
+    config: &Config,
+    actions: &Running,
+    flows_log: &EventLog,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    use switchboard_actions::consumers::{ACTION_REQUESTED, ActionRequests, CONSUMER};
+    use switchboard_eventlog::{LogTailSubscription, Subscription, SubscriptionConfig};
+    let inbox = EventLog::open(&StoreConfig::Sqlite {
+        path: config.data_dir.join("actions-inbox.db"),
+    })
+    .await
+    .context("opening the actions inbox")?;
+    inbox
+        .migrate()
+        .await
+        .context("migrating the actions inbox")?;
+    let handler = Arc::new(ActionRequests::new(actions.action_service()));
+    let filter =
+        Arc::new(|e: &switchboard_eventlog::RecordedEvent| e.event_type == ACTION_REQUESTED);
+    let subscription = Box::new(LogTailSubscription::new(
+        flows_log.clone(),
+        filter,
+        SubscriptionConfig::new(CONSUMER, inbox),
+    ));
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = subscription.run(handler, shutdown).await {
+            warn!(error = %e, "running flows' action requests stopped");
+        }
+    });
+    Ok(())
+}
+
+/// A durable consumer of one stream's `filter` subject. Until the producer creates its
+/// stream this waits and tries again.
+async fn consume_stream(
+    js: jetstream::Context,
+    stream: String,
+    prefix: String,
+    filter: &'static str,
+    config: switchboard_eventlog::SubscriptionConfig,
+    handler: Arc<dyn switchboard_eventlog::Handler>,
+    shutdown: CancellationToken,
+) {
+    use switchboard_eventlog::{JetStreamSubscription, Subscription};
+    while !shutdown.is_cancelled() {
+        let subscription = Box::new(JetStreamSubscription::new(
+            js.clone(),
+            stream.clone(),
+            &prefix,
+            filter,
+            config.clone(),
+        ));
+        match subscription.run(handler.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => warn!(stream = %stream, error = %e, "cannot consume yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
 }

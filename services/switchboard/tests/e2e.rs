@@ -866,3 +866,291 @@ async fn dev_delivers_webhooks_and_serves_flows() {
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A loopback order API: order 4711 is shipped; any other number is a 503.
+async fn order_api() -> std::net::SocketAddr {
+    async fn order(
+        axum::extract::Path(number): axum::extract::Path<String>,
+    ) -> (axum::http::StatusCode, String) {
+        if number == "4711" {
+            (
+                axum::http::StatusCode::OK,
+                r#"{"status":"shipped"}"#.to_owned(),
+            )
+        } else {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "down".to_owned(),
+            )
+        }
+    }
+    let app = axum::Router::new().route("/orders/{number}", axum::routing::get(order));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The agent's messages in a conversation, once at least `n` arrived (up to a minute).
+async fn agent_says(
+    client: &mut ConversationsClient<GrpcChannel>,
+    conversation_id: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut said = Vec::new();
+    for _ in 0..1200 {
+        let messages = client
+            .list_messages(ListMessagesRequest {
+                workspace_id: WS.into(),
+                conversation_id: conversation_id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        said = messages
+            .into_iter()
+            .filter(|m| m.author() == Author::Agent)
+            .map(|m| m.text)
+            .collect();
+        if said.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    said
+}
+
+/// The seeds' "look it up and act" pattern, end to end in `dev`: a conversation starts
+/// the assistant's flow, which asks for the order number, looks the order up through an
+/// http action against a loopback API, answers and resolves the conversation; when the
+/// API fails, it apologises and hands over.
+#[tokio::test]
+async fn dev_runs_the_look_it_up_and_act_flow_end_to_end() {
+    use switchboard_proto::actions::v1::ResponseMapping;
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let api = order_api().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let action = actions
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: "order_status".into(),
+                description: "Looks up an order's status".into(),
+                kind: ActionKind::Http as i32,
+                input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
+                http: Some(HttpSpec {
+                    method: "GET".into(),
+                    url: format!("http://{api}/orders/{{{{ input.order }}}}"),
+                    response_mapping: vec![ResponseMapping {
+                        name: "status".into(),
+                        path: "$.status".into(),
+                        kind: "string".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+
+    let node = |id: &str, kind: node::Kind| Node {
+        id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let edge = |from: &str, to: &str, port: &str| Edge {
+        from: from.into(),
+        to: to.into(),
+        port: port.into(),
+    };
+    let say = |text: &str| {
+        node::Kind::SendMessage(SendMessage {
+            text: text.into(),
+            ..Default::default()
+        })
+    };
+    let graph = Graph {
+        nodes: vec![
+            node("start", node::Kind::Start(Start {})),
+            node("ask", say("What is your order number?")),
+            node(
+                "capture",
+                node::Kind::CaptureInput(CaptureInput {
+                    variable: "session.order".into(),
+                    validation: "number".into(),
+                    ..Default::default()
+                }),
+            ),
+            node(
+                "lookup",
+                node::Kind::ApiCall(ApiCall {
+                    action_id: action.id.clone(),
+                    inputs: [("order".to_owned(), "{{ session.order }}".to_owned())].into(),
+                }),
+            ),
+            node("status", say("Your order is {{ nodes.lookup.status }}.")),
+            node(
+                "resolve",
+                node::Kind::UpdateConversation(UpdateConversation {
+                    status: "resolved".into(),
+                    ..Default::default()
+                }),
+            ),
+            node(
+                "sorry",
+                say("I'm having trouble reaching that right now, let me get a teammate"),
+            ),
+            node(
+                "handover",
+                node::Kind::Connexease(ConnexeaseOperation {
+                    operation: "assign_group".into(),
+                    arguments: [("group".to_owned(), "billing".to_owned())].into(),
+                }),
+            ),
+            node("done", node::Kind::End(End::default())),
+        ],
+        edges: vec![
+            edge("start", "ask", ""),
+            edge("ask", "capture", ""),
+            edge("capture", "lookup", ""),
+            edge("lookup", "status", "success"),
+            edge("lookup", "sorry", "failure"),
+            edge("status", "resolve", ""),
+            edge("resolve", "done", "success"),
+            edge("resolve", "done", "failure"),
+            edge("sorry", "handover", ""),
+            edge("handover", "done", "success"),
+            edge("handover", "done", "failure"),
+        ],
+        ..Default::default()
+    };
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "orders".into(),
+            kind: FlowKind::ConversationFlow as i32,
+            draft: Some(graph),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Ada".into(),
+                flow_id: flow.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let start = |request_id: &str| StartConversationRequest {
+        workspace_id: WS.into(),
+        request_id: request_id.into(),
+        channel: Channel::Api as i32,
+        ..Default::default()
+    };
+    let customer = |conversation_id: &str, text: &str| AddMessageRequest {
+        workspace_id: WS.into(),
+        conversation_id: conversation_id.into(),
+        author: Author::Customer as i32,
+        kind: MessageKind::Text as i32,
+        text: text.into(),
+        ..Default::default()
+    };
+
+    // Success: looked up, answered, resolved.
+    let happy = conversations
+        .start_conversation(start("happy"))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    assert_eq!(
+        agent_says(&mut conversations, &happy, 1).await,
+        ["What is your order number?"]
+    );
+    conversations
+        .add_message(customer(&happy, "4711"))
+        .await
+        .unwrap();
+    assert_eq!(
+        agent_says(&mut conversations, &happy, 2).await,
+        ["What is your order number?", "Your order is shipped."]
+    );
+    use switchboard_proto::events::v1::ConversationStatus;
+    let mut status = ConversationStatus::Active;
+    for _ in 0..600 {
+        status = conversations
+            .get_conversation(GetConversationRequest {
+                workspace_id: WS.into(),
+                conversation_id: happy.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .conversation
+            .unwrap()
+            .status();
+        if status == ConversationStatus::Resolved {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, ConversationStatus::Resolved);
+
+    // Failure: the API is down; the run apologises and hands over.
+    let unhappy = conversations
+        .start_conversation(start("unhappy"))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    agent_says(&mut conversations, &unhappy, 1).await;
+    conversations
+        .add_message(customer(&unhappy, "9999"))
+        .await
+        .unwrap();
+    assert_eq!(
+        agent_says(&mut conversations, &unhappy, 2).await[1],
+        "I'm having trouble reaching that right now, let me get a teammate"
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,406 @@
+//! Carries out what runs decided, and tells them how it went: their messages go to the
+//! conversation, conversation updates and Connexease operations are made, and each
+//! effect's outcome goes back into its run. [`Effects`] follows the flows log itself (a
+//! subscription on its own events), so an effect recorded just before a crash is carried
+//! out after it; every call names a request id derived from the event or the effect key,
+//! so carrying one out twice changes nothing twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value as Json, json};
+use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
+use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
+use switchboard_proto::conversations::v1::{
+    AddMessageRequest, SetMetafieldsRequest, SetStatusRequest,
+};
+use switchboard_proto::events::v1::{Author, Button, ConversationStatus, MessageKind};
+use switchboard_proto::flows::v1::RunEventRecord;
+use switchboard_proto::flows::v1::run_event_record::Event as Record;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::run::Input;
+use crate::runs::RunService;
+use crate::service::ServiceError;
+
+/// Why an effect did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PortError {
+    /// Might work later: try the event again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Will not work: the effect failed (its run takes the failure route).
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn from_status(status: tonic::Status) -> PortError {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Aborted
+        | tonic::Code::Internal
+        | tonic::Code::Unknown => PortError::Unavailable(status.message().to_owned()),
+        _ => PortError::Refused(status.message().to_owned()),
+    }
+}
+
+/// The conversations service, as runs use it.
+#[async_trait]
+pub trait Conversations: Send + Sync {
+    async fn say(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        request_id: &str,
+        text: &str,
+        buttons: &[(String, String)],
+    ) -> Result<(), PortError>;
+
+    async fn update(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        request_id: &str,
+        status: Option<&str>,
+        metafields: HashMap<String, String>,
+    ) -> Result<(), PortError>;
+}
+
+/// The connexease service, as runs use it.
+#[async_trait]
+pub trait Connexease: Send + Sync {
+    async fn run(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        idempotency_key: &str,
+        operation: &str,
+        arguments: HashMap<String, String>,
+    ) -> Result<Json, PortError>;
+}
+
+pub struct GrpcConversations {
+    client: ConversationsClient<Channel>,
+    token: Option<String>,
+}
+
+impl GrpcConversations {
+    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            client: ConversationsClient::new(channel),
+            token,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let traceparent = switchboard_runtime::telemetry::current_traceparent().unwrap_or_default();
+        switchboard_runtime::requests::outgoing(message, self.token.as_deref(), &traceparent)
+    }
+}
+
+#[async_trait]
+impl Conversations for GrpcConversations {
+    async fn say(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        request_id: &str,
+        text: &str,
+        buttons: &[(String, String)],
+    ) -> Result<(), PortError> {
+        let kind = if buttons.is_empty() {
+            MessageKind::Text
+        } else {
+            MessageKind::Buttons
+        };
+        self.client
+            .clone()
+            .add_message(
+                self.request(AddMessageRequest {
+                    workspace_id: workspace_id.to_owned(),
+                    request_id: request_id.to_owned(),
+                    conversation_id: conversation_id.to_owned(),
+                    author: Author::Agent as i32,
+                    kind: kind as i32,
+                    text: text.to_owned(),
+                    buttons: buttons
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (label, value))| Button {
+                            button_id: format!("b{i}"),
+                            label: label.clone(),
+                            value: value.clone(),
+                            url: String::new(),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map(|_| ())
+            .map_err(from_status)
+    }
+
+    async fn update(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        request_id: &str,
+        status: Option<&str>,
+        metafields: HashMap<String, String>,
+    ) -> Result<(), PortError> {
+        if let Some(status) = status {
+            let parsed = ConversationStatus::from_str_name(&format!(
+                "CONVERSATION_STATUS_{}",
+                status.trim().to_ascii_uppercase()
+            ))
+            .filter(|s| *s != ConversationStatus::Unspecified)
+            .ok_or_else(|| {
+                PortError::Refused(format!(
+                    "`{status}` is not a status: active, on_hold, resolved or archived"
+                ))
+            })?;
+            self.client
+                .clone()
+                .set_status(self.request(SetStatusRequest {
+                    workspace_id: workspace_id.to_owned(),
+                    request_id: format!("{request_id}-status"),
+                    conversation_id: conversation_id.to_owned(),
+                    status: parsed as i32,
+                }))
+                .await
+                .map_err(from_status)?;
+        }
+        if !metafields.is_empty() {
+            self.client
+                .clone()
+                .set_metafields(self.request(SetMetafieldsRequest {
+                    workspace_id: workspace_id.to_owned(),
+                    request_id: format!("{request_id}-metafields"),
+                    conversation_id: conversation_id.to_owned(),
+                    metafields,
+                }))
+                .await
+                .map_err(from_status)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct GrpcConnexease {
+    client: switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient<Channel>,
+    token: Option<String>,
+}
+
+impl GrpcConnexease {
+    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        Ok(Self {
+            client: switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient::new(
+                channel,
+            ),
+            token,
+        })
+    }
+}
+
+#[async_trait]
+impl Connexease for GrpcConnexease {
+    async fn run(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        idempotency_key: &str,
+        operation: &str,
+        arguments: HashMap<String, String>,
+    ) -> Result<Json, PortError> {
+        let traceparent = switchboard_runtime::telemetry::current_traceparent().unwrap_or_default();
+        let request = switchboard_runtime::requests::outgoing(
+            switchboard_proto::connexease::v1::RunOperationRequest {
+                workspace_id: workspace_id.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+                conversation_id: conversation_id.to_owned(),
+                operation: operation.to_owned(),
+                arguments,
+            },
+            self.token.as_deref(),
+            &traceparent,
+        );
+        let result = self
+            .client
+            .clone()
+            .run_operation(request)
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok(json!({ "operation": operation, "result": format!("{result:?}") }))
+    }
+}
+
+/// The event types [`Effects`] carries out.
+const MESSAGE_SENT: &str = "flow_run.message_sent";
+const REASKED: &str = "flow_run.reasked";
+const EFFECT_REQUESTED: &str = "flow_run.effect_requested";
+
+/// Carries out runs' messages and non-action effects.
+pub struct Effects {
+    runs: RunService,
+    conversations: Arc<dyn Conversations>,
+    connexease: Option<Arc<dyn Connexease>>,
+}
+
+impl Effects {
+    pub fn new(
+        runs: RunService,
+        conversations: Arc<dyn Conversations>,
+        connexease: Option<Arc<dyn Connexease>>,
+    ) -> Self {
+        Self {
+            runs,
+            conversations,
+            connexease,
+        }
+    }
+
+    /// `(workspace, run)` from the stream id `ws_…/run_…`.
+    fn run_of(event: &RecordedEvent) -> (&str, &str) {
+        event.stream.stream_id.split_once('/').unwrap_or_default()
+    }
+}
+
+fn retry(e: PortError) -> HandleError {
+    HandleError::Retry(e.to_string())
+}
+
+fn service_error(e: ServiceError) -> HandleError {
+    match e {
+        ServiceError::NotFound(_) | ServiceError::Invalid(_) => HandleError::Reject(e.to_string()),
+        other => HandleError::Retry(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Handler for Effects {
+    async fn wants(&self, event: &RecordedEvent) -> bool {
+        match event.event_type.as_str() {
+            MESSAGE_SENT | REASKED => true,
+            // Actions go to the actions service over NATS; the rest are ours.
+            EFFECT_REQUESTED => event.decode::<RunEventRecord>().is_ok_and(
+                |r| matches!(r.event, Some(Record::EffectRequested(e)) if e.effect != "action"),
+            ),
+            _ => false,
+        }
+    }
+
+    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+        let record: RunEventRecord = event
+            .decode()
+            .map_err(|e| HandleError::Reject(e.to_string()))?;
+        let (workspace_id, run_id) = Self::run_of(event);
+        let state = self
+            .runs
+            .load(workspace_id, run_id)
+            .await
+            .map_err(service_error)?;
+        let conversation_id = state.conversation_id.clone();
+        if conversation_id.is_empty() {
+            return Err(HandleError::Reject(
+                "the run has no conversation to speak in".into(),
+            ));
+        }
+        match record.event {
+            Some(Record::MessageSent(m)) | Some(Record::Reasked(m)) => {
+                let buttons: Vec<(String, String)> =
+                    m.buttons.into_iter().map(|b| (b.label, b.value)).collect();
+                self.conversations
+                    .say(
+                        workspace_id,
+                        &conversation_id,
+                        &format!("flow-{}", event.event_id),
+                        &m.text,
+                        &buttons,
+                    )
+                    .await
+                    .map_err(retry)
+            }
+            Some(Record::EffectRequested(e)) => {
+                let inputs: HashMap<String, Json> =
+                    serde_json::from_str(&e.inputs_json).unwrap_or_default();
+                let text = |v: &Json| match v {
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let outcome = if !e.sealed_inputs.is_empty() {
+                    Err(PortError::Refused(
+                        "inputs that read secure metadata are only supported by action nodes"
+                            .into(),
+                    ))
+                } else if e.effect == "update_conversation" {
+                    let status = inputs.get("status").map(text);
+                    let metafields = inputs
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            k.strip_prefix("metafields.")
+                                .map(|k| (k.to_owned(), text(v)))
+                        })
+                        .collect();
+                    self.conversations
+                        .update(
+                            workspace_id,
+                            &conversation_id,
+                            &format!("flow-{}", e.key.replace('/', "-")),
+                            status.as_deref(),
+                            metafields,
+                        )
+                        .await
+                        .map(|_| json!({}))
+                } else {
+                    match &self.connexease {
+                        None => Err(PortError::Refused(
+                            "no connexease service is configured (SWITCHBOARD_CONNEXEASE_URL)"
+                                .into(),
+                        )),
+                        Some(connexease) => {
+                            let arguments =
+                                inputs.iter().map(|(k, v)| (k.clone(), text(v))).collect();
+                            connexease
+                                .run(workspace_id, &conversation_id, &e.key, &e.target, arguments)
+                                .await
+                        }
+                    }
+                };
+                let input = match outcome {
+                    Ok(outputs) => Input::EffectDone {
+                        key: e.key,
+                        success: true,
+                        outputs,
+                        error: String::new(),
+                    },
+                    Err(PortError::Refused(error)) => Input::EffectDone {
+                        key: e.key,
+                        success: false,
+                        outputs: json!({}),
+                        error,
+                    },
+                    Err(unavailable) => return Err(retry(unavailable)),
+                };
+                self.runs
+                    .handle_in(tx, workspace_id, run_id, input)
+                    .await
+                    .map(|_| ())
+                    .map_err(service_error)
+            }
+            _ => Ok(()),
+        }
+    }
+}
