@@ -273,6 +273,48 @@ impl RunService {
         self.flows.store()
     }
 
+    /// Fires every timer due at `now` (microseconds): each run goes on from its delay
+    /// node, once (a fired timer leaves the read model; a second firing finds the run no
+    /// longer waiting and changes nothing). Returns how many fired.
+    pub async fn fire_due_timers(&self, now: i64) -> Result<usize, ServiceError> {
+        let due = self.store().due_timers(now, 500).await?;
+        let mut fired = 0;
+        for (workspace_id, run_id, node) in due {
+            let events = self
+                .handle(&workspace_id, &run_id, Input::TimerDue { node })
+                .await?;
+            fired += usize::from(!events.is_empty());
+        }
+        Ok(fired)
+    }
+
+    /// Fires due timers every second while this process holds the timer role (one per
+    /// deployment), until `shutdown`. Timers are in the log, so a restart re-arms them.
+    pub async fn run_timers(self, shutdown: tokio_util::sync::CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Ok(Some(mut lease)) = self.log.try_lead("flows-timers").await {
+                let mut rounds = 0u32;
+                while !shutdown.is_cancelled() {
+                    rounds += 1;
+                    if rounds.is_multiple_of(60) && !lease.is_held().await {
+                        break;
+                    }
+                    if let Err(e) = self.fire_due_timers(now_micros()).await {
+                        tracing::warn!(error = %e, "flow timers could not fire; retrying");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
     /// A run's state, folded from its stream.
     pub async fn load(&self, workspace_id: &str, run_id: &str) -> Result<RunState, ServiceError> {
         let stream = run_stream(workspace_id, run_id);

@@ -132,6 +132,14 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (workspace_id, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_by_conversation ON runs (workspace_id, conversation_id);
+CREATE TABLE IF NOT EXISTS timers (
+    workspace_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    node TEXT NOT NULL,
+    due_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
 ";
 
 /// Knowledge: collections (names unique), documents, and the search index: a generated
@@ -251,6 +259,50 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
+                "flow_run.timer_armed" => {
+                    let record: RunEventRecord = event.decode()?;
+                    let run_id = event
+                        .stream
+                        .stream_id
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default();
+                    if let Some(Record::TimerArmed(timer)) = record.event {
+                        let due = timer
+                            .due_at
+                            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+                            .unwrap_or_default();
+                        on_conn!(tx, conn => sqlx::query(
+                            "INSERT INTO timers (workspace_id, run_id, node, due_at)
+                             VALUES ($1, $2, $3, $4)
+                             ON CONFLICT (workspace_id, run_id) DO UPDATE SET
+                                 node = excluded.node, due_at = excluded.due_at",
+                        )
+                        .bind(ws)
+                        .bind(run_id)
+                        .bind(&timer.node)
+                        .bind(due)
+                        .execute(&mut *conn)
+                        .await
+                        .map(|r| r.rows_affected()))?;
+                    }
+                }
+                "flow_run.timer_fired" => {
+                    let run_id = event
+                        .stream
+                        .stream_id
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default();
+                    on_conn!(tx, conn => sqlx::query(
+                        "DELETE FROM timers WHERE workspace_id = $1 AND run_id = $2",
+                    )
+                    .bind(ws)
+                    .bind(run_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
                 "flow_run.started" | "flow_run.ended" => {
                     let record: RunEventRecord = event.decode()?;
                     let run_id = event
@@ -277,6 +329,14 @@ impl Projection for FlowsProjection {
                         Some(Record::Ended(_)) => {
                             on_conn!(tx, conn => sqlx::query(
                                 "UPDATE runs SET ended = 1 WHERE workspace_id = $1 AND run_id = $2",
+                            )
+                            .bind(ws)
+                            .bind(run_id)
+                            .execute(&mut *conn)
+                            .await
+                            .map(|r| r.rows_affected()))?;
+                            on_conn!(tx, conn => sqlx::query(
+                                "DELETE FROM timers WHERE workspace_id = $1 AND run_id = $2",
                             )
                             .bind(ws)
                             .bind(run_id)
@@ -336,7 +396,14 @@ impl Projection for FlowsProjection {
     }
 
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
-        for table in ["flows", "assistants", "collections", "documents", "runs"] {
+        for table in [
+            "flows",
+            "assistants",
+            "collections",
+            "documents",
+            "runs",
+            "timers",
+        ] {
             on_conn!(tx, conn => sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         }
         if let Tx::Sqlite(conn) = tx {
@@ -427,6 +494,22 @@ impl FlowsStore {
         )
         .bind(workspace_id)
         .bind(kind as i32)
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// Timers due at `now`: `(workspace, run, node)`, earliest first.
+    pub async fn due_timers(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String, String)>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT workspace_id, run_id, node FROM timers WHERE due_at <= $1
+             ORDER BY due_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
         .fetch_all(pool)
         .await)?)
     }

@@ -273,3 +273,95 @@ async fn runs_stay_on_their_version_while_new_ones_take_the_new_one() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn an_ended_conversation_starts_post_conversation_workflows_whose_delays_fire_once() {
+    use switchboard_flows::consumers::{CONVERSATION_ENDED, ConversationEvents};
+    use switchboard_proto::events::v1::{Conversation, ConversationEndedEvent};
+
+    let mut h = Harness::start().await;
+    let graph = Graph {
+        nodes: vec![
+            node("start", node::Kind::Start(Start {})),
+            node("wait", node::Kind::Delay(Delay { seconds: 86_400 })),
+            node(
+                "follow_up",
+                say("How did it go, {{ conversation.user_id }}?"),
+            ),
+            node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![
+            edge("start", "wait", ""),
+            edge("wait", "follow_up", ""),
+            edge("follow_up", "end", ""),
+        ],
+        ..Default::default()
+    };
+    let workflow = h
+        .create("follow_up", FlowKind::PostConversationWorkflow, graph)
+        .await;
+    h.publish(&workflow).await.unwrap();
+    let (runs, log) = open_runs(&h).await;
+    let ended = RecordedEvent {
+        event_id: uuid::Uuid::now_v7(),
+        stream: StreamRef::new("conversation", format!("{WS}/conv_9")),
+        stream_version: 5,
+        global_position: 5,
+        transaction_id: 0,
+        event_type: CONVERSATION_ENDED.into(),
+        schema_version: 1,
+        payload: ConversationEndedEvent {
+            conversation: Some(Conversation {
+                id: "conv_9".into(),
+                user_id: "ada".into(),
+                ..Default::default()
+            }),
+        }
+        .encode_to_vec(),
+        metadata: Metadata {
+            workspace_id: WS.into(),
+            ..Default::default()
+        },
+        recorded_at: 0,
+    };
+    let trigger = ConversationEvents::new(
+        switchboard_flows::FlowsService::new(log.clone(), None),
+        runs.clone(),
+    );
+    assert!(trigger.wants(&ended).await);
+    log.process_once("flows-conversations", &ended, &trigger)
+        .await
+        .unwrap()
+        .unwrap();
+    let run_id = runs
+        .start(WS, &workflow.id, "conv_9", json!({}))
+        .await
+        .unwrap()
+        .run
+        .run_id;
+    let state = runs.load(WS, &run_id).await.unwrap();
+    let Status::WaitingTimer { due_at } = state.run.status else {
+        panic!("waiting for its timer: {:?}", state.run.status);
+    };
+
+    // A test clock: nothing is due before the day has passed; then it fires once, also
+    // from a service started after the timer was armed.
+    assert_eq!(runs.fire_due_timers(due_at - 1).await.unwrap(), 0);
+    let (restarted, _) = open_runs(&h).await;
+    assert_eq!(restarted.fire_due_timers(due_at).await.unwrap(), 1);
+    assert_eq!(restarted.fire_due_timers(due_at + 1).await.unwrap(), 0);
+    let stream = switchboard_flows::runs::run_stream(WS, &run_id);
+    let events: Vec<RunEvent> = log
+        .read_stream(&stream, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| switchboard_flows::runs::decode(e.decode().unwrap()))
+        .collect();
+    assert_eq!(sent(&events), ["How did it go, ada?"]);
+    assert!(matches!(
+        restarted.load(WS, &run_id).await.unwrap().run.status,
+        Status::Ended { .. }
+    ));
+    h.stop().await;
+}

@@ -948,6 +948,7 @@ fn start_flows(
     let names: Vec<ServiceName> = running.iter().map(|r| r.name).collect();
     let runs = RunService::new(flows.clone());
     let inbox = flows.log().clone();
+    tasks.spawn(runs.clone().run_timers(shutdown.clone()));
 
     // Effects: tail our own log.
     let conversations_url = service_url(config, &names, ServiceName::Conversations);
