@@ -928,16 +928,51 @@ async fn agent_says(
 /// API fails, it apologises and hands over.
 #[tokio::test]
 async fn dev_runs_the_look_it_up_and_act_flow_end_to_end() {
-    use switchboard_proto::actions::v1::ResponseMapping;
-    use switchboard_proto::flows::v1::flows_client::FlowsClient;
-    use switchboard_proto::flows::v1::*;
-
     let dir = std::env::temp_dir().join(unique_name());
     let data_dir = dir.to_string_lossy().to_string();
     let mut process = Process::new(
         &["dev", "--data-dir", &data_dir],
         vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
     );
+    look_it_up_and_act(&mut process).await;
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same in production mode: three services against Postgres and NATS, every hop
+/// between them over JetStream.
+#[tokio::test]
+async fn serve_runs_the_look_it_up_and_act_flow_over_nats() {
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let mut env = webhooks_env(
+        &schema_prefix,
+        &switchboard_eventlog::testing::nats_url(),
+        &nats.prefix,
+    );
+    env.push(("SWITCHBOARD_LOG_FILTER".into(), "warn".into()));
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,actions,flows,connexease",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    look_it_up_and_act(&mut process).await;
+    assert_eq!(process.terminate().code(), Some(0));
+    for service in ["conversations", "actions", "flows", "connexease"] {
+        drop_schema(&format!("{schema_prefix}{service}")).await;
+    }
+    nats.drop().await;
+}
+
+async fn look_it_up_and_act(process: &mut Process) {
+    use switchboard_proto::actions::v1::ResponseMapping;
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
     let mut conversations = process.start().await;
     let api = order_api().await;
     let mut actions = actions_client(process.grpc_port).await;
@@ -1151,6 +1186,4 @@ async fn dev_runs_the_look_it_up_and_act_flow_end_to_end() {
         agent_says(&mut conversations, &unhappy, 2).await[1],
         "I'm having trouble reaching that right now, let me get a teammate"
     );
-    assert_eq!(process.terminate().code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
