@@ -21,6 +21,7 @@ fmt:
 
 ## Benchmarks: ratios against raw baselines, printed and written to BENCHMARKS.md.
 bench:
+	$(CARGO) build --release -p switchboard
 	$(CARGO) run --release -p switchboard-tests --bin bench -- --write BENCHMARKS.md
 
 build:
