@@ -80,6 +80,9 @@ pub struct Config {
     /// service's checks of the actions a graph refers to; unset: this process's own gRPC
     /// server when it runs the actions service.
     pub actions_url: Option<String>,
+    /// `SWITCHBOARD_FLOWS_URL`: the flows service's gRPC address, for `workflow` actions;
+    /// unset: this process's own gRPC server when it runs the flows service.
+    pub flows_url: Option<String>,
     /// `SWITCHBOARD_CONNEXEASE_SIM_ADDR`: where `dev` runs the Connexease simulator.
     pub connexease_sim_addr: SocketAddr,
     /// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`: the workspace the simulator's webhooks are
@@ -160,6 +163,7 @@ impl Default for Config {
             execution_retention_days: 30,
             connexease_url: None,
             actions_url: None,
+            flows_url: None,
             connexease_sim_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
             connexease_sim_workspace: "ws_dev".to_owned(),
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_owned(),
@@ -201,6 +205,7 @@ impl fmt::Debug for Config {
             .field("execution_retention_days", &self.execution_retention_days)
             .field("connexease_url", &self.connexease_url)
             .field("actions_url", &self.actions_url)
+            .field("flows_url", &self.flows_url)
             .field("connexease_sim_addr", &self.connexease_sim_addr)
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .field("webhook_retry_schedule", &self.webhook_retry_schedule)
@@ -398,6 +403,7 @@ impl Config {
         for (key, url) in [
             ("connexease_url", &self.connexease_url),
             ("actions_url", &self.actions_url),
+            ("flows_url", &self.flows_url),
         ] {
             if let Some(url) = url
                 && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -521,6 +527,7 @@ impl Config {
             &mut self.conversations_url,
             &mut self.connexease_url,
             &mut self.actions_url,
+            &mut self.flows_url,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;

@@ -466,3 +466,72 @@ impl Connexease for GrpcConnexease {
         }))
     }
 }
+
+/// The flows service's `InvokeActionWorkflow` over gRPC.
+pub struct GrpcWorkflows {
+    client: switchboard_proto::flows::v1::flows_client::FlowsClient<Channel>,
+    token: Option<String>,
+}
+
+impl GrpcWorkflows {
+    /// Connects on first use, so the services can start in any order.
+    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(70))
+            .connect_lazy();
+        Ok(Self {
+            client: switchboard_proto::flows::v1::flows_client::FlowsClient::new(channel),
+            token,
+        })
+    }
+}
+
+#[async_trait]
+impl Workflows for GrpcWorkflows {
+    async fn invoke(
+        &self,
+        call: &Call<'_>,
+        workflow: &str,
+        inputs: &Map<String, Json>,
+        deadline: Duration,
+    ) -> Result<Json, PortError> {
+        use switchboard_proto::flows::v1::{InvocationStatus, InvokeActionWorkflowRequest};
+        let request = switchboard_runtime::requests::outgoing(
+            InvokeActionWorkflowRequest {
+                workspace_id: call.workspace_id.to_owned(),
+                name: workflow.to_owned(),
+                variables_json: Json::Object(inputs.clone()).to_string(),
+                deadline_ms: deadline.as_millis().min(60_000) as u32,
+                conversation_id: call.conversation_id.to_owned(),
+                request_id: call.idempotency_key.to_owned(),
+            },
+            self.token.as_deref(),
+            call.traceparent,
+        );
+        let answer = self
+            .client
+            .clone()
+            .invoke_action_workflow(request)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::NotFound => PortError::Rejected(status.message().to_owned()),
+                _ => PortError::Unavailable(status.message().to_owned()),
+            })?
+            .into_inner();
+        match answer.status() {
+            InvocationStatus::Completed => serde_json::from_str(&answer.response_json)
+                .map_err(|e| PortError::Unavailable(format!("the workflow's answer: {e}"))),
+            InvocationStatus::TimedOut => Err(PortError::Timeout(format!(
+                "action workflow `{workflow}` did not answer in time (run {})",
+                answer.run_id
+            ))),
+            _ => Err(PortError::Rejected(format!(
+                "action workflow `{workflow}` failed: {}",
+                answer.reason
+            ))),
+        }
+    }
+}

@@ -639,3 +639,122 @@ impl Handler for ActionOutcomes {
                 .is_ok_and(|done| !done.run_id.is_empty() && !done.idempotency_key.is_empty())
     }
 }
+
+/// What an action workflow answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Invocation {
+    Completed { run_id: String, response: Json },
+    Failed { run_id: String, reason: String },
+    TimedOut { run_id: String },
+}
+
+impl RunService {
+    /// Runs a published action workflow with `variables` (checked against its input
+    /// schema) and waits, up to `deadline`, for its answer: the run's `session` variables,
+    /// checked against its response schema.
+    pub async fn invoke(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        variables: Json,
+        conversation_id: &str,
+        request_id: &str,
+        deadline: std::time::Duration,
+    ) -> Result<Invocation, ServiceError> {
+        use switchboard_proto::flows::v1::FlowKind;
+        let invalid = |field: &str, description: String| {
+            ServiceError::Invalid(vec![crate::domain::FieldViolation {
+                field: field.into(),
+                description,
+            }])
+        };
+        let Some((flow_id, kind, published)) = self.store().flow_named(workspace_id, name).await?
+        else {
+            return Err(invalid("name", format!("no action workflow `{name}`")));
+        };
+        if kind != FlowKind::ActionWorkflow as i32 {
+            return Err(invalid(
+                "name",
+                format!("`{name}` is not an action workflow"),
+            ));
+        }
+        if published == 0 {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "`{name}` has no published version"
+            )));
+        }
+        if !variables.is_object() {
+            return Err(invalid("variables_json", "must be a JSON object".into()));
+        }
+        let version = self.flows.version(workspace_id, &flow_id, 0).await?;
+        let graph = version.graph.unwrap_or_default();
+        if let Some(schema) = schema_of(&graph.input_schema_json)?
+            && let Err(problem) = schema.validate(&variables)
+        {
+            return Err(invalid(
+                "variables_json",
+                format!("does not match the workflow's input schema: {problem}"),
+            ));
+        }
+        let key = if request_id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            request_id.to_owned()
+        };
+        let subject = if conversation_id.is_empty() {
+            format!("invocation:{key}")
+        } else {
+            format!("{conversation_id}:invocation:{key}")
+        };
+        let state = self
+            .start(
+                workspace_id,
+                &flow_id,
+                &subject,
+                json!({ "input": variables }),
+            )
+            .await?;
+        let run_id = state.run.run_id.clone();
+        let until = std::time::Instant::now() + deadline;
+        let mut state = state;
+        loop {
+            if let run::Status::Ended { reason } = &state.run.status {
+                if reason != "completed" {
+                    return Ok(Invocation::Failed {
+                        run_id,
+                        reason: reason.clone(),
+                    });
+                }
+                let response = state.run.vars.get("session").cloned().unwrap_or(json!({}));
+                if let Some(schema) = schema_of(&graph.response_schema_json)?
+                    && let Err(problem) = schema.validate(&response)
+                {
+                    return Ok(Invocation::Failed {
+                        run_id,
+                        reason: format!(
+                            "the response does not match the response schema: {problem}"
+                        ),
+                    });
+                }
+                return Ok(Invocation::Completed { run_id, response });
+            }
+            if std::time::Instant::now() >= until {
+                return Ok(Invocation::TimedOut { run_id });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            state = self.load(workspace_id, &run_id).await?;
+        }
+    }
+}
+
+fn schema_of(text: &str) -> Result<Option<jsonschema::Validator>, ServiceError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let value: Json = serde_json::from_str(text).map_err(|e| {
+        ServiceError::FailedPrecondition(format!("a stored schema is not JSON: {e}"))
+    })?;
+    jsonschema::options().build(&value).map(Some).map_err(|e| {
+        ServiceError::FailedPrecondition(format!("a stored schema does not compile: {e}"))
+    })
+}

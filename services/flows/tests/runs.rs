@@ -365,3 +365,108 @@ async fn an_ended_conversation_starts_post_conversation_workflows_whose_delays_f
     ));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn action_workflows_answer_in_their_response_schema_within_a_deadline() {
+    let mut h = Harness::start().await;
+    let workflow = |value: &str, response_schema: &str| Graph {
+        nodes: vec![
+            node("start", node::Kind::Start(Start {})),
+            node(
+                "set",
+                node::Kind::SetVariable(SetVariable {
+                    variable: "session.greeting".into(),
+                    value: value.into(),
+                }),
+            ),
+            node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![edge("start", "set", ""), edge("set", "end", "")],
+        input_schema_json:
+            r#"{"type":"object","required":["name"],"properties":{"name":{"type":"string"}}}"#
+                .into(),
+        response_schema_json: response_schema.into(),
+    };
+    for (name, graph) in [
+        (
+            "greet",
+            workflow(
+                "Hello {{ input.name }}",
+                r#"{"type":"object","required":["greeting"]}"#,
+            ),
+        ),
+        (
+            "broken",
+            workflow("Hi", r#"{"type":"object","required":["total"]}"#),
+        ),
+    ] {
+        let flow = h.create(name, FlowKind::ActionWorkflow, graph).await;
+        h.publish(&flow).await.unwrap();
+    }
+    let slow = Graph {
+        nodes: vec![
+            node("start", node::Kind::Start(Start {})),
+            node("wait", node::Kind::Delay(Delay { seconds: 3600 })),
+            node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![edge("start", "wait", ""), edge("wait", "end", "")],
+        ..Default::default()
+    };
+    let flow = h.create("slow", FlowKind::ActionWorkflow, slow).await;
+    h.publish(&flow).await.unwrap();
+
+    let invoke = |name: &str, variables: &str, deadline_ms: u32| InvokeActionWorkflowRequest {
+        workspace_id: WS.into(),
+        name: name.into(),
+        variables_json: variables.into(),
+        deadline_ms,
+        ..Default::default()
+    };
+    let answer = h
+        .flows
+        .invoke_action_workflow(invoke("greet", r#"{"name":"Ada"}"#, 5000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status(), InvocationStatus::Completed, "{answer:?}");
+    let response: serde_json::Value = serde_json::from_str(&answer.response_json).unwrap();
+    assert_eq!(response["greeting"], "Hello Ada");
+
+    let refused = h
+        .flows
+        .invoke_action_workflow(invoke("greet", "{}", 5000))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&refused),
+        std::collections::BTreeSet::from(["variables_json".to_owned()])
+    );
+    let unknown = h
+        .flows
+        .invoke_action_workflow(invoke("nobody", "{}", 5000))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&unknown),
+        std::collections::BTreeSet::from(["name".to_owned()])
+    );
+
+    let mismatch = h
+        .flows
+        .invoke_action_workflow(invoke("broken", r#"{"name":"Ada"}"#, 5000))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mismatch.status(), InvocationStatus::Failed);
+    assert!(mismatch.reason.contains("response schema"), "{mismatch:?}");
+
+    let late = h
+        .flows
+        .invoke_action_workflow(invoke("slow", r#"{"name":"Ada"}"#, 200))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(late.status(), InvocationStatus::TimedOut);
+    assert!(late.run_id.starts_with("run_"));
+    h.stop().await;
+}

@@ -633,6 +633,15 @@ fn integrations_for(
                 .with_context(|| format!("SWITCHBOARD_CONVERSATIONS_URL={url}"))?,
         );
     }
+    if let Some(url) = service_url(config, running, ServiceName::Flows) {
+        integrations.workflows = Arc::new(
+            switchboard_actions::integrations::GrpcWorkflows::connect_lazy(
+                &url,
+                config.service_token.clone(),
+            )
+            .with_context(|| format!("SWITCHBOARD_FLOWS_URL={url}"))?,
+        );
+    }
     if let Some(url) = service_url(config, running, ServiceName::Connexease) {
         integrations.connexease = Arc::new(
             switchboard_actions::integrations::GrpcConnexease::connect_lazy(
@@ -652,7 +661,8 @@ fn service_url(config: &Config, running: &[ServiceName], service: ServiceName) -
         ServiceName::Conversations => config.conversations_url.clone(),
         ServiceName::Connexease => config.connexease_url.clone(),
         ServiceName::Actions => config.actions_url.clone(),
-        ServiceName::Webhooks | ServiceName::Flows => None,
+        ServiceName::Flows => config.flows_url.clone(),
+        ServiceName::Webhooks => None,
     };
     configured.or_else(|| {
         running

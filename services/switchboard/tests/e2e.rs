@@ -1187,3 +1187,107 @@ async fn look_it_up_and_act(process: &mut Process) {
         "I'm having trouble reaching that right now, let me get a teammate"
     );
 }
+
+/// A `workflow` action invokes an action workflow of the flows service and answers with
+/// the workflow's response.
+#[tokio::test]
+async fn dev_workflow_actions_answer_with_the_action_workflows_response() {
+    use switchboard_proto::actions::v1::WorkflowSpec;
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    let conversation = start_and_talk(&mut conversations).await;
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    let node = |id: &str, kind: node::Kind| Node {
+        id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let edge = |from: &str, to: &str| Edge {
+        from: from.into(),
+        to: to.into(),
+        port: String::new(),
+    };
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "greet".into(),
+            kind: FlowKind::ActionWorkflow as i32,
+            draft: Some(Graph {
+                nodes: vec![
+                    node("start", node::Kind::Start(Start {})),
+                    node(
+                        "set",
+                        node::Kind::SetVariable(SetVariable {
+                            variable: "session.greeting".into(),
+                            value: "Hello {{ input.name }}".into(),
+                        }),
+                    ),
+                    node("end", node::Kind::End(End::default())),
+                ],
+                edges: vec![edge("start", "set"), edge("set", "end")],
+                response_schema_json: r#"{"type":"object","required":["greeting"]}"#.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut actions = actions_client(process.grpc_port).await;
+    let action = actions
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: "greet_customer".into(),
+                description: "Greets by name through a workflow".into(),
+                kind: ActionKind::Workflow as i32,
+                workflow: Some(WorkflowSpec {
+                    workflow: "greet".into(),
+                    inputs: [("name".to_owned(), "{{ input.name }}".to_owned())].into(),
+                    timeout_ms: 10_000,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    let result = actions
+        .execute_action(ExecuteActionRequest {
+            workspace_id: WS.into(),
+            action_id: action.id,
+            variables_json: serde_json::json!({"input": {"name": "Ada"}}).to_string(),
+            idempotency_key: "greet-1".into(),
+            conversation_id: conversation,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(result.outcome, Outcome::Success as i32, "{result:?}");
+    assert!(
+        result.outputs_json.contains("Hello Ada"),
+        "{}",
+        result.outputs_json
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

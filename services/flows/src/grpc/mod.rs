@@ -24,12 +24,14 @@ fn collection_ref(workspace_id: &str, collection_id: &str) -> Result<(), Status>
 pub struct FlowsApi {
     service: FlowsService,
     knowledge: KnowledgeService,
+    runs: crate::runs::RunService,
 }
 
 impl FlowsApi {
     pub fn new(service: FlowsService) -> Self {
         Self {
             knowledge: KnowledgeService::new(service.log().clone()),
+            runs: crate::runs::RunService::new(service.clone()),
             service,
         }
     }
@@ -367,5 +369,79 @@ impl flows_server::Flows for FlowsApi {
             .search(&r.workspace_id, &r.collection_id, &r.query, r.limit)
             .await?;
         Ok(Response::new(SearchDocumentsResponse { hits }))
+    }
+
+    async fn invoke_action_workflow(
+        &self,
+        request: Request<InvokeActionWorkflowRequest>,
+    ) -> Result<Response<InvokeActionWorkflowResponse>, Status> {
+        use crate::runs::Invocation;
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let mut violations = Vec::new();
+        if r.deadline_ms > 60_000 {
+            violations.push(FieldViolation {
+                field: "deadline_ms".into(),
+                description: "at most 60000".into(),
+            });
+        }
+        if r.variables_json.len() > 256 * 1024 || r.request_id.len() > 128 {
+            violations.push(FieldViolation {
+                field: "variables_json".into(),
+                description: "at most 256 KiB (and request_id at most 128 bytes)".into(),
+            });
+        }
+        let variables = if r.variables_json.trim().is_empty() {
+            serde_json::json!({})
+        } else {
+            match serde_json::from_str(&r.variables_json) {
+                Ok(v) => v,
+                Err(e) => {
+                    violations.push(FieldViolation {
+                        field: "variables_json".into(),
+                        description: format!("not JSON: {e}"),
+                    });
+                    serde_json::Value::Null
+                }
+            }
+        };
+        if !violations.is_empty() {
+            return Err(error::invalid(violations));
+        }
+        let deadline = std::time::Duration::from_millis(match r.deadline_ms {
+            0 => 10_000,
+            ms => u64::from(ms),
+        });
+        let answer = self
+            .runs
+            .invoke(
+                &r.workspace_id,
+                &r.name,
+                variables,
+                &r.conversation_id,
+                &r.request_id,
+                deadline,
+            )
+            .await?;
+        Ok(Response::new(match answer {
+            Invocation::Completed { run_id, response } => InvokeActionWorkflowResponse {
+                run_id,
+                status: InvocationStatus::Completed as i32,
+                response_json: response.to_string(),
+                reason: String::new(),
+            },
+            Invocation::Failed { run_id, reason } => InvokeActionWorkflowResponse {
+                run_id,
+                status: InvocationStatus::Failed as i32,
+                response_json: String::new(),
+                reason,
+            },
+            Invocation::TimedOut { run_id } => InvokeActionWorkflowResponse {
+                run_id,
+                status: InvocationStatus::TimedOut as i32,
+                response_json: String::new(),
+                reason: "still running at the deadline; the run goes on".into(),
+            },
+        }))
     }
 }
