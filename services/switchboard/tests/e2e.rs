@@ -1291,3 +1291,107 @@ async fn dev_workflow_actions_answer_with_the_action_workflows_response() {
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// kill -9 while a run waits on its delay: after the restart the timer fires, once.
+#[tokio::test]
+async fn a_delay_survives_kill_9_and_fires_once() {
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    let node = |id: &str, kind: node::Kind| Node {
+        id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let edge = |from: &str, to: &str| Edge {
+        from: from.into(),
+        to: to.into(),
+        port: String::new(),
+    };
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "later".into(),
+            kind: FlowKind::ConversationFlow as i32,
+            draft: Some(Graph {
+                nodes: vec![
+                    node("start", node::Kind::Start(Start {})),
+                    node("wait", node::Kind::Delay(Delay { seconds: 2 })),
+                    node(
+                        "hello",
+                        node::Kind::SendMessage(SendMessage {
+                            text: "Sorry for the wait!".into(),
+                            ..Default::default()
+                        }),
+                    ),
+                    node("end", node::Kind::End(End::default())),
+                ],
+                edges: vec![
+                    edge("start", "wait"),
+                    edge("wait", "hello"),
+                    edge("hello", "end"),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Patient".into(),
+                flow_id: flow.id,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let conversation = conversations
+        .start_conversation(StartConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "delayed".into(),
+            channel: Channel::Api as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    // The run has armed its timer (it waits); kill the process before it fires.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    process.kill9();
+    let mut conversations = process.start().await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 1).await,
+        ["Sorry for the wait!"]
+    );
+    // Well past the delay: still exactly once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 1).await,
+        ["Sorry for the wait!"]
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
