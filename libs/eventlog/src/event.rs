@@ -214,9 +214,17 @@ impl RecordedEvent {
                 causation_id: envelope.causation_id,
                 traceparent: envelope.traceparent,
                 tracestate: envelope.tracestate,
-                occurred_at: envelope.occurred_at.map(micros).unwrap_or_default(),
+                occurred_at: envelope
+                    .occurred_at
+                    .as_ref()
+                    .map(micros)
+                    .unwrap_or_default(),
             },
-            recorded_at: envelope.recorded_at.map(micros).unwrap_or_default(),
+            recorded_at: envelope
+                .recorded_at
+                .as_ref()
+                .map(micros)
+                .unwrap_or_default(),
         })
     }
 }
@@ -229,7 +237,8 @@ pub fn timestamp(micros: i64) -> prost_types::Timestamp {
     }
 }
 
-fn micros(ts: prost_types::Timestamp) -> i64 {
+/// Microseconds since the epoch of a protobuf timestamp.
+pub fn micros(ts: &prost_types::Timestamp) -> i64 {
     ts.seconds * 1_000_000 + i64::from(ts.nanos) / 1000
 }
 

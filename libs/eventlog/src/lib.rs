@@ -22,7 +22,7 @@ mod tx;
 pub use error::EventLogError;
 pub use event::{
     ExpectedVersion, LogPosition, Metadata, NewEvent, RecordedEvent, StreamRef, derive_event_id,
-    now_micros,
+    micros, now_micros, timestamp,
 };
 pub use projection::{Projection, RebuildProgress, Upcaster};
 pub use relay::{Relay, RelayConfig, Router, StreamSpec, ensure_stream};

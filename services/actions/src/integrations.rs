@@ -18,7 +18,7 @@ use switchboard_proto::conversations::v1::{
     RemoveMetafieldsRequest, SetMetafieldsRequest, SetStatusRequest,
 };
 use switchboard_proto::events::v1::ConversationStatus;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Why another system did not do what an action asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,10 +143,7 @@ pub struct GrpcConversations {
 impl GrpcConversations {
     /// Connects on first use, so the services can start in any order.
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(10))?;
         Ok(Self {
             client: ConversationsClient::new(channel),
             token,
@@ -411,11 +408,8 @@ pub struct GrpcConnexease {
 impl GrpcConnexease {
     /// Connects on first use, so the services can start in any order.
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            // The connexease service retries 429 and 5xx itself, within this.
-            .timeout(Duration::from_secs(60))
-            .connect_lazy();
+        // The connexease service retries 429 and 5xx itself, within this.
+        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(60))?;
         Ok(Self {
             client: ConnexeaseClient::new(channel),
             token,
@@ -476,10 +470,7 @@ pub struct GrpcWorkflows {
 impl GrpcWorkflows {
     /// Connects on first use, so the services can start in any order.
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(70))
-            .connect_lazy();
+        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(70))?;
         Ok(Self {
             client: switchboard_proto::flows::v1::flows_client::FlowsClient::new(channel),
             token,

@@ -338,10 +338,8 @@ pub struct GrpcConversations {
 impl GrpcConversations {
     /// Connects on first use, so the services can start in any order.
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .timeout(std::time::Duration::from_secs(10))
-            .connect_lazy();
+        let channel =
+            switchboard_runtime::requests::lazy_channel(url, std::time::Duration::from_secs(10))?;
         Ok(Self {
             client: ConversationsClient::new(channel),
             token,

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, now_micros,
+    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, now_micros, timestamp,
 };
 use switchboard_proto::connexease::v1::{
     Agent, Connection, ConnectionChanged, CustomField, Directory, DirectorySynced, Group, Link,
@@ -120,13 +120,6 @@ fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
         schema_version: 1,
         payload,
         metadata,
-    }
-}
-
-fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
     }
 }
 

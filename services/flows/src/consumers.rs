@@ -13,8 +13,8 @@ use switchboard_proto::events::v1::{
 };
 use switchboard_proto::flows::v1::FlowKind;
 
-use crate::run::Input;
-use crate::runs::RunService;
+use crate::domain::run::Input;
+use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};
 
 pub const CONVERSATION_CREATED: &str = "conversation.created";

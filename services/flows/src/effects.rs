@@ -19,10 +19,10 @@ use switchboard_proto::conversations::v1::{
 use switchboard_proto::events::v1::{Author, Button, ConversationStatus, MessageKind};
 use switchboard_proto::flows::v1::RunEventRecord;
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::run::Input;
-use crate::runs::RunService;
+use crate::domain::run::Input;
+use crate::runtime::RunService;
 use crate::service::ServiceError;
 
 /// Why an effect did not happen.
@@ -89,10 +89,7 @@ pub struct GrpcConversations {
 
 impl GrpcConversations {
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(10))?;
         Ok(Self {
             client: ConversationsClient::new(channel),
             token,
@@ -201,10 +198,7 @@ pub struct GrpcConnexease {
 
 impl GrpcConnexease {
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect_lazy();
+        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(30))?;
         Ok(Self {
             client: switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient::new(
                 channel,

@@ -9,7 +9,7 @@ use prost::Message as _;
 use sha2::{Digest, Sha256};
 use switchboard_eventlog::{
     EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
-    now_micros,
+    now_micros, timestamp,
 };
 use switchboard_proto::flows::v1::{
     CollectionCreated, DeleteDocumentsResponse, Document, DocumentDeleted, DocumentUpserted,
@@ -18,7 +18,7 @@ use switchboard_proto::flows::v1::{
 use uuid::Uuid;
 
 use crate::domain::{FieldViolation, Violations};
-use crate::service::{ServiceError, timestamp};
+use crate::service::ServiceError;
 use crate::store::KnowledgeStore;
 
 pub mod event_types {

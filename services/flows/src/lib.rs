@@ -1,14 +1,18 @@
 //! The flows service: assistants, and the flows and workflows that make them behave, each
 //! with a draft and immutable published versions.
 //!
-//! - [`domain`]: what a valid graph is (every error naming its node); pure.
-//! - [`service`]: the command handler: create, save the draft, publish, discard, roll
-//!   back; assistants.
-//! - [`store`]: the read models (flows by name and kind, assistants).
+//! - [`domain`]: what a valid graph is (every error naming its node), and in
+//!   [`domain::run`] how a run moves through one; pure.
+//! - [`service`]: the command handler of definitions: create, save the draft, publish,
+//!   discard, roll back; assistants.
+//! - [`runtime`]: the command handler of runs: start, apply inputs, fire timers, invoke
+//!   action workflows.
+//! - [`effects`]: carries out what runs decided (messages, conversation updates,
+//!   Connexease) from the flows log itself.
+//! - [`knowledge`]: collections and documents, and their search.
+//! - [`consumers`]: what conversations' events do to runs.
+//! - [`store`]: the read models (flows, assistants, runs, timers, knowledge).
 //! - [`grpc`]: the tonic service.
-//!
-//! The flow runtime (runs pinned to a version, durable timers, action requests) is built
-//! on these definitions next; see the README's "Flows" section for what exists today.
 #![forbid(unsafe_code)]
 
 pub mod consumers;
@@ -16,8 +20,7 @@ pub mod domain;
 pub mod effects;
 pub mod grpc;
 pub mod knowledge;
-pub mod run;
-pub mod runs;
+pub mod runtime;
 pub mod service;
 pub mod store;
 
@@ -48,7 +51,7 @@ pub struct PublicEvents;
 
 impl switchboard_eventlog::Router for PublicEvents {
     fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
-        (event.event_type == runs::ACTION_REQUESTED)
+        (event.event_type == runtime::ACTION_REQUESTED)
             .then(|| "internal.flows.action_requested".to_owned())
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use prost::Message as _;
 use switchboard_eventlog::{
     EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
-    now_micros,
+    now_micros, timestamp,
 };
 use switchboard_proto::actions::v1::ActionKind;
 use switchboard_proto::flows::v1::{
@@ -60,7 +60,8 @@ pub struct GrpcActions {
 
 impl GrpcActions {
     pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect_lazy();
+        let channel =
+            switchboard_runtime::requests::lazy_channel(url, std::time::Duration::from_secs(10))?;
         Ok(Self {
             client: switchboard_proto::actions::v1::actions_client::ActionsClient::new(channel),
             token,
@@ -100,13 +101,6 @@ pub fn flow_stream(workspace_id: &str, flow_id: &str) -> StreamRef {
 
 pub fn assistant_stream(workspace_id: &str, assistant_id: &str) -> StreamRef {
     StreamRef::new("assistant", format!("{workspace_id}/{assistant_id}"))
-}
-
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
 }
 
 /// A flow as its events left it: the flow, every published version, the stream version.
@@ -241,7 +235,6 @@ impl FlowsService {
 
     async fn append(
         &self,
-        workspace_id: &str,
         stream: &StreamRef,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
@@ -259,12 +252,6 @@ impl FlowsService {
                 },
                 actual,
             }),
-            Err(e) if is_unique_violation(&e) => {
-                let _ = workspace_id;
-                Err(ServiceError::FailedPrecondition(
-                    "a flow with that name already exists".into(),
-                ))
-            }
             Err(e) => Err(e.into()),
         }
     }
@@ -343,7 +330,6 @@ impl FlowsService {
         };
         match self
             .append(
-                &r.workspace_id,
                 &flow_stream(&r.workspace_id, &flow_id),
                 ExpectedVersion::NoStream,
                 vec![new],
@@ -351,7 +337,10 @@ impl FlowsService {
             .await
         {
             Ok(_) => Ok(flow),
-            Err(ServiceError::FailedPrecondition(_)) => Err(ServiceError::NameTaken(r.name)),
+            // The read model's unique index, inside the append: another flow took the name.
+            Err(ServiceError::Log(e)) if is_unique_violation(&e) => {
+                Err(ServiceError::NameTaken(r.name))
+            }
             Err(e) => Err(e),
         }
     }
@@ -386,7 +375,6 @@ impl FlowsService {
     ) -> Result<Flow, ServiceError> {
         flow.version = state.version + 1;
         self.append(
-            &flow.workspace_id.clone(),
             &flow_stream(&flow.workspace_id, &flow.id),
             ExpectedVersion::Exact(state.version),
             vec![event(
@@ -475,7 +463,6 @@ impl FlowsService {
         };
         let ws = state.flow.workspace_id.clone();
         self.append(
-            &ws,
             &flow_stream(&ws, &state.flow.id),
             ExpectedVersion::Exact(state.version),
             vec![event(
@@ -705,12 +692,7 @@ impl FlowsService {
             )
         };
         let version = self
-            .append(
-                &ws,
-                &assistant_stream(&ws, &assistant.id),
-                expected,
-                vec![new],
-            )
+            .append(&assistant_stream(&ws, &assistant.id), expected, vec![new])
             .await?;
         assistant.version = version;
         Ok(assistant)

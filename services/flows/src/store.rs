@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
+    EventLog, EventLogError, Projection, RecordedEvent, Tx, micros, on_conn, on_pool,
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
@@ -268,10 +268,7 @@ impl Projection for FlowsProjection {
                         .next()
                         .unwrap_or_default();
                     if let Some(Record::TimerArmed(timer)) = record.event {
-                        let due = timer
-                            .due_at
-                            .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
-                            .unwrap_or_default();
+                        let due = timer.due_at.as_ref().map(micros).unwrap_or_default();
                         on_conn!(tx, conn => sqlx::query(
                             "INSERT INTO timers (workspace_id, run_id, node, due_at)
                              VALUES ($1, $2, $3, $4)
@@ -360,7 +357,7 @@ impl Projection for FlowsProjection {
                     .bind(&c.id)
                     .bind(&c.name)
                     .bind(&c.description)
-                    .bind(c.created_at.map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000).unwrap_or_default())
+                    .bind(c.created_at.as_ref().map(micros).unwrap_or_default())
                     .bind(event.stream_version as i64)
                     .execute(&mut *conn)
                     .await
@@ -589,7 +586,7 @@ impl KnowledgeStore {
                     name,
                     description,
                     document_count: count as u64,
-                    created_at: Some(crate::service::timestamp(created)),
+                    created_at: Some(switchboard_eventlog::timestamp(created)),
                 },
                 version as u64,
             )

@@ -8,8 +8,8 @@ use common::*;
 use prost::Message as _;
 use serde_json::json;
 use switchboard_eventlog::{EventLog, HandleError, Handler, Metadata, RecordedEvent, StreamRef};
-use switchboard_flows::run::{Effect, Input, Run, RunEvent, Status};
-use switchboard_flows::runs::{ACTION_COMPLETED, ACTION_REQUESTED, ActionOutcomes, RunService};
+use switchboard_flows::domain::run::{Effect, Input, Run, RunEvent, Status};
+use switchboard_flows::runtime::{ACTION_COMPLETED, ACTION_REQUESTED, ActionOutcomes, RunService};
 use switchboard_proto::actions::v1::{
     ActionKind, ActionRequested, ExecutionCompleted, ExecutionResult, Outcome,
 };
@@ -128,7 +128,7 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
             if *k == key && *action_id == action
     )));
     // The request for the actions service is in the run's stream, routed to NATS.
-    let stream = switchboard_flows::runs::run_stream(WS, &run_id);
+    let stream = switchboard_flows::runtime::run_stream(WS, &run_id);
     let stored = log.read_stream(&stream, 0, 100).await.unwrap();
     let request = stored
         .iter()
@@ -184,7 +184,7 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
     let events: Vec<RunEvent> = all
         .iter()
         .filter(|e| e.event_type != ACTION_REQUESTED)
-        .filter_map(|e| switchboard_flows::runs::decode(e.decode().unwrap()))
+        .filter_map(|e| switchboard_flows::runtime::decode(e.decode().unwrap()))
         .collect();
     assert_eq!(sent(&events), ["It is shipped"]);
     assert_eq!(
@@ -350,13 +350,13 @@ async fn an_ended_conversation_starts_post_conversation_workflows_whose_delays_f
     let (restarted, _) = open_runs(&h).await;
     assert_eq!(restarted.fire_due_timers(due_at).await.unwrap(), 1);
     assert_eq!(restarted.fire_due_timers(due_at + 1).await.unwrap(), 0);
-    let stream = switchboard_flows::runs::run_stream(WS, &run_id);
+    let stream = switchboard_flows::runtime::run_stream(WS, &run_id);
     let events: Vec<RunEvent> = log
         .read_stream(&stream, 0, 100)
         .await
         .unwrap()
         .iter()
-        .filter_map(|e| switchboard_flows::runs::decode(e.decode().unwrap()))
+        .filter_map(|e| switchboard_flows::runtime::decode(e.decode().unwrap()))
         .collect();
     assert_eq!(sent(&events), ["How did it go, ada?"]);
     assert!(matches!(

@@ -471,10 +471,21 @@ async fn serve_all(
         if let Some(js) = &js
             && service.name == ServiceName::Actions
         {
-            tasks.spawn(consume_action_requests(
-                service.action_service(),
+            use switchboard_actions::consumers::{
+                ACTION_REQUESTED_SUBJECT, ActionRequests, CONSUMER, FLOWS_STREAM,
+            };
+            let stream = StreamSpec {
+                name: FLOWS_STREAM.into(),
+                subjects: vec![],
+                replicas: 1,
+            };
+            tasks.spawn(consume_stream(
                 js.clone(),
+                stream.prefixed_name(&config.nats_prefix),
                 config.nats_prefix.clone(),
+                ACTION_REQUESTED_SUBJECT,
+                switchboard_eventlog::SubscriptionConfig::new(CONSUMER, service.log.clone()),
+                Arc::new(ActionRequests::new(service.action_service())),
                 shutdown.clone(),
             ));
         }
@@ -547,46 +558,6 @@ async fn serve_all(
     http_result.context("HTTP server")?;
     info!("switchboard stopped cleanly");
     Ok(())
-}
-
-/// Runs the actions flow runs request over NATS. The flows service owns the stream; until
-/// it exists this waits and tries again.
-async fn consume_action_requests(
-    service: switchboard_actions::ActionService,
-    js: jetstream::Context,
-    prefix: String,
-    shutdown: CancellationToken,
-) {
-    use switchboard_actions::consumers::{
-        ACTION_REQUESTED_SUBJECT, ActionRequests, CONSUMER, FLOWS_STREAM,
-    };
-    use switchboard_eventlog::{JetStreamSubscription, Subscription, SubscriptionConfig};
-    let stream = StreamSpec {
-        name: FLOWS_STREAM.into(),
-        subjects: vec![],
-        replicas: 1,
-    }
-    .prefixed_name(&prefix);
-    let handler = Arc::new(ActionRequests::new(service.clone()));
-    while !shutdown.is_cancelled() {
-        let subscription = Box::new(JetStreamSubscription::new(
-            js.clone(),
-            stream.clone(),
-            &prefix,
-            ACTION_REQUESTED_SUBJECT,
-            SubscriptionConfig::new(CONSUMER, service.log().clone()),
-        ));
-        match subscription.run(handler.clone(), shutdown.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(stream = %stream, error = %e, "cannot consume action requests yet; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
 }
 
 /// Keeps the queryable execution log to its retention: prunes at start and every hour.
@@ -911,10 +882,11 @@ fn start_webhooks(
                     _ => switchboard_connexease::stream_spec(1),
                 }
                 .prefixed_name(prefix);
-                tasks.spawn(consume_public_events(
+                tasks.spawn(consume_stream(
                     js.clone(),
                     stream,
                     prefix.to_owned(),
+                    "events.>",
                     config,
                     handler,
                     shutdown.clone(),
@@ -954,7 +926,7 @@ fn start_flows(
     use switchboard_eventlog::{LogTailSubscription, Subscription, SubscriptionConfig};
     use switchboard_flows::consumers::ConversationEvents;
     use switchboard_flows::effects::{Effects, GrpcConnexease, GrpcConversations};
-    use switchboard_flows::runs::{ACTION_COMPLETED, ActionOutcomes, RunService};
+    use switchboard_flows::runtime::{ACTION_COMPLETED, ActionOutcomes, RunService};
     let names: Vec<ServiceName> = running.iter().map(|r| r.name).collect();
     let runs = RunService::new(flows.clone());
     let inbox = flows.log().clone();
@@ -1127,38 +1099,6 @@ async fn consume_stream(
         match subscription.run(handler.clone(), shutdown.clone()).await {
             Ok(()) => return,
             Err(e) => warn!(stream = %stream, error = %e, "cannot consume yet; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-    }
-}
-
-/// One producer's public events over NATS. Until the producer creates its stream this
-/// waits and tries again.
-async fn consume_public_events(
-    js: jetstream::Context,
-    stream: String,
-    prefix: String,
-    config: switchboard_eventlog::SubscriptionConfig,
-    handler: Arc<switchboard_webhooks::consumers::FanOut>,
-    shutdown: CancellationToken,
-) {
-    use switchboard_eventlog::{JetStreamSubscription, Subscription};
-    while !shutdown.is_cancelled() {
-        let subscription = Box::new(JetStreamSubscription::new(
-            js.clone(),
-            stream.clone(),
-            &prefix,
-            "events.>",
-            config.clone(),
-        ));
-        match subscription.run(handler.clone(), shutdown.clone()).await {
-            Ok(()) => return,
-            Err(e) => {
-                warn!(stream = %stream, error = %e, "cannot fan out public events yet; retrying")
-            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

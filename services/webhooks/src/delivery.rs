@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use rand::Rng as _;
-use switchboard_eventlog::{NewEvent, derive_event_id};
+use switchboard_eventlog::{NewEvent, derive_event_id, timestamp};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::webhooks::v1::{
     Attempt, AttemptOutcome, Endpoint, ErrorClass, MessageDeferred, MessageFailed,
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::domain::{self, Verdict, event_types as t, limits};
-use crate::service::{ServiceError, WebhooksService, timestamp};
+use crate::service::{ServiceError, WebhooksService};
 use crate::store::Due;
 
 /// How the dispatcher works.
@@ -409,7 +409,12 @@ impl Dispatcher {
         // 429, 502, 503 and 504 throttle the whole endpoint, not only this message: its
         // other messages wait until this one's next attempt (which honours Retry-After).
         let throttle_until = (domain::throttles(attempt.response_status as u16) && !delivered)
-            .then(|| attempt.next_attempt_at.as_ref().map(crate::service::micros))
+            .then(|| {
+                attempt
+                    .next_attempt_at
+                    .as_ref()
+                    .map(switchboard_eventlog::micros)
+            })
             .flatten();
         self.record(&message, &attempt).await?;
         self.track(endpoint, delivered, sent_at, throttle_until)

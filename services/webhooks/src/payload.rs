@@ -111,11 +111,7 @@ fn expand_embedded_json(value: Value) -> Value {
 
 /// Microseconds since the epoch as RFC 3339 with microseconds, UTC.
 pub fn rfc3339(micros: i64) -> String {
-    let timestamp = prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    };
-    timestamp.to_string()
+    switchboard_eventlog::timestamp(micros).to_string()
 }
 
 #[cfg(test)]

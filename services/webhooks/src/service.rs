@@ -11,7 +11,7 @@ use std::time::Duration;
 use prost::Message as _;
 use switchboard_eventlog::{
     EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamRef, Tx,
-    derive_event_id, now_micros,
+    derive_event_id, micros, now_micros, timestamp,
 };
 use switchboard_proto::webhooks::v1::{
     CreateEndpointRequest, Endpoint, EndpointChanged, EndpointDisabledEvent, MessageCreated,
@@ -75,13 +75,6 @@ pub enum ServiceError {
     Log(#[from] EventLogError),
 }
 
-fn invalid(field: &str, description: impl Into<String>) -> ServiceError {
-    ServiceError::Invalid(vec![FieldViolation {
-        field: field.into(),
-        description: description.into(),
-    }])
-}
-
 pub fn endpoint_stream(workspace_id: &str, endpoint_id: &str) -> StreamRef {
     StreamRef::new("webhook_endpoint", format!("{workspace_id}/{endpoint_id}"))
 }
@@ -92,17 +85,6 @@ pub fn message_stream(workspace_id: &str, message_id: &str) -> StreamRef {
 
 fn secret_owner(workspace_id: &str, endpoint_id: &str) -> String {
     format!("{workspace_id}/webhooks/{endpoint_id}")
-}
-
-pub fn timestamp(micros: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-pub fn micros(t: &prost_types::Timestamp) -> i64 {
-    t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
 }
 
 /// The endpoint as callers see it: no secret, sealed or not.
@@ -868,8 +850,4 @@ pub enum FanOutError {
     Unrenderable(String),
     #[error(transparent)]
     Log(#[from] EventLogError),
-}
-
-pub fn invalid_field(field: &str, description: impl Into<String>) -> ServiceError {
-    invalid(field, description)
 }

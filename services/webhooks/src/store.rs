@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
+    EventLog, EventLogError, Projection, RecordedEvent, Tx, micros, on_conn, on_pool, timestamp,
 };
 use switchboard_proto::webhooks::v1::{
     Attempt, AttemptOutcome, EndpointChanged, MessageCreated, MessageDeferred, MessageFailed,
@@ -14,7 +14,6 @@ use switchboard_proto::webhooks::v1::{
 };
 
 use crate::domain::event_types as t;
-use crate::service::{micros, timestamp};
 
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -581,16 +580,6 @@ impl WebhooksStore {
                 },
             )
             .collect())
-    }
-
-    /// The earliest time a pending message is due, if any.
-    pub async fn next_due(&self) -> Result<Option<i64>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM messages WHERE status = $1",
-        )
-        .bind(PENDING)
-        .fetch_one(pool)
-        .await)?)
     }
 
     pub async fn message(

@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use switchboard_eventlog::micros;
 use switchboard_proto::webhooks::v1::webhooks_server::Webhooks as _;
 use switchboard_proto::webhooks::v1::{
     AttemptOutcome, CreateEndpointRequest, ErrorClass, MessageStatus, RotateSecretRequest,
 };
 use switchboard_webhooks::WebhooksApi;
-use switchboard_webhooks::service::micros;
 use switchboard_webhooks::store::{AttemptFilter, MessageFilter};
 use tonic_types::StatusExt as _;
 

@@ -24,14 +24,14 @@ fn collection_ref(workspace_id: &str, collection_id: &str) -> Result<(), Status>
 pub struct FlowsApi {
     service: FlowsService,
     knowledge: KnowledgeService,
-    runs: crate::runs::RunService,
+    runs: crate::runtime::RunService,
 }
 
 impl FlowsApi {
     pub fn new(service: FlowsService) -> Self {
         Self {
             knowledge: KnowledgeService::new(service.log().clone()),
-            runs: crate::runs::RunService::new(service.clone()),
+            runs: crate::runtime::RunService::new(service.clone()),
             service,
         }
     }
@@ -375,7 +375,7 @@ impl flows_server::Flows for FlowsApi {
         &self,
         request: Request<InvokeActionWorkflowRequest>,
     ) -> Result<Response<InvokeActionWorkflowResponse>, Status> {
-        use crate::runs::Invocation;
+        use crate::runtime::Invocation;
         let r = request.into_inner();
         check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
         let mut violations = Vec::new();

@@ -13,7 +13,9 @@ use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
 use crate::domain::FieldViolation;
-use crate::service::{WebhooksService, micros, public_view};
+use switchboard_eventlog::micros;
+
+use crate::service::{WebhooksService, public_view};
 use crate::store::{AttemptFilter, MessageFilter};
 
 #[derive(Clone)]

@@ -1,7 +1,7 @@
-//! Flow runs in the log: the command handler around the pure core in [`crate::run`].
+//! Flow runs in the log: the command handler around the pure core in [`crate::domain::run`].
 //!
 //! A run lives in `flow_run/<ws>/<run>`, pinned by its first event to one published
-//! version. Handling an input loads the run, asks [`crate::run::decide`] what happens, and
+//! version. Handling an input loads the run, asks [`crate::domain::run::decide`] what happens, and
 //! appends the result at the version it read (another writer in between: load and decide
 //! again), so inputs for one run are applied one at a time, in order. An action the run
 //! asks for is also appended as `flow_run.action_requested`, which the relay publishes on
@@ -15,7 +15,7 @@ use prost::Message as _;
 use serde_json::{Value as Json, json};
 use switchboard_eventlog::{
     EventLog, EventLogError, ExpectedVersion, HandleError, Handler, Metadata, NewEvent,
-    RecordedEvent, StreamRef, Tx, derive_event_id, now_micros,
+    RecordedEvent, StreamRef, Tx, derive_event_id, micros, now_micros, timestamp,
 };
 use switchboard_proto::actions::v1::{
     ActionRequested, ExecutionCompleted, Outcome, PermissionLevel,
@@ -26,8 +26,8 @@ use switchboard_proto::flows::v1::{
     RunEventRecord, RunMessage, RunNode, RunStarted, RunText, RunTimer, RunVariable,
 };
 
-use crate::run::{self, Effect, Input, Run, RunEvent};
-use crate::service::{FlowsService, ServiceError, timestamp};
+use crate::domain::run::{self, Effect, Input, Run, RunEvent};
+use crate::service::{FlowsService, ServiceError};
 
 /// The event type of an action request, on `internal.flows.action_requested`.
 pub const ACTION_REQUESTED: &str = "flow_run.action_requested";
@@ -242,10 +242,7 @@ pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
         },
         Record::TimerArmed(t) => RunEvent::TimerArmed {
             node: t.node,
-            due_at: t
-                .due_at
-                .map(|d| d.seconds * 1_000_000 + i64::from(d.nanos) / 1000)
-                .unwrap_or_default(),
+            due_at: t.due_at.as_ref().map(micros).unwrap_or_default(),
         },
         Record::TimerFired(n) => RunEvent::TimerFired { node: n.node },
         Record::Ended(t) => RunEvent::Ended { reason: t.text },
