@@ -821,16 +821,11 @@ async fn dev_delivers_webhooks_and_serves_flows() {
     // The flows service is there too: a flow is drafted and published.
     use switchboard_proto::flows::v1::flows_client::FlowsClient;
     use switchboard_proto::flows::v1::{
-        CreateFlowRequest, Edge, End, FlowKind, Graph, Node, PublishRequest, Start, node,
+        CreateFlowRequest, End, FlowKind, Graph, PublishRequest, Start, node,
     };
     let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
         .await
         .unwrap();
-    let end = |id: &str, kind: node::Kind| Node {
-        id: id.into(),
-        kind: Some(kind),
-        ..Default::default()
-    };
     let flow = flows
         .create_flow(CreateFlowRequest {
             workspace_id: WS.into(),
@@ -838,14 +833,10 @@ async fn dev_delivers_webhooks_and_serves_flows() {
             kind: FlowKind::ConversationFlow as i32,
             draft: Some(Graph {
                 nodes: vec![
-                    end("start", node::Kind::Start(Start {})),
-                    end("end", node::Kind::End(End::default())),
+                    flow_node("start", node::Kind::Start(Start {})),
+                    flow_node("end", node::Kind::End(End::default())),
                 ],
-                edges: vec![Edge {
-                    from: "start".into(),
-                    to: "end".into(),
-                    port: String::new(),
-                }],
+                edges: vec![flow_edge("start", "end", "")],
                 ..Default::default()
             }),
             ..Default::default()
@@ -1005,16 +996,6 @@ async fn look_it_up_and_act(process: &mut Process) {
         .action
         .unwrap();
 
-    let node = |id: &str, kind: node::Kind| Node {
-        id: id.into(),
-        kind: Some(kind),
-        ..Default::default()
-    };
-    let edge = |from: &str, to: &str, port: &str| Edge {
-        from: from.into(),
-        to: to.into(),
-        port: port.into(),
-    };
     let say = |text: &str| {
         node::Kind::SendMessage(SendMessage {
             text: text.into(),
@@ -1023,9 +1004,9 @@ async fn look_it_up_and_act(process: &mut Process) {
     };
     let graph = Graph {
         nodes: vec![
-            node("start", node::Kind::Start(Start {})),
-            node("ask", say("What is your order number?")),
-            node(
+            flow_node("start", node::Kind::Start(Start {})),
+            flow_node("ask", say("What is your order number?")),
+            flow_node(
                 "capture",
                 node::Kind::CaptureInput(CaptureInput {
                     variable: "session.order".into(),
@@ -1033,46 +1014,46 @@ async fn look_it_up_and_act(process: &mut Process) {
                     ..Default::default()
                 }),
             ),
-            node(
+            flow_node(
                 "lookup",
                 node::Kind::ApiCall(ApiCall {
                     action_id: action.id.clone(),
                     inputs: [("order".to_owned(), "{{ session.order }}".to_owned())].into(),
                 }),
             ),
-            node("status", say("Your order is {{ nodes.lookup.status }}.")),
-            node(
+            flow_node("status", say("Your order is {{ nodes.lookup.status }}.")),
+            flow_node(
                 "resolve",
                 node::Kind::UpdateConversation(UpdateConversation {
                     status: "resolved".into(),
                     ..Default::default()
                 }),
             ),
-            node(
+            flow_node(
                 "sorry",
                 say("I'm having trouble reaching that right now, let me get a teammate"),
             ),
-            node(
+            flow_node(
                 "handover",
                 node::Kind::Connexease(ConnexeaseOperation {
                     operation: "assign_group".into(),
                     arguments: [("group".to_owned(), "billing".to_owned())].into(),
                 }),
             ),
-            node("done", node::Kind::End(End::default())),
+            flow_node("done", node::Kind::End(End::default())),
         ],
         edges: vec![
-            edge("start", "ask", ""),
-            edge("ask", "capture", ""),
-            edge("capture", "lookup", ""),
-            edge("lookup", "status", "success"),
-            edge("lookup", "sorry", "failure"),
-            edge("status", "resolve", ""),
-            edge("resolve", "done", "success"),
-            edge("resolve", "done", "failure"),
-            edge("sorry", "handover", ""),
-            edge("handover", "done", "success"),
-            edge("handover", "done", "failure"),
+            flow_edge("start", "ask", ""),
+            flow_edge("ask", "capture", ""),
+            flow_edge("capture", "lookup", ""),
+            flow_edge("lookup", "status", "success"),
+            flow_edge("lookup", "sorry", "failure"),
+            flow_edge("status", "resolve", ""),
+            flow_edge("resolve", "done", "success"),
+            flow_edge("resolve", "done", "failure"),
+            flow_edge("sorry", "handover", ""),
+            flow_edge("handover", "done", "success"),
+            flow_edge("handover", "done", "failure"),
         ],
         ..Default::default()
     };
@@ -1204,16 +1185,6 @@ async fn dev_workflow_actions_answer_with_the_action_workflows_response() {
     let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
         .await
         .unwrap();
-    let node = |id: &str, kind: node::Kind| Node {
-        id: id.into(),
-        kind: Some(kind),
-        ..Default::default()
-    };
-    let edge = |from: &str, to: &str| Edge {
-        from: from.into(),
-        to: to.into(),
-        port: String::new(),
-    };
     let flow = flows
         .create_flow(CreateFlowRequest {
             workspace_id: WS.into(),
@@ -1221,17 +1192,17 @@ async fn dev_workflow_actions_answer_with_the_action_workflows_response() {
             kind: FlowKind::ActionWorkflow as i32,
             draft: Some(Graph {
                 nodes: vec![
-                    node("start", node::Kind::Start(Start {})),
-                    node(
+                    flow_node("start", node::Kind::Start(Start {})),
+                    flow_node(
                         "set",
                         node::Kind::SetVariable(SetVariable {
                             variable: "session.greeting".into(),
                             value: "Hello {{ input.name }}".into(),
                         }),
                     ),
-                    node("end", node::Kind::End(End::default())),
+                    flow_node("end", node::Kind::End(End::default())),
                 ],
-                edges: vec![edge("start", "set"), edge("set", "end")],
+                edges: vec![flow_edge("start", "set", ""), flow_edge("set", "end", "")],
                 response_schema_json: r#"{"type":"object","required":["greeting"]}"#.into(),
                 ..Default::default()
             }),
@@ -1305,16 +1276,6 @@ async fn a_delay_survives_kill_9_and_fires_once() {
     let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
         .await
         .unwrap();
-    let node = |id: &str, kind: node::Kind| Node {
-        id: id.into(),
-        kind: Some(kind),
-        ..Default::default()
-    };
-    let edge = |from: &str, to: &str| Edge {
-        from: from.into(),
-        to: to.into(),
-        port: String::new(),
-    };
     let flow = flows
         .create_flow(CreateFlowRequest {
             workspace_id: WS.into(),
@@ -1322,21 +1283,21 @@ async fn a_delay_survives_kill_9_and_fires_once() {
             kind: FlowKind::ConversationFlow as i32,
             draft: Some(Graph {
                 nodes: vec![
-                    node("start", node::Kind::Start(Start {})),
-                    node("wait", node::Kind::Delay(Delay { seconds: 2 })),
-                    node(
+                    flow_node("start", node::Kind::Start(Start {})),
+                    flow_node("wait", node::Kind::Delay(Delay { seconds: 2 })),
+                    flow_node(
                         "hello",
                         node::Kind::SendMessage(SendMessage {
                             text: "Sorry for the wait!".into(),
                             ..Default::default()
                         }),
                     ),
-                    node("end", node::Kind::End(End::default())),
+                    flow_node("end", node::Kind::End(End::default())),
                 ],
                 edges: vec![
-                    edge("start", "wait"),
-                    edge("wait", "hello"),
-                    edge("hello", "end"),
+                    flow_edge("start", "wait", ""),
+                    flow_edge("wait", "hello", ""),
+                    flow_edge("hello", "end", ""),
                 ],
                 ..Default::default()
             }),
@@ -1394,4 +1355,23 @@ async fn a_delay_survives_kill_9_and_fires_once() {
     );
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn flow_node(
+    id: &str,
+    kind: switchboard_proto::flows::v1::node::Kind,
+) -> switchboard_proto::flows::v1::Node {
+    switchboard_proto::flows::v1::Node {
+        id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    }
+}
+
+fn flow_edge(from: &str, to: &str, port: &str) -> switchboard_proto::flows::v1::Edge {
+    switchboard_proto::flows::v1::Edge {
+        from: from.into(),
+        to: to.into(),
+        port: port.into(),
+    }
 }

@@ -405,6 +405,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
+/// `p50 1.23 ms, p99 4.56 ms` of sorted latencies.
+fn p50_p99(sorted: &[Duration]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(sorted, 0.5)),
+        ms(percentile(sorted, 0.99))
+    )
+}
+
 async fn latency(rows: &mut Vec<Row>, scale: f64, rate: f64) {
     let schema = TestSchema::new().await;
     let nats = TestNats::new().await;
@@ -583,7 +593,7 @@ async fn latency(rows: &mut Vec<Row>, scale: f64, rate: f64) {
     rows.push(Row {
         name: format!("latency: AddMessage to conversation.updated received from NATS, {requests} requests at {rate:.0}/s"),
         ours: format!("p50 {:.2} ms, p99 {:.2} ms ({} received, {failures} failed)", ms(p50), ms(p99), ours.len()),
-        baseline: format!("p50 {:.2} ms, p99 {:.2} ms", ms(percentile(&raw, 0.5)), ms(percentile(&raw, 0.99))),
+        baseline: p50_p99(&raw),
         ratio: p50.as_secs_f64() / percentile(&raw, 0.5).as_secs_f64(),
         note: "baseline: raw JetStream publish to a core subscriber at the same rate (ratio of p50s)".into(),
     });
@@ -594,11 +604,7 @@ async fn latency(rows: &mut Vec<Row>, scale: f64, rate: f64) {
             ms(p50),
             ms(p99)
         ),
-        baseline: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&commits, 0.5)),
-            ms(percentile(&commits, 0.99))
-        ),
+        baseline: p50_p99(&commits),
         ratio: p50.as_secs_f64() / percentile(&commits, 0.5).as_secs_f64(),
         note: "baseline: one durable Postgres write, no NATS (ratio of p50s)".into(),
     });
@@ -723,19 +729,10 @@ async fn actions(rows: &mut Vec<Row>, scale: f64) {
     }
     raw.sort();
     ours.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     rows.push(Row {
         name: format!("http action latency, {n} sequential executions"),
-        ours: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&ours, 0.5)),
-            ms(percentile(&ours, 0.99))
-        ),
-        baseline: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&raw, 0.5)),
-            ms(percentile(&raw, 0.99))
-        ),
+        ours: p50_p99(&ours),
+        baseline: p50_p99(&raw),
         ratio: percentile(&ours, 0.5).as_secs_f64() / percentile(&raw, 0.5).as_secs_f64(),
         note: "baseline: a direct reqwest call to the same loopback target (ratio of p50s)".into(),
     });
@@ -1126,11 +1123,7 @@ async fn webhook_latency(rows: &mut Vec<Row>, scale: f64) {
             ms(percentile(&ours, 0.5)),
             ms(percentile(&ours, 0.99))
         ),
-        baseline: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&raw, 0.5)),
-            ms(percentile(&raw, 0.99))
-        ),
+        baseline: p50_p99(&raw),
         ratio: percentile(&ours, 0.5).as_secs_f64() / percentile(&raw, 0.5).as_secs_f64(),
         note: "baseline: a plain POST to the same receiver at the same rate (ratio of p50s); \
                ours goes through the log, the relay, JetStream, the fan-out, the dispatcher"
@@ -1255,19 +1248,10 @@ async fn connexease(rows: &mut Vec<Row>, scale: f64) {
     }
     raw.sort();
     ours.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     rows.push(Row {
         name: format!("connexease operation latency, {n} sequential"),
-        ours: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&ours, 0.5)),
-            ms(percentile(&ours, 0.99))
-        ),
-        baseline: format!(
-            "p50 {:.2} ms, p99 {:.2} ms",
-            ms(percentile(&raw, 0.5)),
-            ms(percentile(&raw, 0.99))
-        ),
+        ours: p50_p99(&ours),
+        baseline: p50_p99(&raw),
         ratio: percentile(&ours, 0.5).as_secs_f64() / percentile(&raw, 0.5).as_secs_f64(),
         note: "baseline: the same PATCH sent directly to the simulator (ratio of p50s)".into(),
     });
@@ -1718,7 +1702,6 @@ async fn flows(rows: &mut Vec<Row>, scale: f64) {
         raw_latency.push(at.elapsed());
     }
     raw_latency.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     rows.push(Row {
         name: format!(
             "flows: conversations through a five-node flow with one API call, 32 at once ({n})"
@@ -1737,16 +1720,8 @@ async fn flows(rows: &mut Vec<Row>, scale: f64) {
                 "flows: a step, customer message to the answer appended (API call included), \
                  {paced} conversations at 10/s"
             ),
-            ours: format!(
-                "p50 {:.2} ms, p99 {:.2} ms",
-                ms(percentile(&steps, 0.5)),
-                ms(percentile(&steps, 0.99))
-            ),
-            baseline: format!(
-                "p50 {:.2} ms, p99 {:.2} ms",
-                ms(percentile(&raw_latency, 0.5)),
-                ms(percentile(&raw_latency, 0.99))
-            ),
+            ours: p50_p99(&steps),
+            baseline: p50_p99(&raw_latency),
             ratio: percentile(&steps, 0.5).as_secs_f64()
                 / percentile(&raw_latency, 0.5).as_secs_f64(),
             note: "baseline: one plain GET of the stub (ratio of p50s)".into(),
