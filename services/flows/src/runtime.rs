@@ -8,6 +8,8 @@
 //! `internal.flows.action_requested` for the actions service; its
 //! `internal.actions.action_completed` answer comes back through [`ActionOutcomes`].
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -22,10 +24,12 @@ use switchboard_proto::actions::v1::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
-    ButtonOption, Graph, RunCaptured, RunCondition, RunEffectCompleted, RunEffectRequested,
-    RunEventRecord, RunMessage, RunNode, RunStarted, RunText, RunTimer, RunVariable,
+    ButtonOption, Graph, ReplayReport, RunCaptured, RunCondition, RunEffectCompleted,
+    RunEffectRequested, RunEventRecord, RunMessage, RunNode, RunReplay, RunStarted, RunText,
+    RunTimer, RunVariable,
 };
 
+use crate::domain::replay;
 use crate::domain::run::{self, Effect, Input, Run, RunEvent};
 use crate::service::{FlowsService, ServiceError};
 
@@ -314,6 +318,28 @@ impl RunService {
 
     /// A run's state, folded from its stream.
     pub async fn load(&self, workspace_id: &str, run_id: &str) -> Result<RunState, ServiceError> {
+        self.read(workspace_id, run_id, |_| {}).await
+    }
+
+    /// A run's state and every event it recorded.
+    pub async fn recorded(
+        &self,
+        workspace_id: &str,
+        run_id: &str,
+    ) -> Result<(RunState, Vec<RunEvent>), ServiceError> {
+        let mut events = Vec::new();
+        let state = self
+            .read(workspace_id, run_id, |e| events.push(e.clone()))
+            .await?;
+        Ok((state, events))
+    }
+
+    async fn read(
+        &self,
+        workspace_id: &str,
+        run_id: &str,
+        mut each: impl FnMut(&RunEvent),
+    ) -> Result<RunState, ServiceError> {
         let stream = run_stream(workspace_id, run_id);
         let mut state = RunState::default();
         loop {
@@ -332,6 +358,7 @@ impl RunService {
                 }
                 if let Some(event) = decode(record) {
                     state.run.apply(&event);
+                    each(&event);
                 }
             }
             if events.len() < 500 {
@@ -741,6 +768,89 @@ impl RunService {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             state = self.load(workspace_id, &run_id).await?;
         }
+    }
+}
+
+/// Runs one replay may cover, and the default when it names none.
+pub const REPLAY_LIMIT: u32 = 500;
+pub const REPLAY_DEFAULT: u32 = 50;
+
+impl RunService {
+    /// Replays recorded runs of a flow on its draft (see [`crate::domain::replay`]): the
+    /// named runs, or the flow's most recent ones. Reads only; nothing is sent or asked.
+    pub async fn replay_draft(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+        run_ids: &[String],
+        limit: u32,
+    ) -> Result<ReplayReport, ServiceError> {
+        let flow = self.flows.load(workspace_id, flow_id).await?.flow;
+        if !flow.has_draft {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "flow `{}` has no draft to replay: save one first",
+                flow.name
+            )));
+        }
+        let draft = flow.draft.unwrap_or_default();
+        let run_ids = if run_ids.is_empty() {
+            let limit = if limit == 0 { REPLAY_DEFAULT } else { limit };
+            self.store()
+                .recent_runs(workspace_id, flow_id, limit.min(REPLAY_LIMIT))
+                .await?
+        } else {
+            run_ids.to_vec()
+        };
+        let mut versions: HashMap<u32, Graph> = HashMap::new();
+        let mut report = ReplayReport::default();
+        for (i, run_id) in run_ids.iter().enumerate() {
+            let not_ours = || {
+                ServiceError::Invalid(vec![crate::domain::FieldViolation {
+                    field: format!("run_ids[{i}]"),
+                    description: format!("`{run_id}` is not a run of this flow"),
+                }])
+            };
+            let (state, events) = match self.recorded(workspace_id, run_id).await {
+                Ok(recorded) => recorded,
+                Err(ServiceError::NotFound(_)) => return Err(not_ours()),
+                Err(e) => return Err(e),
+            };
+            if state.flow_id != flow_id {
+                return Err(not_ours());
+            }
+            let Some(recording) = replay::Recording::of(&events) else {
+                continue;
+            };
+            let published = match versions.entry(state.flow_version) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => new.insert(self.graph(workspace_id, &state).await?),
+            };
+            let comparison = replay::compare(published, &draft, &recording, self.render.as_ref());
+            let steps =
+                |s: &replay::Simulation| s.behaviors.iter().map(ToString::to_string).collect();
+            let incomplete = matches!(comparison.draft.stop, replay::Stop::UnknownOutcome { .. });
+            let difference = comparison.difference.clone();
+            report.replayed += 1;
+            report.different += u32::from(difference.is_some());
+            report.incomplete += u32::from(incomplete);
+            report.runs.push(RunReplay {
+                run_id: run_id.clone(),
+                conversation_id: state.conversation_id.clone(),
+                version: state.flow_version,
+                same: difference.is_none(),
+                step: difference.as_ref().map_or(0, |d| d.step as u32),
+                published: difference
+                    .as_ref()
+                    .map(|d| d.published.clone())
+                    .unwrap_or_default(),
+                draft: difference.map(|d| d.draft).unwrap_or_default(),
+                published_stop: comparison.published.stop.to_string(),
+                draft_stop: comparison.draft.stop.to_string(),
+                published_steps: steps(&comparison.published),
+                draft_steps: steps(&comparison.draft),
+            });
+        }
+        Ok(report)
     }
 }
 

@@ -132,6 +132,14 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (workspace_id, run_id)
 );
 CREATE INDEX IF NOT EXISTS runs_by_conversation ON runs (workspace_id, conversation_id);
+CREATE TABLE IF NOT EXISTS run_starts (
+    workspace_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, flow_id, run_id)
+);
+CREATE INDEX IF NOT EXISTS run_starts_recent ON run_starts (workspace_id, flow_id, started_at);
 CREATE TABLE IF NOT EXISTS timers (
     workspace_id TEXT NOT NULL,
     run_id TEXT NOT NULL,
@@ -322,6 +330,18 @@ impl Projection for FlowsProjection {
                             .execute(&mut *conn)
                             .await
                             .map(|r| r.rows_affected()))?;
+                            on_conn!(tx, conn => sqlx::query(
+                                "INSERT INTO run_starts (workspace_id, flow_id, run_id, started_at)
+                                 VALUES ($1, $2, $3, $4)
+                                 ON CONFLICT (workspace_id, flow_id, run_id) DO NOTHING",
+                            )
+                            .bind(ws)
+                            .bind(&started.flow_id)
+                            .bind(run_id)
+                            .bind(event.recorded_at)
+                            .execute(&mut *conn)
+                            .await
+                            .map(|r| r.rows_affected()))?;
                         }
                         Some(Record::Ended(_)) => {
                             on_conn!(tx, conn => sqlx::query(
@@ -399,6 +419,7 @@ impl Projection for FlowsProjection {
             "collections",
             "documents",
             "runs",
+            "run_starts",
             "timers",
         ] {
             on_conn!(tx, conn => sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&mut *conn).await.map(|r| r.rows_affected()))?;
@@ -506,6 +527,24 @@ impl FlowsStore {
              ORDER BY due_at LIMIT $2",
         )
         .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// A flow's most recent runs, newest first.
+    pub async fn recent_runs(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT run_id FROM run_starts WHERE workspace_id = $1 AND flow_id = $2
+             ORDER BY started_at DESC, run_id LIMIT $3",
+        )
+        .bind(workspace_id)
+        .bind(flow_id)
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await)?)

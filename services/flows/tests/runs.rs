@@ -470,3 +470,162 @@ async fn action_workflows_answer_in_their_response_schema_within_a_deadline() {
     assert!(late.run_id.starts_with("run_"));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_differ() {
+    let mut h = Harness::start().await;
+    let action = h.action("order_status", ActionKind::Http).await;
+    let published = look_up_and_act(&action);
+    let flow = h
+        .create("orders", FlowKind::ConversationFlow, published.clone())
+        .await;
+    h.publish(&flow).await.unwrap();
+
+    // Nothing to replay before there is a draft.
+    let replay = |flow_id: &str, run_ids: Vec<String>| ReplayDraftRequest {
+        workspace_id: WS.into(),
+        flow_id: flow_id.into(),
+        run_ids,
+        ..Default::default()
+    };
+    let refused = h
+        .flows
+        .replay_draft(replay(&flow.id, vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+
+    // Two recorded conversations: the lookup answered, the lookup failed.
+    let (runs, log) = open_runs(&h).await;
+    let mut recorded = Vec::new();
+    for (conversation, order, outcome) in [("conv_ok", "4711", true), ("conv_down", "4712", false)]
+    {
+        let run_id = runs
+            .start(
+                WS,
+                &flow.id,
+                conversation,
+                json!({"conversation": {"id": conversation}}),
+            )
+            .await
+            .unwrap()
+            .run
+            .run_id;
+        runs.handle(WS, &run_id, Input::Message { text: order.into() })
+            .await
+            .unwrap();
+        runs.handle(
+            WS,
+            &run_id,
+            Input::EffectDone {
+                key: format!("{run_id}/lookup/1"),
+                success: outcome,
+                outputs: json!({"status": "shipped"}),
+                error: if outcome { "" } else { "HTTP 503" }.into(),
+            },
+        )
+        .await
+        .unwrap();
+        recorded.push(run_id);
+    }
+
+    // The draft apologises differently when the lookup fails.
+    let mut draft = published.clone();
+    for n in &mut draft.nodes {
+        if let ("sorry", Some(node::Kind::SendMessage(m))) = (n.id.as_str(), n.kind.as_mut()) {
+            m.text = "Our order system is down; a teammate will take over.".into()
+        }
+    }
+    h.flows
+        .save_draft(SaveDraftRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            draft: Some(draft),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let head = log.count_events().await.unwrap();
+    let report = h
+        .flows
+        .replay_draft(replay(&flow.id, vec![]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (report.replayed, report.different, report.incomplete),
+        (2, 1, 0)
+    );
+    let by_conversation = |c: &str| {
+        report
+            .runs
+            .iter()
+            .find(|r| r.conversation_id == c)
+            .unwrap()
+            .clone()
+    };
+    let ok = by_conversation("conv_ok");
+    assert!(ok.same, "{ok:?}");
+    assert_eq!(ok.version, 1);
+    assert_eq!(ok.published_stop, "ended (completed)");
+    let down = by_conversation("conv_down");
+    assert!(!down.same);
+    assert_eq!(down.run_id, recorded[1]);
+    assert_eq!(
+        down.published_steps,
+        [
+            format!("runs action `{action}` with {{\"order\":\"4712\"}}"),
+            "says \"I'm having trouble reaching that right now\"".to_owned(),
+            "ends (completed)".to_owned(),
+        ]
+    );
+    assert_eq!(down.step, 1);
+    assert_eq!(down.published, down.published_steps[1]);
+    assert_eq!(
+        down.draft,
+        "says \"Our order system is down; a teammate will take over.\""
+    );
+    assert_eq!(
+        log.count_events().await.unwrap(),
+        head,
+        "a replay records nothing"
+    );
+
+    // Named runs: only this flow's, and well-formed.
+    let report = h
+        .flows
+        .replay_draft(replay(&flow.id, vec![recorded[0].clone()]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((report.replayed, report.different), (1, 0));
+    let other = h
+        .create("greeter", FlowKind::ConversationFlow, greeting("Hello"))
+        .await;
+    h.publish(&other).await.unwrap();
+    let foreign = runs
+        .start(WS, &other.id, "conv_ok", json!({}))
+        .await
+        .unwrap()
+        .run
+        .run_id;
+    for run_ids in [
+        vec![foreign],
+        vec!["run_missing".into()],
+        vec!["not a run".into()],
+    ] {
+        let refused = h
+            .flows
+            .replay_draft(replay(&flow.id, run_ids))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(fields(&refused), ["run_ids[0]".to_owned()].into());
+    }
+    h.stop().await;
+}

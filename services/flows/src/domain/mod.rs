@@ -1,6 +1,7 @@
 //! The pure part of flows: what a valid graph is (checked on save and on publish, every
 //! error naming its node) and, in [`run`], how a run moves through one. No I/O.
 
+pub mod replay;
 pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};

@@ -196,6 +196,49 @@ impl flows_server::Flows for FlowsApi {
         ))
     }
 
+    async fn replay_draft(
+        &self,
+        request: Request<ReplayDraftRequest>,
+    ) -> Result<Response<ReplayReport>, Status> {
+        use crate::runtime::REPLAY_LIMIT;
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        let mut violations = Vec::new();
+        if r.run_ids.len() > REPLAY_LIMIT as usize {
+            violations.push(FieldViolation {
+                field: "run_ids".into(),
+                description: format!("at most {REPLAY_LIMIT} runs a replay"),
+            });
+        }
+        if r.limit > REPLAY_LIMIT {
+            violations.push(FieldViolation {
+                field: "limit".into(),
+                description: format!("at most {REPLAY_LIMIT}"),
+            });
+        }
+        violations.extend(
+            r.run_ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !valid_prefixed_id(id, "run_"))
+                .take(10)
+                .map(|(i, _)| FieldViolation {
+                    field: format!("run_ids[{i}]"),
+                    description:
+                        "not a run id (`run_` followed by 1 to 64 letters, digits, `_` or `-`)"
+                            .into(),
+                }),
+        );
+        if !violations.is_empty() {
+            return Err(error::invalid(violations));
+        }
+        Ok(Response::new(
+            self.runs
+                .replay_draft(&r.workspace_id, &r.flow_id, &r.run_ids, r.limit)
+                .await?,
+        ))
+    }
+
     async fn save_assistant(
         &self,
         request: Request<SaveAssistantRequest>,
