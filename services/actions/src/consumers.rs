@@ -3,8 +3,10 @@
 //! like `ExecuteAction`, so a redelivered request is answered by the recorded outcome and
 //! never calls the target twice.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
-use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
+use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx, now_micros};
 use switchboard_proto::actions::v1::{ActionRequested, PermissionLevel};
 
 use crate::domain::DomainError;
@@ -18,6 +20,11 @@ pub const ACTION_REQUESTED_SUBJECT: &str = "internal.flows.action_requested";
 pub const FLOWS_STREAM: &str = "FLOWS";
 /// The durable consumer of action requests.
 pub const CONSUMER: &str = "actions-action-requested";
+
+/// Leases a request waits out before it is retried with the subscription's backoff (a
+/// live holder renews nothing: after its lease the key is taken over, so one wait is
+/// normally enough).
+const LEASE_WAITS: usize = 3;
 
 /// Runs requested actions.
 pub struct ActionRequests {
@@ -72,7 +79,20 @@ impl Handler for ActionRequests {
             inject_result: request.inject_result,
         };
         // The outcome, success or failure, is recorded and published by the run itself.
-        match self.service.run(&ctx, run).await {
+        // A key another run holds is waited out here, lease by lease, instead of retried
+        // with the subscription's backoff: a holder that died (kill -9 mid-call) leaves a
+        // claim that only lapses with its lease, which can outlast every retry, and a
+        // dead-lettered request would leave its flow run waiting for ever.
+        let mut outcome = self.service.run(&ctx, run.clone()).await;
+        for _ in 0..LEASE_WAITS {
+            let Err(ServiceError::InProgress { lease_until }) = outcome else {
+                break;
+            };
+            let wait = u64::try_from(lease_until - now_micros()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_micros(wait.clamp(50_000, 300_000_000))).await;
+            outcome = self.service.run(&ctx, run.clone()).await;
+        }
+        match outcome {
             Ok(_) => Ok(()),
             Err(ServiceError::Domain(DomainError::NotFound)) => Err(HandleError::Reject(
                 "SB-ACT-0404: no such action in the workspace".into(),

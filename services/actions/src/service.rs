@@ -30,7 +30,11 @@ pub enum ServiceError {
     #[error("SB-ACT-0005: the action is changing too fast; retry")]
     Contended,
     #[error("SB-ACT-0007: an execution with this idempotency key is still running; retry later")]
-    InProgress,
+    InProgress {
+        /// When the running execution's claim lapses (microseconds since the epoch): if it
+        /// has not recorded an outcome by then, the key may be run again.
+        lease_until: i64,
+    },
     #[error(transparent)]
     Log(#[from] EventLogError),
 }
@@ -74,6 +78,18 @@ enum ClaimState {
         lease_until: i64,
     },
     Completed(Box<ExecutionResult>),
+}
+
+impl ClaimState {
+    /// The error for a key someone else is running (or has just claimed).
+    fn in_progress(&self) -> ServiceError {
+        ServiceError::InProgress {
+            lease_until: match self {
+                ClaimState::Held { lease_until, .. } => *lease_until,
+                _ => now_micros() + 1_000_000,
+            },
+        }
+    }
 }
 
 /// What a caller asks to run.
@@ -155,7 +171,7 @@ impl ActionService {
         let (expected, claim, execution_id) = match self.claim_state(&stream).await? {
             ClaimState::Completed(result) => return Ok(*result),
             ClaimState::Held { lease_until, .. } if lease_until > now_micros() => {
-                return Err(ServiceError::InProgress);
+                return Err(ServiceError::InProgress { lease_until });
             }
             // The run that claimed the key died before recording an outcome: run it again
             // under the same key (the target sees the same Idempotency-Key).
@@ -196,7 +212,7 @@ impl ActionService {
             Err(EventLogError::Conflict { .. }) => {
                 return match self.claim_state(&stream).await? {
                     ClaimState::Completed(result) => Ok(*result),
-                    _ => Err(ServiceError::InProgress),
+                    other => Err(other.in_progress()),
                 };
             }
             Err(e) => return Err(e.into()),
@@ -299,7 +315,7 @@ impl ActionService {
             // Our lease ran out and another run took the key over: its outcome stands.
             Err(EventLogError::Conflict { .. }) => match self.claim_state(&stream).await? {
                 ClaimState::Completed(recorded) => Ok(*recorded),
-                _ => Err(ServiceError::InProgress),
+                other => Err(other.in_progress()),
             },
             Err(e) => Err(e.into()),
         }

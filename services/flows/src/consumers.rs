@@ -1,19 +1,24 @@
 //! What the flows service does with conversations' events: a new conversation starts the
 //! workspace's assistant flow; a customer's message goes to the conversation's runs, in
-//! order; an ended conversation starts the post-conversation workflows.
+//! order; an ended conversation starts the post-conversation workflows with its
+//! transcript, its analysis and every session variable its flows collected.
 //!
 //! Which flow a conversation runs: the flow of the assistant named by its `assistant_id`
 //! metafield, otherwise of the workspace's first assistant (by id) that has one.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::events::v1::{
-    Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, MessageCreatedEvent,
+    Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, Message,
+    MessageCreatedEvent,
 };
 use switchboard_proto::flows::v1::FlowKind;
 
 use crate::domain::run::Input;
+use crate::effects::{Conversations, PortError};
 use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};
 
@@ -27,12 +32,116 @@ pub const CONSUMER: &str = "flows-conversations";
 pub struct ConversationEvents {
     flows: FlowsService,
     runs: RunService,
+    conversations: Option<Arc<dyn Conversations>>,
 }
 
 impl ConversationEvents {
     pub fn new(flows: FlowsService, runs: RunService) -> Self {
-        Self { flows, runs }
+        Self {
+            flows,
+            runs,
+            conversations: None,
+        }
     }
+
+    /// Where post-conversation workflows' transcripts come from; without it their
+    /// `transcript` is empty.
+    pub fn with_transcripts(mut self, conversations: Arc<dyn Conversations>) -> Self {
+        self.conversations = Some(conversations);
+        self
+    }
+
+    /// The conversation's messages for a post-conversation workflow: the most recent that
+    /// fit [`TRANSCRIPT_BUDGET`], oldest first.
+    async fn transcript(&self, ws: &str, conversation_id: &str) -> Result<Json, HandleError> {
+        let Some(conversations) = &self.conversations else {
+            return Ok(json!([]));
+        };
+        let mut messages = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (page, next) = conversations
+                .messages(ws, conversation_id, &cursor)
+                .await
+                .map_err(|e| match e {
+                    PortError::Unavailable(why) => HandleError::Retry(why),
+                    PortError::Refused(why) => HandleError::Reject(why),
+                })?;
+            messages.extend(page.iter().map(transcript_line));
+            if next.is_empty() || next == cursor {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(Json::Array(within_budget(messages, TRANSCRIPT_BUDGET)))
+    }
+
+    /// Every session variable the conversation's flows collected (later runs' values win).
+    async fn session(&self, ws: &str, conversation_id: &str) -> Result<Json, HandleError> {
+        let mut session = serde_json::Map::new();
+        let run_ids = self
+            .runs
+            .store()
+            .conversation_runs(ws, conversation_id)
+            .await
+            .map_err(|e| HandleError::Retry(e.to_string()))?;
+        for run_id in run_ids {
+            let state = self.runs.load(ws, &run_id).await.map_err(retry_or_reject)?;
+            if let Some(vars) = state.run.vars.get("session").and_then(Json::as_object) {
+                session.extend(vars.clone());
+            }
+        }
+        Ok(Json::Object(session))
+    }
+}
+
+/// The bytes of transcript a post-conversation workflow starts with (its start event holds
+/// it): the most recent messages that fit.
+pub const TRANSCRIPT_BUDGET: usize = 128 * 1024;
+
+/// One message as workflows read it: `{author, text, at}`, a click as its value, a form
+/// submission as `field: value` lines.
+fn transcript_line(message: &Message) -> Json {
+    let author = match message.author() {
+        Author::Customer => "customer",
+        Author::Agent => "agent",
+        Author::Human => "human",
+        Author::System | Author::Unspecified => "system",
+    };
+    let text = if let Some(click) = &message.button_click {
+        click.value.clone()
+    } else if let Some(form) = &message.form_submission {
+        let mut fields: Vec<_> = form.values.iter().collect();
+        fields.sort();
+        fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        message.text.clone()
+    };
+    let at = message
+        .created_at
+        .as_ref()
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    json!({"author": author, "text": text, "at": at})
+}
+
+/// The most recent `lines` whose JSON fits in `budget` bytes, oldest first.
+fn within_budget(lines: Vec<Json>, budget: usize) -> Vec<Json> {
+    let mut used = 0;
+    let mut kept: Vec<Json> = lines
+        .into_iter()
+        .rev()
+        .take_while(|line| {
+            used += line.to_string().len() + 1;
+            used <= budget
+        })
+        .collect();
+    kept.reverse();
+    kept
 }
 
 /// What a run knows of its conversation at the start (never secure metadata).
@@ -148,13 +257,20 @@ impl Handler for ConversationEvents {
                     .published_flows(ws, FlowKind::PostConversationWorkflow)
                     .await
                     .map_err(|e| HandleError::Retry(e.to_string()))?;
+                if workflows.is_empty() {
+                    return Ok(());
+                }
+                let mut ended = context(&conversation);
+                ended["analysis"] = json!(conversation.analysis.clone().map(|a| json!({
+                    "topic": a.topic,
+                    "sentiment": a.sentiment().as_str_name(),
+                    "custom": a.custom,
+                })));
+                ended["conversation"]["end_reason"] = json!(conversation.end_reason);
+                ended["transcript"] = self.transcript(ws, &conversation.id).await?;
+                ended["session"] = self.session(ws, &conversation.id).await?;
                 for flow_id in workflows {
-                    let mut context = context(&conversation);
-                    context["analysis"] = json!(conversation.analysis.clone().map(|a| json!({
-                        "topic": a.topic,
-                        "sentiment": a.sentiment().as_str_name(),
-                        "custom": a.custom,
-                    })));
+                    let context = ended.clone();
                     self.runs
                         .start_in(tx, ws, &flow_id, &conversation.id, context)
                         .await

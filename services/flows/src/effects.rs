@@ -14,9 +14,9 @@ use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_proto::conversations::v1::{
-    AddMessageRequest, SetMetafieldsRequest, SetStatusRequest,
+    AddMessageRequest, ListMessagesRequest, SetMetafieldsRequest, SetStatusRequest,
 };
-use switchboard_proto::events::v1::{Author, Button, ConversationStatus, MessageKind};
+use switchboard_proto::events::v1::{Author, Button, ConversationStatus, Message, MessageKind};
 use switchboard_proto::flows::v1::RunEventRecord;
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use tonic::transport::Channel;
@@ -67,6 +67,15 @@ pub trait Conversations: Send + Sync {
         status: Option<&str>,
         metafields: HashMap<String, String>,
     ) -> Result<(), PortError>;
+
+    /// One page of a conversation's messages, oldest first, and the next page's cursor
+    /// (empty on the last page).
+    async fn messages(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        cursor: &str,
+    ) -> Result<(Vec<Message>, String), PortError>;
 }
 
 /// The connexease service, as runs use it.
@@ -188,6 +197,27 @@ impl Conversations for GrpcConversations {
                 .map_err(from_status)?;
         }
         Ok(())
+    }
+
+    async fn messages(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        cursor: &str,
+    ) -> Result<(Vec<Message>, String), PortError> {
+        let page = self
+            .client
+            .clone()
+            .list_messages(self.request(ListMessagesRequest {
+                workspace_id: workspace_id.to_owned(),
+                conversation_id: conversation_id.to_owned(),
+                limit: 100,
+                cursor: cursor.to_owned(),
+            }))
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        Ok((page.messages, page.next_cursor))
     }
 }
 

@@ -550,6 +550,25 @@ impl FlowsStore {
         .await)?)
     }
 
+    /// Every conversation flow run of a conversation, ended or not.
+    pub async fn conversation_runs(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT r.run_id FROM runs r
+             JOIN flows f ON f.workspace_id = r.workspace_id AND f.flow_id = r.flow_id
+             WHERE r.workspace_id = $1 AND r.conversation_id = $2 AND f.kind = $3
+             ORDER BY r.run_id",
+        )
+        .bind(workspace_id)
+        .bind(conversation_id)
+        .bind(FlowKind::ConversationFlow as i32)
+        .fetch_all(pool)
+        .await)?)
+    }
+
     /// The conversation flow runs of a conversation that have not ended.
     pub async fn open_runs(
         &self,

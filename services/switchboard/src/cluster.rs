@@ -934,12 +934,15 @@ fn start_flows(
 
     // Effects: tail our own log.
     let conversations_url = service_url(config, &names, ServiceName::Conversations);
+    let mut transcripts = None;
     match conversations_url {
         Some(url) => {
             let conversations = Arc::new(
                 GrpcConversations::connect_lazy(&url, config.service_token.clone())
                     .with_context(|| format!("SWITCHBOARD_CONVERSATIONS_URL={url}"))?,
             );
+            transcripts =
+                Some(conversations.clone() as Arc<dyn switchboard_flows::effects::Conversations>);
             let connexease = service_url(config, &names, ServiceName::Connexease)
                 .map(|url| {
                     GrpcConnexease::connect_lazy(&url, config.service_token.clone())
@@ -968,7 +971,11 @@ fn start_flows(
         ),
     }
 
-    let conversation_events = Arc::new(ConversationEvents::new(flows.clone(), runs.clone()));
+    let mut conversation_events = ConversationEvents::new(flows.clone(), runs.clone());
+    if let Some(conversations) = &transcripts {
+        conversation_events = conversation_events.with_transcripts(conversations.clone());
+    }
+    let conversation_events = Arc::new(conversation_events);
     let outcomes = Arc::new(ActionOutcomes::new(runs));
     let conversations_config =
         SubscriptionConfig::new(switchboard_flows::consumers::CONSUMER, inbox.clone());

@@ -1375,3 +1375,439 @@ fn flow_edge(from: &str, to: &str, port: &str) -> switchboard_proto::flows::v1::
         port: port.into(),
     }
 }
+
+/// A loopback partner API that records what reaches it: refunds (deduplicated by their
+/// `Idempotency-Key`, the way a careful API applies them once; the first one can be held
+/// unanswered) and notes.
+#[derive(Clone, Default)]
+struct Partner {
+    refund_requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    refunds_applied: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    hold_first_refund: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    notes: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Partner {
+    async fn serve(&self) -> std::net::SocketAddr {
+        async fn refund(
+            axum::extract::State(partner): axum::extract::State<Partner>,
+            headers: axum::http::HeaderMap,
+        ) -> (axum::http::StatusCode, String) {
+            let key = header(&headers, "idempotency-key");
+            partner.refund_requests.lock().unwrap().push(key.clone());
+            if partner
+                .hold_first_refund
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                // Never answered: the caller is killed while it waits.
+                std::future::pending::<()>().await;
+            }
+            partner.refunds_applied.lock().unwrap().insert(key);
+            (
+                axum::http::StatusCode::OK,
+                r#"{"refund_id":"rf_1"}"#.to_owned(),
+            )
+        }
+        async fn note(
+            axum::extract::State(partner): axum::extract::State<Partner>,
+            axum::Json(body): axum::Json<serde_json::Value>,
+        ) -> axum::http::StatusCode {
+            partner.notes.lock().unwrap().push(body);
+            axum::http::StatusCode::NO_CONTENT
+        }
+        let app = axum::Router::new()
+            .route("/refunds", axum::routing::post(refund))
+            .route("/notes", axum::routing::post(note))
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addr
+    }
+}
+
+/// Creates an http POST action to `url` whose JSON body is `body`.
+async fn post_action(
+    actions: &mut ActionsClient<GrpcChannel>,
+    name: &str,
+    url: String,
+    body: &str,
+    mapping: Option<(&str, &str)>,
+) -> String {
+    use switchboard_proto::actions::v1::ResponseMapping;
+    actions
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: name.into(),
+                description: format!("{name} at the partner"),
+                kind: ActionKind::Http as i32,
+                http: Some(HttpSpec {
+                    method: "POST".into(),
+                    url,
+                    body: body.into(),
+                    // A short timeout keeps the claim lease of a killed call short:
+                    // three timeouts and 30 s.
+                    timeout_ms: 1_000,
+                    response_mapping: mapping
+                        .map(|(name, path)| ResponseMapping {
+                            name: name.into(),
+                            path: path.into(),
+                            kind: "string".into(),
+                            ..Default::default()
+                        })
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
+        .id
+}
+
+/// Creates and publishes a flow; a conversation flow becomes the workspace assistant's.
+async fn published_flow(
+    port: u16,
+    name: &str,
+    kind: switchboard_proto::flows::v1::FlowKind,
+    graph: switchboard_proto::flows::v1::Graph,
+) -> String {
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: name.into(),
+            kind: kind as i32,
+            draft: Some(graph),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    if kind == FlowKind::ConversationFlow {
+        flows
+            .save_assistant(SaveAssistantRequest {
+                assistant: Some(Assistant {
+                    workspace_id: WS.into(),
+                    name: format!("{name} assistant"),
+                    flow_id: flow.id.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    flow.id
+}
+
+fn say_node(id: &str, text: &str) -> switchboard_proto::flows::v1::Node {
+    flow_node(
+        id,
+        switchboard_proto::flows::v1::node::Kind::SendMessage(
+            switchboard_proto::flows::v1::SendMessage {
+                text: text.into(),
+                ..Default::default()
+            },
+        ),
+    )
+}
+
+async fn customer_says(
+    conversations: &mut ConversationsClient<GrpcChannel>,
+    conversation_id: &str,
+    text: &str,
+) {
+    conversations
+        .add_message(AddMessageRequest {
+            workspace_id: WS.into(),
+            conversation_id: conversation_id.into(),
+            author: Author::Customer as i32,
+            kind: MessageKind::Text as i32,
+            text: text.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+async fn new_conversation(
+    conversations: &mut ConversationsClient<GrpcChannel>,
+    request_id: &str,
+) -> String {
+    conversations
+        .start_conversation(StartConversationRequest {
+            workspace_id: WS.into(),
+            request_id: request_id.into(),
+            channel: Channel::Api as i32,
+            user_id: "ada".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id
+}
+
+/// kill -9 while a run waits on its action: after the restart the run goes on from the
+/// action's outcome, the partner sees the same idempotency key again (so the refund
+/// happens once) and the customer hears the answer once.
+#[tokio::test]
+async fn a_run_waiting_on_an_action_survives_kill_9_and_its_effect_happens_once() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    partner
+        .hold_first_refund
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let api = partner.serve().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let refund = post_action(
+        &mut actions,
+        "refund",
+        format!("http://{api}/refunds"),
+        r#"{"order": "{{ input.order }}"}"#,
+        Some(("refund_id", "$.refund_id")),
+    )
+    .await;
+    let graph = Graph {
+        nodes: vec![
+            flow_node("start", node::Kind::Start(Start {})),
+            say_node("ask", "Which order should we refund?"),
+            flow_node(
+                "capture",
+                node::Kind::CaptureInput(CaptureInput {
+                    variable: "session.order".into(),
+                    validation: "number".into(),
+                    ..Default::default()
+                }),
+            ),
+            flow_node(
+                "refund",
+                node::Kind::ApiCall(ApiCall {
+                    action_id: refund,
+                    inputs: [("order".to_owned(), "{{ session.order }}".to_owned())].into(),
+                }),
+            ),
+            say_node("done", "Refund {{ nodes.refund.refund_id }} is on its way."),
+            say_node("sorry", "The refund did not go through."),
+            flow_node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![
+            flow_edge("start", "ask", ""),
+            flow_edge("ask", "capture", ""),
+            flow_edge("capture", "refund", ""),
+            flow_edge("refund", "done", "success"),
+            flow_edge("refund", "sorry", "failure"),
+            flow_edge("done", "end", ""),
+            flow_edge("sorry", "end", ""),
+        ],
+        ..Default::default()
+    };
+    published_flow(
+        process.grpc_port,
+        "refunds",
+        FlowKind::ConversationFlow,
+        graph,
+    )
+    .await;
+    let conversation = new_conversation(&mut conversations, "refund-kill").await;
+    agent_says(&mut conversations, &conversation, 1).await;
+    customer_says(&mut conversations, &conversation, "4711").await;
+
+    // The refund request is at the partner, unanswered: kill the whole cluster.
+    for _ in 0..600 {
+        if !partner.refund_requests.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(partner.refund_requests.lock().unwrap().len(), 1);
+    process.kill9();
+
+    let mut conversations = process.start().await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 2).await,
+        [
+            "Which order should we refund?",
+            "Refund rf_1 is on its way."
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 2).await.len(),
+        2,
+        "the answer is said once"
+    );
+    let requests = partner.refund_requests.lock().unwrap().clone();
+    assert!(
+        requests.len() >= 2,
+        "the request was made again: {requests:?}"
+    );
+    assert!(
+        requests.iter().all(|key| *key == requests[0]),
+        "every attempt carries the same idempotency key: {requests:?}"
+    );
+    assert!(requests[0].ends_with("/refund/1"), "{requests:?}");
+    assert_eq!(partner.refunds_applied.lock().unwrap().len(), 1);
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An ended conversation starts the post-conversation workflows with the transcript, the
+/// analysis and the variables its flow collected.
+#[tokio::test]
+async fn post_conversation_workflows_start_with_the_transcript_analysis_and_variables() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    let api = partner.serve().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let note = post_action(
+        &mut actions,
+        "crm_note",
+        format!("http://{api}/notes"),
+        r#"{"transcript": "{{ input.transcript }}", "order": "{{ input.order }}", "topic": "{{ input.topic }}"}"#,
+        None,
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "orders",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                say_node("ask", "What is your order number?"),
+                flow_node(
+                    "capture",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.order".into(),
+                        validation: "number".into(),
+                        ..Default::default()
+                    }),
+                ),
+                say_node("thanks", "Thanks, noted."),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "ask", ""),
+                flow_edge("ask", "capture", ""),
+                flow_edge("capture", "thanks", ""),
+                flow_edge("thanks", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "crm_follow_up",
+        FlowKind::PostConversationWorkflow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "note",
+                    node::Kind::ApiCall(ApiCall {
+                        action_id: note,
+                        inputs: [
+                            (
+                                "transcript".to_owned(),
+                                "{% for m in transcript %}{{ m.author }}: {{ m.text }}\n{% endfor %}"
+                                    .to_owned(),
+                            ),
+                            ("order".to_owned(), "{{ session.order }}".to_owned()),
+                            ("topic".to_owned(), "{{ analysis.topic }}".to_owned()),
+                        ]
+                        .into(),
+                    }),
+                ),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "note", ""),
+                flow_edge("note", "end", "success"),
+                flow_edge("note", "end", "failure"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let conversation = new_conversation(&mut conversations, "post-conversation").await;
+    agent_says(&mut conversations, &conversation, 1).await;
+    customer_says(&mut conversations, &conversation, "4711").await;
+    agent_says(&mut conversations, &conversation, 2).await;
+    conversations
+        .record_analysis(RecordAnalysisRequest {
+            workspace_id: WS.into(),
+            request_id: "analysis".into(),
+            conversation_id: conversation.clone(),
+            topic: "order status".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    conversations
+        .end_conversation(EndConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "end".into(),
+            conversation_id: conversation.clone(),
+            reason: "answered".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if !partner.notes.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let notes = partner.notes.lock().unwrap().clone();
+    assert_eq!(
+        notes,
+        [serde_json::json!({
+            "transcript": "agent: What is your order number?\ncustomer: 4711\nagent: Thanks, noted.\n",
+            "order": "4711",
+            "topic": "order status",
+        })]
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,7 +28,9 @@ impl From<ServiceError> for Status {
             ServiceError::Domain(e @ DomainError::StaleVersion { .. }) => {
                 Status::aborted(e.to_string())
             }
-            ServiceError::Contended | ServiceError::InProgress => Status::aborted(e.to_string()),
+            ServiceError::Contended | ServiceError::InProgress { .. } => {
+                Status::aborted(e.to_string())
+            }
             ServiceError::Log(e) => internal(e),
         }
     }
