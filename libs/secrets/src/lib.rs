@@ -17,7 +17,7 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+pub use zeroize::Zeroizing;
 
 const FORMAT: u8 = 1;
 const KEY_ID_LEN: usize = 4;

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx, now_micros};
 use switchboard_proto::actions::v1::{ActionRequested, PermissionLevel};
 
+use serde_json::{Map, Value as Json};
+
 use crate::domain::DomainError;
+use crate::integrations::{Call, PortError};
 use crate::service::{ActionService, RequestContext, RunRequest, ServiceError};
 
 /// The event type flow runs publish.
@@ -37,6 +40,60 @@ impl ActionRequests {
     }
 }
 
+impl ActionRequests {
+    /// Renders the inputs a flow sealed with the conversation's secure metadata, fetched
+    /// now and kept only in this run's variables (as `secure`, which the executor redacts
+    /// from everything it records). Metadata that cannot be had leaves those inputs
+    /// unset, and the action fails naming them, so the run takes its failure route.
+    async fn unseal_inputs(
+        &self,
+        ctx: &RequestContext,
+        request: &ActionRequested,
+        variables: &mut Json,
+    ) -> Result<(), HandleError> {
+        let call = Call {
+            workspace_id: &ctx.workspace_id,
+            conversation_id: &request.conversation_id,
+            idempotency_key: &request.idempotency_key,
+            traceparent: &ctx.traceparent,
+        };
+        let secure = match self
+            .service
+            .integrations()
+            .conversations
+            .secure_metadata(&call)
+            .await
+        {
+            Ok(secure) => secure,
+            Err(e @ (PortError::Unavailable(_) | PortError::Timeout(_))) => {
+                return Err(HandleError::Retry(e.to_string()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key = %request.idempotency_key, "secure metadata unavailable; sealed inputs stay unset");
+                Map::new()
+            }
+        };
+        if !variables.is_object() {
+            *variables = Json::Object(Map::new());
+        }
+        variables["secure"] = Json::Object(secure);
+        let renderer = switchboard_template::Renderer::default();
+        let mut rendered = Map::new();
+        for (name, template) in &request.sealed_inputs {
+            if let Ok(value) = renderer.render_text(template, variables) {
+                rendered.insert(name.clone(), Json::String(value));
+            }
+        }
+        if !variables["input"].is_object() {
+            variables["input"] = Json::Object(Map::new());
+        }
+        if let Some(input) = variables["input"].as_object_mut() {
+            input.extend(rendered);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Handler for ActionRequests {
     async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
@@ -49,7 +106,7 @@ impl Handler for ActionRequests {
         let request: ActionRequested = event
             .decode()
             .map_err(|e| HandleError::Reject(e.to_string()))?;
-        let variables = if request.variables_json.trim().is_empty() {
+        let mut variables = if request.variables_json.trim().is_empty() {
             serde_json::json!({})
         } else {
             serde_json::from_str(&request.variables_json)
@@ -65,6 +122,9 @@ impl Handler for ActionRequests {
             request_id: String::new(),
             traceparent: event.metadata.traceparent.clone(),
         };
+        if !request.sealed_inputs.is_empty() {
+            self.unseal_inputs(&ctx, &request, &mut variables).await?;
+        }
         let run = RunRequest {
             action_id: request.action_id,
             variables,

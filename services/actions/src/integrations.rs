@@ -15,7 +15,7 @@ use switchboard_proto::connexease::v1::RunOperationRequest;
 use switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient;
 use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_proto::conversations::v1::{
-    RemoveMetafieldsRequest, SetMetafieldsRequest, SetStatusRequest,
+    GetConversationRequest, RemoveMetafieldsRequest, SetMetafieldsRequest, SetStatusRequest,
 };
 use switchboard_proto::events::v1::ConversationStatus;
 use tonic::transport::Channel;
@@ -57,6 +57,10 @@ pub struct ConversationUpdate {
 #[async_trait]
 pub trait Conversations: Send + Sync {
     async fn update(&self, call: &Call<'_>, update: &ConversationUpdate) -> Result<(), PortError>;
+
+    /// The conversation's secure metadata in plain text, for rendering the inputs a flow
+    /// sealed. Kept in memory only for the run it is fetched for.
+    async fn secure_metadata(&self, call: &Call<'_>) -> Result<Map<String, Json>, PortError>;
 }
 
 #[async_trait]
@@ -105,6 +109,10 @@ impl NotConnected {
 #[async_trait]
 impl Conversations for NotConnected {
     async fn update(&self, _: &Call<'_>, _: &ConversationUpdate) -> Result<(), PortError> {
+        Err(PortError::NotConnected(self.what.into()))
+    }
+
+    async fn secure_metadata(&self, _: &Call<'_>) -> Result<Map<String, Json>, PortError> {
         Err(PortError::NotConnected(self.what.into()))
     }
 }
@@ -164,6 +172,28 @@ fn step_request_id(call: &Call<'_>, step: &str) -> String {
 
 #[async_trait]
 impl Conversations for GrpcConversations {
+    async fn secure_metadata(&self, call: &Call<'_>) -> Result<Map<String, Json>, PortError> {
+        let request = self.request(
+            call,
+            GetConversationRequest {
+                workspace_id: call.workspace_id.to_owned(),
+                conversation_id: call.conversation_id.to_owned(),
+            },
+        );
+        let values = self
+            .client
+            .clone()
+            .get_secure_metadata(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .values;
+        Ok(values
+            .into_iter()
+            .map(|(k, v)| (k, Json::String(v)))
+            .collect())
+    }
+
     async fn update(&self, call: &Call<'_>, update: &ConversationUpdate) -> Result<(), PortError> {
         let mut client = self.client.clone();
         let ids = |step| {

@@ -134,6 +134,11 @@ impl ActionService {
         self
     }
 
+    /// The systems integration kinds act on.
+    pub fn integrations(&self) -> &crate::integrations::Integrations {
+        self.executor.integrations()
+    }
+
     /// The service's log, where consumers keep their processed records.
     pub fn log(&self) -> &EventLog {
         &self.log

@@ -96,6 +96,8 @@ pub enum Command {
         lead: Lead,
         agent_id: String,
         metafields: HashMap<String, String>,
+        /// The secure metadata, already sealed by the handler (never in plain text here).
+        sealed_secure_metadata: Vec<u8>,
     },
     AddMessage {
         message_id: String,
@@ -243,6 +245,8 @@ impl DomainEvent {
 pub struct State {
     pub conversation: Conversation,
     pub interactive: HashMap<String, Message>,
+    /// The secure metadata as sealed at the start (empty: none).
+    pub sealed_secure_metadata: Vec<u8>,
 }
 
 impl State {
@@ -252,6 +256,7 @@ impl State {
         ConversationSnapshot {
             conversation: Some(self.conversation.clone()),
             interactive_messages: interactive,
+            sealed_secure_metadata: self.sealed_secure_metadata.clone(),
         }
         .encode_to_vec()
     }
@@ -265,6 +270,7 @@ impl State {
                 .into_iter()
                 .map(|m| (m.id.clone(), m))
                 .collect(),
+            sealed_secure_metadata: snapshot.sealed_secure_metadata,
         })
     }
 }
@@ -631,6 +637,7 @@ fn decide_start(command: &Command) -> Result<Vec<DomainEvent>, DomainError> {
         lead,
         agent_id,
         metafields,
+        sealed_secure_metadata,
     } = command
     else {
         unreachable!("only Start reaches here")
@@ -666,6 +673,7 @@ fn decide_start(command: &Command) -> Result<Vec<DomainEvent>, DomainError> {
         lead: Some(lead.clone()),
         agent_id: agent_id.clone(),
         metafields: metafields.clone(),
+        sealed_secure_metadata: sealed_secure_metadata.clone(),
     })])
 }
 
@@ -688,6 +696,7 @@ pub fn apply(state: &mut Option<State>, event: &DomainEvent, occurred_at: i64) {
                 ..Default::default()
             },
             interactive: HashMap::new(),
+            sealed_secure_metadata: e.sealed_secure_metadata.clone(),
         });
         return;
     }
@@ -1071,6 +1080,7 @@ mod tests {
             lead: Lead::default(),
             agent_id: String::new(),
             metafields: HashMap::new(),
+            sealed_secure_metadata: Vec::new(),
         }
     }
 
@@ -1117,6 +1127,7 @@ mod tests {
             lead,
             agent_id,
             metafields,
+            sealed_secure_metadata,
             ..
         } = start_command()
         else {
@@ -1130,6 +1141,7 @@ mod tests {
             lead,
             agent_id,
             metafields,
+            sealed_secure_metadata,
         };
         let Err(DomainError::Invalid(violations)) = decide(None, &bad, 1) else {
             panic!()

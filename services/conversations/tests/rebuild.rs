@@ -120,6 +120,7 @@ async fn check(backend: Backend, ops: Vec<Op>) {
             lead: Lead::default(),
             agent_id: String::new(),
             metafields: HashMap::new(),
+            sealed_secure_metadata: Vec::new(),
         };
         service.execute(&ctx, &id, start).await.unwrap();
         ids.push(id);

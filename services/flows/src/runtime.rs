@@ -568,11 +568,12 @@ impl RunService {
                 key,
                 effect: Effect::Action { action_id },
                 inputs,
-                ..
+                sealed_inputs,
             } = event
             {
                 // What the actions service runs: the node's inputs under `input`, beside
-                // the run's variables (which never hold `secure`).
+                // the run's variables (which never hold `secure`); inputs that read
+                // `secure.*` go as templates, rendered by the actions service.
                 let mut variables = after.vars.clone();
                 if let Some(map) = variables.as_object_mut() {
                     map.insert("input".into(), json!(inputs));
@@ -591,6 +592,7 @@ impl RunService {
                         confirmed: false,
                         caller_permission: PermissionLevel::Agent as i32,
                         inject_result: false,
+                        sealed_inputs: sealed_inputs.clone().into_iter().collect(),
                     }
                     .encode_to_vec(),
                     metadata: metadata.clone(),

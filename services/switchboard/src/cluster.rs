@@ -169,10 +169,13 @@ impl Running {
 
     fn add_to(&self, server: GrpcServer) -> GrpcServer {
         match self.name {
-            ServiceName::Conversations => server.add_service(
-                switchboard_conversations::GRPC_SERVICE,
-                switchboard_conversations::api(self.log.clone()).into_server(),
-            ),
+            ServiceName::Conversations => {
+                let mut api = switchboard_conversations::api(self.log.clone());
+                if let Some(keyring) = &self.keyring {
+                    api = api.with_keyring(keyring.clone());
+                }
+                server.add_service(switchboard_conversations::GRPC_SERVICE, api.into_server())
+            }
             ServiceName::Actions => server.add_service(
                 switchboard_actions::GRPC_SERVICE,
                 switchboard_actions::api(
@@ -696,13 +699,21 @@ enum KeySource {
     Required,
 }
 
-/// The keyring of a service that keeps secrets (`None` for the others).
+/// The keyring of a service that keeps secrets (`None` for the others). The
+/// conversations service seals secure metadata when it has a key, and in `serve` runs
+/// without one (refusing secure metadata) rather than requiring it.
 fn keyring_for(
     config: &Config,
     service: ServiceName,
     source: KeySource,
 ) -> anyhow::Result<Option<Arc<Keyring>>> {
-    if !service.keeps_secrets() {
+    if service == ServiceName::Conversations
+        && config.encryption_key.is_none()
+        && source == KeySource::Required
+    {
+        return Ok(None);
+    }
+    if !service.keeps_secrets() && service != ServiceName::Conversations {
         return Ok(None);
     }
     let key = match (&config.encryption_key, source) {

@@ -1385,6 +1385,7 @@ struct Partner {
     refunds_applied: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
     hold_first_refund: std::sync::Arc<std::sync::atomic::AtomicBool>,
     notes: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    authorizations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Partner {
@@ -1415,8 +1416,17 @@ impl Partner {
             partner.notes.lock().unwrap().push(body);
             axum::http::StatusCode::NO_CONTENT
         }
+        async fn whoami(
+            axum::extract::State(partner): axum::extract::State<Partner>,
+            headers: axum::http::HeaderMap,
+        ) -> String {
+            let authorization = header(&headers, "authorization");
+            partner.authorizations.lock().unwrap().push(authorization);
+            r#"{"name":"Ada"}"#.to_owned()
+        }
         let app = axum::Router::new()
             .route("/refunds", axum::routing::post(refund))
+            .route("/whoami", axum::routing::post(whoami))
             .route("/notes", axum::routing::post(note))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1433,6 +1443,7 @@ async fn post_action(
     url: String,
     body: &str,
     mapping: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
 ) -> String {
     use switchboard_proto::actions::v1::ResponseMapping;
     actions
@@ -1445,6 +1456,10 @@ async fn post_action(
                 http: Some(HttpSpec {
                     method: "POST".into(),
                     url,
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                     body: body.into(),
                     // A short timeout keeps the claim lease of a killed call short:
                     // three timeouts and 30 s.
@@ -1596,6 +1611,7 @@ async fn a_run_waiting_on_an_action_survives_kill_9_and_its_effect_happens_once(
         format!("http://{api}/refunds"),
         r#"{"order": "{{ input.order }}"}"#,
         Some(("refund_id", "$.refund_id")),
+        &[],
     )
     .await;
     let graph = Graph {
@@ -1704,6 +1720,7 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
         format!("http://{api}/notes"),
         r#"{"transcript": "{{ input.transcript }}", "order": "{{ input.order }}", "topic": "{{ input.topic }}"}"#,
         None,
+        &[],
     )
     .await;
     published_flow(
@@ -1920,4 +1937,126 @@ async fn serve_hands_concurrent_messages_to_a_run_in_order_over_nats() {
         drop_schema(&format!("{schema_prefix}{service}")).await;
     }
     nats.drop().await;
+}
+
+/// Secure metadata given when a conversation starts reaches the partner API through an
+/// action input that reads `secure.*`, and is nowhere in plain text on disk: not in any
+/// service's events, read models, inboxes or execution records.
+#[tokio::test]
+async fn secure_metadata_reaches_the_partner_and_no_file_holds_it() {
+    use switchboard_proto::flows::v1::*;
+
+    const TOKEN: &str = "tok-SECRET-4711-do-not-store";
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    let api = partner.serve().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let whoami = post_action(
+        &mut actions,
+        "whoami",
+        format!("http://{api}/whoami"),
+        "{}",
+        Some(("name", "$.name")),
+        &[("Authorization", "Bearer {{ input.token }}")],
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "greeter",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "whoami",
+                    node::Kind::ApiCall(ApiCall {
+                        action_id: whoami,
+                        inputs: [("token".to_owned(), "{{ secure.api_token }}".to_owned())].into(),
+                    }),
+                ),
+                say_node("hello", "Hello {{ nodes.whoami.name }}!"),
+                say_node("sorry", "I could not sign you in."),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "whoami", ""),
+                flow_edge("whoami", "hello", "success"),
+                flow_edge("whoami", "sorry", "failure"),
+                flow_edge("hello", "end", ""),
+                flow_edge("sorry", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Bad secure metadata is refused naming the key, never echoing the value.
+    let refused = conversations
+        .start_conversation(StartConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "too-long".into(),
+            channel: Channel::Api as i32,
+            secure_metadata: [("api_token".to_owned(), "x".repeat(5000))].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(!refused.message().contains("xxxx"), "{refused:?}");
+
+    let conversation = conversations
+        .start_conversation(StartConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "secure".into(),
+            channel: Channel::Api as i32,
+            secure_metadata: [("api_token".to_owned(), TOKEN.to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 1).await,
+        ["Hello Ada!"]
+    );
+    assert_eq!(
+        *partner.authorizations.lock().unwrap(),
+        [format!("Bearer {TOKEN}")]
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+
+    fn files(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files(&path, found);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    let mut stored = Vec::new();
+    files(&dir, &mut stored);
+    assert!(
+        stored.len() > 3,
+        "the services wrote their logs: {stored:?}"
+    );
+    for file in stored {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{} holds the secure value in plain text",
+            file.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,10 +3,14 @@
 
 mod error;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use switchboard_proto::conversations::v1::conversations_server::{self, ConversationsServer};
 use switchboard_proto::conversations::v1::*;
 use switchboard_proto::events::v1::{Conversation, MessageKind};
 use switchboard_runtime::requests::valid_prefixed_id;
+use switchboard_secrets::{Keyring, Zeroizing};
 use tonic::{Request, Response, Status};
 
 pub use error::invalid;
@@ -24,11 +28,77 @@ const MAX_LIMIT: u32 = 100;
 pub struct ConversationsApi {
     service: ConversationService,
     store: ConversationStore,
+    keyring: Option<Arc<Keyring>>,
+}
+
+/// Bounds of the secure metadata of one conversation.
+const SECURE_KEYS: usize = 20;
+const SECURE_VALUE_BYTES: usize = 4096;
+
+/// What sealed secure metadata is bound to: a copy moved to another conversation (or
+/// workspace) does not open.
+fn secure_owner(workspace_id: &str, conversation_id: &str) -> String {
+    format!("{workspace_id}/conversation/{conversation_id}/secure")
 }
 
 impl ConversationsApi {
     pub fn new(service: ConversationService, store: ConversationStore) -> Self {
-        Self { service, store }
+        Self {
+            service,
+            store,
+            keyring: None,
+        }
+    }
+
+    /// The key that seals secure metadata; without one, conversations with secure
+    /// metadata are refused.
+    pub fn with_keyring(mut self, keyring: Arc<Keyring>) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// Checks and seals a conversation's secure metadata (empty: nothing to seal).
+    fn seal_secure(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        values: &HashMap<String, String>,
+    ) -> Result<Vec<u8>, Status> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut v = Violations::default();
+        if values.len() > SECURE_KEYS {
+            v.push("secure_metadata", format!("at most {SECURE_KEYS} keys"));
+        }
+        for (key, value) in values {
+            let key_ok = (1..=64).contains(&key.len())
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !key_ok {
+                v.push(
+                    "secure_metadata",
+                    "keys are 1 to 64 of `a-z`, `0-9` and `_`",
+                );
+            }
+            if value.len() > SECURE_VALUE_BYTES {
+                // The key is named, never the value.
+                v.push(
+                    format!("secure_metadata[{key}]"),
+                    format!("at most {SECURE_VALUE_BYTES} bytes"),
+                );
+            }
+        }
+        finish(v)?;
+        let keyring = self.keyring.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "SB-CONV-0412: secure metadata needs the service's encryption key \
+                 (SWITCHBOARD_ENCRYPTION_KEY)",
+            )
+        })?;
+        let plain = Zeroizing::new(serde_json::to_vec(values).unwrap_or_default());
+        Ok(keyring.seal(&plain, &secure_owner(workspace_id, conversation_id)))
     }
 
     pub fn into_server(self) -> ConversationsServer<Self> {
@@ -118,6 +188,7 @@ impl conversations_server::Conversations for ConversationsApi {
         let r = request.into_inner();
         let ctx = context(&r.workspace_id, &r.request_id, None)?;
         let id = new_id("conv");
+        let sealed_secure_metadata = self.seal_secure(&r.workspace_id, &id, &r.secure_metadata)?;
         let command = Command::Start {
             conversation_id: id.clone(),
             workspace_id: r.workspace_id,
@@ -126,6 +197,7 @@ impl conversations_server::Conversations for ConversationsApi {
             lead: r.lead.unwrap_or_default(),
             agent_id: r.agent_id,
             metafields: r.metafields,
+            sealed_secure_metadata,
         };
         Ok(conversation(
             self.service.execute(&ctx, &id, command).await?,
@@ -299,6 +371,40 @@ impl conversations_server::Conversations for ConversationsApi {
         Ok(Response::new(ConversationResponse {
             conversation: Some(conversation),
         }))
+    }
+
+    async fn get_secure_metadata(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<SecureMetadata>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", Some(&r.conversation_id))?;
+        let (state, _) = self
+            .service
+            .load(&r.workspace_id, &r.conversation_id)
+            .await?;
+        let state = state.ok_or_else(error::not_found)?;
+        if state.sealed_secure_metadata.is_empty() {
+            return Ok(Response::new(SecureMetadata::default()));
+        }
+        let keyring = self.keyring.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "SB-CONV-0412: the secure metadata cannot be opened without the service's \
+                 encryption key (SWITCHBOARD_ENCRYPTION_KEY)",
+            )
+        })?;
+        let plain = keyring
+            .open(
+                &state.sealed_secure_metadata,
+                &secure_owner(&r.workspace_id, &r.conversation_id),
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "secure metadata does not open");
+                Status::internal("SB-CONV-0501: the secure metadata does not open with our keys")
+            })?;
+        let values = serde_json::from_slice(&plain)
+            .map_err(|_| Status::internal("SB-CONV-0502: the secure metadata is not a map"))?;
+        Ok(Response::new(SecureMetadata { values }))
     }
 
     async fn list_conversations(
