@@ -17,7 +17,7 @@ use switchboard_proto::events::v1::{
 };
 use switchboard_proto::flows::v1::FlowKind;
 
-use crate::domain::run::Input;
+use crate::domain::run::{Input, form_message};
 use crate::effects::{Conversations, PortError};
 use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};
@@ -224,11 +224,14 @@ impl Handler for ConversationEvents {
                 let Some(message) = created.message else {
                     return Ok(());
                 };
-                let text = message
-                    .button_click
-                    .as_ref()
-                    .map(|c| c.value.clone())
-                    .unwrap_or(message.text.clone());
+                // A click is its button's value; a form submission its values as JSON.
+                let text = if let Some(click) = &message.button_click {
+                    click.value.clone()
+                } else if let Some(form) = &message.form_submission {
+                    form_message(&form.values)
+                } else {
+                    message.text.clone()
+                };
                 for run_id in self
                     .runs
                     .store()

@@ -16,9 +16,11 @@ use switchboard_proto::conversations::v1::conversations_client::ConversationsCli
 use switchboard_proto::conversations::v1::{
     AddMessageRequest, ListMessagesRequest, SetMetafieldsRequest, SetStatusRequest,
 };
-use switchboard_proto::events::v1::{Author, Button, ConversationStatus, Message, MessageKind};
-use switchboard_proto::flows::v1::RunEventRecord;
+use switchboard_proto::events::v1::{
+    Author, Button, ConversationStatus, Form, FormField, Message, MessageKind,
+};
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
+use switchboard_proto::flows::v1::{FormFieldSpec, RunEventRecord};
 use tonic::transport::Channel;
 
 use crate::domain::run::Input;
@@ -57,6 +59,7 @@ pub trait Conversations: Send + Sync {
         request_id: &str,
         text: &str,
         buttons: &[(String, String)],
+        form: &[FormFieldSpec],
     ) -> Result<(), PortError>;
 
     async fn update(
@@ -120,12 +123,28 @@ impl Conversations for GrpcConversations {
         request_id: &str,
         text: &str,
         buttons: &[(String, String)],
+        form: &[FormFieldSpec],
     ) -> Result<(), PortError> {
-        let kind = if buttons.is_empty() {
-            MessageKind::Text
-        } else {
+        let kind = if !form.is_empty() {
+            MessageKind::Form
+        } else if !buttons.is_empty() {
             MessageKind::Buttons
+        } else {
+            MessageKind::Text
         };
+        let form = (!form.is_empty()).then(|| Form {
+            title: String::new(),
+            fields: form
+                .iter()
+                .map(|f| FormField {
+                    name: f.name.clone(),
+                    label: f.label.clone(),
+                    r#type: f.r#type.clone(),
+                    required: f.required,
+                    options: f.options.clone(),
+                })
+                .collect(),
+        });
         self.client
             .clone()
             .add_message(
@@ -136,8 +155,10 @@ impl Conversations for GrpcConversations {
                     author: Author::Agent as i32,
                     kind: kind as i32,
                     text: text.to_owned(),
+                    form,
                     buttons: buttons
                         .iter()
+                        .filter(|_| kind == MessageKind::Buttons)
                         .enumerate()
                         .map(|(i, (label, value))| Button {
                             button_id: format!("b{i}"),
@@ -353,6 +374,7 @@ impl Handler for Effects {
                         &format!("flow-{}", event.event_id),
                         &m.text,
                         &buttons,
+                        &m.form,
                     )
                     .await
                     .map_err(retry)

@@ -103,7 +103,9 @@ pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRe
             node: n,
             text,
             buttons,
+            form,
         } => Record::MessageSent(RunMessage {
+            form: form.clone(),
             node: n.clone(),
             text: text.clone(),
             buttons: buttons
@@ -129,7 +131,7 @@ pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRe
         RunEvent::Reasked { node: n, text } => Record::Reasked(RunMessage {
             node: n.clone(),
             text: text.clone(),
-            buttons: vec![],
+            ..Default::default()
         }),
         RunEvent::VariableSet { variable, value } => Record::VariableSet(RunVariable {
             variable: variable.clone(),
@@ -201,6 +203,7 @@ pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
             node: m.node,
             text: m.text,
             buttons: m.buttons.into_iter().map(|b| (b.label, b.value)).collect(),
+            form: m.form,
         },
         Record::InputQueued(t) => RunEvent::InputQueued { text: t.text },
         Record::AwaitingInput(n) => RunEvent::AwaitingInput { node: n.node },

@@ -289,7 +289,7 @@ impl Checker<'_> {
                     );
                 }
                 match c.validation.as_str() {
-                    "" | "none" | "email" | "phone" | "number" => {}
+                    "" | "none" | "email" | "phone" | "number" | "form" => {}
                     "regex" => {
                         if let Err(e) = regex::Regex::new(&c.pattern) {
                             self.v.push(
@@ -300,7 +300,7 @@ impl Checker<'_> {
                     }
                     _ => self.v.push(
                         format!("{at}.capture_input.validation"),
-                        "one of none, email, phone, number, regex",
+                        "one of none, email, phone, number, regex, form",
                     ),
                 }
                 if c.max_attempts > limits::MAX_ASKS {

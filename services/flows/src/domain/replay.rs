@@ -103,6 +103,8 @@ pub enum Behavior {
     Says {
         text: String,
         buttons: Vec<(String, String)>,
+        /// The names of a form's fields.
+        form: Vec<String>,
     },
     /// An effect asked for: its rendered inputs, and the names of its sealed ones.
     Asks {
@@ -121,10 +123,21 @@ pub enum Behavior {
 impl fmt::Display for Behavior {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Behavior::Says { text, buttons } if buttons.is_empty() => write!(f, "says {text:?}"),
-            Behavior::Says { text, buttons } => {
-                let labels: Vec<&str> = buttons.iter().map(|(label, _)| label.as_str()).collect();
-                write!(f, "says {text:?} with buttons {labels:?}")
+            Behavior::Says {
+                text,
+                buttons,
+                form,
+            } => {
+                write!(f, "says {text:?}")?;
+                if !buttons.is_empty() {
+                    let labels: Vec<&str> =
+                        buttons.iter().map(|(label, _)| label.as_str()).collect();
+                    write!(f, " with buttons {labels:?}")?;
+                }
+                if !form.is_empty() {
+                    write!(f, " with a form of {form:?}")?;
+                }
+                Ok(())
             }
             Behavior::Asks {
                 effect,
@@ -294,13 +307,20 @@ fn outcome_for<'r>(
 
 fn behavior(event: &RunEvent, now: i64) -> Option<Behavior> {
     match event {
-        RunEvent::MessageSent { text, buttons, .. } => Some(Behavior::Says {
+        RunEvent::MessageSent {
+            text,
+            buttons,
+            form,
+            ..
+        } => Some(Behavior::Says {
             text: text.clone(),
             buttons: buttons.clone(),
+            form: form.iter().map(|f| f.name.clone()).collect(),
         }),
         RunEvent::Reasked { text, .. } => Some(Behavior::Says {
             text: text.clone(),
             buttons: Vec::new(),
+            form: Vec::new(),
         }),
         RunEvent::EffectRequested {
             effect,
@@ -621,7 +641,8 @@ mod tests {
                 Behavior::Waits { seconds: 86_400 },
                 Behavior::Says {
                     text: "Still there?".into(),
-                    buttons: vec![]
+                    buttons: vec![],
+                    form: vec![],
                 },
                 Behavior::Ends {
                     reason: "completed".into()

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Map, Value as Json, json};
 use switchboard_proto::flows::v1::node::Kind;
-use switchboard_proto::flows::v1::{Graph, Node, Operator, Rule};
+use switchboard_proto::flows::v1::{FormFieldSpec, Graph, Node, Operator, Rule};
 
 /// Nodes one input may pass through before the run is stopped as a loop.
 pub const STEP_LIMIT: u32 = 1000;
@@ -66,6 +66,8 @@ pub enum RunEvent {
         node: String,
         text: String,
         buttons: Vec<(String, String)>,
+        /// The form's fields, when the message is a form.
+        form: Vec<FormFieldSpec>,
     },
     /// A customer message that arrived while the run was not waiting for one.
     InputQueued {
@@ -472,6 +474,7 @@ impl<'g> Decider<'g> {
                             .iter()
                             .map(|b| (b.label.clone(), b.value.clone()))
                             .collect(),
+                        form: m.form.clone(),
                     });
                     self.route(id, "next")
                 }
@@ -627,11 +630,20 @@ impl<'g> Decider<'g> {
             };
             let c = c.clone();
             if valid_input(&c.validation, &c.pattern, &text) {
+                let form = (c.validation == "form")
+                    .then(|| form_values(&text))
+                    .flatten();
                 self.emit(RunEvent::Captured {
                     node: id.clone(),
                     variable: c.variable.clone(),
                     value: text,
                 });
+                if let Some(values) = form {
+                    self.emit(RunEvent::VariableSet {
+                        variable: c.variable.clone(),
+                        value: values,
+                    });
+                }
                 return self.route(&id, "next");
             }
             let max = if c.max_attempts == 0 {
@@ -727,8 +739,24 @@ fn valid_input(validation: &str, pattern: &str, text: &str) -> bool {
         }
         "number" => text.parse::<f64>().is_ok_and(f64::is_finite),
         "regex" => regex::Regex::new(pattern).is_ok_and(|r| r.is_match(text)),
+        "form" => form_values(text).is_some(),
         _ => false,
     }
+}
+
+/// A form submission as it reaches a run: a JSON object of text fields (see
+/// [`form_message`]); anything else is not a form.
+fn form_values(text: &str) -> Option<Json> {
+    let value: Json = serde_json::from_str(text).ok()?;
+    let fields = value.as_object()?;
+    (!fields.is_empty() && fields.values().all(Json::is_string)).then_some(value)
+}
+
+/// How a form submission is handed to a run: its values as one JSON object, keys sorted
+/// (so the same submission is always the same text).
+pub fn form_message(values: &HashMap<String, String>) -> String {
+    let sorted: BTreeMap<&String, &String> = values.iter().collect();
+    serde_json::to_string(&sorted).unwrap_or_default()
 }
 
 fn lookup<'v>(vars: &'v Json, path: &str) -> Option<&'v Json> {
@@ -1041,6 +1069,64 @@ mod tests {
             "{:?}",
             run.status
         );
+    }
+
+    #[test]
+    fn a_form_is_captured_as_an_object_and_a_plain_message_is_reasked() {
+        let graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node(
+                    "contact",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "How can we reach you?".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "capture",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.contact".into(),
+                        validation: "form".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "thanks",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "We will write to {{ session.contact.email }}.".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "contact", ""),
+                edge("contact", "capture", ""),
+                edge("capture", "thanks", ""),
+                edge("thanks", "end", ""),
+            ],
+            ..Default::default()
+        };
+        let form = form_message(&HashMap::from([
+            ("name".to_owned(), "Ada".to_owned()),
+            ("email".to_owned(), "ada@example.com".to_owned()),
+        ]));
+        assert_eq!(form, r#"{"email":"ada@example.com","name":"Ada"}"#);
+        let (run, events) = drive(&graph, &[start(), say("ada@example.com"), say(&form)]);
+        assert_eq!(
+            sent(&events),
+            [
+                "How can we reach you?",
+                "Sorry, I did not get that. Could you say it again?",
+                "We will write to ada@example.com."
+            ]
+        );
+        assert_eq!(
+            run.vars["session"]["contact"],
+            json!({"email": "ada@example.com", "name": "Ada"})
+        );
+        assert_eq!(Run::fold(&events), run);
     }
 
     #[test]
