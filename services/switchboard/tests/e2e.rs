@@ -39,6 +39,8 @@ struct Process {
     /// Where `dev` runs the Connexease simulator.
     sim_port: u16,
     child: Option<Child>,
+    /// Where the process's log (its stdout) goes, appended; nowhere when unset.
+    log_file: Option<std::path::PathBuf>,
 }
 
 impl Process {
@@ -53,7 +55,9 @@ impl Process {
             "SWITCHBOARD_HTTP_ADDR".into(),
             format!("127.0.0.1:{}", free_port()),
         ));
-        env.push(("SWITCHBOARD_LOG_FILTER".into(), "warn".into()));
+        if !env.iter().any(|(k, _)| k == "SWITCHBOARD_LOG_FILTER") {
+            env.push(("SWITCHBOARD_LOG_FILTER".into(), "warn".into()));
+        }
         let sim_port = free_port();
         env.push((
             "SWITCHBOARD_CONNEXEASE_SIM_ADDR".into(),
@@ -65,14 +69,30 @@ impl Process {
             grpc_port,
             sim_port,
             child: None,
+            log_file: None,
         }
+    }
+
+    /// Keeps the process's log in `path`.
+    fn log_to(mut self, path: std::path::PathBuf) -> Self {
+        self.log_file = Some(path);
+        self
     }
 
     async fn start(&mut self) -> ConversationsClient<GrpcChannel> {
         let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(&self.args)
             .envs(self.env.iter().cloned())
-            .stdout(Stdio::null())
+            .stdout(match &self.log_file {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .unwrap(),
+                ),
+                None => Stdio::null(),
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start switchboard");
@@ -1949,10 +1969,16 @@ async fn secure_metadata_reaches_the_partner_and_no_file_holds_it() {
     const TOKEN: &str = "tok-SECRET-4711-do-not-store";
     let dir = std::env::temp_dir().join(unique_name());
     let data_dir = dir.to_string_lossy().to_string();
+    // Everything the process logs, spans and their fields included, down to debug.
+    let log = std::env::temp_dir().join(format!("{}.log", unique_name()));
     let mut process = Process::new(
         &["dev", "--data-dir", &data_dir],
-        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
-    );
+        vec![
+            ("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into()),
+            ("SWITCHBOARD_LOG_FILTER".into(), "debug".into()),
+        ],
+    )
+    .log_to(log.clone());
     let mut conversations = process.start().await;
     let partner = Partner::default();
     let api = partner.serve().await;
@@ -2046,6 +2072,12 @@ async fn secure_metadata_reaches_the_partner_and_no_file_holds_it() {
     }
     let mut stored = Vec::new();
     files(&dir, &mut stored);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("action executed") && logged.contains("whoami"),
+        "the log has the run's spans and events"
+    );
+    stored.push(log.clone());
     assert!(
         stored.len() > 3,
         "the services wrote their logs: {stored:?}"
@@ -2059,6 +2091,7 @@ async fn secure_metadata_reaches_the_partner_and_no_file_holds_it() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
 }
 
 /// The agent's messages themselves (forms and buttons included), once `n` arrived.
