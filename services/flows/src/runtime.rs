@@ -9,7 +9,6 @@
 //! `internal.actions.action_completed` answer comes back through [`ActionOutcomes`].
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -261,7 +260,13 @@ pub struct RunService {
     log: EventLog,
     flows: FlowsService,
     render: Arc<switchboard_template::Renderer>,
+    /// Published graphs by (workspace, flow, version): versions never change, so every
+    /// input of every run need not read its flow's stream again.
+    graphs: Arc<std::sync::Mutex<HashMap<(String, String, u32), Arc<Graph>>>>,
 }
+
+/// Published graphs kept in memory; past it the cache starts over.
+const GRAPH_CACHE: usize = 1024;
 
 impl RunService {
     pub fn new(flows: FlowsService) -> Self {
@@ -269,6 +274,7 @@ impl RunService {
             log: flows.log().clone(),
             flows,
             render: Arc::new(switchboard_template::Renderer::new(Default::default())),
+            graphs: Arc::default(),
         }
     }
 
@@ -374,13 +380,33 @@ impl RunService {
         Ok(state)
     }
 
-    async fn graph(&self, workspace_id: &str, state: &RunState) -> Result<Graph, ServiceError> {
-        Ok(self
-            .flows
-            .version(workspace_id, &state.flow_id, state.flow_version)
-            .await?
-            .graph
-            .unwrap_or_default())
+    /// The published graph a run is pinned to.
+    async fn graph(
+        &self,
+        workspace_id: &str,
+        state: &RunState,
+    ) -> Result<Arc<Graph>, ServiceError> {
+        let key = (
+            workspace_id.to_owned(),
+            state.flow_id.clone(),
+            state.flow_version,
+        );
+        if let Some(graph) = self.graphs.lock().expect("not poisoned").get(&key) {
+            return Ok(graph.clone());
+        }
+        let graph = Arc::new(
+            self.flows
+                .version(workspace_id, &state.flow_id, state.flow_version)
+                .await?
+                .graph
+                .unwrap_or_default(),
+        );
+        let mut graphs = self.graphs.lock().expect("not poisoned");
+        if graphs.len() >= GRAPH_CACHE {
+            graphs.clear();
+        }
+        graphs.insert(key, graph.clone());
+        Ok(graph)
     }
 
     /// Starts a run of the flow's published version for a conversation (one run per flow
@@ -806,7 +832,6 @@ impl RunService {
         } else {
             run_ids.to_vec()
         };
-        let mut versions: HashMap<u32, Graph> = HashMap::new();
         let mut report = ReplayReport::default();
         for (i, run_id) in run_ids.iter().enumerate() {
             let not_ours = || {
@@ -826,11 +851,8 @@ impl RunService {
             let Some(recording) = replay::Recording::of(&events) else {
                 continue;
             };
-            let published = match versions.entry(state.flow_version) {
-                Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => new.insert(self.graph(workspace_id, &state).await?),
-            };
-            let comparison = replay::compare(published, &draft, &recording, self.render.as_ref());
+            let published = self.graph(workspace_id, &state).await?;
+            let comparison = replay::compare(&published, &draft, &recording, self.render.as_ref());
             let steps =
                 |s: &replay::Simulation| s.behaviors.iter().map(ToString::to_string).collect();
             let incomplete = matches!(comparison.draft.stop, replay::Stop::UnknownOutcome { .. });
