@@ -159,6 +159,12 @@ impl EventLog {
 
     /// Creates the log's tables and the read models' if absent. Safe to run concurrently
     /// and repeatedly.
+    /// Whether the log takes concurrent writers (Postgres) or one at a time (SQLite):
+    /// what decides whether a consumer may handle events in several lanes.
+    pub fn takes_concurrent_writers(&self) -> bool {
+        matches!(*self.backend, Backend::Postgres(_))
+    }
+
     pub async fn migrate(&self) -> Result<(), EventLogError> {
         match self.backend.as_ref() {
             Backend::Postgres(pg) => pg.migrate(&self.read_model_ddl.postgres).await,

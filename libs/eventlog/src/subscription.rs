@@ -73,6 +73,10 @@ pub struct SubscriptionConfig {
     pub max_attempts: u32,
     /// Delay before attempt n+1 is `backoff[n-1]` (the last entry repeats).
     pub backoff: Vec<Duration>,
+    /// Events handled at once, each lane taking the events of some streams: events of one
+    /// stream stay in order, events of different streams overlap. 1 (the default) handles
+    /// one event at a time. More than one suits a Postgres inbox (SQLite has one writer).
+    pub lanes: usize,
 }
 
 impl SubscriptionConfig {
@@ -87,7 +91,23 @@ impl SubscriptionConfig {
                 Duration::from_secs(5),
                 Duration::from_secs(30),
             ],
+            lanes: 1,
         }
+    }
+
+    /// Handles up to `lanes` events at once, one stream per lane at a time.
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
+    }
+
+    /// The lane of an event: the same stream always takes the same lane.
+    fn lane_of(&self, event: &RecordedEvent) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        event.stream.stream_type.hash(&mut hasher);
+        event.stream.stream_id.hash(&mut hasher);
+        (hasher.finish() % self.lanes.max(1) as u64) as usize
     }
 
     fn delay_after(&self, attempt: u32) -> Duration {
@@ -216,69 +236,107 @@ impl Subscription for JetStreamSubscription {
     ) -> Result<(), EventLogError> {
         let consumer = self.consumer().await?;
         let mut messages = consumer.messages().await.map_err(EventLogError::nats)?;
+        let config = Arc::new(self.config.clone());
+        // One task per lane past the first; with one lane, events are settled in place.
+        let mut lanes = Vec::new();
+        let mut workers = tokio::task::JoinSet::new();
+        if config.lanes > 1 {
+            for _ in 0..config.lanes {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Received>(32);
+                lanes.push(tx);
+                let config = config.clone();
+                let handler = handler.clone();
+                workers.spawn(async move {
+                    while let Some(received) = rx.recv().await {
+                        settle(&config, handler.as_ref(), received).await;
+                    }
+                });
+            }
+        }
         loop {
             let next = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => break,
                 next = messages.next() => next,
             };
             let message = match next {
-                None => return Ok(()),
+                None => break,
                 Some(Err(e)) => {
                     warn!(error = %e, "subscription stream error");
                     continue;
                 }
                 Some(Ok(message)) => message,
             };
-            let attempt = message
-                .info()
-                .map(|info| info.delivered as u32)
-                .unwrap_or(1);
             let event = EventEnvelope::decode(message.payload.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|env| RecordedEvent::from_envelope(env).map_err(|e| e.to_string()));
-            let outcome = match event {
-                Ok(event) if attempt > self.config.max_attempts + 1 => self
-                    .config
-                    .inbox
-                    .dead_letter(&DeadLetter {
-                        consumer: self.config.consumer.clone(),
-                        event_id: event.event_id,
-                        event_type: event.event_type.clone(),
-                        stream_id: event.stream.stream_id.clone(),
-                        reason: format!("delivered {attempt} times without an outcome"),
-                        attempts: attempt,
-                        envelope: message.payload.to_vec(),
-                    })
-                    .await
-                    .map(|()| None),
-                Ok(event) => deliver(&self.config, handler.as_ref(), &event, attempt).await,
-                Err(reason) => self
-                    .config
-                    .inbox
-                    .dead_letter(&undecodable(
-                        &self.config.consumer,
-                        &message,
-                        reason,
-                        attempt,
-                    ))
-                    .await
-                    .map(|()| None),
-            };
-            // Our own store failing is no reason to give up on the event: leave it to be
-            // redelivered after a backoff.
-            let retry = outcome.unwrap_or_else(|e| {
-                warn!(consumer = %self.config.consumer, error = %e, "could not process event; redelivering");
-                Some(self.config.delay_after(attempt))
-            });
-            let ack = match retry {
-                None => message.ack().await,
-                Some(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
-            };
-            if let Err(e) = ack {
-                // The message will be redelivered; processed records make that harmless.
-                warn!(error = %e, "could not acknowledge message");
+            let received = Received { message, event };
+            if lanes.is_empty() {
+                settle(&config, handler.as_ref(), received).await;
+                continue;
+            }
+            let lane = received
+                .event
+                .as_ref()
+                .map_or(0, |event| config.lane_of(event));
+            if lanes[lane].send(received).await.is_err() {
+                break;
             }
         }
+        // Finish the events in hand: closing the lanes lets each drain and stop.
+        drop(lanes);
+        while workers.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+/// A message as received, with its event decoded (or why it does not decode).
+struct Received {
+    message: jetstream::Message,
+    event: Result<RecordedEvent, String>,
+}
+
+/// Delivers one received message and acknowledges it: done, dead-lettered, or to be
+/// redelivered after a backoff.
+async fn settle(config: &SubscriptionConfig, handler: &dyn Handler, received: Received) {
+    let Received { message, event } = received;
+    let attempt = message
+        .info()
+        .map(|info| info.delivered as u32)
+        .unwrap_or(1);
+    let outcome = match event {
+        Ok(event) if attempt > config.max_attempts + 1 => config
+            .inbox
+            .dead_letter(&DeadLetter {
+                consumer: config.consumer.clone(),
+                event_id: event.event_id,
+                event_type: event.event_type.clone(),
+                stream_id: event.stream.stream_id.clone(),
+                reason: format!("delivered {attempt} times without an outcome"),
+                attempts: attempt,
+                envelope: message.payload.to_vec(),
+            })
+            .await
+            .map(|()| None),
+        Ok(event) => deliver(config, handler, &event, attempt).await,
+        Err(reason) => config
+            .inbox
+            .dead_letter(&undecodable(&config.consumer, &message, reason, attempt))
+            .await
+            .map(|()| None),
+    };
+    // Our own store failing is no reason to give up on the event: leave it to be
+    // redelivered after a backoff.
+    let retry = outcome.unwrap_or_else(|e| {
+        warn!(consumer = %config.consumer, error = %e, "could not process event; redelivering");
+        Some(config.delay_after(attempt))
+    });
+    let ack = match retry {
+        None => message.ack().await,
+        Some(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+    };
+    if let Err(e) = ack {
+        // The message will be redelivered; processed records make that harmless.
+        warn!(error = %e, "could not acknowledge message");
     }
 }
 
@@ -359,6 +417,27 @@ impl Subscription for LogTailSubscription {
 }
 
 impl LogTailSubscription {
+    /// Delivers `events` one after the other, each retried after its backoff until it is
+    /// settled. `false` when `shutdown` came first.
+    async fn deliver_in_order(
+        &self,
+        events: Vec<&RecordedEvent>,
+        handler: &dyn Handler,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, EventLogError> {
+        for event in events {
+            let mut attempt = 1;
+            while let Some(delay) = deliver(&self.config, handler, event, attempt).await? {
+                attempt += 1;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Delivers from the checkpoint on until `shutdown`, or until a store fails.
     async fn follow(
         &self,
@@ -378,16 +457,36 @@ impl LogTailSubscription {
                 }
                 continue;
             }
+            if self.config.lanes > 1 {
+                // The batch's events at once, lane by lane (each stream in order), and the
+                // checkpoint past the batch only once all are settled.
+                let mut lanes: Vec<Vec<&RecordedEvent>> = vec![Vec::new(); self.config.lanes];
+                for event in batch.iter().filter(|e| (self.filter)(e)) {
+                    lanes[self.config.lane_of(event)].push(event);
+                }
+                let settled = futures::future::try_join_all(
+                    lanes
+                        .into_iter()
+                        .map(|lane| self.deliver_in_order(lane, handler, shutdown)),
+                )
+                .await?;
+                if settled.contains(&false) {
+                    return Ok(());
+                }
+                after = batch.last().map_or(after, RecordedEvent::position);
+                self.config.inbox.save_checkpoint(checkpoint, after).await?;
+                if shutdown.is_cancelled() {
+                    return Ok(());
+                }
+                continue;
+            }
             for event in &batch {
-                if (self.filter)(event) {
-                    let mut attempt = 1;
-                    while let Some(delay) = deliver(&self.config, handler, event, attempt).await? {
-                        attempt += 1;
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                    }
+                if (self.filter)(event)
+                    && !self
+                        .deliver_in_order(vec![event], handler, shutdown)
+                        .await?
+                {
+                    return Ok(());
                 }
                 after = event.position();
                 self.config.inbox.save_checkpoint(checkpoint, after).await?;

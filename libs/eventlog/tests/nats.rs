@@ -486,3 +486,147 @@ async fn connect_retrying(port: u16) -> async_nats::Client {
     }
     panic!("nats-server on port {port} did not start");
 }
+
+/// Records the order each stream's events are handled in, and how many are handled at
+/// once at most; each event takes a few milliseconds.
+#[derive(Default)]
+struct LaneWatcher {
+    seen: std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>,
+    running: AtomicU32,
+    most_at_once: AtomicU32,
+}
+
+#[async_trait]
+impl Handler for LaneWatcher {
+    async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        self.seen
+            .lock()
+            .unwrap()
+            .entry(event.stream.stream_id.clone())
+            .or_default()
+            .push(event.stream_version);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Appends `per_stream` events to each of `streams` streams, interleaved.
+async fn append_interleaved(log: &EventLog, streams: usize, per_stream: u64) {
+    let ids: Vec<String> = (0..streams)
+        .map(|i| format!("ws_test/{}-{i}", unique_name()))
+        .collect();
+    for version in 0..per_stream {
+        for id in &ids {
+            let expected = match version {
+                0 => ExpectedVersion::NoStream,
+                v => ExpectedVersion::Exact(v),
+            };
+            log.append(
+                &StreamRef::new("thing", id.clone()),
+                expected,
+                vec![event("thing.made")],
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+fn assert_in_order_and_overlapping(watcher: &LaneWatcher, streams: usize, per_stream: u64) {
+    let seen = watcher.seen.lock().unwrap();
+    assert_eq!(seen.len(), streams);
+    for (stream, versions) in seen.iter() {
+        let expected: Vec<u64> = (1..=per_stream).collect();
+        assert_eq!(*versions, expected, "{stream} handled out of order");
+    }
+    assert!(
+        watcher.most_at_once.load(Ordering::SeqCst) > 1,
+        "lanes handle events of different streams at once"
+    );
+}
+
+#[tokio::test]
+async fn lanes_handle_streams_at_once_and_each_stream_in_order() {
+    const STREAMS: usize = 12;
+    const PER_STREAM: u64 = 6;
+    let producer = TestSchema::new().await;
+    let consumer = TestSchema::new().await;
+    let nats = TestNats::new().await;
+    let source = open(&producer.store_config()).await;
+    let inbox = open(&consumer.store_config()).await;
+    ensure_stream(&nats.js, &nats.prefix, &spec())
+        .await
+        .unwrap();
+    append_interleaved(&source, STREAMS, PER_STREAM).await;
+    let total = STREAMS * PER_STREAM as usize;
+
+    // Over JetStream.
+    publish_all(&relay(&source, &nats), total).await;
+    let watcher = Arc::new(LaneWatcher::default());
+    let shutdown = CancellationToken::new();
+    let subscription = Box::new(JetStreamSubscription::new(
+        nats.js.clone(),
+        spec().prefixed_name(&nats.prefix),
+        &nats.prefix,
+        "events.ws_test.>",
+        quick("lanes-js", inbox.clone()).with_lanes(4),
+    ));
+    let running = tokio::spawn(subscription.run(watcher.clone(), shutdown.clone()));
+    let counted = watcher.clone();
+    wait_for(async || {
+        counted
+            .seen
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == total
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_in_order_and_overlapping(&watcher, STREAMS, PER_STREAM);
+
+    // Tailing the log, with the checkpoint past each batch once all of it is settled.
+    let watcher = Arc::new(LaneWatcher::default());
+    let shutdown = CancellationToken::new();
+    let subscription = Box::new(LogTailSubscription::new(
+        source.clone(),
+        Arc::new(|_: &RecordedEvent| true),
+        quick("lanes-tail", inbox.clone()).with_lanes(4),
+    ));
+    let running = tokio::spawn(subscription.run(watcher.clone(), shutdown.clone()));
+    let counted = watcher.clone();
+    wait_for(async || {
+        counted
+            .seen
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == total
+    })
+    .await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_in_order_and_overlapping(&watcher, STREAMS, PER_STREAM);
+    assert_eq!(
+        inbox.checkpoint("subscription:lanes-tail").await.unwrap(),
+        source
+            .read_all(Default::default(), 1000)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .position()
+    );
+
+    nats.drop().await;
+    producer.drop().await;
+    consumer.drop().await;
+}

@@ -262,8 +262,11 @@ pub struct RunService {
     render: Arc<switchboard_template::Renderer>,
     /// Published graphs by (workspace, flow, version): versions never change, so every
     /// input of every run need not read its flow's stream again.
-    graphs: Arc<std::sync::Mutex<HashMap<(String, String, u32), Arc<Graph>>>>,
+    graphs: Arc<std::sync::Mutex<HashMap<VersionKey, Arc<Graph>>>>,
 }
+
+/// A published version: workspace, flow, number.
+type VersionKey = (String, String, u32);
 
 /// Published graphs kept in memory; past it the cache starts over.
 const GRAPH_CACHE: usize = 1024;

@@ -487,7 +487,8 @@ async fn serve_all(
                 stream.prefixed_name(&config.nats_prefix),
                 config.nats_prefix.clone(),
                 ACTION_REQUESTED_SUBJECT,
-                switchboard_eventlog::SubscriptionConfig::new(CONSUMER, service.log.clone()),
+                switchboard_eventlog::SubscriptionConfig::new(CONSUMER, service.log.clone())
+                    .with_lanes(lanes_for(&service.log)),
                 Arc::new(ActionRequests::new(service.action_service())),
                 shutdown.clone(),
             ));
@@ -968,7 +969,8 @@ fn start_flows(
             let subscription = Box::new(LogTailSubscription::new(
                 inbox.clone(),
                 filter,
-                SubscriptionConfig::new("flows-effects", inbox.clone()),
+                SubscriptionConfig::new("flows-effects", inbox.clone())
+                    .with_lanes(lanes_for(&inbox)),
             ));
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
@@ -989,8 +991,10 @@ fn start_flows(
     let conversation_events = Arc::new(conversation_events);
     let outcomes = Arc::new(ActionOutcomes::new(runs));
     let conversations_config =
-        SubscriptionConfig::new(switchboard_flows::consumers::CONSUMER, inbox.clone());
-    let outcomes_config = SubscriptionConfig::new("flows-action-outcomes", inbox.clone());
+        SubscriptionConfig::new(switchboard_flows::consumers::CONSUMER, inbox.clone())
+            .with_lanes(lanes_for(&inbox));
+    let outcomes_config = SubscriptionConfig::new("flows-action-outcomes", inbox.clone())
+        .with_lanes(lanes_for(&inbox));
     match js {
         Some(js) => {
             let prefix = config.nats_prefix.clone();
@@ -1092,6 +1096,16 @@ async fn consume_action_requests_locally(
         }
     });
     Ok(())
+}
+
+/// Events a consumer handles at once, one stream per lane: several on Postgres, where
+/// each lane's transaction runs beside the others; one on SQLite, which has one writer.
+fn lanes_for(inbox: &EventLog) -> usize {
+    if inbox.takes_concurrent_writers() {
+        8
+    } else {
+        1
+    }
 }
 
 /// A durable consumer of one stream's `filter` subject. Until the producer creates its

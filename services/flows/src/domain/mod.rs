@@ -187,9 +187,9 @@ impl Checker<'_> {
                         self.v.push(
                             field,
                             format!(
-                                "`{variable}` is secure metadata: only action inputs and \
-                                 Connexease arguments (requests) may read it, never text \
-                                 anyone or anything reads"
+                                "`{variable}` is secure metadata: only the inputs of API call \
+                                 and custom action nodes may read it, never text anyone or \
+                                 anything reads or keeps"
                             ),
                         );
                     } else if !VARIABLE_NAMESPACES.contains(&namespace) {
@@ -382,7 +382,9 @@ impl Checker<'_> {
                         format!("one of {}", CONNEXEASE_OPERATIONS.join(", ")),
                     );
                 }
-                self.map(&format!("{at}.connexease.arguments"), &c.arguments, true);
+                // Connexease keeps what it is sent (a customer's email, a custom field):
+                // secure metadata would end up stored in plain text there.
+                self.map(&format!("{at}.connexease.arguments"), &c.arguments, false);
             }
             Kind::Delay(d) => {
                 if d.seconds == 0 || d.seconds > limits::DELAY_SECONDS {
@@ -902,10 +904,15 @@ pub(crate) mod tests {
         if let Some(node::Kind::ApiCall(a)) = &mut graph.nodes[3].kind {
             a.inputs.insert("key".into(), "{{ secure.api_key }}".into());
         }
+        if let Some(node::Kind::Connexease(c)) = &mut graph.nodes[7].kind {
+            c.arguments
+                .insert("email".into(), "{{ secure.api_key }}".into());
+        }
         let found = problems(&graph);
-        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found.len(), 2, "{found:#?}");
         assert_eq!(found[0].0, "nodes[ask].send_message.text");
         assert!(found[0].1.contains("secure metadata"));
+        assert_eq!(found[1].0, "nodes[handover].connexease.arguments.email");
     }
 
     #[test]
