@@ -104,7 +104,16 @@ pub struct EventLog {
     appended: Arc<Notify>,
     /// DDL of the service's own read models, applied by [`EventLog::migrate`].
     read_model_ddl: Arc<ReadModelDdl>,
+    /// Handler transactions open at once ([`EventLog::process_once`]). A handler holds
+    /// its transaction's connection while it reads through the pool; bounding them below
+    /// the pool's size leaves connections for those reads (and for the relay and the API),
+    /// so consumers handling events in several lanes cannot take every connection and
+    /// wait on each other.
+    handler_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Handler transactions at once on Postgres (the pool has 16 connections).
+const HANDLER_SLOTS: usize = 6;
 
 #[derive(Default)]
 struct ReadModelDdl {
@@ -127,6 +136,7 @@ impl EventLog {
             upcasters: Arc::default(),
             appended: Arc::default(),
             read_model_ddl: Arc::default(),
+            handler_slots: Arc::new(tokio::sync::Semaphore::new(HANDLER_SLOTS)),
         })
     }
 
@@ -524,6 +534,11 @@ impl EventLog {
     ) -> Result<Result<bool, HandleError>, EventLogError> {
         match self.backend.as_ref() {
             Backend::Postgres(pg) => {
+                let _slot = self
+                    .handler_slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 let mut tx = pg.pool.begin().await?;
                 if !mark_processed(&mut Tx::Postgres(&mut tx), consumer, event.event_id).await? {
                     tx.rollback().await?;
