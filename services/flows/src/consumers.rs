@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::events::v1::{
     Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, Message,
-    MessageCreatedEvent,
+    MessageCreatedEvent, Sentiment,
 };
 use switchboard_proto::flows::v1::FlowKind;
 
@@ -232,6 +232,13 @@ impl Handler for ConversationEvents {
                 } else {
                     message.text.clone()
                 };
+                let sentiment = match message.sentiment() {
+                    Sentiment::Unspecified => String::new(),
+                    known => known
+                        .as_str_name()
+                        .trim_start_matches("SENTIMENT_")
+                        .to_ascii_lowercase(),
+                };
                 for run_id in self
                     .runs
                     .store()
@@ -240,7 +247,15 @@ impl Handler for ConversationEvents {
                     .map_err(|e| HandleError::Retry(e.to_string()))?
                 {
                     self.runs
-                        .handle_in(tx, ws, &run_id, Input::Message { text: text.clone() })
+                        .handle_in(
+                            tx,
+                            ws,
+                            &run_id,
+                            Input::Message {
+                                text: text.clone(),
+                                sentiment: sentiment.clone(),
+                            },
+                        )
                         .await
                         .map_err(retry_or_reject)?;
                 }

@@ -117,6 +117,7 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
             &run_id,
             Input::Message {
                 text: "4711".into(),
+                sentiment: String::new(),
             },
         )
         .await
@@ -262,7 +263,14 @@ async fn runs_stay_on_their_version_while_new_ones_take_the_new_one() {
         .unwrap();
     assert_eq!((old.flow_version, new.flow_version), (1, 2));
     let finished = runs
-        .handle(WS, &old.run.run_id, Input::Message { text: "ok".into() })
+        .handle(
+            WS,
+            &old.run.run_id,
+            Input::Message {
+                text: "ok".into(),
+                sentiment: String::new(),
+            },
+        )
         .await
         .unwrap();
     assert!(matches!(finished.last(), Some(RunEvent::Ended { .. })));
@@ -515,9 +523,16 @@ async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_diffe
             .unwrap()
             .run
             .run_id;
-        runs.handle(WS, &run_id, Input::Message { text: order.into() })
-            .await
-            .unwrap();
+        runs.handle(
+            WS,
+            &run_id,
+            Input::Message {
+                text: order.into(),
+                sentiment: String::new(),
+            },
+        )
+        .await
+        .unwrap();
         runs.handle(
             WS,
             &run_id,

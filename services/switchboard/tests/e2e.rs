@@ -98,7 +98,8 @@ impl Process {
             .expect("start switchboard");
         self.child = Some(child);
         let url = format!("http://127.0.0.1:{}", self.grpc_port);
-        for _ in 0..200 {
+        // Up to a minute: the suite starts many processes at once on two cores.
+        for _ in 0..1200 {
             if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.clone())
                 .unwrap()
                 .connect()

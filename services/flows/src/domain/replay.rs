@@ -29,8 +29,8 @@ const INPUT_LIMIT: usize = 10_000;
 pub struct Recording {
     pub run_id: String,
     pub context: Json,
-    /// The customer's messages (and button values), in the order they arrived.
-    pub messages: Vec<String>,
+    /// The customer's messages (text, sentiment), in the order they arrived.
+    pub messages: Vec<(String, String)>,
     /// The outcome of every effect the run asked for, in order.
     pub outcomes: Vec<RecordedOutcome>,
 }
@@ -51,6 +51,8 @@ impl Recording {
         let mut recording = None::<Recording>;
         let mut run = Run::default();
         let mut requested: BTreeMap<String, Effect> = BTreeMap::new();
+        // A message's sentiment is recorded just before it (only input sets it).
+        let mut sentiment = String::new();
         for event in events {
             match event {
                 RunEvent::Started { run_id, context } => {
@@ -60,9 +62,13 @@ impl Recording {
                         ..Default::default()
                     });
                 }
+                RunEvent::VariableSet { variable, value } if variable == "message.sentiment" => {
+                    sentiment = value.as_str().unwrap_or_default().to_owned();
+                }
                 RunEvent::InputQueued { text } => {
                     if let Some(r) = recording.as_mut() {
-                        r.messages.push(text.clone());
+                        r.messages
+                            .push((text.clone(), std::mem::take(&mut sentiment)));
                     }
                 }
                 RunEvent::EffectRequested { key, effect, .. } => {
@@ -257,13 +263,16 @@ pub fn simulate(graph: &Graph, recording: &Recording, render: &dyn Render) -> Si
                 }
             }
             Status::NotStarted | Status::Running | Status::WaitingInput => {
-                let Some(text) = messages.next() else {
+                let Some((text, sentiment)) = messages.next() else {
                     let stop = Stop::WaitingForCustomer {
                         node: run.at.clone(),
                     };
                     return Simulation { behaviors, stop };
                 };
-                Input::Message { text: text.clone() }
+                Input::Message {
+                    text: text.clone(),
+                    sentiment: sentiment.clone(),
+                }
             }
         };
     }
@@ -439,9 +448,11 @@ mod tests {
             },
             Input::Message {
                 text: "no idea".into(),
+                sentiment: "negative".into(),
             },
             Input::Message {
                 text: "12345".into(),
+                sentiment: String::new(),
             },
             Input::EffectDone {
                 key: "run_1/lookup/1".into(),
@@ -478,7 +489,13 @@ mod tests {
         let events = record(&look_up_and_act(), &conversation(true));
         let recording = Recording::of(&events).unwrap();
         assert_eq!(recording.run_id, "run_1");
-        assert_eq!(recording.messages, ["no idea", "12345"]);
+        assert_eq!(
+            recording.messages,
+            [
+                ("no idea".to_owned(), "negative".to_owned()),
+                ("12345".to_owned(), String::new())
+            ]
+        );
         let keys: Vec<&str> = recording.outcomes.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["run_1/lookup/1", "run_1/resolve/1"]);
         assert_eq!(

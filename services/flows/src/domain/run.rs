@@ -133,8 +133,11 @@ pub enum Input {
         run_id: String,
         context: Json,
     },
+    /// A customer's message (a click as its value, a form as [`form_message`]), with the
+    /// sentiment the conversation recorded for it (`positive`, …; empty when unknown).
     Message {
         text: String,
+        sentiment: String,
     },
     EffectDone {
         key: String,
@@ -351,14 +354,17 @@ impl<'g> Decider<'g> {
                     }
                 }
             }
-            (Status::WaitingInput, Input::Message { text }) => {
-                self.emit(RunEvent::InputQueued { text: text.clone() });
-                self.capture()
-            }
             (Status::Ended { .. }, _) => None,
-            (_, Input::Message { text }) => {
+            (status, Input::Message { text, sentiment }) => {
+                let waiting = *status == Status::WaitingInput;
+                if !sentiment.is_empty() {
+                    self.emit(RunEvent::VariableSet {
+                        variable: "message.sentiment".into(),
+                        value: Json::String(sentiment.clone()),
+                    });
+                }
                 self.emit(RunEvent::InputQueued { text: text.clone() });
-                None
+                if waiting { self.capture() } else { None }
             }
             (
                 Status::WaitingEffect { key },
@@ -814,7 +820,10 @@ mod tests {
     }
 
     fn say(text: &str) -> Input {
-        Input::Message { text: text.into() }
+        Input::Message {
+            text: text.into(),
+            sentiment: String::new(),
+        }
     }
 
     fn done(key: &str, success: bool, outputs: Json) -> Input {
@@ -1069,6 +1078,68 @@ mod tests {
             "{:?}",
             run.status
         );
+    }
+
+    #[test]
+    fn the_sentiment_of_the_latest_message_is_a_variable_conditions_read() {
+        let say_node = |id: &str, text: &str| {
+            node(
+                id,
+                node::Kind::SendMessage(SendMessage {
+                    text: text.into(),
+                    ..Default::default()
+                }),
+            )
+        };
+        let graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                say_node("ask", "How was it?"),
+                node(
+                    "capture",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.review".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "upset",
+                    node::Kind::Condition(Condition {
+                        rules: vec![Rule {
+                            variable: "message.sentiment".into(),
+                            operator: Operator::Equals as i32,
+                            value: "negative".into(),
+                        }],
+                        any: false,
+                    }),
+                ),
+                say_node("sorry", "Sorry to hear that; a teammate will call you."),
+                say_node("glad", "Glad to hear it!"),
+                node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "ask", ""),
+                edge("ask", "capture", ""),
+                edge("capture", "upset", ""),
+                edge("upset", "sorry", "true"),
+                edge("upset", "glad", "false"),
+                edge("sorry", "end", ""),
+                edge("glad", "end", ""),
+            ],
+            ..Default::default()
+        };
+        let message = |sentiment: &str| Input::Message {
+            text: "It was late again.".into(),
+            sentiment: sentiment.into(),
+        };
+        let (run, events) = drive(&graph, &[start(), message("negative")]);
+        assert_eq!(
+            sent(&events)[1],
+            "Sorry to hear that; a teammate will call you."
+        );
+        assert_eq!(run.vars["message"]["sentiment"], "negative");
+        let (_, events) = drive(&graph, &[start(), message("")]);
+        assert_eq!(sent(&events)[1], "Glad to hear it!");
     }
 
     #[test]
