@@ -292,7 +292,35 @@ impl Projection for FlowsProjection {
                         .map(|r| r.rows_affected()))?;
                     }
                 }
-                "flow_run.timer_fired" => {
+                // A run waiting on an effect has a deadline: a timer the runtime fires
+                // like a delay's, which the outcome (or any later step) clears.
+                "flow_run.effect_requested" => {
+                    let record: RunEventRecord = event.decode()?;
+                    let run_id = event
+                        .stream
+                        .stream_id
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default();
+                    if let Some(Record::EffectRequested(effect)) = record.event {
+                        let due = event.recorded_at
+                            + crate::domain::run::EFFECT_DEADLINE_SECONDS * 1_000_000;
+                        on_conn!(tx, conn => sqlx::query(
+                            "INSERT INTO timers (workspace_id, run_id, node, due_at)
+                             VALUES ($1, $2, $3, $4)
+                             ON CONFLICT (workspace_id, run_id) DO UPDATE SET
+                                 node = excluded.node, due_at = excluded.due_at",
+                        )
+                        .bind(ws)
+                        .bind(run_id)
+                        .bind(&effect.node)
+                        .bind(due)
+                        .execute(&mut *conn)
+                        .await
+                        .map(|r| r.rows_affected()))?;
+                    }
+                }
+                "flow_run.timer_fired" | "flow_run.effect_completed" => {
                     let run_id = event
                         .stream
                         .stream_id

@@ -644,3 +644,75 @@ async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_diffe
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_run_whose_action_never_answers_takes_its_failure_route_at_the_deadline() {
+    use switchboard_flows::domain::run::EFFECT_DEADLINE_SECONDS;
+
+    let mut h = Harness::start().await;
+    let action = h.action("order_status", ActionKind::Http).await;
+    let flow = h
+        .create(
+            "orders",
+            FlowKind::ConversationFlow,
+            look_up_and_act(&action),
+        )
+        .await;
+    h.publish(&flow).await.unwrap();
+    let (runs, log) = open_runs(&h).await;
+    let run_id = runs
+        .start(WS, &flow.id, "conv_lost", json!({}))
+        .await
+        .unwrap()
+        .run
+        .run_id;
+    runs.handle(
+        WS,
+        &run_id,
+        Input::Message {
+            text: "4711".into(),
+            sentiment: String::new(),
+        },
+    )
+    .await
+    .unwrap();
+    let asked = switchboard_eventlog::now_micros();
+    let deadline = asked + EFFECT_DEADLINE_SECONDS * 1_000_000;
+
+    // A test clock: nothing before the deadline; at it the run gives up on the outcome
+    // (the request or its answer was lost) and says so, once, also after a restart.
+    assert_eq!(runs.fire_due_timers(asked + 1_000_000).await.unwrap(), 0);
+    let (restarted, _) = runs_after_restart(&h).await;
+    assert_eq!(
+        restarted
+            .fire_due_timers(deadline + 5_000_000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        restarted
+            .fire_due_timers(deadline + 6_000_000)
+            .await
+            .unwrap(),
+        0
+    );
+    let stream = switchboard_flows::runtime::run_stream(WS, &run_id);
+    let events: Vec<RunEvent> = log
+        .read_stream(&stream, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.event_type != ACTION_REQUESTED)
+        .filter_map(|e| switchboard_flows::runtime::decode(e.decode().unwrap()))
+        .collect();
+    assert_eq!(
+        sent(&events),
+        ["I'm having trouble reaching that right now"]
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        RunEvent::EffectCompleted { success: false, error, .. } if error.starts_with("effect_timeout")
+    )));
+    h.stop().await;
+}

@@ -19,6 +19,11 @@ use switchboard_proto::flows::v1::{FormFieldSpec, Graph, Node, Operator, Rule};
 /// Nodes one input may pass through before the run is stopped as a loop.
 pub const STEP_LIMIT: u32 = 1000;
 
+/// How long a run waits for an effect's outcome before it takes the failure route
+/// (`effect_timeout`): longer than any action may run with its retries, so only a lost
+/// request or outcome gets here, and the run does not wait for ever.
+pub const EFFECT_DEADLINE_SECONDS: i64 = 15 * 60;
+
 /// Where a run is.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub enum Status {
@@ -388,6 +393,19 @@ impl<'g> Decider<'g> {
                 } else {
                     self.fail(&node, error)
                 }
+            }
+            (Status::WaitingEffect { key }, Input::TimerDue { node }) if *node == self.run.at => {
+                let error = format!(
+                    "effect_timeout: no outcome for `{key}` within {EFFECT_DEADLINE_SECONDS} s"
+                );
+                self.emit(RunEvent::EffectCompleted {
+                    node: node.clone(),
+                    key: key.clone(),
+                    success: false,
+                    outputs: json!({}),
+                    error: error.clone(),
+                });
+                self.fail(&node.clone(), &error)
             }
             (Status::WaitingTimer { .. }, Input::TimerDue { node }) if *node == self.run.at => {
                 self.emit(RunEvent::TimerFired { node: node.clone() });
@@ -1078,6 +1096,48 @@ mod tests {
             "{:?}",
             run.status
         );
+    }
+
+    #[test]
+    fn an_effect_without_an_outcome_by_its_deadline_takes_the_failure_route() {
+        let graph = look_up_and_act();
+        let deadline = Input::TimerDue {
+            node: "lookup".into(),
+        };
+        let (run, events) = drive(
+            &graph,
+            &[
+                start(),
+                say("12345"),
+                deadline.clone(),
+                done("run_1/handover/1", true, json!({})),
+            ],
+        );
+        assert_eq!(
+            sent(&events).last().unwrap(),
+            "I'm having trouble reaching that right now, let me get a teammate"
+        );
+        assert!(events.iter().any(|e| matches!(
+            e,
+            RunEvent::EffectCompleted { key, success: false, error, .. }
+                if key == "run_1/lookup/1" && error.starts_with("effect_timeout")
+        )));
+        assert_eq!(
+            run.status,
+            Status::Ended {
+                reason: "completed".into()
+            }
+        );
+        // The outcome arriving after all changes nothing; nor does a deadline for a node
+        // the run has left.
+        let late = done("run_1/lookup/1", true, json!({"status": "shipped"}));
+        let r = renderer();
+        assert!(decide(&graph, &run, &late, NOW, &r).is_empty());
+        let (waiting, _) = drive(&graph, &[start(), say("12345")]);
+        let elsewhere = Input::TimerDue {
+            node: "capture".into(),
+        };
+        assert!(decide(&graph, &waiting, &elsewhere, NOW, &r).is_empty());
     }
 
     #[test]
