@@ -246,9 +246,10 @@ impl Subscription for JetStreamSubscription {
                 lanes.push(tx);
                 let config = config.clone();
                 let handler = handler.clone();
+                let shutdown = shutdown.clone();
                 workers.spawn(async move {
                     while let Some(received) = rx.recv().await {
-                        settle(&config, handler.as_ref(), received).await;
+                        settle(&config, handler.as_ref(), received, &shutdown).await;
                     }
                 });
             }
@@ -271,7 +272,7 @@ impl Subscription for JetStreamSubscription {
                 .and_then(|env| RecordedEvent::from_envelope(env).map_err(|e| e.to_string()));
             let received = Received { message, event };
             if lanes.is_empty() {
-                settle(&config, handler.as_ref(), received).await;
+                settle(&config, handler.as_ref(), received, &shutdown).await;
                 continue;
             }
             let lane = received
@@ -295,15 +296,23 @@ struct Received {
     event: Result<RecordedEvent, String>,
 }
 
-/// Delivers one received message and acknowledges it: done, dead-lettered, or to be
-/// redelivered after a backoff.
-async fn settle(config: &SubscriptionConfig, handler: &dyn Handler, received: Received) {
+/// Delivers one received message and acknowledges it once it is done or dead-lettered.
+/// An event to retry is retried here, after its backoff, rather than Nak'd: a Nak would
+/// let the next events of its stream overtake it, and a stream's events are handled in
+/// order. Meanwhile the message is kept ours (progress acks). On shutdown it is handed
+/// back for redelivery.
+async fn settle(
+    config: &SubscriptionConfig,
+    handler: &dyn Handler,
+    received: Received,
+    shutdown: &CancellationToken,
+) {
     let Received { message, event } = received;
-    let attempt = message
+    let mut attempt = message
         .info()
         .map(|info| info.delivered as u32)
         .unwrap_or(1);
-    let outcome = match event {
+    let finished = match event {
         Ok(event) if attempt > config.max_attempts + 1 => config
             .inbox
             .dead_letter(&DeadLetter {
@@ -316,27 +325,63 @@ async fn settle(config: &SubscriptionConfig, handler: &dyn Handler, received: Re
                 envelope: message.payload.to_vec(),
             })
             .await
-            .map(|()| None),
-        Ok(event) => deliver(config, handler, &event, attempt).await,
+            .is_ok(),
+        Ok(event) => loop {
+            let outcome = deliver(config, handler, &event, attempt).await;
+            // Our own store failing is no reason to give up on the event: try again
+            // after a backoff (it counts no attempt against the event).
+            let retry = outcome.unwrap_or_else(|e| {
+                warn!(consumer = %config.consumer, error = %e, "could not process event; retrying");
+                Some(config.delay_after(attempt))
+            });
+            let Some(delay) = retry else { break true };
+            if !hold_for(&message, delay, shutdown).await {
+                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                return;
+            }
+            attempt += 1;
+        },
         Err(reason) => config
             .inbox
             .dead_letter(&undecodable(&config.consumer, &message, reason, attempt))
             .await
-            .map(|()| None),
+            .is_ok(),
     };
-    // Our own store failing is no reason to give up on the event: leave it to be
-    // redelivered after a backoff.
-    let retry = outcome.unwrap_or_else(|e| {
-        warn!(consumer = %config.consumer, error = %e, "could not process event; redelivering");
-        Some(config.delay_after(attempt))
-    });
-    let ack = match retry {
-        None => message.ack().await,
-        Some(delay) => message.ack_with(AckKind::Nak(Some(delay))).await,
+    let ack = if finished {
+        message.ack().await
+    } else {
+        // The dead-letter table could not be written: redeliver later.
+        message
+            .ack_with(AckKind::Nak(Some(config.delay_after(attempt))))
+            .await
     };
     if let Err(e) = ack {
         // The message will be redelivered; processed records make that harmless.
         warn!(error = %e, "could not acknowledge message");
+    }
+}
+
+/// Waits `delay` while keeping `message` ours (JetStream would redeliver it after its
+/// ack wait). `false` when `shutdown` came first.
+async fn hold_for(
+    message: &jetstream::Message,
+    delay: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+    let until = tokio::time::Instant::now() + delay;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            debug!(error = %e, "could not extend the ack wait");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(left.min(PROGRESS_EVERY)) => {}
+        }
     }
 }
 

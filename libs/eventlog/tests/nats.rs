@@ -494,11 +494,24 @@ struct LaneWatcher {
     seen: std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>,
     running: AtomicU32,
     most_at_once: AtomicU32,
+    /// Asks to retry each stream's first event once (its dependency is down).
+    first_fails_once: bool,
+    failed: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[async_trait]
 impl Handler for LaneWatcher {
     async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+        if self.first_fails_once
+            && event.stream_version == 1
+            && self
+                .failed
+                .lock()
+                .unwrap()
+                .insert(event.stream.stream_id.clone())
+        {
+            return Err(HandleError::Retry("the dependency is down".into()));
+        }
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_at_once.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -563,9 +576,13 @@ async fn lanes_handle_streams_at_once_and_each_stream_in_order() {
     append_interleaved(&source, STREAMS, PER_STREAM).await;
     let total = STREAMS * PER_STREAM as usize;
 
-    // Over JetStream.
+    // Over JetStream, each stream's first event retried once: the stream's next events
+    // wait behind it instead of overtaking it.
     publish_all(&relay(&source, &nats), total).await;
-    let watcher = Arc::new(LaneWatcher::default());
+    let watcher = Arc::new(LaneWatcher {
+        first_fails_once: true,
+        ..Default::default()
+    });
     let shutdown = CancellationToken::new();
     let subscription = Box::new(JetStreamSubscription::new(
         nats.js.clone(),
@@ -590,6 +607,7 @@ async fn lanes_handle_streams_at_once_and_each_stream_in_order() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     assert_in_order_and_overlapping(&watcher, STREAMS, PER_STREAM);
+    assert_eq!(watcher.failed.lock().unwrap().len(), STREAMS);
 
     // Tailing the log, with the checkpoint past each batch once all of it is settled.
     let watcher = Arc::new(LaneWatcher::default());
