@@ -99,8 +99,19 @@ impl ConversationEvents {
 /// it): the most recent messages that fit.
 pub const TRANSCRIPT_BUDGET: usize = 128 * 1024;
 
-/// One message as workflows read it: `{author, text, at}`, a click as its value, a form
-/// submission as `field: value` lines.
+/// What a message says, as runs read it: a click is its button's value, a form
+/// submission its values as JSON ([`form_message`]).
+fn said(message: &Message) -> String {
+    if let Some(click) = &message.button_click {
+        click.value.clone()
+    } else if let Some(form) = &message.form_submission {
+        form_message(&form.values)
+    } else {
+        message.text.clone()
+    }
+}
+
+/// One message as workflows read it: `{author, text, at}`.
 fn transcript_line(message: &Message) -> Json {
     let author = match message.author() {
         Author::Customer => "customer",
@@ -108,19 +119,7 @@ fn transcript_line(message: &Message) -> Json {
         Author::Human => "human",
         Author::System | Author::Unspecified => "system",
     };
-    let text = if let Some(click) = &message.button_click {
-        click.value.clone()
-    } else if let Some(form) = &message.form_submission {
-        let mut fields: Vec<_> = form.values.iter().collect();
-        fields.sort();
-        fields
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    } else {
-        message.text.clone()
-    };
+    let text = said(message);
     let at = message
         .created_at
         .as_ref()
@@ -224,14 +223,7 @@ impl Handler for ConversationEvents {
                 let Some(message) = created.message else {
                     return Ok(());
                 };
-                // A click is its button's value; a form submission its values as JSON.
-                let text = if let Some(click) = &message.button_click {
-                    click.value.clone()
-                } else if let Some(form) = &message.form_submission {
-                    form_message(&form.values)
-                } else {
-                    message.text.clone()
-                };
+                let text = said(&message);
                 let sentiment = match message.sentiment() {
                     Sentiment::Unspecified => String::new(),
                     known => known

@@ -15,8 +15,9 @@ use switchboard_proto::flows::v1::{
 use crate::domain::event_types as t;
 use crate::knowledge::event_types as k;
 
-/// `kc_…` from the stream id `ws_…/kc_…`.
-fn collection_of(event: &RecordedEvent) -> &str {
+/// The entity's own id from its stream id `ws_…/<id>`: a collection's `kc_…`, a run's
+/// `run_…`.
+fn last_part(event: &RecordedEvent) -> &str {
     event
         .stream
         .stream_id
@@ -267,66 +268,39 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
-                "flow_run.timer_armed" => {
+                // A delay arms a timer; so does a request for an effect, as the deadline
+                // for its outcome, which the runtime fires like a delay's. The outcome
+                // (or any later step) clears it.
+                "flow_run.timer_armed" | "flow_run.effect_requested" => {
                     let record: RunEventRecord = event.decode()?;
-                    let run_id = event
-                        .stream
-                        .stream_id
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default();
-                    if let Some(Record::TimerArmed(timer)) = record.event {
-                        let due = timer.due_at.as_ref().map(micros).unwrap_or_default();
-                        on_conn!(tx, conn => sqlx::query(
-                            "INSERT INTO timers (workspace_id, run_id, node, due_at)
-                             VALUES ($1, $2, $3, $4)
-                             ON CONFLICT (workspace_id, run_id) DO UPDATE SET
-                                 node = excluded.node, due_at = excluded.due_at",
-                        )
-                        .bind(ws)
-                        .bind(run_id)
-                        .bind(&timer.node)
-                        .bind(due)
-                        .execute(&mut *conn)
-                        .await
-                        .map(|r| r.rows_affected()))?;
-                    }
-                }
-                // A run waiting on an effect has a deadline: a timer the runtime fires
-                // like a delay's, which the outcome (or any later step) clears.
-                "flow_run.effect_requested" => {
-                    let record: RunEventRecord = event.decode()?;
-                    let run_id = event
-                        .stream
-                        .stream_id
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default();
-                    if let Some(Record::EffectRequested(effect)) = record.event {
-                        let due = event.recorded_at
-                            + crate::domain::run::EFFECT_DEADLINE_SECONDS * 1_000_000;
-                        on_conn!(tx, conn => sqlx::query(
-                            "INSERT INTO timers (workspace_id, run_id, node, due_at)
-                             VALUES ($1, $2, $3, $4)
-                             ON CONFLICT (workspace_id, run_id) DO UPDATE SET
-                                 node = excluded.node, due_at = excluded.due_at",
-                        )
-                        .bind(ws)
-                        .bind(run_id)
-                        .bind(&effect.node)
-                        .bind(due)
-                        .execute(&mut *conn)
-                        .await
-                        .map(|r| r.rows_affected()))?;
-                    }
+                    let (node, due) = match record.event {
+                        Some(Record::TimerArmed(timer)) => (
+                            timer.node,
+                            timer.due_at.as_ref().map(micros).unwrap_or_default(),
+                        ),
+                        Some(Record::EffectRequested(effect)) => (
+                            effect.node,
+                            event.recorded_at
+                                + crate::domain::run::EFFECT_DEADLINE_SECONDS * 1_000_000,
+                        ),
+                        _ => continue,
+                    };
+                    on_conn!(tx, conn => sqlx::query(
+                        "INSERT INTO timers (workspace_id, run_id, node, due_at)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (workspace_id, run_id) DO UPDATE SET
+                             node = excluded.node, due_at = excluded.due_at",
+                    )
+                    .bind(ws)
+                    .bind(last_part(event))
+                    .bind(&node)
+                    .bind(due)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
                 }
                 "flow_run.timer_fired" | "flow_run.effect_completed" => {
-                    let run_id = event
-                        .stream
-                        .stream_id
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default();
+                    let run_id = last_part(event);
                     on_conn!(tx, conn => sqlx::query(
                         "DELETE FROM timers WHERE workspace_id = $1 AND run_id = $2",
                     )
@@ -338,12 +312,7 @@ impl Projection for FlowsProjection {
                 }
                 "flow_run.started" | "flow_run.ended" => {
                     let record: RunEventRecord = event.decode()?;
-                    let run_id = event
-                        .stream
-                        .stream_id
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default();
+                    let run_id = last_part(event);
                     match record.event {
                         Some(Record::Started(started)) => {
                             on_conn!(tx, conn => sqlx::query(
@@ -412,7 +381,7 @@ impl Projection for FlowsProjection {
                     .map(|r| r.rows_affected()))?;
                 }
                 k::DOCUMENT_UPSERTED | k::DOCUMENT_DELETED => {
-                    let collection = collection_of(event);
+                    let collection = last_part(event);
                     on_conn!(tx, conn => sqlx::query(
                         "UPDATE collections SET stream_version = $3
                          WHERE workspace_id = $1 AND collection_id = $2",

@@ -982,7 +982,6 @@ async fn serve_runs_the_look_it_up_and_act_flow_over_nats() {
 
 async fn look_it_up_and_act(process: &mut Process) {
     use switchboard_proto::actions::v1::ResponseMapping;
-    use switchboard_proto::flows::v1::flows_client::FlowsClient;
     use switchboard_proto::flows::v1::*;
 
     let mut conversations = process.start().await;
@@ -1078,40 +1077,13 @@ async fn look_it_up_and_act(process: &mut Process) {
         ],
         ..Default::default()
     };
-    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
-        .await
-        .unwrap();
-    let flow = flows
-        .create_flow(CreateFlowRequest {
-            workspace_id: WS.into(),
-            name: "orders".into(),
-            kind: FlowKind::ConversationFlow as i32,
-            draft: Some(graph),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    flows
-        .publish(PublishRequest {
-            workspace_id: WS.into(),
-            flow_id: flow.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    flows
-        .save_assistant(SaveAssistantRequest {
-            assistant: Some(Assistant {
-                workspace_id: WS.into(),
-                name: "Ada".into(),
-                flow_id: flow.id.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    published_flow(
+        process.grpc_port,
+        "orders",
+        FlowKind::ConversationFlow,
+        graph,
+    )
+    .await;
 
     let start = |request_id: &str| StartConversationRequest {
         workspace_id: WS.into(),
@@ -1287,66 +1259,32 @@ async fn dev_workflow_actions_answer_with_the_action_workflows_response() {
 /// kill -9 while a run waits on its delay: after the restart the timer fires, once.
 #[tokio::test]
 async fn a_delay_survives_kill_9_and_fires_once() {
-    use switchboard_proto::flows::v1::flows_client::FlowsClient;
     use switchboard_proto::flows::v1::*;
 
     let dir = std::env::temp_dir().join(unique_name());
     let data_dir = dir.to_string_lossy().to_string();
     let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
     let mut conversations = process.start().await;
-    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
-        .await
-        .unwrap();
-    let flow = flows
-        .create_flow(CreateFlowRequest {
-            workspace_id: WS.into(),
-            name: "later".into(),
-            kind: FlowKind::ConversationFlow as i32,
-            draft: Some(Graph {
-                nodes: vec![
-                    flow_node("start", node::Kind::Start(Start {})),
-                    flow_node("wait", node::Kind::Delay(Delay { seconds: 2 })),
-                    flow_node(
-                        "hello",
-                        node::Kind::SendMessage(SendMessage {
-                            text: "Sorry for the wait!".into(),
-                            ..Default::default()
-                        }),
-                    ),
-                    flow_node("end", node::Kind::End(End::default())),
-                ],
-                edges: vec![
-                    flow_edge("start", "wait", ""),
-                    flow_edge("wait", "hello", ""),
-                    flow_edge("hello", "end", ""),
-                ],
-                ..Default::default()
-            }),
+    published_flow(
+        process.grpc_port,
+        "later",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node("wait", node::Kind::Delay(Delay { seconds: 2 })),
+                say_node("hello", "Sorry for the wait!"),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "wait", ""),
+                flow_edge("wait", "hello", ""),
+                flow_edge("hello", "end", ""),
+            ],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    flows
-        .publish(PublishRequest {
-            workspace_id: WS.into(),
-            flow_id: flow.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    flows
-        .save_assistant(SaveAssistantRequest {
-            assistant: Some(Assistant {
-                workspace_id: WS.into(),
-                name: "Patient".into(),
-                flow_id: flow.id,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let conversation = conversations
         .start_conversation(StartConversationRequest {
             workspace_id: WS.into(),
