@@ -8,7 +8,9 @@ dev:
 	$(CARGO) run -p switchboard -- dev
 
 ## The whole test suite (needs Postgres on 127.0.0.1:5432 and NATS on 127.0.0.1:4222).
+## The end-to-end tests (tests/tests/e2e) start the switchboard binary, built first.
 test:
+	$(CARGO) build -p switchboard
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Formatting and clippy with warnings as errors.

@@ -40,6 +40,15 @@ pub struct StreamSpec {
 }
 
 impl StreamSpec {
+    /// The spec of a stream of the bus contract, with `replicas`.
+    pub fn of(stream: &switchboard_contract::Stream, replicas: usize) -> Self {
+        Self {
+            name: stream.name.to_owned(),
+            subjects: stream.subjects.iter().map(|s| (*s).to_owned()).collect(),
+            replicas,
+        }
+    }
+
     /// The stream's name under a deployment prefix.
     pub fn prefixed_name(&self, prefix: &str) -> String {
         if prefix.is_empty() {
@@ -273,20 +282,18 @@ pub fn envelope_bytes(event: &RecordedEvent) -> Vec<u8> {
 /// The NATS headers of `event`: dedupe id, trace context and what a consumer needs to route
 /// without decoding.
 pub fn headers(event: &RecordedEvent) -> HeaderMap {
+    use switchboard_contract::headers as h;
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
-    headers.insert("sb-event-type", event.event_type.as_str());
-    headers.insert(
-        "sb-schema-version",
-        event.schema_version.to_string().as_str(),
-    );
-    headers.insert("sb-workspace", event.metadata.workspace_id.as_str());
-    headers.insert("content-type", "application/protobuf");
+    headers.insert(h::MSG_ID, event.event_id.to_string().as_str());
+    headers.insert(h::EVENT_TYPE, event.event_type.as_str());
+    headers.insert(h::SCHEMA_VERSION, event.schema_version.to_string().as_str());
+    headers.insert(h::WORKSPACE, event.metadata.workspace_id.as_str());
+    headers.insert(h::CONTENT_TYPE, h::PROTOBUF);
     if !event.metadata.traceparent.is_empty() {
-        headers.insert("traceparent", event.metadata.traceparent.as_str());
+        headers.insert(h::TRACEPARENT, event.metadata.traceparent.as_str());
     }
     if !event.metadata.tracestate.is_empty() {
-        headers.insert("tracestate", event.metadata.tracestate.as_str());
+        headers.insert(h::TRACESTATE, event.metadata.tracestate.as_str());
     }
     headers
 }

@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use crate::EventLogError;
 use crate::event::{ExpectedVersion, LogPosition, NewEvent, RecordedEvent, StreamRef};
+use crate::handler::{HandleError, Handler};
 use crate::on_conn;
 use crate::postgres::PgLog;
 use crate::projection::{Projection, RebuildProgress, Upcaster};
 use crate::sqlite::SqliteLog;
-use crate::subscription::{HandleError, Handler};
 use crate::tx::Tx;
 
 /// Runs the same query on the pool a backend reads with. Most of the log's SQL is

@@ -21,35 +21,9 @@ use uuid::Uuid;
 
 use crate::EventLogError;
 use crate::event::RecordedEvent;
+use crate::handler::{HandleError, Handler};
 use crate::relay::{envelope_bytes, prefixed_subject};
 use crate::store::{DeadLetter, EventLog};
-use crate::tx::Tx;
-
-/// Why a handler did not handle an event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HandleError {
-    /// Might work later (a dependency is down): redeliver after a backoff, up to the
-    /// subscription's attempt limit.
-    #[error("retry: {0}")]
-    Retry(String),
-    /// Can never work (malformed, refers to nothing): dead-letter it now.
-    #[error("reject: {0}")]
-    Reject(String),
-}
-
-/// What a consumer does with one event. Its writes go through `tx`, the transaction that
-/// also records the event as processed.
-#[async_trait]
-pub trait Handler: Send + Sync {
-    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError>;
-
-    /// Whether the event concerns this handler at all. An event it does not want is
-    /// acknowledged without a transaction: handling it would change nothing, so there is
-    /// nothing to record. The default wants every event.
-    async fn wants(&self, _event: &RecordedEvent) -> bool {
-        true
-    }
-}
 
 /// A source of events delivered to a [`Handler`].
 #[async_trait]
@@ -401,8 +375,9 @@ fn undecodable(
     };
     DeadLetter {
         consumer: consumer.to_owned(),
-        event_id: Uuid::parse_str(&header("Nats-Msg-Id")).unwrap_or_else(|_| Uuid::now_v7()),
-        event_type: header("sb-event-type"),
+        event_id: Uuid::parse_str(&header(switchboard_contract::headers::MSG_ID))
+            .unwrap_or_else(|_| Uuid::now_v7()),
+        event_type: header(switchboard_contract::headers::EVENT_TYPE),
         stream_id: String::new(),
         reason: format!("undecodable message on {}: {reason}", message.subject),
         attempts,

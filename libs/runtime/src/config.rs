@@ -506,6 +506,18 @@ impl Config {
             .collect()
     }
 
+    /// The configured gRPC address of `service` (`SWITCHBOARD_<SERVICE>_URL`), if any.
+    pub fn service_url(&self, service: &str) -> Option<String> {
+        use switchboard_contract::services as s;
+        match service {
+            s::CONVERSATIONS => self.conversations_url.clone(),
+            s::CONNEXEASE => self.connexease_url.clone(),
+            s::ACTIONS => self.actions_url.clone(),
+            s::FLOWS => self.flows_url.clone(),
+            _ => None,
+        }
+    }
+
     /// The ranges of `outbound_allow`, one per comma-separated entry.
     pub fn outbound_allow_ranges(&self) -> Vec<&str> {
         self.outbound_allow

@@ -10,15 +10,21 @@
 
 #![forbid(unsafe_code)]
 
+pub mod codes;
 pub mod config;
 pub mod error;
 pub mod grpc;
+mod grpc_wire;
+pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod requests;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, LogFormat};
 pub use error::{RuntimeError, TelemetryError};
 pub use grpc::GrpcServer;
+pub use host::Host;
+pub use service::{Mode, ServiceModule, Wiring};

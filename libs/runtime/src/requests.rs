@@ -39,39 +39,6 @@ pub fn invalid_argument(
     Status::with_error_details(Code::InvalidArgument, message, details)
 }
 
-/// A channel to another Switchboard service's gRPC API at `url`: it connects on first use,
-/// so the services can start in any order, gives up connecting after two seconds, and cuts
-/// each call at `timeout`.
-pub fn lazy_channel(
-    url: &str,
-    timeout: std::time::Duration,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .timeout(timeout)
-        .connect_lazy())
-}
-
-/// A request to another Switchboard service: the service token as a bearer credential and
-/// the caller's trace context, so the callee authenticates it and joins the trace.
-pub fn outgoing<T>(
-    message: T,
-    service_token: Option<&str>,
-    traceparent: &str,
-) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    let metadata = request.metadata_mut();
-    if let Some(value) = service_token.and_then(|t| format!("Bearer {t}").parse().ok()) {
-        metadata.insert("authorization", value);
-    }
-    if !traceparent.is_empty()
-        && let Ok(value) = traceparent.parse()
-    {
-        metadata.insert("traceparent", value);
-    }
-    request
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

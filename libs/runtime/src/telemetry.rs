@@ -31,6 +31,7 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::{Config, LogFormat};
 use crate::error::TelemetryError;
+use crate::grpc_wire::{grpc_status_code, split_grpc_path};
 
 /// How long [`TelemetryGuard::shutdown`] waits for the last spans to reach the collector.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -251,7 +252,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let path = request.uri().path();
-        let (service, method) = crate::grpc::split_grpc_path(path);
+        let (service, method) = split_grpc_path(path);
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = %path.trim_start_matches('/'),
@@ -273,10 +274,7 @@ where
         Box::pin(async move {
             let result = tracing::Instrument::instrument(future, span.clone()).await;
             if let Ok(response) = &result {
-                span.record(
-                    "rpc.grpc.status_code",
-                    crate::grpc::grpc_status_code(response.headers()),
-                );
+                span.record("rpc.grpc.status_code", grpc_status_code(response.headers()));
             }
             result
         })

@@ -16,13 +16,7 @@ use crate::integrations::{Call, PortError};
 use crate::service::{ActionService, RequestContext, RunRequest, ServiceError};
 
 /// The event type flow runs publish.
-pub const ACTION_REQUESTED: &str = "flow_run.action_requested";
-/// Where they publish it.
-pub const ACTION_REQUESTED_SUBJECT: &str = "internal.flows.action_requested";
-/// The flows service's JetStream stream.
-pub const FLOWS_STREAM: &str = "FLOWS";
-/// The durable consumer of action requests.
-pub const CONSUMER: &str = "actions-action-requested";
+pub use switchboard_contract::event_types::flow_runs::ACTION_REQUESTED;
 
 /// Leases a request waits out before it is retried with the subscription's backoff (a
 /// live holder renews nothing: after its lease the key is taken over, so one wait is
@@ -155,7 +149,8 @@ impl Handler for ActionRequests {
         match outcome {
             Ok(_) => Ok(()),
             Err(ServiceError::Domain(DomainError::NotFound)) => Err(HandleError::Reject(
-                "SB-ACT-0404: no such action in the workspace".into(),
+                switchboard_runtime::codes::ACT_NOT_FOUND
+                    .message("no such action in the workspace"),
             )),
             Err(e @ ServiceError::Domain(_)) => Err(HandleError::Reject(e.to_string())),
             Err(e) => Err(HandleError::Retry(e.to_string())),

@@ -21,9 +21,8 @@ use switchboard_proto::events::v1::ConversationStatus;
 use switchboard_secrets::{Keyring, REDACTED, Secret, redact};
 use switchboard_template::{Renderer, map_response};
 
-use crate::domain::{self, compute, request_spec};
+use crate::domain::{self, compute, request_spec, secret_owner};
 use crate::integrations::{Call, ConversationUpdate, Integrations, PortError};
-use crate::service::secret_owner;
 
 /// Response bytes kept in the result and the log.
 pub const RESPONSE_KEEP_BYTES: usize = 64 * 1024;

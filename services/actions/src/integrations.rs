@@ -11,14 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value as Json};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use switchboard_clients::{ConnexeaseClient, ConversationsClient, FlowsClient};
 use switchboard_proto::connexease::v1::RunOperationRequest;
-use switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient;
-use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_proto::conversations::v1::{
     GetConversationRequest, RemoveMetafieldsRequest, SetMetafieldsRequest, SetStatusRequest,
 };
 use switchboard_proto::events::v1::ConversationStatus;
-use tonic::transport::Channel;
 
 /// Why another system did not do what an action asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,32 +86,37 @@ pub trait Workflows: Send + Sync {
 
 /// An integration with nothing behind it yet.
 pub struct NotConnected {
+    /// The registered code its errors carry.
+    code: switchboard_runtime::codes::Code,
     what: &'static str,
 }
 
 impl NotConnected {
     /// Connexease: the connexease service is not deployed or not configured.
     pub const CONNEXEASE: NotConnected = NotConnected {
-        what: "SB-ACT-0020: Connexease is not connected (the connexease service is not configured)",
+        code: switchboard_runtime::codes::ACT_CONNEXEASE_NOT_CONNECTED,
+        what: "Connexease is not connected (the connexease service is not configured)",
     };
     /// Action workflows: the flows service is not deployed or not configured.
     pub const WORKFLOWS: NotConnected = NotConnected {
-        what: "SB-ACT-0021: action workflows are not connected (the flows service is not configured)",
+        code: switchboard_runtime::codes::ACT_WORKFLOWS_NOT_CONNECTED,
+        what: "action workflows are not connected (the flows service is not configured)",
     };
     /// Conversations: no conversations service address is configured.
     pub const CONVERSATIONS: NotConnected = NotConnected {
-        what: "SB-ACT-0022: the conversations service is not connected (set SWITCHBOARD_CONVERSATIONS_URL)",
+        code: switchboard_runtime::codes::ACT_CONVERSATIONS_NOT_CONNECTED,
+        what: "the conversations service is not connected (set SWITCHBOARD_CONVERSATIONS_URL)",
     };
 }
 
 #[async_trait]
 impl Conversations for NotConnected {
     async fn update(&self, _: &Call<'_>, _: &ConversationUpdate) -> Result<(), PortError> {
-        Err(PortError::NotConnected(self.what.into()))
+        Err(PortError::NotConnected(self.code.message(self.what)))
     }
 
     async fn secure_metadata(&self, _: &Call<'_>) -> Result<Map<String, Json>, PortError> {
-        Err(PortError::NotConnected(self.what.into()))
+        Err(PortError::NotConnected(self.code.message(self.what)))
     }
 }
 
@@ -125,7 +128,7 @@ impl Connexease for NotConnected {
         _: &str,
         _: &BTreeMap<String, String>,
     ) -> Result<Json, PortError> {
-        Err(PortError::NotConnected(self.what.into()))
+        Err(PortError::NotConnected(self.code.message(self.what)))
     }
 }
 
@@ -138,28 +141,7 @@ impl Workflows for NotConnected {
         _: &Map<String, Json>,
         _: Duration,
     ) -> Result<Json, PortError> {
-        Err(PortError::NotConnected(self.what.into()))
-    }
-}
-
-/// The conversations service over gRPC, with the service token and the trace context.
-pub struct GrpcConversations {
-    client: ConversationsClient<Channel>,
-    token: Option<String>,
-}
-
-impl GrpcConversations {
-    /// Connects on first use, so the services can start in any order.
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(10))?;
-        Ok(Self {
-            client: ConversationsClient::new(channel),
-            token,
-        })
-    }
-
-    fn request<T>(&self, call: &Call<'_>, message: T) -> tonic::Request<T> {
-        switchboard_runtime::requests::outgoing(message, self.token.as_deref(), call.traceparent)
+        Err(PortError::NotConnected(self.code.message(self.what)))
     }
 }
 
@@ -170,23 +152,19 @@ fn step_request_id(call: &Call<'_>, step: &str) -> String {
     format!("action-{step}-{key}")
 }
 
+/// The conversations service over gRPC; every call joins the trace of the execution
+/// (`call.traceparent`).
 #[async_trait]
-impl Conversations for GrpcConversations {
+impl Conversations for ConversationsClient {
     async fn secure_metadata(&self, call: &Call<'_>) -> Result<Map<String, Json>, PortError> {
-        let request = self.request(
-            call,
-            GetConversationRequest {
+        let values = self
+            .with_traceparent(call.traceparent)
+            .get_secure_metadata(GetConversationRequest {
                 workspace_id: call.workspace_id.to_owned(),
                 conversation_id: call.conversation_id.to_owned(),
-            },
-        );
-        let values = self
-            .client
-            .clone()
-            .get_secure_metadata(request)
+            })
             .await
             .map_err(status_error)?
-            .into_inner()
             .values;
         Ok(values
             .into_iter()
@@ -195,7 +173,7 @@ impl Conversations for GrpcConversations {
     }
 
     async fn update(&self, call: &Call<'_>, update: &ConversationUpdate) -> Result<(), PortError> {
-        let mut client = self.client.clone();
+        let client = self.with_traceparent(call.traceparent);
         let ids = |step| {
             (
                 call.workspace_id.to_owned(),
@@ -205,28 +183,22 @@ impl Conversations for GrpcConversations {
         };
         if !update.set_metafields.is_empty() {
             let (workspace_id, request_id, conversation_id) = ids("set");
-            let request = self.request(
-                call,
-                SetMetafieldsRequest {
-                    workspace_id,
-                    request_id,
-                    conversation_id,
-                    metafields: update.set_metafields.clone().into_iter().collect(),
-                },
-            );
+            let request = SetMetafieldsRequest {
+                workspace_id,
+                request_id,
+                conversation_id,
+                metafields: update.set_metafields.clone().into_iter().collect(),
+            };
             client.set_metafields(request).await.map_err(status_error)?;
         }
         if !update.remove_metafields.is_empty() {
             let (workspace_id, request_id, conversation_id) = ids("remove");
-            let request = self.request(
-                call,
-                RemoveMetafieldsRequest {
-                    workspace_id,
-                    request_id,
-                    conversation_id,
-                    keys: update.remove_metafields.clone(),
-                },
-            );
+            let request = RemoveMetafieldsRequest {
+                workspace_id,
+                request_id,
+                conversation_id,
+                keys: update.remove_metafields.clone(),
+            };
             client
                 .remove_metafields(request)
                 .await
@@ -234,15 +206,12 @@ impl Conversations for GrpcConversations {
         }
         if let Some(status) = update.status {
             let (workspace_id, request_id, conversation_id) = ids("status");
-            let request = self.request(
-                call,
-                SetStatusRequest {
-                    workspace_id,
-                    request_id,
-                    conversation_id,
-                    status: status as i32,
-                },
-            );
+            let request = SetStatusRequest {
+                workspace_id,
+                request_id,
+                conversation_id,
+                status: status as i32,
+            };
             client.set_status(request).await.map_err(status_error)?;
         }
         Ok(())
@@ -334,9 +303,11 @@ impl QueryDatabases {
         timeout: Duration,
     ) -> Result<Rows, PortError> {
         let pool = self.pools.get(connection).ok_or_else(|| {
-            PortError::NotConnected(format!(
-                "SB-ACT-0023: no query database named `{connection}` is configured"
-            ))
+            PortError::NotConnected(
+                switchboard_runtime::codes::ACT_QUERY_DATABASE_UNKNOWN.message(format_args!(
+                    "no query database named `{connection}` is configured"
+                )),
+            )
         })?;
         let statement = statement.trim().trim_end_matches(';');
         // The statement is the action author's; it is wrapped, never concatenated with
@@ -429,45 +400,30 @@ impl Default for Integrations {
     }
 }
 
-/// The connexease service over gRPC.
-pub struct GrpcConnexease {
-    client: ConnexeaseClient<Channel>,
-    token: Option<String>,
-}
-
-impl GrpcConnexease {
-    /// Connects on first use, so the services can start in any order.
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        // The connexease service retries 429 and 5xx itself, within this.
-        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(60))?;
-        Ok(Self {
-            client: ConnexeaseClient::new(channel),
-            token,
-        })
-    }
-}
-
+/// The connexease service over gRPC; every call joins the trace of the execution. The
+/// service retries Connexease's 429 and 5xx itself, within the client's deadline (wire it
+/// with room for that: 60 s).
 #[async_trait]
-impl Connexease for GrpcConnexease {
+impl Connexease for ConnexeaseClient {
     async fn run(
         &self,
         call: &Call<'_>,
         operation: &str,
         arguments: &BTreeMap<String, String>,
     ) -> Result<Json, PortError> {
-        let request = switchboard_runtime::requests::outgoing(
-            RunOperationRequest {
-                workspace_id: call.workspace_id.to_owned(),
-                idempotency_key: call.idempotency_key.to_owned(),
-                conversation_id: call.conversation_id.to_owned(),
-                operation: operation.to_owned(),
-                arguments: arguments.clone().into_iter().collect(),
-            },
-            self.token.as_deref(),
-            call.traceparent,
-        );
-        let result = match self.client.clone().run_operation(request).await {
-            Ok(result) => result.into_inner(),
+        let request = RunOperationRequest {
+            workspace_id: call.workspace_id.to_owned(),
+            idempotency_key: call.idempotency_key.to_owned(),
+            conversation_id: call.conversation_id.to_owned(),
+            operation: operation.to_owned(),
+            arguments: arguments.clone().into_iter().collect(),
+        };
+        let answer = self
+            .with_traceparent(call.traceparent)
+            .run_operation(request)
+            .await;
+        let result = match answer {
+            Ok(result) => result,
             Err(status) => {
                 use tonic::Code;
                 let message = format!("connexease: {}", status.message());
@@ -491,25 +447,11 @@ impl Connexease for GrpcConnexease {
     }
 }
 
-/// The flows service's `InvokeActionWorkflow` over gRPC.
-pub struct GrpcWorkflows {
-    client: switchboard_proto::flows::v1::flows_client::FlowsClient<Channel>,
-    token: Option<String>,
-}
-
-impl GrpcWorkflows {
-    /// Connects on first use, so the services can start in any order.
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(70))?;
-        Ok(Self {
-            client: switchboard_proto::flows::v1::flows_client::FlowsClient::new(channel),
-            token,
-        })
-    }
-}
-
+/// The flows service's `InvokeActionWorkflow` over gRPC; every call joins the trace of
+/// the execution, and waits for the workflow's deadline plus a margin (see
+/// [`FlowsClient::invoke_action_workflow`]).
 #[async_trait]
-impl Workflows for GrpcWorkflows {
+impl Workflows for FlowsClient {
     async fn invoke(
         &self,
         call: &Call<'_>,
@@ -518,21 +460,16 @@ impl Workflows for GrpcWorkflows {
         deadline: Duration,
     ) -> Result<Json, PortError> {
         use switchboard_proto::flows::v1::{InvocationStatus, InvokeActionWorkflowRequest};
-        let request = switchboard_runtime::requests::outgoing(
-            InvokeActionWorkflowRequest {
-                workspace_id: call.workspace_id.to_owned(),
-                name: workflow.to_owned(),
-                variables_json: Json::Object(inputs.clone()).to_string(),
-                deadline_ms: deadline.as_millis().min(60_000) as u32,
-                conversation_id: call.conversation_id.to_owned(),
-                request_id: call.idempotency_key.to_owned(),
-            },
-            self.token.as_deref(),
-            call.traceparent,
-        );
+        let request = InvokeActionWorkflowRequest {
+            workspace_id: call.workspace_id.to_owned(),
+            name: workflow.to_owned(),
+            variables_json: Json::Object(inputs.clone()).to_string(),
+            deadline_ms: deadline.as_millis().min(60_000) as u32,
+            conversation_id: call.conversation_id.to_owned(),
+            request_id: call.idempotency_key.to_owned(),
+        };
         let answer = self
-            .client
-            .clone()
+            .with_traceparent(call.traceparent)
             .invoke_action_workflow(request)
             .await
             .map_err(|status| match status.code() {
@@ -540,8 +477,7 @@ impl Workflows for GrpcWorkflows {
                 | tonic::Code::FailedPrecondition
                 | tonic::Code::NotFound => PortError::Rejected(status.message().to_owned()),
                 _ => PortError::Unavailable(status.message().to_owned()),
-            })?
-            .into_inner();
+            })?;
         match answer.status() {
             InvocationStatus::Completed => serde_json::from_str(&answer.response_json)
                 .map_err(|e| PortError::Unavailable(format!("the workflow's answer: {e}"))),

@@ -25,24 +25,150 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use switchboard_eventlog::{EventLog, EventLogError, StoreConfig};
+use async_trait::async_trait;
+use switchboard_clients::{ClientConfig, ConnexeaseClient, ConversationsClient, FlowsClient};
+use switchboard_contract::{consumers as durable, event_types, services, streams, subjects};
+use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
+use switchboard_outbound::ClientOptions;
+use switchboard_runtime::service::{
+    BoxError, Inbox, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe, Wiring,
+};
 use switchboard_secrets::Keyring;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 pub use grpc::ActionsApi;
 pub use service::ActionService;
 pub use store::{ActionStore, ActionsProjection};
 
-pub const SERVICE: &str = "actions";
+pub const SERVICE: &str = services::ACTIONS;
 pub const GRPC_SERVICE: &str = "switchboard.actions.v1.Actions";
+
+/// The actions service, as the binary composes it.
+pub const MODULE: Actions = Actions;
+
+/// The actions service module: its gRPC API, the action requests of flow runs, and the
+/// execution log's retention.
+pub struct Actions;
+
+#[async_trait]
+impl ServiceModule for Actions {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn read_models(&self) -> ReadModels {
+        let (postgres, sqlite) = store::read_model_ddl();
+        ReadModels {
+            postgres,
+            sqlite,
+            projection: Arc::new(ActionsProjection),
+        }
+    }
+
+    fn publication(&self) -> Publication {
+        Publication {
+            stream: streams::ACTIONS,
+            router: Arc::new(PublicEvents),
+        }
+    }
+
+    fn secrets(&self) -> Secrets {
+        Secrets::Required
+    }
+
+    fn describe(&self, event: &RecordedEvent) -> String {
+        match domain::decode(event) {
+            Ok(Some(definition)) => format!("{:?}", domain::public_view(definition)),
+            Ok(None) => format!("<{} bytes of unknown type>", event.payload.len()),
+            Err(e) => format!("<undecodable: {e}>"),
+        }
+    }
+
+    async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
+        // Each action sets its own timeout (at most 120 s); this only bounds the client.
+        let outbound = wiring.outbound(
+            &ClientOptions {
+                timeout: Duration::from_secs(125),
+                ..Default::default()
+            },
+            &[],
+        )?;
+        let integrations = integrations_for(wiring)?;
+        let keyring = wiring.required_keyring()?;
+        let service = ActionService::new(wiring.log().clone(), keyring, outbound)
+            .with_integrations(integrations);
+        wiring.serve_grpc(
+            ActionsApi::new(service.clone(), ActionStore::new(wiring.log().clone())).into_server(),
+        );
+        wiring.subscribe(Subscribe {
+            consumer: durable::ACTIONS_ACTION_REQUESTED.to_owned(),
+            source: Source::Stream {
+                stream: streams::FLOWS,
+                subject: subjects::ACTION_REQUESTED,
+            },
+            handler: Arc::new(consumers::ActionRequests::new(service)),
+            // The handler appends to the actions log itself; the service's claim by
+            // idempotency key keeps a redelivered request from running twice.
+            inbox: Inbox::Dedicated,
+        });
+        let retention_days = wiring.config().execution_retention_days;
+        wiring.spawn(
+            "execution log retention",
+            prune_execution_log(
+                ActionStore::new(wiring.log().clone()),
+                retention_days,
+                wiring.shutdown(),
+            ),
+        );
+        Ok(())
+    }
+}
+
+/// What the integration kinds reach: the conversations, flows (action workflows) and
+/// connexease services over gRPC, wherever they run, and the operator's query databases.
+/// A service that is nowhere answers "not connected".
+fn integrations_for(wiring: &Wiring) -> Result<integrations::Integrations, BoxError> {
+    let mut integrations = integrations::Integrations {
+        databases: integrations::QueryDatabases::from_config(&wiring.config().query_databases)?,
+        ..integrations::Integrations::default()
+    };
+    if let Some(peer) = wiring.peer(services::CONVERSATIONS) {
+        integrations.conversations = Arc::new(ConversationsClient::connect_lazy(&peer.into())?);
+    }
+    if let Some(peer) = wiring.peer(services::FLOWS) {
+        integrations.workflows = Arc::new(FlowsClient::connect_lazy(&peer.into())?);
+    }
+    if let Some(peer) = wiring.peer(services::CONNEXEASE) {
+        // The connexease service retries 429 and 5xx itself, within this.
+        let config = ClientConfig::from(peer).with_deadline(Duration::from_secs(60));
+        integrations.connexease = Arc::new(ConnexeaseClient::connect_lazy(&config)?);
+    }
+    Ok(integrations)
+}
+
+/// Keeps the queryable execution log to its retention: prunes at start and every hour.
+async fn prune_execution_log(store: ActionStore, retention_days: u32, shutdown: CancellationToken) {
+    let retention = i64::from(retention_days) * 86_400 * 1_000_000;
+    loop {
+        let before = switchboard_eventlog::now_micros() - retention;
+        match store.prune_executions(before).await {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, retention_days, "pruned the execution log"),
+            Err(e) => warn!(error = %e, "could not prune the execution log"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
 
 /// Opens the service's log with its read model and projection.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
-    let (postgres, sqlite) = store::read_model_ddl();
-    Ok(EventLog::open(config)
-        .await?
-        .with_read_models(&postgres, &sqlite)
-        .with_projection(Arc::new(ActionsProjection)))
+    switchboard_runtime::service::open_log(&MODULE, config).await
 }
 
 /// The gRPC API over `log`, sealing secrets with `keyring`, calling out through `client`
@@ -64,28 +190,19 @@ pub fn api(
 /// `events.<workspace>.action.executed`. Definitions and test runs stay in the log.
 pub struct PublicEvents;
 
-impl switchboard_eventlog::Router for PublicEvents {
-    fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+impl Router for PublicEvents {
+    fn subject(&self, event: &RecordedEvent) -> Option<String> {
         match event.event_type.as_str() {
-            service::execution_events::COMPLETED
+            event_types::actions::EXECUTION_COMPLETED
                 if event.stream.stream_type == "action_execution" =>
             {
-                Some("internal.actions.action_completed".into())
+                Some(subjects::ACTION_COMPLETED.to_owned())
             }
-            service::execution_events::EXECUTED => Some(format!(
-                "events.{}.action.executed",
-                event.metadata.workspace_id
+            event_types::actions::EXECUTED => Some(subjects::public(
+                &event.metadata.workspace_id,
+                event_types::actions::EXECUTED,
             )),
             _ => None,
         }
-    }
-}
-
-/// The JetStream stream the service publishes to.
-pub fn stream_spec(replicas: usize) -> switchboard_eventlog::StreamSpec {
-    switchboard_eventlog::StreamSpec {
-        name: "ACTIONS".into(),
-        subjects: vec!["events.*.action.>".into(), "internal.actions.>".into()],
-        replicas,
     }
 }

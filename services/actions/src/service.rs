@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
-    now_micros,
+    self as eventlog, Aggregate, CommandError, Decision, EventLog, EventLogError, Executed,
+    ExpectedVersion, Loaded, Metadata, NewEvent, RecordedEvent, StreamRef, now_micros,
 };
 use switchboard_outbound::GuardedClient;
 use switchboard_proto::actions::v1::{
@@ -17,19 +17,25 @@ use switchboard_secrets::Keyring;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::domain::{self, Command, DomainError, FieldViolation};
+use crate::domain::{self, Command, DomainError, FieldViolation, secret_owner};
 use crate::execute::{Executor, Invocation};
 
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: u32 = 5;
 pub const STREAM_TYPE: &str = "action";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Domain(#[from] DomainError),
-    #[error("SB-ACT-0005: the action is changing too fast; retry")]
+    #[error(
+        "{code}: the action is changing too fast; retry",
+        code = switchboard_runtime::codes::ACT_CONTENDED.id
+    )]
     Contended,
-    #[error("SB-ACT-0007: an execution with this idempotency key is still running; retry later")]
+    #[error(
+        "{code}: an execution with this idempotency key is still running; retry later",
+        code = switchboard_runtime::codes::ACT_IN_PROGRESS.id
+    )]
     InProgress {
         /// When the running execution's claim lapses (microseconds since the epoch): if it
         /// has not recorded an outcome by then, the key may be run again.
@@ -53,11 +59,6 @@ pub fn stream_of(workspace_id: &str, action_id: &str) -> StreamRef {
 
 pub fn new_action_id() -> String {
     format!("act_{}", ulid::Ulid::new().to_string().to_lowercase())
-}
-
-/// What a secret is bound to: its workspace, action and purpose.
-pub fn secret_owner(workspace_id: &str, action_id: &str) -> String {
-    format!("{workspace_id}/action/{action_id}/auth")
 }
 
 #[derive(Clone)]
@@ -111,10 +112,9 @@ pub struct RunRequest {
 }
 
 pub mod execution_events {
-    pub const STARTED: &str = "action_execution.started";
-    pub const COMPLETED: &str = "action_execution.completed";
-    /// The public event beside every live completion.
-    pub const EXECUTED: &str = "action.executed";
+    pub use switchboard_contract::event_types::actions::{
+        EXECUTED, EXECUTION_COMPLETED as COMPLETED, EXECUTION_STARTED as STARTED,
+    };
 }
 
 impl ActionService {
@@ -376,23 +376,10 @@ impl ActionService {
         workspace_id: &str,
         action_id: &str,
     ) -> Result<(Option<ActionDefinition>, u64), ServiceError> {
-        let stream = stream_of(workspace_id, action_id);
-        let mut current = None;
-        let mut version = 0;
-        loop {
-            let events = self.log.read_stream(&stream, version, 500).await?;
-            let Some(last) = events.last() else { break };
-            version = last.stream_version;
-            for event in &events {
-                if let Some(definition) = domain::decode(event)? {
-                    current = Some(definition);
-                }
-            }
-            if events.len() < 500 {
-                break;
-            }
-        }
-        Ok((current, version))
+        let loaded = Actions
+            .load(&self.log, &stream_of(workspace_id, action_id))
+            .await?;
+        Ok((loaded.state, loaded.version))
     }
 
     /// Runs `command` on the action `action_id`, returning the definition as it now is
@@ -405,67 +392,73 @@ impl ActionService {
     ) -> Result<ActionDefinition, ServiceError> {
         self.check_connection(&command)?;
         let stream = stream_of(&ctx.workspace_id, action_id);
-        for _ in 0..MAX_ATTEMPTS {
-            let (current, version) = self.load(&ctx.workspace_id, action_id).await?;
-            let command = self.seal_secret(ctx, action_id, current.as_ref(), command.clone());
-            let change = match domain::decide(current.as_ref(), command, now_micros()) {
-                Ok(Some(change)) => change,
-                Ok(None) => return current.ok_or_else(|| DomainError::NotFound.into()),
-                Err(e) => {
-                    if let Some(original) = self.original(ctx).await? {
-                        return Ok(original);
-                    }
-                    return Err(e.into());
-                }
-            };
-            let event = NewEvent {
-                event_id: if ctx.request_id.is_empty() {
-                    Uuid::now_v7()
-                } else {
-                    derive_event_id(&ctx.workspace_id, &ctx.request_id, 0)
-                },
-                event_type: change.event_type.to_owned(),
-                schema_version: 1,
-                payload: change.payload(),
-                metadata: Metadata {
-                    workspace_id: ctx.workspace_id.clone(),
-                    correlation_id: ctx.request_id.clone(),
-                    traceparent: ctx.traceparent.clone(),
-                    occurred_at: now_micros(),
-                    ..Default::default()
-                },
-            };
-            let expected = match version {
-                0 => ExpectedVersion::NoStream,
-                v => ExpectedVersion::Exact(v),
-            };
-            match self.log.append(&stream, expected, vec![event]).await {
-                Ok(appended) if appended.duplicate => {
-                    let same = appended.events.first().is_some_and(|e| e.stream == stream);
-                    return match appended
-                        .events
-                        .first()
-                        .map(domain::decode)
-                        .transpose()?
-                        .flatten()
-                    {
-                        Some(original) if same => Ok(original),
-                        _ => Err(request_id_reused()),
+        let executed = eventlog::Command::new(&self.log, &stream)
+            .attempts(MAX_ATTEMPTS)
+            .request(&ctx.workspace_id, &ctx.request_id)
+            .run(
+                &Actions,
+                |loaded: &Loaded<Option<ActionDefinition>>| -> Result<_, DomainError> {
+                    let current = loaded.state.as_ref();
+                    let command = self.seal_secret(ctx, action_id, current, command.clone());
+                    let now = now_micros();
+                    let Some(change) = domain::decide(current, command, now)? else {
+                        return Ok(Decision::nothing(None));
                     };
-                }
-                Ok(_) => return Ok(change.definition),
-                Err(EventLogError::Conflict { .. }) => continue,
-                Err(EventLogError::Database(e)) if is_unique_violation(&e) => {
-                    return Err(DomainError::Invalid(vec![FieldViolation {
-                        field: "name".into(),
-                        description: "another action of the workspace has this name".into(),
-                    }])
-                    .into());
-                }
-                Err(e) => return Err(e.into()),
+                    let event = NewEvent {
+                        event_id: Uuid::now_v7(),
+                        event_type: change.event_type.to_owned(),
+                        schema_version: 1,
+                        payload: change.payload(),
+                        metadata: Metadata {
+                            workspace_id: ctx.workspace_id.clone(),
+                            correlation_id: ctx.request_id.clone(),
+                            traceparent: ctx.traceparent.clone(),
+                            occurred_at: now,
+                            ..Default::default()
+                        },
+                    };
+                    Ok(Decision::new(vec![event], Some(change.definition)))
+                },
+            )
+            .await;
+        match executed {
+            Ok(Executed::Appended { output, .. }) => {
+                output.ok_or_else(|| DomainError::NotFound.into())
             }
+            Ok(Executed::Unchanged { state, .. }) => {
+                state.ok_or_else(|| DomainError::NotFound.into())
+            }
+            Ok(Executed::Duplicate { events, .. }) => {
+                let same = events.first().is_some_and(|e| e.stream == stream);
+                match events.first().map(domain::decode).transpose()?.flatten() {
+                    Some(original) if same => Ok(original),
+                    _ => Err(request_id_reused()),
+                }
+            }
+            // A retried request whose original already succeeded may be refused by the new
+            // state: answer with the original.
+            Err(CommandError::Rejected { error, original }) => {
+                match original
+                    .as_deref()
+                    .and_then(<[RecordedEvent]>::first)
+                    .map(domain::decode)
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(original) => Ok(original),
+                    None => Err(error.into()),
+                }
+            }
+            Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::Log(EventLogError::Database(e))) if is_unique_violation(&e) => {
+                Err(DomainError::Invalid(vec![FieldViolation {
+                    field: "name".into(),
+                    description: "another action of the workspace has this name".into(),
+                }])
+                .into())
+            }
+            Err(CommandError::Log(e)) => Err(e.into()),
         }
-        Err(ServiceError::Contended)
     }
 
     /// A `database_query` action may name only a connection the operator configured.
@@ -538,26 +531,32 @@ impl ActionService {
             other => other,
         }
     }
+}
 
-    async fn original(
+/// Action definitions for the command skeleton: every change stores the whole definition,
+/// so the latest one is the state.
+struct Actions;
+
+impl Aggregate for Actions {
+    type State = Option<ActionDefinition>;
+
+    fn apply(
         &self,
-        ctx: &RequestContext,
-    ) -> Result<Option<ActionDefinition>, ServiceError> {
-        if ctx.request_id.is_empty() {
-            return Ok(None);
+        state: &mut Option<ActionDefinition>,
+        event: &RecordedEvent,
+    ) -> Result<(), EventLogError> {
+        if let Some(definition) = domain::decode(event)? {
+            *state = Some(definition);
         }
-        let id = derive_event_id(&ctx.workspace_id, &ctx.request_id, 0);
-        match self.log.find_event(id).await? {
-            Some(event) => Ok(domain::decode(&event)?),
-            None => Ok(None),
-        }
+        Ok(())
     }
 }
 
 fn request_id_reused() -> ServiceError {
     DomainError::Invalid(vec![FieldViolation {
         field: "request_id".into(),
-        description: "SB-ACT-0006: this request id was already used for another request".into(),
+        description: switchboard_runtime::codes::ACT_REQUEST_ID_REUSED
+            .message("this request id was already used for another request"),
     }])
     .into()
 }

@@ -84,9 +84,13 @@ async fn a_requested_action_runs_once_and_answers_on_nats() {
         replicas: 1,
     };
     ensure_stream(&nats.js, &nats.prefix, &flows).await.unwrap();
-    ensure_stream(&nats.js, &nats.prefix, &switchboard_actions::stream_spec(1))
-        .await
-        .unwrap();
+    ensure_stream(
+        &nats.js,
+        &nats.prefix,
+        &switchboard_eventlog::StreamSpec::of(&switchboard_contract::streams::ACTIONS, 1),
+    )
+    .await
+    .unwrap();
     let shutdown = CancellationToken::new();
     let relay = Relay::new(
         h.log.clone(),

@@ -15,6 +15,9 @@ use serde_json::{Value as Json, json};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_secrets::Secret;
 
+/// Who a conversation is assigned to: decided by the domain, sent by [`ConnexeaseApi::assign`].
+pub use crate::domain::AssignTo;
+
 /// Where and as whom to call.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -52,15 +55,6 @@ pub enum ClientError {
     Network { message: String, attempts: u32 },
     #[error("{0}")]
     Blocked(String),
-}
-
-/// Who a conversation is assigned to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AssignTo {
-    Group(String),
-    Agent(String),
-    /// The next available agent, optionally within a group.
-    Auto(Option<String>),
 }
 
 /// The operations the service needs from Connexease.

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use serde_json::{Value as Json, json};
 use switchboard_proto::connexease::v1::{Connection, Directory};
 
-use crate::client::AssignTo;
-
 pub mod limits {
     pub const URL_BYTES: usize = 2048;
     pub const TOKEN_BYTES: usize = 4096;
@@ -33,17 +31,7 @@ pub const OPERATIONS: [&str; 8] = [
     "set_customer_fields",
 ];
 
-pub mod event_types {
-    pub const CONNECTED: &str = "connexease.connected";
-    pub const DISCONNECTED: &str = "connexease.disconnected";
-    pub const DIRECTORY_SYNCED: &str = "connexease.directory_synced";
-    pub const OPERATION_STARTED: &str = "connexease_operation.started";
-    pub const OPERATION_COMPLETED: &str = "connexease_operation.completed";
-    /// A transient failure (Connexease unreachable after the retries): the key may run again.
-    pub const OPERATION_ABANDONED: &str = "connexease_operation.abandoned";
-    pub const LINKED: &str = "connexease.linked";
-    pub const WEBHOOK_RECEIVED: &str = "connexease.webhook_received";
-}
+pub use switchboard_contract::event_types::connexease as event_types;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
@@ -120,6 +108,15 @@ pub fn validate_connection(
         ));
     }
     v
+}
+
+/// Who a conversation is assigned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignTo {
+    Group(String),
+    Agent(String),
+    /// The next available agent, optionally within a group.
+    Auto(Option<String>),
 }
 
 /// An operation resolved against the directory, ready to call.

@@ -10,6 +10,7 @@
 //! failed: Connexease retries the delivery).
 
 use std::sync::Arc;
+use switchboard_contract::event_types::connexease_hooks as hooks;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -20,9 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message as _;
 use serde_json::{Value as Json, json};
+use switchboard_clients::ConversationsClient;
 use switchboard_eventlog::{EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef};
 use switchboard_proto::connexease::v1::{Link, WebhookReceived};
-use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_proto::conversations::v1::{AssignRequest, SetStatusRequest};
 use switchboard_proto::events::v1::ConversationStatus;
 use uuid::Uuid;
@@ -245,7 +246,7 @@ impl Inbound {
         state: &crate::service::State,
     ) -> Result<String, String> {
         let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
-        if !kind.starts_with("conversation.") {
+        if !kind.starts_with(hooks::CONVERSATION_PREFIX) {
             return Ok(String::new());
         }
         let external = text("id");
@@ -258,7 +259,7 @@ impl Inbound {
             (Some(link), _) => link,
             // Created from one of our conversations (its id travels as `external_id`):
             // link it now.
-            (None, "conversation.created") if data["external_id"].is_string() => Link {
+            (None, hooks::CONVERSATION_CREATED) if data["external_id"].is_string() => Link {
                 conversation_id: text("external_id"),
                 external_conversation_id: external.clone(),
                 ..Default::default()
@@ -279,14 +280,14 @@ impl Inbound {
         let request_id = format!("connexease-{delivery_id}");
         if let Some(conversations) = &self.conversations {
             match kind {
-                "conversation.archived" => {
+                hooks::CONVERSATION_ARCHIVED => {
                     conversations
                         .archive(workspace_id, &link.conversation_id, &request_id)
                         .await?;
                 }
-                "conversation.assigned"
-                | "conversation.auto_assign"
-                | "conversation.group_changed" => {
+                hooks::CONVERSATION_ASSIGNED
+                | hooks::CONVERSATION_AUTO_ASSIGN
+                | hooks::CONVERSATION_GROUP_CHANGED => {
                     let directory = state.directory.clone().unwrap_or_default();
                     let group = directory
                         .groups
@@ -329,29 +330,6 @@ fn valid_event(event: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
 }
 
-/// The conversations service over gRPC.
-pub struct GrpcConversations {
-    client: ConversationsClient<tonic::transport::Channel>,
-    token: Option<String>,
-}
-
-impl GrpcConversations {
-    /// Connects on first use, so the services can start in any order.
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel =
-            switchboard_runtime::requests::lazy_channel(url, std::time::Duration::from_secs(10))?;
-        Ok(Self {
-            client: ConversationsClient::new(channel),
-            token,
-        })
-    }
-
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let traceparent = switchboard_runtime::telemetry::current_traceparent().unwrap_or_default();
-        switchboard_runtime::requests::outgoing(message, self.token.as_deref(), &traceparent)
-    }
-}
-
 /// Not found and failed preconditions are final (the conversation is gone or ended); the
 /// rest may pass, so Connexease's retry is worth it.
 fn settled(status: tonic::Status) -> Result<(), String> {
@@ -364,21 +342,23 @@ fn settled(status: tonic::Status) -> Result<(), String> {
     }
 }
 
+/// The conversations service over gRPC: the service token, the caller's name and the
+/// current span's trace context go with every call.
 #[async_trait]
-impl Conversations for GrpcConversations {
+impl Conversations for ConversationsClient {
     async fn archive(
         &self,
         workspace_id: &str,
         conversation_id: &str,
         request_id: &str,
     ) -> Result<(), String> {
-        let request = self.request(SetStatusRequest {
+        let request = SetStatusRequest {
             workspace_id: workspace_id.into(),
             request_id: format!("{request_id}-status"),
             conversation_id: conversation_id.into(),
             status: ConversationStatus::Archived as i32,
-        });
-        match self.client.clone().set_status(request).await {
+        };
+        match self.set_status(request).await {
             Ok(_) => Ok(()),
             Err(status) => settled(status),
         }
@@ -392,14 +372,15 @@ impl Conversations for GrpcConversations {
         agent: &str,
         request_id: &str,
     ) -> Result<(), String> {
-        let request = self.request(AssignRequest {
+        let request = AssignRequest {
             workspace_id: workspace_id.into(),
             request_id: format!("{request_id}-assign"),
             conversation_id: conversation_id.into(),
             group: group.into(),
             agent: agent.into(),
-        });
-        match self.client.clone().assign(request).await {
+        };
+        // The client's own `assign`, not this trait's.
+        match ConversationsClient::assign(self, request).await {
             Ok(_) => Ok(()),
             Err(status) => settled(status),
         }

@@ -21,23 +21,163 @@ pub mod sim;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use switchboard_eventlog::{EventLog, EventLogError, StoreConfig};
+use async_trait::async_trait;
+use switchboard_clients::ConversationsClient;
+use switchboard_contract::{services, streams, subjects};
+use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
+use switchboard_outbound::ClientOptions;
+use switchboard_runtime::service::{
+    BoxError, Mode, Publication, ReadModels, Secrets, ServiceModule, Wiring, loopback,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 pub use grpc::ConnexeaseApi;
 pub use service::ConnexeaseService;
 pub use store::{ConnexeaseProjection, ConnexeaseStore};
 
-pub const SERVICE: &str = "connexease";
+pub const SERVICE: &str = services::CONNEXEASE;
 pub const GRPC_SERVICE: &str = "switchboard.connexease.v1.Connexease";
+
+/// The connexease service, as the binary composes it.
+pub const MODULE: Connexease = Connexease;
+
+/// The connexease service module: its gRPC API, the inbound webhooks on the HTTP server,
+/// the directory sync, and in `dev` the simulator standing in for Connexease.
+pub struct Connexease;
+
+#[async_trait]
+impl ServiceModule for Connexease {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn read_models(&self) -> ReadModels {
+        let (postgres, sqlite) = store::read_model_ddl();
+        ReadModels {
+            postgres,
+            sqlite,
+            projection: Arc::new(ConnexeaseProjection),
+        }
+    }
+
+    fn publication(&self) -> Publication {
+        Publication {
+            stream: streams::CONNEXEASE,
+            router: Arc::new(PublicEvents),
+        }
+    }
+
+    fn secrets(&self) -> Secrets {
+        Secrets::Required
+    }
+
+    fn describe(&self, event: &RecordedEvent) -> String {
+        describe_payload(event)
+    }
+
+    async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
+        let sim = match wiring.mode() {
+            Mode::Dev => Some(start_simulator(wiring).await?),
+            Mode::Serve => None,
+        };
+        let also_allow: Vec<String> = sim
+            .iter()
+            .map(|sim| loopback(sim.addr).ip().to_string())
+            .collect();
+        let outbound = wiring.outbound(
+            &ClientOptions {
+                timeout: Duration::from_secs(125),
+                ..Default::default()
+            },
+            &also_allow,
+        )?;
+        let api = client::HttpConnexease::new(outbound, client::RetryPolicy::default());
+        let mut service = ConnexeaseService::new(
+            wiring.log().clone(),
+            wiring.required_keyring()?,
+            Arc::new(api),
+        );
+        if let Some(sim) = &sim {
+            // Workspaces with no connection are connected to the simulator on first use.
+            service =
+                service.with_default_connection(switchboard_proto::connexease::v1::Connection {
+                    base_url: sim.base_url(),
+                    access_token: sim.config.token.clone(),
+                    webhook_secret: sim.config.webhook_secret.clone(),
+                    ..Default::default()
+                });
+        }
+        wiring.serve_grpc(ConnexeaseApi::new(service.clone()).into_server());
+        let conversations = match wiring.peer(services::CONVERSATIONS) {
+            Some(peer) => Some(Arc::new(ConversationsClient::connect_lazy(&peer.into())?)
+                as Arc<dyn inbound::Conversations>),
+            None => None,
+        };
+        wiring.serve_http(inbound::router(
+            service.clone(),
+            ConnexeaseStore::new(wiring.log().clone()),
+            conversations,
+        ));
+        wiring.spawn(
+            "directory sync",
+            sync_directories(service, wiring.shutdown()),
+        );
+        Ok(())
+    }
+}
+
+/// The Connexease simulator of `dev`, sending its webhooks to
+/// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE` through this process's HTTP server.
+async fn start_simulator(wiring: &mut Wiring) -> Result<sim::RunningSim, BoxError> {
+    let config = wiring.config();
+    let addr = config.connexease_sim_addr;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        format!("binding the Connexease simulator to {addr} (SWITCHBOARD_CONNEXEASE_SIM_ADDR): {e}")
+    })?;
+    let workspace = config.connexease_sim_workspace.clone();
+    let settings = sim::SimConfig {
+        webhook_url: Some(format!(
+            "http://{}/connexease/webhooks/{workspace}",
+            loopback(config.http_addr)
+        )),
+        ..sim::SimConfig::default()
+    };
+    let sim = sim::serve(listener, settings, wiring.shutdown()).await?;
+    wiring.announce(format!(
+        "  Connexease sim  {} (token {}; its webhooks go to {workspace})",
+        sim.base_url(),
+        sim.config.token,
+    ));
+    Ok(sim)
+}
+
+/// Pulls the directory of every connected workspace every 15 minutes (and at start).
+async fn sync_directories(service: ConnexeaseService, shutdown: CancellationToken) {
+    let store = ConnexeaseStore::new(service.log().clone());
+    loop {
+        match store.connected_workspaces().await {
+            Ok(workspaces) => {
+                for workspace in workspaces {
+                    if let Err(e) = service.sync_directory(&workspace).await {
+                        warn!(workspace, error = %e, "could not sync the Connexease directory");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "could not list the connected workspaces"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(15 * 60)) => {}
+        }
+    }
+}
 
 /// Opens the service's log with its read models and projection.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
-    let (postgres, sqlite) = store::read_model_ddl();
-    Ok(EventLog::open(config)
-        .await?
-        .with_read_models(&postgres, &sqlite)
-        .with_projection(Arc::new(ConnexeaseProjection)))
+    switchboard_runtime::service::open_log(&MODULE, config).await
 }
 
 /// Where the connexease service publishes: every verified inbound webhook as
@@ -46,26 +186,16 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
 /// stay in the log.
 pub struct PublicEvents;
 
-impl switchboard_eventlog::Router for PublicEvents {
-    fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+impl Router for PublicEvents {
+    fn subject(&self, event: &RecordedEvent) -> Option<String> {
         if event.event_type != domain::event_types::WEBHOOK_RECEIVED {
             return None;
         }
         let received: switchboard_proto::connexease::v1::WebhookReceived = event.decode().ok()?;
-        Some(format!(
-            "events.{}.connexease.{}",
-            event.metadata.workspace_id,
-            received.event.replace('.', "_")
+        Some(subjects::connexease(
+            &event.metadata.workspace_id,
+            &received.event,
         ))
-    }
-}
-
-/// The JetStream stream the service publishes to.
-pub fn stream_spec(replicas: usize) -> switchboard_eventlog::StreamSpec {
-    switchboard_eventlog::StreamSpec {
-        name: "CONNEXEASE".into(),
-        subjects: vec!["events.*.connexease.>".into()],
-        replicas,
     }
 }
 

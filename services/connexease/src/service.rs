@@ -6,12 +6,14 @@
 //! link), `connexease_webhook/<ws>/<delivery>` (one inbound webhook).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, now_micros, timestamp,
+    Aggregate, Command, CommandError, Decision, EventLog, EventLogError, ExpectedVersion, Loaded,
+    Metadata, NewEvent, RecordedEvent, StreamRef, VersionOnly, now_micros, timestamp,
 };
 use switchboard_proto::connexease::v1::{
     Agent, Connection, ConnectionChanged, CustomField, Directory, DirectorySynced, Group, Link,
@@ -27,13 +29,22 @@ use crate::domain::{self, FieldViolation, Plan, event_types};
 pub enum ServiceError {
     #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldViolation>),
-    #[error("SB-CX-0001: the workspace has no Connexease connection; connect it first")]
+    #[error(
+        "{code}: the workspace has no Connexease connection; connect it first",
+        code = switchboard_runtime::codes::CX_NOT_CONNECTED.id
+    )]
     NotConnected,
-    #[error("SB-CX-0002: {0}")]
+    #[error("{code}: {0}", code = switchboard_runtime::codes::CX_UPSTREAM_FAILED.id)]
     Connexease(ClientError),
-    #[error("SB-CX-0007: an operation with this idempotency key is still running; retry later")]
+    #[error(
+        "{code}: an operation with this idempotency key is still running; retry later",
+        code = switchboard_runtime::codes::CX_IN_PROGRESS.id
+    )]
     InProgress,
-    #[error("SB-CX-0005: the connection is changing too fast; retry")]
+    #[error(
+        "{code}: the connection is changing too fast; retry",
+        code = switchboard_runtime::codes::CX_CONTENDED.id
+    )]
     Contended,
     #[error(transparent)]
     Log(#[from] EventLogError),
@@ -164,28 +175,30 @@ impl ConnexeaseService {
 
     /// The connection and directory of a workspace.
     pub async fn load(&self, workspace_id: &str) -> Result<State, ServiceError> {
+        let loaded = Connections
+            .load(&self.log, &connection_stream(workspace_id))
+            .await?;
+        Ok(loaded.state)
+    }
+
+    /// Appends `event` to the workspace's connection, decided on it at `version` around a
+    /// call to Connexease, in one attempt: a lost race is the caller's to answer.
+    async fn append_once(
+        &self,
+        workspace_id: &str,
+        version: u64,
+        event: NewEvent,
+    ) -> Result<(), CommandError<Infallible>> {
         let stream = connection_stream(workspace_id);
-        let mut state = State::default();
-        loop {
-            let events = self.log.read_stream(&stream, state.version, 500).await?;
-            let Some(last) = events.last() else { break };
-            state.version = last.stream_version;
-            for event in &events {
-                match event.event_type.as_str() {
-                    event_types::CONNECTED | event_types::DISCONNECTED => {
-                        state.connection = event.decode::<ConnectionChanged>()?.connection;
-                    }
-                    event_types::DIRECTORY_SYNCED => {
-                        state.directory = event.decode::<DirectorySynced>()?.directory;
-                    }
-                    _ => {}
-                }
-            }
-            if events.len() < 500 {
-                break;
-            }
-        }
-        Ok(state)
+        let mut event = Some(event);
+        Command::new(&self.log, &stream)
+            .attempts(1)
+            .starting_from(Loaded::new((), version))
+            .run(&VersionOnly, |_| {
+                Ok(Decision::events(event.take().into_iter().collect()))
+            })
+            .await
+            .map(drop)
     }
 
     fn target(&self, connection: &Connection) -> Result<Target, ServiceError> {
@@ -276,30 +289,23 @@ impl ConnexeaseService {
         connection.connected = true;
         connection.version = state.version + 1;
         connection.connected_at = Some(timestamp(now_micros()));
-        let expected = match state.version {
-            0 => ExpectedVersion::NoStream,
-            v => ExpectedVersion::Exact(v),
-        };
         let payload = ConnectionChanged {
             connection: Some(connection.clone()),
         }
         .encode_to_vec();
+        let connected = event(
+            event_types::CONNECTED,
+            payload,
+            metadata(workspace_id, request_id),
+        );
         match self
-            .log
-            .append(
-                &connection_stream(workspace_id),
-                expected,
-                vec![event(
-                    event_types::CONNECTED,
-                    payload,
-                    metadata(workspace_id, request_id),
-                )],
-            )
+            .append_once(workspace_id, state.version, connected)
             .await
         {
-            Ok(_) => {}
-            Err(EventLogError::Conflict { .. }) => return Err(ServiceError::Contended),
-            Err(e) => return Err(e.into()),
+            Ok(()) => {}
+            Err(CommandError::Rejected { error, .. }) => match error {},
+            Err(CommandError::Contended { .. }) => return Err(ServiceError::Contended),
+            Err(CommandError::Log(e)) => return Err(e.into()),
         }
         let directory = self.sync_directory(workspace_id).await?;
         Ok((connection, Some(directory)))
@@ -310,36 +316,42 @@ impl ConnexeaseService {
         workspace_id: &str,
         request_id: &str,
     ) -> Result<Connection, ServiceError> {
-        let state = self.load(workspace_id).await?;
-        let mut connection = state
-            .connected()
-            .cloned()
-            .ok_or(ServiceError::NotConnected)?;
-        connection.connected = false;
-        // Disconnecting forgets the credentials.
-        connection.sealed_access_token.clear();
-        connection.sealed_webhook_secret.clear();
-        connection.version = state.version + 1;
-        let payload = ConnectionChanged {
-            connection: Some(connection.clone()),
-        }
-        .encode_to_vec();
-        self.log
-            .append(
-                &connection_stream(workspace_id),
-                ExpectedVersion::Exact(state.version),
-                vec![event(
-                    event_types::DISCONNECTED,
-                    payload,
-                    metadata(workspace_id, request_id),
-                )],
+        let stream = connection_stream(workspace_id);
+        // One attempt: a change in between is `Contended`, as it always was.
+        let executed = Command::new(&self.log, &stream)
+            .attempts(1)
+            .run(
+                &Connections,
+                |loaded: &Loaded<State>| -> Result<_, ServiceError> {
+                    let mut connection = loaded
+                        .state
+                        .connected()
+                        .cloned()
+                        .ok_or(ServiceError::NotConnected)?;
+                    connection.connected = false;
+                    // Disconnecting forgets the credentials.
+                    connection.sealed_access_token.clear();
+                    connection.sealed_webhook_secret.clear();
+                    connection.version = loaded.version + 1;
+                    let payload = ConnectionChanged {
+                        connection: Some(connection.clone()),
+                    }
+                    .encode_to_vec();
+                    let disconnected = event(
+                        event_types::DISCONNECTED,
+                        payload,
+                        metadata(workspace_id, request_id),
+                    );
+                    Ok(Decision::new(vec![disconnected], connection))
+                },
             )
-            .await
-            .map_err(|e| match e {
-                EventLogError::Conflict { .. } => ServiceError::Contended,
-                other => other.into(),
-            })?;
-        Ok(connection)
+            .await;
+        match executed {
+            Ok(executed) => Ok(executed.into_output()),
+            Err(CommandError::Rejected { error, .. }) => Err(error),
+            Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::Log(e)) => Err(e.into()),
+        }
     }
 
     pub async fn test_connection(
@@ -391,22 +403,16 @@ impl ConnexeaseService {
             directory: Some(directory.clone()),
         }
         .encode_to_vec();
-        match self
-            .log
-            .append(
-                &connection_stream(workspace_id),
-                ExpectedVersion::Exact(state.version),
-                vec![event(
-                    event_types::DIRECTORY_SYNCED,
-                    payload,
-                    metadata(workspace_id, ""),
-                )],
-            )
-            .await
-        {
+        let synced = event(
+            event_types::DIRECTORY_SYNCED,
+            payload,
+            metadata(workspace_id, ""),
+        );
+        match self.append_once(workspace_id, state.version, synced).await {
             // Another sync recorded the same directory first: either is right.
-            Ok(_) | Err(EventLogError::Conflict { .. }) => Ok(directory),
-            Err(e) => Err(e.into()),
+            Ok(()) | Err(CommandError::Contended { .. }) => Ok(directory),
+            Err(CommandError::Rejected { error, .. }) => match error {},
+            Err(CommandError::Log(e)) => Err(e.into()),
         }
     }
 
@@ -636,24 +642,24 @@ impl ConnexeaseService {
     pub async fn record_link(&self, workspace_id: &str, link: Link) -> Result<(), ServiceError> {
         let stream = link_stream(workspace_id, &link.conversation_id);
         let payload = Linked { link: Some(link) }.encode_to_vec();
-        for _ in 0..5 {
-            let (_, version) = self.last_event(&stream).await?;
-            let expected = match version {
-                0 => ExpectedVersion::NoStream,
-                v => ExpectedVersion::Exact(v),
-            };
-            let linked = event(
-                event_types::LINKED,
-                payload.clone(),
-                metadata(workspace_id, ""),
-            );
-            match self.log.append(&stream, expected, vec![linked]).await {
-                Ok(_) => return Ok(()),
-                Err(EventLogError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        // The latest link stands, whatever came before it: only the version matters.
+        let executed = Command::new(&self.log, &stream)
+            .attempts(5)
+            .run(&VersionOnly, |_| {
+                let linked = event(
+                    event_types::LINKED,
+                    payload.clone(),
+                    metadata(workspace_id, ""),
+                );
+                Ok::<_, Infallible>(Decision::events(vec![linked]))
+            })
+            .await;
+        match executed {
+            Ok(_) => Ok(()),
+            Err(CommandError::Rejected { error, .. }) => match error {},
+            Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::Log(e)) => Err(e.into()),
         }
-        Err(ServiceError::Contended)
     }
 
     pub async fn link(
@@ -713,6 +719,30 @@ impl ConnexeaseService {
             }
         }
         Ok(claim)
+    }
+}
+
+/// A workspace's connection and directory for the command skeleton.
+struct Connections;
+
+impl Aggregate for Connections {
+    type State = State;
+
+    fn apply(&self, state: &mut State, event: &RecordedEvent) -> Result<(), EventLogError> {
+        match event.event_type.as_str() {
+            event_types::CONNECTED | event_types::DISCONNECTED => {
+                state.connection = event.decode::<ConnectionChanged>()?.connection;
+            }
+            event_types::DIRECTORY_SYNCED => {
+                state.directory = event.decode::<DirectorySynced>()?.directory;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn at_version(&self, state: &mut State, version: u64) {
+        state.version = version;
     }
 }
 

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use switchboard_contract::event_types::connexease_hooks as hooks;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -468,11 +469,11 @@ async fn assign(
             }
             let data = json!(conversation.clone());
             let event = if body.auto {
-                "conversation.auto_assign"
+                hooks::CONVERSATION_AUTO_ASSIGN
             } else if body.group_id.is_some() && body.agent_id.is_none() {
-                "conversation.group_changed"
+                hooks::CONVERSATION_GROUP_CHANGED
             } else {
-                "conversation.assigned"
+                hooks::CONVERSATION_ASSIGNED
             };
             let hook = webhook(w, event, data.clone());
             Ok((json!({"data": data}), vec![hook]))
@@ -495,9 +496,9 @@ fn set_status(sim: &Sim, id: &str, headers: &HeaderMap, status: &str) -> Respons
             conversation.status = status.into();
             let data = json!(conversation.clone());
             let event = if status == "archived" {
-                "conversation.archived"
+                hooks::CONVERSATION_ARCHIVED
             } else {
-                "conversation.unarchived"
+                hooks::CONVERSATION_UNARCHIVED
             };
             let hook = webhook(w, event, data.clone());
             Ok((json!({"data": data}), vec![hook]))
@@ -566,7 +567,7 @@ async fn conversation_fields(
         let conversation = conversation_mut(w, &id)?;
         conversation.custom_fields.extend(body.fields.clone());
         let data = json!(conversation.clone());
-        let hook = webhook(w, "conversation.custom_fields_updated", data.clone());
+        let hook = webhook(w, hooks::CONVERSATION_CUSTOM_FIELDS_UPDATED, data.clone());
         Ok((json!({"data": data}), vec![hook]))
     })
 }
@@ -618,7 +619,7 @@ async fn update_customer(
         }
         customer.social.extend(body.social.clone());
         let data = json!(customer.clone());
-        let hook = webhook(w, "customer.updated", data.clone());
+        let hook = webhook(w, hooks::CUSTOMER_UPDATED, data.clone());
         Ok((json!({"data": data}), vec![hook]))
     })
 }
@@ -635,7 +636,7 @@ async fn customer_fields(
         let customer = customer_mut(w, &id)?;
         customer.custom_fields.extend(body.fields.clone());
         let data = json!(customer.clone());
-        let hook = webhook(w, "customer.updated", data.clone());
+        let hook = webhook(w, hooks::CUSTOMER_UPDATED, data.clone());
         Ok((json!({"data": data}), vec![hook]))
     })
 }
@@ -680,7 +681,7 @@ async fn sim_create_conversation(
         };
         w.conversations.insert(id, conversation.clone());
         let data = json!(conversation);
-        let hook = webhook(&mut w, "conversation.created", data.clone());
+        let hook = webhook(&mut w, hooks::CONVERSATION_CREATED, data.clone());
         (data, hook)
     };
     sim.send_webhook(hook);
@@ -695,7 +696,10 @@ async fn sim_archive(State(sim): State<Sim>, Path(id): Path<String>) -> Response
             Ok(conversation) => {
                 conversation.status = "archived".into();
                 let data = json!(conversation.clone());
-                Ok((data.clone(), webhook(&mut w, "conversation.archived", data)))
+                Ok((
+                    data.clone(),
+                    webhook(&mut w, hooks::CONVERSATION_ARCHIVED, data),
+                ))
             }
             Err(e) => Err(e),
         }

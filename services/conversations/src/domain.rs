@@ -10,7 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use prost::Message as _;
-use switchboard_eventlog::{RecordedEvent, now_micros};
+use switchboard_eventlog::RecordedEvent;
 use switchboard_proto::conversations::v1::ConversationSnapshot;
 use switchboard_proto::events::v1::{
     AnalysisRecorded, Assignment, Author, Button, ButtonClick, Channel, Conversation,
@@ -173,23 +173,7 @@ pub enum DomainEvent {
     Closed(ConversationClosed),
 }
 
-pub mod event_types {
-    pub const STARTED: &str = "conversation.started";
-    pub const MESSAGE_ADDED: &str = "conversation.message_added";
-    pub const STATUS_CHANGED: &str = "conversation.status_changed";
-    pub const METAFIELDS_SET: &str = "conversation.metafields_set";
-    pub const METAFIELDS_REMOVED: &str = "conversation.metafields_removed";
-    pub const ASSIGNED: &str = "conversation.assigned";
-    pub const ANALYSIS_RECORDED: &str = "conversation.analysis_recorded";
-    pub const CLOSED: &str = "conversation.closed";
-
-    /// The public integration events, published on `events.<workspace>.<type>`.
-    pub const CREATED: &str = "conversation.created";
-    pub const UPDATED: &str = "conversation.updated";
-    pub const ENDED: &str = "conversation.ended";
-    pub const MESSAGE_CREATED: &str = "message.created";
-    pub const PUBLIC: [&str; 4] = [CREATED, UPDATED, ENDED, MESSAGE_CREATED];
-}
+pub use switchboard_contract::event_types::conversations as event_types;
 
 impl DomainEvent {
     pub fn event_type(&self) -> &'static str {
@@ -286,7 +270,8 @@ pub fn decide(
         (None, Command::Start { .. }) => return decide_start(command),
         (Some(_), Command::Start { .. }) => {
             return Err(DomainError::FailedPrecondition(
-                "SB-CONV-0002: the conversation already exists".into(),
+                switchboard_runtime::codes::CONV_ALREADY_EXISTS
+                    .message("the conversation already exists"),
             ));
         }
         (None, _) => return Err(DomainError::NotFound),
@@ -295,7 +280,8 @@ pub fn decide(
     let conversation = &state.conversation;
     let ended = || {
         DomainError::FailedPrecondition(
-            "SB-CONV-0003: the conversation has ended; no message can be added".into(),
+            switchboard_runtime::codes::CONV_ENDED
+                .message("the conversation has ended; no message can be added"),
         )
     };
     let next_sequence = conversation.message_count + 1;
@@ -618,7 +604,8 @@ pub fn decide(
             v.finish()?;
             if conversation.ended {
                 return Err(DomainError::FailedPrecondition(
-                    "SB-CONV-0004: the conversation has already ended".into(),
+                    switchboard_runtime::codes::CONV_ALREADY_ENDED
+                        .message("the conversation has already ended"),
                 ));
             }
             Ok(vec![DomainEvent::Closed(ConversationClosed {
@@ -845,11 +832,6 @@ fn switchboard_eventlog_timestamp(micros: i64) -> prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
     }
-}
-
-/// The current time, for callers of the pure functions above.
-pub fn now() -> i64 {
-    now_micros()
 }
 
 fn looks_like_email(s: &str) -> bool {

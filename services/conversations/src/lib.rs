@@ -14,8 +14,11 @@ pub mod store;
 
 use std::sync::Arc;
 
-use switchboard_eventlog::{
-    EventLog, EventLogError, RecordedEvent, Router, StoreConfig, StreamSpec,
+use async_trait::async_trait;
+use switchboard_contract::{services, streams, subjects};
+use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
+use switchboard_runtime::service::{
+    BoxError, Publication, ReadModels, Secrets, ServiceModule, Wiring,
 };
 
 pub use grpc::ConversationsApi;
@@ -23,18 +26,61 @@ pub use service::ConversationService;
 pub use store::{ConversationStore, ConversationsProjection};
 
 /// The service's name: its Postgres schema, SQLite file and relay are named after it.
-pub const SERVICE: &str = "conversations";
+pub const SERVICE: &str = services::CONVERSATIONS;
 /// The gRPC service's full name, for health and reflection.
 pub const GRPC_SERVICE: &str = "switchboard.conversations.v1.Conversations";
+
+/// The conversations service, as the binary composes it.
+pub const MODULE: Conversations = Conversations;
+
+/// The conversations service module: its gRPC API, sealing secure metadata when the
+/// process has a key.
+pub struct Conversations;
+
+#[async_trait]
+impl ServiceModule for Conversations {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn read_models(&self) -> ReadModels {
+        let (postgres, sqlite) = store::read_model_ddl();
+        ReadModels {
+            postgres,
+            sqlite,
+            projection: Arc::new(ConversationsProjection),
+        }
+    }
+
+    fn publication(&self) -> Publication {
+        Publication {
+            stream: streams::CONVERSATIONS,
+            router: Arc::new(PublicEvents),
+        }
+    }
+
+    fn secrets(&self) -> Secrets {
+        Secrets::Optional
+    }
+
+    fn describe(&self, event: &RecordedEvent) -> String {
+        domain::describe_payload(event)
+    }
+
+    async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
+        let mut api = api(wiring.log().clone());
+        if let Some(keyring) = wiring.keyring() {
+            api = api.with_keyring(keyring);
+        }
+        wiring.serve_grpc(api.into_server());
+        Ok(())
+    }
+}
 
 /// Opens the service's log with its read model and projection. Call `migrate` on it
 /// before serving.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
-    let (postgres, sqlite) = store::read_model_ddl();
-    Ok(EventLog::open(config)
-        .await?
-        .with_read_models(&postgres, &sqlite)
-        .with_projection(Arc::new(ConversationsProjection)))
+    switchboard_runtime::service::open_log(&MODULE, config).await
 }
 
 /// The gRPC API over `log`.
@@ -52,23 +98,6 @@ impl Router for PublicEvents {
     fn subject(&self, event: &RecordedEvent) -> Option<String> {
         domain::event_types::PUBLIC
             .contains(&event.event_type.as_str())
-            .then(|| {
-                format!(
-                    "events.{}.{}",
-                    event.metadata.workspace_id, event.event_type
-                )
-            })
-    }
-}
-
-/// The JetStream stream the service publishes to.
-pub fn stream_spec(replicas: usize) -> StreamSpec {
-    StreamSpec {
-        name: "CONVERSATIONS".into(),
-        subjects: vec![
-            "events.*.conversation.>".into(),
-            "events.*.message.>".into(),
-        ],
-        replicas,
+            .then(|| subjects::public(&event.metadata.workspace_id, &event.event_type))
     }
 }

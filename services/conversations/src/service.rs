@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamRef,
-    derive_event_id,
+    self as eventlog, Aggregate, CommandError, Decision, EventLog, EventLogError, Executed, Loaded,
+    Metadata, NewEvent, RecordedEvent, SnapshotPolicy, StreamRef, now_micros,
 };
 use switchboard_proto::events::v1::{
     Conversation, ConversationCreatedEvent, ConversationUpdatedEvent, Message, MessageCreatedEvent,
@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::domain::{self, Command, DomainError, DomainEvent, State, event_types};
 
 /// Attempts before a command that keeps losing the race gives up with `ABORTED`.
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: u32 = 5;
 /// Events after which a new snapshot is written, so loads stay short on long streams.
 const SNAPSHOT_EVERY: u64 = 100;
 
@@ -30,7 +30,10 @@ pub enum ServiceError {
     #[error(transparent)]
     Domain(#[from] DomainError),
     /// Writers kept racing on the stream.
-    #[error("SB-CONV-0005: the conversation is changing too fast; retry")]
+    #[error(
+        "{code}: the conversation is changing too fast; retry",
+        code = switchboard_runtime::codes::CONV_CONTENDED.id
+    )]
     Contended,
     #[error(transparent)]
     Log(#[from] EventLogError),
@@ -148,66 +151,21 @@ impl ConversationService {
         &self.log
     }
 
-    /// Folds the conversation's stream, from its snapshot when one is valid.
+    /// The conversation aggregate, over this service's cache of recent states.
+    fn aggregate(&self) -> Conversations<'_> {
+        Conversations { cache: &self.cache }
+    }
+
+    /// Folds the conversation's stream, from its cached state or its snapshot when one is
+    /// valid.
     pub async fn load(
         &self,
         workspace_id: &str,
         conversation_id: &str,
     ) -> Result<(Option<State>, u64), ServiceError> {
         let stream = stream_of(workspace_id, conversation_id);
-        let (mut state, mut version, from) = match self.cache.get(&stream) {
-            // A cached state has no snapshot debt: count from the last snapshot we know of
-            // as if it were at this version.
-            Some((state, version)) => (Some(state), version, version),
-            None => match self
-                .log
-                .load_snapshot(&stream, domain::STATE_VERSION)
-                .await?
-            {
-                Some(snapshot) => match State::from_snapshot(&snapshot.state) {
-                    Some(state) => (
-                        Some(state),
-                        snapshot.stream_version,
-                        snapshot.stream_version,
-                    ),
-                    None => (None, 0, 0),
-                },
-                None => (None, 0, 0),
-            },
-        };
-        loop {
-            let events = self.log.read_stream(&stream, version, 1000).await?;
-            let Some(last) = events.last() else { break };
-            version = last.stream_version;
-            for event in &events {
-                if let Some(domain_event) = DomainEvent::decode(event)? {
-                    domain::apply(&mut state, &domain_event, event.metadata.occurred_at);
-                }
-            }
-            if events.len() < 1000 {
-                break;
-            }
-        }
-        if let Some(state) = state.as_mut() {
-            state.conversation.version = version;
-            self.cache.put(stream.clone(), state.clone(), version);
-            if version - from >= SNAPSHOT_EVERY {
-                // Best effort: a failed snapshot only makes the next load longer.
-                if let Err(e) = self
-                    .log
-                    .save_snapshot(
-                        &stream,
-                        version,
-                        domain::STATE_VERSION,
-                        &state.to_snapshot(),
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not save conversation snapshot");
-                }
-            }
-        }
-        Ok((state, version))
+        let loaded = self.aggregate().load(&self.log, &stream).await?;
+        Ok((loaded.state, loaded.version))
     }
 
     /// Decides and appends `command` on the conversation, retrying on conflicts. A repeated
@@ -219,125 +177,155 @@ impl ConversationService {
         command: Command,
     ) -> Result<Outcome, ServiceError> {
         let stream = stream_of(&ctx.workspace_id, conversation_id);
-        for _ in 0..MAX_ATTEMPTS {
-            let (state, version) = self.load(&ctx.workspace_id, conversation_id).await?;
-            let now = domain::now();
-            let decided = match domain::decide(state.as_ref(), &command, now) {
-                Ok(events) => events,
-                Err(e) => {
-                    // A retried request whose original already succeeded may be refused by
-                    // the new state (a second Start, say): answer with the original.
-                    if let Some(original) = self.original_outcome(ctx, &command, &stream).await? {
-                        return Ok(original);
-                    }
-                    return Err(e.into());
-                }
-            };
-            if decided.is_empty() {
-                let state = state.ok_or(DomainError::NotFound)?;
-                return Ok(Outcome {
-                    conversation: state.conversation,
-                    message: None,
-                });
-            }
-            let mut after = state.clone();
-            for event in &decided {
-                domain::apply(&mut after, event, now);
-            }
-            let Some(mut after) = after else {
-                return Err(DomainError::NotFound.into());
-            };
-            let public_count = domain::integration_events(
-                state.as_ref().map(|s| &s.conversation),
-                &after.conversation,
-                &decided,
-            )
-            .len();
-            after.conversation.version = version + (decided.len() + public_count) as u64;
-            let public = domain::integration_events(
-                state.as_ref().map(|s| &s.conversation),
-                &after.conversation,
-                &decided,
-            );
-            let message = decided.iter().find_map(|e| match e {
-                DomainEvent::MessageAdded(m) => m.message.clone(),
-                _ => None,
-            });
-            let metadata = Metadata {
-                workspace_id: ctx.workspace_id.clone(),
-                correlation_id: ctx.request_id.clone(),
-                causation_id: String::new(),
-                traceparent: ctx.traceparent.clone(),
-                tracestate: String::new(),
-                occurred_at: now,
-            };
-            let events: Vec<NewEvent> = decided
-                .iter()
-                .map(|e| (e.event_type(), e.encode()))
-                .chain(public.into_iter().map(|p| (p.event_type, p.payload)))
-                .enumerate()
-                .map(|(i, (event_type, payload))| NewEvent {
-                    event_id: event_id(ctx, i),
-                    event_type: event_type.to_owned(),
-                    schema_version: 1,
-                    payload,
-                    metadata: metadata.clone(),
+        let executed = eventlog::Command::new(&self.log, &stream)
+            .attempts(MAX_ATTEMPTS)
+            .request(&ctx.workspace_id, &ctx.request_id)
+            .run(&self.aggregate(), |loaded| {
+                decide(ctx, &command, loaded, now_micros())
+            })
+            .await;
+        match executed {
+            Ok(Executed::Appended { state, output, .. }) => {
+                metrics::counter!("conversations_commands_total").increment(1);
+                Ok(Outcome {
+                    conversation: state.ok_or(DomainError::NotFound)?.conversation,
+                    message: output,
                 })
-                .collect();
-            let expected = match version {
-                0 => ExpectedVersion::NoStream,
-                v => ExpectedVersion::Exact(v),
-            };
-            match self.log.append(&stream, expected, events).await {
-                Ok(appended) if appended.duplicate => {
-                    return same_request(&command, &stream, &appended.events)
-                        .then(|| outcome_from_recorded(&appended.events))
-                        .flatten()
-                        .ok_or_else(request_id_reused);
-                }
-                Ok(_) => {
-                    metrics::counter!("conversations_commands_total").increment(1);
-                    self.cache
-                        .put(stream.clone(), after.clone(), after.conversation.version);
-                    return Ok(Outcome {
-                        conversation: after.conversation,
-                        message,
-                    });
-                }
-                Err(EventLogError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
             }
+            Ok(Executed::Unchanged { state, .. }) => Ok(Outcome {
+                conversation: state.ok_or(DomainError::NotFound)?.conversation,
+                message: None,
+            }),
+            Ok(Executed::Duplicate { events, .. }) => same_request(&command, &stream, &events)
+                .then(|| outcome_from_recorded(&events))
+                .flatten()
+                .ok_or_else(request_id_reused),
+            // A retried request whose original already succeeded may be refused by the new
+            // state (a second Start, say): answer with the original.
+            Err(CommandError::Rejected { error, original }) => match original {
+                Some(own) if !same_request(&command, &stream, &own) => Err(request_id_reused()),
+                Some(own) => outcome_from_recorded(&own).ok_or_else(|| error.into()),
+                None => Err(error.into()),
+            },
+            Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::Log(e)) => Err(e.into()),
         }
-        Err(ServiceError::Contended)
+    }
+}
+
+/// Conversations for the command skeleton: the domain's fold, a snapshot every
+/// [`SNAPSHOT_EVERY`] events, and the service's cache of recent states.
+struct Conversations<'a> {
+    cache: &'a StateCache,
+}
+
+impl Aggregate for Conversations<'_> {
+    type State = Option<State>;
+    const READ_PAGE: usize = 1000;
+
+    fn apply(&self, state: &mut Option<State>, event: &RecordedEvent) -> Result<(), EventLogError> {
+        if let Some(domain_event) = DomainEvent::decode(event)? {
+            domain::apply(state, &domain_event, event.metadata.occurred_at);
+        }
+        Ok(())
     }
 
-    /// The outcome recorded for this request id, if it was already executed.
-    async fn original_outcome(
-        &self,
-        ctx: &RequestContext,
-        command: &Command,
-        stream: &StreamRef,
-    ) -> Result<Option<Outcome>, ServiceError> {
-        if ctx.request_id.is_empty() {
-            return Ok(None);
+    fn at_version(&self, state: &mut Option<State>, version: u64) {
+        if let Some(state) = state {
+            state.conversation.version = version;
         }
-        let first = derive_event_id(&ctx.workspace_id, &ctx.request_id, 0);
-        let Some(event) = self.log.find_event(first).await? else {
-            return Ok(None);
-        };
-        let events = self
-            .log
-            .read_stream(&event.stream, event.stream_version - 1, 16)
-            .await?;
-        let own: Vec<RecordedEvent> = events
-            .into_iter()
-            .take_while(|e| e.metadata.correlation_id == ctx.request_id)
-            .collect();
-        if !same_request(command, stream, &own) {
-            return Err(request_id_reused());
-        }
-        Ok(outcome_from_recorded(&own))
     }
+
+    fn snapshots(&self) -> Option<SnapshotPolicy> {
+        Some(SnapshotPolicy {
+            state_version: domain::STATE_VERSION,
+            every: SNAPSHOT_EVERY,
+        })
+    }
+
+    fn to_snapshot(&self, state: &Option<State>) -> Option<Vec<u8>> {
+        state.as_ref().map(State::to_snapshot)
+    }
+
+    fn restore_snapshot(&self, bytes: &[u8]) -> Option<Option<State>> {
+        State::from_snapshot(bytes).map(Some)
+    }
+
+    /// A cached state has no snapshot debt: the load counts from it as if it were a
+    /// snapshot at its version.
+    fn cached(&self, stream: &StreamRef) -> Option<Loaded<Option<State>>> {
+        self.cache
+            .get(stream)
+            .map(|(state, version)| Loaded::new(Some(state), version))
+    }
+
+    fn remember(&self, stream: &StreamRef, loaded: &Loaded<Option<State>>) {
+        if let Some(state) = &loaded.state {
+            self.cache
+                .put(stream.clone(), state.clone(), loaded.version);
+        }
+    }
+}
+
+/// Decides `command` on the loaded conversation at `now`: the domain events and, in the
+/// same append, the public integration events of the change; beside them the message the
+/// command added. Pure: the time comes in as `now`, and the events' ids are the command
+/// skeleton's to derive from the request id.
+fn decide(
+    ctx: &RequestContext,
+    command: &Command,
+    loaded: &Loaded<Option<State>>,
+    now: i64,
+) -> Result<Decision<Option<Message>>, DomainError> {
+    let state = &loaded.state;
+    let decided = domain::decide(state.as_ref(), command, now)?;
+    if decided.is_empty() {
+        return Ok(Decision::nothing(None));
+    }
+    let mut after = state.clone();
+    for event in &decided {
+        domain::apply(&mut after, event, now);
+    }
+    let Some(mut after) = after else {
+        return Err(DomainError::NotFound);
+    };
+    let public_count = domain::integration_events(
+        state.as_ref().map(|s| &s.conversation),
+        &after.conversation,
+        &decided,
+    )
+    .len();
+    after.conversation.version = loaded.version + (decided.len() + public_count) as u64;
+    let public = domain::integration_events(
+        state.as_ref().map(|s| &s.conversation),
+        &after.conversation,
+        &decided,
+    );
+    let message = decided.iter().find_map(|e| match e {
+        DomainEvent::MessageAdded(m) => m.message.clone(),
+        _ => None,
+    });
+    let metadata = Metadata {
+        workspace_id: ctx.workspace_id.clone(),
+        correlation_id: ctx.request_id.clone(),
+        causation_id: String::new(),
+        traceparent: ctx.traceparent.clone(),
+        tracestate: String::new(),
+        occurred_at: now,
+    };
+    let events: Vec<NewEvent> = decided
+        .iter()
+        .map(|e| (e.event_type(), e.encode()))
+        .chain(public.into_iter().map(|p| (p.event_type, p.payload)))
+        .map(|(event_type, payload)| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.to_owned(),
+            schema_version: 1,
+            payload,
+            metadata: metadata.clone(),
+        })
+        .collect();
+    Ok(Decision::new(events, message))
 }
 
 /// Whether `recorded`, found under this request's event ids, was stored by the same kind
@@ -354,17 +342,10 @@ fn same_request(command: &Command, stream: &StreamRef, recorded: &[RecordedEvent
 
 fn request_id_reused() -> ServiceError {
     DomainError::FailedPrecondition(
-        "SB-CONV-0006: this request id was already used for another request".into(),
+        switchboard_runtime::codes::CONV_REQUEST_ID_REUSED
+            .message("this request id was already used for another request"),
     )
     .into()
-}
-
-fn event_id(ctx: &RequestContext, index: usize) -> Uuid {
-    if ctx.request_id.is_empty() {
-        Uuid::now_v7()
-    } else {
-        derive_event_id(&ctx.workspace_id, &ctx.request_id, index)
-    }
 }
 
 /// Rebuilds a command's outcome from the public events it stored.

@@ -636,7 +636,7 @@ async fn invalid_input_is_refused_with_field_violations(backend: Backend) {
             "expected a violation of {field}, got {fields:?}"
         );
         assert!(
-            status.message().starts_with("SB-CONV-0001"),
+            status.message().starts_with("SB-CONV-0400"),
             "{}",
             status.message()
         );

@@ -22,12 +22,9 @@ use crate::effects::{Conversations, PortError};
 use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};
 
-pub const CONVERSATION_CREATED: &str = "conversation.created";
-pub const MESSAGE_CREATED: &str = "message.created";
-pub const CONVERSATION_ENDED: &str = "conversation.ended";
-
-/// The durable consumer of conversations' events.
-pub const CONSUMER: &str = "flows-conversations";
+pub use switchboard_contract::event_types::conversations::{
+    CREATED as CONVERSATION_CREATED, ENDED as CONVERSATION_ENDED, MESSAGE_CREATED,
+};
 
 pub struct ConversationEvents {
     flows: FlowsService,

@@ -7,12 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
-use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
 use switchboard_proto::conversations::v1::{
     AddMessageRequest, ListMessagesRequest, SetMetafieldsRequest, SetStatusRequest,
 };
@@ -21,7 +19,6 @@ use switchboard_proto::events::v1::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{FormFieldSpec, RunEventRecord};
-use tonic::transport::Channel;
 
 use crate::domain::run::Input;
 use crate::runtime::RunService;
@@ -94,28 +91,10 @@ pub trait Connexease: Send + Sync {
     ) -> Result<Json, PortError>;
 }
 
-pub struct GrpcConversations {
-    client: ConversationsClient<Channel>,
-    token: Option<String>,
-}
-
-impl GrpcConversations {
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(10))?;
-        Ok(Self {
-            client: ConversationsClient::new(channel),
-            token,
-        })
-    }
-
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let traceparent = switchboard_runtime::telemetry::current_traceparent().unwrap_or_default();
-        switchboard_runtime::requests::outgoing(message, self.token.as_deref(), &traceparent)
-    }
-}
-
+/// The conversations service over gRPC: the service token, the caller's name and the
+/// current span's trace context go with every call.
 #[async_trait]
-impl Conversations for GrpcConversations {
+impl Conversations for switchboard_clients::ConversationsClient {
     async fn say(
         &self,
         workspace_id: &str,
@@ -145,34 +124,30 @@ impl Conversations for GrpcConversations {
                 })
                 .collect(),
         });
-        self.client
-            .clone()
-            .add_message(
-                self.request(AddMessageRequest {
-                    workspace_id: workspace_id.to_owned(),
-                    request_id: request_id.to_owned(),
-                    conversation_id: conversation_id.to_owned(),
-                    author: Author::Agent as i32,
-                    kind: kind as i32,
-                    text: text.to_owned(),
-                    form,
-                    buttons: buttons
-                        .iter()
-                        .filter(|_| kind == MessageKind::Buttons)
-                        .enumerate()
-                        .map(|(i, (label, value))| Button {
-                            button_id: format!("b{i}"),
-                            label: label.clone(),
-                            value: value.clone(),
-                            url: String::new(),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map(|_| ())
-            .map_err(from_status)
+        self.add_message(AddMessageRequest {
+            workspace_id: workspace_id.to_owned(),
+            request_id: request_id.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            author: Author::Agent as i32,
+            kind: kind as i32,
+            text: text.to_owned(),
+            form,
+            buttons: buttons
+                .iter()
+                .filter(|_| kind == MessageKind::Buttons)
+                .enumerate()
+                .map(|(i, (label, value))| Button {
+                    button_id: format!("b{i}"),
+                    label: label.clone(),
+                    value: value.clone(),
+                    url: String::new(),
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(from_status)
     }
 
     async fn update(
@@ -194,28 +169,24 @@ impl Conversations for GrpcConversations {
                     "`{status}` is not a status: active, on_hold, resolved or archived"
                 ))
             })?;
-            self.client
-                .clone()
-                .set_status(self.request(SetStatusRequest {
-                    workspace_id: workspace_id.to_owned(),
-                    request_id: format!("{request_id}-status"),
-                    conversation_id: conversation_id.to_owned(),
-                    status: parsed as i32,
-                }))
-                .await
-                .map_err(from_status)?;
+            self.set_status(SetStatusRequest {
+                workspace_id: workspace_id.to_owned(),
+                request_id: format!("{request_id}-status"),
+                conversation_id: conversation_id.to_owned(),
+                status: parsed as i32,
+            })
+            .await
+            .map_err(from_status)?;
         }
         if !metafields.is_empty() {
-            self.client
-                .clone()
-                .set_metafields(self.request(SetMetafieldsRequest {
-                    workspace_id: workspace_id.to_owned(),
-                    request_id: format!("{request_id}-metafields"),
-                    conversation_id: conversation_id.to_owned(),
-                    metafields,
-                }))
-                .await
-                .map_err(from_status)?;
+            self.set_metafields(SetMetafieldsRequest {
+                workspace_id: workspace_id.to_owned(),
+                request_id: format!("{request_id}-metafields"),
+                conversation_id: conversation_id.to_owned(),
+                metafields,
+            })
+            .await
+            .map_err(from_status)?;
         }
         Ok(())
     }
@@ -227,40 +198,21 @@ impl Conversations for GrpcConversations {
         cursor: &str,
     ) -> Result<(Vec<Message>, String), PortError> {
         let page = self
-            .client
-            .clone()
-            .list_messages(self.request(ListMessagesRequest {
+            .list_messages(ListMessagesRequest {
                 workspace_id: workspace_id.to_owned(),
                 conversation_id: conversation_id.to_owned(),
                 limit: 100,
                 cursor: cursor.to_owned(),
-            }))
+            })
             .await
-            .map_err(from_status)?
-            .into_inner();
+            .map_err(from_status)?;
         Ok((page.messages, page.next_cursor))
     }
 }
 
-pub struct GrpcConnexease {
-    client: switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient<Channel>,
-    token: Option<String>,
-}
-
-impl GrpcConnexease {
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel = switchboard_runtime::requests::lazy_channel(url, Duration::from_secs(30))?;
-        Ok(Self {
-            client: switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient::new(
-                channel,
-            ),
-            token,
-        })
-    }
-}
-
+/// The connexease service over gRPC, as the conversations client above.
 #[async_trait]
-impl Connexease for GrpcConnexease {
+impl Connexease for switchboard_clients::ConnexeaseClient {
     async fn run(
         &self,
         workspace_id: &str,
@@ -269,33 +221,22 @@ impl Connexease for GrpcConnexease {
         operation: &str,
         arguments: HashMap<String, String>,
     ) -> Result<Json, PortError> {
-        let traceparent = switchboard_runtime::telemetry::current_traceparent().unwrap_or_default();
-        let request = switchboard_runtime::requests::outgoing(
-            switchboard_proto::connexease::v1::RunOperationRequest {
+        let result = self
+            .run_operation(switchboard_proto::connexease::v1::RunOperationRequest {
                 workspace_id: workspace_id.to_owned(),
                 idempotency_key: idempotency_key.to_owned(),
                 conversation_id: conversation_id.to_owned(),
                 operation: operation.to_owned(),
                 arguments,
-            },
-            self.token.as_deref(),
-            &traceparent,
-        );
-        let result = self
-            .client
-            .clone()
-            .run_operation(request)
+            })
             .await
-            .map_err(from_status)?
-            .into_inner();
+            .map_err(from_status)?;
         Ok(json!({ "operation": operation, "result": format!("{result:?}") }))
     }
 }
 
 /// The event types [`Effects`] carries out.
-const MESSAGE_SENT: &str = "flow_run.message_sent";
-const REASKED: &str = "flow_run.reasked";
-const EFFECT_REQUESTED: &str = "flow_run.effect_requested";
+use switchboard_contract::event_types::flow_runs::{EFFECT_REQUESTED, MESSAGE_SENT, REASKED};
 
 /// Carries out runs' messages and non-action effects.
 pub struct Effects {

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
-    now_micros, timestamp,
+    Aggregate, Command, CommandError, Decision, EventLog, EventLogError, ExpectedVersion, Loaded,
+    Metadata, NewEvent, RecordedEvent, StreamRef, derive_event_id, now_micros, timestamp,
 };
 use switchboard_proto::flows::v1::{
     CollectionCreated, DeleteDocumentsResponse, Document, DocumentDeleted, DocumentUpserted,
@@ -21,11 +21,7 @@ use crate::domain::{FieldViolation, Violations};
 use crate::service::ServiceError;
 use crate::store::KnowledgeStore;
 
-pub mod event_types {
-    pub const COLLECTION_CREATED: &str = "knowledge.collection_created";
-    pub const DOCUMENT_UPSERTED: &str = "knowledge.document_upserted";
-    pub const DOCUMENT_DELETED: &str = "knowledge.document_deleted";
-}
+pub use switchboard_contract::event_types::knowledge as event_types;
 
 /// Bounds of knowledge inputs.
 pub mod limits {
@@ -119,6 +115,45 @@ fn check_documents(documents: &[Document]) -> Result<(), Vec<FieldViolation>> {
         }
     }
     v.finish()
+}
+
+/// A collection for the command skeleton, loaded from the read model, which knows the
+/// stream's version without reading every document's event again.
+struct Collection<'a> {
+    store: &'a KnowledgeStore,
+    workspace_id: &'a str,
+    collection_id: &'a str,
+}
+
+impl Aggregate for Collection<'_> {
+    type State = Option<KnowledgeCollection>;
+
+    /// Documents change only the search index: commands decide on nothing but whether the
+    /// collection exists.
+    fn apply(
+        &self,
+        _state: &mut Option<KnowledgeCollection>,
+        _event: &RecordedEvent,
+    ) -> Result<(), EventLogError> {
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        _log: &EventLog,
+        _stream: &StreamRef,
+    ) -> Result<Loaded<Option<KnowledgeCollection>>, EventLogError> {
+        Ok(
+            match self
+                .store
+                .collection(self.workspace_id, self.collection_id)
+                .await?
+            {
+                Some((collection, version)) => Loaded::new(Some(collection), version),
+                None => Loaded::default(),
+            },
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -218,7 +253,7 @@ impl KnowledgeService {
             .ok_or(ServiceError::NotFound("knowledge collection"))
     }
 
-    /// Appends `events` at the collection's version, once more after a race.
+    /// Appends `events` at the collection's version, up to twice more after a race.
     async fn append(
         &self,
         workspace_id: &str,
@@ -226,21 +261,29 @@ impl KnowledgeService {
         make: impl Fn() -> Vec<NewEvent>,
     ) -> Result<(), ServiceError> {
         let stream = knowledge_stream(workspace_id, collection_id);
-        for _ in 0..3 {
-            let (_, version) = self.collection(workspace_id, collection_id).await?;
-            match self
-                .log
-                .append(&stream, ExpectedVersion::Exact(version), make())
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(EventLogError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        let collection = Collection {
+            store: &self.store,
+            workspace_id,
+            collection_id,
+        };
+        let executed = Command::new(&self.log, &stream)
+            .attempts(3)
+            .run(
+                &collection,
+                |loaded: &Loaded<Option<KnowledgeCollection>>| match loaded.state {
+                    Some(_) => Ok(Decision::events(make())),
+                    None => Err(ServiceError::NotFound("knowledge collection")),
+                },
+            )
+            .await;
+        match executed {
+            Ok(_) => Ok(()),
+            Err(CommandError::Rejected { error, .. }) => Err(error),
+            Err(CommandError::Contended { .. }) => Err(ServiceError::FailedPrecondition(
+                "the collection is changing too fast; retry".into(),
+            )),
+            Err(CommandError::Log(e)) => Err(e.into()),
         }
-        Err(ServiceError::FailedPrecondition(
-            "the collection is changing too fast; retry".into(),
-        ))
     }
 
     pub async fn upsert(

@@ -25,23 +25,129 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use switchboard_eventlog::{EventLog, EventLogError, StoreConfig};
+use async_trait::async_trait;
+use switchboard_clients::{ActionsClient, ClientConfig, ConnexeaseClient, ConversationsClient};
+use switchboard_contract::{consumers as durable, event_types, services, streams, subjects};
+use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
+use switchboard_runtime::service::{
+    BoxError, Inbox, Publication, ReadModels, ServiceModule, Source, Subscribe, Wiring,
+};
+use tracing::warn;
 
 pub use grpc::FlowsApi;
-pub use service::{ActionCatalog, FlowsService, GrpcActions};
+pub use service::{ActionCatalog, FlowsService};
 pub use store::{FlowsProjection, FlowsStore};
 
-pub const SERVICE: &str = "flows";
+pub const SERVICE: &str = services::FLOWS;
 pub const GRPC_SERVICE: &str = "switchboard.flows.v1.Flows";
+
+/// The flows service, as the binary composes it.
+pub const MODULE: Flows = Flows;
+
+/// The flows service module: its gRPC API and the flow runtime (conversations' events
+/// start runs and feed them, the actions service's answers go back to the runs that
+/// asked, runs' messages and effects are carried out from the flows log, timers fire).
+pub struct Flows;
+
+#[async_trait]
+impl ServiceModule for Flows {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn read_models(&self) -> ReadModels {
+        let (postgres, sqlite) = store::read_model_ddl();
+        ReadModels {
+            postgres,
+            sqlite,
+            projection: Arc::new(FlowsProjection),
+        }
+    }
+
+    fn publication(&self) -> Publication {
+        Publication {
+            stream: streams::FLOWS,
+            router: Arc::new(PublicEvents),
+        }
+    }
+
+    fn describe(&self, event: &RecordedEvent) -> String {
+        describe_payload(event)
+    }
+
+    async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
+        // Publishing checks the actions a graph refers to in the actions service.
+        let actions = match wiring.peer(services::ACTIONS) {
+            Some(peer) => {
+                Some(Arc::new(ActionsClient::connect_lazy(&peer.into())?) as Arc<dyn ActionCatalog>)
+            }
+            None => None,
+        };
+        let flows = FlowsService::new(wiring.log().clone(), actions);
+        wiring.serve_grpc(FlowsApi::new(flows.clone()).into_server());
+
+        let runs = runtime::RunService::new(flows.clone());
+        wiring.spawn("timers", runs.clone().run_timers(wiring.shutdown()));
+        let mut conversation_events = consumers::ConversationEvents::new(flows, runs.clone());
+        match wiring.peer(services::CONVERSATIONS) {
+            Some(peer) => {
+                let conversations: Arc<dyn effects::Conversations> =
+                    Arc::new(ConversationsClient::connect_lazy(&peer.into())?);
+                conversation_events = conversation_events.with_transcripts(conversations.clone());
+                let connexease = match wiring.peer(services::CONNEXEASE) {
+                    // The connexease service retries Connexease's 429s and 5xx within this.
+                    Some(peer) => {
+                        let config =
+                            ClientConfig::from(peer).with_deadline(Duration::from_secs(30));
+                        Some(Arc::new(ConnexeaseClient::connect_lazy(&config)?)
+                            as Arc<dyn effects::Connexease>)
+                    }
+                    None => None,
+                };
+                wiring.subscribe(Subscribe {
+                    consumer: durable::FLOWS_EFFECTS.to_owned(),
+                    source: Source::OwnLog(Arc::new(|e: &RecordedEvent| {
+                        e.event_type.starts_with(event_types::flow_runs::PREFIX)
+                    })),
+                    handler: Arc::new(effects::Effects::new(
+                        runs.clone(),
+                        conversations,
+                        connexease,
+                    )),
+                    inbox: Inbox::Log,
+                });
+            }
+            None => warn!(
+                "flows: no conversations service (SWITCHBOARD_CONVERSATIONS_URL); runs' messages wait"
+            ),
+        }
+        wiring.subscribe(Subscribe {
+            consumer: durable::FLOWS_CONVERSATIONS.to_owned(),
+            source: Source::Stream {
+                stream: streams::CONVERSATIONS,
+                subject: subjects::PUBLIC,
+            },
+            handler: Arc::new(conversation_events),
+            inbox: Inbox::Log,
+        });
+        wiring.subscribe(Subscribe {
+            consumer: durable::FLOWS_ACTION_OUTCOMES.to_owned(),
+            source: Source::Stream {
+                stream: streams::ACTIONS,
+                subject: subjects::ACTION_COMPLETED,
+            },
+            handler: Arc::new(runtime::ActionOutcomes::new(runs)),
+            inbox: Inbox::Log,
+        });
+        Ok(())
+    }
+}
 
 /// Opens the service's log with its read models and projection.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
-    let (postgres, sqlite) = store::read_model_ddl();
-    Ok(EventLog::open(config)
-        .await?
-        .with_read_models(&postgres, &sqlite)
-        .with_projection(Arc::new(FlowsProjection)))
+    switchboard_runtime::service::open_log(&MODULE, config).await
 }
 
 /// Where the flows service publishes: the actions its runs request, on
@@ -49,20 +155,10 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
 /// stay in the log.
 pub struct PublicEvents;
 
-impl switchboard_eventlog::Router for PublicEvents {
-    fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
-        (event.event_type == runtime::ACTION_REQUESTED)
-            .then(|| "internal.flows.action_requested".to_owned())
-    }
-}
-
-/// The JetStream stream the service publishes to (the runtime's action requests will go
-/// to `internal.flows.>`).
-pub fn stream_spec(replicas: usize) -> switchboard_eventlog::StreamSpec {
-    switchboard_eventlog::StreamSpec {
-        name: "FLOWS".into(),
-        subjects: vec!["internal.flows.>".into(), "events.*.flow_run.>".into()],
-        replicas,
+impl Router for PublicEvents {
+    fn subject(&self, event: &RecordedEvent) -> Option<String> {
+        (event.event_type == event_types::flow_runs::ACTION_REQUESTED)
+            .then(|| subjects::ACTION_REQUESTED.to_owned())
     }
 }
 

@@ -9,14 +9,16 @@
 //! `internal.actions.action_completed` answer comes back through [`ActionOutcomes`].
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use prost::Message as _;
 use serde_json::{Value as Json, json};
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, HandleError, Handler, Metadata, NewEvent,
-    RecordedEvent, StreamRef, Tx, derive_event_id, micros, now_micros, timestamp,
+    Aggregate, Command, CommandError, Decision, EventLog, EventLogError, Executed, ExpectedVersion,
+    HandleError, Handler, Loaded, Metadata, NewEvent, RecordedEvent, StreamRef, Tx,
+    derive_event_id, micros, now_micros, timestamp,
 };
 use switchboard_proto::actions::v1::{
     ActionRequested, ExecutionCompleted, Outcome, PermissionLevel,
@@ -33,7 +35,7 @@ use crate::domain::run::{self, Effect, Input, Run, RunEvent};
 use crate::service::{FlowsService, ServiceError};
 
 /// The event type of an action request, on `internal.flows.action_requested`.
-pub const ACTION_REQUESTED: &str = "flow_run.action_requested";
+pub use switchboard_contract::event_types::flow_runs::ACTION_REQUESTED;
 
 pub fn run_stream(workspace_id: &str, run_id: &str) -> StreamRef {
     StreamRef::new("flow_run", format!("{workspace_id}/{run_id}"))
@@ -51,22 +53,23 @@ pub struct RunState {
 
 /// The event type a run event is stored as.
 pub fn event_type(event: &RunEvent) -> &'static str {
+    use switchboard_contract::event_types::flow_runs as t;
     match event {
-        RunEvent::Started { .. } => "flow_run.started",
-        RunEvent::Entered { .. } => "flow_run.node_entered",
-        RunEvent::MessageSent { .. } => "flow_run.message_sent",
-        RunEvent::InputQueued { .. } => "flow_run.input_queued",
-        RunEvent::AwaitingInput { .. } => "flow_run.awaiting_input",
-        RunEvent::Captured { .. } => "flow_run.input_captured",
-        RunEvent::InputRejected { .. } => "flow_run.input_rejected",
-        RunEvent::Reasked { .. } => "flow_run.reasked",
-        RunEvent::VariableSet { .. } => "flow_run.variable_set",
-        RunEvent::ConditionEvaluated { .. } => "flow_run.condition_evaluated",
-        RunEvent::EffectRequested { .. } => "flow_run.effect_requested",
-        RunEvent::EffectCompleted { .. } => "flow_run.effect_completed",
-        RunEvent::TimerArmed { .. } => "flow_run.timer_armed",
-        RunEvent::TimerFired { .. } => "flow_run.timer_fired",
-        RunEvent::Ended { .. } => "flow_run.ended",
+        RunEvent::Started { .. } => t::STARTED,
+        RunEvent::Entered { .. } => t::NODE_ENTERED,
+        RunEvent::MessageSent { .. } => t::MESSAGE_SENT,
+        RunEvent::InputQueued { .. } => t::INPUT_QUEUED,
+        RunEvent::AwaitingInput { .. } => t::AWAITING_INPUT,
+        RunEvent::Captured { .. } => t::INPUT_CAPTURED,
+        RunEvent::InputRejected { .. } => t::INPUT_REJECTED,
+        RunEvent::Reasked { .. } => t::REASKED,
+        RunEvent::VariableSet { .. } => t::VARIABLE_SET,
+        RunEvent::ConditionEvaluated { .. } => t::CONDITION_EVALUATED,
+        RunEvent::EffectRequested { .. } => t::EFFECT_REQUESTED,
+        RunEvent::EffectCompleted { .. } => t::EFFECT_COMPLETED,
+        RunEvent::TimerArmed { .. } => t::TIMER_ARMED,
+        RunEvent::TimerFired { .. } => t::TIMER_FIRED,
+        RunEvent::Ended { .. } => t::ENDED,
     }
 }
 
@@ -359,17 +362,7 @@ impl RunService {
             let Some(last) = events.last() else { break };
             state.version = last.stream_version;
             for e in &events {
-                if e.event_type == ACTION_REQUESTED {
-                    continue;
-                }
-                let record: RunEventRecord = e.decode()?;
-                if let Some(Record::Started(s)) = &record.event {
-                    state.flow_id = s.flow_id.clone();
-                    state.flow_version = s.flow_version;
-                    state.conversation_id = s.conversation_id.clone();
-                }
-                if let Some(event) = decode(record) {
-                    state.run.apply(&event);
+                if let Some(event) = fold(&mut state, e)? {
                     each(&event);
                 }
             }
@@ -471,32 +464,33 @@ impl RunService {
             run_id: run_id.clone(),
             context,
         };
-        let events = run::decide(
-            &graph,
-            &pinned.run,
-            &input,
-            now_micros(),
-            self.render.as_ref(),
-        );
+        let stream = run_stream(workspace_id, &run_id);
+        // One attempt: a run started in between is a conflict, as a start always was.
+        let command = Command::new(&self.log, &stream)
+            .attempts(1)
+            .starting_from(Loaded::new(pinned, 0));
+        let decide = |loaded: &Loaded<RunState>| -> Result<_, Infallible> {
+            let now = now_micros();
+            let events = run::decide(&graph, &loaded.state.run, &input, now, self.render.as_ref());
+            Ok(Decision::events(new_events(
+                workspace_id,
+                &run_id,
+                &loaded.state,
+                &events,
+                now,
+            )))
+        };
         let in_tx = tx.is_some();
-        self.append(
-            tx,
-            workspace_id,
-            &run_id,
-            &pinned,
-            &events,
-            ExpectedVersion::NoStream,
-        )
-        .await?;
-        if in_tx {
-            // Not committed yet: what was decided is what the run will be.
-            let mut state = pinned;
-            for e in &events {
-                state.run.apply(e);
-            }
-            return Ok(state);
+        let executed = match tx {
+            Some(tx) => command.run_in(tx, &Runs, decide).await,
+            None => command.run(&Runs, decide).await,
         }
-        self.load(workspace_id, &run_id).await
+        .map_err(run_command_error)?;
+        match executed {
+            // Not committed yet: what was decided is what the run will be.
+            Executed::Appended { state, .. } if in_tx => Ok(state),
+            _ => self.load(workspace_id, &run_id).await,
+        }
     }
 
     /// Applies `input` to the run: decides at the version it read and appends there,
@@ -524,127 +518,168 @@ impl RunService {
 
     async fn handle_with(
         &self,
-        mut tx: Option<&mut Tx<'_>>,
+        tx: Option<&mut Tx<'_>>,
         workspace_id: &str,
         run_id: &str,
         input: Input,
     ) -> Result<Vec<RunEvent>, ServiceError> {
-        for _ in 0..10 {
-            let state = self.load(workspace_id, run_id).await?;
-            let graph = self.graph(workspace_id, &state).await?;
-            let events = run::decide(
-                &graph,
-                &state.run,
-                &input,
-                now_micros(),
-                self.render.as_ref(),
-            );
-            if events.is_empty() {
-                return Ok(events);
+        let state = self.load(workspace_id, run_id).await?;
+        // The graph is pinned by the run's first event: one fetch serves every attempt.
+        let graph = self.graph(workspace_id, &state).await?;
+        let stream = run_stream(workspace_id, run_id);
+        let version = state.version;
+        let command = Command::new(&self.log, &stream)
+            .attempts(RUN_ATTEMPTS)
+            .starting_from(Loaded::new(state, version));
+        let decide = |loaded: &Loaded<RunState>| -> Result<_, Infallible> {
+            let now = now_micros();
+            let events = run::decide(&graph, &loaded.state.run, &input, now, self.render.as_ref());
+            let new = new_events(workspace_id, run_id, &loaded.state, &events, now);
+            Ok(Decision::new(new, events))
+        };
+        let executed = match tx {
+            Some(tx) => command.run_in(tx, &Runs, decide).await,
+            None => command.run(&Runs, decide).await,
+        };
+        match executed {
+            Ok(Executed::Appended { output, .. } | Executed::Unchanged { output, .. }) => {
+                Ok(output)
             }
-            match self
-                .append(
-                    tx.as_deref_mut(),
-                    workspace_id,
-                    run_id,
-                    &state,
-                    &events,
-                    ExpectedVersion::Exact(state.version),
-                )
-                .await
-            {
-                Ok(()) => return Ok(events),
-                Err(ServiceError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            // Run events have ids of their own: never a repeat.
+            Ok(Executed::Duplicate { .. }) => Ok(Vec::new()),
+            Err(CommandError::Contended { .. }) => Err(ServiceError::FailedPrecondition(
+                "the run is changing too fast; retry".into(),
+            )),
+            Err(e) => Err(run_command_error(e)),
         }
-        Err(ServiceError::FailedPrecondition(
-            "the run is changing too fast; retry".into(),
-        ))
+    }
+}
+
+/// Attempts an input makes on a run before giving up when other inputs keep getting in
+/// first.
+const RUN_ATTEMPTS: u32 = 10;
+
+/// Runs for the command skeleton: the run's fold, and what its start pinned it to.
+struct Runs;
+
+impl Aggregate for Runs {
+    type State = RunState;
+
+    fn apply(&self, state: &mut RunState, event: &RecordedEvent) -> Result<(), EventLogError> {
+        fold(state, event).map(drop)
     }
 
-    async fn append(
-        &self,
-        tx: Option<&mut Tx<'_>>,
-        workspace_id: &str,
-        run_id: &str,
-        state: &RunState,
-        events: &[RunEvent],
-        expected: ExpectedVersion,
-    ) -> Result<(), ServiceError> {
-        let metadata = Metadata {
-            workspace_id: workspace_id.to_owned(),
-            correlation_id: run_id.to_owned(),
-            traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
-            occurred_at: now_micros(),
-            ..Default::default()
-        };
-        let pinned = Some((
-            state.flow_id.as_str(),
-            state.flow_version,
-            state.conversation_id.as_str(),
-        ));
-        let mut new = Vec::with_capacity(events.len() + 1);
-        let mut after = state.run.clone();
-        for event in events {
-            after.apply(event);
+    fn at_version(&self, state: &mut RunState, version: u64) {
+        state.version = version;
+    }
+}
+
+/// Folds one stored event of a run's stream into `state` (pure), returning the run event
+/// it recorded (`None` for the action requests stored beside them).
+fn fold(state: &mut RunState, e: &RecordedEvent) -> Result<Option<RunEvent>, EventLogError> {
+    if e.event_type == ACTION_REQUESTED {
+        return Ok(None);
+    }
+    let record: RunEventRecord = e.decode()?;
+    if let Some(Record::Started(s)) = &record.event {
+        state.flow_id = s.flow_id.clone();
+        state.flow_version = s.flow_version;
+        state.conversation_id = s.conversation_id.clone();
+    }
+    let event = decode(record);
+    if let Some(event) = &event {
+        state.run.apply(event);
+    }
+    Ok(event)
+}
+
+/// A run command's failure as the service reports it: a lost race is a `Conflict` at the
+/// version the command read.
+fn run_command_error(e: CommandError<Infallible>) -> ServiceError {
+    match e {
+        CommandError::Rejected { error, .. } => match error {},
+        CommandError::Contended {
+            expected, actual, ..
+        } => ServiceError::Conflict {
+            expected: match expected {
+                ExpectedVersion::Exact(v) => v,
+                ExpectedVersion::NoStream => 0,
+            },
+            actual,
+        },
+        CommandError::Log(e) => e.into(),
+    }
+}
+
+/// The events that store `events`, decided on `state` at `now`: each run event, and beside
+/// every action it asks for, the `flow_run.action_requested` the actions service runs.
+fn new_events(
+    workspace_id: &str,
+    run_id: &str,
+    state: &RunState,
+    events: &[RunEvent],
+    now: i64,
+) -> Vec<NewEvent> {
+    let metadata = Metadata {
+        workspace_id: workspace_id.to_owned(),
+        correlation_id: run_id.to_owned(),
+        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+        occurred_at: now,
+        ..Default::default()
+    };
+    let pinned = Some((
+        state.flow_id.as_str(),
+        state.flow_version,
+        state.conversation_id.as_str(),
+    ));
+    let mut new = Vec::with_capacity(events.len() + 1);
+    let mut after = state.run.clone();
+    for event in events {
+        after.apply(event);
+        new.push(NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: event_type(event).into(),
+            schema_version: 1,
+            payload: encode(event, pinned).encode_to_vec(),
+            metadata: metadata.clone(),
+        });
+        if let RunEvent::EffectRequested {
+            node,
+            key,
+            effect: Effect::Action { action_id },
+            inputs,
+            sealed_inputs,
+        } = event
+        {
+            // What the actions service runs: the node's inputs under `input`, beside the
+            // run's variables (which never hold `secure`); inputs that read `secure.*` go
+            // as templates, rendered by the actions service.
+            let mut variables = after.vars.clone();
+            if let Some(map) = variables.as_object_mut() {
+                map.insert("input".into(), json!(inputs));
+            }
             new.push(NewEvent {
                 event_id: uuid::Uuid::now_v7(),
-                event_type: event_type(event).into(),
+                event_type: ACTION_REQUESTED.into(),
                 schema_version: 1,
-                payload: encode(event, pinned).encode_to_vec(),
+                payload: ActionRequested {
+                    action_id: action_id.clone(),
+                    variables_json: variables.to_string(),
+                    idempotency_key: key.clone(),
+                    conversation_id: state.conversation_id.clone(),
+                    run_id: run_id.to_owned(),
+                    node_id: node.clone(),
+                    confirmed: false,
+                    caller_permission: PermissionLevel::Agent as i32,
+                    inject_result: false,
+                    sealed_inputs: sealed_inputs.clone().into_iter().collect(),
+                }
+                .encode_to_vec(),
                 metadata: metadata.clone(),
             });
-            if let RunEvent::EffectRequested {
-                node,
-                key,
-                effect: Effect::Action { action_id },
-                inputs,
-                sealed_inputs,
-            } = event
-            {
-                // What the actions service runs: the node's inputs under `input`, beside
-                // the run's variables (which never hold `secure`); inputs that read
-                // `secure.*` go as templates, rendered by the actions service.
-                let mut variables = after.vars.clone();
-                if let Some(map) = variables.as_object_mut() {
-                    map.insert("input".into(), json!(inputs));
-                }
-                new.push(NewEvent {
-                    event_id: uuid::Uuid::now_v7(),
-                    event_type: ACTION_REQUESTED.into(),
-                    schema_version: 1,
-                    payload: ActionRequested {
-                        action_id: action_id.clone(),
-                        variables_json: variables.to_string(),
-                        idempotency_key: key.clone(),
-                        conversation_id: state.conversation_id.clone(),
-                        run_id: run_id.to_owned(),
-                        node_id: node.clone(),
-                        confirmed: false,
-                        caller_permission: PermissionLevel::Agent as i32,
-                        inject_result: false,
-                        sealed_inputs: sealed_inputs.clone().into_iter().collect(),
-                    }
-                    .encode_to_vec(),
-                    metadata: metadata.clone(),
-                });
-            }
-        }
-        let stream = run_stream(workspace_id, run_id);
-        let appended = match tx {
-            Some(tx) => self.log.append_in(tx, &stream, expected, new).await,
-            None => self.log.append(&stream, expected, new).await,
-        };
-        match appended {
-            Ok(_) => Ok(()),
-            Err(EventLogError::Conflict { actual, .. }) => Err(ServiceError::Conflict {
-                expected: state.version,
-                actual,
-            }),
-            Err(e) => Err(e.into()),
         }
     }
+    new
 }
 
 /// The actions service's answers (`internal.actions.action_completed`), fed back into the
@@ -660,7 +695,7 @@ impl ActionOutcomes {
 }
 
 /// The event type of the actions service's answers.
-pub const ACTION_COMPLETED: &str = "action_execution.completed";
+pub use switchboard_contract::event_types::actions::EXECUTION_COMPLETED as ACTION_COMPLETED;
 
 #[async_trait]
 impl Handler for ActionOutcomes {

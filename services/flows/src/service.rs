@@ -4,13 +4,15 @@
 //! Streams: `flow/<ws>/<flow>` (a flow: its draft and every published version) and
 //! `assistant/<ws>/<asst>`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef, derive_event_id,
-    now_micros, timestamp,
+    Aggregate, Command, CommandError, Decision, EventLog, EventLogError, ExpectedVersion, Loaded,
+    Metadata, NewEvent, RecordedEvent, StreamRef, VersionOnly, derive_event_id, now_micros,
+    timestamp,
 };
 use switchboard_proto::actions::v1::ActionKind;
 use switchboard_proto::flows::v1::{
@@ -26,15 +28,27 @@ use crate::store::FlowsStore;
 pub enum ServiceError {
     #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldViolation>),
-    #[error("SB-FLOW-0404: no such {0} in the workspace")]
+    #[error(
+        "{code}: no such {0} in the workspace",
+        code = switchboard_runtime::codes::FLOW_NOT_FOUND.id
+    )]
     NotFound(&'static str),
-    #[error("SB-FLOW-0409: it changed since version {expected}; it is at {actual}")]
+    #[error(
+        "{code}: it changed since version {expected}; it is at {actual}",
+        code = switchboard_runtime::codes::FLOW_STALE_VERSION.id
+    )]
     Conflict { expected: u64, actual: u64 },
-    #[error("SB-FLOW-0410: a flow named `{0}` already exists in the workspace")]
+    #[error(
+        "{code}: a flow named `{0}` already exists in the workspace",
+        code = switchboard_runtime::codes::FLOW_NAME_TAKEN.id
+    )]
     NameTaken(String),
-    #[error("SB-FLOW-0412: {0}")]
+    #[error("{code}: {0}", code = switchboard_runtime::codes::FLOW_FAILED_PRECONDITION.id)]
     FailedPrecondition(String),
-    #[error("SB-FLOW-0503: cannot check the referenced actions: {0}")]
+    #[error(
+        "{code}: cannot check the referenced actions: {0}",
+        code = switchboard_runtime::codes::FLOW_ACTIONS_UNAVAILABLE.id
+    )]
     ActionsUnavailable(String),
     #[error(transparent)]
     Log(#[from] EventLogError),
@@ -51,42 +65,21 @@ pub trait ActionCatalog: Send + Sync {
     ) -> Result<Option<ActionKind>, String>;
 }
 
-/// The actions service over gRPC.
-pub struct GrpcActions {
-    client:
-        switchboard_proto::actions::v1::actions_client::ActionsClient<tonic::transport::Channel>,
-    token: Option<String>,
-}
-
-impl GrpcActions {
-    pub fn connect_lazy(url: &str, token: Option<String>) -> Result<Self, tonic::transport::Error> {
-        let channel =
-            switchboard_runtime::requests::lazy_channel(url, std::time::Duration::from_secs(10))?;
-        Ok(Self {
-            client: switchboard_proto::actions::v1::actions_client::ActionsClient::new(channel),
-            token,
-        })
-    }
-}
-
+/// The actions service over gRPC: an action it does not know is `None`, any other
+/// failure is the status's message.
 #[async_trait]
-impl ActionCatalog for GrpcActions {
+impl ActionCatalog for switchboard_clients::ActionsClient {
     async fn kind_of(
         &self,
         workspace_id: &str,
         action_id: &str,
     ) -> Result<Option<ActionKind>, String> {
-        let request = switchboard_runtime::requests::outgoing(
-            switchboard_proto::actions::v1::GetActionRequest {
-                workspace_id: workspace_id.to_owned(),
-                action_id: action_id.to_owned(),
-            },
-            self.token.as_deref(),
-            &switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
-        );
-        match self.client.clone().get_action(request).await {
+        let request = switchboard_proto::actions::v1::GetActionRequest {
+            workspace_id: workspace_id.to_owned(),
+            action_id: action_id.to_owned(),
+        };
+        match self.get_action(request).await {
             Ok(response) => Ok(response
-                .into_inner()
                 .action
                 .map(|a| ActionKind::try_from(a.kind).unwrap_or(ActionKind::Unspecified))),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
@@ -138,6 +131,28 @@ impl FlowState {
 
     pub fn published(&self) -> Option<&FlowVersion> {
         self.versions.last()
+    }
+}
+
+/// Flows for the command skeleton: [`FlowState::apply`] over the flow's stream.
+struct Flows;
+
+impl Aggregate for Flows {
+    type State = FlowState;
+
+    fn apply(&self, state: &mut FlowState, e: &RecordedEvent) -> Result<(), EventLogError> {
+        state
+            .apply(&e.event_type, &e.payload)
+            .map_err(|err| EventLogError::Corrupt {
+                event_id: e.event_id.to_string(),
+                event_type: e.event_type.clone(),
+                reason: err.to_string(),
+            })
+    }
+
+    fn at_version(&self, state: &mut FlowState, version: u64) {
+        state.version = version;
+        state.flow.version = version;
     }
 }
 
@@ -194,30 +209,13 @@ impl FlowsService {
     }
 
     pub async fn load(&self, workspace_id: &str, flow_id: &str) -> Result<FlowState, ServiceError> {
-        let stream = flow_stream(workspace_id, flow_id);
-        let mut state = FlowState::default();
-        loop {
-            let events = self.log.read_stream(&stream, state.version, 500).await?;
-            let Some(last) = events.last() else { break };
-            state.version = last.stream_version;
-            for e in &events {
-                state
-                    .apply(&e.event_type, &e.payload)
-                    .map_err(|err| EventLogError::Corrupt {
-                        event_id: e.event_id.to_string(),
-                        event_type: e.event_type.clone(),
-                        reason: err.to_string(),
-                    })?;
-            }
-            if events.len() < 500 {
-                break;
-            }
-        }
-        if state.version == 0 {
+        let loaded = Flows
+            .load(&self.log, &flow_stream(workspace_id, flow_id))
+            .await?;
+        if loaded.version == 0 {
             return Err(ServiceError::NotFound("flow"));
         }
-        state.flow.version = state.version;
-        Ok(state)
+        Ok(loaded.state)
     }
 
     fn check_graph(&self, kind: FlowKind, graph: &Graph) -> Result<(), ServiceError> {
@@ -233,27 +231,36 @@ impl FlowsService {
         })
     }
 
+    /// Appends `events`, decided by the caller on the stream at `expected`, in one
+    /// attempt: callers state (or check) the version they decided on, so a lost race is a
+    /// `Conflict` to report, not a retry. Returns the stream's version after the append.
     async fn append(
         &self,
         stream: &StreamRef,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<u64, ServiceError> {
-        match self.log.append(stream, expected, events).await {
-            Ok(appended) => Ok(appended
-                .events
-                .last()
-                .map(|e| e.stream_version)
-                .unwrap_or(0)),
-            Err(EventLogError::Conflict { actual, .. }) => Err(ServiceError::Conflict {
-                expected: match expected {
-                    ExpectedVersion::Exact(v) => v,
-                    ExpectedVersion::NoStream => 0,
+        let version = match expected {
+            ExpectedVersion::Exact(v) => v,
+            ExpectedVersion::NoStream => 0,
+        };
+        let mut events = Some(events);
+        Command::new(&self.log, stream)
+            .attempts(1)
+            .starting_from(Loaded::new((), version))
+            .run(&VersionOnly, |_| {
+                Ok::<_, Infallible>(Decision::events(events.take().unwrap_or_default()))
+            })
+            .await
+            .map(|executed| executed.version())
+            .map_err(|e| match e {
+                CommandError::Rejected { error, .. } => match error {},
+                CommandError::Contended { actual, .. } => ServiceError::Conflict {
+                    expected: version,
+                    actual,
                 },
-                actual,
-            }),
-            Err(e) => Err(e.into()),
-        }
+                CommandError::Log(e) => e.into(),
+            })
     }
 
     pub async fn create_flow(&self, r: CreateFlowRequest) -> Result<Flow, ServiceError> {

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 use prost::Message as _;
+use switchboard_contract::event_types::knowledge as k;
 use switchboard_eventlog::{
     EventLog, EventLogError, Projection, RecordedEvent, Tx, micros, on_conn, on_pool,
 };
@@ -13,7 +14,7 @@ use switchboard_proto::flows::v1::{
 };
 
 use crate::domain::event_types as t;
-use crate::knowledge::event_types as k;
+use switchboard_contract::event_types::flow_runs as runs;
 
 /// The entity's own id from its stream id `ws_…/<id>`: a collection's `kc_…`, a run's
 /// `run_…`.
@@ -271,7 +272,7 @@ impl Projection for FlowsProjection {
                 // A delay arms a timer; so does a request for an effect, as the deadline
                 // for its outcome, which the runtime fires like a delay's. The outcome
                 // (or any later step) clears it.
-                "flow_run.timer_armed" | "flow_run.effect_requested" => {
+                runs::TIMER_ARMED | runs::EFFECT_REQUESTED => {
                     let record: RunEventRecord = event.decode()?;
                     let (node, due) = match record.event {
                         Some(Record::TimerArmed(timer)) => (
@@ -299,7 +300,7 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
-                "flow_run.timer_fired" | "flow_run.effect_completed" => {
+                runs::TIMER_FIRED | runs::EFFECT_COMPLETED => {
                     let run_id = last_part(event);
                     on_conn!(tx, conn => sqlx::query(
                         "DELETE FROM timers WHERE workspace_id = $1 AND run_id = $2",
@@ -310,7 +311,7 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
-                "flow_run.started" | "flow_run.ended" => {
+                runs::STARTED | runs::ENDED => {
                     let record: RunEventRecord = event.decode()?;
                     let run_id = last_part(event);
                     match record.event {

@@ -15,7 +15,7 @@ pub async fn tail(
     limit: u64,
     follow: bool,
 ) -> anyhow::Result<()> {
-    let log = cluster::open(&config, service).await?;
+    let log = cluster::open(&config, &service).await?;
     // Positions, not transaction ids, are what a person knows; the first read from a bare
     // position may repeat nothing and skip nothing already committed.
     let mut position = LogPosition {
@@ -30,7 +30,7 @@ pub async fn tail(
             if event.global_position <= after {
                 continue;
             }
-            println!("{}", describe(service, event));
+            println!("{}", describe(&service, event));
             printed += 1;
             if limit > 0 && printed >= limit {
                 return Ok(());
@@ -45,20 +45,8 @@ pub async fn tail(
     }
 }
 
-fn describe(service: ServiceName, event: &RecordedEvent) -> serde_json::Value {
-    let payload = match service {
-        ServiceName::Conversations => switchboard_conversations::domain::describe_payload(event),
-        ServiceName::Actions => match switchboard_actions::domain::decode(event) {
-            Ok(Some(definition)) => {
-                format!("{:?}", switchboard_actions::domain::public_view(definition))
-            }
-            Ok(None) => format!("<{} bytes of unknown type>", event.payload.len()),
-            Err(e) => format!("<undecodable: {e}>"),
-        },
-        ServiceName::Connexease => switchboard_connexease::describe_payload(event),
-        ServiceName::Webhooks => switchboard_webhooks::describe_payload(event),
-        ServiceName::Flows => switchboard_flows::describe_payload(event),
-    };
+fn describe(service: &ServiceName, event: &RecordedEvent) -> serde_json::Value {
+    let payload = service.module().describe(event);
     serde_json::json!({
         "global_position": event.global_position,
         "event_id": event.event_id.to_string(),
@@ -76,14 +64,8 @@ fn describe(service: ServiceName, event: &RecordedEvent) -> serde_json::Value {
 }
 
 pub async fn rebuild(config: Config, service: ServiceName) -> anyhow::Result<()> {
-    let log = cluster::open(&config, service).await?;
-    let projection: Box<dyn switchboard_eventlog::Projection> = match service {
-        ServiceName::Conversations => Box::new(switchboard_conversations::ConversationsProjection),
-        ServiceName::Actions => Box::new(switchboard_actions::ActionsProjection),
-        ServiceName::Connexease => Box::new(switchboard_connexease::ConnexeaseProjection),
-        ServiceName::Webhooks => Box::new(switchboard_webhooks::WebhooksProjection),
-        ServiceName::Flows => Box::new(switchboard_flows::FlowsProjection),
-    };
+    let log = cluster::open(&config, &service).await?;
+    let projection = service.module().read_models().projection;
     let bar = ProgressBar::new(log.count_events().await?);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")?

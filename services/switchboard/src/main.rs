@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
                 rate_per_second: rate,
                 ..Default::default()
             };
-            cluster::connexease_sim(listen, sim).await
+            connexease_sim(listen, sim).await
         }
         Command::Events { command } => match command {
             EventsCommand::Tail {
@@ -170,4 +170,29 @@ async fn main() -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// `switchboard connexease-sim`: the simulator alone, until ctrl-c.
+pub async fn connexease_sim(
+    addr: std::net::SocketAddr,
+    sim: switchboard_connexease::sim::SimConfig,
+) -> anyhow::Result<()> {
+    let shutdown = switchboard_runtime::shutdown::signal_token();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the Connexease simulator to {addr}"))?;
+    let running = switchboard_connexease::sim::serve(listener, sim, shutdown.clone()).await?;
+    println!("Connexease simulator on {}", running.base_url());
+    println!("  token           {}", running.config.token);
+    println!(
+        "  webhooks        {}",
+        running.config.webhook_url.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "  rate            {} requests/s",
+        running.config.rate_per_second
+    );
+    println!("ready; ctrl-c stops");
+    shutdown.cancelled().await;
+    Ok(())
 }

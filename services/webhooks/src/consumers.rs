@@ -9,11 +9,6 @@ use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Router, Tx};
 
 use crate::service::{FanOutError, WebhooksService};
 
-/// The durable consumer name of the fan-out from one producing service.
-pub fn consumer_name(producer: &str) -> String {
-    format!("webhooks-fanout-{producer}")
-}
-
 /// Fans out one producer's public events. `router` is the producer's own, so the public
 /// type is exactly the subject the producer publishes it on.
 pub struct FanOut {
@@ -30,9 +25,7 @@ impl FanOut {
     /// that are not public.
     pub fn public_type(&self, event: &RecordedEvent) -> Option<String> {
         let subject = self.router.subject(event)?;
-        let rest = subject.strip_prefix("events.")?;
-        let (_workspace, public_type) = rest.split_once('.')?;
-        Some(public_type.to_owned())
+        switchboard_contract::subjects::public_event_type(&subject).map(str::to_owned)
     }
 }
 

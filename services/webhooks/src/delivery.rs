@@ -374,7 +374,9 @@ impl Dispatcher {
             Err(e) => {
                 let class = match &e {
                     OutboundError::Blocked(_) => ErrorClass::SsrfBlocked,
-                    OutboundError::Http(inner) => domain::classify_error(inner),
+                    OutboundError::Http(inner) => {
+                        domain::classify_failure(&transport_failure(inner))
+                    }
                 };
                 attempt.error_class = class as i32;
                 attempt.error = e.to_string();
@@ -588,6 +590,24 @@ impl Dispatcher {
                 event,
             )
             .await?)
+    }
+}
+
+/// What the domain judges a transport failure by, read off the HTTP client's error: the
+/// guard's refusal anywhere in its causes, the client's own timeout flag, and the text of
+/// the error and its causes.
+fn transport_failure(error: &reqwest::Error) -> domain::TransportFailure {
+    let mut causes = String::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        causes.push_str(&e.to_string().to_ascii_lowercase());
+        causes.push(' ');
+        current = e.source();
+    }
+    domain::TransportFailure {
+        blocked: switchboard_outbound::blocked_cause(error).is_some(),
+        timed_out: error.is_timeout(),
+        causes,
     }
 }
 

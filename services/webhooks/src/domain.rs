@@ -8,42 +8,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
-use rand::Rng as _;
 use sha2::Sha256;
 use switchboard_proto::webhooks::v1::ErrorClass;
 use url::Url;
 
 /// Event types of the webhooks service's own log.
-pub mod event_types {
-    pub const ENDPOINT_CREATED: &str = "webhook_endpoint.created";
-    pub const ENDPOINT_UPDATED: &str = "webhook_endpoint.updated";
-    pub const ENDPOINT_SECRET_ROTATED: &str = "webhook_endpoint.secret_rotated";
-    pub const ENDPOINT_DISABLED: &str = "webhook_endpoint.disabled";
-    pub const ENDPOINT_ENABLED: &str = "webhook_endpoint.enabled";
-    pub const ENDPOINT_DELETED: &str = "webhook_endpoint.deleted";
-    /// The public operational event, beside `webhook_endpoint.disabled`.
-    pub const PUBLIC_ENDPOINT_DISABLED: &str = "endpoint.disabled";
-
-    pub const MESSAGE_CREATED: &str = "webhook_message.created";
-    pub const MESSAGE_ATTEMPTED: &str = "webhook_message.attempted";
-    pub const MESSAGE_DEFERRED: &str = "webhook_message.deferred";
-    pub const MESSAGE_FAILED: &str = "webhook_message.failed";
-    pub const MESSAGE_SUPERSEDED: &str = "webhook_message.superseded";
-    pub const MESSAGE_RESEND_REQUESTED: &str = "webhook_message.resend_requested";
-
-    /// Whether `event_type` belongs to an endpoint stream and carries `EndpointChanged`.
-    pub fn is_endpoint_change(event_type: &str) -> bool {
-        matches!(
-            event_type,
-            ENDPOINT_CREATED
-                | ENDPOINT_UPDATED
-                | ENDPOINT_SECRET_ROTATED
-                | ENDPOINT_DISABLED
-                | ENDPOINT_ENABLED
-                | ENDPOINT_DELETED
-        )
-    }
-}
+pub use switchboard_contract::event_types::webhooks as event_types;
 
 /// Bounds of every input.
 pub mod limits {
@@ -60,14 +30,16 @@ pub mod limits {
     pub const RESPONSE_BODY_BYTES: usize = 20 * 1024;
 }
 
+use switchboard_contract::event_types::{actions, conversations};
+
 /// Public event types a workspace can subscribe to, and the families (`<family>.*`).
 /// Connexease's own events arrive as `connexease.<event>` and are matched by family.
 pub const EVENT_TYPES: &[&str] = &[
-    "conversation.created",
-    "conversation.updated",
-    "conversation.ended",
-    "message.created",
-    "action.executed",
+    conversations::CREATED,
+    conversations::UPDATED,
+    conversations::ENDED,
+    conversations::MESSAGE_CREATED,
+    actions::EXECUTED,
 ];
 pub const EVENT_FAMILIES: &[&str] = &["conversation", "message", "action", "connexease"];
 
@@ -207,11 +179,10 @@ pub fn wants(filter: &[String], event_type: &str) -> bool {
         })
 }
 
-/// A signing secret: `whsec_` + base64 of 24 to 64 random bytes.
-pub fn generate_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill(&mut bytes);
-    format!("whsec_{}", BASE64.encode(bytes))
+/// The signing secret of `key` (24 to 64 bytes): `whsec_` + its base64. The random key
+/// comes from the caller ([`crate::service::generate_secret`]), so this stays pure.
+pub fn secret_from_key(key: &[u8]) -> String {
+    format!("whsec_{}", BASE64.encode(key))
 }
 
 /// The key bytes of a `whsec_` secret, or why it is not one.
@@ -332,23 +303,27 @@ pub fn throttles(status: u16) -> bool {
     matches!(status, 429 | 502 | 503 | 504)
 }
 
-/// The class of a transport failure, from the error and its causes.
-pub fn classify_error(error: &(dyn std::error::Error + 'static)) -> ErrorClass {
-    if switchboard_outbound::blocked_cause(error).is_some() {
+/// What an attempt's transport error says, read off the error at the edge (the
+/// dispatcher) so that judging it stays here, without the HTTP client's types.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportFailure {
+    /// The outbound guard refused the destination, somewhere in the error's causes.
+    pub blocked: bool,
+    /// The HTTP client reports that the request timed out.
+    pub timed_out: bool,
+    /// The error and each of its causes, lower-cased, separated by spaces.
+    pub causes: String,
+}
+
+/// The class of a transport failure.
+pub fn classify_failure(failure: &TransportFailure) -> ErrorClass {
+    if failure.blocked {
         return ErrorClass::SsrfBlocked;
     }
-    let mut text = String::new();
-    let mut current = Some(error);
-    while let Some(e) = current {
-        text.push_str(&e.to_string().to_ascii_lowercase());
-        text.push(' ');
-        current = e.source();
-    }
-    if let Some(e) = error.downcast_ref::<reqwest::Error>()
-        && e.is_timeout()
-    {
+    if failure.timed_out {
         return ErrorClass::Timeout;
     }
+    let text = failure.causes.as_str();
     if text.contains("timed out") || text.contains("timeout") {
         ErrorClass::Timeout
     } else if text.contains("dns") || text.contains("failed to lookup") || text.contains("resolve")
@@ -460,7 +435,7 @@ mod tests {
 
     #[test]
     fn secrets_are_whsec_and_24_to_64_bytes() {
-        assert_eq!(secret_key(&generate_secret()).unwrap().len(), 32);
+        assert_eq!(secret_key(&secret_from_key(&[7; 32])).unwrap(), vec![7; 32]);
         assert!(secret_key("abc").unwrap_err().contains("whsec_"));
         let short = format!("whsec_{}", BASE64.encode([1u8; 16]));
         assert!(secret_key(&short).unwrap_err().contains("24 to 64"));
@@ -519,5 +494,44 @@ mod tests {
         assert_eq!(lane_of(&serde_json::json!({"x": 1})), "");
         let (cut, truncated) = truncate("héllo".as_bytes(), 2);
         assert_eq!((cut.as_str(), truncated), ("h", true));
+    }
+
+    #[test]
+    fn transport_failures_are_classified() {
+        let failure = |causes: &str| TransportFailure {
+            causes: causes.into(),
+            ..Default::default()
+        };
+        let blocked = TransportFailure {
+            blocked: true,
+            timed_out: true,
+            ..failure("timed out")
+        };
+        assert_eq!(classify_failure(&blocked), ErrorClass::SsrfBlocked);
+        let timed_out = TransportFailure {
+            timed_out: true,
+            ..failure("error sending request")
+        };
+        assert_eq!(classify_failure(&timed_out), ErrorClass::Timeout);
+        assert_eq!(
+            classify_failure(&failure("operation timed out")),
+            ErrorClass::Timeout
+        );
+        assert_eq!(
+            classify_failure(&failure("failed to lookup address")),
+            ErrorClass::Dns
+        );
+        assert_eq!(
+            classify_failure(&failure("invalid peer certificate")),
+            ErrorClass::Tls
+        );
+        assert_eq!(
+            classify_failure(&failure("connection refused")),
+            ErrorClass::Connect
+        );
+        assert_eq!(
+            classify_failure(&failure("something else")),
+            ErrorClass::Other
+        );
     }
 }

@@ -19,57 +19,147 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use switchboard_eventlog::{EventLog, EventLogError, StoreConfig};
+use async_trait::async_trait;
+use switchboard_contract::{Stream, consumers as durable, services, streams, subjects};
+use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
+use switchboard_outbound::ClientOptions;
+use switchboard_runtime::service::{
+    BoxError, Inbox, Mode, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe,
+    Wiring,
+};
 
 pub use delivery::{DeliveryConfig, Dispatcher};
 pub use grpc::WebhooksApi;
 pub use service::{Settings, WebhooksService};
 pub use store::{WebhooksProjection, WebhooksStore};
 
-pub const SERVICE: &str = "webhooks";
+pub const SERVICE: &str = services::WEBHOOKS;
 pub const GRPC_SERVICE: &str = "switchboard.webhooks.v1.Webhooks";
+
+/// The producers whose public events are delivered.
+pub const PRODUCERS: [Stream; 3] = [
+    streams::CONVERSATIONS,
+    streams::ACTIONS,
+    streams::CONNEXEASE,
+];
+
+/// The webhooks service, as the binary composes it.
+pub const MODULE: Webhooks = Webhooks;
+
+/// The webhooks service module: its gRPC API, the fan-out of every producer's public
+/// events into messages, and the dispatcher that delivers them.
+pub struct Webhooks;
+
+#[async_trait]
+impl ServiceModule for Webhooks {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn read_models(&self) -> ReadModels {
+        let (postgres, sqlite) = store::read_model_ddl();
+        ReadModels {
+            postgres,
+            sqlite,
+            projection: Arc::new(WebhooksProjection),
+        }
+    }
+
+    fn publication(&self) -> Publication {
+        Publication {
+            stream: streams::WEBHOOKS,
+            router: Arc::new(PublicEvents),
+        }
+    }
+
+    fn secrets(&self) -> Secrets {
+        Secrets::Required
+    }
+
+    fn describe(&self, event: &RecordedEvent) -> String {
+        describe_payload(event)
+    }
+
+    async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
+        let config = wiring.config();
+        // In `dev`, endpoints may use plain http to a receiver on the laptop.
+        let dev = wiring.mode() == Mode::Dev;
+        let mut allow_http_hosts = config.webhook_http_hosts();
+        let mut also_allow = Vec::new();
+        if dev {
+            allow_http_hosts.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+            also_allow.extend(["127.0.0.0/8".to_owned(), "::1/128".to_owned()]);
+        }
+        let settings = Settings {
+            urls: domain::UrlRules {
+                allow_http_hosts,
+                policy: wiring.outbound_policy(&also_allow)?,
+            },
+            schedule: domain::RetrySchedule {
+                delays: config
+                    .webhook_retry_delays()
+                    .map_err(|e| format!("SWITCHBOARD_WEBHOOK_RETRY_SCHEDULE: {e}"))?,
+                ..domain::RetrySchedule::default()
+            },
+            disable_after: Duration::from_secs(config.webhook_disable_after_hours * 3600),
+        };
+        // A receiver that hangs is cut here; redirects are failures, never followed.
+        let outbound = wiring.outbound(
+            &ClientOptions {
+                timeout: Duration::from_secs(config.webhook_timeout_secs),
+                max_redirects: 0,
+                ..Default::default()
+            },
+            &also_allow,
+        )?;
+        let service =
+            WebhooksService::new(wiring.log().clone(), wiring.required_keyring()?, settings);
+        wiring.serve_grpc(WebhooksApi::new(service.clone()).into_server());
+        let dispatcher = Arc::new(Dispatcher::new(
+            service.clone(),
+            outbound,
+            DeliveryConfig::default(),
+        ));
+        wiring.spawn("dispatcher", dispatcher.run(wiring.shutdown()));
+        for producer in PRODUCERS {
+            let router = wiring
+                .router_of(producer.producer)
+                .ok_or_else(|| format!("no router for the {} service", producer.producer))?;
+            wiring.subscribe(Subscribe {
+                consumer: durable::webhooks_fan_out(producer.producer),
+                source: Source::Stream {
+                    stream: producer,
+                    subject: subjects::PUBLIC,
+                },
+                handler: Arc::new(consumers::FanOut::new(service.clone(), router)),
+                inbox: Inbox::Log,
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Opens the service's log with its read models and projection.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
-    let (postgres, sqlite) = store::read_model_ddl();
-    Ok(EventLog::open(config)
-        .await?
-        .with_read_models(&postgres, &sqlite)
-        .with_projection(Arc::new(WebhooksProjection)))
+    switchboard_runtime::service::open_log(&MODULE, config).await
 }
 
 /// Where the webhooks service publishes: only the operational `endpoint.disabled`, on
 /// `events.<workspace>.endpoint.disabled`. Messages and attempts stay in the log.
 pub struct PublicEvents;
 
-impl switchboard_eventlog::Router for PublicEvents {
-    fn subject(&self, event: &switchboard_eventlog::RecordedEvent) -> Option<String> {
+impl Router for PublicEvents {
+    fn subject(&self, event: &RecordedEvent) -> Option<String> {
         (event.event_type == domain::event_types::PUBLIC_ENDPOINT_DISABLED).then(|| {
-            format!(
-                "events.{}.{}",
-                event.metadata.workspace_id,
-                domain::event_types::PUBLIC_ENDPOINT_DISABLED
+            subjects::public(
+                &event.metadata.workspace_id,
+                domain::event_types::PUBLIC_ENDPOINT_DISABLED,
             )
         })
     }
 }
-
-/// The JetStream stream the service publishes to.
-pub fn stream_spec(replicas: usize) -> switchboard_eventlog::StreamSpec {
-    switchboard_eventlog::StreamSpec {
-        name: "WEBHOOKS".into(),
-        subjects: vec!["events.*.endpoint.>".into()],
-        replicas,
-    }
-}
-
-/// The producers whose public events are delivered: `(service, JetStream stream)`.
-pub const PRODUCERS: &[(&str, &str)] = &[
-    ("conversations", "CONVERSATIONS"),
-    ("actions", "ACTIONS"),
-    ("connexease", "CONNEXEASE"),
-];
 
 /// A stored event's payload for people (`switchboard events tail`): sealed secrets are
 /// never shown.

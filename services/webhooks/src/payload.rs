@@ -4,32 +4,33 @@
 
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{Map, Value, json};
+use switchboard_contract::event_types::{actions, connexease, conversations};
 use switchboard_eventlog::RecordedEvent;
 
 /// The message each stored public event type carries.
 const MESSAGES: &[(&str, &str)] = &[
     (
-        "conversation.created",
+        conversations::CREATED,
         "switchboard.events.v1.ConversationCreatedEvent",
     ),
     (
-        "conversation.updated",
+        conversations::UPDATED,
         "switchboard.events.v1.ConversationUpdatedEvent",
     ),
     (
-        "conversation.ended",
+        conversations::ENDED,
         "switchboard.events.v1.ConversationEndedEvent",
     ),
     (
-        "message.created",
+        conversations::MESSAGE_CREATED,
         "switchboard.events.v1.MessageCreatedEvent",
     ),
     (
-        "action.executed",
+        actions::EXECUTED,
         "switchboard.actions.v1.ActionExecutedEvent",
     ),
     (
-        "connexease.webhook_received",
+        connexease::WEBHOOK_RECEIVED,
         "switchboard.connexease.v1.WebhookReceived",
     ),
 ];

@@ -4,14 +4,16 @@
 //! Streams: `webhook_endpoint/<ws>/<ep>` (one endpoint) and `webhook_message/<ws>/<msg>`
 //! (one message to one endpoint: created, each attempt, and its end).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
 use switchboard_eventlog::{
-    EventLog, EventLogError, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamRef, Tx,
-    derive_event_id, micros, now_micros, timestamp,
+    Command, CommandError, Decision, EventLog, EventLogError, Executed, ExpectedVersion, Loaded,
+    Metadata, NewEvent, RecordedEvent, StreamRef, Tx, VersionOnly, derive_event_id, micros,
+    now_micros, timestamp,
 };
 use switchboard_proto::webhooks::v1::{
     CreateEndpointRequest, Endpoint, EndpointChanged, EndpointDisabledEvent, MessageCreated,
@@ -59,17 +61,32 @@ impl Clock for ManualClock {
     }
 }
 
+/// Attempts of an append to a message's stream that reads its version first.
+const MESSAGE_ATTEMPTS: u32 = 11;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("invalid request: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldViolation>),
-    #[error("SB-WH-0404: no such {0} in the workspace")]
+    #[error(
+        "{code}: no such {0} in the workspace",
+        code = switchboard_runtime::codes::WH_NOT_FOUND.id
+    )]
     NotFound(&'static str),
-    #[error("SB-WH-0409: the endpoint changed since version {expected}; it is at {actual}")]
+    #[error(
+        "{code}: the endpoint changed since version {expected}; it is at {actual}",
+        code = switchboard_runtime::codes::WH_STALE_VERSION.id
+    )]
     Conflict { expected: u64, actual: u64 },
-    #[error("SB-WH-0429: a workspace has at most {0} endpoints")]
+    #[error(
+        "{code}: a workspace has at most {0} endpoints",
+        code = switchboard_runtime::codes::WH_TOO_MANY_ENDPOINTS.id
+    )]
     TooManyEndpoints(u64),
-    #[error("SB-WH-0502: a stored secret cannot be opened; check SWITCHBOARD_ENCRYPTION_KEY")]
+    #[error(
+        "{code}: a stored secret cannot be opened; check SWITCHBOARD_ENCRYPTION_KEY",
+        code = switchboard_runtime::codes::WH_SECRET_UNREADABLE.id
+    )]
     Sealed,
     #[error(transparent)]
     Log(#[from] EventLogError),
@@ -81,6 +98,15 @@ pub fn endpoint_stream(workspace_id: &str, endpoint_id: &str) -> StreamRef {
 
 pub fn message_stream(workspace_id: &str, message_id: &str) -> StreamRef {
     StreamRef::new("webhook_message", format!("{workspace_id}/{message_id}"))
+}
+
+/// A new signing secret of 32 random bytes. Randomness is I/O: it is drawn here, at the
+/// edge, and the domain only encodes it ([`domain::secret_from_key`]).
+pub fn generate_secret() -> String {
+    use rand::Rng as _;
+    let mut key = [0u8; 32];
+    rand::rng().fill(&mut key);
+    domain::secret_from_key(&key)
 }
 
 fn secret_owner(workspace_id: &str, endpoint_id: &str) -> String {
@@ -270,20 +296,39 @@ impl WebhooksService {
                 metadata: self.metadata(&workspace_id, correlation_id),
             });
         }
-        match self.log.append(&stream, expected, events).await {
-            Ok(appended) => {
-                let stored = appended.events[0].decode::<EndpointChanged>()?;
-                Ok((stored.endpoint.unwrap_or(endpoint), appended.duplicate))
+        let version = match expected {
+            ExpectedVersion::Exact(v) => v,
+            _ => 0,
+        };
+        // One attempt: the caller decided on (and may have stated) this version, so a
+        // change in between is its `Conflict`.
+        let mut events = Some(events);
+        let executed = Command::new(&self.log, &stream)
+            .attempts(1)
+            .starting_from(Loaded::new((), version))
+            .run(&VersionOnly, |_| {
+                Ok::<_, Infallible>(Decision::events(events.take().unwrap_or_default()))
+            })
+            .await;
+        let (stored, duplicate) = match executed {
+            Ok(Executed::Appended { events, .. }) => (events, false),
+            Ok(Executed::Duplicate { events, .. }) => (events, true),
+            Ok(Executed::Unchanged { .. }) => (Vec::new(), false),
+            Err(CommandError::Rejected { error, .. }) => match error {},
+            Err(CommandError::Contended { actual, .. }) => {
+                return Err(ServiceError::Conflict {
+                    expected: version,
+                    actual,
+                });
             }
-            Err(EventLogError::Conflict { actual, .. }) => Err(ServiceError::Conflict {
-                expected: match expected {
-                    ExpectedVersion::Exact(v) => v,
-                    _ => 0,
-                },
-                actual,
-            }),
-            Err(e) => Err(e.into()),
-        }
+            Err(CommandError::Log(e)) => return Err(e.into()),
+        };
+        let stored = stored
+            .first()
+            .map(|e| e.decode::<EndpointChanged>())
+            .transpose()?
+            .and_then(|changed| changed.endpoint);
+        Ok((stored.unwrap_or(endpoint), duplicate))
     }
 
     /// Creates an endpoint; returns it with its secret (generated unless given).
@@ -327,7 +372,7 @@ impl WebhooksService {
             ));
         }
         let secret = if r.secret.is_empty() {
-            domain::generate_secret()
+            generate_secret()
         } else {
             r.secret.clone()
         };
@@ -500,7 +545,7 @@ impl WebhooksService {
             })
             .collect();
         let secret = if r.secret.is_empty() {
-            domain::generate_secret()
+            generate_secret()
         } else {
             r.secret
         };
@@ -637,7 +682,7 @@ impl WebhooksService {
             created += 1;
             if endpoint.coalesce
                 && endpoint.failing_since != 0
-                && public_type == "conversation.updated"
+                && public_type == switchboard_contract::event_types::conversations::UPDATED
                 && !conversation_id.is_empty()
             {
                 self.supersede_older(
@@ -713,49 +758,23 @@ impl WebhooksService {
         event: NewEvent,
     ) -> Result<(), EventLogError> {
         let stream = message_stream(workspace_id, message_id);
-        if let Some(version) = known_version.filter(|v| *v > 0) {
-            match self
-                .log
-                .append(
-                    &stream,
-                    ExpectedVersion::Exact(version),
-                    vec![event.clone()],
-                )
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(EventLogError::Conflict { .. }) => {}
-                Err(e) => return Err(e),
-            }
+        let known = known_version.filter(|v| *v > 0);
+        // Loads after the known version's attempt: eleven, as before.
+        let mut command = Command::new(&self.log, &stream)
+            .attempts(MESSAGE_ATTEMPTS + u32::from(known.is_some()));
+        if let Some(version) = known {
+            command = command.starting_from(Loaded::new((), version));
         }
-        let mut attempts = 0;
-        loop {
-            let mut version = 0;
-            loop {
-                let events = self.log.read_stream(&stream, version, 500).await?;
-                match events.last() {
-                    Some(last) => version = last.stream_version,
-                    None => break,
-                }
-                if events.len() < 500 {
-                    break;
-                }
-            }
-            let expected = if version == 0 {
-                ExpectedVersion::NoStream
-            } else {
-                ExpectedVersion::Exact(version)
-            };
-            match self
-                .log
-                .append(&stream, expected, vec![event.clone()])
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(EventLogError::Conflict { .. }) if attempts < 10 => attempts += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        command
+            .run(&VersionOnly, |_| {
+                Ok::<_, Infallible>(Decision::events(vec![event.clone()]))
+            })
+            .await
+            .map(drop)
+            .map_err(|e| match e.into_log_error() {
+                Ok(e) => e,
+                Err(never) => match never {},
+            })
     }
 
     // -----------------------------------------------------------------------------------

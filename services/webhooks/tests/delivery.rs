@@ -68,7 +68,7 @@ async fn deliveries_are_signed_per_the_specification_and_logged() {
     let received = &got[0];
     assert!(verifies(&secret, received), "{received:?}");
     assert!(!verifies(
-        &switchboard_webhooks::domain::generate_secret(),
+        &switchboard_webhooks::service::generate_secret(),
         received
     ));
     let body = received.json();

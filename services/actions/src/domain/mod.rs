@@ -51,13 +51,13 @@ pub const VARIABLE_NAMESPACES: [&str; 10] = [
     "workspace",
 ];
 
-pub mod event_types {
-    pub const CREATED: &str = "action.created";
-    pub const UPDATED: &str = "action.updated";
-    pub const ENABLED: &str = "action.enabled";
-    pub const DISABLED: &str = "action.disabled";
-    pub const ALL: [&str; 4] = [CREATED, UPDATED, ENABLED, DISABLED];
+/// What an action's sealed auth secret is bound to (its associated data): its workspace,
+/// action and purpose. Sealing (the command handler) and opening (execution) must agree.
+pub fn secret_owner(workspace_id: &str, action_id: &str) -> String {
+    format!("{workspace_id}/action/{action_id}/auth")
 }
+
+pub use switchboard_contract::event_types::actions as event_types;
 
 /// One invalid field of a definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,11 +71,20 @@ pub struct FieldViolation {
 pub enum DomainError {
     #[error("invalid definition: {}", .0.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldViolation>),
-    #[error("SB-ACT-0404: action not found")]
+    #[error(
+        "{code}: action not found",
+        code = switchboard_runtime::codes::ACT_NOT_FOUND.id
+    )]
     NotFound,
-    #[error("SB-ACT-0002: the action already exists")]
+    #[error(
+        "{code}: the action already exists",
+        code = switchboard_runtime::codes::ACT_ALREADY_EXISTS.id
+    )]
     AlreadyExists,
-    #[error("SB-ACT-0003: the action is at version {actual}, not {expected}")]
+    #[error(
+        "{code}: the action is at version {actual}, not {expected}",
+        code = switchboard_runtime::codes::ACT_STALE_VERSION.id
+    )]
     StaleVersion { expected: u64, actual: u64 },
 }
 

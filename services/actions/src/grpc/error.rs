@@ -1,5 +1,6 @@
 //! The one place where this service's errors become gRPC statuses.
 
+use switchboard_runtime::codes;
 use tonic::Status;
 
 use crate::domain::{DomainError, FieldViolation};
@@ -8,7 +9,7 @@ use crate::store::QueryError;
 
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     switchboard_runtime::requests::invalid_argument(
-        "SB-ACT-0001",
+        codes::ACT_INVALID_REQUEST.id,
         violations.into_iter().map(|v| (v.field, v.description)),
     )
 }
@@ -53,13 +54,10 @@ fn internal(e: switchboard_eventlog::EventLogError) -> Status {
     tracing::error!(error = %e, "actions: internal error");
     match e {
         E::Database(_) | E::Nats(_) => {
-            Status::unavailable("SB-ACT-0500: the action store is unavailable; retry")
+            codes::ACT_STORE_UNAVAILABLE.status("the action store is unavailable; retry")
         }
-        E::Conflict { .. } => {
-            Status::aborted("SB-ACT-0005: the action is changing too fast; retry")
-        }
-        _ => {
-            Status::internal("SB-ACT-0501: the action store refused the change; see the server log")
-        }
+        E::Conflict { .. } => codes::ACT_CONTENDED.status("the action is changing too fast; retry"),
+        _ => codes::ACT_STORE_REFUSED
+            .status("the action store refused the change; see the server log"),
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use switchboard_actions::integrations::{GrpcConversations, Integrations, QueryDatabases};
+use switchboard_actions::integrations::{Integrations, QueryDatabases};
 use switchboard_eventlog::testing::{TestSchema, unique_name};
 use switchboard_eventlog::{EventLog, StoreConfig};
 use switchboard_proto::actions::v1::actions_client::ActionsClient;
@@ -64,7 +64,14 @@ impl Harness {
         conversations_log.migrate().await.unwrap();
         let integrations = Integrations {
             conversations: Arc::new(
-                GrpcConversations::connect_lazy(&format!("http://{addr}"), None).unwrap(),
+                switchboard_clients::ConversationsClient::connect_lazy(
+                    &switchboard_clients::ClientConfig::new(
+                        format!("http://{addr}"),
+                        None,
+                        "actions",
+                    ),
+                )
+                .unwrap(),
             ),
             databases: QueryDatabases::from_config(&format!(
                 "{QUERY_DB}={}",

@@ -1,5 +1,6 @@
 //! The one place where this service's errors become gRPC statuses.
 
+use switchboard_runtime::codes;
 use tonic::Status;
 
 use crate::client::ClientError;
@@ -8,7 +9,7 @@ use crate::service::ServiceError;
 
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     switchboard_runtime::requests::invalid_argument(
-        "SB-CX-0003",
+        codes::CX_INVALID_REQUEST.id,
         violations.into_iter().map(|v| (v.field, v.description)),
     )
 }
@@ -19,22 +20,20 @@ impl From<ServiceError> for Status {
             ServiceError::Invalid(v) => invalid(v),
             ServiceError::NotConnected => Status::failed_precondition(e.to_string()),
             ServiceError::Connexease(ClientError::Unauthorized) => {
-                Status::failed_precondition(format!("SB-CX-0004: {}", ClientError::Unauthorized))
+                codes::CX_UNAUTHORIZED.status(ClientError::Unauthorized)
             }
             ServiceError::Connexease(ClientError::Blocked(reason)) => {
-                Status::failed_precondition(format!("SB-CX-0006: {reason}"))
+                codes::CX_DESTINATION_BLOCKED.status(reason)
             }
-            ServiceError::Connexease(other) => Status::unavailable(format!("SB-CX-0002: {other}")),
+            ServiceError::Connexease(other) => codes::CX_UPSTREAM_FAILED.status(other),
             ServiceError::InProgress | ServiceError::Contended => Status::aborted(e.to_string()),
             ServiceError::Log(e) => {
                 tracing::error!(error = %e, "connexease: internal error");
                 match e {
-                    switchboard_eventlog::EventLogError::Database(_) => Status::unavailable(
-                        "SB-CX-0500: the connexease store is unavailable; retry",
-                    ),
-                    _ => Status::internal(
-                        "SB-CX-0501: the connexease store refused the change; see the server log",
-                    ),
+                    switchboard_eventlog::EventLogError::Database(_) => codes::CX_STORE_UNAVAILABLE
+                        .status("the connexease store is unavailable; retry"),
+                    _ => codes::CX_STORE_REFUSED
+                        .status("the connexease store refused the change; see the server log"),
                 }
             }
         }

@@ -104,9 +104,10 @@ impl connexease_server::Connexease for ConnexeaseApi {
         let r = request.into_inner();
         check(&r.workspace_id, "")?;
         let state = self.service.load(&r.workspace_id).await?;
-        let connection = state
-            .connection
-            .ok_or_else(|| Status::not_found("SB-CX-0404: the workspace was never connected"))?;
+        let connection = state.connection.ok_or_else(|| {
+            switchboard_runtime::codes::CX_NEVER_CONNECTED
+                .status("the workspace was never connected")
+        })?;
         Ok(Response::new(ConnectionResponse {
             connection: Some(public_view(connection)),
         }))
@@ -171,7 +172,9 @@ impl connexease_server::Connexease for ConnexeaseApi {
             .service
             .link(&r.workspace_id, &r.conversation_id)
             .await?
-            .ok_or_else(|| Status::not_found("SB-CX-0405: the conversation is not linked"))?;
+            .ok_or_else(|| {
+                switchboard_runtime::codes::CX_NOT_LINKED.status("the conversation is not linked")
+            })?;
         Ok(Response::new(link))
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use switchboard_connexease::client::{HttpConnexease, RetryPolicy};
-use switchboard_connexease::inbound::GrpcConversations;
 use switchboard_connexease::sim::{self, RunningSim, SimConfig};
 use switchboard_connexease::{ConnexeaseService, ConnexeaseStore};
 use switchboard_eventlog::testing::{TestSchema, unique_name};
@@ -101,7 +100,14 @@ impl Harness {
             service.clone(),
             ConnexeaseStore::new(log.clone()),
             Some(Arc::new(
-                GrpcConversations::connect_lazy(&format!("http://{grpc_addr}"), None).unwrap(),
+                switchboard_clients::ConversationsClient::connect_lazy(
+                    &switchboard_clients::ClientConfig::new(
+                        format!("http://{grpc_addr}"),
+                        None,
+                        "connexease",
+                    ),
+                )
+                .unwrap(),
             )),
         );
         let server = GrpcServer::new()

@@ -1,5 +1,6 @@
 //! The one place where this service's errors become gRPC statuses.
 
+use switchboard_runtime::codes;
 use tonic::Status;
 
 use crate::domain::{DomainError, FieldViolation};
@@ -9,13 +10,13 @@ use crate::store::QueryError;
 /// `INVALID_ARGUMENT` with every field violation in the standard `BadRequest` detail.
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     switchboard_runtime::requests::invalid_argument(
-        "SB-CONV-0001",
+        codes::CONV_INVALID_REQUEST.id,
         violations.into_iter().map(|v| (v.field, v.description)),
     )
 }
 
 pub fn not_found() -> Status {
-    Status::not_found("SB-CONV-0404: conversation not found")
+    codes::CONV_NOT_FOUND.status("conversation not found")
 }
 
 impl From<ServiceError> for Status {
@@ -48,13 +49,12 @@ fn internal(e: switchboard_eventlog::EventLogError) -> Status {
     tracing::error!(error = %e, "conversations: internal error");
     match e {
         E::Database(_) | E::Nats(_) => {
-            Status::unavailable("SB-CONV-0500: the conversation store is unavailable; retry")
+            codes::CONV_STORE_UNAVAILABLE.status("the conversation store is unavailable; retry")
         }
         E::Conflict { .. } => {
-            Status::aborted("SB-CONV-0005: the conversation is changing too fast; retry")
+            codes::CONV_CONTENDED.status("the conversation is changing too fast; retry")
         }
-        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } => Status::internal(
-            "SB-CONV-0501: the conversation store refused the change; see the server log",
-        ),
+        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } => codes::CONV_STORE_REFUSED
+            .status("the conversation store refused the change; see the server log"),
     }
 }

@@ -92,8 +92,8 @@ impl ConversationsApi {
         }
         finish(v)?;
         let keyring = self.keyring.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "SB-CONV-0412: secure metadata needs the service's encryption key \
+            switchboard_runtime::codes::CONV_NO_ENCRYPTION_KEY.status(
+                "secure metadata needs the service's encryption key \
                  (SWITCHBOARD_ENCRYPTION_KEY)",
             )
         })?;
@@ -388,8 +388,8 @@ impl conversations_server::Conversations for ConversationsApi {
             return Ok(Response::new(SecureMetadata::default()));
         }
         let keyring = self.keyring.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "SB-CONV-0412: the secure metadata cannot be opened without the service's \
+            switchboard_runtime::codes::CONV_NO_ENCRYPTION_KEY.status(
+                "the secure metadata cannot be opened without the service's \
                  encryption key (SWITCHBOARD_ENCRYPTION_KEY)",
             )
         })?;
@@ -400,10 +400,13 @@ impl conversations_server::Conversations for ConversationsApi {
             )
             .map_err(|e| {
                 tracing::error!(error = %e, "secure metadata does not open");
-                Status::internal("SB-CONV-0501: the secure metadata does not open with our keys")
+                switchboard_runtime::codes::CONV_SECURE_METADATA_UNREADABLE
+                    .status("the secure metadata does not open with our keys")
             })?;
-        let values = serde_json::from_slice(&plain)
-            .map_err(|_| Status::internal("SB-CONV-0502: the secure metadata is not a map"))?;
+        let values = serde_json::from_slice(&plain).map_err(|_| {
+            switchboard_runtime::codes::CONV_SECURE_METADATA_NOT_A_MAP
+                .status("the secure metadata is not a map")
+        })?;
         Ok(Response::new(SecureMetadata { values }))
     }
 

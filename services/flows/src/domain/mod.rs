@@ -11,13 +11,7 @@ use switchboard_proto::flows::v1::node::Kind;
 use switchboard_proto::flows::v1::{Edge, FlowKind, Graph, Node, Operator};
 
 /// Event types of the flows service's log.
-pub mod event_types {
-    pub const FLOW_CREATED: &str = "flow.created";
-    pub const FLOW_DRAFT_SAVED: &str = "flow.draft_saved";
-    pub const FLOW_DRAFT_DISCARDED: &str = "flow.draft_discarded";
-    pub const FLOW_PUBLISHED: &str = "flow.published";
-    pub const ASSISTANT_SAVED: &str = "assistant.saved";
-}
+pub use switchboard_contract::event_types::flows as event_types;
 
 /// Bounds of every definition.
 pub mod limits {

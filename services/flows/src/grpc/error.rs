@@ -1,5 +1,6 @@
 //! The one place where this service's errors become gRPC statuses.
 
+use switchboard_runtime::codes;
 use tonic::Status;
 
 use crate::domain::FieldViolation;
@@ -7,7 +8,7 @@ use crate::service::ServiceError;
 
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     switchboard_runtime::requests::invalid_argument(
-        "SB-FLOW-0400",
+        codes::FLOW_INVALID_REQUEST.id,
         violations.into_iter().map(|v| (v.field, v.description)),
     )
 }
@@ -25,11 +26,11 @@ impl From<ServiceError> for Status {
                 tracing::error!(error = %e, "flows: internal error");
                 match e {
                     switchboard_eventlog::EventLogError::Database(_) => {
-                        Status::unavailable("SB-FLOW-0500: the flows store is unavailable; retry")
+                        codes::FLOW_STORE_UNAVAILABLE
+                            .status("the flows store is unavailable; retry")
                     }
-                    _ => Status::internal(
-                        "SB-FLOW-0501: the flows store refused the change; see the server log",
-                    ),
+                    _ => codes::FLOW_STORE_REFUSED
+                        .status("the flows store refused the change; see the server log"),
                 }
             }
         }

@@ -70,8 +70,10 @@ impl Harness {
             &Default::default(),
         )
         .unwrap();
-        let catalog =
-            switchboard_flows::GrpcActions::connect_lazy(&format!("http://{addr}"), None).unwrap();
+        let catalog = switchboard_clients::ActionsClient::connect_lazy(
+            &switchboard_clients::ClientConfig::new(format!("http://{addr}"), None, "flows"),
+        )
+        .unwrap();
         let flows = switchboard_flows::FlowsService::new(flows_log, Some(Arc::new(catalog)));
         GrpcServer::new()
             .add_service(

@@ -1,5 +1,6 @@
 //! The one place where this service's errors become gRPC statuses.
 
+use switchboard_runtime::codes;
 use tonic::Status;
 
 use crate::domain::FieldViolation;
@@ -7,7 +8,7 @@ use crate::service::ServiceError;
 
 pub fn invalid(violations: Vec<FieldViolation>) -> Status {
     switchboard_runtime::requests::invalid_argument(
-        "SB-WH-0400",
+        codes::WH_INVALID_REQUEST.id,
         violations.into_iter().map(|v| (v.field, v.description)),
     )
 }
@@ -26,12 +27,10 @@ impl From<ServiceError> for Status {
             ServiceError::Log(e) => {
                 tracing::error!(error = %e, "webhooks: internal error");
                 match e {
-                    switchboard_eventlog::EventLogError::Database(_) => {
-                        Status::unavailable("SB-WH-0500: the webhooks store is unavailable; retry")
-                    }
-                    _ => Status::internal(
-                        "SB-WH-0501: the webhooks store refused the change; see the server log",
-                    ),
+                    switchboard_eventlog::EventLogError::Database(_) => codes::WH_STORE_UNAVAILABLE
+                        .status("the webhooks store is unavailable; retry"),
+                    _ => codes::WH_STORE_REFUSED
+                        .status("the webhooks store refused the change; see the server log"),
                 }
             }
         }

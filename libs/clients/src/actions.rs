@@ -1,0 +1,35 @@
+//! The actions service: action definitions, the agent tool catalogue and executions.
+
+use switchboard_proto::actions::v1::actions_client::ActionsClient as Stub;
+use switchboard_proto::actions::v1::{
+    ActionResponse, CreateActionRequest, ExecuteActionRequest, ExecutionResult, GetActionRequest,
+    ListActionsRequest, ListActionsResponse, ListAgentToolsRequest, ListAgentToolsResponse,
+    ListExecutionsRequest, ListExecutionsResponse, SetActionEnabledRequest, TestActionRequest,
+    UpdateActionRequest,
+};
+
+typed_client! {
+    /// The actions service (`switchboard.actions.v1.Actions`).
+    ActionsClient for "actions" via Stub {
+        /// Creates an action.
+        fn create_action(CreateActionRequest) -> ActionResponse;
+        /// Replaces an action's definition.
+        fn update_action(UpdateActionRequest) -> ActionResponse;
+        /// Enables or disables an action.
+        fn set_action_enabled(SetActionEnabledRequest) -> ActionResponse;
+        /// One action (`NOT_FOUND` when the workspace has no such action).
+        fn get_action(GetActionRequest) -> ActionResponse;
+        /// One page of a workspace's actions.
+        fn list_actions(ListActionsRequest) -> ListActionsResponse;
+        /// The actions an agent may call, as tools.
+        fn list_agent_tools(ListAgentToolsRequest) -> ListAgentToolsResponse;
+        /// Runs an action. A repeated idempotency key answers with the recorded outcome
+        /// (or `ABORTED` while the first call still runs).
+        fn execute_action(ExecuteActionRequest) -> ExecutionResult;
+        /// Runs an action for real with sample variables, as a test touching no
+        /// conversation.
+        fn test_action(TestActionRequest) -> ExecutionResult;
+        /// The execution log, newest first.
+        fn list_executions(ListExecutionsRequest) -> ListExecutionsResponse;
+    }
+}

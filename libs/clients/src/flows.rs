@@ -1,0 +1,97 @@
+//! The flows service: flows and their versions, assistants, action workflows and
+//! knowledge collections.
+
+use std::time::Duration;
+
+use switchboard_proto::flows::v1::flows_client::FlowsClient as Stub;
+use switchboard_proto::flows::v1::{
+    Assistant, AssistantRef, CollectionRef, CreateCollectionRequest, CreateFlowRequest,
+    DeleteDocumentsRequest, DeleteDocumentsResponse, Document, DocumentRef, Flow, FlowRef,
+    FlowVersion, GetVersionRequest, InvokeActionWorkflowRequest, InvokeActionWorkflowResponse,
+    KnowledgeCollection, ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest,
+    ListCollectionsResponse, ListFlowsRequest, ListFlowsResponse, ListVersionsResponse,
+    PublishRequest, ReplayDraftRequest, ReplayReport, RollbackRequest, SaveAssistantRequest,
+    SaveDraftRequest, SearchDocumentsRequest, SearchDocumentsResponse, UpsertDocumentsRequest,
+    UpsertDocumentsResponse,
+};
+
+/// How much longer than the workflow's own deadline `invoke_action_workflow` waits for
+/// the answer: the flows service answers "timed out" at that deadline, and that answer
+/// must still arrive.
+pub const WORKFLOW_DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The deadline the flows service applies to a workflow whose request names none.
+const DEFAULT_WORKFLOW_DEADLINE: Duration = Duration::from_secs(10);
+
+typed_client! {
+    /// The flows service (`switchboard.flows.v1.Flows`).
+    FlowsClient for "flows" via Stub {
+        /// Creates a flow.
+        fn create_flow(CreateFlowRequest) -> Flow;
+        /// Replaces the draft's graph.
+        fn save_draft(SaveDraftRequest) -> Flow;
+        /// Publishes the draft as the next version.
+        fn publish(PublishRequest) -> Flow;
+        /// Drops the draft.
+        fn discard_draft(FlowRef) -> Flow;
+        /// Publishes an older version's graph again, as a new version.
+        fn rollback(RollbackRequest) -> Flow;
+        /// One flow.
+        fn get_flow(FlowRef) -> Flow;
+        /// One page of a workspace's flows.
+        fn list_flows(ListFlowsRequest) -> ListFlowsResponse;
+        /// A flow's published versions.
+        fn list_versions(FlowRef) -> ListVersionsResponse;
+        /// One published version.
+        fn get_version(GetVersionRequest) -> FlowVersion;
+        /// Re-runs recorded conversations against the draft and reports the differences.
+        fn replay_draft(ReplayDraftRequest) -> ReplayReport;
+        /// Creates or replaces an assistant.
+        fn save_assistant(SaveAssistantRequest) -> Assistant;
+        /// One assistant.
+        fn get_assistant(AssistantRef) -> Assistant;
+        /// One page of a workspace's assistants.
+        fn list_assistants(ListAssistantsRequest) -> ListAssistantsResponse;
+        /// Creates a knowledge collection.
+        fn create_collection(CreateCollectionRequest) -> KnowledgeCollection;
+        /// One knowledge collection.
+        fn get_collection(CollectionRef) -> KnowledgeCollection;
+        /// One page of a workspace's knowledge collections.
+        fn list_collections(ListCollectionsRequest) -> ListCollectionsResponse;
+        /// Adds or replaces up to 1,000 documents, idempotent by external id.
+        fn upsert_documents(UpsertDocumentsRequest) -> UpsertDocumentsResponse;
+        /// Deletes up to 1,000 documents by external id.
+        fn delete_documents(DeleteDocumentsRequest) -> DeleteDocumentsResponse;
+        /// One document.
+        fn get_document(DocumentRef) -> Document;
+        /// Full-text search in one collection, best matches first.
+        fn search_documents(SearchDocumentsRequest) -> SearchDocumentsResponse;
+    }
+}
+
+impl FlowsClient {
+    /// Runs a published action workflow and answers with its response, or says it did not
+    /// finish in time. The call waits for the workflow's own deadline (`deadline_ms`, 10 s
+    /// when 0) plus [`WORKFLOW_DEADLINE_MARGIN`], or this client's deadline if that is
+    /// longer, so a slow workflow's "timed out" answer is not lost to the transport.
+    pub async fn invoke_action_workflow(
+        &self,
+        request: InvokeActionWorkflowRequest,
+    ) -> Result<InvokeActionWorkflowResponse, tonic::Status> {
+        let workflow = match request.deadline_ms {
+            0 => DEFAULT_WORKFLOW_DEADLINE,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let deadline = self.deadline().max(workflow + WORKFLOW_DEADLINE_MARGIN);
+        self.0
+            .unary(
+                "invoke_action_workflow",
+                deadline,
+                request,
+                |channel, request| async move {
+                    Stub::new(channel).invoke_action_workflow(request).await
+                },
+            )
+            .await
+    }
+}

@@ -1,0 +1,17 @@
+//! Durable consumer names. A consumer's processed-event records and checkpoint are kept
+//! under this name in the consuming service's log, and over NATS it is the durable
+//! consumer's name, so renaming one replays its stream.
+
+/// Flows: conversations' public events start runs and feed them customers' messages.
+pub const FLOWS_CONVERSATIONS: &str = "flows-conversations";
+/// Flows: the actions service's answers go back to the runs that asked.
+pub const FLOWS_ACTION_OUTCOMES: &str = "flows-action-outcomes";
+/// Flows: the runs' messages and effects, carried out from the flows log itself.
+pub const FLOWS_EFFECTS: &str = "flows-effects";
+/// Actions: the action requests of flow runs.
+pub const ACTIONS_ACTION_REQUESTED: &str = "actions-action-requested";
+
+/// Webhooks: the fan-out of one producer's public events.
+pub fn webhooks_fan_out(producer: &str) -> String {
+    format!("webhooks-fanout-{producer}")
+}

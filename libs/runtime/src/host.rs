@@ -1,0 +1,496 @@
+//! The host: runs service modules in one process, the same way in `dev` and in `serve`.
+//!
+//! For each module it opens and migrates the log, loads the keyring the module asks for,
+//! lets the module declare its parts ([`ServiceModule::start`]), then runs them all: one gRPC
+//! server and one HTTP server for every module, a relay per module publishing its log to
+//! JetStream (`serve`), each subscription as a durable JetStream consumer (`serve`) or a
+//! tail of the producer's log (`dev`), and every background task, all stopped by one
+//! cancellation token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use switchboard_contract::subjects;
+use switchboard_eventlog::{
+    EventLog, Handler, JetStreamSubscription, LogTailSubscription, RecordedEvent, Relay,
+    RelayConfig, Router, StoreConfig, StreamSpec, Subscription, SubscriptionConfig, ensure_stream,
+};
+use switchboard_secrets::Keyring;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::service::{
+    BoxError, Inbox, Mode, Secrets, ServiceModule, Source, Subscribe, Wiring, open_log,
+};
+use crate::{Config, GrpcServer, http, metrics};
+
+/// Why the host could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("unknown service `{name}`; available: {available}")]
+    UnknownService { name: String, available: String },
+    #[error("{what}: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn failed<E: Into<BoxError>>(what: impl Into<String>) -> impl FnOnce(E) -> HostError {
+    let what = what.into();
+    move |e| HostError::Failed {
+        what,
+        source: e.into(),
+    }
+}
+
+/// The composition: every service the binary knows, in start order.
+#[derive(Clone)]
+pub struct Host {
+    modules: Vec<Arc<dyn ServiceModule>>,
+}
+
+/// A started service: its log, and what it publishes.
+struct Started {
+    module: Arc<dyn ServiceModule>,
+    log: EventLog,
+}
+
+impl Host {
+    pub fn new(modules: Vec<Arc<dyn ServiceModule>>) -> Self {
+        Self { modules }
+    }
+
+    /// Every service's name, in composition order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.modules.iter().map(|m| m.name()).collect()
+    }
+
+    /// Every module.
+    pub fn modules(&self) -> &[Arc<dyn ServiceModule>] {
+        &self.modules
+    }
+
+    /// The module named `name`.
+    pub fn module(&self, name: &str) -> Result<Arc<dyn ServiceModule>, HostError> {
+        let name = name.trim();
+        self.modules
+            .iter()
+            .find(|m| m.name() == name)
+            .cloned()
+            .ok_or_else(|| HostError::UnknownService {
+                name: name.to_owned(),
+                available: self.names().join(", "),
+            })
+    }
+
+    /// Where `service`'s log lives under `config`: Postgres when a database URL is set,
+    /// otherwise a SQLite file in the data directory.
+    pub fn store_config(config: &Config, service: &str) -> StoreConfig {
+        match &config.database_url {
+            Some(url) => StoreConfig::Postgres {
+                url: url.clone(),
+                schema: format!("{}{service}", config.database_schema_prefix),
+            },
+            None => StoreConfig::Sqlite {
+                path: config.data_dir.join(format!("{service}.db")),
+            },
+        }
+    }
+
+    /// Opens a service's log (with its read models) and applies its migrations.
+    pub async fn open(
+        &self,
+        config: &Config,
+        module: &dyn ServiceModule,
+    ) -> Result<EventLog, HostError> {
+        let name = module.name();
+        let log = open_log(module, &Self::store_config(config, name))
+            .await
+            .map_err(failed(format!("opening the {name} event log")))?;
+        log.migrate()
+            .await
+            .map_err(failed(format!("migrating the {name} event log")))?;
+        Ok(log)
+    }
+
+    /// Runs `services` until `shutdown` is cancelled (or a server fails). `js` is the
+    /// JetStream context of `serve`; `dev` has none. `header` is printed before the
+    /// services' own lines and where everything listens.
+    pub async fn run(
+        &self,
+        config: Config,
+        mode: Mode,
+        services: &[Arc<dyn ServiceModule>],
+        js: Option<jetstream::Context>,
+        header: &[String],
+        shutdown: CancellationToken,
+    ) -> Result<(), HostError> {
+        let config = Arc::new(config);
+        let running: Arc<Vec<&'static str>> = Arc::new(services.iter().map(|m| m.name()).collect());
+        let routers: Arc<HashMap<&'static str, Arc<dyn Router>>> = Arc::new(
+            self.modules
+                .iter()
+                .map(|m| (m.name(), m.publication().router))
+                .collect(),
+        );
+        let mut grpc = GrpcServer::new()
+            .with_descriptor(switchboard_proto::FILE_DESCRIPTOR_SET)
+            .with_service_token(config.service_token.clone())
+            .with_shutdown_grace(Duration::from_secs(config.shutdown_grace_secs));
+        let mut routes = axum::Router::new();
+        let mut banner: Vec<String> = header.to_vec();
+        let mut started = Vec::new();
+        let mut subscriptions = Vec::new();
+        let mut tasks = JoinSet::new();
+
+        for module in services {
+            let name = module.name();
+            let log = self.open(&config, module.as_ref()).await?;
+            let mut wiring = Wiring {
+                name,
+                mode,
+                config: config.clone(),
+                log: log.clone(),
+                keyring: keyring(&config, name, module.secrets(), mode)?,
+                running: running.clone(),
+                routers: routers.clone(),
+                shutdown: shutdown.clone(),
+                grpc,
+                http: routes,
+                subscriptions: Vec::new(),
+                tasks: Vec::new(),
+                banner: Vec::new(),
+            };
+            module
+                .start(&mut wiring)
+                .await
+                .map_err(failed(format!("starting the {name} service")))?;
+            grpc = wiring.grpc;
+            routes = wiring.http;
+            banner.append(&mut wiring.banner);
+            subscriptions.extend(
+                wiring
+                    .subscriptions
+                    .into_iter()
+                    .map(|s| (name, log.clone(), s)),
+            );
+            for (what, task) in wiring.tasks {
+                tasks.spawn(async move {
+                    task.await;
+                    tracing::debug!(task = %what, "background task finished");
+                });
+            }
+            started.push(Started {
+                module: module.clone(),
+                log,
+            });
+        }
+
+        if let Some(js) = &js {
+            for service in &started {
+                tasks.spawn(relay(&config, js.clone(), service, shutdown.clone()));
+            }
+        }
+        for (owner, log, subscription) in subscriptions {
+            let task = self
+                .subscription(
+                    &config,
+                    owner,
+                    log,
+                    subscription,
+                    &started,
+                    js.as_ref(),
+                    &shutdown,
+                )
+                .await?;
+            if let Some(task) = task {
+                tasks.spawn(task);
+            }
+        }
+
+        let grpc_listener = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(failed(format!(
+                "binding gRPC to {} (SWITCHBOARD_GRPC_ADDR)",
+                config.grpc_addr
+            )))?;
+        let http_listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(failed(format!(
+                "binding HTTP to {} (SWITCHBOARD_HTTP_ADDR)",
+                config.http_addr
+            )))?;
+        for line in banner {
+            println!("{line}");
+        }
+        println!("  services        {}", running.join(", "));
+        if let Ok(addr) = grpc_listener.local_addr() {
+            println!("  gRPC            {addr} (health, reflection)");
+        }
+        if let Ok(addr) = http_listener.local_addr() {
+            println!("  HTTP            http://{addr} (/metrics, /healthz, /readyz)");
+        }
+        println!("ready; ctrl-c stops");
+        info!(services = ?running, "switchboard started");
+
+        let ops = http::ops_router(metrics::prometheus()).merge(routes);
+        // Whichever server stops first, for whatever reason, stops the process.
+        let (grpc_result, http_result) = tokio::join!(
+            async {
+                let result = grpc.serve(grpc_listener, shutdown.clone()).await;
+                shutdown.cancel();
+                result
+            },
+            async {
+                let result = http::serve_http(http_listener, ops, shutdown.clone()).await;
+                shutdown.cancel();
+                result
+            },
+        );
+        while let Some(finished) = tasks.join_next().await {
+            if let Err(e) = finished {
+                warn!(error = %e, "a background task failed");
+            }
+        }
+        grpc_result.map_err(failed("gRPC server"))?;
+        http_result.map_err(failed("HTTP server"))?;
+        info!("switchboard stopped cleanly");
+        Ok(())
+    }
+
+    /// The task that runs one subscription, or `None` when its producer runs neither here
+    /// nor behind NATS (`dev` without the producer).
+    #[allow(clippy::too_many_arguments)]
+    async fn subscription(
+        &self,
+        config: &Config,
+        owner: &'static str,
+        log: EventLog,
+        subscription: Subscribe,
+        started: &[Started],
+        js: Option<&jetstream::Context>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<futures::future::BoxFuture<'static, ()>>, HostError> {
+        let Subscribe {
+            consumer,
+            source,
+            handler,
+            inbox,
+        } = subscription;
+        let inbox = match inbox {
+            Inbox::Dedicated if !log.takes_concurrent_writers() => {
+                let inbox = EventLog::open(&StoreConfig::Sqlite {
+                    path: config.data_dir.join(format!("{owner}-inbox.db")),
+                })
+                .await
+                .map_err(failed(format!("opening the {owner} inbox")))?;
+                inbox
+                    .migrate()
+                    .await
+                    .map_err(failed(format!("migrating the {owner} inbox")))?;
+                inbox
+            }
+            _ => log.clone(),
+        };
+        let settings =
+            SubscriptionConfig::new(consumer.clone(), inbox.clone()).with_lanes(lanes_for(&inbox));
+        let shutdown = shutdown.clone();
+        Ok(match (source, js) {
+            (Source::OwnLog(filter), _) => Some(tail(log, filter, settings, handler, shutdown)),
+            (Source::Stream { stream, subject }, Some(js)) => Some(Box::pin(consume_stream(
+                js.clone(),
+                StreamSpec::of(&stream, 1).prefixed_name(&config.nats_prefix),
+                config.nats_prefix.clone(),
+                subject,
+                settings,
+                handler,
+                shutdown,
+            ))),
+            (Source::Stream { stream, subject }, None) => {
+                let Some(producer) = started.iter().find(|s| s.module.name() == stream.producer)
+                else {
+                    warn!(
+                        consumer = %consumer,
+                        producer = stream.producer,
+                        "the producer does not run in this process; the subscription waits"
+                    );
+                    return Ok(None);
+                };
+                let router = producer.module.publication().router;
+                let filter: Filter = Arc::new(move |e: &RecordedEvent| {
+                    router
+                        .subject(e)
+                        .is_some_and(|s| subjects::matches(subject, &s))
+                });
+                Some(tail(
+                    producer.log.clone(),
+                    filter,
+                    settings,
+                    handler,
+                    shutdown,
+                ))
+            }
+        })
+    }
+}
+
+/// Which events of a log a tail hands on.
+type Filter = Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>;
+
+/// A subscription tailing `source`'s log.
+fn tail(
+    source: EventLog,
+    filter: Filter,
+    settings: SubscriptionConfig,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) -> futures::future::BoxFuture<'static, ()> {
+    let consumer = settings.consumer.clone();
+    let subscription = Box::new(LogTailSubscription::new(source, filter, settings));
+    Box::pin(async move {
+        if let Err(e) = subscription.run(handler, shutdown).await {
+            warn!(consumer = %consumer, error = %e, "a subscription stopped");
+        }
+    })
+}
+
+/// Publishes one service's log to its stream, creating the stream first (retrying while
+/// NATS is unreachable).
+fn relay(
+    config: &Config,
+    js: jetstream::Context,
+    service: &Started,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let publication = service.module.publication();
+    let spec = StreamSpec::of(&publication.stream, config.nats_replicas);
+    let prefix = config.nats_prefix.clone();
+    let relay = Relay::new(
+        service.log.clone(),
+        js.clone(),
+        publication.router,
+        RelayConfig {
+            service: service.module.name().to_owned(),
+            prefix: prefix.clone(),
+            batch_size: 256,
+            poll_interval: Duration::from_millis(config.relay_poll_ms),
+        },
+    );
+    async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match ensure_stream(&js, &prefix, &spec).await {
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(stream = %spec.name, error = %e, "cannot create stream yet; retrying")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        relay.run(shutdown).await;
+    }
+}
+
+/// Events a consumer handles at once, one stream per lane: several on Postgres, where
+/// each lane's transaction runs beside the others; one on SQLite, which has one writer.
+fn lanes_for(inbox: &EventLog) -> usize {
+    if inbox.takes_concurrent_writers() {
+        8
+    } else {
+        1
+    }
+}
+
+/// A durable consumer of one stream's `subject`. Until the producer creates its stream
+/// this waits and tries again.
+async fn consume_stream(
+    js: jetstream::Context,
+    stream: String,
+    prefix: String,
+    subject: &'static str,
+    config: SubscriptionConfig,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let subscription = Box::new(JetStreamSubscription::new(
+            js.clone(),
+            stream.clone(),
+            &prefix,
+            subject,
+            config.clone(),
+        ));
+        match subscription.run(handler.clone(), shutdown.clone()).await {
+            Ok(()) => return,
+            Err(e) => warn!(stream = %stream, error = %e, "cannot consume yet; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// The keyring a service gets: `SWITCHBOARD_ENCRYPTION_KEY` when set; otherwise in `dev` a
+/// key generated once into the data directory, and in `serve` none (an error for a service
+/// that requires one).
+fn keyring(
+    config: &Config,
+    service: &str,
+    secrets: Secrets,
+    mode: Mode,
+) -> Result<Option<Arc<Keyring>>, HostError> {
+    let key = match (secrets, &config.encryption_key, mode) {
+        (Secrets::None, _, _) => return Ok(None),
+        (_, Some(key), _) => key.clone(),
+        (_, None, Mode::Dev) => dev_key(&config.data_dir)?,
+        (Secrets::Optional, None, Mode::Serve) => return Ok(None),
+        (Secrets::Required, None, Mode::Serve) => {
+            return Err(HostError::Failed {
+                what: format!("SWITCHBOARD_ENCRYPTION_KEY is required by the {service} service"),
+                source: "set it to base64 of 32 random bytes (e.g. `openssl rand -base64 32`)"
+                    .into(),
+            });
+        }
+    };
+    let keyring = Keyring::from_base64(&[key]).map_err(failed("SWITCHBOARD_ENCRYPTION_KEY"))?;
+    Ok(Some(Arc::new(keyring)))
+}
+
+/// The development key in `<data dir>/encryption.key`, created on first use (mode 0600).
+fn dev_key(data_dir: &std::path::Path) -> Result<String, HostError> {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    let path = data_dir.join("encryption.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_owned());
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(failed(format!("creating {}", data_dir.display())))?;
+    let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(key.as_bytes()))
+        .map_err(failed(format!(
+            "writing the development key to {}",
+            path.display()
+        )))?;
+    Ok(key)
+}

@@ -1,0 +1,271 @@
+//! Work in flight when the cluster is hurt: NATS goes away and comes back; the process is
+//! killed with SIGKILL in the middle of a webhook delivery, a delay or an action call.
+//! After the restart nothing is lost, and what should happen once happens once.
+
+use std::time::Duration;
+
+use switchboard_eventlog::testing::unique_name;
+use switchboard_proto::conversations::v1::{AddMessageRequest, StartConversationRequest};
+use switchboard_proto::events::v1::{Author, Channel, MessageKind};
+
+use crate::common::{
+    Partner, Process, WS, actions_client, agent_says, create_endpoint, customer_says, drop_schema,
+    flow_edge, flow_node, free_port, header, new_conversation, post_action, published_flow,
+    say_node, start_and_talk, webhook_receiver, webhooks_env,
+};
+
+/// NATS goes away and comes back, and the process is killed in the middle of a delivery:
+/// no message is lost, and a message sent twice carries the same `webhook-id`.
+#[tokio::test]
+async fn webhooks_survive_a_nats_outage_and_kill_9_mid_delivery() {
+    let nats_port = free_port();
+    let store = std::env::temp_dir().join(unique_name());
+    let mut nats_server = switchboard_eventlog::testing::spawn_nats_server(nats_port, &store);
+    let schema_prefix = format!("{}_", unique_name());
+    let env = webhooks_env(&schema_prefix, &format!("nats://127.0.0.1:{nats_port}"), "");
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,webhooks",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    let mut conversations = process.start().await;
+    let (addr, hooks) = webhook_receiver().await;
+    create_endpoint(process.grpc_port, addr).await;
+    let id = start_and_talk(&mut conversations).await;
+    assert_eq!(hooks.wait_for(2).await.len(), 2);
+
+    // NATS down: writes go on (the log is the truth); their webhooks wait for NATS.
+    nats_server.kill().unwrap();
+    nats_server.wait().unwrap();
+    let say = |text: &str| AddMessageRequest {
+        workspace_id: WS.into(),
+        conversation_id: id.clone(),
+        author: Author::Customer as i32,
+        kind: MessageKind::Text as i32,
+        text: text.into(),
+        ..Default::default()
+    };
+    conversations
+        .add_message(say("while NATS was down"))
+        .await
+        .unwrap();
+    let mut nats_server = switchboard_eventlog::testing::spawn_nats_server(nats_port, &store);
+    let got = hooks.wait_for(3).await;
+    assert_eq!(got.len(), 3, "the change made while NATS was down arrived");
+    assert!(got[2].1.contains("while NATS was down"));
+
+    // Killed while the receiver holds a delivery: after the restart the same message
+    // comes again, with the same webhook-id.
+    hooks.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    conversations
+        .add_message(say("in flight at the kill"))
+        .await
+        .unwrap();
+    let got = hooks.wait_for(4).await;
+    assert_eq!(got.len(), 4);
+    let in_flight = header(&got[3].0, "webhook-id");
+    process.kill9();
+    hooks.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    process.start().await;
+    for _ in 0..1200 {
+        if hooks.times(&in_flight) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        hooks.times(&in_flight) >= 2,
+        "the delivery cut by the kill came again, with the same webhook-id"
+    );
+    let got = hooks.distinct();
+    assert!(got.last().unwrap().1.contains("in flight at the kill"));
+    let sequences: Vec<String> = got
+        .iter()
+        .map(|(h, _)| header(h, "webhook-sequence"))
+        .collect();
+    assert_eq!(sequences, ["1", "2", "3", "4"], "nothing lost, in order");
+
+    assert_eq!(process.terminate().code(), Some(0));
+    nats_server.kill().unwrap();
+    nats_server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&store);
+    drop_schema(&format!("{schema_prefix}conversations")).await;
+    drop_schema(&format!("{schema_prefix}webhooks")).await;
+}
+
+/// kill -9 while a run waits on its delay: after the restart the timer fires, once.
+#[tokio::test]
+async fn a_delay_survives_kill_9_and_fires_once() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    published_flow(
+        process.grpc_port,
+        "later",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node("wait", node::Kind::Delay(Delay { seconds: 2 })),
+                say_node("hello", "Sorry for the wait!"),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "wait", ""),
+                flow_edge("wait", "hello", ""),
+                flow_edge("hello", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let conversation = conversations
+        .start_conversation(StartConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "delayed".into(),
+            channel: Channel::Api as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    // The run has armed its timer (it waits); kill the process before it fires.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    process.kill9();
+    let mut conversations = process.start().await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 1).await,
+        ["Sorry for the wait!"]
+    );
+    // Well past the delay: still exactly once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 1).await,
+        ["Sorry for the wait!"]
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// kill -9 while a run waits on its action: after the restart the run goes on from the
+/// action's outcome, the partner sees the same idempotency key again (so the refund
+/// happens once) and the customer hears the answer once.
+#[tokio::test]
+async fn a_run_waiting_on_an_action_survives_kill_9_and_its_effect_happens_once() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    partner
+        .hold_first_refund
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let api = partner.serve().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let refund = post_action(
+        &mut actions,
+        "refund",
+        format!("http://{api}/refunds"),
+        r#"{"order": "{{ input.order }}"}"#,
+        Some(("refund_id", "$.refund_id")),
+        &[],
+    )
+    .await;
+    let graph = Graph {
+        nodes: vec![
+            flow_node("start", node::Kind::Start(Start {})),
+            say_node("ask", "Which order should we refund?"),
+            flow_node(
+                "capture",
+                node::Kind::CaptureInput(CaptureInput {
+                    variable: "session.order".into(),
+                    validation: "number".into(),
+                    ..Default::default()
+                }),
+            ),
+            flow_node(
+                "refund",
+                node::Kind::ApiCall(ApiCall {
+                    action_id: refund,
+                    inputs: [("order".to_owned(), "{{ session.order }}".to_owned())].into(),
+                }),
+            ),
+            say_node("done", "Refund {{ nodes.refund.refund_id }} is on its way."),
+            say_node("sorry", "The refund did not go through."),
+            flow_node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![
+            flow_edge("start", "ask", ""),
+            flow_edge("ask", "capture", ""),
+            flow_edge("capture", "refund", ""),
+            flow_edge("refund", "done", "success"),
+            flow_edge("refund", "sorry", "failure"),
+            flow_edge("done", "end", ""),
+            flow_edge("sorry", "end", ""),
+        ],
+        ..Default::default()
+    };
+    published_flow(
+        process.grpc_port,
+        "refunds",
+        FlowKind::ConversationFlow,
+        graph,
+    )
+    .await;
+    let conversation = new_conversation(&mut conversations, "refund-kill").await;
+    agent_says(&mut conversations, &conversation, 1).await;
+    customer_says(&mut conversations, &conversation, "4711").await;
+
+    // The refund request is at the partner, unanswered: kill the whole cluster.
+    for _ in 0..600 {
+        if !partner.refund_requests.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(partner.refund_requests.lock().unwrap().len(), 1);
+    process.kill9();
+
+    let mut conversations = process.start().await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 2).await,
+        [
+            "Which order should we refund?",
+            "Refund rf_1 is on its way."
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 2).await.len(),
+        2,
+        "the answer is said once"
+    );
+    let requests = partner.refund_requests.lock().unwrap().clone();
+    assert!(
+        requests.len() >= 2,
+        "the request was made again: {requests:?}"
+    );
+    assert!(
+        requests.iter().all(|key| *key == requests[0]),
+        "every attempt carries the same idempotency key: {requests:?}"
+    );
+    assert!(requests[0].ends_with("/refund/1"), "{requests:?}");
+    assert_eq!(partner.refunds_applied.lock().unwrap().len(), 1);
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,138 @@
+//! Forms and buttons: a flow sends a form and buttons; the customer's submission is
+//! captured as an object and the click as the button's value.
+
+use switchboard_eventlog::testing::unique_name;
+use switchboard_proto::conversations::v1::{ClickButtonRequest, SubmitFormRequest};
+use switchboard_proto::events::v1::MessageKind;
+
+use crate::common::{
+    Process, WS, agent_messages, agent_says, flow_edge, flow_node, new_conversation,
+    published_flow, say_node,
+};
+
+/// A flow sends a form and buttons; the customer's form submission is captured as an
+/// object and the button click as its value.
+#[tokio::test]
+async fn dev_runs_capture_form_submissions_and_button_clicks() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    let field = |name: &str, kind: &str| FormFieldSpec {
+        name: name.into(),
+        label: name.into(),
+        r#type: kind.into(),
+        required: true,
+        ..Default::default()
+    };
+    let capture = |variable: &str, validation: &str| {
+        node::Kind::CaptureInput(CaptureInput {
+            variable: variable.into(),
+            validation: validation.into(),
+            ..Default::default()
+        })
+    };
+    published_flow(
+        process.grpc_port,
+        "sign_up",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "ask",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Who are you?".into(),
+                        form: vec![field("name", "text"), field("email", "email")],
+                        ..Default::default()
+                    }),
+                ),
+                flow_node("contact", capture("session.contact", "form")),
+                flow_node(
+                    "offer",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "News by email?".into(),
+                        buttons: vec![
+                            ButtonOption {
+                                label: "Yes please".into(),
+                                value: "yes".into(),
+                            },
+                            ButtonOption {
+                                label: "No thanks".into(),
+                                value: "no".into(),
+                            },
+                        ],
+                        ..Default::default()
+                    }),
+                ),
+                flow_node("news", capture("session.news", "none")),
+                say_node(
+                    "thanks",
+                    "Thanks {{ session.contact.name }} ({{ session.contact.email }}), news: {{ session.news }}",
+                ),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "ask", ""),
+                flow_edge("ask", "contact", ""),
+                flow_edge("contact", "offer", ""),
+                flow_edge("offer", "news", ""),
+                flow_edge("news", "thanks", ""),
+                flow_edge("thanks", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let conversation = new_conversation(&mut conversations, "sign-up").await;
+    let form = agent_messages(&mut conversations, &conversation, 1).await[0].clone();
+    assert_eq!(form.kind(), MessageKind::Form);
+    let fields: Vec<String> = form
+        .form
+        .as_ref()
+        .unwrap()
+        .fields
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    assert_eq!(fields, ["name", "email"]);
+    conversations
+        .submit_form(SubmitFormRequest {
+            workspace_id: WS.into(),
+            request_id: "form".into(),
+            conversation_id: conversation.clone(),
+            form_message_id: form.id,
+            values: [
+                ("name".to_owned(), "Ada".to_owned()),
+                ("email".to_owned(), "ada@example.com".to_owned()),
+            ]
+            .into(),
+        })
+        .await
+        .unwrap();
+    let offer = agent_messages(&mut conversations, &conversation, 2).await[1].clone();
+    assert_eq!(offer.kind(), MessageKind::Buttons);
+    let yes = offer
+        .buttons
+        .iter()
+        .find(|b| b.label == "Yes please")
+        .unwrap();
+    conversations
+        .click_button(ClickButtonRequest {
+            workspace_id: WS.into(),
+            request_id: "click".into(),
+            conversation_id: conversation.clone(),
+            buttons_message_id: offer.id.clone(),
+            button_id: yes.button_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 3).await[2],
+        "Thanks Ada (ada@example.com), news: yes"
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,241 @@
+//! Workflows: an action workflow called through a `workflow` action answers with its
+//! response, and an ended conversation starts the post-conversation workflows with its
+//! transcript, analysis and variables.
+
+use std::time::Duration;
+
+use switchboard_eventlog::testing::unique_name;
+use switchboard_proto::actions::v1::{
+    ActionDefinition, ActionKind, CreateActionRequest, ExecuteActionRequest, Outcome,
+};
+use switchboard_proto::conversations::v1::{EndConversationRequest, RecordAnalysisRequest};
+
+use crate::common::{
+    Partner, Process, WS, actions_client, agent_says, customer_says, flow_edge, flow_node,
+    new_conversation, post_action, published_flow, say_node, start_and_talk,
+};
+
+/// A `workflow` action invokes an action workflow of the flows service and answers with
+/// the workflow's response.
+#[tokio::test]
+async fn dev_workflow_actions_answer_with_the_action_workflows_response() {
+    use switchboard_proto::actions::v1::WorkflowSpec;
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    let conversation = start_and_talk(&mut conversations).await;
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "greet".into(),
+            kind: FlowKind::ActionWorkflow as i32,
+            draft: Some(Graph {
+                nodes: vec![
+                    flow_node("start", node::Kind::Start(Start {})),
+                    flow_node(
+                        "set",
+                        node::Kind::SetVariable(SetVariable {
+                            variable: "session.greeting".into(),
+                            value: "Hello {{ input.name }}".into(),
+                        }),
+                    ),
+                    flow_node("end", node::Kind::End(End::default())),
+                ],
+                edges: vec![flow_edge("start", "set", ""), flow_edge("set", "end", "")],
+                response_schema_json: r#"{"type":"object","required":["greeting"]}"#.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut actions = actions_client(process.grpc_port).await;
+    let action = actions
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: "greet_customer".into(),
+                description: "Greets by name through a workflow".into(),
+                kind: ActionKind::Workflow as i32,
+                workflow: Some(WorkflowSpec {
+                    workflow: "greet".into(),
+                    inputs: [("name".to_owned(), "{{ input.name }}".to_owned())].into(),
+                    timeout_ms: 10_000,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    let result = actions
+        .execute_action(ExecuteActionRequest {
+            workspace_id: WS.into(),
+            action_id: action.id,
+            variables_json: serde_json::json!({"input": {"name": "Ada"}}).to_string(),
+            idempotency_key: "greet-1".into(),
+            conversation_id: conversation,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(result.outcome, Outcome::Success as i32, "{result:?}");
+    assert!(
+        result.outputs_json.contains("Hello Ada"),
+        "{}",
+        result.outputs_json
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An ended conversation starts the post-conversation workflows with the transcript, the
+/// analysis and the variables its flow collected.
+#[tokio::test]
+async fn post_conversation_workflows_start_with_the_transcript_analysis_and_variables() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    let api = partner.serve().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let note = post_action(
+        &mut actions,
+        "crm_note",
+        format!("http://{api}/notes"),
+        r#"{"transcript": "{{ input.transcript }}", "order": "{{ input.order }}", "topic": "{{ input.topic }}"}"#,
+        None,
+        &[],
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "orders",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                say_node("ask", "What is your order number?"),
+                flow_node(
+                    "capture",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.order".into(),
+                        validation: "number".into(),
+                        ..Default::default()
+                    }),
+                ),
+                say_node("thanks", "Thanks, noted."),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "ask", ""),
+                flow_edge("ask", "capture", ""),
+                flow_edge("capture", "thanks", ""),
+                flow_edge("thanks", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "crm_follow_up",
+        FlowKind::PostConversationWorkflow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "note",
+                    node::Kind::ApiCall(ApiCall {
+                        action_id: note,
+                        inputs: [
+                            (
+                                "transcript".to_owned(),
+                                "{% for m in transcript %}{{ m.author }}: {{ m.text }}\n{% endfor %}"
+                                    .to_owned(),
+                            ),
+                            ("order".to_owned(), "{{ session.order }}".to_owned()),
+                            ("topic".to_owned(), "{{ analysis.topic }}".to_owned()),
+                        ]
+                        .into(),
+                    }),
+                ),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "note", ""),
+                flow_edge("note", "end", "success"),
+                flow_edge("note", "end", "failure"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let conversation = new_conversation(&mut conversations, "post-conversation").await;
+    agent_says(&mut conversations, &conversation, 1).await;
+    customer_says(&mut conversations, &conversation, "4711").await;
+    agent_says(&mut conversations, &conversation, 2).await;
+    conversations
+        .record_analysis(RecordAnalysisRequest {
+            workspace_id: WS.into(),
+            request_id: "analysis".into(),
+            conversation_id: conversation.clone(),
+            topic: "order status".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    conversations
+        .end_conversation(EndConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "end".into(),
+            conversation_id: conversation.clone(),
+            reason: "answered".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if !partner.notes.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let notes = partner.notes.lock().unwrap().clone();
+    assert_eq!(
+        notes,
+        [serde_json::json!({
+            "transcript": "agent: What is your order number?\ncustomer: 4711\nagent: Thanks, noted.\n",
+            "order": "4711",
+            "topic": "order status",
+        })]
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
