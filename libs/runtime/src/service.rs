@@ -58,10 +58,34 @@ pub struct ReadModels {
     pub projection: Arc<dyn Projection>,
 }
 
+impl ReadModels {
+    /// The read models of `(postgres, sqlite)` DDL, kept by `projection`.
+    pub fn new(
+        (postgres, sqlite): (String, String),
+        projection: impl Projection + 'static,
+    ) -> Self {
+        Self {
+            postgres,
+            sqlite,
+            projection: Arc::new(projection),
+        }
+    }
+}
+
 /// What a service publishes: its stream, and which events go where.
 pub struct Publication {
     pub stream: Stream,
     pub router: Arc<dyn Router>,
+}
+
+impl Publication {
+    /// Publishing to `stream` what `router` routes.
+    pub fn new(stream: Stream, router: impl Router + 'static) -> Self {
+        Self {
+            stream,
+            router: Arc::new(router),
+        }
+    }
 }
 
 /// One service. Each service crate exposes one value implementing it (`MODULE`); the

@@ -5,6 +5,8 @@
 //! per idempotency key (over gRPC and from flow runs over NATS), and keeps the execution
 //! log, refusals included.
 //!
+//! - [`MODULE`]: the service as the binary runs it (its gRPC API, HTTP routes,
+//!   subscriptions and background tasks, declared in `start`).
 //! - [`domain`]: validation of every kind, `decide`, the agent-tool shape, and the pure
 //!   kinds (calculation, validation, form checking); pure.
 //! - [`service`]: the command handler (load, seal secrets, decide, append, retry).
@@ -35,7 +37,6 @@ use switchboard_outbound::ClientOptions;
 use switchboard_runtime::service::{
     BoxError, Inbox, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe, Wiring,
 };
-use switchboard_secrets::Keyring;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -60,19 +61,11 @@ impl ServiceModule for Actions {
     }
 
     fn read_models(&self) -> ReadModels {
-        let (postgres, sqlite) = store::read_model_ddl();
-        ReadModels {
-            postgres,
-            sqlite,
-            projection: Arc::new(ActionsProjection),
-        }
+        ReadModels::new(store::read_model_ddl(), ActionsProjection)
     }
 
     fn publication(&self) -> Publication {
-        Publication {
-            stream: streams::ACTIONS,
-            router: Arc::new(PublicEvents),
-        }
+        Publication::new(streams::ACTIONS, PublicEvents)
     }
 
     fn secrets(&self) -> Secrets {
@@ -169,20 +162,6 @@ async fn prune_execution_log(store: ActionStore, retention_days: u32, shutdown: 
 /// Opens the service's log with its read model and projection.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
     switchboard_runtime::service::open_log(&MODULE, config).await
-}
-
-/// The gRPC API over `log`, sealing secrets with `keyring`, calling out through `client`
-/// and acting on the systems in `integrations`.
-pub fn api(
-    log: EventLog,
-    keyring: Arc<Keyring>,
-    client: switchboard_outbound::GuardedClient,
-    integrations: integrations::Integrations,
-) -> ActionsApi {
-    ActionsApi::new(
-        ActionService::new(log.clone(), keyring, client).with_integrations(integrations),
-        ActionStore::new(log),
-    )
 }
 
 /// Where the actions service publishes: a live execution's completion goes to the flow

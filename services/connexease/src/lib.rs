@@ -1,6 +1,8 @@
 //! The connexease service: the help desk a workspace connects, so the AI can triage and
 //! route there as a human agent would.
 //!
+//! - [`MODULE`]: the service as the binary runs it (its gRPC API, HTTP routes,
+//!   subscriptions and background tasks, declared in `start`).
 //! - [`domain`]: the connection's checks and the resolution of an operation against the
 //!   directory (names to ids, every reference checked); pure.
 //! - [`service`]: the command handler: connect, sync, run operations once per key, link.
@@ -55,19 +57,11 @@ impl ServiceModule for Connexease {
     }
 
     fn read_models(&self) -> ReadModels {
-        let (postgres, sqlite) = store::read_model_ddl();
-        ReadModels {
-            postgres,
-            sqlite,
-            projection: Arc::new(ConnexeaseProjection),
-        }
+        ReadModels::new(store::read_model_ddl(), ConnexeaseProjection)
     }
 
     fn publication(&self) -> Publication {
-        Publication {
-            stream: streams::CONNEXEASE,
-            router: Arc::new(PublicEvents),
-        }
+        Publication::new(streams::CONNEXEASE, PublicEvents)
     }
 
     fn secrets(&self) -> Secrets {
@@ -201,7 +195,7 @@ impl Router for PublicEvents {
 
 /// A stored event's payload for people (`switchboard events tail`): secrets, sealed or
 /// not, are never shown.
-pub fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
+fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
     use domain::event_types as t;
     use switchboard_proto::connexease::v1 as pb;
     let shown = match event.event_type.as_str() {

@@ -1,6 +1,8 @@
 //! The conversations service: every conversation, its messages, status, metafields,
 //! assignment and analysis, as an event-sourced aggregate with an inline read model.
 //!
+//! - [`MODULE`]: the service as the binary runs it (its gRPC API, HTTP routes,
+//!   subscriptions and background tasks, declared in `start`).
 //! - [`domain`]: the aggregate: commands, events, pure `decide` and `apply`.
 //! - [`service`]: the command handler (load, decide, append, retry).
 //! - [`store`]: the read model and its paginated queries.
@@ -11,8 +13,6 @@ pub mod domain;
 pub mod grpc;
 pub mod service;
 pub mod store;
-
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use switchboard_contract::{services, streams, subjects};
@@ -44,19 +44,11 @@ impl ServiceModule for Conversations {
     }
 
     fn read_models(&self) -> ReadModels {
-        let (postgres, sqlite) = store::read_model_ddl();
-        ReadModels {
-            postgres,
-            sqlite,
-            projection: Arc::new(ConversationsProjection),
-        }
+        ReadModels::new(store::read_model_ddl(), ConversationsProjection)
     }
 
     fn publication(&self) -> Publication {
-        Publication {
-            stream: streams::CONVERSATIONS,
-            router: Arc::new(PublicEvents),
-        }
+        Publication::new(streams::CONVERSATIONS, PublicEvents)
     }
 
     fn secrets(&self) -> Secrets {
@@ -68,7 +60,7 @@ impl ServiceModule for Conversations {
     }
 
     async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
-        let mut api = api(wiring.log().clone());
+        let mut api = ConversationsApi::over(wiring.log().clone());
         if let Some(keyring) = wiring.keyring() {
             api = api.with_keyring(keyring);
         }
@@ -81,14 +73,6 @@ impl ServiceModule for Conversations {
 /// before serving.
 pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
     switchboard_runtime::service::open_log(&MODULE, config).await
-}
-
-/// The gRPC API over `log`.
-pub fn api(log: EventLog) -> ConversationsApi {
-    ConversationsApi::new(
-        ConversationService::new(log.clone()),
-        ConversationStore::new(log),
-    )
 }
 
 /// Routes the public events to `events.<workspace>.<type>`; domain events stay in the log.

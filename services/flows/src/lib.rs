@@ -1,6 +1,8 @@
 //! The flows service: assistants, and the flows and workflows that make them behave, each
 //! with a draft and immutable published versions.
 //!
+//! - [`MODULE`]: the service as the binary runs it (its gRPC API, HTTP routes,
+//!   subscriptions and background tasks, declared in `start`).
 //! - [`domain`]: what a valid graph is (every error naming its node), and in
 //!   [`domain::run`] how a run moves through one; pure.
 //! - [`service`]: the command handler of definitions: create, save the draft, publish,
@@ -58,19 +60,11 @@ impl ServiceModule for Flows {
     }
 
     fn read_models(&self) -> ReadModels {
-        let (postgres, sqlite) = store::read_model_ddl();
-        ReadModels {
-            postgres,
-            sqlite,
-            projection: Arc::new(FlowsProjection),
-        }
+        ReadModels::new(store::read_model_ddl(), FlowsProjection)
     }
 
     fn publication(&self) -> Publication {
-        Publication {
-            stream: streams::FLOWS,
-            router: Arc::new(PublicEvents),
-        }
+        Publication::new(streams::FLOWS, PublicEvents)
     }
 
     fn describe(&self, event: &RecordedEvent) -> String {
@@ -163,7 +157,7 @@ impl Router for PublicEvents {
 }
 
 /// A stored event's payload for people (`switchboard events tail`).
-pub fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
+fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
     use domain::event_types as t;
     use switchboard_proto::flows::v1 as pb;
     let shown = match event.event_type.as_str() {

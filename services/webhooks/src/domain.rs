@@ -180,7 +180,7 @@ pub fn wants(filter: &[String], event_type: &str) -> bool {
 }
 
 /// The signing secret of `key` (24 to 64 bytes): `whsec_` + its base64. The random key
-/// comes from the caller ([`crate::service::generate_secret`]), so this stays pure.
+/// comes from the caller (the service's `generate_secret`), so this stays pure.
 pub fn secret_from_key(key: &[u8]) -> String {
     format!("whsec_{}", BASE64.encode(key))
 }

@@ -1,6 +1,8 @@
 //! The webhooks service: every public event, delivered to the endpoints a workspace
 //! registers, signed per the Standard Webhooks specification, at least once.
 //!
+//! - [`MODULE`]: the service as the binary runs it (its gRPC API, HTTP routes,
+//!   subscriptions and background tasks, declared in `start`).
 //! - [`domain`]: endpoint checks, event filters, signing, the retry schedule; pure.
 //! - [`payload`]: the JSON form of public events, from the protobuf descriptors.
 //! - [`service`]: the command handler: endpoints, fan-out into messages, replay.
@@ -39,7 +41,7 @@ pub const SERVICE: &str = services::WEBHOOKS;
 pub const GRPC_SERVICE: &str = "switchboard.webhooks.v1.Webhooks";
 
 /// The producers whose public events are delivered.
-pub const PRODUCERS: [Stream; 3] = [
+const PRODUCERS: [Stream; 3] = [
     streams::CONVERSATIONS,
     streams::ACTIONS,
     streams::CONNEXEASE,
@@ -59,19 +61,11 @@ impl ServiceModule for Webhooks {
     }
 
     fn read_models(&self) -> ReadModels {
-        let (postgres, sqlite) = store::read_model_ddl();
-        ReadModels {
-            postgres,
-            sqlite,
-            projection: Arc::new(WebhooksProjection),
-        }
+        ReadModels::new(store::read_model_ddl(), WebhooksProjection)
     }
 
     fn publication(&self) -> Publication {
-        Publication {
-            stream: streams::WEBHOOKS,
-            router: Arc::new(PublicEvents),
-        }
+        Publication::new(streams::WEBHOOKS, PublicEvents)
     }
 
     fn secrets(&self) -> Secrets {
@@ -163,7 +157,7 @@ impl Router for PublicEvents {
 
 /// A stored event's payload for people (`switchboard events tail`): sealed secrets are
 /// never shown.
-pub fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
+fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
     use domain::event_types as t;
     use switchboard_proto::webhooks::v1 as pb;
     let shown = match event.event_type.as_str() {

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -38,26 +37,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_micros(&self) -> i64 {
         now_micros()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn starting_at(micros: i64) -> Self {
-        Self(AtomicI64::new(micros))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_micros(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
     }
 }
 

@@ -21,6 +21,20 @@ pub struct ActionsApi {
 }
 
 impl ActionsApi {
+    /// The API over the service's log, sealing secrets with `keyring`, calling out through
+    /// `client` and acting on the systems in `integrations`.
+    pub fn over(
+        log: switchboard_eventlog::EventLog,
+        keyring: std::sync::Arc<switchboard_secrets::Keyring>,
+        client: switchboard_outbound::GuardedClient,
+        integrations: crate::integrations::Integrations,
+    ) -> Self {
+        Self::new(
+            ActionService::new(log.clone(), keyring, client).with_integrations(integrations),
+            ActionStore::new(log),
+        )
+    }
+
     pub fn new(service: ActionService, store: ActionStore) -> Self {
         Self { service, store }
     }

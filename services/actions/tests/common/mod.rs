@@ -83,12 +83,17 @@ impl Harness {
         let server = GrpcServer::new()
             .add_service(
                 switchboard_actions::GRPC_SERVICE,
-                switchboard_actions::api(log.clone(), keyring, outbound(), integrations)
-                    .into_server(),
+                switchboard_actions::ActionsApi::over(
+                    log.clone(),
+                    keyring,
+                    outbound(),
+                    integrations,
+                )
+                .into_server(),
             )
             .add_service(
                 switchboard_conversations::GRPC_SERVICE,
-                switchboard_conversations::api(conversations_log).into_server(),
+                switchboard_conversations::ConversationsApi::over(conversations_log).into_server(),
             );
         let token = shutdown.clone();
         tokio::spawn(async move { server.serve(listener, token).await.unwrap() });

@@ -117,7 +117,7 @@ impl Harness {
             )
             .add_service(
                 switchboard_conversations::GRPC_SERVICE,
-                switchboard_conversations::api(conversations_log).into_server(),
+                switchboard_conversations::ConversationsApi::over(conversations_log).into_server(),
             );
         let token = shutdown.clone();
         tokio::spawn(async move { server.serve(grpc_listener, token).await.unwrap() });

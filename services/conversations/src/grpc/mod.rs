@@ -42,6 +42,14 @@ fn secure_owner(workspace_id: &str, conversation_id: &str) -> String {
 }
 
 impl ConversationsApi {
+    /// The API over the service's log: its command handler and its read model.
+    pub fn over(log: switchboard_eventlog::EventLog) -> Self {
+        Self::new(
+            ConversationService::new(log.clone()),
+            ConversationStore::new(log),
+        )
+    }
+
     pub fn new(service: ConversationService, store: ConversationStore) -> Self {
         Self {
             service,

@@ -54,7 +54,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let server = GrpcServer::new().add_service(
             switchboard_conversations::GRPC_SERVICE,
-            switchboard_conversations::api(log.clone()).into_server(),
+            switchboard_conversations::ConversationsApi::over(log.clone()).into_server(),
         );
         let token = shutdown.clone();
         let server = tokio::spawn(async move {

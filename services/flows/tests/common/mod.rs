@@ -82,8 +82,13 @@ impl Harness {
             )
             .add_service(
                 switchboard_actions::GRPC_SERVICE,
-                switchboard_actions::api(actions_log, keyring, outbound, Default::default())
-                    .into_server(),
+                switchboard_actions::ActionsApi::over(
+                    actions_log,
+                    keyring,
+                    outbound,
+                    Default::default(),
+                )
+                .into_server(),
             )
     }
 

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use switchboard_proto::webhooks::v1::{CreateEndpointRequest, Endpoint};
 use switchboard_secrets::Keyring;
 use switchboard_webhooks::consumers::FanOut;
 use switchboard_webhooks::domain::{RetrySchedule, UrlRules};
-use switchboard_webhooks::service::ManualClock;
+use switchboard_webhooks::service::Clock;
 use switchboard_webhooks::{DeliveryConfig, Dispatcher, Settings, WebhooksService};
 
 pub const WS: &str = "ws_hooks";
@@ -337,4 +338,24 @@ pub fn verifies(secret: &str, received: &Received) -> bool {
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
         .any(|s| s == expected)
+}
+
+/// A clock that only moves when told to.
+#[derive(Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn starting_at(micros: i64) -> Self {
+        Self(AtomicI64::new(micros))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
 }

@@ -30,7 +30,8 @@ pub(crate) async fn run(rows: &mut Vec<Row>, scale: f64) {
     let shutdown = CancellationToken::new();
     let server = GrpcServer::new().add_service(
         switchboard_actions::GRPC_SERVICE,
-        switchboard_actions::api(log.clone(), keyring, outbound, Default::default()).into_server(),
+        switchboard_actions::ActionsApi::over(log.clone(), keyring, outbound, Default::default())
+            .into_server(),
     );
     let token = shutdown.clone();
     tokio::spawn(async move { server.serve(listener, token).await.unwrap() });

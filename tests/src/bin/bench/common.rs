@@ -46,7 +46,7 @@ pub(crate) async fn serve_conversations(
     let shutdown = CancellationToken::new();
     let server = GrpcServer::new().add_service(
         switchboard_conversations::GRPC_SERVICE,
-        switchboard_conversations::api(log).into_server(),
+        switchboard_conversations::ConversationsApi::over(log).into_server(),
     );
     let token = shutdown.clone();
     tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
