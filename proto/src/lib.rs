@@ -45,3 +45,9 @@ pub mod connexease {
         include!(concat!(env!("OUT_DIR"), "/switchboard.connexease.v1.rs"));
     }
 }
+
+pub mod gateway {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/switchboard.gateway.v1.rs"));
+    }
+}

@@ -28,7 +28,7 @@ typed_client! {
         fn execute_action(ExecuteActionRequest) -> ExecutionResult;
         /// Runs an action for real with sample variables, as a test touching no
         /// conversation.
-        fn test_action(TestActionRequest) -> ExecutionResult;
+        @once fn test_action(TestActionRequest) -> ExecutionResult;
         /// The execution log, newest first.
         fn list_executions(ListExecutionsRequest) -> ListExecutionsResponse;
     }

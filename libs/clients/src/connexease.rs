@@ -16,20 +16,20 @@ typed_client! {
     /// used 30 s from flows and 60 s from actions).
     ConnexeaseClient for "connexease" via Stub {
         /// Connects the workspace (or replaces its connection).
-        fn connect_workspace(ConnectRequest) -> ConnectionResponse;
+        @once fn connect_workspace(ConnectRequest) -> ConnectionResponse;
         /// Checks the stored connection without changing anything.
-        fn test_connection(TestConnectionRequest) -> TestConnectionResponse;
+        @once fn test_connection(TestConnectionRequest) -> TestConnectionResponse;
         /// Disconnects the workspace.
-        fn disconnect_workspace(DisconnectRequest) -> ConnectionResponse;
+        @once fn disconnect_workspace(DisconnectRequest) -> ConnectionResponse;
         /// The workspace's connection.
         fn get_connection(GetConnectionRequest) -> ConnectionResponse;
         /// Pulls the directory now.
-        fn sync_directory(SyncDirectoryRequest) -> DirectoryResponse;
+        @once fn sync_directory(SyncDirectoryRequest) -> DirectoryResponse;
         /// The directory as last pulled.
         fn get_directory(GetDirectoryRequest) -> DirectoryResponse;
         /// Runs one operation; a repeated idempotency key answers with the recorded
         /// result.
-        fn run_operation(RunOperationRequest) -> OperationResult;
+        @once fn run_operation(RunOperationRequest) -> OperationResult;
         /// The link between one of our conversations and Connexease's.
         fn get_link(GetLinkRequest) -> Link;
     }

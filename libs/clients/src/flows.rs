@@ -33,9 +33,9 @@ typed_client! {
         /// Publishes the draft as the next version.
         fn publish(PublishRequest) -> Flow;
         /// Drops the draft.
-        fn discard_draft(FlowRef) -> Flow;
+        @once fn discard_draft(FlowRef) -> Flow;
         /// Publishes an older version's graph again, as a new version.
-        fn rollback(RollbackRequest) -> Flow;
+        @once fn rollback(RollbackRequest) -> Flow;
         /// One flow.
         fn get_flow(FlowRef) -> Flow;
         /// One page of a workspace's flows.
@@ -87,6 +87,7 @@ impl FlowsClient {
             .unary(
                 "invoke_action_workflow",
                 deadline,
+                crate::MAX_ATTEMPTS,
                 request,
                 |channel, request| async move {
                     Stub::new(channel).invoke_action_workflow(request).await

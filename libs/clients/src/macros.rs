@@ -5,13 +5,23 @@
 /// Declares a typed client named `$client` for the service `$service` (its short name)
 /// over the generated stub `$stub`, with one `async fn` per listed RPC taking the proto
 /// request and answering the proto response.
+///
+/// An RPC marked `@once` is never retried: it has effects outside our logs (a call to
+/// Connexease, a test run's real HTTP request) or no request id to make a retry safe, so
+/// an `UNAVAILABLE` answer is the caller's to judge.
 macro_rules! typed_client {
+    (@attempts) => {
+        crate::MAX_ATTEMPTS
+    };
+    (@attempts once) => {
+        1
+    };
     (
         $(#[$doc:meta])*
         $client:ident for $service:literal via $stub:ident {
             $(
                 $(#[$rpc_doc:meta])*
-                fn $method:ident($request:ty) -> $response:ty;
+                $(@$once:ident)? fn $method:ident($request:ty) -> $response:ty;
             )*
         }
     ) => {
@@ -49,6 +59,12 @@ macro_rules! typed_client {
                 Self(self.0.with_traceparent(traceparent))
             }
 
+            /// A clone (same connection) whose calls act for `actor` (`api_key:<id>`):
+            /// the service records it as who acted in the events the call appends.
+            pub fn with_actor(&self, actor: &str) -> Self {
+                Self(self.0.with_actor(actor))
+            }
+
             $(
                 $(#[$rpc_doc])*
                 pub async fn $method(
@@ -59,6 +75,7 @@ macro_rules! typed_client {
                         .unary(
                             stringify!($method),
                             self.0.deadline(),
+                            typed_client!(@attempts $($once)?),
                             request,
                             |channel, request| async move {
                                 $stub::new(channel).$method(request).await

@@ -37,6 +37,8 @@ pub(crate) struct Transport {
     /// The trace every call joins, instead of the current span's; see
     /// [`Transport::with_traceparent`].
     traceparent: Option<AsciiMetadataValue>,
+    /// Who every call acts for; see [`Transport::with_actor`].
+    actor: Option<AsciiMetadataValue>,
 }
 
 /// The headers every call of one client carries.
@@ -95,6 +97,7 @@ impl Transport {
             }),
             deadline: config.deadline,
             traceparent: None,
+            actor: None,
         })
     }
 
@@ -122,6 +125,18 @@ impl Transport {
         }
     }
 
+    /// The same connection, with every call acting for `actor` (`api_key:<id>`), which the
+    /// callee records in the events it appends. A value that cannot be a header acts for
+    /// nobody.
+    pub(crate) fn with_actor(&self, actor: &str) -> Self {
+        Self {
+            actor: MetadataValue::try_from(actor)
+                .ok()
+                .filter(|_| !actor.is_empty() && actor.bytes().all(|b| b.is_ascii_graphic())),
+            ..self.clone()
+        }
+    }
+
     /// One unary call of `rpc` with `message`, sent by `send` (the generated stub's
     /// method) on this connection: within `deadline`, retried while the answer is
     /// `UNAVAILABLE`.
@@ -129,6 +144,7 @@ impl Transport {
         &self,
         rpc: &'static str,
         deadline: Duration,
+        attempts: u32,
         message: T,
         mut send: F,
     ) -> Result<R, Status>
@@ -148,7 +164,7 @@ impl Transport {
         let mut attempt = 1;
         loop {
             let remaining = ends.saturating_duration_since(Instant::now());
-            let this = match (attempt < MAX_ATTEMPTS, &mut message) {
+            let this = match (attempt < attempts, &mut message) {
                 (true, Some(message)) => message.clone(),
                 (_, message) => match message.take() {
                     Some(message) => message,
@@ -175,6 +191,7 @@ impl Transport {
             }
             let Some(pause) = pause_before_retry(
                 attempt,
+                attempts,
                 ends.saturating_duration_since(Instant::now()),
                 rand::rng().random_range(0.5..=1.0),
             ) else {
@@ -211,6 +228,9 @@ impl Transport {
         if let Some(value) = traceparent {
             metadata.insert("traceparent", value);
         }
+        if let Some(value) = &self.actor {
+            metadata.insert(switchboard_contract::headers::ACTOR, value.clone());
+        }
         request
     }
 
@@ -224,10 +244,15 @@ impl Transport {
 }
 
 /// How long to wait before retrying after failed attempt number `attempt` (1 for the
-/// first), or `None` when no retry is left or the pause would not fit in `remaining`.
+/// first) of at most `attempts`, or `None` when no retry is left or the pause would not fit in `remaining`.
 /// `jitter` (in `0.5..=1.0`) scales the pause.
-fn pause_before_retry(attempt: u32, remaining: Duration, jitter: f64) -> Option<Duration> {
-    if attempt >= MAX_ATTEMPTS {
+fn pause_before_retry(
+    attempt: u32,
+    attempts: u32,
+    remaining: Duration,
+    jitter: f64,
+) -> Option<Duration> {
+    if attempt >= attempts {
         return None;
     }
     let backoff = FIRST_BACKOFF
@@ -265,16 +290,19 @@ mod tests {
     fn backoff_doubles_is_bounded_and_fits_the_deadline() {
         let plenty = Duration::from_secs(60);
         assert_eq!(
-            pause_before_retry(1, plenty, 1.0),
+            pause_before_retry(1, MAX_ATTEMPTS, plenty, 1.0),
             Some(Duration::from_millis(100))
         );
         assert_eq!(
-            pause_before_retry(2, plenty, 0.5),
+            pause_before_retry(2, MAX_ATTEMPTS, plenty, 0.5),
             Some(Duration::from_millis(100))
         );
-        assert_eq!(pause_before_retry(MAX_ATTEMPTS, plenty, 1.0), None);
         assert_eq!(
-            pause_before_retry(1, Duration::from_millis(50), 1.0),
+            pause_before_retry(MAX_ATTEMPTS, MAX_ATTEMPTS, plenty, 1.0),
+            None
+        );
+        assert_eq!(
+            pause_before_retry(1, MAX_ATTEMPTS, Duration::from_millis(50), 1.0),
             None,
             "no retry that cannot start before the deadline"
         );
@@ -285,16 +313,22 @@ mod tests {
         let client = transport(Duration::from_secs(10));
         let seen = Mutex::new(Vec::new());
         let status = client
-            .unary("set_status", client.deadline(), 7u32, |_, request| {
-                let metadata = request.metadata();
-                seen.lock().unwrap().push((
-                    *request.get_ref(),
-                    metadata.get("authorization").cloned(),
-                    metadata.get(CALLER_HEADER).cloned(),
-                    metadata.get("grpc-timeout").is_some(),
-                ));
-                async { Err::<Response<()>, _>(Status::unavailable("starting")) }
-            })
+            .unary(
+                "set_status",
+                client.deadline(),
+                MAX_ATTEMPTS,
+                7u32,
+                |_, request| {
+                    let metadata = request.metadata();
+                    seen.lock().unwrap().push((
+                        *request.get_ref(),
+                        metadata.get("authorization").cloned(),
+                        metadata.get(CALLER_HEADER).cloned(),
+                        metadata.get("grpc-timeout").is_some(),
+                    ));
+                    async { Err::<Response<()>, _>(Status::unavailable("starting")) }
+                },
+            )
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable);
@@ -309,6 +343,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_made_once_is_not_retried_even_when_unavailable() {
+        let client = transport(Duration::from_secs(10));
+        let calls = Mutex::new(0);
+        let status = client
+            .unary(
+                "run_operation",
+                client.deadline(),
+                1,
+                7u32,
+                |_, _request: Request<u32>| {
+                    *calls.lock().unwrap() += 1;
+                    async { Err::<Response<()>, _>(Status::unavailable("connexease is down")) }
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn other_codes_are_never_retried() {
         let client = transport(Duration::from_secs(10));
         for code in [
@@ -320,10 +375,16 @@ mod tests {
         ] {
             let calls = Mutex::new(0);
             let status = client
-                .unary("add_message", client.deadline(), (), |_, _| {
-                    *calls.lock().unwrap() += 1;
-                    async move { Err::<Response<()>, _>(Status::new(code, "no")) }
-                })
+                .unary(
+                    "add_message",
+                    client.deadline(),
+                    MAX_ATTEMPTS,
+                    (),
+                    |_, _| {
+                        *calls.lock().unwrap() += 1;
+                        async move { Err::<Response<()>, _>(Status::new(code, "no")) }
+                    },
+                )
                 .await
                 .unwrap_err();
             assert_eq!(status.code(), code);
@@ -336,18 +397,24 @@ mod tests {
         let client = transport(Duration::from_secs(10));
         let calls = Mutex::new(0);
         let answer = client
-            .unary("get_conversation", client.deadline(), (), |_, _| {
-                let mut calls = calls.lock().unwrap();
-                *calls += 1;
-                let first = *calls == 1;
-                async move {
-                    if first {
-                        Err(Status::unavailable("starting"))
-                    } else {
-                        Ok(Response::new("answer"))
+            .unary(
+                "get_conversation",
+                client.deadline(),
+                MAX_ATTEMPTS,
+                (),
+                |_, _| {
+                    let mut calls = calls.lock().unwrap();
+                    *calls += 1;
+                    let first = *calls == 1;
+                    async move {
+                        if first {
+                            Err(Status::unavailable("starting"))
+                        } else {
+                            Ok(Response::new("answer"))
+                        }
                     }
-                }
-            })
+                },
+            )
             .await
             .unwrap();
         assert_eq!(answer, "answer");
@@ -358,10 +425,16 @@ mod tests {
         let client = transport(Duration::from_millis(150));
         let started = std::time::Instant::now();
         let status = client
-            .unary("list_messages", client.deadline(), (), |_, _| async {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                Ok(Response::new(()))
-            })
+            .unary(
+                "list_messages",
+                client.deadline(),
+                MAX_ATTEMPTS,
+                (),
+                |_, _| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Ok(Response::new(()))
+                },
+            )
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -375,13 +448,19 @@ mod tests {
             let client = transport(Duration::from_secs(1)).with_traceparent(pinned);
             let seen = Mutex::new(None);
             client
-                .unary("get_action", client.deadline(), (), |_, request| {
-                    *seen.lock().unwrap() = request
-                        .metadata()
-                        .get("traceparent")
-                        .map(|v| v.to_str().unwrap().to_owned());
-                    async { Ok(Response::new(())) }
-                })
+                .unary(
+                    "get_action",
+                    client.deadline(),
+                    MAX_ATTEMPTS,
+                    (),
+                    |_, request| {
+                        *seen.lock().unwrap() = request
+                            .metadata()
+                            .get("traceparent")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        async { Ok(Response::new(())) }
+                    },
+                )
                 .await
                 .unwrap();
             assert_eq!(seen.into_inner().unwrap().as_deref(), expected);

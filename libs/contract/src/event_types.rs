@@ -146,3 +146,10 @@ pub mod connexease_hooks {
     /// The prefix of every hook about a conversation.
     pub const CONVERSATION_PREFIX: &str = "conversation.";
 }
+
+/// The gateway's log: API keys.
+pub mod api_keys {
+    pub const CREATED: &str = "api_key.created";
+    pub const REVOKED: &str = "api_key.revoked";
+    pub const ROTATED: &str = "api_key.rotated";
+}

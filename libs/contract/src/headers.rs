@@ -17,3 +17,8 @@ pub const TRACESTATE: &str = "tracestate";
 
 /// The content type of an encoded envelope.
 pub const PROTOBUF: &str = "application/protobuf";
+
+/// gRPC metadata: who a call acts for, when not the calling service itself
+/// (`api_key:<id>` for the gateway's callers). Services record it as the actor of the
+/// events the call appends.
+pub const ACTOR: &str = "x-switchboard-actor";

@@ -6,3 +6,4 @@ pub const ACTIONS: &str = "actions";
 pub const CONNEXEASE: &str = "connexease";
 pub const WEBHOOKS: &str = "webhooks";
 pub const FLOWS: &str = "flows";
+pub const GATEWAY: &str = "gateway";

@@ -95,6 +95,10 @@ pub struct Metadata {
     pub tracestate: String,
     /// When the change happened, in microseconds since the epoch.
     pub occurred_at: i64,
+    /// Who acted, when a call acted for someone (`api_key:<id>`); empty for the services'
+    /// own work.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub actor: String,
 }
 
 /// An event to append.
@@ -188,6 +192,7 @@ impl RecordedEvent {
             traceparent: self.metadata.traceparent.clone(),
             payload: self.payload.clone(),
             tracestate: self.metadata.tracestate.clone(),
+            actor: self.metadata.actor.clone(),
         }
     }
 
@@ -214,6 +219,7 @@ impl RecordedEvent {
                 causation_id: envelope.causation_id,
                 traceparent: envelope.traceparent,
                 tracestate: envelope.tracestate,
+                actor: envelope.actor,
                 occurred_at: envelope
                     .occurred_at
                     .as_ref()
@@ -280,6 +286,7 @@ mod tests {
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
                 tracestate: "vendor=1".into(),
                 occurred_at: 1_700_000_000_123_456,
+                actor: "api_key:key_1".into(),
             },
             recorded_at: -1_500_001,
         };

@@ -120,6 +120,10 @@ pub const AREAS: &[Area] = &[
         name: "flows service",
     },
     Area {
+        id: "API",
+        name: "REST gateway (`/v1`; the HTTP status is in each code's meaning)",
+    },
+    Area {
         id: "NET",
         name: "outbound HTTP guard (`libs/outbound`)",
     },
@@ -503,6 +507,97 @@ pub const FLOW_ACTIONS_UNAVAILABLE: Code = Code {
 
 // Outbound HTTP (the literal lives in libs/outbound, which does not depend on this crate).
 
+/// HTTP 409 or 422.
+pub const API_IDEMPOTENCY_KEY_REUSED: Code = Code {
+    id: "SB-API-0006",
+    status: Some(StatusCode::InvalidArgument),
+    meaning: "HTTP 409 or 422: the `Idempotency-Key` was already used with a different request (422), or it created an API key whose secret was shown once, to that request (409).",
+    action: "Use a new key for a new request; resend the same body to replay the first answer.",
+};
+/// HTTP 409.
+pub const API_IDEMPOTENCY_KEY_IN_FLIGHT: Code = Code {
+    id: "SB-API-0007",
+    status: Some(StatusCode::Aborted),
+    meaning: "HTTP 409: a request with this `Idempotency-Key` is still being answered.",
+    action: "Wait a moment and send it again: you will get the first answer.",
+};
+/// HTTP 400 or 422.
+pub const API_INVALID_REQUEST: Code = Code {
+    id: "SB-API-0400",
+    status: Some(StatusCode::InvalidArgument),
+    meaning: "HTTP 400 or 422: the request is malformed (400: not JSON, a bad query or path) or has invalid fields (422); each one is in `errors`.",
+    action: "Fix the named fields and send the request again.",
+};
+/// HTTP 401.
+pub const API_UNAUTHENTICATED: Code = Code {
+    id: "SB-API-0401",
+    status: Some(StatusCode::Unauthenticated),
+    meaning: "HTTP 401: no API key, or one that is not live (unknown, revoked or expired: they look the same).",
+    action: "Send `Authorization: Bearer sbk_live_...` with a live key of the workspace.",
+};
+/// HTTP 403.
+pub const API_FORBIDDEN: Code = Code {
+    id: "SB-API-0403",
+    status: Some(StatusCode::PermissionDenied),
+    meaning: "HTTP 403: the key is live but its scopes do not allow this (the detail names the scope needed).",
+    action: "Use a key with that scope, or create one (`switchboard api-keys create --scope ...`).",
+};
+/// HTTP 404.
+pub const API_NOT_FOUND: Code = Code {
+    id: "SB-API-0404",
+    status: Some(StatusCode::NotFound),
+    meaning: "HTTP 404: no such resource in the workspace of the key (resources of other workspaces answer the same).",
+    action: "Check the id; list the resource to find it.",
+};
+/// HTTP 409.
+pub const API_CONFLICT: Code = Code {
+    id: "SB-API-0409",
+    status: Some(StatusCode::Aborted),
+    meaning: "HTTP 409: the request conflicts with the state of the resource (already exists, ended, revoked, changing too fast).",
+    action: "Read the resource again; retry if it was changing, otherwise change the request.",
+};
+/// HTTP 412.
+pub const API_PRECONDITION_FAILED: Code = Code {
+    id: "SB-API-0412",
+    status: Some(StatusCode::FailedPrecondition),
+    meaning: "HTTP 412: `If-Match` names another version than the current one of the resource.",
+    action: "Read the resource again (its `ETag`), reapply your change and send it with the new `If-Match`.",
+};
+/// HTTP 413.
+pub const API_TOO_LARGE: Code = Code {
+    id: "SB-API-0413",
+    status: Some(StatusCode::InvalidArgument),
+    meaning: "HTTP 413: the request body is larger than the API takes (1 MiB).",
+    action: "Send less per request.",
+};
+/// HTTP 429.
+pub const API_RATE_LIMITED: Code = Code {
+    id: "SB-API-0429",
+    status: Some(StatusCode::ResourceExhausted),
+    meaning: "HTTP 429: the key sent more requests than its rate allows.",
+    action: "Wait `Retry-After` seconds and send again.",
+};
+/// HTTP 503 or 504.
+pub const API_UNAVAILABLE: Code = Code {
+    id: "SB-API-0500",
+    status: Some(StatusCode::Unavailable),
+    meaning: "HTTP 503 or 504: a service behind the gateway (or the store of the gateway) is out of reach or did not answer in time.",
+    action: "Retry with backoff (`Retry-After`); send the same `Idempotency-Key` so nothing happens twice.",
+};
+/// HTTP 500.
+pub const API_INTERNAL: Code = Code {
+    id: "SB-API-0501",
+    status: Some(StatusCode::Internal),
+    meaning: "HTTP 500: the gateway failed to answer.",
+    action: "Quote the request id to support; the server log has the cause.",
+};
+/// HTTP 502.
+pub const API_UPSTREAM: Code = Code {
+    id: "SB-API-0502",
+    status: Some(StatusCode::Internal),
+    meaning: "HTTP 502: a service behind the gateway refused the gateway itself (its service token).",
+    action: "An operator must check `SWITCHBOARD_SERVICE_TOKEN` on the gateway and the services.",
+};
 /// An outbound request's destination is a private or otherwise forbidden address.
 pub const NET_DESTINATION_BLOCKED: Code = Code {
     id: "SB-NET-0001",
@@ -595,6 +690,19 @@ pub const ALL: &[Code] = &[
     FLOW_STORE_UNAVAILABLE,
     FLOW_STORE_REFUSED,
     FLOW_ACTIONS_UNAVAILABLE,
+    API_IDEMPOTENCY_KEY_REUSED,
+    API_IDEMPOTENCY_KEY_IN_FLIGHT,
+    API_INVALID_REQUEST,
+    API_UNAUTHENTICATED,
+    API_FORBIDDEN,
+    API_NOT_FOUND,
+    API_CONFLICT,
+    API_PRECONDITION_FAILED,
+    API_TOO_LARGE,
+    API_RATE_LIMITED,
+    API_UNAVAILABLE,
+    API_INTERNAL,
+    API_UPSTREAM,
     NET_DESTINATION_BLOCKED,
     SEC_INVALID_KEY,
     SEC_UNKNOWN_KEY,

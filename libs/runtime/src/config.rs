@@ -42,6 +42,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `SWITCHBOARD_HTTP_ADDR`: where the ops HTTP server (metrics, health) listens.
     pub http_addr: SocketAddr,
+    /// `SWITCHBOARD_API_ADDR`: where the gateway serves the public REST API.
+    pub api_addr: SocketAddr,
     /// `SWITCHBOARD_DATA_DIR`: local state for embedded mode.
     pub data_dir: PathBuf,
     /// `SWITCHBOARD_SERVICE_TOKEN`: bearer token required on internal gRPC; `None` = no auth.
@@ -149,6 +151,7 @@ impl Default for Config {
             nats_replicas: 1,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             data_dir: PathBuf::from("./.switchboard"),
             service_token: None,
             otlp_endpoint: None,
@@ -207,6 +210,7 @@ impl fmt::Debug for Config {
             .field("actions_url", &self.actions_url)
             .field("flows_url", &self.flows_url)
             .field("connexease_sim_addr", &self.connexease_sim_addr)
+            .field("api_addr", &self.api_addr)
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .field("webhook_retry_schedule", &self.webhook_retry_schedule)
             .field("webhook_timeout_secs", &self.webhook_timeout_secs)
@@ -331,6 +335,15 @@ impl Config {
                 "http_addr",
                 self.http_addr,
                 "must differ from SWITCHBOARD_GRPC_ADDR",
+            ));
+        }
+        if self.api_addr.port() != 0
+            && (self.api_addr == self.grpc_addr || self.api_addr == self.http_addr)
+        {
+            return Err(invalid(
+                "api_addr",
+                self.api_addr,
+                "must differ from SWITCHBOARD_GRPC_ADDR and SWITCHBOARD_HTTP_ADDR",
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -196,7 +196,8 @@ impl GrpcServer {
         let mut server = tonic::transport::Server::builder()
             .layer(crate::telemetry::grpc_trace_layer())
             .layer(metrics_layer)
-            .layer(ServiceTokenLayer::new(self.service_token));
+            .layer(ServiceTokenLayer::new(self.service_token))
+            .layer(crate::requests::ActorLayer);
         let serving = server.add_routes(routes).serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             signal,

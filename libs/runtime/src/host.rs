@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::service::{
-    BoxError, Inbox, Mode, Secrets, ServiceModule, Source, Subscribe, Wiring, open_log,
+    BoxError, Inbox, Mode, Order, Publication, Secrets, ServiceModule, Source, Subscribe, Wiring,
+    open_log,
 };
 use crate::{Config, GrpcServer, http, metrics};
 
@@ -136,7 +137,7 @@ impl Host {
         let routers: Arc<HashMap<&'static str, Arc<dyn Router>>> = Arc::new(
             self.modules
                 .iter()
-                .map(|m| (m.name(), m.publication().router))
+                .filter_map(|m| Some((m.name(), m.publication()?.router)))
                 .collect(),
         );
         let mut grpc = GrpcServer::new()
@@ -194,7 +195,15 @@ impl Host {
 
         if let Some(js) = &js {
             for service in &started {
-                tasks.spawn(relay(&config, js.clone(), service, shutdown.clone()));
+                if let Some(publication) = service.module.publication() {
+                    tasks.spawn(relay(
+                        &config,
+                        js.clone(),
+                        service,
+                        publication,
+                        shutdown.clone(),
+                    ));
+                }
             }
         }
         for (owner, log, subscription) in subscriptions {
@@ -282,6 +291,7 @@ impl Host {
             source,
             handler,
             inbox,
+            order,
         } = subscription;
         let inbox = match inbox {
             Inbox::Dedicated if !log.takes_concurrent_writers() => {
@@ -298,8 +308,11 @@ impl Host {
             }
             _ => log.clone(),
         };
-        let settings =
-            SubscriptionConfig::new(consumer.clone(), inbox.clone()).with_lanes(lanes_for(&inbox));
+        let lanes = match order {
+            Order::PerStream => lanes_for(&inbox),
+            Order::Total => 1,
+        };
+        let settings = SubscriptionConfig::new(consumer.clone(), inbox.clone()).with_lanes(lanes);
         let shutdown = shutdown.clone();
         Ok(match (source, js) {
             (Source::OwnLog(filter), _) => Some(tail(log, filter, settings, handler, shutdown)),
@@ -322,7 +335,15 @@ impl Host {
                     );
                     return Ok(None);
                 };
-                let router = producer.module.publication().router;
+                let Some(publication) = producer.module.publication() else {
+                    warn!(
+                        consumer = %consumer,
+                        producer = stream.producer,
+                        "the producer publishes nothing; the subscription waits"
+                    );
+                    return Ok(None);
+                };
+                let router = publication.router;
                 let filter: Filter = Arc::new(move |e: &RecordedEvent| {
                     router
                         .subject(e)
@@ -366,9 +387,9 @@ fn relay(
     config: &Config,
     js: jetstream::Context,
     service: &Started,
+    publication: Publication,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let publication = service.module.publication();
     let spec = StreamSpec::of(&publication.stream, config.nats_replicas);
     let prefix = config.nats_prefix.clone();
     let relay = Relay::new(
@@ -431,7 +452,9 @@ async fn consume_stream(
             config.clone(),
         ));
         match subscription.run(handler.clone(), shutdown.clone()).await {
-            Ok(()) => return,
+            Ok(()) if shutdown.is_cancelled() => return,
+            // The consumer went away (deleted, or its stream recreated): subscribe again.
+            Ok(()) => warn!(stream = %stream, "the consumer ended; subscribing again"),
             Err(e) => warn!(stream = %stream, error = %e, "cannot consume yet; retrying"),
         }
         tokio::select! {

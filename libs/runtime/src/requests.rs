@@ -1,5 +1,5 @@
 //! What every service's gRPC layer checks the same way: the ids that go into stream ids,
-//! and how invalid input is answered.
+//! how invalid input is answered, and who a call acts for.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -76,5 +76,66 @@ mod tests {
             .map(|v| v.field)
             .collect();
         assert_eq!(fields, vec!["a", "b"]);
+    }
+}
+
+tokio::task_local! {
+    /// Who the call being handled acts for; set by [`ActorLayer`].
+    static ACTOR: String;
+}
+
+/// Who the call being handled acts for (`api_key:<id>`, from the
+/// `switchboard_contract::headers::ACTOR` metadata the gateway sends); empty when the
+/// calling service acts for itself. Command handlers record it in their events' metadata.
+pub fn current_actor() -> String {
+    ACTOR.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// The longest actor taken; anything longer, or not visible ASCII, is ignored.
+const ACTOR_BYTES: usize = 128;
+
+/// Makes the `ACTOR` metadata of each call [`current_actor`] while the call is handled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActorLayer;
+
+impl<S> tower::Layer<S> for ActorLayer {
+    type Service = ActorService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ActorService { inner }
+    }
+}
+
+/// The service produced by [`ActorLayer`].
+#[derive(Debug, Clone)]
+pub struct ActorService<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<tonic::codegen::http::Request<B>> for ActorService<S>
+where
+    S: tower::Service<tonic::codegen::http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let actor = request
+            .headers()
+            .get(switchboard_contract::headers::ACTOR)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= ACTOR_BYTES && v.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or_default()
+            .to_owned();
+        Box::pin(ACTOR.scope(actor, self.inner.call(request)))
     }
 }

@@ -98,8 +98,10 @@ pub trait ServiceModule: Send + Sync + 'static {
     /// Its read models (the migrations beyond the log's own tables).
     fn read_models(&self) -> ReadModels;
 
-    /// Its stream and router.
-    fn publication(&self) -> Publication;
+    /// Its stream and router; `None` for a service whose events stay in its log.
+    fn publication(&self) -> Option<Publication> {
+        None
+    }
 
     /// Whether it seals secrets.
     fn secrets(&self) -> Secrets {
@@ -152,6 +154,18 @@ pub enum Inbox {
     Dedicated,
 }
 
+/// In which order a subscription's events must be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Each stream's events in order, different streams at once (lanes by stream, where the
+    /// store takes concurrent writers).
+    PerStream,
+    /// Every event in the order of the source, one at a time: for handlers whose effects
+    /// depend on the order across streams (the webhooks fan-out numbers an endpoint's
+    /// messages as they commit).
+    Total,
+}
+
 /// A subscription a service needs: events from `source`, handled by `handler` once each
 /// in effect, under the durable name `consumer`.
 pub struct Subscribe {
@@ -159,6 +173,7 @@ pub struct Subscribe {
     pub source: Source,
     pub handler: Arc<dyn Handler>,
     pub inbox: Inbox,
+    pub order: Order,
 }
 
 /// What a starting service sees of its process, and where it declares its parts.

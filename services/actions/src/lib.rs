@@ -35,7 +35,8 @@ use switchboard_contract::{consumers as durable, event_types, services, streams,
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
 use switchboard_outbound::ClientOptions;
 use switchboard_runtime::service::{
-    BoxError, Inbox, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe, Wiring,
+    BoxError, Inbox, Order, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe,
+    Wiring,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -64,8 +65,8 @@ impl ServiceModule for Actions {
         ReadModels::new(store::read_model_ddl(), ActionsProjection)
     }
 
-    fn publication(&self) -> Publication {
-        Publication::new(streams::ACTIONS, PublicEvents)
+    fn publication(&self) -> Option<Publication> {
+        Some(Publication::new(streams::ACTIONS, PublicEvents))
     }
 
     fn secrets(&self) -> Secrets {
@@ -106,6 +107,7 @@ impl ServiceModule for Actions {
             // The handler appends to the actions log itself; the service's claim by
             // idempotency key keeps a redelivered request from running twice.
             inbox: Inbox::Dedicated,
+            order: Order::PerStream,
         });
         let retention_days = wiring.config().execution_retention_days;
         wiring.spawn(

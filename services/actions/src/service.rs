@@ -438,14 +438,11 @@ impl ActionService {
             // A retried request whose original already succeeded may be refused by the new
             // state: answer with the original.
             Err(CommandError::Rejected { error, original }) => {
-                match original
-                    .as_deref()
-                    .and_then(<[RecordedEvent]>::first)
-                    .map(domain::decode)
-                    .transpose()?
-                    .flatten()
-                {
-                    Some(original) => Ok(original),
+                let first = original.as_deref().and_then(<[RecordedEvent]>::first);
+                match first.map(domain::decode).transpose()?.flatten() {
+                    Some(original) if first.is_some_and(|e| e.stream == stream) => Ok(original),
+                    // The request id stored another action's change.
+                    Some(_) => Err(request_id_reused()),
                     None => Err(error.into()),
                 }
             }

@@ -60,8 +60,8 @@ impl ServiceModule for Connexease {
         ReadModels::new(store::read_model_ddl(), ConnexeaseProjection)
     }
 
-    fn publication(&self) -> Publication {
-        Publication::new(streams::CONNEXEASE, PublicEvents)
+    fn publication(&self) -> Option<Publication> {
+        Some(Publication::new(streams::CONNEXEASE, PublicEvents))
     }
 
     fn secrets(&self) -> Secrets {

@@ -47,8 +47,8 @@ impl ServiceModule for Conversations {
         ReadModels::new(store::read_model_ddl(), ConversationsProjection)
     }
 
-    fn publication(&self) -> Publication {
-        Publication::new(streams::CONVERSATIONS, PublicEvents)
+    fn publication(&self) -> Option<Publication> {
+        Some(Publication::new(streams::CONVERSATIONS, PublicEvents))
     }
 
     fn secrets(&self) -> Secrets {

@@ -46,6 +46,9 @@ pub struct RequestContext {
     /// The caller's idempotency key; empty when the request is not to be deduplicated.
     pub request_id: String,
     pub traceparent: String,
+    /// Who the call acts for (`api_key:<id>`), recorded in the events; empty for a
+    /// service acting for itself.
+    pub actor: String,
 }
 
 /// The result of a command: the conversation as it now is, and the message it added.
@@ -312,6 +315,7 @@ fn decide(
         traceparent: ctx.traceparent.clone(),
         tracestate: String::new(),
         occurred_at: now,
+        actor: ctx.actor.clone(),
     };
     let events: Vec<NewEvent> = decided
         .iter()

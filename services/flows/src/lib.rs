@@ -34,7 +34,7 @@ use switchboard_clients::{ActionsClient, ClientConfig, ConnexeaseClient, Convers
 use switchboard_contract::{consumers as durable, event_types, services, streams, subjects};
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
 use switchboard_runtime::service::{
-    BoxError, Inbox, Publication, ReadModels, ServiceModule, Source, Subscribe, Wiring,
+    BoxError, Inbox, Order, Publication, ReadModels, ServiceModule, Source, Subscribe, Wiring,
 };
 use tracing::warn;
 
@@ -63,8 +63,8 @@ impl ServiceModule for Flows {
         ReadModels::new(store::read_model_ddl(), FlowsProjection)
     }
 
-    fn publication(&self) -> Publication {
-        Publication::new(streams::FLOWS, PublicEvents)
+    fn publication(&self) -> Option<Publication> {
+        Some(Publication::new(streams::FLOWS, PublicEvents))
     }
 
     fn describe(&self, event: &RecordedEvent) -> String {
@@ -111,6 +111,7 @@ impl ServiceModule for Flows {
                         connexease,
                     )),
                     inbox: Inbox::Log,
+                    order: Order::PerStream,
                 });
             }
             None => warn!(
@@ -125,6 +126,7 @@ impl ServiceModule for Flows {
             },
             handler: Arc::new(conversation_events),
             inbox: Inbox::Log,
+            order: Order::PerStream,
         });
         wiring.subscribe(Subscribe {
             consumer: durable::FLOWS_ACTION_OUTCOMES.to_owned(),
@@ -134,6 +136,7 @@ impl ServiceModule for Flows {
             },
             handler: Arc::new(runtime::ActionOutcomes::new(runs)),
             inbox: Inbox::Log,
+            order: Order::PerStream,
         });
         Ok(())
     }

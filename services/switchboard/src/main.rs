@@ -3,6 +3,7 @@
 //! is asked for.
 #![forbid(unsafe_code)]
 
+mod api_keys;
 mod cluster;
 mod events;
 
@@ -83,6 +84,46 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Create, list and revoke a workspace's API keys for the REST API, in the gateway's
+    /// log: a `dev` data directory (also while `dev` runs) or SWITCHBOARD_DATABASE_URL.
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
+        /// The data directory of a `dev` cluster (default ./.switchboard).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Create a key; it is printed once, alone on the last line.
+    Create {
+        #[arg(long)]
+        workspace: String,
+        /// What the key is for.
+        #[arg(long)]
+        name: String,
+        /// A scope: read, write, admin, or <resource>:read|write. Repeat for several;
+        /// default read and write.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// When it stops working, e.g. `90d` (never when absent).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List a workspace's keys.
+    List {
+        #[arg(long)]
+        workspace: String,
+    },
+    /// Revoke a key: refused from now on.
+    Revoke {
+        /// The key's id, `key_...`.
+        id: String,
+        #[arg(long)]
+        workspace: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,6 +194,23 @@ async fn main() -> anyhow::Result<()> {
                 ..Default::default()
             };
             connexease_sim(listen, sim).await
+        }
+        Command::ApiKeys { command, data_dir } => {
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            match command {
+                ApiKeysCommand::Create {
+                    workspace,
+                    name,
+                    scopes,
+                    expires_in,
+                } => api_keys::create(config, &workspace, &name, &scopes, expires_in).await,
+                ApiKeysCommand::List { workspace } => api_keys::list(config, &workspace).await,
+                ApiKeysCommand::Revoke { id, workspace } => {
+                    api_keys::revoke(config, &workspace, &id).await
+                }
+            }
         }
         Command::Events { command } => match command {
             EventsCommand::Tail {

@@ -28,8 +28,8 @@ use switchboard_contract::{Stream, consumers as durable, services, streams, subj
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
 use switchboard_outbound::ClientOptions;
 use switchboard_runtime::service::{
-    BoxError, Inbox, Mode, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe,
-    Wiring,
+    BoxError, Inbox, Mode, Order, Publication, ReadModels, Secrets, ServiceModule, Source,
+    Subscribe, Wiring,
 };
 
 pub use delivery::{DeliveryConfig, Dispatcher};
@@ -64,8 +64,8 @@ impl ServiceModule for Webhooks {
         ReadModels::new(store::read_model_ddl(), WebhooksProjection)
     }
 
-    fn publication(&self) -> Publication {
-        Publication::new(streams::WEBHOOKS, PublicEvents)
+    fn publication(&self) -> Option<Publication> {
+        Some(Publication::new(streams::WEBHOOKS, PublicEvents))
     }
 
     fn secrets(&self) -> Secrets {
@@ -129,6 +129,7 @@ impl ServiceModule for Webhooks {
                 },
                 handler: Arc::new(consumers::FanOut::new(service.clone(), router)),
                 inbox: Inbox::Log,
+                order: Order::Total,
             });
         }
         Ok(())

@@ -35,6 +35,8 @@ pub struct Process {
     args: Vec<String>,
     env: Vec<(String, String)>,
     pub grpc_port: u16,
+    /// Where the REST API (the gateway) listens.
+    pub api_port: u16,
     /// Where `dev` runs the Connexease simulator.
     pub sim_port: u16,
     child: Option<Child>,
@@ -54,6 +56,11 @@ impl Process {
             "SWITCHBOARD_HTTP_ADDR".into(),
             format!("127.0.0.1:{}", free_port()),
         ));
+        let api_port = free_port();
+        env.push((
+            "SWITCHBOARD_API_ADDR".into(),
+            format!("127.0.0.1:{api_port}"),
+        ));
         if !env.iter().any(|(k, _)| k == "SWITCHBOARD_LOG_FILTER") {
             env.push(("SWITCHBOARD_LOG_FILTER".into(), "warn".into()));
         }
@@ -67,6 +74,7 @@ impl Process {
             args: args.iter().map(|s| s.to_string()).collect(),
             env,
             grpc_port,
+            api_port,
             sim_port,
             child: None,
             log_file: None,
@@ -663,4 +671,28 @@ pub async fn post_action(
         .action
         .unwrap()
         .id
+}
+
+/// The environment of `serve` on the test Postgres (schemas `{schema_prefix}<service>`) and
+/// `nats` (its subject prefix), with a fast relay.
+pub fn serve_env(
+    schema_prefix: &str,
+    nats: &switchboard_eventlog::testing::TestNats,
+) -> Vec<(String, String)> {
+    vec![
+        (
+            "SWITCHBOARD_DATABASE_URL".into(),
+            switchboard_eventlog::testing::database_url(),
+        ),
+        (
+            "SWITCHBOARD_DATABASE_SCHEMA_PREFIX".into(),
+            schema_prefix.to_owned(),
+        ),
+        (
+            "SWITCHBOARD_NATS_URL".into(),
+            switchboard_eventlog::testing::nats_url(),
+        ),
+        ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
+        ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
+    ]
 }

@@ -14,29 +14,14 @@ use switchboard_proto::conversations::v1::AddMessageRequest;
 use switchboard_proto::events::v1::{Author, ConversationUpdatedEvent, EventEnvelope, MessageKind};
 
 use crate::common::{
-    Process, WS, actions_client, create_action, drop_schema, everything, start_and_talk,
+    Process, WS, actions_client, create_action, drop_schema, everything, serve_env, start_and_talk,
 };
 
 #[tokio::test]
 async fn serve_publishes_survives_kill_9_and_rebuilds() {
     let nats = TestNats::new().await;
     let schema_prefix = format!("{}_", unique_name());
-    let env = vec![
-        (
-            "SWITCHBOARD_DATABASE_URL".into(),
-            switchboard_eventlog::testing::database_url(),
-        ),
-        (
-            "SWITCHBOARD_DATABASE_SCHEMA_PREFIX".into(),
-            schema_prefix.clone(),
-        ),
-        (
-            "SWITCHBOARD_NATS_URL".into(),
-            switchboard_eventlog::testing::nats_url(),
-        ),
-        ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
-        ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
-    ];
+    let env = serve_env(&schema_prefix, &nats);
     let mut process = Process::new(
         &[
             "serve",

@@ -14,6 +14,7 @@ mod forms_and_buttons;
 mod lifecycle;
 mod look_it_up_and_act;
 mod ordering;
+mod rest_api;
 mod secure_metadata;
 mod webhooks;
 mod workflows;

@@ -135,6 +135,7 @@ fn context(
         workspace_id: workspace_id.to_owned(),
         request_id: request_id.to_owned(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+        actor: switchboard_runtime::requests::current_actor(),
     })
 }
 

@@ -1,0 +1,686 @@
+//! `/v1/conversations`: the workspace's conversations and their messages, over the
+//! conversations service's gRPC API.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use switchboard_proto::conversations::v1 as api;
+use switchboard_proto::events::v1 as pb;
+use switchboard_runtime::codes;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{Json, Path, Query};
+use super::problem::{ApiError, Problem};
+use super::{AppState, List, Page, RequestKey, page};
+use crate::domain::Access;
+use crate::service::Caller;
+
+const RESOURCE: &str = "conversations";
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_conversations, start_conversation))
+        .routes(routes!(get_conversation, update_conversation))
+        .routes(routes!(list_messages, add_message))
+}
+
+/// Where a conversation comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Widget,
+    Whatsapp,
+    Slack,
+    Email,
+    Voice,
+    Api,
+}
+
+impl Channel {
+    fn from_pb(value: i32) -> Option<Self> {
+        Some(match pb::Channel::try_from(value).ok()? {
+            pb::Channel::Widget => Self::Widget,
+            pb::Channel::Whatsapp => Self::Whatsapp,
+            pb::Channel::Slack => Self::Slack,
+            pb::Channel::Email => Self::Email,
+            pb::Channel::Voice => Self::Voice,
+            pb::Channel::Api => Self::Api,
+            pb::Channel::Unspecified => return None,
+        })
+    }
+
+    fn to_pb(self) -> pb::Channel {
+        match self {
+            Self::Widget => pb::Channel::Widget,
+            Self::Whatsapp => pb::Channel::Whatsapp,
+            Self::Slack => pb::Channel::Slack,
+            Self::Email => pb::Channel::Email,
+            Self::Voice => pb::Channel::Voice,
+            Self::Api => pb::Channel::Api,
+        }
+    }
+}
+
+/// Where a conversation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Active,
+    OnHold,
+    Resolved,
+    Archived,
+}
+
+impl Status {
+    fn from_pb(value: i32) -> Option<Self> {
+        Some(match pb::ConversationStatus::try_from(value).ok()? {
+            pb::ConversationStatus::Active => Self::Active,
+            pb::ConversationStatus::OnHold => Self::OnHold,
+            pb::ConversationStatus::Resolved => Self::Resolved,
+            pb::ConversationStatus::Archived => Self::Archived,
+            pb::ConversationStatus::Unspecified => return None,
+        })
+    }
+
+    fn to_pb(self) -> pb::ConversationStatus {
+        match self {
+            Self::Active => pb::ConversationStatus::Active,
+            Self::OnHold => pb::ConversationStatus::OnHold,
+            Self::Resolved => pb::ConversationStatus::Resolved,
+            Self::Archived => pb::ConversationStatus::Archived,
+        }
+    }
+}
+
+/// How a customer or a message feels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sentiment {
+    Positive,
+    Neutral,
+    Negative,
+    Mixed,
+}
+
+impl Sentiment {
+    fn from_pb(value: i32) -> Option<Self> {
+        Some(match pb::Sentiment::try_from(value).ok()? {
+            pb::Sentiment::Positive => Self::Positive,
+            pb::Sentiment::Neutral => Self::Neutral,
+            pb::Sentiment::Negative => Self::Negative,
+            pb::Sentiment::Mixed => Self::Mixed,
+            pb::Sentiment::Unspecified => return None,
+        })
+    }
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Author {
+    Customer,
+    /// The AI agent.
+    Agent,
+    /// A person of the workspace (an operator).
+    Human,
+    System,
+}
+
+impl Author {
+    fn from_pb(value: i32) -> Option<Self> {
+        Some(match pb::Author::try_from(value).ok()? {
+            pb::Author::Customer => Self::Customer,
+            pb::Author::Agent => Self::Agent,
+            pb::Author::Human => Self::Human,
+            pb::Author::System => Self::System,
+            pb::Author::Unspecified => return None,
+        })
+    }
+
+    fn to_pb(self) -> pb::Author {
+        match self {
+            Self::Customer => pb::Author::Customer,
+            Self::Agent => pb::Author::Agent,
+            Self::Human => pb::Author::Human,
+            Self::System => pb::Author::System,
+        }
+    }
+}
+
+/// The customer, as far as they told.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lead {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub email: String,
+}
+
+/// Who handles the conversation on the help desk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Assignment {
+    pub group: String,
+    pub agent: String,
+}
+
+/// What the analysis found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Analysis {
+    pub topic: String,
+    pub sentiment: Option<Sentiment>,
+    pub custom: BTreeMap<String, String>,
+}
+
+/// A conversation as it now is.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "conv_01jd2x4p5r8m6k3v9c7b1n0q2w", "url": "/v1/conversations/conv_01jd2x4p5r8m6k3v9c7b1n0q2w",
+    "channel": "api", "status": "active", "user_id": "user_42",
+    "lead": {"name": "Ada", "email": "ada@example.com"}, "agent_id": "",
+    "metafields": {"plan": "pro"}, "assignment": null, "analysis": null,
+    "message_count": 2, "ended": false, "end_reason": null,
+    "created_at": "2026-12-01T10:00:00Z", "updated_at": "2026-12-01T10:01:00Z",
+    "ended_at": null, "version": 3
+}))]
+pub struct Conversation {
+    pub id: String,
+    /// This conversation in the API.
+    pub url: String,
+    pub channel: Option<Channel>,
+    pub status: Option<Status>,
+    pub user_id: String,
+    pub lead: Lead,
+    pub agent_id: String,
+    pub metafields: BTreeMap<String, String>,
+    pub assignment: Option<Assignment>,
+    pub analysis: Option<Analysis>,
+    pub message_count: u64,
+    pub ended: bool,
+    pub end_reason: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub updated_at: String,
+    pub ended_at: Option<String>,
+    /// The conversation's version: its `ETag`, and what `If-Match` names.
+    pub version: u64,
+}
+
+impl From<pb::Conversation> for Conversation {
+    fn from(c: pb::Conversation) -> Self {
+        Self {
+            url: format!("/v1/conversations/{}", c.id),
+            id: c.id,
+            channel: Channel::from_pb(c.channel),
+            status: Status::from_pb(c.status),
+            user_id: c.user_id,
+            lead: c
+                .lead
+                .map(|l| Lead {
+                    name: l.name,
+                    email: l.email,
+                })
+                .unwrap_or_default(),
+            agent_id: c.agent_id,
+            metafields: c.metafields.into_iter().collect(),
+            assignment: c
+                .assignment
+                .filter(|a| !a.group.is_empty() || !a.agent.is_empty())
+                .map(|a| Assignment {
+                    group: a.group,
+                    agent: a.agent,
+                }),
+            analysis: c.analysis.map(|a| Analysis {
+                topic: a.topic,
+                sentiment: Sentiment::from_pb(a.sentiment),
+                custom: a.custom.into_iter().collect(),
+            }),
+            message_count: c.message_count,
+            ended: c.ended,
+            end_reason: (!c.end_reason.is_empty()).then_some(c.end_reason),
+            created_at: rfc3339(c.created_at.as_ref()).unwrap_or_default(),
+            updated_at: rfc3339(c.updated_at.as_ref()).unwrap_or_default(),
+            ended_at: rfc3339(c.ended_at.as_ref()),
+            version: c.version,
+        }
+    }
+}
+
+/// A message of a conversation.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    /// Its place in the conversation, from 1.
+    pub sequence: u64,
+    pub author: Option<Author>,
+    /// `text`, `form`, `buttons`, `form_submission` or `button_click`.
+    pub kind: String,
+    pub text: String,
+    pub sentiment: Option<Sentiment>,
+    pub created_at: String,
+}
+
+impl From<pb::Message> for Message {
+    fn from(m: pb::Message) -> Self {
+        let kind = match pb::MessageKind::try_from(m.kind) {
+            Ok(pb::MessageKind::Form) => "form",
+            Ok(pb::MessageKind::Buttons) => "buttons",
+            Ok(pb::MessageKind::FormSubmission) => "form_submission",
+            Ok(pb::MessageKind::ButtonClick) => "button_click",
+            _ => "text",
+        };
+        Self {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            sequence: m.sequence,
+            author: Author::from_pb(m.author),
+            kind: kind.to_owned(),
+            text: m.text,
+            sentiment: Sentiment::from_pb(m.sentiment),
+            created_at: rfc3339(m.created_at.as_ref()).unwrap_or_default(),
+        }
+    }
+}
+
+fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let ts = ts?;
+    if ts.seconds == 0 && ts.nanos == 0 {
+        return None;
+    }
+    let at = time::OffsetDateTime::from_unix_timestamp(ts.seconds).ok()?
+        + time::Duration::nanoseconds(i64::from(ts.nanos));
+    at.format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+fn parse_time(field: &str, value: &str) -> Result<prost_types::Timestamp, ApiError> {
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::field(field, "an RFC 3339 time, e.g. 2026-12-01T10:00:00Z"))?;
+    Ok(prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    })
+}
+
+/// `ETag` of a conversation at `version`.
+fn etag(version: u64) -> String {
+    format!("\"{version}\"")
+}
+
+/// A conversation answer with its `ETag`.
+fn with_etag(status: StatusCode, conversation: pb::Conversation) -> Response {
+    let tag = etag(conversation.version);
+    let mut response = (status, Json(Conversation::from(conversation))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// Filters of the conversation list.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilter {
+    /// Only conversations in this status.
+    pub status: Option<Status>,
+    /// Only conversations on this channel.
+    pub channel: Option<Channel>,
+    /// Only conversations updated at or after this time (RFC 3339).
+    pub updated_after: Option<String>,
+    /// Items per page, 1 to 100.
+    #[param(minimum = 1, maximum = 100, example = 20)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Lists the workspace's conversations, most recently updated first.
+#[utoipa::path(
+    get, path = "/conversations", tag = "conversations",
+    params(ListFilter),
+    responses(
+        (status = 200, description = "One page of conversations", body = List<Conversation>,
+            headers(("Link" = String, description = "`<...>; rel=\"next\"` when more follow"))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_conversations(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<ListFilter>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let page_size = Page {
+        limit: filter.limit,
+        cursor: None,
+    }
+    .limit()?;
+    let updated_since = filter
+        .updated_after
+        .as_deref()
+        .map(|v| parse_time("query.updated_after", v))
+        .transpose()?;
+    let answer = state
+        .conversations
+        .with_actor(&caller.actor())
+        .list_conversations(api::ListConversationsRequest {
+            workspace_id: caller.workspace_id.clone(),
+            status: filter.status.map_or(0, |s| s.to_pb() as i32),
+            channel: filter.channel.map_or(0, |c| c.to_pb() as i32),
+            updated_since,
+            limit: page_size,
+            cursor: filter.cursor.unwrap_or_default(),
+        })
+        .await?;
+    let data: Vec<Conversation> = answer.conversations.into_iter().map(Into::into).collect();
+    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    Ok(page("/v1/conversations", page_size, data, next))
+}
+
+/// A conversation to start.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"user_id": "user_42", "lead": {"name": "Ada"}, "metafields": {"plan": "pro"}}))]
+pub struct StartConversation {
+    /// Defaults to `api`.
+    pub channel: Option<Channel>,
+    /// Your id of the customer.
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub lead: Lead,
+    /// Up to 100 keys (`[a-z0-9_.-]{1,64}`), values up to 4 KiB.
+    #[serde(default)]
+    pub metafields: BTreeMap<String, String>,
+}
+
+/// Starts a conversation (on the `api` channel unless another is given).
+#[utoipa::path(
+    post, path = "/conversations", tag = "conversations",
+    request_body = StartConversation,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer to the same request")),
+    responses(
+        (status = 201, description = "Started", body = Conversation, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn start_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Json(body): Json<StartConversation>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let answer = state
+        .conversations
+        .with_actor(&caller.actor())
+        .start_conversation(api::StartConversationRequest {
+            workspace_id: caller.workspace_id.clone(),
+            request_id,
+            channel: body.channel.unwrap_or(Channel::Api).to_pb() as i32,
+            user_id: body.user_id,
+            lead: Some(pb::Lead {
+                name: body.lead.name,
+                email: body.lead.email,
+            }),
+            metafields: body.metafields.into_iter().collect(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(with_etag(
+        StatusCode::CREATED,
+        answer.conversation.unwrap_or_default(),
+    ))
+}
+
+async fn fetch(state: &AppState, caller: &Caller, id: &str) -> Result<pb::Conversation, ApiError> {
+    Ok(state
+        .conversations
+        .with_actor(&caller.actor())
+        .get_conversation(api::GetConversationRequest {
+            workspace_id: caller.workspace_id.clone(),
+            conversation_id: id.to_owned(),
+        })
+        .await?
+        .conversation
+        .unwrap_or_default())
+}
+
+/// Gets a conversation. `If-None-Match` with its `ETag` answers 304.
+#[utoipa::path(
+    get, path = "/conversations/{id}", tag = "conversations",
+    params(("id" = String, Path, description = "The conversation's id, `conv_...`")),
+    responses(
+        (status = 200, description = "The conversation", body = Conversation, headers(("ETag" = String))),
+        (status = 304, description = "Not modified since the `If-None-Match` version"),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let conversation = fetch(&state, &caller, &id).await?;
+    let tag = etag(conversation.version);
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+    if unchanged {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(value) = HeaderValue::from_str(&tag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return Ok(response);
+    }
+    Ok(with_etag(StatusCode::OK, conversation))
+}
+
+/// A change to a conversation.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"status": "resolved", "metafields": {"plan": "enterprise", "trial": null}}))]
+pub struct UpdateConversation {
+    pub status: Option<Status>,
+    /// Metafields to set; a `null` value removes the key.
+    #[serde(default)]
+    pub metafields: BTreeMap<String, Option<String>>,
+}
+
+/// Changes a conversation's status and metafields. With `If-Match`, only if the
+/// conversation is still at that version (412 otherwise).
+#[utoipa::path(
+    patch, path = "/conversations/{id}", tag = "conversations",
+    params(
+        ("id" = String, Path, description = "The conversation's id, `conv_...`"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on"),
+    ),
+    request_body = UpdateConversation,
+    responses(
+        (status = 200, description = "The conversation after the change", body = Conversation, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn update_conversation(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(change): Json<UpdateConversation>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let mut current = fetch(&state, &caller, &id).await?;
+    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        let tag = etag(current.version);
+        if !expected
+            .split(',')
+            .any(|t| t.trim() == tag || t.trim() == "*")
+        {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                &codes::API_PRECONDITION_FAILED,
+                format!("the conversation is at {tag}, not {expected}"),
+            ));
+        }
+    }
+    let workspace_id = caller.workspace_id.clone();
+    let (set, remove): (Vec<_>, Vec<_>) = change
+        .metafields
+        .into_iter()
+        .partition(|(_, value)| value.is_some());
+    if !set.is_empty() {
+        current = state
+            .conversations
+            .with_actor(&caller.actor())
+            .set_metafields(api::SetMetafieldsRequest {
+                workspace_id: workspace_id.clone(),
+                request_id: format!("{request_id}:metafields"),
+                conversation_id: id.clone(),
+                metafields: set
+                    .into_iter()
+                    .map(|(k, v)| (k, v.unwrap_or_default()))
+                    .collect(),
+            })
+            .await?
+            .conversation
+            .unwrap_or(current);
+    }
+    if !remove.is_empty() {
+        current = state
+            .conversations
+            .with_actor(&caller.actor())
+            .remove_metafields(api::RemoveMetafieldsRequest {
+                workspace_id: workspace_id.clone(),
+                request_id: format!("{request_id}:remove"),
+                conversation_id: id.clone(),
+                keys: remove.into_iter().map(|(k, _)| k).collect(),
+            })
+            .await?
+            .conversation
+            .unwrap_or(current);
+    }
+    if let Some(status) = change.status {
+        current = state
+            .conversations
+            .with_actor(&caller.actor())
+            .set_status(api::SetStatusRequest {
+                workspace_id,
+                request_id: format!("{request_id}:status"),
+                conversation_id: id,
+                status: status.to_pb() as i32,
+            })
+            .await?
+            .conversation
+            .unwrap_or(current);
+    }
+    Ok(with_etag(StatusCode::OK, current))
+}
+
+/// Lists a conversation's messages, oldest first.
+#[utoipa::path(
+    get, path = "/conversations/{id}/messages", tag = "conversations",
+    params(("id" = String, Path, description = "The conversation's id, `conv_...`"), Page),
+    responses(
+        (status = 200, description = "One page of messages", body = List<Message>,
+            headers(("Link" = String, description = "`<...>; rel=\"next\"` when more follow"))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_messages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(page_of): Query<Page>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let limit = page_of.limit()?;
+    let answer = state
+        .conversations
+        .with_actor(&caller.actor())
+        .list_messages(api::ListMessagesRequest {
+            workspace_id: caller.workspace_id.clone(),
+            conversation_id: id.clone(),
+            limit,
+            cursor: page_of.cursor.unwrap_or_default(),
+        })
+        .await?;
+    let data: Vec<Message> = answer.messages.into_iter().map(Into::into).collect();
+    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    Ok(page(
+        &format!("/v1/conversations/{id}/messages"),
+        limit,
+        data,
+        next,
+    ))
+}
+
+/// A message to add.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "An operator here: your refund is on its way.", "author": "human"}))]
+pub struct AddMessage {
+    /// Up to 32 KiB.
+    pub text: String,
+    /// `human` (an operator, the default), `customer` (an API channel's customer) or
+    /// `system`.
+    pub author: Option<Author>,
+}
+
+/// Adds an operator's (or an API channel customer's) message.
+#[utoipa::path(
+    post, path = "/conversations/{id}/messages", tag = "conversations",
+    params(
+        ("id" = String, Path, description = "The conversation's id, `conv_...`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer to the same request"),
+    ),
+    request_body = AddMessage,
+    responses(
+        (status = 201, description = "Added", body = Message),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn add_message(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+    Json(body): Json<AddMessage>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let author = body.author.unwrap_or(Author::Human);
+    if author == Author::Agent {
+        return Err(ApiError::field(
+            "author",
+            "the agent speaks through flows; use human, customer or system",
+        ));
+    }
+    let answer = state
+        .conversations
+        .with_actor(&caller.actor())
+        .add_message(api::AddMessageRequest {
+            workspace_id: caller.workspace_id.clone(),
+            request_id,
+            conversation_id: id,
+            author: author.to_pb() as i32,
+            kind: pb::MessageKind::Text as i32,
+            text: body.text,
+            ..Default::default()
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Message::from(answer.message.unwrap_or_default())),
+    )
+        .into_response())
+}

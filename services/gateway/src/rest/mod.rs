@@ -1,0 +1,420 @@
+//! The REST API under `/v1`: one module per resource, each handler with its request and
+//! response types beside it and its OpenAPI entry generated from them (utoipa), one list
+//! shape ([`List`]) and one error shape ([`problem::Problem`]) for every resource.
+//!
+//! Every request passes, outermost first: the request id (`Request-Id`, and the error body
+//! rendered with it), the body limit, authentication (the workspace comes from the key,
+//! never from the request), and for a `POST` with `Idempotency-Key` the replay of the first
+//! answer.
+
+pub mod api_keys;
+pub mod conversations;
+pub mod extract;
+pub mod problem;
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use switchboard_clients::ConversationsClient;
+use switchboard_eventlog::now_micros;
+use switchboard_runtime::codes;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::domain::Access;
+use crate::service::{ApiKeys, Caller};
+use crate::store::IdempotentAnswer;
+use problem::ApiError;
+
+/// The largest body a request may have.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What every handler reaches.
+#[derive(Clone)]
+pub struct AppState {
+    pub keys: ApiKeys,
+    pub conversations: ConversationsClient,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchboard API",
+        version = "1.0.0",
+        description = "The REST API of a Switchboard workspace. Authenticate with an API key \
+            (`Authorization: Bearer sbk_live_...`); the key's workspace is the one every request \
+            acts on. Lists are cursor-paginated (`limit`, `cursor`; answers `{data, has_more, \
+            next_cursor}` and a `Link: rel=\"next\"` header). Errors are RFC 9457 \
+            `application/problem+json` with a registered `code`. A `POST` with an \
+            `Idempotency-Key` header is answered once: the same key and body replay the first \
+            answer for 24 hours, another body with the same key is refused."
+    ),
+    tags(
+        (name = "conversations", description = "Conversations and their messages"),
+        (name = "api-keys", description = "The workspace's API keys (`admin` scope)"),
+    ),
+    components(schemas(problem::Problem, problem::FieldError)),
+    modifiers(&BearerAuth),
+    security(("api_key" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "api_key",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .bearer_format("sbk_live_...")
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// The OpenAPI document and the routes it describes.
+pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::new()
+        .merge(conversations::routes())
+        .merge(api_keys::routes());
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/v1", v1)
+        .split_for_parts()
+}
+
+/// The whole REST server: `/v1` behind authentication, `/openapi.json` and `/docs` open.
+pub fn router(state: AppState) -> axum::Router {
+    let (v1, openapi) = api();
+    let document: Arc<str> = openapi.to_pretty_json().unwrap_or_default().into();
+    let v1 = v1
+        .layer(middleware::from_fn_with_state(state.clone(), idempotency))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    axum::Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
+        )
+        .route("/docs", get(|| async { Html(DOCS_PAGE) }))
+        .merge(v1)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                &codes::API_NOT_FOUND,
+                "no such path; the API is under /v1 (see /docs)",
+            )
+        })
+        .with_state(state)
+        .layer(middleware::from_fn(request_id))
+}
+
+/// The API reference, rendered in the browser from `/openapi.json`.
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html>
+  <head><meta charset="utf-8"/><title>Switchboard API</title></head>
+  <body>
+    <script id="api-reference" data-url="/openapi.json"></script>
+    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+  </body>
+</html>
+"#;
+
+/// The `Request-Id` header.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
+
+/// This request's id, `req_<ulid>`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Gives every request an id, answers it in `Request-Id`, and renders errors with it.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Some(error) = response.extensions_mut().remove::<ApiError>() {
+        let headers = std::mem::take(response.headers_mut());
+        response = problem::render(&error, &id);
+        for (name, value) in &headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                response.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+/// Checks the bearer key; the caller it stands for goes into the request's extensions.
+async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let unauthenticated = |detail: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            &codes::API_UNAUTHENTICATED,
+            detail,
+        )
+    };
+    let Some(presented) = presented else {
+        return Err(unauthenticated(
+            "send your API key as `Authorization: Bearer sbk_live_...`",
+        ));
+    };
+    let Some(caller) = state.keys.authenticate(presented).await? else {
+        return Err(unauthenticated(
+            "the API key is not live: unknown, revoked or expired",
+        ));
+    };
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                &codes::API_UNAUTHENTICATED,
+                "send your API key as `Authorization: Bearer sbk_live_...`",
+            )
+        })
+    }
+}
+
+impl Caller {
+    /// Refuses (403) unless the key's scopes allow `access` to `resource`.
+    pub fn require(&self, resource: &str, access: Access) -> Result<(), ApiError> {
+        if self.may(resource, access) {
+            return Ok(());
+        }
+        let needed = match (resource, access) {
+            ("api_keys", _) => "admin".to_owned(),
+            (resource, Access::Read) => format!("read or {resource}:read"),
+            (resource, Access::Write) => format!("write or {resource}:write"),
+        };
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            &codes::API_FORBIDDEN,
+            format!("this key's scopes do not allow this; it needs `{needed}`"),
+        ))
+    }
+}
+
+/// The id that makes a write idempotent in the services: derived from the
+/// `Idempotency-Key` when the request has one, fresh otherwise.
+#[derive(Debug, Clone)]
+pub struct RequestKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestKey {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestKey>()
+            .cloned()
+            .unwrap_or_else(|| {
+                RequestKey(format!(
+                    "api_{}",
+                    ulid::Ulid::new().to_string().to_lowercase()
+                ))
+            }))
+    }
+}
+
+/// Marks an answer that must not be kept for replay (it shows a secret once).
+#[derive(Debug, Clone, Copy)]
+pub struct NotKept;
+
+/// The longest `Idempotency-Key` taken.
+const IDEMPOTENCY_KEY_BYTES: usize = 255;
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Stripe's rule for a `POST` with `Idempotency-Key`: the same key and body replay the
+/// first answer (for 24 hours), another body with the same key is refused. Answers that
+/// are the server's failure (5xx) are not kept, so a retry runs again.
+async fn idempotency(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if request.method() != Method::POST {
+        return Ok(next.run(request).await);
+    }
+    let Some(key) = request.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(next.run(request).await);
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_BYTES)
+        .ok_or_else(|| {
+            ApiError::field(
+                "header.Idempotency-Key",
+                format!("1 to {IDEMPOTENCY_KEY_BYTES} visible ASCII characters"),
+            )
+        })?
+        .to_owned();
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, &codes::API_UNAUTHENTICATED, ""))?;
+    let (mut parts, body) = request.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &codes::API_TOO_LARGE,
+            "the body is larger than 1 MiB",
+        )
+    })?;
+    let fingerprint = {
+        let mut hash = Sha256::new();
+        hash.update(parts.uri.path().as_bytes());
+        hash.update([0]);
+        hash.update(parts.uri.query().unwrap_or("").as_bytes());
+        hash.update([0]);
+        hash.update(&bytes);
+        hex::encode(hash.finalize())
+    };
+    let store = state.keys.store();
+    let now = now_micros();
+    if let Some(first) = store
+        .idempotent_answer(&caller.workspace_id, &key, now)
+        .await?
+    {
+        if first.request_hash != fingerprint {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &codes::API_IDEMPOTENCY_KEY_REUSED,
+                "this Idempotency-Key was used with another request; use a new key for a new \
+                 request",
+            ));
+        }
+        let mut response = (
+            StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK),
+            [(header::CONTENT_TYPE, "application/json")],
+            first.body,
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        return Ok(response);
+    }
+    parts.extensions.insert(RequestKey(format!("idem_{key}")));
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if response.status().is_server_error()
+        || response.extensions().get::<ApiError>().is_some()
+        || response.extensions().get::<NotKept>().is_some()
+    {
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    store
+        .keep_answer(
+            &caller.workspace_id,
+            &key,
+            &IdempotentAnswer {
+                request_hash: fingerprint,
+                status: parts.status.as_u16(),
+                body: body.to_vec(),
+            },
+            now,
+        )
+        .await?;
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// One page of any list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T> {
+    /// The page's items, in the list's order.
+    pub data: Vec<T>,
+    /// Whether another page follows.
+    pub has_more: bool,
+    /// Pass as `cursor` to get the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Paging of every list.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct Page {
+    /// Items per page, 1 to 100.
+    #[param(minimum = 1, maximum = 100, example = 20)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    /// The page size asked for, checked.
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(20),
+            Some(n @ 1..=100) => Ok(n),
+            Some(_) => Err(ApiError::field("query.limit", "1 to 100")),
+        }
+    }
+}
+
+/// A list answer: the page, and `Link: <path?cursor=..>; rel="next"` when more follow.
+pub fn page<T: Serialize>(
+    path: &str,
+    limit: u32,
+    data: Vec<T>,
+    next_cursor: Option<String>,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Some(cursor) = &next_cursor {
+        let link = format!("<{path}?limit={limit}&cursor={cursor}>; rel=\"next\"");
+        if let Ok(value) = HeaderValue::from_str(&link) {
+            headers.insert(header::LINK, value);
+        }
+    }
+    let list = List {
+        has_more: next_cursor.is_some(),
+        data,
+        next_cursor,
+    };
+    (headers, axum::Json(list)).into_response()
+}

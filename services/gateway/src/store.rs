@@ -1,0 +1,360 @@
+//! The gateway's read models: `api_keys` (one row per key, kept by the projection of the
+//! key rings; found by prefix on every request, so a revocation counts on every replica at
+//! once) and two operational tables that are not event-sourced: keys' last use (written at
+//! most once a minute per key) and `Idempotency-Key` records (the first answer to a POST,
+//! kept 24 hours).
+
+use async_trait::async_trait;
+use switchboard_eventlog::{
+    EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
+};
+use switchboard_proto::gateway::v1::ApiKey;
+
+use crate::domain::Event;
+
+/// Read-model DDL; `{bytes}` is the binary column type of the backend.
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    prefix TEXT NOT NULL UNIQUE,
+    secret_hash {bytes} NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    rotated_from TEXT NOT NULL,
+    rotated_to TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_workspace ON api_keys (workspace_id, created_at, id);
+CREATE TABLE IF NOT EXISTS api_key_use (
+    id TEXT PRIMARY KEY,
+    last_used_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    workspace_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body {bytes} NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, idempotency_key)
+);
+";
+
+/// The read models' DDL for Postgres and SQLite.
+pub fn read_model_ddl() -> (String, String) {
+    (
+        DDL.replace("{bytes}", "BYTEA"),
+        DDL.replace("{bytes}", "BLOB"),
+    )
+}
+
+/// Keeps `api_keys` in step with the key rings.
+pub struct GatewayProjection;
+
+#[async_trait]
+impl Projection for GatewayProjection {
+    fn name(&self) -> &str {
+        "gateway"
+    }
+
+    async fn apply(&self, tx: &mut Tx<'_>, events: &[RecordedEvent]) -> Result<(), EventLogError> {
+        for recorded in events {
+            match Event::decode(recorded)? {
+                Some(Event::Created(created)) => {
+                    if let Some(key) = created.key {
+                        insert(tx, &key).await?;
+                    }
+                }
+                Some(Event::Revoked(revoked)) => {
+                    on_conn!(tx, conn => sqlx::query(
+                        "UPDATE api_keys SET revoked_at = $1 WHERE id = $2",
+                    )
+                    .bind(revoked.revoked_at)
+                    .bind(&revoked.id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                Some(Event::Rotated(rotated)) => {
+                    let successor = rotated.successor.unwrap_or_default();
+                    on_conn!(tx, conn => sqlx::query(
+                        "UPDATE api_keys SET expires_at = $1, rotated_to = $2 WHERE id = $3",
+                    )
+                    .bind(rotated.expires_at)
+                    .bind(&successor.id)
+                    .bind(&rotated.id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                    insert(tx, &successor).await?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
+        on_conn!(tx, conn => sqlx::query("DELETE FROM api_keys")
+            .execute(&mut *conn)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+}
+
+async fn insert(tx: &mut Tx<'_>, key: &ApiKey) -> Result<(), EventLogError> {
+    let scopes = serde_json::to_string(&key.scopes).unwrap_or_else(|_| "[]".into());
+    on_conn!(tx, conn => sqlx::query(
+        "INSERT INTO api_keys (id, workspace_id, name, scopes, prefix, secret_hash, created_at,
+             expires_at, revoked_at, created_by, rotated_from, rotated_to)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, '')
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&key.id)
+    .bind(&key.workspace_id)
+    .bind(&key.name)
+    .bind(&scopes)
+    .bind(&key.prefix)
+    .bind(&key.secret_hash)
+    .bind(key.created_at)
+    .bind(key.expires_at)
+    .bind(&key.created_by)
+    .bind(&key.rotated_from)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+/// A key as the read model has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: String,
+    pub workspace_id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub prefix: String,
+    pub secret_hash: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked_at: i64,
+    pub created_by: String,
+    pub rotated_from: String,
+    pub rotated_to: String,
+    /// 0: never used.
+    pub last_used_at: i64,
+}
+
+impl KeyRecord {
+    /// Whether the key is refused at `now`.
+    pub fn refused_at(&self, now: i64) -> bool {
+        self.revoked_at != 0 || (self.expires_at != 0 && self.expires_at <= now)
+    }
+}
+
+type KeyRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<i64>,
+);
+
+const KEY_COLUMNS: &str = "k.id, k.workspace_id, k.name, k.scopes, k.prefix, k.secret_hash,
+    k.created_at, k.expires_at, k.revoked_at, k.created_by, k.rotated_from, k.rotated_to,
+    u.last_used_at";
+
+fn record(row: KeyRow) -> KeyRecord {
+    let (id, workspace_id, name, scopes, prefix, secret_hash, created_at, expires_at) =
+        (row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7);
+    KeyRecord {
+        id,
+        workspace_id,
+        name,
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        prefix,
+        secret_hash,
+        created_at,
+        expires_at,
+        revoked_at: row.8,
+        created_by: row.9,
+        rotated_from: row.10,
+        rotated_to: row.11,
+        last_used_at: row.12.unwrap_or(0),
+    }
+}
+
+/// A stored `Idempotency-Key` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentAnswer {
+    pub request_hash: String,
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// How long an `Idempotency-Key` answer is kept, in microseconds (24 hours, as Stripe).
+pub const IDEMPOTENCY_TTL: i64 = 24 * 3600 * 1_000_000;
+/// Last use is written at most this often per key, in microseconds.
+const TOUCH_EVERY: i64 = 60 * 1_000_000;
+
+/// Queries over the gateway's read models.
+#[derive(Clone)]
+pub struct GatewayStore {
+    log: EventLog,
+}
+
+impl GatewayStore {
+    pub fn new(log: EventLog) -> Self {
+        Self { log }
+    }
+
+    /// The key with this public prefix, of any workspace.
+    pub async fn by_prefix(&self, prefix: &str) -> Result<Option<KeyRecord>, EventLogError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k LEFT JOIN api_key_use u ON u.id = k.id
+             WHERE k.prefix = $1"
+        );
+        let row: Option<KeyRow> = on_pool!(self.log, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(prefix)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(record))
+    }
+
+    /// A workspace's key.
+    pub async fn get(
+        &self,
+        workspace_id: &str,
+        id: &str,
+    ) -> Result<Option<KeyRecord>, EventLogError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k LEFT JOIN api_key_use u ON u.id = k.id
+             WHERE k.workspace_id = $1 AND k.id = $2"
+        );
+        let row: Option<KeyRow> = on_pool!(self.log, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(workspace_id)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(record))
+    }
+
+    /// A page of a workspace's keys, newest first, after the key `after` (its
+    /// `(created_at, id)`), and whether more follow.
+    pub async fn list(
+        &self,
+        workspace_id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<(Vec<KeyRecord>, bool), EventLogError> {
+        let (created_at, id) = after.unwrap_or((i64::MAX, String::new()));
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k LEFT JOIN api_key_use u ON u.id = k.id
+             WHERE k.workspace_id = $1
+               AND (k.created_at < $2 OR (k.created_at = $2 AND k.id < $3))
+             ORDER BY k.created_at DESC, k.id DESC
+             LIMIT $4"
+        );
+        let rows: Vec<KeyRow> = on_pool!(self.log, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(workspace_id)
+            .bind(created_at)
+            .bind(&id)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await)?;
+        let more = rows.len() > limit as usize;
+        Ok((
+            rows.into_iter().take(limit as usize).map(record).collect(),
+            more,
+        ))
+    }
+
+    /// Records that key `id` was used at `now`, unless it was within the last minute.
+    pub async fn touch(&self, id: &str, now: i64) -> Result<(), EventLogError> {
+        on_pool!(self.log, pool => sqlx::query(
+            "INSERT INTO api_key_use (id, last_used_at) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET last_used_at = excluded.last_used_at
+             WHERE api_key_use.last_used_at < excluded.last_used_at - $3",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(TOUCH_EVERY)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// The stored answer to `key` in the workspace, if one younger than a day is kept.
+    pub async fn idempotent_answer(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<Option<IdempotentAnswer>, EventLogError> {
+        let row: Option<(String, i32, Vec<u8>)> = on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT request_hash, status, body FROM idempotency
+             WHERE workspace_id = $1 AND idempotency_key = $2 AND created_at > $3",
+        )
+        .bind(workspace_id)
+        .bind(key)
+        .bind(now - IDEMPOTENCY_TTL)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(|(request_hash, status, body)| IdempotentAnswer {
+            request_hash,
+            status: u16::try_from(status).unwrap_or(500),
+            body,
+        }))
+    }
+
+    /// Keeps the first answer to `key`; a concurrent first answer wins and this one is
+    /// dropped. Answers older than a day are cleared on the way.
+    pub async fn keep_answer(
+        &self,
+        workspace_id: &str,
+        key: &str,
+        answer: &IdempotentAnswer,
+        now: i64,
+    ) -> Result<(), EventLogError> {
+        on_pool!(self.log, pool => sqlx::query(
+            "DELETE FROM idempotency WHERE workspace_id = $1 AND idempotency_key = $2
+               AND created_at <= $3",
+        )
+        .bind(workspace_id)
+        .bind(key)
+        .bind(now - IDEMPOTENCY_TTL)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        on_pool!(self.log, pool => sqlx::query(
+            "INSERT INTO idempotency (workspace_id, idempotency_key, request_hash, status, body,
+                 created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (workspace_id, idempotency_key) DO NOTHING",
+        )
+        .bind(workspace_id)
+        .bind(key)
+        .bind(&answer.request_hash)
+        .bind(i32::from(answer.status))
+        .bind(&answer.body)
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,799 @@
+//! The REST API over real HTTP: a gateway on loopback in front of a real conversations
+//! service (gRPC on loopback), both on SQLite logs in a temporary directory. Every JSON
+//! answer is checked against the OpenAPI document the gateway serves.
+
+use std::net::SocketAddr;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchboard_clients::{ClientConfig, ConversationsClient};
+use switchboard_eventlog::StoreConfig;
+use switchboard_gateway::ApiKeys;
+use switchboard_gateway::rest::{AppState, router};
+use switchboard_runtime::GrpcServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A gateway and a conversations service, and keys of two workspaces.
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    keys: ApiKeys,
+    /// The conversations service's log, to see what a request recorded.
+    conversations_log: switchboard_eventlog::EventLog,
+    /// Workspace A: `read` + `write` (key id `a_id`), and `admin`.
+    a: String,
+    a_id: String,
+    a_admin: String,
+    /// Workspace B: `read` + `write`.
+    b: String,
+    document: Value,
+    shutdown: CancellationToken,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            let path = std::env::temp_dir().join(format!("gateway-{}", uuid::Uuid::now_v7()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Api {
+    async fn start() -> Self {
+        switchboard_outbound::install_crypto_provider();
+        let dir = tempdir::Dir::new();
+        let shutdown = CancellationToken::new();
+        let conversations_log = switchboard_conversations::open_log(&StoreConfig::Sqlite {
+            path: dir.0.join("conversations.db"),
+        })
+        .await
+        .unwrap();
+        conversations_log.migrate().await.unwrap();
+        let conversations_log_clone = conversations_log.clone();
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc_addr = grpc.local_addr().unwrap();
+        let server = GrpcServer::new().add_service(
+            switchboard_conversations::GRPC_SERVICE,
+            switchboard_conversations::ConversationsApi::over(conversations_log.clone())
+                .into_server(),
+        );
+        tokio::spawn(server.serve(grpc, shutdown.clone()));
+        let log_for_test = conversations_log_clone;
+
+        let gateway_log = switchboard_gateway::open_log(&StoreConfig::Sqlite {
+            path: dir.0.join("gateway.db"),
+        })
+        .await
+        .unwrap();
+        gateway_log.migrate().await.unwrap();
+        let keys = ApiKeys::new(gateway_log);
+        let conversations = ConversationsClient::connect_lazy(&ClientConfig::new(
+            format!("http://{grpc_addr}"),
+            None,
+            "gateway",
+        ))
+        .unwrap();
+        let app = router(AppState {
+            keys: keys.clone(),
+            conversations,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+                    .unwrap();
+            });
+        }
+        let key = |ws: &'static str, scopes: &'static [&'static str]| {
+            let keys = keys.clone();
+            async move {
+                let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+                keys.create(
+                    ws,
+                    &uuid::Uuid::now_v7().to_string(),
+                    "test",
+                    &scopes,
+                    0,
+                    "cli",
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let a_created = key("ws_a", &["read", "write"]).await;
+        let (a, a_id) = (a_created.key, a_created.record.id);
+        let a_admin = key("ws_a", &["admin"]).await.key;
+        let b = key("ws_b", &[]).await.key;
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}");
+        let document: Value = http
+            .get(format!("{base}/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            base,
+            http,
+            keys,
+            conversations_log: log_for_test,
+            a,
+            a_id,
+            a_admin,
+            b,
+            document,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a request with `key` (none when empty) and checks the answer against the
+    /// OpenAPI document: a JSON body must match the operation's schema for its status, an
+    /// error must be problem+json with a request id equal to the `Request-Id` header.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if !key.is_empty() {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let request_id = headers
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(request_id.starts_with("req_"), "{path}: no Request-Id");
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = response.text().await.unwrap();
+        let body: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
+        };
+        if !status.is_success() && status != StatusCode::NOT_MODIFIED {
+            assert_eq!(content_type, "application/problem+json", "{path}: {text}");
+            assert_eq!(body["request_id"], request_id.as_str());
+            assert_eq!(body["status"], status.as_u16());
+            assert!(
+                body["code"].as_str().unwrap().starts_with("SB-API-")
+                    || body["code"].as_str().unwrap().starts_with("SB-CONV-")
+            );
+        }
+        self.check_against_document(&method, path, status, &body);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn check_against_document(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        status: StatusCode,
+        body: &Value,
+    ) {
+        if body.is_null() {
+            return;
+        }
+        let path = path.split('?').next().unwrap();
+        let paths = self.document["paths"].as_object().unwrap();
+        let Some((_, operations)) = paths
+            .iter()
+            .find(|(template, _)| matches_template(template, path))
+        else {
+            // A path the API does not have: its 404 was checked as a problem above.
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "{path} is not in the document"
+            );
+            return;
+        };
+        let operation = &operations[method.as_str().to_lowercase()];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        let responses = &operation["responses"];
+        let response = if responses[status.as_str()].is_object() {
+            &responses[status.as_str()]
+        } else {
+            &responses[format!("{}XX", status.as_u16() / 100)]
+        };
+        assert!(
+            response.is_object(),
+            "{method} {path}: status {status} is not documented"
+        );
+        let content = response["content"].as_object().unwrap();
+        let (_, media) = content.iter().next().unwrap();
+        let mut schema = media["schema"].clone();
+        schema
+            .as_object_mut()
+            .unwrap()
+            .insert("components".into(), self.document["components"].clone());
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .unwrap();
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: the answer does not match the document: {errors:?}\n{body}"
+        );
+    }
+
+    async fn get(&self, path: &str, key: &str) -> Answer {
+        self.call(reqwest::Method::GET, path, key, None, &[]).await
+    }
+
+    async fn post(&self, path: &str, key: &str, body: Value) -> Answer {
+        self.call(reqwest::Method::POST, path, key, Some(body), &[])
+            .await
+    }
+
+    async fn start_conversation(&self, key: &str, user: &str) -> Value {
+        let answer = self
+            .post("/v1/conversations", key, json!({"user_id": user}))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.body
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn matches_template(template: &str, path: &str) -> bool {
+    let t: Vec<&str> = template.split('/').collect();
+    let p: Vec<&str> = path.split('/').collect();
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}')) || t == p)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_request_without_a_live_key_is_401_problem_json() {
+    let api = Api::start().await;
+    let none = api.get("/v1/conversations", "").await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.body["code"], "SB-API-0401");
+    for bad in [
+        "sbk_live_0000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "not a key",
+        &api.a[..api.a.len() - 1],
+    ] {
+        let answer = api.get("/v1/conversations", bad).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert_eq!(answer.header("www-authenticate"), "Bearer");
+    }
+    let unknown_path = api.get("/v2/nothing", &api.a).await;
+    assert_eq!(unknown_path.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn conversations_start_read_change_and_talk_with_etags() {
+    let api = Api::start().await;
+    let started = api.start_conversation(&api.a, "user_1").await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    assert_eq!(started["channel"], "api");
+    assert_eq!(started["status"], "active");
+    assert_eq!(started["url"], format!("/v1/conversations/{id}"));
+
+    let read = api.get(&format!("/v1/conversations/{id}"), &api.a).await;
+    assert_eq!(read.status, StatusCode::OK);
+    let etag = read.header("etag");
+    assert_eq!(etag, format!("\"{}\"", read.body["version"]));
+    let unchanged = api
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/conversations/{id}"),
+            &api.a,
+            None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+
+    let changed = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/conversations/{id}"),
+            &api.a,
+            Some(json!({"status": "on_hold", "metafields": {"plan": "pro"}})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(changed.body["status"], "on_hold");
+    assert_eq!(changed.body["metafields"]["plan"], "pro");
+    assert_ne!(changed.header("etag"), etag);
+
+    let stale = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/conversations/{id}"),
+            &api.a,
+            Some(json!({"status": "resolved"})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.body["code"], "SB-API-0412");
+
+    let removed = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/conversations/{id}"),
+            &api.a,
+            Some(json!({"metafields": {"plan": null}})),
+            &[],
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::OK);
+    assert!(removed.body["metafields"].get("plan").is_none());
+
+    for text in ["first", "second"] {
+        let added = api
+            .post(
+                &format!("/v1/conversations/{id}/messages"),
+                &api.a,
+                json!({"text": text}),
+            )
+            .await;
+        assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+        assert_eq!(added.body["author"], "human");
+    }
+    let messages = api
+        .get(&format!("/v1/conversations/{id}/messages"), &api.a)
+        .await;
+    let texts: Vec<&str> = messages.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["first", "second"]);
+
+    // The conversations service recorded who acted: the key, not the gateway.
+    let events = api
+        .conversations_log
+        .read_all(switchboard_eventlog::LogPosition::default(), 1000)
+        .await
+        .unwrap();
+    let actors: std::collections::BTreeSet<&str> =
+        events.iter().map(|e| e.metadata.actor.as_str()).collect();
+    assert_eq!(
+        actors,
+        [format!("api_key:{}", api.a_id).as_str()]
+            .into_iter()
+            .collect()
+    );
+
+    let agent = api
+        .post(
+            &format!("/v1/conversations/{id}/messages"),
+            &api.a,
+            json!({"text": "hi", "author": "agent"}),
+        )
+        .await;
+    assert_eq!(agent.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(agent.body["errors"][0]["field"], "author");
+}
+
+#[tokio::test]
+async fn lists_page_by_cursor_with_a_link_to_the_next_page() {
+    let api = Api::start().await;
+    let mut started = Vec::new();
+    for i in 0..5 {
+        started.push(
+            api.start_conversation(&api.a, &format!("user_{i}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/conversations?limit=2".to_owned();
+    loop {
+        let page = api.get(&path, &api.a).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let data = page.body["data"].as_array().unwrap();
+        assert!(data.len() <= 2);
+        seen.extend(data.iter().map(|c| c["id"].as_str().unwrap().to_owned()));
+        if !page.body["has_more"].as_bool().unwrap() {
+            assert!(page.body["next_cursor"].is_null());
+            assert_eq!(page.header("link"), "");
+            break;
+        }
+        let cursor = page.body["next_cursor"].as_str().unwrap();
+        let link = page.header("link");
+        assert!(
+            link.contains(cursor) && link.ends_with("rel=\"next\""),
+            "{link}"
+        );
+        path = format!("/v1/conversations?limit=2&cursor={cursor}");
+    }
+    seen.sort();
+    started.sort();
+    assert_eq!(seen, started);
+
+    let too_many = api.get("/v1/conversations?limit=1000", &api.a).await;
+    assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(too_many.body["errors"][0]["field"], "query.limit");
+    let not_a_number = api.get("/v1/conversations?limit=many", &api.a).await;
+    assert_eq!(not_a_number.status, StatusCode::BAD_REQUEST);
+    let unknown_filter = api.get("/v1/conversations?colour=red", &api.a).await;
+    assert_eq!(unknown_filter.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn another_workspaces_resources_are_404_like_missing_ones() {
+    let api = Api::start().await;
+    let id = api.start_conversation(&api.a, "user_1").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let missing = api.get("/v1/conversations/conv_nothing", &api.b).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let foreign = api.get(&format!("/v1/conversations/{id}"), &api.b).await;
+    assert_eq!(foreign.status, StatusCode::NOT_FOUND);
+    assert_eq!(foreign.body["code"], missing.body["code"]);
+    assert!(!foreign.body.to_string().contains("user_1"));
+    for (method, path, body) in [
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/conversations/{id}"),
+            Some(json!({"status": "resolved"})),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/conversations/{id}/messages"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/conversations/{id}/messages"),
+            Some(json!({"text": "hi"})),
+        ),
+    ] {
+        let answer = api.call(method.clone(), &path, &api.b, body, &[]).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    let list = api.get("/v1/conversations", &api.b).await;
+    assert_eq!(list.body["data"], json!([]));
+    // A's conversation is untouched.
+    let read = api.get(&format!("/v1/conversations/{id}"), &api.a).await;
+    assert_eq!(read.body["status"], "active");
+    assert_eq!(read.body["message_count"], 0);
+}
+
+#[tokio::test]
+async fn scopes_limit_what_a_key_may_do() {
+    let api = Api::start().await;
+    let create = |scopes: &'static [&'static str]| {
+        let keys = api.keys.clone();
+        async move {
+            let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
+            keys.create(
+                "ws_a",
+                &uuid::Uuid::now_v7().to_string(),
+                "scoped",
+                &scopes,
+                0,
+                "cli",
+            )
+            .await
+            .unwrap()
+            .key
+        }
+    };
+    let reader = create(&["conversations:read"]).await;
+    let flows_writer = create(&["flows:write"]).await;
+    assert_eq!(
+        api.get("/v1/conversations", &reader).await.status,
+        StatusCode::OK
+    );
+    let refused = api
+        .post("/v1/conversations", &reader, json!({"user_id": "u"}))
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.body["code"], "SB-API-0403");
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("conversations:write")
+    );
+    assert_eq!(
+        api.get("/v1/conversations", &flows_writer).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Only admin manages keys.
+    assert_eq!(
+        api.get("/v1/api-keys", &api.a).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.get("/v1/api-keys", &api.a_admin).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() {
+    let api = Api::start().await;
+    let send = |body: Value| {
+        api.call(
+            reqwest::Method::POST,
+            "/v1/conversations",
+            &api.a,
+            Some(body),
+            &[("idempotency-key", "order-4711")],
+        )
+    };
+    let first = send(json!({"user_id": "user_1"})).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = send(json!({"user_id": "user_1"})).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.header("idempotent-replayed"), "true");
+    let other = send(json!({"user_id": "user_2"})).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.body["code"], "SB-API-0006");
+    let list = api.get("/v1/conversations", &api.a).await;
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 1);
+    // Keys are per workspace: B's same key is B's own.
+    let b = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/conversations",
+            &api.b,
+            Some(json!({"user_id": "user_2"})),
+            &[("idempotency-key", "order-4711")],
+        )
+        .await;
+    assert_eq!(b.status, StatusCode::CREATED);
+    assert_ne!(b.body["id"], first.body["id"]);
+}
+
+#[tokio::test]
+async fn bad_bodies_name_the_field_and_store_nothing() {
+    let api = Api::start().await;
+    let raw = api
+        .http
+        .post(format!("{}/v1/conversations", api.base))
+        .bearer_auth(&api.a)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        raw.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let unknown = api
+        .post(
+            "/v1/conversations",
+            &api.a,
+            json!({"user_id": "u", "colour": "red"}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(unknown.body["errors"][0]["field"], "colour");
+    let wrong_type = api
+        .post("/v1/conversations", &api.a, json!({"channel": "pigeon"}))
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_metafield = api
+        .post(
+            "/v1/conversations",
+            &api.a,
+            json!({"metafields": {"Not A Key!": "x"}}),
+        )
+        .await;
+    assert_eq!(
+        bad_metafield.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        bad_metafield.body
+    );
+    assert!(!bad_metafield.body["errors"].as_array().unwrap().is_empty());
+    let list = api.get("/v1/conversations", &api.a).await;
+    assert_eq!(list.body["data"], json!([]));
+}
+
+#[tokio::test]
+async fn keys_are_created_shown_once_rotated_and_revoked_at_once() {
+    let api = Api::start().await;
+    let created = api
+        .post(
+            "/v1/api-keys",
+            &api.a_admin,
+            json!({"name": "reporting", "scopes": ["conversations:read"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let key = created.body["key"].as_str().unwrap().to_owned();
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(created.body["prefix"].as_str().unwrap()));
+    assert_eq!(
+        api.get("/v1/conversations", &key).await.status,
+        StatusCode::OK
+    );
+
+    let listed = api.get("/v1/api-keys?limit=1", &api.a_admin).await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+    assert!(listed.body["has_more"].as_bool().unwrap());
+    assert!(
+        !listed.body.to_string().contains(&key),
+        "a list shows no secret"
+    );
+    let shown = api.get(&format!("/v1/api-keys/{id}"), &api.a_admin).await;
+    assert!(shown.body.get("key").is_none());
+    assert!(shown.body["last_used_at"].is_i64());
+
+    let foreign = api.get(&format!("/v1/api-keys/{id}"), &api.b).await;
+    assert_eq!(
+        foreign.status,
+        StatusCode::FORBIDDEN,
+        "B's key has no admin scope"
+    );
+
+    let rotated = api
+        .post(
+            &format!("/v1/api-keys/{id}/rotate"),
+            &api.a_admin,
+            json!({"overlap_seconds": 3600}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
+    let successor = rotated.body["key"].as_str().unwrap().to_owned();
+    assert_eq!(rotated.body["rotated_from"], id.as_str());
+    assert_eq!(rotated.body["scopes"], json!(["conversations:read"]));
+    assert_eq!(
+        api.get("/v1/conversations", &key).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get("/v1/conversations", &successor).await.status,
+        StatusCode::OK
+    );
+
+    let revoked = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/api-keys/{id}"),
+            &api.a_admin,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(revoked.body["revoked_at"].is_i64());
+    assert_eq!(
+        api.get("/v1/conversations", &key).await.status,
+        StatusCode::UNAUTHORIZED,
+        "a revoked key is refused on the next request"
+    );
+    assert_eq!(
+        api.get("/v1/conversations", &successor).await.status,
+        StatusCode::OK
+    );
+
+    let bad = api
+        .post(
+            "/v1/api-keys",
+            &api.a_admin,
+            json!({"name": "", "scopes": ["root"]}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "scopes[0]"]);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it() {
+    let api = Api::start().await;
+    let doc = &api.document;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/conversations",
+        "/v1/conversations/{id}",
+        "/v1/conversations/{id}/messages",
+        "/v1/api-keys",
+        "/v1/api-keys/{id}",
+        "/v1/api-keys/{id}/rotate",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not documented");
+        for (method, operation) in doc["paths"][path].as_object().unwrap() {
+            let problem = &operation["responses"]["4XX"]["content"]["application/problem+json"];
+            assert!(
+                problem.is_object(),
+                "{method} {path} documents no problem+json"
+            );
+        }
+    }
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    let request = &doc["components"]["schemas"]["StartConversation"];
+    assert_eq!(
+        request["additionalProperties"], false,
+        "request schemas are strict"
+    );
+    let docs = api
+        .http
+        .get(format!("{}/docs", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(docs.text().await.unwrap().contains("/openapi.json"));
+}
