@@ -9,9 +9,10 @@ use switchboard_proto::flows::v1::{
     DeleteDocumentsRequest, DeleteDocumentsResponse, Document, DocumentRef, Flow, FlowRef,
     FlowVersion, GetVersionRequest, InvokeActionWorkflowRequest, InvokeActionWorkflowResponse,
     KnowledgeCollection, ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest,
-    ListCollectionsResponse, ListFlowsRequest, ListFlowsResponse, ListVersionsResponse,
-    PublishRequest, ReplayDraftRequest, ReplayReport, RollbackRequest, SaveAssistantRequest,
-    SaveDraftRequest, SearchDocumentsRequest, SearchDocumentsResponse, UpsertDocumentsRequest,
+    ListCollectionsResponse, ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest,
+    ListFlowsResponse, ListVersionsResponse, PublishRequest, ReplayDraftRequest, ReplayReport,
+    RollbackRequest, SaveAssistantRequest, SaveDraftRequest, SearchDocumentsRequest,
+    SearchDocumentsResponse, UpdateCollectionRequest, UpsertDocumentsRequest,
     UpsertDocumentsResponse,
 };
 
@@ -66,6 +67,13 @@ typed_client! {
         fn get_document(DocumentRef) -> Document;
         /// Full-text search in one collection, best matches first.
         fn search_documents(SearchDocumentsRequest) -> SearchDocumentsResponse;
+        /// Changes a collection's name or description; idempotent by request id.
+        fn update_collection(UpdateCollectionRequest) -> KnowledgeCollection;
+        /// Deletes a collection and all its documents. Not retried: a second delete
+        /// answers `NOT_FOUND`.
+        @once fn delete_collection(CollectionRef) -> KnowledgeCollection;
+        /// One page of a collection's documents, by external id.
+        fn list_documents(ListDocumentsRequest) -> ListDocumentsResponse;
     }
 }
 

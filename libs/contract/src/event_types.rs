@@ -101,6 +101,10 @@ pub mod flows {
 /// The flows service's log: knowledge collections and documents.
 pub mod knowledge {
     pub const COLLECTION_CREATED: &str = "knowledge.collection_created";
+    /// Its name or description changed.
+    pub const COLLECTION_UPDATED: &str = "knowledge.collection_updated";
+    /// The collection and all its documents are gone; the last event of its stream.
+    pub const COLLECTION_DELETED: &str = "knowledge.collection_deleted";
     pub const DOCUMENT_UPSERTED: &str = "knowledge.document_upserted";
     pub const DOCUMENT_DELETED: &str = "knowledge.document_deleted";
 }

@@ -567,8 +567,8 @@ pub const API_PRECONDITION_FAILED: Code = Code {
 pub const API_TOO_LARGE: Code = Code {
     id: "SB-API-0413",
     status: Some(StatusCode::InvalidArgument),
-    meaning: "HTTP 413: the request body is larger than the API takes (1 MiB).",
-    action: "Send less per request.",
+    meaning: "HTTP 413: the request body is larger than the API takes (1 MiB; 16 MiB for a bulk request).",
+    action: "Send less per request (split a bulk request).",
 };
 /// HTTP 429.
 pub const API_RATE_LIMITED: Code = Code {

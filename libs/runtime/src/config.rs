@@ -44,6 +44,13 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `SWITCHBOARD_API_ADDR`: where the gateway serves the public REST API.
     pub api_addr: SocketAddr,
+    /// `SWITCHBOARD_API_PUBLIC_URL`: the REST API's public base URL
+    /// (`https://api.example.com`), for links in webhook bodies; unset: `dev` links to
+    /// `SWITCHBOARD_API_ADDR`, `serve` gives paths relative to the API.
+    pub api_public_url: Option<String>,
+    /// `SWITCHBOARD_API_RATE_PER_MINUTE`: requests one API key may make a minute, counted
+    /// across every gateway replica (1 to 1,000,000).
+    pub api_rate_per_minute: u32,
     /// `SWITCHBOARD_DATA_DIR`: local state for embedded mode.
     pub data_dir: PathBuf,
     /// `SWITCHBOARD_SERVICE_TOKEN`: bearer token required on internal gRPC; `None` = no auth.
@@ -152,6 +159,8 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            api_public_url: None,
+            api_rate_per_minute: 600,
             data_dir: PathBuf::from("./.switchboard"),
             service_token: None,
             otlp_endpoint: None,
@@ -211,6 +220,8 @@ impl fmt::Debug for Config {
             .field("flows_url", &self.flows_url)
             .field("connexease_sim_addr", &self.connexease_sim_addr)
             .field("api_addr", &self.api_addr)
+            .field("api_public_url", &self.api_public_url)
+            .field("api_rate_per_minute", &self.api_rate_per_minute)
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .field("webhook_retry_schedule", &self.webhook_retry_schedule)
             .field("webhook_timeout_secs", &self.webhook_timeout_secs)
@@ -344,6 +355,13 @@ impl Config {
                 "api_addr",
                 self.api_addr,
                 "must differ from SWITCHBOARD_GRPC_ADDR and SWITCHBOARD_HTTP_ADDR",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.api_rate_per_minute) {
+            return Err(invalid(
+                "api_rate_per_minute",
+                self.api_rate_per_minute,
+                "must be between 1 and 1000000",
             ));
         }
         if self.data_dir.as_os_str().is_empty() {
@@ -553,6 +571,7 @@ impl Config {
             &mut self.connexease_url,
             &mut self.actions_url,
             &mut self.flows_url,
+            &mut self.api_public_url,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;

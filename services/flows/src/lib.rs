@@ -162,6 +162,7 @@ impl Router for PublicEvents {
 /// A stored event's payload for people (`switchboard events tail`).
 fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
     use domain::event_types as t;
+    use knowledge::event_types as k;
     use switchboard_proto::flows::v1 as pb;
     let shown = match event.event_type.as_str() {
         t::FLOW_CREATED | t::FLOW_DRAFT_SAVED | t::FLOW_DRAFT_DISCARDED => {
@@ -173,6 +174,26 @@ fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
         t::ASSISTANT_SAVED => event
             .decode::<pb::AssistantSaved>()
             .map(|a| format!("{a:?}")),
+        k::COLLECTION_CREATED => event
+            .decode::<pb::CollectionCreated>()
+            .map(|c| format!("{c:?}")),
+        k::COLLECTION_UPDATED => event
+            .decode::<pb::CollectionUpdated>()
+            .map(|c| format!("{c:?}")),
+        k::COLLECTION_DELETED => event
+            .decode::<pb::CollectionDeleted>()
+            .map(|c| format!("{c:?}")),
+        // A document's body can be long: its id and hash say which version it is.
+        k::DOCUMENT_UPSERTED => event.decode::<pb::DocumentUpserted>().map(|u| {
+            format!(
+                "DocumentUpserted {{ external_id: {:?}, content_hash: {:?} }}",
+                u.document.map(|d| d.external_id).unwrap_or_default(),
+                u.content_hash
+            )
+        }),
+        k::DOCUMENT_DELETED => event
+            .decode::<pb::DocumentDeleted>()
+            .map(|d| format!("{d:?}")),
         _ => return format!("<{} bytes of unknown type>", event.payload.len()),
     };
     shown.unwrap_or_else(|e| format!("<undecodable: {e}>"))

@@ -9,8 +9,9 @@ use switchboard_eventlog::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
-    AssistantSaved, CollectionCreated, Document, DocumentDeleted, DocumentUpserted, FlowChanged,
-    FlowKind, FlowPublished, KnowledgeCollection, RunEventRecord, SearchHit,
+    AssistantSaved, CollectionCreated, CollectionUpdated, Document, DocumentDeleted,
+    DocumentUpserted, FlowChanged, FlowKind, FlowPublished, KnowledgeCollection, RunEventRecord,
+    SearchHit,
 };
 
 use crate::domain::event_types as t;
@@ -108,6 +109,40 @@ async fn delete_document(
     Ok(())
 }
 
+/// Forgets a deleted collection: its row, its documents and their search index.
+async fn delete_collection(
+    tx: &mut Tx<'_>,
+    ws: &str,
+    collection: &str,
+) -> Result<(), EventLogError> {
+    for table in ["collections", "collection_updates", "documents"] {
+        on_conn!(tx, conn => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE workspace_id = $1 AND collection_id = $2"
+        )))
+        .bind(ws)
+        .bind(collection)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
+    // Postgres's index is a generated column of `documents`, gone with the rows.
+    if let Tx::Sqlite(conn) = tx {
+        sqlx::query("DELETE FROM documents_fts WHERE workspace_id = $1 AND collection_id = $2")
+            .bind(ws)
+            .bind(collection)
+            .execute(&mut **conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn decode_document(record: &[u8]) -> Result<Document, EventLogError> {
+    Document::decode(record).map_err(|e| EventLogError::Projection {
+        name: "flows".into(),
+        reason: format!("a documents row does not decode: {e}"),
+    })
+}
+
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS flows (
     workspace_id TEXT NOT NULL,
@@ -152,8 +187,9 @@ CREATE TABLE IF NOT EXISTS timers (
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
 ";
 
-/// Knowledge: collections (names unique), documents, and the search index: a generated
-/// `tsvector` with a GIN index on Postgres, an FTS5 table on SQLite.
+/// Knowledge: collections (names unique), when each last changed (a table of its own, so
+/// that stores made before it need no change of `collections`), documents, and the search
+/// index: a generated `tsvector` with a GIN index on Postgres, an FTS5 table on SQLite.
 const KNOWLEDGE_DDL: &str = "
 CREATE TABLE IF NOT EXISTS collections (
     workspace_id TEXT NOT NULL,
@@ -164,6 +200,12 @@ CREATE TABLE IF NOT EXISTS collections (
     stream_version BIGINT NOT NULL,
     PRIMARY KEY (workspace_id, collection_id),
     CONSTRAINT collections_name_unique UNIQUE (workspace_id, name)
+);
+CREATE TABLE IF NOT EXISTS collection_updates (
+    workspace_id TEXT NOT NULL,
+    collection_id TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, collection_id)
 );
 ";
 
@@ -381,6 +423,39 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
+                k::COLLECTION_UPDATED => {
+                    let Some(c) = event.decode::<CollectionUpdated>()?.collection else {
+                        continue;
+                    };
+                    let collection = last_part(event);
+                    on_conn!(tx, conn => sqlx::query(
+                        "UPDATE collections SET name = $3, description = $4, stream_version = $5
+                         WHERE workspace_id = $1 AND collection_id = $2",
+                    )
+                    .bind(ws)
+                    .bind(collection)
+                    .bind(&c.name)
+                    .bind(&c.description)
+                    .bind(event.stream_version as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                    on_conn!(tx, conn => sqlx::query(
+                        "INSERT INTO collection_updates (workspace_id, collection_id, updated_at)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (workspace_id, collection_id) DO UPDATE SET
+                             updated_at = excluded.updated_at",
+                    )
+                    .bind(ws)
+                    .bind(collection)
+                    .bind(c.updated_at.as_ref().map_or(event.recorded_at, micros))
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                k::COLLECTION_DELETED => {
+                    delete_collection(tx, ws, last_part(event)).await?;
+                }
                 k::DOCUMENT_UPSERTED | k::DOCUMENT_DELETED => {
                     let collection = last_part(event);
                     on_conn!(tx, conn => sqlx::query(
@@ -415,6 +490,7 @@ impl Projection for FlowsProjection {
             "flows",
             "assistants",
             "collections",
+            "collection_updates",
             "documents",
             "runs",
             "run_starts",
@@ -611,7 +687,7 @@ pub struct KnowledgeStore {
     log: EventLog,
 }
 
-type CollectionRow = (String, String, String, i64, i64, i64);
+type CollectionRow = (String, String, String, i64, i64, i64, i64);
 
 impl KnowledgeStore {
     pub fn new(log: EventLog) -> Self {
@@ -627,26 +703,33 @@ impl KnowledgeStore {
         let row: Option<CollectionRow> = on_pool!(self.log, pool => sqlx::query_as(
             "SELECT c.collection_id, c.name, c.description, c.created_at, c.stream_version,
                     (SELECT COUNT(*) FROM documents d
-                     WHERE d.workspace_id = c.workspace_id AND d.collection_id = c.collection_id)
-             FROM collections c WHERE c.workspace_id = $1 AND c.collection_id = $2",
+                     WHERE d.workspace_id = c.workspace_id AND d.collection_id = c.collection_id),
+                    COALESCE(u.updated_at, c.created_at)
+             FROM collections c
+             LEFT JOIN collection_updates u
+                 ON u.workspace_id = c.workspace_id AND u.collection_id = c.collection_id
+             WHERE c.workspace_id = $1 AND c.collection_id = $2",
         )
         .bind(workspace_id)
         .bind(collection_id)
         .fetch_optional(pool)
         .await)?;
-        Ok(row.map(|(id, name, description, created, version, count)| {
-            (
-                KnowledgeCollection {
-                    id,
-                    workspace_id: workspace_id.to_owned(),
-                    name,
-                    description,
-                    document_count: count as u64,
-                    created_at: Some(switchboard_eventlog::timestamp(created)),
-                },
-                version as u64,
-            )
-        }))
+        Ok(row.map(
+            |(id, name, description, created, version, count, updated)| {
+                (
+                    KnowledgeCollection {
+                        id,
+                        workspace_id: workspace_id.to_owned(),
+                        name,
+                        description,
+                        document_count: count as u64,
+                        created_at: Some(switchboard_eventlog::timestamp(created)),
+                        updated_at: Some(switchboard_eventlog::timestamp(updated)),
+                    },
+                    version as u64,
+                )
+            },
+        ))
     }
 
     pub async fn collection_ids(&self, workspace_id: &str) -> Result<Vec<String>, EventLogError> {
@@ -704,14 +787,30 @@ impl KnowledgeStore {
         .bind(external_id)
         .fetch_optional(pool)
         .await)?;
-        record
-            .map(|r| {
-                Document::decode(r.as_slice()).map_err(|e| EventLogError::Projection {
-                    name: "flows".into(),
-                    reason: format!("a documents row does not decode: {e}"),
-                })
-            })
-            .transpose()
+        record.map(|r| decode_document(&r)).transpose()
+    }
+
+    /// Up to `limit` documents whose external id sorts after `after` (empty: from the
+    /// first), in external id order.
+    pub async fn documents(
+        &self,
+        workspace_id: &str,
+        collection_id: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Document>, EventLogError> {
+        let records: Vec<Vec<u8>> = on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT record FROM documents
+             WHERE workspace_id = $1 AND collection_id = $2 AND external_id > $3
+             ORDER BY external_id LIMIT $4",
+        )
+        .bind(workspace_id)
+        .bind(collection_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)?;
+        records.iter().map(|r| decode_document(r)).collect()
     }
 
     /// Documents matching every term, best first.

@@ -1,11 +1,22 @@
 //! Knowledge on both backends: bulk upserts idempotent by external id, deletes, full-text
-//! search (Postgres full-text search; SQLite FTS5), and an index rebuilt from the log.
+//! search (Postgres full-text search; SQLite FTS5), and an index rebuilt from the log;
+//! collections renamed and deleted (with their documents and index), documents listed in
+//! pages, and what became of each document of a bulk call.
+
+use std::collections::BTreeSet;
 
 use switchboard_eventlog::testing::{TestSchema, unique_name};
 use switchboard_eventlog::{EventLog, StoreConfig};
 use switchboard_flows::knowledge::KnowledgeService;
 use switchboard_flows::service::ServiceError;
-use switchboard_proto::flows::v1::Document;
+use switchboard_proto::flows::v1::flows_client::FlowsClient;
+use switchboard_proto::flows::v1::{
+    CollectionRef, Document, DocumentResult, KnowledgeCollection, ListDocumentsRequest,
+    UpdateCollectionRequest,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
 
 const WS: &str = "ws_know";
 
@@ -210,4 +221,474 @@ async fn knowledge_on_postgres() {
 async fn knowledge_on_sqlite() {
     let path = std::env::temp_dir().join(format!("{}.db", unique_name()));
     knowledge_case(Fixture::Sqlite(path)).await;
+}
+
+/// Rows of `table` in one collection, read straight from the read model.
+async fn rows(log: &EventLog, table: &str, collection_id: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) FROM {table} WHERE collection_id = $1");
+    match (log.postgres_pool(), log.sqlite_pool()) {
+        (Some(pool), _) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(collection_id)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        (_, Some(pool)) => sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(collection_id)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        (None, None) => unreachable!(),
+    }
+}
+
+/// The flows gRPC API over `log` on an ephemeral port.
+async fn serve(log: &EventLog) -> (FlowsClient<Channel>, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flows = switchboard_flows::FlowsService::new(log.clone(), None);
+    let server = switchboard_runtime::GrpcServer::new().add_service(
+        switchboard_flows::GRPC_SERVICE,
+        switchboard_flows::FlowsApi::new(flows).into_server(),
+    );
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move { server.serve(listener, token).await.unwrap() });
+    let client = FlowsClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (client, shutdown)
+}
+
+fn violated(status: &tonic::Status) -> BTreeSet<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+fn update(
+    collection_id: &str,
+    fields: &[&str],
+    name: &str,
+    description: &str,
+) -> UpdateCollectionRequest {
+    UpdateCollectionRequest {
+        workspace_id: WS.into(),
+        collection_id: collection_id.into(),
+        name: name.into(),
+        description: description.into(),
+        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        request_id: String::new(),
+    }
+}
+
+fn results(results: &[DocumentResult]) -> Vec<(&str, &str)> {
+    results
+        .iter()
+        .map(|r| (r.external_id.as_str(), r.result.as_str()))
+        .collect()
+}
+
+async fn collection_case(fixture: Fixture) {
+    let log = fixture.open().await;
+    let knowledge = KnowledgeService::new(log.clone());
+    let help = knowledge
+        .create_collection(WS, "Help center", "Answers", "create-help")
+        .await
+        .unwrap();
+    assert_eq!(help.updated_at, help.created_at);
+    let other = knowledge
+        .create_collection(WS, "Internal", "", "create-internal")
+        .await
+        .unwrap();
+
+    // Only the fields named change.
+    let renamed = knowledge
+        .update_collection(update(&help.id, &["name"], "Help", "ignored"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.name.as_str(), renamed.description.as_str()),
+        ("Help", "Answers")
+    );
+    let micros = |c: &KnowledgeCollection| switchboard_eventlog::micros(&c.updated_at.unwrap());
+    assert!(micros(&renamed) > micros(&help), "{renamed:?}");
+    let described = knowledge
+        .update_collection(update(&help.id, &["description"], "ignored", ""))
+        .await
+        .unwrap();
+    assert_eq!(
+        (described.name.as_str(), described.description.as_str()),
+        ("Help", "")
+    );
+    let (shown, _) = knowledge.collection(WS, &help.id).await.unwrap();
+    assert_eq!(shown, described, "the read model says what the answer said");
+    // Nothing named, or nothing different: nothing recorded.
+    let events = log.count_events().await.unwrap();
+    let same = knowledge
+        .update_collection(update(&help.id, &[], "x", "y"))
+        .await
+        .unwrap();
+    assert_eq!(same, shown);
+    let same = knowledge
+        .update_collection(update(&help.id, &["name", "description"], "Help", ""))
+        .await
+        .unwrap();
+    assert_eq!(same, shown);
+    assert_eq!(log.count_events().await.unwrap(), events);
+    // A retried request is answered as the first time, and records nothing again, even
+    // when the collection changed in between.
+    let mut retried = update(&help.id, &["description"], "", "Once");
+    retried.request_id = "describe-once".into();
+    let first = knowledge.update_collection(retried.clone()).await.unwrap();
+    assert_eq!(first.description, "Once");
+    knowledge
+        .update_collection(update(&help.id, &["description"], "", "Changed since"))
+        .await
+        .unwrap();
+    let events = log.count_events().await.unwrap();
+    let again = knowledge.update_collection(retried).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        log.count_events().await.unwrap(),
+        events,
+        "the retry appended nothing"
+    );
+    let (shown, _) = knowledge.collection(WS, &help.id).await.unwrap();
+    assert_eq!(shown.description, "Changed since");
+    // Every violation at once; a taken name; another workspace's collection.
+    let mut bad = update(
+        &help.id,
+        &["name", "colour", "description"],
+        " ",
+        &"d".repeat(2001),
+    );
+    bad.request_id = "r".repeat(129);
+    let Err(ServiceError::Invalid(found)) = knowledge.update_collection(bad).await else {
+        panic!("an invalid update was accepted");
+    };
+    let fields: BTreeSet<&str> = found.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        BTreeSet::from(["name", "fields[1]", "description", "request_id"])
+    );
+    let taken = knowledge
+        .update_collection(update(&help.id, &["name"], "Internal", ""))
+        .await;
+    assert!(
+        matches!(taken, Err(ServiceError::NameTaken(_))),
+        "{taken:?}"
+    );
+    let mut elsewhere = update(&help.id, &["name"], "Theirs", "");
+    elsewhere.workspace_id = "ws_other".into();
+    let missing = knowledge.update_collection(elsewhere).await;
+    assert!(
+        matches!(missing, Err(ServiceError::NotFound(_))),
+        "{missing:?}"
+    );
+
+    // Delete: the collection, its documents and their index go; everything after answers
+    // NotFound; the name is free again.
+    knowledge.upsert(WS, &help.id, articles()).await.unwrap();
+    knowledge.upsert(WS, &other.id, articles()).await.unwrap();
+    assert!(matches!(
+        knowledge.delete_collection("ws_other", &help.id).await,
+        Err(ServiceError::NotFound(_))
+    ));
+    let deleted = knowledge.delete_collection(WS, &help.id).await.unwrap();
+    assert_eq!(
+        (deleted.id.as_str(), deleted.document_count),
+        (help.id.as_str(), 3)
+    );
+    let gone = |r: Result<_, ServiceError>| matches!(r, Err(ServiceError::NotFound(_)));
+    assert!(gone(
+        knowledge.delete_collection(WS, &help.id).await.map(|_| ())
+    ));
+    assert!(gone(knowledge.collection(WS, &help.id).await.map(|_| ())));
+    assert!(gone(
+        knowledge
+            .search(WS, &help.id, "refund", 10)
+            .await
+            .map(|_| ())
+    ));
+    assert!(gone(
+        knowledge
+            .list_documents(WS, &help.id, 0, "")
+            .await
+            .map(|_| ())
+    ));
+    assert!(gone(
+        knowledge.upsert(WS, &help.id, articles()).await.map(|_| ())
+    ));
+    assert!(gone(
+        knowledge
+            .update_collection(update(&help.id, &["name"], "Back", ""))
+            .await
+            .map(|_| ())
+    ));
+    let check_gone = async |log: &EventLog| {
+        let store = switchboard_flows::store::KnowledgeStore::new(log.clone());
+        let terms = vec!["refund".to_owned()];
+        assert!(
+            store
+                .search(WS, &help.id, &terms, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .documents(WS, &help.id, "", 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(rows(log, "documents", &help.id).await, 0);
+        if log.sqlite_pool().is_some() {
+            assert_eq!(rows(log, "documents_fts", &help.id).await, 0);
+        }
+        // The other collection keeps its documents and their index.
+        assert_eq!(
+            store.search(WS, &other.id, &terms, 10).await.unwrap().len(),
+            2
+        );
+        assert_eq!(
+            knowledge.store().collection_ids(WS).await.unwrap(),
+            vec![other.id.clone()]
+        );
+    };
+    check_gone(&log).await;
+    // Rebuilt from the log, it stays gone.
+    log.rebuild(&switchboard_flows::FlowsProjection, &mut |_| {})
+        .await
+        .unwrap();
+    check_gone(&log).await;
+    let (kept, _) = knowledge.collection(WS, &other.id).await.unwrap();
+    assert_eq!(kept.document_count, 3);
+    let anew = knowledge
+        .create_collection(WS, "Help", "", "create-help-again")
+        .await
+        .unwrap();
+    assert_ne!(anew.id, help.id);
+    let retried = knowledge
+        .create_collection(WS, "Help center", "Answers", "create-help")
+        .await;
+    assert!(
+        matches!(retried, Err(ServiceError::FailedPrecondition(_))),
+        "a retried create of a deleted collection: {retried:?}"
+    );
+
+    // Over gRPC: every violation in one answer, ids included; NOT_FOUND for another
+    // workspace's collection and after a delete.
+    let (mut api, shutdown) = serve(&log).await;
+    let mut bad = update(&other.id, &["name", "size"], "", "");
+    bad.workspace_id = "nope".into();
+    let status = api.update_collection(bad).await.unwrap_err();
+    assert_eq!(
+        violated(&status),
+        BTreeSet::from(["workspace_id".into(), "fields[1]".into(), "name".into()])
+    );
+    let status = api
+        .list_documents(ListDocumentsRequest {
+            workspace_id: WS.into(),
+            collection_id: other.id.clone(),
+            limit: 101,
+            cursor: "not a cursor!".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated(&status),
+        BTreeSet::from(["limit".into(), "cursor".into()])
+    );
+    let status = api
+        .list_documents(ListDocumentsRequest {
+            workspace_id: WS.into(),
+            collection_id: "kc_".into(),
+            limit: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated(&status),
+        BTreeSet::from(["collection_id".into(), "limit".into()])
+    );
+    let theirs = CollectionRef {
+        workspace_id: "ws_other".into(),
+        collection_id: other.id.clone(),
+    };
+    let status = api.delete_collection(theirs).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let ours = CollectionRef {
+        workspace_id: WS.into(),
+        collection_id: other.id.clone(),
+    };
+    let deleted = api
+        .delete_collection(ours.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.id, other.id);
+    for status in [
+        api.delete_collection(ours.clone()).await.unwrap_err(),
+        api.get_collection(ours.clone()).await.unwrap_err(),
+        api.update_collection(update(&other.id, &["name"], "Back", ""))
+            .await
+            .unwrap_err(),
+        api.list_documents(ListDocumentsRequest {
+            workspace_id: WS.into(),
+            collection_id: other.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    }
+    shutdown.cancel();
+    fixture.cleanup().await;
+}
+
+async fn documents_case(fixture: Fixture) {
+    let log = fixture.open().await;
+    let knowledge = KnowledgeService::new(log.clone());
+    let collection = knowledge
+        .create_collection(WS, "Manuals", "", "create-manuals")
+        .await
+        .unwrap();
+    let kc = collection.id.as_str();
+
+    // Per-item results, in request order.
+    let first = knowledge
+        .upsert(WS, kc, vec![doc("b", "B", "b"), doc("a", "A", "a")])
+        .await
+        .unwrap();
+    assert_eq!(
+        results(&first.results),
+        [("b", "created"), ("a", "created")]
+    );
+    let mut changed_a = doc("a", "A", "a");
+    changed_a.body = "changed".into();
+    let second = knowledge
+        .upsert(
+            WS,
+            kc,
+            vec![doc("c", "C", "c"), doc("b", "B", "b"), changed_a],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results(&second.results),
+        [("c", "created"), ("b", "unchanged"), ("a", "updated")]
+    );
+    assert_eq!(
+        (second.created, second.updated, second.unchanged),
+        (1, 1, 1)
+    );
+    let deleted = knowledge
+        .delete(
+            WS,
+            kc,
+            vec!["zz".into(), "a".into(), "c".into(), "a".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        results(&deleted.results),
+        [
+            ("zz", "not_found"),
+            ("a", "deleted"),
+            ("c", "deleted"),
+            ("a", "not_found")
+        ]
+    );
+    assert_eq!((deleted.deleted, deleted.not_found), (2, 1));
+    knowledge.delete(WS, kc, vec!["b".into()]).await.unwrap();
+
+    // 250 documents in pages of 100: every one once, in external id order; one inserted
+    // behind the cursor meanwhile is not seen, one ahead of it is.
+    let many: Vec<Document> = (0..250)
+        .map(|i| doc(&format!("doc-{i:03}"), &format!("Doc {i}"), "body"))
+        .collect();
+    knowledge.upsert(WS, kc, many).await.unwrap();
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let page = knowledge
+            .list_documents(WS, kc, 100, &cursor)
+            .await
+            .unwrap();
+        pages.push(page.documents.len());
+        seen.extend(page.documents.into_iter().map(|d| d.external_id));
+        if pages.len() == 1 {
+            knowledge
+                .upsert(
+                    WS,
+                    kc,
+                    vec![
+                        doc("doc-000a", "Behind", "b"),
+                        doc("doc-200a", "Ahead", "b"),
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(pages, [100, 100, 51]);
+    let mut expected: Vec<String> = (0..250).map(|i| format!("doc-{i:03}")).collect();
+    expected.push("doc-200a".into());
+    expected.sort();
+    assert_eq!(seen, expected, "no duplicates, no gaps, in order");
+    // The default page; the full documents come back.
+    let page = knowledge.list_documents(WS, kc, 0, "").await.unwrap();
+    assert_eq!(page.documents.len(), 20);
+    assert_eq!(page.documents[0].external_id, "doc-000");
+    assert_eq!(page.documents[0].url, "https://help.example.com/doc-000");
+    assert!(page.documents[0].updated_at.is_some());
+    assert!(matches!(
+        knowledge.list_documents(WS, kc, 101, "").await,
+        Err(ServiceError::Invalid(_))
+    ));
+    // 252 documents in pages of 84: three full pages, the last saying it is the last.
+    let mut sizes = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = knowledge.list_documents(WS, kc, 84, &cursor).await.unwrap();
+        sizes.push(page.documents.len());
+        if page.next_cursor.is_empty() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    assert_eq!(sizes, [84, 84, 84]);
+    fixture.cleanup().await;
+}
+
+#[tokio::test]
+async fn collections_change_and_go_on_postgres() {
+    collection_case(Fixture::Postgres(TestSchema::new().await)).await;
+}
+
+#[tokio::test]
+async fn collections_change_and_go_on_sqlite() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name()));
+    collection_case(Fixture::Sqlite(path)).await;
+}
+
+#[tokio::test]
+async fn documents_page_and_report_per_item_on_postgres() {
+    documents_case(Fixture::Postgres(TestSchema::new().await)).await;
+}
+
+#[tokio::test]
+async fn documents_page_and_report_per_item_on_sqlite() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique_name()));
+    documents_case(Fixture::Sqlite(path)).await;
 }

@@ -14,7 +14,7 @@ pub mod service;
 pub mod store;
 
 use async_trait::async_trait;
-use switchboard_clients::ConversationsClient;
+use switchboard_clients::{ConversationsClient, FlowsClient};
 use switchboard_contract::services;
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, StoreConfig};
 use switchboard_runtime::service::{BoxError, ReadModels, ServiceModule, Wiring};
@@ -68,6 +68,11 @@ impl ServiceModule for Gateway {
         let state = rest::AppState {
             keys: ApiKeys::new(wiring.log().clone()),
             conversations: ConversationsClient::connect_lazy(&conversations.into())?,
+            flows: match wiring.peer(services::FLOWS) {
+                Some(peer) => Some(FlowsClient::connect_lazy(&peer.into())?),
+                None => None,
+            },
+            rate_per_minute: wiring.config().api_rate_per_minute,
         };
         let addr = wiring.config().api_addr;
         let listener = tokio::net::TcpListener::bind(addr)

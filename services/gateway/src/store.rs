@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS api_key_use (
     id TEXT PRIMARY KEY,
     last_used_at BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rate_windows (
+    key_id TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    requests BIGINT NOT NULL,
+    PRIMARY KEY (key_id, window_start)
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     workspace_id TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
@@ -296,6 +302,38 @@ impl GatewayStore {
         .await
         .map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    /// Counts one request of key `key_id` in the window starting at `window_start` and
+    /// answers how many the key has made in it, this one included. Shared by every
+    /// replica (one row per key and window); the key's older windows are dropped when a
+    /// new one starts.
+    pub async fn count_request(
+        &self,
+        key_id: &str,
+        window_start: i64,
+    ) -> Result<i64, EventLogError> {
+        let requests: i64 = on_pool!(self.log, pool => sqlx::query_scalar(
+            "INSERT INTO rate_windows (key_id, window_start, requests) VALUES ($1, $2, 1)
+             ON CONFLICT (key_id, window_start)
+             DO UPDATE SET requests = rate_windows.requests + 1
+             RETURNING requests",
+        )
+        .bind(key_id)
+        .bind(window_start)
+        .fetch_one(pool)
+        .await)?;
+        if requests == 1 {
+            on_pool!(self.log, pool => sqlx::query(
+                "DELETE FROM rate_windows WHERE key_id = $1 AND window_start < $2",
+            )
+            .bind(key_id)
+            .bind(window_start)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        Ok(requests)
     }
 
     /// The stored answer to `key` in the workspace, if one younger than a day is kept.

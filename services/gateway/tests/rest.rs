@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchboard_clients::{ClientConfig, ConversationsClient};
+use switchboard_clients::{ClientConfig, ConversationsClient, FlowsClient};
 use switchboard_eventlog::StoreConfig;
 use switchboard_gateway::ApiKeys;
 use switchboard_gateway::rest::{AppState, router};
@@ -53,6 +53,11 @@ mod tempdir {
 
 impl Api {
     async fn start() -> Self {
+        Self::with_rate(1_000_000).await
+    }
+
+    /// A gateway whose keys may make `rate_per_minute` requests a minute.
+    async fn with_rate(rate_per_minute: u32) -> Self {
         switchboard_outbound::install_crypto_provider();
         let dir = tempdir::Dir::new();
         let shutdown = CancellationToken::new();
@@ -65,11 +70,25 @@ impl Api {
         let conversations_log_clone = conversations_log.clone();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
-        let server = GrpcServer::new().add_service(
-            switchboard_conversations::GRPC_SERVICE,
-            switchboard_conversations::ConversationsApi::over(conversations_log.clone())
+        let flows_log = switchboard_flows::open_log(&StoreConfig::Sqlite {
+            path: dir.0.join("flows.db"),
+        })
+        .await
+        .unwrap();
+        flows_log.migrate().await.unwrap();
+        let server = GrpcServer::new()
+            .add_service(
+                switchboard_conversations::GRPC_SERVICE,
+                switchboard_conversations::ConversationsApi::over(conversations_log.clone())
+                    .into_server(),
+            )
+            .add_service(
+                switchboard_flows::GRPC_SERVICE,
+                switchboard_flows::FlowsApi::new(switchboard_flows::FlowsService::new(
+                    flows_log, None,
+                ))
                 .into_server(),
-        );
+            );
         tokio::spawn(server.serve(grpc, shutdown.clone()));
         let log_for_test = conversations_log_clone;
 
@@ -86,9 +105,17 @@ impl Api {
             "gateway",
         ))
         .unwrap();
+        let flows = FlowsClient::connect_lazy(&ClientConfig::new(
+            format!("http://{grpc_addr}"),
+            None,
+            "gateway",
+        ))
+        .unwrap();
         let app = router(AppState {
             keys: keys.clone(),
             conversations,
+            flows: Some(flows),
+            rate_per_minute,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -193,9 +220,10 @@ impl Api {
             assert_eq!(content_type, "application/problem+json", "{path}: {text}");
             assert_eq!(body["request_id"], request_id.as_str());
             assert_eq!(body["status"], status.as_u16());
+            let code = body["code"].as_str().unwrap();
             assert!(
-                body["code"].as_str().unwrap().starts_with("SB-API-")
-                    || body["code"].as_str().unwrap().starts_with("SB-CONV-")
+                switchboard_runtime::codes::find(code).is_some(),
+                "{path}: `{code}` is not a registered code"
             );
         }
         self.check_against_document(&method, path, status, &body);
@@ -772,6 +800,12 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it()
         "/v1/api-keys",
         "/v1/api-keys/{id}",
         "/v1/api-keys/{id}/rotate",
+        "/v1/collections",
+        "/v1/collections/{id}",
+        "/v1/collections/{id}/documents",
+        "/v1/collections/{id}/documents/{external_id}",
+        "/v1/collections/{id}/documents/bulk",
+        "/v1/collections/{id}/search",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
         for (method, operation) in doc["paths"][path].as_object().unwrap() {
@@ -796,4 +830,226 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it()
         .unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
     assert!(docs.text().await.unwrap().contains("/openapi.json"));
+}
+
+/// The seeds' CMS journey: 5,000 documents pushed in bulk, 1,000 removed, then searched;
+/// every bulk result per item, a repeated request changing nothing.
+#[tokio::test]
+async fn a_cms_pushes_5000_documents_removes_1000_and_searches_them() {
+    let api = Api::start().await;
+    let created = api
+        .post(
+            "/v1/collections",
+            &api.a,
+            json!({"name": "Help center", "description": "help.example.com"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let bulk = format!("/v1/collections/{id}/documents/bulk");
+    let document = |i: usize| {
+        let topic = if i.is_multiple_of(10) {
+            "refund"
+        } else {
+            "shipping"
+        };
+        json!({
+            "external_id": format!("doc-{i:05}"),
+            "title": format!("Article {i}"),
+            "body": format!("How {topic} works, part {i}."),
+            "url": format!("https://help.example.com/{i}"),
+        })
+    };
+    for batch in 0..5 {
+        let upsert: Vec<Value> = (batch * 1000..(batch + 1) * 1000).map(document).collect();
+        let answer = api.post(&bulk, &api.a, json!({"upsert": upsert})).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let results = answer.body["results"].as_array().unwrap();
+        assert_eq!(results.len(), 1000);
+        assert!(results.iter().all(|r| r["result"] == "created"));
+        assert_eq!(
+            results[0]["external_id"],
+            format!("doc-{:05}", batch * 1000)
+        );
+    }
+    let again: Vec<Value> = (0..1000).map(document).collect();
+    let repeated = api.post(&bulk, &api.a, json!({"upsert": again})).await;
+    assert!(
+        repeated.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] == "unchanged")
+    );
+    let delete: Vec<String> = (0..1000).map(|i| format!("doc-{i:05}")).collect();
+    let deleted = api.post(&bulk, &api.a, json!({"delete": delete})).await;
+    assert!(
+        deleted.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] == "deleted")
+    );
+    let gone = api
+        .post(&bulk, &api.a, json!({"delete": ["doc-00000"]}))
+        .await;
+    assert_eq!(gone.body["results"][0]["result"], "not_found");
+    let too_many: Vec<String> = (0..1001).map(|i| format!("x-{i}")).collect();
+    let refused = api.post(&bulk, &api.a, json!({"delete": too_many})).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let collection = api.get(&format!("/v1/collections/{id}"), &api.a).await;
+    assert_eq!(collection.body["document_count"], 4000);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut path = format!("/v1/collections/{id}/documents?limit=100");
+    loop {
+        let page = api.get(&path, &api.a).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for doc in page.body["data"].as_array().unwrap() {
+            assert!(seen.insert(doc["external_id"].as_str().unwrap().to_owned()));
+        }
+        let Some(cursor) = page.body["next_cursor"].as_str() else {
+            break;
+        };
+        path = format!("/v1/collections/{id}/documents?limit=100&cursor={cursor}");
+    }
+    assert_eq!(seen.len(), 4000);
+    assert_eq!(seen.first().map(String::as_str), Some("doc-01000"));
+
+    let hits = api
+        .get(
+            &format!("/v1/collections/{id}/search?q=refund&limit=50"),
+            &api.a,
+        )
+        .await;
+    assert_eq!(hits.status, StatusCode::OK, "{}", hits.body);
+    let hits = hits.body["data"].as_array().unwrap();
+    assert_eq!(hits.len(), 50);
+    for hit in hits {
+        let n: usize = hit["external_id"].as_str().unwrap()[4..].parse().unwrap();
+        assert!(n >= 1000 && n.is_multiple_of(10), "{hit}");
+    }
+}
+
+#[tokio::test]
+async fn documents_are_put_patched_read_and_deleted_by_external_id() {
+    let api = Api::start().await;
+    let id = api
+        .post("/v1/collections", &api.a, json!({"name": "FAQ"}))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let doc = format!("/v1/collections/{id}/documents/faq-1");
+    let put = api
+        .call(
+            reqwest::Method::PUT,
+            &doc,
+            &api.a,
+            Some(json!({"title": "Hours", "body": "We open at nine."})),
+            &[],
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.body);
+    let replaced = api
+        .call(
+            reqwest::Method::PUT,
+            &doc,
+            &api.a,
+            Some(json!({"title": "Hours", "body": "We open at ten."})),
+            &[],
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK);
+    let patched = api
+        .call(
+            reqwest::Method::PATCH,
+            &doc,
+            &api.a,
+            Some(json!({"url": "https://example.com/hours"})),
+            &[],
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["body"], "We open at ten.");
+    assert_eq!(patched.body["url"], "https://example.com/hours");
+    let renamed = api
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/v1/collections/{id}"),
+            &api.a,
+            Some(json!({"name": "Questions"})),
+            &[],
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.body);
+    assert_eq!(renamed.body["name"], "Questions");
+
+    // Tenancy and scopes.
+    assert_eq!(api.get(&doc, &api.b).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("/v1/collections/{id}"), &api.b)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get("/v1/collections", &api.b).await.body["data"],
+        json!([])
+    );
+
+    let deleted = api
+        .call(reqwest::Method::DELETE, &doc, &api.a, None, &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(api.get(&doc, &api.a).await.status, StatusCode::NOT_FOUND);
+    let again = api
+        .call(reqwest::Method::DELETE, &doc, &api.a, None, &[])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    let dropped = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/collections/{id}"),
+            &api.a,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(dropped.status, StatusCode::OK, "{}", dropped.body);
+    assert_eq!(
+        api.get(&format!("/v1/collections/{id}"), &api.a)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_key_past_its_rate_is_429_with_retry_after_and_others_go_on() {
+    let api = Api::with_rate(5).await;
+    let mut served = 0;
+    let refused = loop {
+        let answer = api.get("/v1/conversations", &api.a).await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            break answer;
+        }
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("ratelimit-limit"), "5");
+        let remaining: u32 = answer.header("ratelimit-remaining").parse().unwrap();
+        assert!(remaining < 5);
+        served += 1;
+        // A minute boundary may pass once during the loop, never twice.
+        assert!(served <= 10, "no 429 after {served} requests");
+    };
+    assert!(served >= 5, "refused after {served}");
+    assert_eq!(refused.body["code"], "SB-API-0429");
+    let retry_after: u64 = refused.header("retry-after").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        api.get("/v1/conversations", &api.b).await.status,
+        StatusCode::OK,
+        "another key has its own budget"
+    );
 }

@@ -29,7 +29,7 @@ use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, Store
 use switchboard_outbound::ClientOptions;
 use switchboard_runtime::service::{
     BoxError, Inbox, Mode, Order, Publication, ReadModels, Secrets, ServiceModule, Source,
-    Subscribe, Wiring,
+    Subscribe, Wiring, loopback,
 };
 
 pub use delivery::{DeliveryConfig, Dispatcher};
@@ -98,6 +98,11 @@ impl ServiceModule for Webhooks {
                 ..domain::RetrySchedule::default()
             },
             disable_after: Duration::from_secs(config.webhook_disable_after_hours * 3600),
+            api_url: match (&config.api_public_url, dev) {
+                (Some(url), _) => url.clone(),
+                (None, true) => format!("http://{}", loopback(config.api_addr)),
+                (None, false) => String::new(),
+            },
         };
         // A receiver that hangs is cut here; redirects are failures, never followed.
         let outbound = wiring.outbound(

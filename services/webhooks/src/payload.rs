@@ -39,6 +39,9 @@ const MESSAGES: &[(&str, &str)] = &[
 #[derive(Clone)]
 pub struct PublicJson {
     pool: DescriptorPool,
+    /// The public REST API's base URL (`https://api.example.com`), or empty for paths
+    /// relative to it: a conversation in a body carries its `url` there.
+    api_url: String,
 }
 
 impl Default for PublicJson {
@@ -52,7 +55,14 @@ impl PublicJson {
         Self {
             pool: DescriptorPool::decode(switchboard_proto::FILE_DESCRIPTOR_SET)
                 .expect("the compiled descriptor set decodes"),
+            api_url: String::new(),
         }
+    }
+
+    /// Conversations in bodies link to the REST API at `api_url` (no trailing slash).
+    pub fn with_api_url(mut self, api_url: &str) -> Self {
+        self.api_url = api_url.trim_end_matches('/').to_owned();
+        self
     }
 
     /// The event's payload as JSON, or why it has none.
@@ -78,12 +88,21 @@ impl PublicJson {
         Ok(expand_embedded_json(value))
     }
 
-    /// The webhook body: `{"type", "timestamp", "data"}`.
+    /// The webhook body: `{"type", "timestamp", "data"}`. A conversation in `data` carries
+    /// its `url` in the REST API, so a receiver fetches the rest with a key.
     pub fn body(&self, public_type: &str, event: &RecordedEvent) -> Result<Value, String> {
+        let mut data = self.data(event)?;
+        if let Some(conversation) = data.get_mut("conversation").and_then(Value::as_object_mut)
+            && let Some(id) = conversation.get("id").and_then(Value::as_str)
+            && !id.is_empty()
+        {
+            let url = format!("{}/v1/conversations/{id}", self.api_url);
+            conversation.insert("url".into(), Value::String(url));
+        }
         Ok(json!({
             "type": public_type,
             "timestamp": rfc3339(event.metadata.occurred_at),
-            "data": self.data(event)?,
+            "data": data,
         }))
     }
 }
@@ -163,6 +182,18 @@ mod tests {
             "CONVERSATION_STATUS_ARCHIVED"
         );
         assert_eq!(body["data"]["changed_fields"][0], "status");
+        assert_eq!(
+            body["data"]["conversation"]["url"], "/v1/conversations/conv_1",
+            "a receiver fetches the rest from the REST API"
+        );
+        let absolute = PublicJson::new()
+            .with_api_url("https://api.example.com/")
+            .body("conversation.updated", &event)
+            .unwrap();
+        assert_eq!(
+            absolute["data"]["conversation"]["url"],
+            "https://api.example.com/v1/conversations/conv_1"
+        );
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Settings {
     pub schedule: domain::RetrySchedule,
     /// An endpoint failing for this long (with no success between) is disabled.
     pub disable_after: Duration,
+    /// The public REST API's base URL, for the `url` of conversations in bodies; empty for
+    /// paths relative to it.
+    pub api_url: String,
 }
 
 impl Default for Settings {
@@ -113,6 +116,7 @@ impl Default for Settings {
             urls: UrlRules::default(),
             schedule: domain::RetrySchedule::default(),
             disable_after: Duration::from_secs(5 * 24 * 3600),
+            api_url: String::new(),
         }
     }
 }
@@ -133,7 +137,7 @@ impl WebhooksService {
             store: WebhooksStore::new(log.clone()),
             log,
             keyring,
-            json: PublicJson::new(),
+            json: PublicJson::new().with_api_url(&settings.api_url),
             clock: Arc::new(SystemClock),
             settings: Arc::new(settings),
         }

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard_eventlog::testing::{TestNats, unique_name};
 
-use crate::common::{Process, drop_schema, serve_env};
+use crate::common::{Process, WS, create_endpoint, drop_schema, serve_env, webhook_receiver};
 
 /// Creates a key with the CLI (in `process`'s environment plus `extra` arguments) and
 /// returns it: the last line of stdout.
@@ -153,4 +153,53 @@ async fn serve_runs_the_gateway_against_postgres_with_a_key_from_the_cli() {
     for service in ["conversations", "gateway"] {
         drop_schema(&format!("{schema_prefix}{service}")).await;
     }
+}
+
+/// The seeds' webhook-then-fetch journey: a `conversation.updated` webhook names the
+/// conversation's URL in the REST API, and the receiver fetches it and its messages with a
+/// key.
+#[tokio::test]
+async fn a_webhook_receiver_fetches_the_whole_conversation_over_rest() {
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    process.start().await;
+    let api = format!("http://127.0.0.1:{}", process.api_port);
+    let (receiver, hooks) = webhook_receiver().await;
+    create_endpoint(process.grpc_port, receiver).await;
+    let key = create_key(&process, WS, &["--data-dir", &data_dir]);
+    let id = first_calls(&api, &key).await;
+
+    let delivered = hooks.wait_for(2).await;
+    let updated: Value = delivered
+        .iter()
+        .map(|(_, body)| serde_json::from_str::<Value>(body).unwrap())
+        .find(|body| body["type"] == "conversation.updated")
+        .expect("a conversation.updated webhook");
+    let url = updated["data"]["conversation"]["url"].as_str().unwrap();
+    assert_eq!(url, format!("{api}/v1/conversations/{id}"));
+
+    let http = reqwest::Client::new();
+    let conversation: Value = http
+        .get(url)
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conversation["id"], id.as_str());
+    let messages: Value = http
+        .get(format!("{url}/messages"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(messages["data"][0]["text"], "Hello from the API");
+    assert!(process.terminate().success());
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -10,7 +10,7 @@ use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
 use crate::domain::FieldViolation;
-use crate::knowledge::KnowledgeService;
+use crate::knowledge::{self, KnowledgeService};
 use crate::service::{FlowsService, ServiceError};
 
 fn collection_ref(workspace_id: &str, collection_id: &str) -> Result<(), Status> {
@@ -18,6 +18,25 @@ fn collection_ref(workspace_id: &str, collection_id: &str) -> Result<(), Status>
         ("workspace_id", workspace_id, "ws_"),
         ("collection_id", collection_id, "kc_"),
     ])
+}
+
+/// A collection's ids checked with the rest of a request, so that one answer names every
+/// violation: the ids', then `rest`'s (the service's own checks of the other fields).
+fn collection_request<T>(
+    workspace_id: &str,
+    collection_id: &str,
+    rest: impl FnOnce() -> Result<T, Vec<FieldViolation>>,
+) -> Result<(), Status> {
+    let mut violations = id_violations(&[
+        ("workspace_id", workspace_id, "ws_"),
+        ("collection_id", collection_id, "kc_"),
+    ]);
+    if violations.is_empty() {
+        // The service checks the rest itself.
+        return Ok(());
+    }
+    violations.extend(rest().err().unwrap_or_default());
+    Err(error::invalid(violations))
 }
 
 #[derive(Clone)]
@@ -42,10 +61,9 @@ impl FlowsApi {
     }
 }
 
-/// Each `(field, value, prefix)` must be a plain prefixed id.
-fn check_ids(ids: &[(&str, &str, &str)]) -> Result<(), Status> {
-    let violations: Vec<FieldViolation> = ids
-        .iter()
+/// The `(field, value, prefix)` that are not plain prefixed ids.
+fn id_violations(ids: &[(&str, &str, &str)]) -> Vec<FieldViolation> {
+    ids.iter()
         .filter(|(_, value, prefix)| !valid_prefixed_id(value, prefix))
         .map(|(field, _, prefix)| FieldViolation {
             field: (*field).to_owned(),
@@ -53,7 +71,12 @@ fn check_ids(ids: &[(&str, &str, &str)]) -> Result<(), Status> {
                 "required: `{prefix}` followed by 1 to 64 letters, digits, `_` or `-`"
             ),
         })
-        .collect();
+        .collect()
+}
+
+/// Each `(field, value, prefix)` must be a plain prefixed id.
+fn check_ids(ids: &[(&str, &str, &str)]) -> Result<(), Status> {
+    let violations = id_violations(ids);
     if violations.is_empty() {
         Ok(())
     } else {
@@ -412,6 +435,45 @@ impl flows_server::Flows for FlowsApi {
             .search(&r.workspace_id, &r.collection_id, &r.query, r.limit)
             .await?;
         Ok(Response::new(SearchDocumentsResponse { hits }))
+    }
+
+    async fn update_collection(
+        &self,
+        request: Request<UpdateCollectionRequest>,
+    ) -> Result<Response<KnowledgeCollection>, Status> {
+        let r = request.into_inner();
+        collection_request(&r.workspace_id, &r.collection_id, || {
+            knowledge::check_update(&r)
+        })?;
+        Ok(Response::new(self.knowledge.update_collection(r).await?))
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<CollectionRef>,
+    ) -> Result<Response<KnowledgeCollection>, Status> {
+        let r = request.into_inner();
+        collection_ref(&r.workspace_id, &r.collection_id)?;
+        Ok(Response::new(
+            self.knowledge
+                .delete_collection(&r.workspace_id, &r.collection_id)
+                .await?,
+        ))
+    }
+
+    async fn list_documents(
+        &self,
+        request: Request<ListDocumentsRequest>,
+    ) -> Result<Response<ListDocumentsResponse>, Status> {
+        let r = request.into_inner();
+        collection_request(&r.workspace_id, &r.collection_id, || {
+            knowledge::check_page(r.limit, &r.cursor)
+        })?;
+        Ok(Response::new(
+            self.knowledge
+                .list_documents(&r.workspace_id, &r.collection_id, r.limit, &r.cursor)
+                .await?,
+        ))
     }
 
     async fn invoke_action_workflow(

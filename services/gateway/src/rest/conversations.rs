@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::{AppState, List, Page, RequestKey, page};
+use super::{AppState, List, Page, RequestKey, page, rfc3339};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -286,17 +286,6 @@ impl From<pb::Message> for Message {
             created_at: rfc3339(m.created_at.as_ref()).unwrap_or_default(),
         }
     }
-}
-
-fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
-    let ts = ts?;
-    if ts.seconds == 0 && ts.nanos == 0 {
-        return None;
-    }
-    let at = time::OffsetDateTime::from_unix_timestamp(ts.seconds).ok()?
-        + time::Duration::nanoseconds(i64::from(ts.nanos));
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
 }
 
 fn parse_time(field: &str, value: &str) -> Result<prost_types::Timestamp, ApiError> {

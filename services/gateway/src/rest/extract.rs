@@ -64,7 +64,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &codes::API_TOO_LARGE,
-                "the body is larger than 1 MiB",
+                "the body is larger than the API takes",
             )
         }
         other => ApiError::new(

@@ -8,6 +8,7 @@
 //! answer.
 
 pub mod api_keys;
+pub mod collections;
 pub mod conversations;
 pub mod extract;
 pub mod problem;
@@ -23,7 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use switchboard_clients::ConversationsClient;
+use switchboard_clients::{ConversationsClient, FlowsClient};
 use switchboard_eventlog::now_micros;
 use switchboard_runtime::codes;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -37,12 +38,19 @@ use problem::ApiError;
 
 /// The largest body a request may have.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// The largest body of a bulk request (1,000 documents).
+pub const BULK_MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// What every handler reaches.
 #[derive(Clone)]
 pub struct AppState {
     pub keys: ApiKeys,
     pub conversations: ConversationsClient,
+    /// Knowledge (and later flows and assistants); `None` when the gateway reaches no flows
+    /// service, and those resources answer 503.
+    pub flows: Option<FlowsClient>,
+    /// Requests one key may make a minute, across replicas.
+    pub rate_per_minute: u32,
 }
 
 #[derive(OpenApi)]
@@ -60,6 +68,7 @@ pub struct AppState {
     ),
     tags(
         (name = "conversations", description = "Conversations and their messages"),
+        (name = "knowledge", description = "Knowledge collections and their documents"),
         (name = "api-keys", description = "The workspace's API keys (`admin` scope)"),
     ),
     components(schemas(problem::Problem, problem::FieldError)),
@@ -91,6 +100,7 @@ impl Modify for BearerAuth {
 pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(conversations::routes())
+        .merge(collections::routes())
         .merge(api_keys::routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
@@ -198,8 +208,62 @@ async fn authenticate(
             "the API key is not live: unknown, revoked or expired",
         ));
     };
+    let budget = rate_limit(&state, &caller.key_id).await?;
     request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    let mut response = next.run(request).await;
+    budget.write(response.headers_mut());
+    Ok(response)
+}
+
+/// A key's rate window: a minute, counted in the gateway's store so every replica sees
+/// the same count.
+const RATE_WINDOW_SECS: i64 = 60;
+
+/// Where a key stands in its window, for the `RateLimit-*` headers.
+struct Budget {
+    limit: u32,
+    remaining: u32,
+    reset_secs: i64,
+}
+
+impl Budget {
+    fn write(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("ratelimit-limit", i64::from(self.limit)),
+            ("ratelimit-remaining", i64::from(self.remaining)),
+            ("ratelimit-reset", self.reset_secs),
+        ] {
+            headers.insert(name, HeaderValue::from(value));
+        }
+    }
+}
+
+/// Counts the request against its key's window; 429 with `Retry-After` when the window is
+/// spent.
+async fn rate_limit(state: &AppState, key_id: &str) -> Result<Budget, ApiError> {
+    let now = now_micros() / 1_000_000;
+    let window_start = now - now.rem_euclid(RATE_WINDOW_SECS);
+    let reset_secs = window_start + RATE_WINDOW_SECS - now;
+    let used = state
+        .keys
+        .store()
+        .count_request(key_id, window_start)
+        .await?;
+    let limit = state.rate_per_minute;
+    if used > i64::from(limit) {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            &codes::API_RATE_LIMITED,
+            format!("this key may make {limit} requests a minute; wait {reset_secs} s"),
+        );
+        error.retry_after = Some(reset_secs.max(1) as u64);
+        return Err(error);
+    }
+    Ok(Budget {
+        limit,
+        remaining: limit.saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)),
+        reset_secs,
+    })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -296,11 +360,11 @@ async fn idempotency(
         .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, &codes::API_UNAUTHENTICATED, ""))?;
     let (mut parts, body) = request.into_parts();
-    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
+    let bytes = to_bytes(body, BULK_MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             &codes::API_TOO_LARGE,
-            "the body is larger than 1 MiB",
+            "the body is larger than the API takes",
         )
     })?;
     let fingerprint = {
@@ -417,4 +481,16 @@ pub fn page<T: Serialize>(
         next_cursor,
     };
     (headers, axum::Json(list)).into_response()
+}
+
+/// A protobuf time as RFC 3339; `None` for an unset or zero time.
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let ts = ts?;
+    if ts.seconds == 0 && ts.nanos == 0 {
+        return None;
+    }
+    let at = time::OffsetDateTime::from_unix_timestamp(ts.seconds).ok()?
+        + time::Duration::nanoseconds(i64::from(ts.nanos));
+    at.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }

@@ -176,6 +176,7 @@ pub fn settings() -> Settings {
         },
         schedule: RetrySchedule::default(),
         disable_after: Duration::from_secs(5 * 24 * 3600),
+        api_url: String::new(),
     }
 }
 
