@@ -2,10 +2,10 @@
 
 use switchboard_proto::actions::v1::actions_client::ActionsClient as Stub;
 use switchboard_proto::actions::v1::{
-    ActionResponse, CreateActionRequest, ExecuteActionRequest, ExecutionResult, GetActionRequest,
-    ListActionsRequest, ListActionsResponse, ListAgentToolsRequest, ListAgentToolsResponse,
-    ListExecutionsRequest, ListExecutionsResponse, SetActionEnabledRequest, TestActionRequest,
-    UpdateActionRequest,
+    ActionResponse, CreateActionRequest, DeleteActionRequest, ExecuteActionRequest,
+    ExecutionResult, GetActionRequest, ListActionsRequest, ListActionsResponse,
+    ListAgentToolsRequest, ListAgentToolsResponse, ListExecutionsRequest, ListExecutionsResponse,
+    SetActionEnabledRequest, TestActionRequest, UpdateActionRequest,
 };
 
 typed_client! {
@@ -31,5 +31,9 @@ typed_client! {
         @once fn test_action(TestActionRequest) -> ExecutionResult;
         /// The execution log, newest first.
         fn list_executions(ListExecutionsRequest) -> ListExecutionsResponse;
+        /// Deletes an action (its executions stay in the log); answers with the
+        /// definition as it was deleted. Retried: with a request id, a repeat answers as
+        /// the first did (without one, a repeat answers `NOT_FOUND`).
+        fn delete_action(DeleteActionRequest) -> ActionResponse;
     }
 }

@@ -6,14 +6,14 @@ use std::time::Duration;
 use switchboard_proto::flows::v1::flows_client::FlowsClient as Stub;
 use switchboard_proto::flows::v1::{
     Assistant, AssistantRef, CollectionRef, CreateCollectionRequest, CreateFlowRequest,
-    DeleteDocumentsRequest, DeleteDocumentsResponse, Document, DocumentRef, Flow, FlowRef,
-    FlowVersion, GetVersionRequest, InvokeActionWorkflowRequest, InvokeActionWorkflowResponse,
-    KnowledgeCollection, ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest,
-    ListCollectionsResponse, ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest,
-    ListFlowsResponse, ListVersionsResponse, PublishRequest, ReplayDraftRequest, ReplayReport,
-    RollbackRequest, SaveAssistantRequest, SaveDraftRequest, SearchDocumentsRequest,
-    SearchDocumentsResponse, UpdateCollectionRequest, UpsertDocumentsRequest,
-    UpsertDocumentsResponse,
+    DeleteAssistantRequest, DeleteDocumentsRequest, DeleteDocumentsResponse, DeleteFlowRequest,
+    Document, DocumentRef, Flow, FlowRef, FlowVersion, GetVersionRequest,
+    InvokeActionWorkflowRequest, InvokeActionWorkflowResponse, KnowledgeCollection,
+    ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest, ListCollectionsResponse,
+    ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest, ListFlowsResponse,
+    ListVersionsResponse, PublishRequest, ReplayDraftRequest, ReplayReport, RollbackRequest,
+    SaveAssistantRequest, SaveDraftRequest, SearchDocumentsRequest, SearchDocumentsResponse,
+    UpdateCollectionRequest, UpsertDocumentsRequest, UpsertDocumentsResponse,
 };
 
 /// How much longer than the workflow's own deadline `invoke_action_workflow` waits for
@@ -74,6 +74,13 @@ typed_client! {
         @once fn delete_collection(CollectionRef) -> KnowledgeCollection;
         /// One page of a collection's documents, by external id.
         fn list_documents(ListDocumentsRequest) -> ListDocumentsResponse;
+        /// Deletes a flow (runs already started on it go on); answers with the flow as it
+        /// was deleted. Retried: with a request id, a repeat answers as the first did
+        /// (without one, a repeat answers `NOT_FOUND`).
+        fn delete_flow(DeleteFlowRequest) -> Flow;
+        /// Deletes an assistant; answers with it as it was deleted. Retried, as
+        /// `delete_flow` is.
+        fn delete_assistant(DeleteAssistantRequest) -> Assistant;
     }
 }
 

@@ -32,8 +32,10 @@ pub mod actions {
     pub const UPDATED: &str = "action.updated";
     pub const ENABLED: &str = "action.enabled";
     pub const DISABLED: &str = "action.disabled";
+    /// The definition is gone (its execution log stays); the last event of its stream.
+    pub const DELETED: &str = "action.deleted";
     /// Every change of a definition.
-    pub const ALL: [&str; 4] = [CREATED, UPDATED, ENABLED, DISABLED];
+    pub const ALL: [&str; 5] = [CREATED, UPDATED, ENABLED, DISABLED, DELETED];
 
     pub const EXECUTION_STARTED: &str = "action_execution.started";
     /// An execution's outcome; a live one's goes to the flow run that asked, on
@@ -95,7 +97,12 @@ pub mod flows {
     pub const FLOW_DRAFT_SAVED: &str = "flow.draft_saved";
     pub const FLOW_DRAFT_DISCARDED: &str = "flow.draft_discarded";
     pub const FLOW_PUBLISHED: &str = "flow.published";
+    /// The flow is gone from the API and its name is free; runs already started on its
+    /// versions go on. The last event of its stream.
+    pub const FLOW_DELETED: &str = "flow.deleted";
     pub const ASSISTANT_SAVED: &str = "assistant.saved";
+    /// The assistant is gone; the last event of its stream.
+    pub const ASSISTANT_DELETED: &str = "assistant.deleted";
 }
 
 /// The flows service's log: knowledge collections and documents.

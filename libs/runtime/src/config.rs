@@ -92,6 +92,10 @@ pub struct Config {
     /// `SWITCHBOARD_FLOWS_URL`: the flows service's gRPC address, for `workflow` actions;
     /// unset: this process's own gRPC server when it runs the flows service.
     pub flows_url: Option<String>,
+    /// `SWITCHBOARD_WEBHOOKS_URL`: the webhooks service's gRPC address, for the gateway's
+    /// `/v1/webhook-endpoints`; unset: this process's own gRPC server when it runs the
+    /// webhooks service.
+    pub webhooks_url: Option<String>,
     /// `SWITCHBOARD_CONNEXEASE_SIM_ADDR`: where `dev` runs the Connexease simulator.
     pub connexease_sim_addr: SocketAddr,
     /// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`: the workspace the simulator's webhooks are
@@ -176,6 +180,7 @@ impl Default for Config {
             connexease_url: None,
             actions_url: None,
             flows_url: None,
+            webhooks_url: None,
             connexease_sim_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
             connexease_sim_workspace: "ws_dev".to_owned(),
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_owned(),
@@ -545,6 +550,7 @@ impl Config {
             s::CONNEXEASE => self.connexease_url.clone(),
             s::ACTIONS => self.actions_url.clone(),
             s::FLOWS => self.flows_url.clone(),
+            s::WEBHOOKS => self.webhooks_url.clone(),
             _ => None,
         }
     }
@@ -571,6 +577,7 @@ impl Config {
             &mut self.connexease_url,
             &mut self.actions_url,
             &mut self.flows_url,
+            &mut self.webhooks_url,
             &mut self.api_public_url,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {

@@ -383,7 +383,8 @@ impl ActionService {
     }
 
     /// Runs `command` on the action `action_id`, returning the definition as it now is
-    /// (secrets sealed). A repeated request id returns the original result.
+    /// (secrets sealed; for a delete, as it was deleted). A repeated request id returns
+    /// the original result.
     pub async fn execute(
         &self,
         ctx: &RequestContext,
@@ -414,6 +415,7 @@ impl ActionService {
                             correlation_id: ctx.request_id.clone(),
                             traceparent: ctx.traceparent.clone(),
                             occurred_at: now,
+                            actor: switchboard_runtime::requests::current_actor(),
                             ..Default::default()
                         },
                     };
@@ -531,7 +533,7 @@ impl ActionService {
 }
 
 /// Action definitions for the command skeleton: every change stores the whole definition,
-/// so the latest one is the state.
+/// so the latest one is the state; after `action.deleted` there is none.
 struct Actions;
 
 impl Aggregate for Actions {
@@ -543,7 +545,7 @@ impl Aggregate for Actions {
         event: &RecordedEvent,
     ) -> Result<(), EventLogError> {
         if let Some(definition) = domain::decode(event)? {
-            *state = Some(definition);
+            *state = (!domain::is_deletion(event)).then_some(definition);
         }
         Ok(())
     }

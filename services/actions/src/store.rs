@@ -1,5 +1,6 @@
 //! The actions read model: one row per action (names unique in a workspace, enforced by the
-//! database inside the append's transaction) and the queries over it.
+//! database inside the append's transaction; a deleted action's row goes, freeing its
+//! name) and the queries over it.
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -72,6 +73,18 @@ impl Projection for ActionsProjection {
             let Some(d) = domain::decode(event)? else {
                 continue;
             };
+            if domain::is_deletion(event) {
+                // Its name is free again; its executions stay in the execution log.
+                on_conn!(tx, conn => sqlx::query(
+                    "DELETE FROM actions WHERE workspace_id = $1 AND id = $2",
+                )
+                .bind(&d.workspace_id)
+                .bind(&d.id)
+                .execute(&mut *conn)
+                .await
+                .map(|r| r.rows_affected()))?;
+                continue;
+            }
             let bytes = d.encode_to_vec();
             on_conn!(tx, conn => sqlx::query(
                 "INSERT INTO actions (workspace_id, id, name, enabled, definition) VALUES ($1, $2, $3, $4, $5)

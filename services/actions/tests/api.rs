@@ -79,7 +79,8 @@ on_both_backends!(
     definitions_are_versioned_and_secrets_never_leave,
     bad_definitions_are_refused_field_by_field,
     names_are_unique_per_workspace,
-    the_tool_catalogue_lists_enabled_actions
+    the_tool_catalogue_lists_enabled_actions,
+    a_deleted_action_is_gone_its_name_free_and_its_executions_kept
 );
 
 async fn definitions_are_versioned_and_secrets_never_leave(postgres: bool) {
@@ -343,5 +344,207 @@ async fn the_tool_catalogue_lists_enabled_actions(postgres: bool) {
         vec!["zz_last"]
     );
     assert!(rest.next_cursor.is_empty());
+    h.stop().await;
+}
+
+/// An action that runs without the network.
+fn total(name: &str) -> ActionDefinition {
+    ActionDefinition {
+        name: name.into(),
+        description: "Adds the order's lines up".into(),
+        kind: ActionKind::Calculation as i32,
+        calculation: Some(CalculationSpec {
+            outputs: vec![Calculation {
+                name: "total".into(),
+                expression: "input.price * 2".into(),
+            }],
+        }),
+        ..Default::default()
+    }
+}
+
+async fn a_deleted_action_is_gone_its_name_free_and_its_executions_kept(postgres: bool) {
+    use switchboard_actions::domain::event_types::DELETED;
+    let mut h = Harness::start(postgres).await;
+    let action = create(&mut h, WS, total("order_total")).await.unwrap();
+    let kept = create(&mut h, WS, total("other_total")).await.unwrap();
+    let execute = |key: &str| ExecuteActionRequest {
+        workspace_id: WS.into(),
+        action_id: action.id.clone(),
+        variables_json: r#"{"input": {"price": 4}}"#.into(),
+        idempotency_key: key.into(),
+        caller_permission: PermissionLevel::Agent as i32,
+        ..Default::default()
+    };
+    let ran = h
+        .client
+        .execute_action(execute("before-delete"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ran.outcome(), Outcome::Success, "{ran:?}");
+    let delete = |workspace: &str, request_id: &str| DeleteActionRequest {
+        workspace_id: workspace.into(),
+        action_id: action.id.clone(),
+        request_id: request_id.into(),
+    };
+
+    // Another workspace's action is not there to delete.
+    let elsewhere = h
+        .client
+        .delete_action(delete("ws_other", "del-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::NotFound);
+
+    // The answer is the definition as it was deleted; a retry answers the same.
+    let deleted = h
+        .client
+        .delete_action(delete(WS, "del-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    assert_eq!(
+        (deleted.id.as_str(), deleted.name.as_str(), deleted.version),
+        (action.id.as_str(), "order_total", 2)
+    );
+    let retried = h
+        .client
+        .delete_action(delete(WS, "del-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap();
+    assert_eq!(retried, deleted);
+    // A new request is refused: there is nothing left to delete.
+    let again = h
+        .client
+        .delete_action(delete(WS, "del-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+
+    // Every read and write treats it as gone.
+    let get = h
+        .client
+        .get_action(GetActionRequest {
+            workspace_id: WS.into(),
+            action_id: action.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(get.code(), Code::NotFound);
+    let update = h
+        .client
+        .update_action(UpdateActionRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            action_id: action.id.clone(),
+            definition: Some(total("order_total")),
+            expected_version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(update.code(), Code::NotFound);
+    let enable = h
+        .client
+        .set_action_enabled(SetActionEnabledRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            action_id: action.id.clone(),
+            enabled: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(enable.code(), Code::NotFound);
+    let run = h
+        .client
+        .execute_action(execute("after-delete"))
+        .await
+        .unwrap_err();
+    assert_eq!(run.code(), Code::NotFound);
+    let test = h
+        .client
+        .test_action(TestActionRequest {
+            workspace_id: WS.into(),
+            action_id: action.id.clone(),
+            variables_json: r#"{"input": {"price": 4}}"#.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(test.code(), Code::NotFound);
+    let listed = |h: &Harness| {
+        let mut client = h.client.clone();
+        async move {
+            let actions = client
+                .list_actions(ListActionsRequest {
+                    workspace_id: WS.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .actions;
+            let tools = client
+                .list_agent_tools(ListAgentToolsRequest {
+                    workspace_id: WS.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .tools;
+            (
+                actions.into_iter().map(|a| a.id).collect::<Vec<_>>(),
+                tools.into_iter().map(|t| t.name).collect::<Vec<_>>(),
+            )
+        }
+    };
+    assert_eq!(
+        listed(&h).await,
+        (vec![kept.id.clone()], vec!["other_total".to_owned()])
+    );
+
+    // Its execution stays in the log, for the audit.
+    let executions = h
+        .client
+        .list_executions(ListExecutionsRequest {
+            workspace_id: WS.into(),
+            action_id: action.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .executions;
+    assert_eq!(
+        executions
+            .iter()
+            .map(|e| e.execution_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![ran.execution_id.as_str()]
+    );
+
+    // Its name is free: a new action takes it, with a new id.
+    let successor = create(&mut h, WS, total("order_total")).await.unwrap();
+    assert_ne!(successor.id, action.id);
+    assert_eq!(successor.version, 1);
+
+    // Rebuilt from the log, the read model says the same.
+    let before = listed(&h).await;
+    h.log
+        .rebuild(&switchboard_actions::ActionsProjection, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(listed(&h).await, before);
+    assert_eq!(before.0.len(), 2);
+    let events = common::events_until(&h.log, |e| e.iter().any(|e| e.event_type == DELETED)).await;
+    assert_eq!(
+        events.iter().filter(|e| e.event_type == DELETED).count(),
+        1,
+        "the retry appended nothing"
+    );
     h.stop().await;
 }

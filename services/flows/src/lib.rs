@@ -6,7 +6,7 @@
 //! - [`domain`]: what a valid graph is (every error naming its node), and in
 //!   [`domain::run`] how a run moves through one; pure.
 //! - [`service`]: the command handler of definitions: create, save the draft, publish,
-//!   discard, roll back; assistants.
+//!   discard, roll back, delete; assistants (save, delete).
 //! - [`runtime`]: the command handler of runs: start, apply inputs, fire timers, invoke
 //!   action workflows.
 //! - [`effects`]: carries out what runs decided (messages, conversation updates,
@@ -165,13 +165,13 @@ fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
     use knowledge::event_types as k;
     use switchboard_proto::flows::v1 as pb;
     let shown = match event.event_type.as_str() {
-        t::FLOW_CREATED | t::FLOW_DRAFT_SAVED | t::FLOW_DRAFT_DISCARDED => {
+        t::FLOW_CREATED | t::FLOW_DRAFT_SAVED | t::FLOW_DRAFT_DISCARDED | t::FLOW_DELETED => {
             event.decode::<pb::FlowChanged>().map(|f| format!("{f:?}"))
         }
         t::FLOW_PUBLISHED => event
             .decode::<pb::FlowPublished>()
             .map(|p| format!("{p:?}")),
-        t::ASSISTANT_SAVED => event
+        t::ASSISTANT_SAVED | t::ASSISTANT_DELETED => event
             .decode::<pb::AssistantSaved>()
             .map(|a| format!("{a:?}")),
         k::COLLECTION_CREATED => event

@@ -390,9 +390,10 @@ impl RunService {
         if let Some(graph) = self.graphs.lock().expect("not poisoned").get(&key) {
             return Ok(graph.clone());
         }
+        // Pinned: found even when the flow was deleted after the run started.
         let graph = Arc::new(
             self.flows
-                .version(workspace_id, &state.flow_id, state.flow_version)
+                .pinned_version(workspace_id, &state.flow_id, state.flow_version)
                 .await?
                 .graph
                 .unwrap_or_default(),
@@ -441,17 +442,18 @@ impl RunService {
         conversation_id: &str,
         context: Json,
     ) -> Result<RunState, ServiceError> {
+        let key = derive_event_id(workspace_id, &format!("run:{flow_id}:{conversation_id}"), 0);
+        let run_id = format!("run_{}", key.simple());
+        // The run started already (even if its flow was deleted since): the same run.
+        if let Ok(existing) = self.load(workspace_id, &run_id).await {
+            return Ok(existing);
+        }
         let flow = self.flows.load(workspace_id, flow_id).await?.flow;
         if flow.published_version == 0 {
             return Err(ServiceError::FailedPrecondition(format!(
                 "flow `{}` has no published version to run",
                 flow.name
             )));
-        }
-        let key = derive_event_id(workspace_id, &format!("run:{flow_id}:{conversation_id}"), 0);
-        let run_id = format!("run_{}", key.simple());
-        if let Ok(existing) = self.load(workspace_id, &run_id).await {
-            return Ok(existing);
         }
         let pinned = RunState {
             flow_id: flow_id.to_owned(),

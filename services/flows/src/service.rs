@@ -1,8 +1,10 @@
 //! The command handler of definitions: flows (create, save the draft, publish, discard,
-//! roll back) and assistants.
+//! roll back, delete) and assistants (save, delete).
 //!
 //! Streams: `flow/<ws>/<flow>` (a flow: its draft and every published version) and
-//! `assistant/<ws>/<asst>`.
+//! `assistant/<ws>/<asst>`. A delete is the last event of its stream: the API answers
+//! `NotFound` for it afterwards, while runs already started on a deleted flow's versions
+//! still find their graphs ([`FlowsService::pinned_version`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,14 +12,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prost::Message as _;
 use switchboard_eventlog::{
-    Aggregate, Command, CommandError, Decision, EventLog, EventLogError, ExpectedVersion, Loaded,
-    Metadata, NewEvent, RecordedEvent, StreamRef, VersionOnly, derive_event_id, now_micros,
+    Aggregate, Command, CommandError, Decision, EventLog, EventLogError, Executed, ExpectedVersion,
+    Loaded, Metadata, NewEvent, RecordedEvent, StreamRef, VersionOnly, derive_event_id, now_micros,
     timestamp,
 };
 use switchboard_proto::actions::v1::ActionKind;
 use switchboard_proto::flows::v1::{
-    Assistant, AssistantSaved, CreateFlowRequest, Flow, FlowChanged, FlowKind, FlowPublished,
-    FlowVersion, Graph, PublishRequest, RollbackRequest, SaveDraftRequest,
+    Assistant, AssistantSaved, CreateFlowRequest, DeleteAssistantRequest, DeleteFlowRequest, Flow,
+    FlowChanged, FlowKind, FlowPublished, FlowVersion, Graph, PublishRequest, RollbackRequest,
+    SaveDraftRequest,
 };
 use uuid::Uuid;
 
@@ -96,12 +99,14 @@ pub fn assistant_stream(workspace_id: &str, assistant_id: &str) -> StreamRef {
     StreamRef::new("assistant", format!("{workspace_id}/{assistant_id}"))
 }
 
-/// A flow as its events left it: the flow, every published version, the stream version.
+/// A flow as its events left it: the flow, every published version, the stream version,
+/// and whether it was deleted (its versions stay, for the runs pinned to them).
 #[derive(Debug, Clone, Default)]
 pub struct FlowState {
     pub flow: Flow,
     pub versions: Vec<FlowVersion>,
     pub version: u64,
+    pub deleted: bool,
 }
 
 impl FlowState {
@@ -112,6 +117,12 @@ impl FlowState {
                 if let Some(flow) = FlowChanged::decode(payload)?.flow {
                     self.flow = flow;
                 }
+            }
+            t::FLOW_DELETED => {
+                if let Some(flow) = FlowChanged::decode(payload)?.flow {
+                    self.flow = flow;
+                }
+                self.deleted = true;
             }
             t::FLOW_PUBLISHED => {
                 if let Some(version) = FlowPublished::decode(payload)?.version {
@@ -170,6 +181,7 @@ fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
         correlation_id: correlation_id.to_owned(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
         occurred_at: now_micros(),
+        actor: switchboard_runtime::requests::current_actor(),
         ..Default::default()
     }
 }
@@ -208,7 +220,17 @@ impl FlowsService {
         &self.store
     }
 
+    /// The flow as the API sees it: `NotFound` once deleted.
     pub async fn load(&self, workspace_id: &str, flow_id: &str) -> Result<FlowState, ServiceError> {
+        let state = self.load_any(workspace_id, flow_id).await?;
+        if state.deleted {
+            return Err(ServiceError::NotFound("flow"));
+        }
+        Ok(state)
+    }
+
+    /// The flow, deleted or not: `NotFound` only when it never existed.
+    async fn load_any(&self, workspace_id: &str, flow_id: &str) -> Result<FlowState, ServiceError> {
         let loaded = Flows
             .load(&self.log, &flow_stream(workspace_id, flow_id))
             .await?;
@@ -299,7 +321,8 @@ impl FlowsService {
         };
         let key = derive_event_id(&r.workspace_id, &format!("flow:{request_id}"), 0);
         let flow_id = format!("flow_{}", key.simple());
-        if let Ok(existing) = self.load(&r.workspace_id, &flow_id).await {
+        // A retried create answers with the flow it made, even deleted since.
+        if let Ok(existing) = self.load_any(&r.workspace_id, &flow_id).await {
             return Ok(existing.flow);
         }
         if self
@@ -536,13 +559,28 @@ impl FlowsService {
         .await
     }
 
+    /// Version `number` (0: the published one) of a flow the API sees.
     pub async fn version(
         &self,
         workspace_id: &str,
         flow_id: &str,
         number: u32,
     ) -> Result<FlowVersion, ServiceError> {
-        let state = self.load(workspace_id, flow_id).await?;
+        Self::version_of(self.load(workspace_id, flow_id).await?, number)
+    }
+
+    /// Version `number` (0: the published one) of a flow even if it was deleted since: the
+    /// graph a run pinned to it goes on with.
+    pub async fn pinned_version(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+        number: u32,
+    ) -> Result<FlowVersion, ServiceError> {
+        Self::version_of(self.load_any(workspace_id, flow_id).await?, number)
+    }
+
+    fn version_of(state: FlowState, number: u32) -> Result<FlowVersion, ServiceError> {
         let wanted = if number == 0 {
             state.flow.published_version
         } else {
@@ -555,26 +593,112 @@ impl FlowsService {
             .ok_or(ServiceError::NotFound("version"))
     }
 
+    /// Deletes the flow and answers with it as it was deleted. Refused while an assistant
+    /// runs it. Its versions stay in its stream for the runs pinned to them; the read
+    /// model forgets it, which frees its name. Idempotent by request id.
+    pub async fn delete_flow(&self, r: DeleteFlowRequest) -> Result<Flow, ServiceError> {
+        check_request_id(&r.request_id)?;
+        let ws = r.workspace_id.as_str();
+        // Assistants are other streams: the read model says which run the flow. (An
+        // assistant saved in the same instant can still slip by; it then runs nothing new,
+        // as its flow is gone.)
+        let holders = self.store.assistants_running(ws, &r.flow_id).await?;
+        let stream = flow_stream(ws, &r.flow_id);
+        let metadata = metadata(ws, &r.request_id);
+        let key = request_key("flow_delete", &r.flow_id, &r.request_id);
+        let executed = Command::new(&self.log, &stream)
+            .request(ws, &key)
+            .run(&Flows, |loaded: &Loaded<FlowState>| {
+                let state = &loaded.state;
+                if loaded.version == 0 || state.deleted {
+                    return Err(ServiceError::NotFound("flow"));
+                }
+                if let Some((assistant_id, name)) = holders.first() {
+                    return Err(ServiceError::FailedPrecondition(format!(
+                        "flow `{}` is the conversation flow of assistant `{name}` \
+                         ({assistant_id}): delete the assistant or give it another flow first",
+                        state.flow.name
+                    )));
+                }
+                let mut flow = state.flow.clone();
+                flow.version = loaded.version + 1;
+                flow.updated_at = Some(timestamp(now_micros()));
+                let deleted = event(
+                    t::FLOW_DELETED,
+                    FlowChanged {
+                        flow: Some(flow.clone()),
+                    }
+                    .encode_to_vec(),
+                    metadata.clone(),
+                );
+                Ok(Decision::new(vec![deleted], flow))
+            })
+            .await;
+        answer_delete(&stream, executed, |event| {
+            Ok((event.event_type == t::FLOW_DELETED)
+                .then(|| event.decode::<FlowChanged>())
+                .transpose()?
+                .and_then(|changed| changed.flow))
+        })
+    }
+
     // -----------------------------------------------------------------------------------
     // Assistants
     // -----------------------------------------------------------------------------------
 
+    /// The assistant and its stream version; `NotFound` when there is none or it was
+    /// deleted.
     pub async fn load_assistant(
         &self,
         workspace_id: &str,
         assistant_id: &str,
     ) -> Result<(Assistant, u64), ServiceError> {
-        let events = self
-            .log
-            .read_stream(&assistant_stream(workspace_id, assistant_id), 0, 10_000)
+        let loaded = Assistants
+            .load(&self.log, &assistant_stream(workspace_id, assistant_id))
             .await?;
-        let Some(last) = events.last() else {
-            return Err(ServiceError::NotFound("assistant"));
-        };
-        let saved: AssistantSaved = last.decode()?;
-        let mut assistant = saved.assistant.unwrap_or_default();
-        assistant.version = last.stream_version;
-        Ok((assistant, last.stream_version))
+        match loaded.state {
+            Some(assistant) => Ok((assistant, loaded.version)),
+            None => Err(ServiceError::NotFound("assistant")),
+        }
+    }
+
+    /// Deletes the assistant and answers with it as it was deleted; conversations no longer
+    /// start its flow. Idempotent by request id.
+    pub async fn delete_assistant(
+        &self,
+        r: DeleteAssistantRequest,
+    ) -> Result<Assistant, ServiceError> {
+        check_request_id(&r.request_id)?;
+        let ws = r.workspace_id.as_str();
+        let stream = assistant_stream(ws, &r.assistant_id);
+        let metadata = metadata(ws, &r.request_id);
+        let key = request_key("assistant_delete", &r.assistant_id, &r.request_id);
+        let executed = Command::new(&self.log, &stream)
+            .request(ws, &key)
+            .run(&Assistants, |loaded: &Loaded<Option<Assistant>>| {
+                let Some(current) = &loaded.state else {
+                    return Err(ServiceError::NotFound("assistant"));
+                };
+                let mut assistant = current.clone();
+                assistant.version = loaded.version + 1;
+                assistant.updated_at = Some(timestamp(now_micros()));
+                let deleted = event(
+                    t::ASSISTANT_DELETED,
+                    AssistantSaved {
+                        assistant: Some(assistant.clone()),
+                    }
+                    .encode_to_vec(),
+                    metadata.clone(),
+                );
+                Ok(Decision::new(vec![deleted], assistant))
+            })
+            .await;
+        answer_delete(&stream, executed, |event| {
+            Ok((event.event_type == t::ASSISTANT_DELETED)
+                .then(|| event.decode::<AssistantSaved>())
+                .transpose()?
+                .and_then(|saved| saved.assistant))
+        })
     }
 
     pub async fn save_assistant(
@@ -703,5 +827,88 @@ impl FlowsService {
             .await?;
         assistant.version = version;
         Ok(assistant)
+    }
+}
+
+/// Assistants for the command skeleton: the one last saved, none once deleted.
+struct Assistants;
+
+impl Aggregate for Assistants {
+    type State = Option<Assistant>;
+
+    fn apply(&self, state: &mut Option<Assistant>, e: &RecordedEvent) -> Result<(), EventLogError> {
+        match e.event_type.as_str() {
+            t::ASSISTANT_SAVED => {
+                *state = Some(e.decode::<AssistantSaved>()?.assistant.unwrap_or_default());
+            }
+            t::ASSISTANT_DELETED => *state = None,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn at_version(&self, state: &mut Option<Assistant>, version: u64) {
+        if let Some(assistant) = state {
+            assistant.version = version;
+        }
+    }
+}
+
+fn check_request_id(request_id: &str) -> Result<(), ServiceError> {
+    let mut v = Violations::default();
+    if request_id.len() > 128 {
+        v.push("request_id", "at most 128 bytes");
+    }
+    v.finish().map_err(ServiceError::Invalid)
+}
+
+/// The key a delete's events derive their ids from: the request id, scoped to what it
+/// deletes (empty: no key, the delete is not deduplicated).
+fn request_key(what: &str, id: &str, request_id: &str) -> String {
+    if request_id.is_empty() {
+        String::new()
+    } else {
+        format!("{what}:{id}:{request_id}")
+    }
+}
+
+/// The answer to a delete: what `decide` said, or, for a request executed before, what
+/// its original stored on `stream` (`original` reads it from the first event), however
+/// the state refuses it now.
+fn answer_delete<S, T>(
+    stream: &StreamRef,
+    executed: Result<Executed<S, T>, CommandError<ServiceError>>,
+    original: impl Fn(&RecordedEvent) -> Result<Option<T>, EventLogError>,
+) -> Result<T, ServiceError> {
+    let stored = |events: &[RecordedEvent]| -> Result<Option<T>, ServiceError> {
+        match events.first() {
+            Some(first) if first.stream == *stream => Ok(original(first)?),
+            _ => Ok(None),
+        }
+    };
+    match executed {
+        // The key is scoped to the deleted stream, so its events are that delete's.
+        Ok(Executed::Duplicate { events, .. }) => stored(&events)?.ok_or_else(|| {
+            ServiceError::Invalid(vec![FieldViolation {
+                field: "request_id".into(),
+                description: "already used for another request".into(),
+            }])
+        }),
+        Ok(executed) => Ok(executed.into_output()),
+        Err(CommandError::Rejected {
+            error,
+            original: Some(events),
+        }) => stored(&events)?.ok_or(error),
+        Err(CommandError::Rejected { error, .. }) => Err(error),
+        Err(CommandError::Contended {
+            expected, actual, ..
+        }) => Err(ServiceError::Conflict {
+            expected: match expected {
+                ExpectedVersion::Exact(version) => version,
+                ExpectedVersion::NoStream => 0,
+            },
+            actual,
+        }),
+        Err(CommandError::Log(e)) => Err(e.into()),
     }
 }

@@ -1,5 +1,7 @@
 //! The flows read models: flows by workspace (names unique, enforced by the unique index
-//! inside the append) with their kind and published version, and assistants.
+//! inside the append) with their kind and published version, and assistants. A deleted
+//! flow leaves `flows` (freeing its name) for `deleted_flows`, which keeps its kind for the
+//! runs still going on its versions; a deleted assistant leaves `assistants`.
 
 use async_trait::async_trait;
 use prost::Message as _;
@@ -185,6 +187,12 @@ CREATE TABLE IF NOT EXISTS timers (
     PRIMARY KEY (workspace_id, run_id)
 );
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
+CREATE TABLE IF NOT EXISTS deleted_flows (
+    workspace_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    PRIMARY KEY (workspace_id, flow_id)
+);
 ";
 
 /// Knowledge: collections (names unique), when each last changed (a table of its own, so
@@ -289,6 +297,42 @@ impl Projection for FlowsProjection {
                     .bind(ws)
                     .bind(&version.flow_id)
                     .bind(version.number as i32)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                t::FLOW_DELETED => {
+                    let flow_id = last_part(event);
+                    let kind = event
+                        .decode::<FlowChanged>()?
+                        .flow
+                        .map_or(0, |flow| flow.kind);
+                    on_conn!(tx, conn => sqlx::query(
+                        "INSERT INTO deleted_flows (workspace_id, flow_id, kind)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (workspace_id, flow_id) DO NOTHING",
+                    )
+                    .bind(ws)
+                    .bind(flow_id)
+                    .bind(kind)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                    on_conn!(tx, conn => sqlx::query(
+                        "DELETE FROM flows WHERE workspace_id = $1 AND flow_id = $2",
+                    )
+                    .bind(ws)
+                    .bind(flow_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                t::ASSISTANT_DELETED => {
+                    on_conn!(tx, conn => sqlx::query(
+                        "DELETE FROM assistants WHERE workspace_id = $1 AND assistant_id = $2",
+                    )
+                    .bind(ws)
+                    .bind(last_part(event))
                     .execute(&mut *conn)
                     .await
                     .map(|r| r.rows_affected()))?;
@@ -488,6 +532,7 @@ impl Projection for FlowsProjection {
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
         for table in [
             "flows",
+            "deleted_flows",
             "assistants",
             "collections",
             "collection_updates",
@@ -506,6 +551,13 @@ impl Projection for FlowsProjection {
         Ok(())
     }
 }
+
+/// The condition that the run `r` (in workspace `$1`) is of a flow of kind `$3`, the flow
+/// deleted or not.
+const RUN_OF_KIND: &str = "(EXISTS (SELECT 1 FROM flows f
+        WHERE f.workspace_id = r.workspace_id AND f.flow_id = r.flow_id AND f.kind = $3)
+     OR EXISTS (SELECT 1 FROM deleted_flows d
+        WHERE d.workspace_id = r.workspace_id AND d.flow_id = r.flow_id AND d.kind = $3))";
 
 #[derive(Clone)]
 pub struct FlowsStore {
@@ -624,40 +676,62 @@ impl FlowsStore {
         .await)?)
     }
 
-    /// Every conversation flow run of a conversation, ended or not.
+    /// Every conversation flow run of a conversation, ended or not (its flow deleted or
+    /// not).
     pub async fn conversation_runs(
         &self,
         workspace_id: &str,
         conversation_id: &str,
     ) -> Result<Vec<String>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+        Ok(
+            on_pool!(self.log, pool => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT r.run_id FROM runs r
-             JOIN flows f ON f.workspace_id = r.workspace_id AND f.flow_id = r.flow_id
-             WHERE r.workspace_id = $1 AND r.conversation_id = $2 AND f.kind = $3
+             WHERE r.workspace_id = $1 AND r.conversation_id = $2 AND {RUN_OF_KIND}
              ORDER BY r.run_id",
-        )
+        )))
         .bind(workspace_id)
         .bind(conversation_id)
         .bind(FlowKind::ConversationFlow as i32)
         .fetch_all(pool)
-        .await)?)
+        .await)?,
+        )
     }
 
-    /// The conversation flow runs of a conversation that have not ended.
+    /// The conversation flow runs of a conversation that have not ended (their flow
+    /// deleted or not: they go on).
     pub async fn open_runs(
         &self,
         workspace_id: &str,
         conversation_id: &str,
     ) -> Result<Vec<String>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+        Ok(
+            on_pool!(self.log, pool => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT r.run_id FROM runs r
-             JOIN flows f ON f.workspace_id = r.workspace_id AND f.flow_id = r.flow_id
-             WHERE r.workspace_id = $1 AND r.conversation_id = $2 AND r.ended = 0 AND f.kind = $3
+             WHERE r.workspace_id = $1 AND r.conversation_id = $2 AND r.ended = 0
+               AND {RUN_OF_KIND}
              ORDER BY r.run_id",
-        )
+        )))
         .bind(workspace_id)
         .bind(conversation_id)
         .bind(FlowKind::ConversationFlow as i32)
+        .fetch_all(pool)
+        .await)?,
+        )
+    }
+
+    /// `(assistant_id, name)` of the assistants whose conversation flow is `flow_id`.
+    pub async fn assistants_running(
+        &self,
+        workspace_id: &str,
+        flow_id: &str,
+    ) -> Result<Vec<(String, String)>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT assistant_id, name FROM assistants
+             WHERE workspace_id = $1 AND flow_id = $2
+             ORDER BY assistant_id",
+        )
+        .bind(workspace_id)
+        .bind(flow_id)
         .fetch_all(pool)
         .await)?)
     }

@@ -1,14 +1,22 @@
 //! Flows and assistants over the real gRPC API on Postgres, with the real actions service
-//! beside it (over gRPC) checking the actions a graph refers to.
+//! beside it (over gRPC) checking the actions a graph refers to; deletes, and the runs of
+//! a deleted flow, on Postgres and SQLite.
 
 mod common;
 
 use std::collections::BTreeSet;
 
 use common::*;
+use serde_json::json;
+use switchboard_eventlog::{EventLog, StoreConfig};
+use switchboard_flows::domain::run::{Input, RunEvent, Status};
+use switchboard_flows::runtime::RunService;
+use switchboard_flows::service::ServiceError;
+use switchboard_flows::{FlowsProjection, FlowsService};
 use switchboard_proto::actions::v1::ActionKind;
 use switchboard_proto::flows::v1::flows_client::FlowsClient;
 use switchboard_proto::flows::v1::*;
+use tonic::Code;
 
 #[tokio::test]
 async fn drafts_publish_into_immutable_versions_discard_and_roll_back() {
@@ -330,4 +338,394 @@ async fn assistants_refer_only_to_what_exists_and_state_survives_a_restart() {
     assert_eq!(listed.assistants, vec![saved]);
     let _ = h.addr;
     h.stop().await;
+}
+
+#[tokio::test]
+async fn deleted_flows_and_assistants_are_gone_and_their_names_free() {
+    let mut h = Harness::start().await;
+    let main = h
+        .create("main", FlowKind::ConversationFlow, greeting("Hello!"))
+        .await;
+    let main = h.publish(&main).await.unwrap();
+    let saved = h
+        .flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Ada".into(),
+                flow_id: main.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let delete_flow = |workspace: &str, request_id: &str| DeleteFlowRequest {
+        workspace_id: workspace.into(),
+        flow_id: main.id.clone(),
+        request_id: request_id.into(),
+    };
+    let delete_assistant = |workspace: &str, request_id: &str| DeleteAssistantRequest {
+        workspace_id: workspace.into(),
+        assistant_id: saved.id.clone(),
+        request_id: request_id.into(),
+    };
+
+    // The assistant runs the flow: it stays, and the refusal names the assistant.
+    let refused = h
+        .flows
+        .delete_flow(delete_flow(WS, "flow-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("`Ada`") && refused.message().contains(&saved.id),
+        "{}",
+        refused.message()
+    );
+
+    // Another workspace has neither.
+    let elsewhere = h
+        .flows
+        .delete_flow(delete_flow("ws_other", "flow-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::NotFound);
+    let elsewhere = h
+        .flows
+        .delete_assistant(delete_assistant("ws_other", "asst-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::NotFound);
+
+    // The assistant goes; a retry answers as the first delete did.
+    let deleted = h
+        .flows
+        .delete_assistant(delete_assistant(WS, "asst-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (deleted.id.as_str(), deleted.name.as_str(), deleted.version),
+        (saved.id.as_str(), "Ada", saved.version + 1)
+    );
+    let retried = h
+        .flows
+        .delete_assistant(delete_assistant(WS, "asst-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, deleted);
+    let again = h
+        .flows
+        .delete_assistant(delete_assistant(WS, "asst-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+    let get = h
+        .flows
+        .get_assistant(AssistantRef {
+            workspace_id: WS.into(),
+            assistant_id: saved.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(get.code(), Code::NotFound);
+    let mut update = saved.clone();
+    update.instructions = "Be brief.".into();
+    let update = h
+        .flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(update),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(update.code(), Code::NotFound);
+    let listed = h
+        .flows
+        .list_assistants(ListAssistantsRequest {
+            workspace_id: WS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.assistants.is_empty(), "{listed:?}");
+
+    // Nothing runs the flow now: it goes, and a retry answers the same.
+    let gone = h
+        .flows
+        .delete_flow(delete_flow(WS, "flow-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (gone.id.as_str(), gone.name.as_str(), gone.version),
+        (main.id.as_str(), "main", main.version + 1)
+    );
+    assert_eq!(gone.published_version, 1);
+    let retried = h
+        .flows
+        .delete_flow(delete_flow(WS, "flow-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, gone);
+    let again = h
+        .flows
+        .delete_flow(delete_flow(WS, "flow-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+
+    // Every read and write of the flow answers NOT_FOUND.
+    let flow_ref = || FlowRef {
+        workspace_id: WS.into(),
+        flow_id: main.id.clone(),
+    };
+    let mut client = h.flows.clone();
+    let codes = [
+        client.get_flow(flow_ref()).await.map(drop),
+        client.list_versions(flow_ref()).await.map(drop),
+        client
+            .get_version(GetVersionRequest {
+                workspace_id: WS.into(),
+                flow_id: main.id.clone(),
+                number: 1,
+            })
+            .await
+            .map(drop),
+        client
+            .save_draft(SaveDraftRequest {
+                workspace_id: WS.into(),
+                flow_id: main.id.clone(),
+                draft: Some(greeting("Back?")),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        h.publish(&main).await.map(drop),
+        client.discard_draft(flow_ref()).await.map(drop),
+        client
+            .rollback(RollbackRequest {
+                workspace_id: WS.into(),
+                flow_id: main.id.clone(),
+                to_version: 1,
+            })
+            .await
+            .map(drop),
+    ]
+    .map(|answer| answer.unwrap_err().code());
+    assert_eq!(codes, [Code::NotFound; 7]);
+    // An assistant cannot take it up again.
+    let refused = h
+        .flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Ada".into(),
+                flow_id: main.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&refused),
+        BTreeSet::from(["assistant.flow_id".to_owned()])
+    );
+
+    // The names are free again.
+    let successor = h
+        .create("main", FlowKind::ConversationFlow, greeting("Hello again!"))
+        .await;
+    assert_ne!(successor.id, main.id);
+    let ada = h
+        .flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Ada".into(),
+                flow_id: successor.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(ada.id, saved.id);
+    let flows = h
+        .flows
+        .list_flows(ListFlowsRequest {
+            workspace_id: WS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .flows;
+    assert_eq!(
+        flows.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+        [successor.id.as_str()]
+    );
+    let assistants = h
+        .flows
+        .list_assistants(ListAssistantsRequest {
+            workspace_id: WS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .assistants;
+    assert_eq!(assistants, vec![ada]);
+    h.stop().await;
+}
+
+/// start → capture the order number → thank → end: a run that waits for the customer.
+fn intake() -> Graph {
+    Graph {
+        nodes: vec![
+            node("start", node::Kind::Start(Start {})),
+            node(
+                "capture",
+                node::Kind::CaptureInput(CaptureInput {
+                    variable: "session.order".into(),
+                    ..Default::default()
+                }),
+            ),
+            node("thank", say("Thanks for {{ session.order }}")),
+            node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![
+            edge("start", "capture", ""),
+            edge("capture", "thank", ""),
+            edge("thank", "end", ""),
+        ],
+        ..Default::default()
+    }
+}
+
+/// A run started on a flow's version goes on after the flow is deleted: the customer's
+/// message still finds it (the read model of open runs) and a fresh runtime still loads
+/// its pinned graph; no new run starts on the flow.
+async fn a_run_started_before_its_flow_was_deleted_goes_on(log: EventLog) {
+    let flows = FlowsService::new(log.clone(), None);
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "intake".into(),
+            kind: FlowKind::ConversationFlow as i32,
+            draft: Some(intake()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = RunService::new(flows.clone())
+        .start(WS, &flow.id, "conv_1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(started.run.status, Status::WaitingInput);
+    let run_id = started.run.run_id.clone();
+    flows
+        .delete_flow(DeleteFlowRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            request_id: "delete-intake".into(),
+        })
+        .await
+        .unwrap();
+
+    // A runtime that has cached nothing.
+    let runs = RunService::new(FlowsService::new(log.clone(), None));
+    assert_eq!(
+        runs.store().open_runs(WS, "conv_1").await.unwrap(),
+        std::slice::from_ref(&run_id)
+    );
+    let events = runs
+        .handle(
+            WS,
+            &run_id,
+            Input::Message {
+                text: "4711".into(),
+                sentiment: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            RunEvent::MessageSent { text, .. } if text == "Thanks for 4711"
+        )),
+        "{events:?}"
+    );
+    assert!(matches!(events.last(), Some(RunEvent::Ended { .. })));
+    assert!(
+        runs.store()
+            .open_runs(WS, "conv_1")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        runs.store().conversation_runs(WS, "conv_1").await.unwrap(),
+        std::slice::from_ref(&run_id)
+    );
+    // Starting the same run again is still that run; a new one does not start.
+    let same = runs.start(WS, &flow.id, "conv_1", json!({})).await.unwrap();
+    assert_eq!(same.run.run_id, run_id);
+    let refused = runs
+        .start(WS, &flow.id, "conv_2", json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, ServiceError::NotFound(_)), "{refused}");
+
+    // Rebuilt from the log, the read models say the same.
+    log.rebuild(&FlowsProjection, &mut |_| {}).await.unwrap();
+    let store = runs.store();
+    assert_eq!(store.flow_named(WS, "intake").await.unwrap(), None);
+    assert_eq!(
+        store.conversation_runs(WS, "conv_1").await.unwrap(),
+        [run_id]
+    );
+}
+
+#[tokio::test]
+async fn a_run_started_before_its_flow_was_deleted_goes_on_postgres() {
+    let schema = switchboard_eventlog::testing::TestSchema::new().await;
+    let log = switchboard_flows::open_log(&schema.store_config())
+        .await
+        .unwrap();
+    log.migrate().await.unwrap();
+    a_run_started_before_its_flow_was_deleted_goes_on(log).await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_run_started_before_its_flow_was_deleted_goes_on_sqlite() {
+    let path = std::env::temp_dir().join(format!(
+        "{}.db",
+        switchboard_eventlog::testing::unique_name()
+    ));
+    let log = switchboard_flows::open_log(&StoreConfig::Sqlite { path: path.clone() })
+        .await
+        .unwrap();
+    log.migrate().await.unwrap();
+    a_run_started_before_its_flow_was_deleted_goes_on(log).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
 }

@@ -14,7 +14,7 @@ pub mod service;
 pub mod store;
 
 use async_trait::async_trait;
-use switchboard_clients::{ConversationsClient, FlowsClient};
+use switchboard_clients::{ActionsClient, ConversationsClient, FlowsClient, WebhooksClient};
 use switchboard_contract::services;
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, StoreConfig};
 use switchboard_runtime::service::{BoxError, ReadModels, ServiceModule, Wiring};
@@ -70,6 +70,14 @@ impl ServiceModule for Gateway {
             conversations: ConversationsClient::connect_lazy(&conversations.into())?,
             flows: match wiring.peer(services::FLOWS) {
                 Some(peer) => Some(FlowsClient::connect_lazy(&peer.into())?),
+                None => None,
+            },
+            actions: match wiring.peer(services::ACTIONS) {
+                Some(peer) => Some(ActionsClient::connect_lazy(&peer.into())?),
+                None => None,
+            },
+            webhooks: match wiring.peer(services::WEBHOOKS) {
+                Some(peer) => Some(WebhooksClient::connect_lazy(&peer.into())?),
                 None => None,
             },
             rate_per_minute: wiring.config().api_rate_per_minute,

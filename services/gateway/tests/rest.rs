@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchboard_clients::{ClientConfig, ConversationsClient, FlowsClient};
+use switchboard_clients::{
+    ActionsClient, ClientConfig, ConversationsClient, FlowsClient, WebhooksClient,
+};
 use switchboard_eventlog::StoreConfig;
 use switchboard_gateway::ApiKeys;
 use switchboard_gateway::rest::{AppState, router};
@@ -76,11 +78,54 @@ impl Api {
         .await
         .unwrap();
         flows_log.migrate().await.unwrap();
+        let webhooks_log = switchboard_webhooks::open_log(&StoreConfig::Sqlite {
+            path: dir.0.join("webhooks.db"),
+        })
+        .await
+        .unwrap();
+        webhooks_log.migrate().await.unwrap();
+        let keyring = std::sync::Arc::new(
+            switchboard_secrets::Keyring::from_base64(&[base64_key()]).unwrap(),
+        );
+        let webhooks_settings = switchboard_webhooks::Settings {
+            urls: switchboard_webhooks::domain::UrlRules {
+                allow_http_hosts: vec!["127.0.0.1".into()],
+                policy: switchboard_outbound::Policy::allowing(&["127.0.0.0/8"]).unwrap(),
+            },
+            ..Default::default()
+        };
+        let actions_log = switchboard_actions::open_log(&StoreConfig::Sqlite {
+            path: dir.0.join("actions.db"),
+        })
+        .await
+        .unwrap();
+        actions_log.migrate().await.unwrap();
+        let outbound = switchboard_outbound::GuardedClient::new(
+            switchboard_outbound::Policy::allowing(&["127.0.0.0/8"]).unwrap(),
+            &switchboard_outbound::ClientOptions::default(),
+        )
+        .unwrap();
+        let actions_api = switchboard_actions::ActionsApi::over(
+            actions_log,
+            keyring.clone(),
+            outbound,
+            Default::default(),
+        );
         let server = GrpcServer::new()
             .add_service(
                 switchboard_conversations::GRPC_SERVICE,
                 switchboard_conversations::ConversationsApi::over(conversations_log.clone())
                     .into_server(),
+            )
+            .add_service(switchboard_actions::GRPC_SERVICE, actions_api.into_server())
+            .add_service(
+                switchboard_webhooks::GRPC_SERVICE,
+                switchboard_webhooks::WebhooksApi::new(switchboard_webhooks::WebhooksService::new(
+                    webhooks_log,
+                    keyring,
+                    webhooks_settings,
+                ))
+                .into_server(),
             )
             .add_service(
                 switchboard_flows::GRPC_SERVICE,
@@ -115,6 +160,22 @@ impl Api {
             keys: keys.clone(),
             conversations,
             flows: Some(flows),
+            actions: Some(
+                ActionsClient::connect_lazy(&ClientConfig::new(
+                    format!("http://{grpc_addr}"),
+                    None,
+                    "gateway",
+                ))
+                .unwrap(),
+            ),
+            webhooks: Some(
+                WebhooksClient::connect_lazy(&ClientConfig::new(
+                    format!("http://{grpc_addr}"),
+                    None,
+                    "gateway",
+                ))
+                .unwrap(),
+            ),
             rate_per_minute,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -313,6 +374,12 @@ impl Drop for Api {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A test encryption key: base64 of 32 bytes.
+fn base64_key() -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode([7u8; 32])
 }
 
 fn matches_template(template: &str, path: &str) -> bool {
@@ -806,6 +873,16 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it()
         "/v1/collections/{id}/documents/{external_id}",
         "/v1/collections/{id}/documents/bulk",
         "/v1/collections/{id}/search",
+        "/v1/webhook-endpoints",
+        "/v1/webhook-endpoints/{id}",
+        "/v1/webhook-endpoints/{id}/rotate-secret",
+        "/v1/webhook-endpoints/{id}/secret",
+        "/v1/webhook-endpoints/{id}/messages",
+        "/v1/webhook-endpoints/{id}/attempts",
+        "/v1/actions",
+        "/v1/actions/{id}",
+        "/v1/actions/{id}/test",
+        "/v1/actions/{id}/executions",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
         for (method, operation) in doc["paths"][path].as_object().unwrap() {
@@ -817,11 +894,17 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it()
         }
     }
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
-    let request = &doc["components"]["schemas"]["StartConversation"];
-    assert_eq!(
-        request["additionalProperties"], false,
-        "request schemas are strict"
-    );
+    for request in [
+        "StartConversation",
+        "ActionInput",
+        "CreateEndpoint",
+        "BulkDocuments",
+    ] {
+        assert_eq!(
+            doc["components"]["schemas"][request]["additionalProperties"], false,
+            "{request}: request schemas are strict"
+        );
+    }
     let docs = api
         .http
         .get(format!("{}/docs", api.base))
@@ -1051,5 +1134,233 @@ async fn a_key_past_its_rate_is_429_with_retry_after_and_others_go_on() {
         api.get("/v1/conversations", &api.b).await.status,
         StatusCode::OK,
         "another key has its own budget"
+    );
+}
+
+#[tokio::test]
+async fn webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate() {
+    let api = Api::start().await;
+    let created = api
+        .post(
+            "/v1/webhook-endpoints",
+            &api.a,
+            json!({"url": "http://127.0.0.1:9/hooks", "event_types": ["conversation.updated"]}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/webhook-endpoints/{id}");
+
+    let read = api.get(&path, &api.a).await;
+    let etag = read.header("etag");
+    assert_eq!(etag, format!("\"{}\"", read.body["version"]));
+    let changed = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"event_types": ["conversation.*"], "description": "CRM"})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(changed.body["event_types"], json!(["conversation.*"]));
+    assert_eq!(
+        changed.body["url"], "http://127.0.0.1:9/hooks",
+        "untouched fields stay"
+    );
+    let stale = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"description": "late"})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    let disabled = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"enabled": false})),
+            &[],
+        )
+        .await;
+    assert_eq!(disabled.body["enabled"], false);
+    assert_eq!(disabled.body["disabled_reason"], "api");
+    let bad = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"url": "ftp://example.com"})),
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+
+    let rotated = api
+        .post(&format!("{path}/rotate-secret"), &api.a, json!({}))
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let new_secret = rotated.body["secret"].as_str().unwrap();
+    assert_ne!(new_secret, secret);
+    let secrets = api.get(&format!("{path}/secret"), &api.a).await;
+    assert_eq!(secrets.body["secret"], new_secret);
+    assert_eq!(secrets.body["previous"], json!([secret]));
+
+    let messages = api.get(&format!("{path}/messages"), &api.a).await;
+    assert_eq!(messages.status, StatusCode::OK, "{}", messages.body);
+    assert_eq!(messages.body["data"], json!([]));
+    let attempts = api.get(&format!("{path}/attempts"), &api.a).await;
+    assert_eq!(attempts.status, StatusCode::OK, "{}", attempts.body);
+    let listed = api.get("/v1/webhook-endpoints", &api.a).await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+
+    for foreign in [
+        path.clone(),
+        format!("{path}/secret"),
+        format!("{path}/messages"),
+        format!("{path}/attempts"),
+    ] {
+        assert_eq!(
+            api.get(&foreign, &api.b).await.status,
+            StatusCode::NOT_FOUND,
+            "{foreign}"
+        );
+    }
+    assert_eq!(
+        api.get("/v1/webhook-endpoints", &api.b).await.body["data"],
+        json!([])
+    );
+
+    let deleted = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn actions_are_defined_patched_tested_and_deleted_as_their_json() {
+    let api = Api::start().await;
+    let definition = json!({
+        "name": "price_with_tax",
+        "description": "What an order costs with tax",
+        "kind": "ACTION_KIND_CALCULATION",
+        "permission_level": "PERMISSION_LEVEL_AGENT",
+        "calculation": {"outputs": [
+            {"name": "subtotal", "expression": "input.price * input.quantity"},
+            {"name": "total", "expression": "(outputs.subtotal * 1.2) | round(2)"}
+        ]}
+    });
+    let created = api.post("/v1/actions", &api.a, definition.clone()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/actions/{id}");
+    assert_eq!(created.body["calculation"]["outputs"][1]["name"], "total");
+
+    let tested = api
+        .post(
+            &format!("{path}/test"),
+            &api.a,
+            json!({"variables": {"input": {"price": 10, "quantity": 3}}}),
+        )
+        .await;
+    assert_eq!(tested.status, StatusCode::OK, "{}", tested.body);
+    assert_eq!(tested.body["outcome"], "OUTCOME_SUCCESS", "{}", tested.body);
+    let executions = api.get(&format!("{path}/executions"), &api.a).await;
+    assert_eq!(executions.status, StatusCode::OK, "{}", executions.body);
+    assert_eq!(executions.body["data"].as_array().unwrap().len(), 1);
+
+    let etag = api.get(&path, &api.a).await.header("etag");
+    let patched = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"description": "Order total with 20% tax", "enabled": false})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["description"], "Order total with 20% tax");
+    assert_eq!(
+        patched.body["calculation"]["outputs"][0]["name"],
+        "subtotal"
+    );
+    let stale = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"description": "late"})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+
+    let unknown = api
+        .post("/v1/actions", &api.a, json!({"name": "x", "colour": "red"}))
+        .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        unknown.body
+    );
+    let server_field = api
+        .post("/v1/actions", &api.a, json!({"name": "y", "version": 3}))
+        .await;
+    assert_eq!(server_field.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(server_field.body["errors"][0]["field"], "version");
+    let invalid = api
+        .post(
+            "/v1/actions",
+            &api.a,
+            json!({"name": "Not A Name", "kind": "ACTION_KIND_HTTP"}),
+        )
+        .await;
+    assert_eq!(
+        invalid.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        invalid.body
+    );
+    assert!(!invalid.body["errors"].as_array().unwrap().is_empty());
+
+    assert_eq!(api.get(&path, &api.b).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{path}/executions"), &api.b).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let listed = api.get("/v1/actions", &api.a).await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+
+    let deleted = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
+    let again = api.post("/v1/actions", &api.a, definition).await;
+    assert_eq!(
+        again.status,
+        StatusCode::CREATED,
+        "the name is free again: {}",
+        again.body
     );
 }

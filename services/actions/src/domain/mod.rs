@@ -103,6 +103,8 @@ pub enum Command {
     SetEnabled {
         enabled: bool,
     },
+    /// Ends the action: later commands on it answer `NotFound`; its executions stay.
+    Delete,
 }
 
 /// A decided change: its event type and the definition as it becomes.
@@ -121,7 +123,13 @@ impl Change {
     }
 }
 
-/// The definition stored in `event`, or `None` for a type this code does not know.
+/// Whether `event` ends its action (its definition is the one deleted).
+pub fn is_deletion(event: &RecordedEvent) -> bool {
+    event.event_type == event_types::DELETED
+}
+
+/// The definition stored in `event`, or `None` for a type this code does not know. For
+/// `action.deleted` it is the definition as it was deleted ([`is_deletion`]).
 pub fn decode(event: &RecordedEvent) -> Result<Option<ActionDefinition>, EventLogError> {
     if !event_types::ALL.contains(&event.event_type.as_str()) {
         return Ok(None);
@@ -192,6 +200,15 @@ pub fn decide(
                 } else {
                     event_types::DISABLED
                 },
+                definition,
+            }))
+        }
+        (Some(current), Command::Delete) => {
+            let mut definition = current.clone();
+            definition.version += 1;
+            definition.updated_at = at;
+            Ok(Some(Change {
+                event_type: event_types::DELETED,
                 definition,
             }))
         }
@@ -835,6 +852,28 @@ mod tests {
             ),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn a_delete_answers_the_definition_as_it_was_and_needs_an_action() {
+        let created = decide(
+            None,
+            Command::Create {
+                definition: http_action(),
+            },
+            1,
+        )
+        .unwrap()
+        .unwrap()
+        .definition;
+        let deleted = decide(Some(&created), Command::Delete, 2).unwrap().unwrap();
+        assert_eq!(deleted.event_type, event_types::DELETED);
+        assert_eq!(
+            (deleted.definition.name.as_str(), deleted.definition.version),
+            ("lookup_order", 2)
+        );
+        assert_eq!(deleted.definition.created_at, created.created_at);
+        assert_eq!(decide(None, Command::Delete, 3), Err(DomainError::NotFound));
     }
 
     #[test]

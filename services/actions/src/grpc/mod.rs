@@ -156,6 +156,19 @@ impl actions_server::Actions for ActionsApi {
         ))
     }
 
+    async fn delete_action(
+        &self,
+        request: Request<DeleteActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let r = request.into_inner();
+        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.action_id))?;
+        Ok(answer(
+            self.service
+                .execute(&ctx, &r.action_id, Command::Delete)
+                .await?,
+        ))
+    }
+
     async fn get_action(
         &self,
         request: Request<GetActionRequest>,

@@ -476,6 +476,27 @@ impl flows_server::Flows for FlowsApi {
         ))
     }
 
+    async fn delete_flow(
+        &self,
+        request: Request<DeleteFlowRequest>,
+    ) -> Result<Response<Flow>, Status> {
+        let r = request.into_inner();
+        flow_ref(&r.workspace_id, &r.flow_id)?;
+        Ok(Response::new(self.service.delete_flow(r).await?))
+    }
+
+    async fn delete_assistant(
+        &self,
+        request: Request<DeleteAssistantRequest>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        Ok(Response::new(self.service.delete_assistant(r).await?))
+    }
+
     async fn invoke_action_workflow(
         &self,
         request: Request<InvokeActionWorkflowRequest>,

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use switchboard_clients::FlowsClient;
 use switchboard_proto::flows::v1 as pb;
-use switchboard_runtime::codes;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,14 +48,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 fn flows(state: &AppState, caller: &Caller) -> Result<FlowsClient, ApiError> {
     let client = state.flows.as_ref().ok_or_else(|| {
-        let mut error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &codes::API_UNAVAILABLE,
-            "knowledge is served by the flows service, which this gateway does not reach \
-             (SWITCHBOARD_FLOWS_URL)",
-        );
-        error.retry_after = Some(60);
-        error
+        super::unreachable_peer("knowledge collections", "flows", "SWITCHBOARD_FLOWS_URL")
     })?;
     Ok(client.with_actor(&caller.actor()))
 }

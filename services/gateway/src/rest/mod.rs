@@ -7,11 +7,14 @@
 //! never from the request), and for a `POST` with `Idempotency-Key` the replay of the first
 //! answer.
 
+pub mod actions;
 pub mod api_keys;
 pub mod collections;
 pub mod conversations;
 pub mod extract;
 pub mod problem;
+pub mod proto_json;
+pub mod webhook_endpoints;
 
 use std::sync::Arc;
 
@@ -24,7 +27,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use switchboard_clients::{ConversationsClient, FlowsClient};
+use switchboard_clients::{ActionsClient, ConversationsClient, FlowsClient, WebhooksClient};
 use switchboard_eventlog::now_micros;
 use switchboard_runtime::codes;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -49,6 +52,10 @@ pub struct AppState {
     /// Knowledge (and later flows and assistants); `None` when the gateway reaches no flows
     /// service, and those resources answer 503.
     pub flows: Option<FlowsClient>,
+    /// Actions; `None` when the gateway reaches no actions service.
+    pub actions: Option<ActionsClient>,
+    /// Webhook endpoints; `None` when the gateway reaches no webhooks service.
+    pub webhooks: Option<WebhooksClient>,
     /// Requests one key may make a minute, across replicas.
     pub rate_per_minute: u32,
 }
@@ -69,6 +76,8 @@ pub struct AppState {
     tags(
         (name = "conversations", description = "Conversations and their messages"),
         (name = "knowledge", description = "Knowledge collections and their documents"),
+        (name = "webhooks", description = "Webhook endpoints, their messages and attempts"),
+        (name = "actions", description = "What the agent can do, test runs and the execution log"),
         (name = "api-keys", description = "The workspace's API keys (`admin` scope)"),
     ),
     components(schemas(problem::Problem, problem::FieldError)),
@@ -101,6 +110,8 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::new()
         .merge(conversations::routes())
         .merge(collections::routes())
+        .merge(webhook_endpoints::routes())
+        .merge(actions::routes())
         .merge(api_keys::routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
@@ -493,4 +504,18 @@ pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
         + time::Duration::nanoseconds(i64::from(ts.nanos));
     at.format(&time::format_description::well_known::Rfc3339)
         .ok()
+}
+
+/// The answer for a resource whose service this gateway does not reach (503: an operator
+/// must set `variable`).
+pub fn unreachable_peer(what: &str, service: &str, variable: &str) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &codes::API_UNAVAILABLE,
+        format!(
+            "{what} are served by the {service} service, which this gateway does not reach ({variable})"
+        ),
+    );
+    error.retry_after = Some(60);
+    error
 }
