@@ -883,6 +883,13 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it()
         "/v1/actions/{id}",
         "/v1/actions/{id}/test",
         "/v1/actions/{id}/executions",
+        "/v1/flows",
+        "/v1/flows/{id}",
+        "/v1/flows/{id}/publish",
+        "/v1/flows/{id}/undo",
+        "/v1/flows/{id}/versions",
+        "/v1/assistants",
+        "/v1/assistants/{id}",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
         for (method, operation) in doc["paths"][path].as_object().unwrap() {
@@ -1363,4 +1370,149 @@ async fn actions_are_defined_patched_tested_and_deleted_as_their_json() {
         "the name is free again: {}",
         again.body
     );
+}
+
+fn greeting(text: &str) -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "start": {}},
+            {"id": "greet", "send_message": {"text": text}},
+            {"id": "end", "end": {}}
+        ],
+        "edges": [
+            {"from": "start", "to": "greet"},
+            {"from": "greet", "to": "end"}
+        ]
+    })
+}
+
+#[tokio::test]
+async fn flows_are_drafted_published_and_run_by_assistants_over_rest() {
+    let api = Api::start().await;
+    let created = api
+        .post(
+            "/v1/flows",
+            &api.a,
+            json!({
+                "name": "main",
+                "kind": "FLOW_KIND_CONVERSATION_FLOW",
+                "draft": greeting("Hello!")
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/flows/{id}");
+
+    let etag = created.header("etag");
+    let published = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{path}/publish"),
+            &api.a,
+            Some(json!({"note": "first"})),
+            &[("if-match", &etag)],
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.body);
+    assert_eq!(published.body["published_version"], 1);
+
+    let drafted = api
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            &api.a,
+            Some(greeting("Welcome back!")),
+            &[("if-match", &published.header("etag"))],
+        )
+        .await;
+    assert_eq!(drafted.status, StatusCode::OK, "{}", drafted.body);
+    assert_eq!(drafted.body["has_draft"], true);
+    let stale = api
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            &api.a,
+            Some(greeting("Too late")),
+            &[("if-match", &published.header("etag"))],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    let broken = api
+        .call(
+            reqwest::Method::PATCH,
+            &path,
+            &api.a,
+            Some(json!({"edges": []})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        broken.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        broken.body
+    );
+    let undone = api.post(&format!("{path}/undo"), &api.a, json!({})).await;
+    assert_eq!(undone.status, StatusCode::OK, "{}", undone.body);
+    assert_eq!(undone.body["has_draft"], false);
+    let versions = api.get(&format!("{path}/versions"), &api.a).await;
+    assert_eq!(versions.status, StatusCode::OK, "{}", versions.body);
+    assert_eq!(versions.body["data"][0]["number"], 1);
+
+    let assistant = api
+        .post(
+            "/v1/assistants",
+            &api.a,
+            json!({"name": "Ada", "instructions": "Be kind.", "flow_id": id}),
+        )
+        .await;
+    assert_eq!(assistant.status, StatusCode::CREATED, "{}", assistant.body);
+    let assistant_path = format!("/v1/assistants/{}", assistant.body["id"].as_str().unwrap());
+    let patched = api
+        .call(
+            reqwest::Method::PATCH,
+            &assistant_path,
+            &api.a,
+            Some(json!({"instructions": "Be brief."})),
+            &[],
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.body["instructions"], "Be brief.");
+    assert_eq!(patched.body["flow_id"], id.as_str());
+    let server_field = api
+        .post(
+            "/v1/assistants",
+            &api.a,
+            json!({"name": "B", "id": "asst_mine"}),
+        )
+        .await;
+    assert_eq!(server_field.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    assert_eq!(api.get(&path, &api.b).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&assistant_path, &api.b).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(api.get("/v1/flows", &api.b).await.body["data"], json!([]));
+
+    let in_use = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(in_use.status, StatusCode::CONFLICT, "{}", in_use.body);
+    let gone = api
+        .call(reqwest::Method::DELETE, &assistant_path, &api.a, None, &[])
+        .await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
+    let deleted = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
 }

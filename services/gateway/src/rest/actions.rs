@@ -19,7 +19,7 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, page, unreachable_peer};
+use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, unreachable_peer};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -195,19 +195,6 @@ async fn get_action(
     ))
 }
 
-/// The version `If-Match` names, when the request has one.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(|tag| {
-            tag.trim().trim_matches('"').parse::<u64>().map_err(|_| {
-                ApiError::field("header.If-Match", "an ETag this API gave, e.g. \"3\"")
-            })
-        })
-        .transpose()
-}
-
 /// Stores `definition` as action `id`'s, at `expected` when given (412 otherwise).
 async fn store(
     client: &ActionsClient,
@@ -311,26 +298,10 @@ async fn patch_action(
             object.remove(*field);
         }
     }
-    merge(&mut document, patch);
+    merge_patch(&mut document, patch);
     let definition: pb::ActionDefinition =
         proto_json::from_json(DEFINITION, document, SERVER_FIELDS)?;
     store(&client, &caller, request_id, id, definition, Some(expected)).await
-}
-
-/// RFC 7396: objects merge, `null` removes, anything else replaces.
-fn merge(target: &mut Value, patch: Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                if value.is_null() {
-                    target.remove(&key);
-                } else {
-                    merge(target.entry(key).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, patch) => *target = patch,
-    }
 }
 
 /// Deletes an action; its execution log stays.

@@ -9,9 +9,11 @@
 
 pub mod actions;
 pub mod api_keys;
+pub mod assistants;
 pub mod collections;
 pub mod conversations;
 pub mod extract;
+pub mod flows;
 pub mod problem;
 pub mod proto_json;
 pub mod webhook_endpoints;
@@ -26,6 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use switchboard_clients::{ActionsClient, ConversationsClient, FlowsClient, WebhooksClient};
 use switchboard_eventlog::now_micros;
@@ -78,6 +81,8 @@ pub struct AppState {
         (name = "knowledge", description = "Knowledge collections and their documents"),
         (name = "webhooks", description = "Webhook endpoints, their messages and attempts"),
         (name = "actions", description = "What the agent can do, test runs and the execution log"),
+        (name = "flows", description = "Flows and workflows: drafts, published versions"),
+        (name = "assistants", description = "Assistants: instructions, actions, knowledge and their flow"),
         (name = "api-keys", description = "The workspace's API keys (`admin` scope)"),
     ),
     components(schemas(problem::Problem, problem::FieldError)),
@@ -112,6 +117,8 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(collections::routes())
         .merge(webhook_endpoints::routes())
         .merge(actions::routes())
+        .merge(flows::routes())
+        .merge(assistants::routes())
         .merge(api_keys::routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
@@ -518,4 +525,33 @@ pub fn unreachable_peer(what: &str, service: &str, variable: &str) -> ApiError {
     );
     error.retry_after = Some(60);
     error
+}
+
+/// The version `If-Match` names, when the request has one.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|tag| {
+            tag.trim().trim_matches('"').parse::<u64>().map_err(|_| {
+                ApiError::field("header.If-Match", "an ETag this API gave, e.g. \"3\"")
+            })
+        })
+        .transpose()
+}
+
+/// RFC 7396: objects merge, `null` removes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(&key);
+                } else {
+                    merge_patch(target.entry(key).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch,
+    }
 }

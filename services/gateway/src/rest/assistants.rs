@@ -1,0 +1,278 @@
+//! `/v1/assistants`: what an assistant knows and may do (instructions, enabled actions,
+//! knowledge collections) and the conversation flow it runs, over the flows service's gRPC
+//! API. An assistant is the `Assistant` message as JSON (see [`super::proto_json`]).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use switchboard_clients::FlowsClient;
+use switchboard_proto::flows::v1 as pb;
+use switchboard_runtime::codes;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::collections::Deleted;
+use super::extract::{Json, Path, Query};
+use super::problem::{ApiError, Problem};
+use super::proto_json::{self, proto_schema};
+use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, unreachable_peer};
+use crate::domain::Access;
+use crate::service::Caller;
+
+const RESOURCE: &str = "assistants";
+const ASSISTANT: &str = "switchboard.flows.v1.Assistant";
+/// Fields of an assistant the service sets.
+const SERVER_FIELDS: &[&str] = &["id", "workspace_id", "updated_at", "version"];
+
+proto_schema!(
+    /// An assistant.
+    AssistantJson = "switchboard.flows.v1.Assistant" as "Assistant",
+    omit [],
+    strict = false
+);
+proto_schema!(
+    /// An assistant to store.
+    AssistantInput = "switchboard.flows.v1.Assistant" as "AssistantInput",
+    omit ["id", "workspace_id", "updated_at", "version"],
+    strict = true
+);
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_assistants, create_assistant))
+        .routes(routes!(
+            get_assistant,
+            replace_assistant,
+            patch_assistant,
+            delete_assistant
+        ))
+}
+
+fn flows(state: &AppState, caller: &Caller) -> Result<FlowsClient, ApiError> {
+    let client = state
+        .flows
+        .as_ref()
+        .ok_or_else(|| unreachable_peer("assistants", "flows", "SWITCHBOARD_FLOWS_URL"))?;
+    Ok(client.with_actor(&caller.actor()))
+}
+
+fn with_etag(status: StatusCode, assistant: pb::Assistant) -> Response {
+    let tag = format!("\"{}\"", assistant.version);
+    let mut response = (status, Json(proto_json::to_json(ASSISTANT, &assistant))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// Lists the workspace's assistants.
+#[utoipa::path(
+    get, path = "/assistants", tag = "assistants", params(Page),
+    responses(
+        (status = 200, description = "One page of assistants", body = List<AssistantJson>),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_assistants(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(page_of): Query<Page>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let limit = page_of.limit()?;
+    let answer = flows(&state, &caller)?
+        .list_assistants(pb::ListAssistantsRequest {
+            workspace_id: caller.workspace_id.clone(),
+            page_size: limit,
+            cursor: page_of.cursor.unwrap_or_default(),
+        })
+        .await?;
+    let data: Vec<Value> = answer
+        .assistants
+        .iter()
+        .map(|a| proto_json::to_json(ASSISTANT, a))
+        .collect();
+    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    Ok(page("/v1/assistants", limit, data, next))
+}
+
+/// Saves `assistant` (a new one when its id is empty), at `expected` when given.
+async fn save(
+    client: &FlowsClient,
+    request_id: String,
+    assistant: pb::Assistant,
+    expected: Option<u64>,
+) -> Result<pb::Assistant, ApiError> {
+    client
+        .save_assistant(pb::SaveAssistantRequest {
+            assistant: Some(assistant),
+            expected_version: expected.unwrap_or(0),
+            request_id,
+        })
+        .await
+        .map_err(|status| {
+            let stale = status.message().starts_with(codes::FLOW_STALE_VERSION.id);
+            let mut error = ApiError::from(status);
+            if stale {
+                error.status = StatusCode::PRECONDITION_FAILED;
+            }
+            error
+        })
+}
+
+/// Creates an assistant.
+#[utoipa::path(
+    post, path = "/assistants", tag = "assistants", request_body = AssistantInput,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer to the same request")),
+    responses(
+        (status = 201, description = "Created", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_assistant(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let mut assistant: pb::Assistant = proto_json::from_json(ASSISTANT, body, SERVER_FIELDS)?;
+    assistant.workspace_id = caller.workspace_id.clone();
+    let client = flows(&state, &caller)?;
+    let created = save(&client, request_id, assistant, None).await?;
+    Ok(with_etag(StatusCode::CREATED, created))
+}
+
+async fn fetch(client: &FlowsClient, caller: &Caller, id: &str) -> Result<pb::Assistant, ApiError> {
+    Ok(client
+        .get_assistant(pb::AssistantRef {
+            workspace_id: caller.workspace_id.clone(),
+            assistant_id: id.to_owned(),
+        })
+        .await?)
+}
+
+/// Gets an assistant.
+#[utoipa::path(
+    get, path = "/assistants/{id}", tag = "assistants",
+    params(("id" = String, Path, description = "The assistant's id, `asst_...`")),
+    responses(
+        (status = 200, description = "The assistant", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_assistant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let client = flows(&state, &caller)?;
+    Ok(with_etag(
+        StatusCode::OK,
+        fetch(&client, &caller, &id).await?,
+    ))
+}
+
+/// Replaces an assistant. With `If-Match`, only at that version.
+#[utoipa::path(
+    put, path = "/assistants/{id}", tag = "assistants",
+    params(
+        ("id" = String, Path, description = "The assistant's id, `asst_...`"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on"),
+    ),
+    request_body = AssistantInput,
+    responses(
+        (status = 200, description = "The assistant after the change", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn replace_assistant(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let client = flows(&state, &caller)?;
+    // The assistant must exist in this workspace: a PUT never creates one under a chosen id.
+    let current = fetch(&client, &caller, &id).await?;
+    let mut assistant: pb::Assistant = proto_json::from_json(ASSISTANT, body, SERVER_FIELDS)?;
+    assistant.id = current.id;
+    assistant.workspace_id = caller.workspace_id.clone();
+    let expected = if_match(&headers)?;
+    let saved = save(&client, request_id, assistant, expected).await?;
+    Ok(with_etag(StatusCode::OK, saved))
+}
+
+/// Changes some fields of an assistant: a JSON merge patch (RFC 7396). With `If-Match`,
+/// only at that version.
+#[utoipa::path(
+    patch, path = "/assistants/{id}", tag = "assistants",
+    params(
+        ("id" = String, Path, description = "The assistant's id, `asst_...`"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on"),
+    ),
+    request_body(content = Object, description = "A merge patch of the assistant (fields of `AssistantInput`)"),
+    responses(
+        (status = 200, description = "The assistant after the change", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn patch_assistant(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(patch): Json<Value>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    if !patch.is_object() {
+        return Err(ApiError::field("body", "a JSON object (a merge patch)"));
+    }
+    let client = flows(&state, &caller)?;
+    let current = fetch(&client, &caller, &id).await?;
+    let expected = if_match(&headers)?.unwrap_or(current.version);
+    let mut document = proto_json::to_json(ASSISTANT, &current);
+    if let Some(object) = document.as_object_mut() {
+        for field in SERVER_FIELDS {
+            object.remove(*field);
+        }
+    }
+    merge_patch(&mut document, patch);
+    let mut assistant: pb::Assistant = proto_json::from_json(ASSISTANT, document, SERVER_FIELDS)?;
+    assistant.id = current.id;
+    assistant.workspace_id = caller.workspace_id.clone();
+    let saved = save(&client, request_id, assistant, Some(expected)).await?;
+    Ok(with_etag(StatusCode::OK, saved))
+}
+
+/// Deletes an assistant.
+#[utoipa::path(
+    delete, path = "/assistants/{id}", tag = "assistants",
+    params(("id" = String, Path, description = "The assistant's id, `asst_...`")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_assistant(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+) -> Result<Json<Deleted>, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    flows(&state, &caller)?
+        .delete_assistant(pb::DeleteAssistantRequest {
+            workspace_id: caller.workspace_id.clone(),
+            assistant_id: id.clone(),
+            request_id,
+        })
+        .await?;
+    Ok(Json(Deleted { id, deleted: true }))
+}
