@@ -166,10 +166,14 @@ async fn insert_messages(
 /// Filters of a conversation listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
-    pub status: i32,
+    /// A bit per status (`1 << status`); 0 for every status.
+    pub statuses: i64,
     pub channel: i32,
     /// Microseconds since the epoch; 0 for no bound.
     pub updated_since: i64,
+    pub updated_before: i64,
+    pub created_after: i64,
+    pub created_before: i64,
 }
 
 /// One page of results and the cursor of the next, empty on the last page.
@@ -279,16 +283,24 @@ impl ConversationStore {
         };
         let rows: Vec<Vec<u8>> = on_pool!(self.log, pool => sqlx::query(
             "SELECT state FROM conversations
-             WHERE workspace_id = $1 AND ($2 = 0 OR status = $2) AND ($3 = 0 OR channel = $3)
+             WHERE workspace_id = $1
+               AND ($2 = 0 OR ((CAST(1 AS BIGINT) << status) & $2) <> 0)
+               AND ($3 = 0 OR channel = $3)
                AND updated_at >= $4 AND ($5 = '' OR id < $5)
+               AND ($7 = 0 OR updated_at < $7)
+               AND created_at >= $8
+               AND ($9 = 0 OR created_at < $9)
              ORDER BY id DESC LIMIT $6",
         )
         .bind(workspace_id)
-        .bind(filter.status)
+        .bind(filter.statuses)
         .bind(filter.channel)
         .bind(filter.updated_since)
         .bind(before.unwrap_or_default())
         .bind(i64::from(limit) + 1)
+        .bind(filter.updated_before)
+        .bind(filter.created_after)
+        .bind(filter.created_before)
         .fetch_all(pool)
         .await
         .and_then(|rows| rows.iter().map(|r| r.try_get::<Vec<u8>, _>(0)).collect()))?;

@@ -993,6 +993,69 @@ async fn list_filters(backend: Backend) {
         2,
         "the widget one was updated after the slack one started"
     );
+    let several = h
+        .client
+        .list_conversations(ListConversationsRequest {
+            workspace_id: WS.into(),
+            statuses: vec![
+                ConversationStatus::Resolved as i32,
+                ConversationStatus::Active as i32,
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(several.conversations.len(), 2, "resolved or active");
+    let on_hold_only = h
+        .client
+        .list_conversations(ListConversationsRequest {
+            workspace_id: WS.into(),
+            statuses: vec![ConversationStatus::OnHold as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(on_hold_only.conversations.is_empty());
+    let created = |after: Option<prost_types::Timestamp>,
+                   before: Option<prost_types::Timestamp>| {
+        ListConversationsRequest {
+            workspace_id: WS.into(),
+            created_after: after,
+            created_before: before,
+            ..Default::default()
+        }
+    };
+    let before_slack = h
+        .client
+        .list_conversations(created(None, slack.created_at))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ids(before_slack),
+        vec![widget.clone()],
+        "created before the slack one"
+    );
+    let from_slack = h
+        .client
+        .list_conversations(created(slack.created_at, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ids(from_slack), vec![slack.id.clone()]);
+    let bad = h
+        .client
+        .list_conversations(ListConversationsRequest {
+            workspace_id: WS.into(),
+            statuses: vec![99],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("statuses[0]"), "{}", bad.message());
     h.stop().await;
 }
 

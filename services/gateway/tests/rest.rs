@@ -573,6 +573,48 @@ async fn lists_page_by_cursor_with_a_link_to_the_next_page() {
     started.sort();
     assert_eq!(seen, started);
 
+    for (id, status) in [(&started[0], "resolved"), (&started[1], "on_hold")] {
+        let changed = api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/conversations/{id}"),
+                &api.a,
+                Some(json!({"status": status})),
+                &[],
+            )
+            .await;
+        assert_eq!(changed.status, StatusCode::OK);
+    }
+    let filtered = api
+        .get("/v1/conversations?status=resolved,on_hold", &api.a)
+        .await;
+    let mut found: Vec<String> = filtered.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect();
+    found.sort();
+    let mut expected = vec![started[0].clone(), started[1].clone()];
+    expected.sort();
+    assert_eq!(found, expected);
+    let future = api
+        .get(
+            "/v1/conversations?created_after=2100-01-01T00:00:00Z",
+            &api.a,
+        )
+        .await;
+    assert_eq!(future.body["data"], json!([]));
+    let bad_status = api
+        .get("/v1/conversations?status=active,gone", &api.a)
+        .await;
+    assert_eq!(bad_status.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_time = api
+        .get("/v1/conversations?created_before=yesterday", &api.a)
+        .await;
+    assert_eq!(bad_time.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_time.body["errors"][0]["field"], "query.created_before");
+
     let too_many = api.get("/v1/conversations?limit=1000", &api.a).await;
     assert_eq!(too_many.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(too_many.body["errors"][0]["field"], "query.limit");

@@ -426,18 +426,26 @@ impl conversations_server::Conversations for ConversationsApi {
         let r = request.into_inner();
         let mut v = Violations::default();
         check_workspace(&mut v, &r.workspace_id);
-        if r.status != 0
-            && switchboard_proto::events::v1::ConversationStatus::try_from(r.status).is_err()
-        {
-            v.push("status", format!("unknown value {}", r.status));
+        let mut statuses: i64 = 0;
+        for (field, status) in std::iter::once(("status".to_owned(), r.status)).chain(
+            r.statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("statuses[{i}]"), *s)),
+        ) {
+            match switchboard_proto::events::v1::ConversationStatus::try_from(status) {
+                _ if status == 0 => {}
+                Ok(_) => statuses |= 1 << status,
+                Err(_) => v.push(&field, format!("unknown value {status}")),
+            }
         }
         if r.channel != 0 && switchboard_proto::events::v1::Channel::try_from(r.channel).is_err() {
             v.push("channel", format!("unknown value {}", r.channel));
         }
-        let updated_since = match &r.updated_since {
+        let mut micros = |field: &str, at: &Option<prost_types::Timestamp>| match at {
             None => 0,
             Some(t) if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) => {
-                v.push("updated_since", "not a valid timestamp");
+                v.push(field, "not a valid timestamp");
                 0
             }
             Some(t) => t
@@ -445,12 +453,19 @@ impl conversations_server::Conversations for ConversationsApi {
                 .saturating_mul(1_000_000)
                 .saturating_add(i64::from(t.nanos) / 1000),
         };
+        let updated_since = micros("updated_since", &r.updated_since);
+        let updated_before = micros("updated_before", &r.updated_before);
+        let created_after = micros("created_after", &r.created_after);
+        let created_before = micros("created_before", &r.created_before);
         finish(v)?;
         let limit = limit(r.limit)?;
         let filter = ListFilter {
-            status: r.status,
+            statuses,
             channel: r.channel,
             updated_since,
+            updated_before,
+            created_after,
+            created_before,
         };
         let page = self
             .store

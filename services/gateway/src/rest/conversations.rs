@@ -317,12 +317,20 @@ fn with_etag(status: StatusCode, conversation: pb::Conversation) -> Response {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListFilter {
-    /// Only conversations in this status.
-    pub status: Option<Status>,
+    /// Only conversations in one of these statuses, comma-separated
+    /// (`active,on_hold`).
+    #[param(example = "active,on_hold")]
+    pub status: Option<String>,
     /// Only conversations on this channel.
     pub channel: Option<Channel>,
+    /// Only conversations created at or after this time (RFC 3339).
+    pub created_after: Option<String>,
+    /// Only conversations created before this time (RFC 3339).
+    pub created_before: Option<String>,
     /// Only conversations updated at or after this time (RFC 3339).
     pub updated_after: Option<String>,
+    /// Only conversations updated before this time (RFC 3339).
+    pub updated_before: Option<String>,
     /// Items per page, 1 to 100.
     #[param(minimum = 1, maximum = 100, example = 20)]
     pub limit: Option<u32>,
@@ -351,21 +359,48 @@ async fn list_conversations(
         cursor: None,
     }
     .limit()?;
-    let updated_since = filter
-        .updated_after
+    let time = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| parse_time(&format!("query.{field}"), v))
+            .transpose()
+    };
+    let updated_since = time("updated_after", &filter.updated_after)?;
+    let updated_before = time("updated_before", &filter.updated_before)?;
+    let created_after = time("created_after", &filter.created_after)?;
+    let created_before = time("created_before", &filter.created_before)?;
+    let statuses = filter
+        .status
         .as_deref()
-        .map(|v| parse_time("query.updated_after", v))
-        .transpose()?;
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            serde_json::from_value::<Status>(serde_json::Value::String(s.to_owned()))
+                .map(|status| status.to_pb() as i32)
+                .map_err(|_| {
+                    ApiError::field(
+                        "query.status",
+                        format!("`{s}` is not one of active, on_hold, resolved, archived"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<i32>, ApiError>>()?;
     let answer = state
         .conversations
         .with_actor(&caller.actor())
         .list_conversations(api::ListConversationsRequest {
             workspace_id: caller.workspace_id.clone(),
-            status: filter.status.map_or(0, |s| s.to_pb() as i32),
+            statuses,
             channel: filter.channel.map_or(0, |c| c.to_pb() as i32),
             updated_since,
+            updated_before,
+            created_after,
+            created_before,
             limit: page_size,
             cursor: filter.cursor.unwrap_or_default(),
+            status: 0,
         })
         .await?;
     let data: Vec<Conversation> = answer.conversations.into_iter().map(Into::into).collect();
