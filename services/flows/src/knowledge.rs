@@ -374,6 +374,7 @@ fn metadata(workspace_id: &str) -> Metadata {
         workspace_id: workspace_id.to_owned(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
         occurred_at: now_micros(),
+        actor: switchboard_runtime::requests::current_actor(),
         ..Default::default()
     }
 }

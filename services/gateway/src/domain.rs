@@ -184,6 +184,8 @@ pub enum DomainError {
     Revoked,
     #[error("the workspace has {0} live API keys, the most it may")]
     TooMany(usize),
+    #[error("the API key was already rotated: rotate its successor, {0}")]
+    Rotated(String),
 }
 
 /// What a caller asks of a workspace's key ring.
@@ -293,6 +295,12 @@ pub fn decide(ring: &KeyRing, command: &Command, actor: &Actor) -> Result<Vec<Ev
             let old = ring.keys.get(id).ok_or(DomainError::NotFound)?;
             if old.refused_at(actor.now) {
                 return Err(DomainError::Revoked);
+            }
+            if !old.rotated_to.is_empty() {
+                return Err(DomainError::Rotated(old.rotated_to.clone()));
+            }
+            if ring.live(actor.now) >= limits::KEYS {
+                return Err(DomainError::TooMany(limits::KEYS));
             }
             if *overlap_secs > limits::MAX_OVERLAP_SECS {
                 return Err(DomainError::Invalid(vec![FieldViolation {
@@ -569,6 +577,11 @@ mod tests {
         assert!(!old.refused_at(60_000_000));
         assert!(old.refused_at(61_000_000));
         assert!(!new.refused_at(61_000_000));
+        assert_eq!(
+            decide(&ring, &rotate, &actor(30_000_000)),
+            Err(DomainError::Rotated("key_2".into())),
+            "rotating twice would cut the successor's life to the first overlap"
+        );
         assert_eq!(
             decide(&ring, &rotate, &actor(62_000_000)),
             Err(DomainError::Revoked)

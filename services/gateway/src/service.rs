@@ -238,6 +238,7 @@ impl ApiKeys {
                                 workspace_id: workspace_id.to_owned(),
                                 correlation_id: request_id.to_owned(),
                                 occurred_at: actor.now,
+                                actor: by.to_owned(),
                                 ..Default::default()
                             },
                         })

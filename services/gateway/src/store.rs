@@ -44,10 +44,12 @@ CREATE TABLE IF NOT EXISTS idempotency (
     idempotency_key TEXT NOT NULL,
     request_hash TEXT NOT NULL,
     status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
     body {bytes} NOT NULL,
     created_at BIGINT NOT NULL,
     PRIMARY KEY (workspace_id, idempotency_key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 ";
 
 /// The read models' DDL for Postgres and SQLite.
@@ -203,13 +205,28 @@ fn record(row: KeyRow) -> KeyRecord {
     }
 }
 
-/// A stored `Idempotency-Key` answer.
+/// A stored `Idempotency-Key` answer; status 0 while its request is still running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotentAnswer {
     pub request_hash: String,
     pub status: u16,
+    /// Headers replayed with it (`ETag`, `Location`, `Link`).
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
+
+/// Whether a request may run under an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// It is this request's now.
+    Reserved,
+    /// Another request has it: running (status 0) or answered.
+    Taken(IdempotentAnswer),
+}
+
+/// A running request's reservation that is older than this (its process died) may be
+/// taken over, in microseconds.
+const RESERVATION_TTL: i64 = 5 * 60 * 1_000_000;
 
 /// How long an `Idempotency-Key` answer is kept, in microseconds (24 hours, as Stripe).
 pub const IDEMPOTENCY_TTL: i64 = 24 * 3600 * 1_000_000;
@@ -336,60 +353,114 @@ impl GatewayStore {
         Ok(requests)
     }
 
-    /// The stored answer to `key` in the workspace, if one younger than a day is kept.
-    pub async fn idempotent_answer(
+    /// Reserves `key` for a request with `fingerprint`, or answers who has it. Expired
+    /// answers (a day) and dead reservations (five minutes) give way; now and then the
+    /// expired answers of every workspace are cleared.
+    pub async fn reserve_idempotency_key(
         &self,
         workspace_id: &str,
         key: &str,
+        fingerprint: &str,
         now: i64,
-    ) -> Result<Option<IdempotentAnswer>, EventLogError> {
-        let row: Option<(String, i32, Vec<u8>)> = on_pool!(self.log, pool => sqlx::query_as(
-            "SELECT request_hash, status, body FROM idempotency
-             WHERE workspace_id = $1 AND idempotency_key = $2 AND created_at > $3",
+    ) -> Result<Reservation, EventLogError> {
+        if rand::random::<u8>() == 0 {
+            on_pool!(self.log, pool => sqlx::query(
+                "DELETE FROM idempotency WHERE created_at <= $1",
+            )
+            .bind(now - IDEMPOTENCY_TTL)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        }
+        on_pool!(self.log, pool => sqlx::query(
+            "DELETE FROM idempotency WHERE workspace_id = $1 AND idempotency_key = $2
+               AND (created_at <= $3 OR (status = 0 AND created_at <= $4))",
         )
         .bind(workspace_id)
         .bind(key)
         .bind(now - IDEMPOTENCY_TTL)
+        .bind(now - RESERVATION_TTL)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let inserted = on_pool!(self.log, pool => sqlx::query(
+            "INSERT INTO idempotency (workspace_id, idempotency_key, request_hash, status,
+                 headers, body, created_at)
+             VALUES ($1, $2, $3, 0, '[]', $4, $5)
+             ON CONFLICT (workspace_id, idempotency_key) DO NOTHING",
+        )
+        .bind(workspace_id)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(Vec::<u8>::new())
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        if inserted == 1 {
+            return Ok(Reservation::Reserved);
+        }
+        let row: Option<(String, i32, String, Vec<u8>)> = on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT request_hash, status, headers, body FROM idempotency
+             WHERE workspace_id = $1 AND idempotency_key = $2",
+        )
+        .bind(workspace_id)
+        .bind(key)
         .fetch_optional(pool)
         .await)?;
-        Ok(row.map(|(request_hash, status, body)| IdempotentAnswer {
-            request_hash,
-            status: u16::try_from(status).unwrap_or(500),
-            body,
-        }))
+        Ok(match row {
+            Some((request_hash, status, headers, body)) => Reservation::Taken(IdempotentAnswer {
+                request_hash,
+                status: u16::try_from(status).unwrap_or(500),
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                body,
+            }),
+            // Released between the insert and the read: the caller may try again.
+            None => Reservation::Taken(IdempotentAnswer {
+                request_hash: fingerprint.to_owned(),
+                status: 0,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }),
+        })
     }
 
-    /// Keeps the first answer to `key`; a concurrent first answer wins and this one is
-    /// dropped. Answers older than a day are cleared on the way.
+    /// Gives `key` up: its request's answer is not kept, so a retry runs again.
+    pub async fn release_idempotency_key(
+        &self,
+        workspace_id: &str,
+        key: &str,
+    ) -> Result<(), EventLogError> {
+        on_pool!(self.log, pool => sqlx::query(
+            "DELETE FROM idempotency WHERE workspace_id = $1 AND idempotency_key = $2
+               AND status = 0",
+        )
+        .bind(workspace_id)
+        .bind(key)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    /// Keeps the answer of the request that reserved `key`.
     pub async fn keep_answer(
         &self,
         workspace_id: &str,
         key: &str,
         answer: &IdempotentAnswer,
-        now: i64,
     ) -> Result<(), EventLogError> {
+        let headers = serde_json::to_string(&answer.headers).unwrap_or_else(|_| "[]".into());
         on_pool!(self.log, pool => sqlx::query(
-            "DELETE FROM idempotency WHERE workspace_id = $1 AND idempotency_key = $2
-               AND created_at <= $3",
+            "UPDATE idempotency SET status = $3, headers = $4, body = $5
+             WHERE workspace_id = $1 AND idempotency_key = $2 AND request_hash = $6",
         )
         .bind(workspace_id)
         .bind(key)
-        .bind(now - IDEMPOTENCY_TTL)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
-        on_pool!(self.log, pool => sqlx::query(
-            "INSERT INTO idempotency (workspace_id, idempotency_key, request_hash, status, body,
-                 created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (workspace_id, idempotency_key) DO NOTHING",
-        )
-        .bind(workspace_id)
-        .bind(key)
-        .bind(&answer.request_hash)
         .bind(i32::from(answer.status))
+        .bind(&headers)
         .bind(&answer.body)
-        .bind(now)
+        .bind(&answer.request_hash)
         .execute(pool)
         .await
         .map(|r| r.rows_affected()))?;

@@ -598,6 +598,14 @@ async fn lists_page_by_cursor_with_a_link_to_the_next_page() {
     let mut expected = vec![started[0].clone(), started[1].clone()];
     expected.sort();
     assert_eq!(found, expected);
+    let first_page = api
+        .get("/v1/conversations?status=resolved,on_hold&limit=1", &api.a)
+        .await;
+    let link = first_page.header("link");
+    assert!(
+        link.contains("status=resolved,on_hold") && link.contains("limit=1"),
+        "the next page keeps the filters: {link}"
+    );
     let future = api
         .get(
             "/v1/conversations?created_after=2100-01-01T00:00:00Z",
@@ -735,6 +743,33 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.body["id"], first.body["id"]);
     assert_eq!(again.header("idempotent-replayed"), "true");
+    assert_eq!(
+        again.header("etag"),
+        first.header("etag"),
+        "a replay keeps its headers"
+    );
+    // Another key of the workspace, even one that may write, does not get the answer.
+    let other_key = api
+        .keys
+        .create("ws_a", "other-key", "other", &["write".into()], 0, "cli")
+        .await
+        .unwrap()
+        .key;
+    let stolen = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/conversations",
+            &other_key,
+            Some(json!({"user_id": "user_1"})),
+            &[("idempotency-key", "order-4711")],
+        )
+        .await;
+    assert_eq!(
+        stolen.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        stolen.body
+    );
     let other = send(json!({"user_id": "user_2"})).await;
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other.body["code"], "SB-API-0006");
@@ -848,6 +883,14 @@ async fn keys_are_created_shown_once_rotated_and_revoked_at_once() {
         .await;
     assert_eq!(rotated.status, StatusCode::CREATED, "{}", rotated.body);
     let successor = rotated.body["key"].as_str().unwrap().to_owned();
+    let twice = api
+        .post(
+            &format!("/v1/api-keys/{id}/rotate"),
+            &api.a_admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(twice.status, StatusCode::CONFLICT, "{}", twice.body);
     assert_eq!(rotated.body["rotated_from"], id.as_str());
     assert_eq!(rotated.body["scopes"], json!(["conversations:read"]));
     assert_eq!(

@@ -170,6 +170,7 @@ impl WebhooksService {
             correlation_id: correlation_id.to_owned(),
             traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
             occurred_at: self.now(),
+            actor: switchboard_runtime::requests::current_actor(),
             ..Default::default()
         }
     }

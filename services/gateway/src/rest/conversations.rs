@@ -338,7 +338,7 @@ pub struct ListFilter {
     pub cursor: Option<String>,
 }
 
-/// Lists the workspace's conversations, most recently updated first.
+/// Lists the workspace's conversations, newest first.
 #[utoipa::path(
     get, path = "/conversations", tag = "conversations",
     params(ListFilter),

@@ -39,7 +39,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::domain::Access;
 use crate::service::{ApiKeys, Caller};
-use crate::store::IdempotentAnswer;
+use crate::store::{IdempotentAnswer, Reservation};
 use problem::ApiError;
 
 /// The largest body a request may have.
@@ -181,7 +181,28 @@ pub struct RequestId(pub String);
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = format!("req_{}", ulid::Ulid::new().to_string().to_lowercase());
     request.extensions_mut().insert(RequestId(id.clone()));
+    let filters: Vec<String> = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("cursor=") && !p.starts_with("limit="))
+        .map(str::to_owned)
+        .collect();
     let mut response = next.run(request).await;
+    // The next page is the same list: its `Link` keeps the request's filters.
+    if !filters.is_empty()
+        && let Some(link) = response
+            .headers()
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+        && let Some((target, rest)) = link.split_once('>')
+    {
+        let with_filters = format!("{target}&{}>{rest}", filters.join("&"));
+        if let Ok(value) = HeaderValue::from_str(&with_filters) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
     if let Some(error) = response.extensions_mut().remove::<ApiError>() {
         let headers = std::mem::take(response.headers_mut());
         response = problem::render(&error, &id);
@@ -207,8 +228,9 @@ async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     let unauthenticated = |detail: &str| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -347,9 +369,12 @@ pub struct NotKept;
 const IDEMPOTENCY_KEY_BYTES: usize = 255;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Stripe's rule for a `POST` with `Idempotency-Key`: the same key and body replay the
-/// first answer (for 24 hours), another body with the same key is refused. Answers that
-/// are the server's failure (5xx) are not kept, so a retry runs again.
+/// Stripe's rule for a `POST` with `Idempotency-Key`: the same key and body (from the same
+/// API key) replay the first answer for 24 hours; another body, or another API key, with
+/// the same key is refused (422); a request still running with the key is 409. The key is
+/// reserved before the handler runs, so two at once never both run. Answers that are the
+/// server's failure (5xx), refusals, and answers showing a secret are not kept: the key
+/// is released and a retry runs again.
 async fn idempotency(
     State(state): State<AppState>,
     request: Request,
@@ -377,8 +402,13 @@ async fn idempotency(
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, &codes::API_UNAUTHENTICATED, ""))?;
+    let limit = if request.uri().path().ends_with("/documents/bulk") {
+        BULK_MAX_BODY
+    } else {
+        MAX_BODY
+    };
     let (mut parts, body) = request.into_parts();
-    let bytes = to_bytes(body, BULK_MAX_BODY).await.map_err(|_| {
+    let bytes = to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             &codes::API_TOO_LARGE,
@@ -387,39 +417,47 @@ async fn idempotency(
     })?;
     let fingerprint = {
         let mut hash = Sha256::new();
-        hash.update(parts.uri.path().as_bytes());
-        hash.update([0]);
-        hash.update(parts.uri.query().unwrap_or("").as_bytes());
-        hash.update([0]);
-        hash.update(&bytes);
+        for part in [
+            caller.key_id.as_bytes(),
+            parts.uri.path().as_bytes(),
+            parts.uri.query().unwrap_or("").as_bytes(),
+            &bytes,
+        ] {
+            hash.update(part);
+            hash.update([0]);
+        }
         hex::encode(hash.finalize())
     };
     let store = state.keys.store();
     let now = now_micros();
-    if let Some(first) = store
-        .idempotent_answer(&caller.workspace_id, &key, now)
+    match store
+        .reserve_idempotency_key(&caller.workspace_id, &key, &fingerprint, now)
         .await?
     {
-        if first.request_hash != fingerprint {
+        Reservation::Reserved => {}
+        Reservation::Taken(first) if first.request_hash != fingerprint => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &codes::API_IDEMPOTENCY_KEY_REUSED,
-                "this Idempotency-Key was used with another request; use a new key for a new \
-                 request",
+                "this Idempotency-Key was used with another request (or another API key); use \
+                 a new key for a new request",
             ));
         }
-        let mut response = (
-            StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK),
-            [(header::CONTENT_TYPE, "application/json")],
-            first.body,
-        )
-            .into_response();
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-        return Ok(response);
+        Reservation::Taken(first) if first.status == 0 => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                &codes::API_IDEMPOTENCY_KEY_IN_FLIGHT,
+                "a request with this Idempotency-Key is still being answered; send it again in \
+                 a moment",
+            ));
+        }
+        Reservation::Taken(first) => return Ok(replay(first)),
     }
-    parts.extensions.insert(RequestKey(format!("idem_{key}")));
+    // The services deduplicate by a request id derived from the key (bounded in length).
+    let derived = hex::encode(&Sha256::digest(format!("{}:{key}", caller.workspace_id))[..16]);
+    parts
+        .extensions
+        .insert(RequestKey(format!("idem_{derived}")));
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
@@ -427,10 +465,20 @@ async fn idempotency(
         || response.extensions().get::<ApiError>().is_some()
         || response.extensions().get::<NotKept>().is_some()
     {
+        store
+            .release_idempotency_key(&caller.workspace_id, &key)
+            .await?;
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
     let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let headers = [header::ETAG, header::LOCATION, header::LINK]
+        .iter()
+        .filter_map(|name| {
+            let value = parts.headers.get(name)?.to_str().ok()?;
+            Some((name.as_str().to_owned(), value.to_owned()))
+        })
+        .collect();
     store
         .keep_answer(
             &caller.workspace_id,
@@ -438,12 +486,34 @@ async fn idempotency(
             &IdempotentAnswer {
                 request_hash: fingerprint,
                 status: parts.status.as_u16(),
+                headers,
                 body: body.to_vec(),
             },
-            now,
         )
         .await?;
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// The first answer again, with the headers it had.
+fn replay(first: IdempotentAnswer) -> Response {
+    let mut response = (
+        StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK),
+        [(header::CONTENT_TYPE, "application/json")],
+        first.body,
+    )
+        .into_response();
+    for (name, value) in first.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
 }
 
 /// One page of any list.
@@ -460,6 +530,7 @@ pub struct List<T> {
 /// Paging of every list.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct Page {
     /// Items per page, 1 to 100.
     #[param(minimum = 1, maximum = 100, example = 20)]
@@ -529,15 +600,22 @@ pub fn unreachable_peer(what: &str, service: &str, variable: &str) -> ApiError {
 
 /// The version `If-Match` names, when the request has one.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(|tag| {
-            tag.trim().trim_matches('"').parse::<u64>().map_err(|_| {
-                ApiError::field("header.If-Match", "an ETag this API gave, e.g. \"3\"")
-            })
-        })
-        .transpose()
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::field("header.If-Match", "an ETag this API gave, e.g. \"3\"");
+    let value = value.to_str().map_err(|_| bad())?;
+    // `*` matches any version; of a list, the first tag counts; weak tags compare as strong.
+    let first = value.split(',').next().unwrap_or("").trim();
+    if first == "*" {
+        return Ok(None);
+    }
+    first
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<u64>()
+        .map(Some)
+        .map_err(|_| bad())
 }
 
 /// RFC 7396: objects merge, `null` removes, anything else replaces.

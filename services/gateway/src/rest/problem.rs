@@ -183,7 +183,8 @@ impl From<tonic::Status> for ApiError {
             }
             G::PermissionDenied => (StatusCode::FORBIDDEN, &codes::API_FORBIDDEN),
             G::Unauthenticated => (StatusCode::BAD_GATEWAY, &codes::API_UPSTREAM),
-            G::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, &codes::API_RATE_LIMITED),
+            // A service's quota (endpoints per workspace): waiting does not help.
+            G::ResourceExhausted => (StatusCode::CONFLICT, &codes::API_CONFLICT),
             G::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, &codes::API_UNAVAILABLE),
             G::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, &codes::API_UNAVAILABLE),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, &codes::API_INTERNAL),
@@ -245,7 +246,7 @@ impl From<KeyError> for ApiError {
             KeyError::Domain(e @ D::Revoked) => {
                 Self::new(StatusCode::CONFLICT, &codes::API_CONFLICT, e.to_string())
             }
-            KeyError::Domain(e @ D::TooMany(_)) => {
+            KeyError::Domain(e @ (D::TooMany(_) | D::Rotated(_))) => {
                 Self::new(StatusCode::CONFLICT, &codes::API_CONFLICT, e.to_string())
             }
             KeyError::Contended => Self::new(
