@@ -4,8 +4,8 @@
 //! A definition is the `ActionDefinition` message as JSON (see [`super::proto_json`]).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
 use switchboard_clients::ActionsClient;
@@ -17,9 +17,11 @@ use utoipa_axum::routes;
 
 use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, unreachable_peer};
+use super::{
+    AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged, unreachable_peer,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -70,12 +72,8 @@ fn actions(state: &AppState, caller: &Caller) -> Result<ActionsClient, ApiError>
 }
 
 fn with_etag(status: StatusCode, action: pb::ActionDefinition) -> Response {
-    let tag = format!("\"{}\"", action.version);
-    let mut response = (status, Json(proto_json::to_json(DEFINITION, &action))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&tag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
+    let version = action.version;
+    tagged(status, proto_json::to_json(DEFINITION, &action), version)
 }
 
 /// Filters of the action list.
@@ -213,14 +211,7 @@ async fn store(
             expected_version: expected.unwrap_or(0),
         })
         .await
-        .map_err(|status| {
-            let stale = status.message().starts_with(codes::ACT_STALE_VERSION.id);
-            let mut error = ApiError::from(status);
-            if stale {
-                error.status = StatusCode::PRECONDITION_FAILED;
-            }
-            error
-        })?;
+        .map_err(|s| stale_as_412(s, &codes::ACT_STALE_VERSION))?;
     Ok(with_etag(
         StatusCode::OK,
         updated.action.unwrap_or_default(),

@@ -3,8 +3,8 @@
 //! API. An assistant is the `Assistant` message as JSON (see [`super::proto_json`]).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::Value;
 use switchboard_clients::FlowsClient;
 use switchboard_proto::flows::v1 as pb;
@@ -14,9 +14,11 @@ use utoipa_axum::routes;
 
 use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, unreachable_peer};
+use super::{
+    AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged, unreachable_peer,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -58,12 +60,8 @@ fn flows(state: &AppState, caller: &Caller) -> Result<FlowsClient, ApiError> {
 }
 
 fn with_etag(status: StatusCode, assistant: pb::Assistant) -> Response {
-    let tag = format!("\"{}\"", assistant.version);
-    let mut response = (status, Json(proto_json::to_json(ASSISTANT, &assistant))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&tag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
+    let version = assistant.version;
+    tagged(status, proto_json::to_json(ASSISTANT, &assistant), version)
 }
 
 /// Lists the workspace's assistants.
@@ -111,14 +109,7 @@ async fn save(
             request_id,
         })
         .await
-        .map_err(|status| {
-            let stale = status.message().starts_with(codes::FLOW_STALE_VERSION.id);
-            let mut error = ApiError::from(status);
-            if stale {
-                error.status = StatusCode::PRECONDITION_FAILED;
-            }
-            error
-        })
+        .map_err(|s| stale_as_412(s, &codes::FLOW_STALE_VERSION))
 }
 
 /// Creates an assistant.

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::{AppState, List, Page, RequestKey, page, rfc3339};
+use super::{AppState, List, Page, RequestKey, page, rfc3339, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -302,14 +302,9 @@ fn etag(version: u64) -> String {
     format!("\"{version}\"")
 }
 
-/// A conversation answer with its `ETag`.
 fn with_etag(status: StatusCode, conversation: pb::Conversation) -> Response {
-    let tag = etag(conversation.version);
-    let mut response = (status, Json(Conversation::from(conversation))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&tag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
+    let version = conversation.version;
+    tagged(status, Conversation::from(conversation), version)
 }
 
 /// Filters of the conversation list.

@@ -3,8 +3,8 @@
 //! [`super::proto_json`]); its graph is the `Graph` message.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
 use switchboard_clients::FlowsClient;
@@ -16,9 +16,11 @@ use utoipa_axum::routes;
 
 use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
-use super::problem::{ApiError, Problem};
+use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, unreachable_peer};
+use super::{
+    AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged, unreachable_peer,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -78,22 +80,8 @@ fn flow_ref(caller: &Caller, id: &str) -> pb::FlowRef {
 }
 
 fn with_etag(status: StatusCode, flow: pb::Flow) -> Response {
-    let tag = format!("\"{}\"", flow.version);
-    let mut response = (status, Json(proto_json::to_json(FLOW, &flow))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&tag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
-}
-
-/// The service's stale-version refusal is the API's 412.
-fn stale_as_412(status: tonic::Status) -> ApiError {
-    let stale = status.message().starts_with(codes::FLOW_STALE_VERSION.id);
-    let mut error = ApiError::from(status);
-    if stale {
-        error.status = StatusCode::PRECONDITION_FAILED;
-    }
-    error
+    let version = flow.version;
+    tagged(status, proto_json::to_json(FLOW, &flow), version)
 }
 
 /// Filters of the flow list.
@@ -212,7 +200,7 @@ async fn store_draft(
             expected_version: expected.unwrap_or(0),
         })
         .await
-        .map_err(stale_as_412)?;
+        .map_err(|s| stale_as_412(s, &codes::FLOW_STALE_VERSION))?;
     Ok(with_etag(StatusCode::OK, saved))
 }
 
@@ -340,7 +328,7 @@ async fn publish(
             expected_version: if_match(&headers)?.unwrap_or(0),
         })
         .await
-        .map_err(stale_as_412)?;
+        .map_err(|s| stale_as_412(s, &codes::FLOW_STALE_VERSION))?;
     Ok(with_etag(StatusCode::OK, published))
 }
 

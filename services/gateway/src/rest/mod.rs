@@ -633,3 +633,12 @@ pub fn merge_patch(target: &mut Value, patch: Value) {
         (target, patch) => *target = patch,
     }
 }
+
+/// An answer with the resource's version as its `ETag`.
+pub fn tagged(status: StatusCode, body: impl Serialize, version: u64) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}

@@ -3,7 +3,7 @@
 //! service's gRPC API.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use switchboard_clients::WebhooksClient;
@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::{AppState, List, NotKept, Page, RequestKey, page, rfc3339, unreachable_peer};
+use super::{AppState, List, NotKept, Page, RequestKey, page, rfc3339, tagged, unreachable_peer};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -153,12 +153,8 @@ fn endpoint_ref(caller: &Caller, id: String) -> pb::EndpointRef {
 }
 
 fn with_etag(status: StatusCode, endpoint: pb::Endpoint) -> Response {
-    let tag = format!("\"{}\"", endpoint.version);
-    let mut response = (status, Json(Endpoint::from(endpoint))).into_response();
-    if let Ok(value) = HeaderValue::from_str(&tag) {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    response
+    let version = endpoint.version;
+    tagged(status, Endpoint::from(endpoint), version)
 }
 
 /// An answer carrying a secret: never kept for an `Idempotency-Key` replay (the service
