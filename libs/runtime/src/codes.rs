@@ -185,6 +185,13 @@ pub const CONV_NOT_FOUND: Code = Code {
     action: "Check the workspace and conversation ids.",
 };
 /// Secure metadata without the service's encryption key.
+/// The conversation changed since the version the caller expected.
+pub const CONV_STALE_VERSION: Code = Code {
+    id: "SB-CONV-0409",
+    status: Some(StatusCode::Aborted),
+    meaning: "The conversation is at another version than the one the request expected: someone changed it since you read it.",
+    action: "Read the conversation again, reapply your change and send it with the new version.",
+};
 pub const CONV_NO_ENCRYPTION_KEY: Code = Code {
     id: "SB-CONV-0412",
     status: Some(StatusCode::FailedPrecondition),
@@ -646,6 +653,7 @@ pub const ALL: &[Code] = &[
     CONV_REQUEST_ID_REUSED,
     CONV_INVALID_REQUEST,
     CONV_NOT_FOUND,
+    CONV_STALE_VERSION,
     CONV_NO_ENCRYPTION_KEY,
     CONV_STORE_UNAVAILABLE,
     CONV_STORE_REFUSED,

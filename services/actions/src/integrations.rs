@@ -184,6 +184,7 @@ impl Conversations for ConversationsClient {
         if !update.set_metafields.is_empty() {
             let (workspace_id, request_id, conversation_id) = ids("set");
             let request = SetMetafieldsRequest {
+                expected_version: 0,
                 workspace_id,
                 request_id,
                 conversation_id,
@@ -194,6 +195,7 @@ impl Conversations for ConversationsClient {
         if !update.remove_metafields.is_empty() {
             let (workspace_id, request_id, conversation_id) = ids("remove");
             let request = RemoveMetafieldsRequest {
+                expected_version: 0,
                 workspace_id,
                 request_id,
                 conversation_id,
@@ -207,6 +209,7 @@ impl Conversations for ConversationsClient {
         if let Some(status) = update.status {
             let (workspace_id, request_id, conversation_id) = ids("status");
             let request = SetStatusRequest {
+                expected_version: 0,
                 workspace_id,
                 request_id,
                 conversation_id,

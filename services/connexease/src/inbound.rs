@@ -353,6 +353,7 @@ impl Conversations for ConversationsClient {
         request_id: &str,
     ) -> Result<(), String> {
         let request = SetStatusRequest {
+            expected_version: 0,
             workspace_id: workspace_id.into(),
             request_id: format!("{request_id}-status"),
             conversation_id: conversation_id.into(),

@@ -74,6 +74,9 @@ pub enum DomainError {
     /// The conversation exists but is in a state that forbids the command.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The conversation is not at the version the caller expected.
+    #[error("the conversation is at version {actual}, not {expected}")]
+    StaleVersion { expected: u64, actual: u64 },
 }
 
 fn describe(violations: &[FieldViolation]) -> String {

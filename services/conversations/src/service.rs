@@ -49,6 +49,8 @@ pub struct RequestContext {
     /// Who the call acts for (`api_key:<id>`), recorded in the events; empty for a
     /// service acting for itself.
     pub actor: String,
+    /// The conversation version the change is for; 0 for any.
+    pub expected_version: u64,
 }
 
 /// The result of a command: the conversation as it now is, and the message it added.
@@ -281,6 +283,12 @@ fn decide(
     now: i64,
 ) -> Result<Decision<Option<Message>>, DomainError> {
     let state = &loaded.state;
+    if ctx.expected_version != 0 && state.is_some() && loaded.version != ctx.expected_version {
+        return Err(DomainError::StaleVersion {
+            expected: ctx.expected_version,
+            actual: loaded.version,
+        });
+    }
     let decided = domain::decide(state.as_ref(), command, now)?;
     if decided.is_empty() {
         return Ok(Decision::nothing(None));

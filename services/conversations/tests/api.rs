@@ -853,6 +853,7 @@ async fn retried_requests_change_nothing(backend: Backend) {
         conversation_id: a.id.clone(),
         request_id: "req-msg-1".into(),
         status: ConversationStatus::Resolved as i32,
+        ..Default::default()
     };
     assert_eq!(
         h.client.set_status(status).await.unwrap_err().code(),
@@ -1056,6 +1057,41 @@ async fn list_filters(backend: Backend) {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("statuses[0]"), "{}", bad.message());
+
+    // A change for a version the conversation is no longer at is refused, in the append.
+    let current = slack.version;
+    let stale = h
+        .client
+        .set_status(SetStatusRequest {
+            workspace_id: WS.into(),
+            conversation_id: slack.id.clone(),
+            status: ConversationStatus::OnHold as i32,
+            expected_version: current + 5,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), tonic::Code::Aborted);
+    assert!(
+        stale.message().starts_with("SB-CONV-0409"),
+        "{}",
+        stale.message()
+    );
+    let at_current = h
+        .client
+        .set_status(SetStatusRequest {
+            workspace_id: WS.into(),
+            conversation_id: slack.id.clone(),
+            status: ConversationStatus::OnHold as i32,
+            expected_version: current,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert!(at_current.version > current);
     h.stop().await;
 }
 

@@ -170,6 +170,7 @@ impl Conversations for switchboard_clients::ConversationsClient {
                 ))
             })?;
             self.set_status(SetStatusRequest {
+                expected_version: 0,
                 workspace_id: workspace_id.to_owned(),
                 request_id: format!("{request_id}-status"),
                 conversation_id: conversation_id.to_owned(),
@@ -180,6 +181,7 @@ impl Conversations for switchboard_clients::ConversationsClient {
         }
         if !metafields.is_empty() {
             self.set_metafields(SetMetafieldsRequest {
+                expected_version: 0,
                 workspace_id: workspace_id.to_owned(),
                 request_id: format!("{request_id}-metafields"),
                 conversation_id: conversation_id.to_owned(),

@@ -27,6 +27,9 @@ impl From<ServiceError> for Status {
             ServiceError::Domain(DomainError::FailedPrecondition(reason)) => {
                 Status::failed_precondition(reason)
             }
+            ServiceError::Domain(e @ DomainError::StaleVersion { .. }) => {
+                codes::CONV_STALE_VERSION.status(e)
+            }
             ServiceError::Contended => Status::aborted(e.to_string()),
             ServiceError::Log(e) => internal(e),
         }

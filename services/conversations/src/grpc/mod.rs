@@ -136,6 +136,7 @@ fn context(
         request_id: request_id.to_owned(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
         actor: switchboard_runtime::requests::current_actor(),
+        expected_version: 0,
     })
 }
 
@@ -280,7 +281,8 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<SetStatusRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        ctx.expected_version = r.expected_version;
         let command = Command::SetStatus { status: r.status };
         Ok(conversation(
             self.service
@@ -294,7 +296,8 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<SetMetafieldsRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        ctx.expected_version = r.expected_version;
         let command = Command::SetMetafields {
             metafields: r.metafields,
         };
@@ -310,7 +313,8 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<RemoveMetafieldsRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        ctx.expected_version = r.expected_version;
         let command = Command::RemoveMetafields { keys: r.keys };
         Ok(conversation(
             self.service

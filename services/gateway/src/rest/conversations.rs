@@ -15,8 +15,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{Json, Path, Query};
-use super::problem::{ApiError, Problem};
-use super::{AppState, List, Page, RequestKey, page, rfc3339, tagged};
+use super::problem::{ApiError, Problem, stale_as_412};
+use super::{AppState, List, Page, RequestKey, if_match, page, rfc3339, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -539,29 +539,19 @@ async fn update_conversation(
     Json(change): Json<UpdateConversation>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let mut current = fetch(&state, &caller, &id).await?;
-    if let Some(expected) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-        let tag = etag(current.version);
-        if !expected
-            .split(',')
-            .any(|t| t.trim() == tag || t.trim() == "*")
-        {
-            return Err(ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                &codes::API_PRECONDITION_FAILED,
-                format!("the conversation is at {tag}, not {expected}"),
-            ));
-        }
-    }
+    // Each step is one append at the version the previous one left (the first at the
+    // `If-Match` version, when given), so a concurrent change is never overwritten.
+    let mut expected = if_match(&headers)?.unwrap_or(0);
+    let client = state.conversations.with_actor(&caller.actor());
+    let stale = |status: tonic::Status| stale_as_412(status, &codes::CONV_STALE_VERSION);
     let workspace_id = caller.workspace_id.clone();
     let (set, remove): (Vec<_>, Vec<_>) = change
         .metafields
         .into_iter()
         .partition(|(_, value)| value.is_some());
+    let mut current = None;
     if !set.is_empty() {
-        current = state
-            .conversations
-            .with_actor(&caller.actor())
+        let changed = client
             .set_metafields(api::SetMetafieldsRequest {
                 workspace_id: workspace_id.clone(),
                 request_id: format!("{request_id}:metafields"),
@@ -570,39 +560,64 @@ async fn update_conversation(
                     .into_iter()
                     .map(|(k, v)| (k, v.unwrap_or_default()))
                     .collect(),
+                expected_version: expected,
             })
-            .await?
+            .await
+            .map_err(stale)?
             .conversation
-            .unwrap_or(current);
+            .unwrap_or_default();
+        expected = changed.version;
+        current = Some(changed);
     }
     if !remove.is_empty() {
-        current = state
-            .conversations
-            .with_actor(&caller.actor())
+        let changed = client
             .remove_metafields(api::RemoveMetafieldsRequest {
                 workspace_id: workspace_id.clone(),
                 request_id: format!("{request_id}:remove"),
                 conversation_id: id.clone(),
                 keys: remove.into_iter().map(|(k, _)| k).collect(),
+                expected_version: expected,
             })
-            .await?
+            .await
+            .map_err(stale)?
             .conversation
-            .unwrap_or(current);
+            .unwrap_or_default();
+        expected = changed.version;
+        current = Some(changed);
     }
     if let Some(status) = change.status {
-        current = state
-            .conversations
-            .with_actor(&caller.actor())
+        let changed = client
             .set_status(api::SetStatusRequest {
                 workspace_id,
                 request_id: format!("{request_id}:status"),
-                conversation_id: id,
+                conversation_id: id.clone(),
                 status: status.to_pb() as i32,
+                expected_version: expected,
             })
-            .await?
+            .await
+            .map_err(stale)?
             .conversation
-            .unwrap_or(current);
+            .unwrap_or_default();
+        current = Some(changed);
     }
+    let current = match current {
+        Some(current) => current,
+        // Nothing to change: the conversation as it is, if still at the `If-Match` version.
+        None => {
+            let current = fetch(&state, &caller, &id).await?;
+            if expected != 0 && current.version != expected {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    &codes::API_PRECONDITION_FAILED,
+                    format!(
+                        "the conversation is at version {}, not {expected}",
+                        current.version
+                    ),
+                ));
+            }
+            current
+        }
+    };
     Ok(with_etag(StatusCode::OK, current))
 }
 

@@ -281,10 +281,13 @@ impl From<switchboard_eventlog::EventLogError> for ApiError {
 /// A service's answer in HTTP terms, its stale-version refusal (`stale`) being the API's
 /// 412: the `If-Match` version was not the resource's.
 pub fn stale_as_412(status: tonic::Status, stale: &Code) -> ApiError {
-    let is_stale = status.message().starts_with(stale.id);
-    let mut error = ApiError::from(status);
-    if is_stale {
-        error.status = StatusCode::PRECONDITION_FAILED;
+    if !status.message().starts_with(stale.id) {
+        return status.into();
     }
-    error
+    let detail = ApiError::from(status).detail;
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        &codes::API_PRECONDITION_FAILED,
+        detail,
+    )
 }
