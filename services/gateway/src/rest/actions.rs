@@ -19,9 +19,7 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{
-    AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged, unreachable_peer,
-};
+use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, page_limit, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -63,14 +61,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_executions))
 }
 
-fn actions(state: &AppState, caller: &Caller) -> Result<ActionsClient, ApiError> {
-    let client = state
-        .actions
-        .as_ref()
-        .ok_or_else(|| unreachable_peer("actions", "actions", "SWITCHBOARD_ACTIONS_URL"))?;
-    Ok(client.with_actor(&caller.actor()))
-}
-
 fn with_etag(status: StatusCode, action: pb::ActionDefinition) -> Response {
     let version = action.version;
     tagged(status, proto_json::to_json(DEFINITION, &action), version)
@@ -104,12 +94,9 @@ async fn list_actions(
     Query(filter): Query<ActionFilter>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let limit = Page {
-        limit: filter.limit,
-        cursor: None,
-    }
-    .limit()?;
-    let answer = actions(&state, &caller)?
+    let limit = page_limit(filter.limit)?;
+    let answer = state
+        .actions_for(&caller)?
         .list_actions(pb::ListActionsRequest {
             workspace_id: caller.workspace_id.clone(),
             enabled_only: filter.enabled_only,
@@ -143,7 +130,8 @@ async fn create_action(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
     let definition: pb::ActionDefinition = proto_json::from_json(DEFINITION, body, SERVER_FIELDS)?;
-    let created = actions(&state, &caller)?
+    let created = state
+        .actions_for(&caller)?
         .create_action(pb::CreateActionRequest {
             workspace_id: caller.workspace_id.clone(),
             request_id,
@@ -186,7 +174,7 @@ async fn get_action(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let client = actions(&state, &caller)?;
+    let client = state.actions_for(&caller)?;
     Ok(with_etag(
         StatusCode::OK,
         fetch(&client, &caller, &id).await?,
@@ -241,7 +229,7 @@ async fn replace_action(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
     let definition: pb::ActionDefinition = proto_json::from_json(DEFINITION, body, SERVER_FIELDS)?;
-    let client = actions(&state, &caller)?;
+    let client = state.actions_for(&caller)?;
     store(
         &client,
         &caller,
@@ -280,7 +268,7 @@ async fn patch_action(
     if !patch.is_object() {
         return Err(ApiError::field("body", "a JSON object (a merge patch)"));
     }
-    let client = actions(&state, &caller)?;
+    let client = state.actions_for(&caller)?;
     let current = fetch(&client, &caller, &id).await?;
     let expected = if_match(&headers)?.unwrap_or(current.version);
     let mut document = proto_json::to_json(DEFINITION, &current);
@@ -311,7 +299,8 @@ async fn delete_action(
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    actions(&state, &caller)?
+    state
+        .actions_for(&caller)?
         .delete_action(pb::DeleteActionRequest {
             workspace_id: caller.workspace_id.clone(),
             action_id: id.clone(),
@@ -348,7 +337,8 @@ async fn test_action(
     Json(body): Json<TestRun>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let result = actions(&state, &caller)?
+    let result = state
+        .actions_for(&caller)?
         .test_action(pb::TestActionRequest {
             workspace_id: caller.workspace_id.clone(),
             action_id: id,
@@ -375,7 +365,7 @@ async fn list_executions(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let limit = page_of.limit()?;
-    let client = actions(&state, &caller)?;
+    let client = state.actions_for(&caller)?;
     // Another workspace's action (or a missing one) is a 404, not an empty list.
     fetch(&client, &caller, &id).await?;
     let answer = client

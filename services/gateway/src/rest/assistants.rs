@@ -16,9 +16,7 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{
-    AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged, unreachable_peer,
-};
+use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -51,14 +49,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         ))
 }
 
-fn flows(state: &AppState, caller: &Caller) -> Result<FlowsClient, ApiError> {
-    let client = state
-        .flows
-        .as_ref()
-        .ok_or_else(|| unreachable_peer("assistants", "flows", "SWITCHBOARD_FLOWS_URL"))?;
-    Ok(client.with_actor(&caller.actor()))
-}
-
 fn with_etag(status: StatusCode, assistant: pb::Assistant) -> Response {
     let version = assistant.version;
     tagged(status, proto_json::to_json(ASSISTANT, &assistant), version)
@@ -79,7 +69,8 @@ async fn list_assistants(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let limit = page_of.limit()?;
-    let answer = flows(&state, &caller)?
+    let answer = state
+        .flows_for(&caller)?
         .list_assistants(pb::ListAssistantsRequest {
             workspace_id: caller.workspace_id.clone(),
             page_size: limit,
@@ -130,7 +121,7 @@ async fn create_assistant(
     caller.require(RESOURCE, Access::Write)?;
     let mut assistant: pb::Assistant = proto_json::from_json(ASSISTANT, body, SERVER_FIELDS)?;
     assistant.workspace_id = caller.workspace_id.clone();
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     let created = save(&client, request_id, assistant, None).await?;
     Ok(with_etag(StatusCode::CREATED, created))
 }
@@ -159,7 +150,7 @@ async fn get_assistant(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     Ok(with_etag(
         StatusCode::OK,
         fetch(&client, &caller, &id).await?,
@@ -188,7 +179,7 @@ async fn replace_assistant(
     Json(body): Json<Value>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     // The assistant must exist in this workspace: a PUT never creates one under a chosen id.
     let current = fetch(&client, &caller, &id).await?;
     let mut assistant: pb::Assistant = proto_json::from_json(ASSISTANT, body, SERVER_FIELDS)?;
@@ -225,7 +216,7 @@ async fn patch_assistant(
     if !patch.is_object() {
         return Err(ApiError::field("body", "a JSON object (a merge patch)"));
     }
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     let current = fetch(&client, &caller, &id).await?;
     let expected = if_match(&headers)?.unwrap_or(current.version);
     let mut document = proto_json::to_json(ASSISTANT, &current);
@@ -258,7 +249,8 @@ async fn delete_assistant(
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    flows(&state, &caller)?
+    state
+        .flows_for(&caller)?
         .delete_assistant(pb::DeleteAssistantRequest {
             workspace_id: caller.workspace_id.clone(),
             assistant_id: id.clone(),

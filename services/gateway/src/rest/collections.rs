@@ -46,13 +46,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(bulk)
 }
 
-fn flows(state: &AppState, caller: &Caller) -> Result<FlowsClient, ApiError> {
-    let client = state.flows.as_ref().ok_or_else(|| {
-        super::unreachable_peer("knowledge collections", "flows", "SWITCHBOARD_FLOWS_URL")
-    })?;
-    Ok(client.with_actor(&caller.actor()))
-}
-
 /// A knowledge collection.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Collection {
@@ -217,7 +210,8 @@ async fn list_collections(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let limit = page_of.limit()?;
-    let mut all = flows(&state, &caller)?
+    let mut all = state
+        .flows_for(&caller)?
         .list_collections(pb::ListCollectionsRequest {
             workspace_id: caller.workspace_id.clone(),
         })
@@ -252,7 +246,8 @@ async fn create_collection(
     Json(body): Json<CreateCollection>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let created = flows(&state, &caller)?
+    let created = state
+        .flows_for(&caller)?
         .create_collection(pb::CreateCollectionRequest {
             workspace_id: caller.workspace_id.clone(),
             name: body.name,
@@ -285,7 +280,8 @@ async fn get_collection(
     Path(id): Path<String>,
 ) -> Result<Json<Collection>, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let collection = flows(&state, &caller)?
+    let collection = state
+        .flows_for(&caller)?
         .get_collection(collection_ref(&caller, id))
         .await?;
     Ok(Json(collection.into()))
@@ -316,7 +312,8 @@ async fn update_collection(
     if change.description.is_some() {
         fields.push("description".to_owned());
     }
-    let updated = flows(&state, &caller)?
+    let updated = state
+        .flows_for(&caller)?
         .update_collection(pb::UpdateCollectionRequest {
             workspace_id: caller.workspace_id.clone(),
             collection_id: id,
@@ -344,7 +341,8 @@ async fn delete_collection(
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let deleted = flows(&state, &caller)?
+    let deleted = state
+        .flows_for(&caller)?
         .delete_collection(collection_ref(&caller, id))
         .await?;
     Ok(Json(Deleted {
@@ -371,7 +369,8 @@ async fn list_documents(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let limit = page_of.limit()?;
-    let answer = flows(&state, &caller)?
+    let answer = state
+        .flows_for(&caller)?
         .list_documents(pb::ListDocumentsRequest {
             workspace_id: caller.workspace_id.clone(),
             collection_id: id.clone(),
@@ -458,7 +457,7 @@ async fn create_document(
     Json(body): Json<NewDocument>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     upserted(&client, &caller, &id, body.into_pb()).await
 }
 
@@ -480,7 +479,7 @@ async fn get_document(
     Path((id, external_id)): Path<(String, String)>,
 ) -> Result<Json<Document>, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     Ok(Json(
         fetch_document(&client, &caller, &id, &external_id)
             .await?
@@ -509,7 +508,7 @@ async fn put_document(
     Json(body): Json<DocumentContent>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     let document = pb::Document {
         external_id,
         title: body.title,
@@ -541,7 +540,7 @@ async fn patch_document(
     Json(change): Json<PatchDocument>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     let mut document = fetch_document(&client, &caller, &id, &external_id).await?;
     if let Some(title) = change.title {
         document.title = title;
@@ -579,7 +578,8 @@ async fn delete_document(
     Path((id, external_id)): Path<(String, String)>,
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let answer = flows(&state, &caller)?
+    let answer = state
+        .flows_for(&caller)?
         .delete_documents(pb::DeleteDocumentsRequest {
             workspace_id: caller.workspace_id.clone(),
             collection_id: id,
@@ -620,7 +620,7 @@ async fn bulk_documents(
             format!("1 to {BULK_ITEMS} documents to upsert and delete in all"),
         ));
     }
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     let mut results = Vec::with_capacity(items);
     if !body.upsert.is_empty() {
         let documents = body.upsert.into_iter().map(NewDocument::into_pb).collect();
@@ -697,7 +697,8 @@ async fn search_documents(
     {
         return Err(ApiError::field("query.limit", "1 to 50"));
     }
-    let answer = flows(&state, &caller)?
+    let answer = state
+        .flows_for(&caller)?
         .search_documents(pb::SearchDocumentsRequest {
             workspace_id: caller.workspace_id.clone(),
             collection_id: id,

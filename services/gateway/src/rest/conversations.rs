@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
-use super::{AppState, List, Page, RequestKey, if_match, page, rfc3339, tagged};
+use super::{AppState, List, Page, RequestKey, if_match, page, page_limit, rfc3339, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -349,11 +349,7 @@ async fn list_conversations(
     Query(filter): Query<ListFilter>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let page_size = Page {
-        limit: filter.limit,
-        cursor: None,
-    }
-    .limit()?;
+    let page_size = page_limit(filter.limit)?;
     let time = |field: &str, value: &Option<String>| {
         value
             .as_deref()

@@ -18,9 +18,7 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{
-    AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged, unreachable_peer,
-};
+use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, page_limit, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -64,14 +62,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_versions))
 }
 
-fn flows(state: &AppState, caller: &Caller) -> Result<FlowsClient, ApiError> {
-    let client = state
-        .flows
-        .as_ref()
-        .ok_or_else(|| unreachable_peer("flows", "flows", "SWITCHBOARD_FLOWS_URL"))?;
-    Ok(client.with_actor(&caller.actor()))
-}
-
 fn flow_ref(caller: &Caller, id: &str) -> pb::FlowRef {
     pb::FlowRef {
         workspace_id: caller.workspace_id.clone(),
@@ -112,18 +102,15 @@ async fn list_flows(
     Query(filter): Query<FlowFilter>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let limit = Page {
-        limit: filter.limit,
-        cursor: None,
-    }
-    .limit()?;
+    let limit = page_limit(filter.limit)?;
     let kind = match filter.kind.as_deref() {
         None => pb::FlowKind::Unspecified,
         Some(name) => pb::FlowKind::from_str_name(name)
             .filter(|k| *k != pb::FlowKind::Unspecified)
             .ok_or_else(|| ApiError::field("query.kind", "a FLOW_KIND_... name"))?,
     };
-    let answer = flows(&state, &caller)?
+    let answer = state
+        .flows_for(&caller)?
         .list_flows(pb::ListFlowsRequest {
             workspace_id: caller.workspace_id.clone(),
             kind: kind as i32,
@@ -160,7 +147,7 @@ async fn create_flow(
         proto_json::from_json(CREATE, body, &["workspace_id", "request_id"])?;
     request.workspace_id = caller.workspace_id.clone();
     request.request_id = request_id;
-    let created = flows(&state, &caller)?.create_flow(request).await?;
+    let created = state.flows_for(&caller)?.create_flow(request).await?;
     Ok(with_etag(StatusCode::CREATED, created))
 }
 
@@ -179,7 +166,8 @@ async fn get_flow(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let flow = flows(&state, &caller)?
+    let flow = state
+        .flows_for(&caller)?
         .get_flow(flow_ref(&caller, &id))
         .await?;
     Ok(with_etag(StatusCode::OK, flow))
@@ -226,7 +214,7 @@ async fn save_draft(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
     let draft: pb::Graph = proto_json::from_json(GRAPH, body, &[])?;
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     store_draft(&client, &caller, id, draft, if_match(&headers)?).await
 }
 
@@ -255,7 +243,7 @@ async fn patch_draft(
     if !patch.is_object() {
         return Err(ApiError::field("body", "a JSON object (a merge patch)"));
     }
-    let client = flows(&state, &caller)?;
+    let client = state.flows_for(&caller)?;
     let current = client.get_flow(flow_ref(&caller, &id)).await?;
     let expected = if_match(&headers)?.unwrap_or(current.version);
     let mut graph = proto_json::to_json(GRAPH, &current.draft.unwrap_or_default());
@@ -280,7 +268,8 @@ async fn delete_flow(
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    flows(&state, &caller)?
+    state
+        .flows_for(&caller)?
         .delete_flow(pb::DeleteFlowRequest {
             workspace_id: caller.workspace_id.clone(),
             flow_id: id.clone(),
@@ -320,7 +309,8 @@ async fn publish(
     Json(body): Json<Publish>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let published = flows(&state, &caller)?
+    let published = state
+        .flows_for(&caller)?
         .publish(pb::PublishRequest {
             workspace_id: caller.workspace_id.clone(),
             flow_id: id,
@@ -347,7 +337,8 @@ async fn undo(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let flow = flows(&state, &caller)?
+    let flow = state
+        .flows_for(&caller)?
         .discard_draft(flow_ref(&caller, &id))
         .await?;
     Ok(with_etag(StatusCode::OK, flow))
@@ -376,7 +367,8 @@ async fn list_versions(
             .parse()
             .map_err(|_| ApiError::field("query.cursor", "not a cursor this list gave"))?,
     };
-    let mut versions = flows(&state, &caller)?
+    let mut versions = state
+        .flows_for(&caller)?
         .list_versions(flow_ref(&caller, &id))
         .await?
         .versions;

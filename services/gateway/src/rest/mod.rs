@@ -542,11 +542,16 @@ pub struct Page {
 impl Page {
     /// The page size asked for, checked.
     pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit {
-            None => Ok(20),
-            Some(n @ 1..=100) => Ok(n),
-            Some(_) => Err(ApiError::field("query.limit", "1 to 100")),
-        }
+        page_limit(self.limit)
+    }
+}
+
+/// A page size asked for (`limit`), checked: 1 to 100, 20 when absent.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(20),
+        Some(n @ 1..=100) => Ok(n),
+        Some(_) => Err(ApiError::field("query.limit", "1 to 100")),
     }
 }
 
@@ -586,16 +591,42 @@ pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
 
 /// The answer for a resource whose service this gateway does not reach (503: an operator
 /// must set `variable`).
-pub fn unreachable_peer(what: &str, service: &str, variable: &str) -> ApiError {
+fn unreachable_peer(service: &str, variable: &str) -> ApiError {
     let mut error = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         &codes::API_UNAVAILABLE,
         format!(
-            "{what} are served by the {service} service, which this gateway does not reach ({variable})"
+            "this resource is served by the {service} service, which this gateway does not \
+             reach ({variable})"
         ),
     );
     error.retry_after = Some(60);
     error
+}
+
+impl AppState {
+    /// The flows service (knowledge, flows, assistants), acting for `caller`.
+    pub fn flows_for(&self, caller: &Caller) -> Result<FlowsClient, ApiError> {
+        let client = self.flows.as_ref();
+        let client = client.ok_or_else(|| unreachable_peer("flows", "SWITCHBOARD_FLOWS_URL"))?;
+        Ok(client.with_actor(&caller.actor()))
+    }
+
+    /// The actions service, acting for `caller`.
+    pub fn actions_for(&self, caller: &Caller) -> Result<ActionsClient, ApiError> {
+        let client = self.actions.as_ref();
+        let client =
+            client.ok_or_else(|| unreachable_peer("actions", "SWITCHBOARD_ACTIONS_URL"))?;
+        Ok(client.with_actor(&caller.actor()))
+    }
+
+    /// The webhooks service, acting for `caller`.
+    pub fn webhooks_for(&self, caller: &Caller) -> Result<WebhooksClient, ApiError> {
+        let client = self.webhooks.as_ref();
+        let client =
+            client.ok_or_else(|| unreachable_peer("webhooks", "SWITCHBOARD_WEBHOOKS_URL"))?;
+        Ok(client.with_actor(&caller.actor()))
+    }
 }
 
 /// The version `If-Match` names, when the request has one.

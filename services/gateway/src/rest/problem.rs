@@ -1,7 +1,7 @@
 //! One error shape for every answer that is not a success: RFC 9457
 //! `application/problem+json` with a registered code (`docs/errors.md`), the request id,
 //! and every invalid field. axum's own rejections (bad JSON, query or path) become the
-//! same shape in [`super::extract`].
+//! same shape in the `extract` module.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -71,12 +71,7 @@ impl ApiError {
         Self {
             status,
             code: code.id.to_owned(),
-            title: code
-                .meaning
-                .split(['.', ':'])
-                .next()
-                .unwrap_or("")
-                .to_owned(),
+            title: title_of(code),
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
@@ -146,6 +141,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A code's meaning in a few words: its first clause.
+fn title_of(code: &Code) -> String {
+    code.meaning
+        .split(['.', ':'])
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// The body of an error response, once the request id is known.
 pub fn render(error: &ApiError, request_id: &str) -> Response {
     let body = serde_json::to_vec(&error.problem(request_id)).unwrap_or_default();
@@ -206,9 +210,7 @@ impl From<tonic::Status> for ApiError {
                     .collect()
             })
             .unwrap_or_default();
-        let title = codes::find(&code)
-            .map(|c| c.meaning.split(['.', ':']).next().unwrap_or("").to_owned())
-            .unwrap_or_default();
+        let title = codes::find(&code).map(title_of).unwrap_or_default();
         let detail = match http {
             // An internal failure's text is for the server log.
             StatusCode::INTERNAL_SERVER_ERROR | StatusCode::BAD_GATEWAY => {

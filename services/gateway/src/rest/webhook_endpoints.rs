@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use switchboard_clients::WebhooksClient;
 use switchboard_proto::webhooks::v1 as pb;
 use switchboard_runtime::codes;
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +15,7 @@ use utoipa_axum::routes;
 use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::{AppState, List, NotKept, Page, RequestKey, page, rfc3339, tagged, unreachable_peer};
+use super::{AppState, List, NotKept, Page, RequestKey, page, page_limit, rfc3339, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -30,13 +29,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_secret))
         .routes(routes!(list_endpoint_messages))
         .routes(routes!(list_endpoint_attempts))
-}
-
-fn webhooks(state: &AppState, caller: &Caller) -> Result<WebhooksClient, ApiError> {
-    let client = state.webhooks.as_ref().ok_or_else(|| {
-        unreachable_peer("webhook endpoints", "webhooks", "SWITCHBOARD_WEBHOOKS_URL")
-    })?;
-    Ok(client.with_actor(&caller.actor()))
 }
 
 /// An endpoint events are delivered to.
@@ -184,7 +176,8 @@ async fn list_endpoints(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let limit = page_of.limit()?;
-    let answer = webhooks(&state, &caller)?
+    let answer = state
+        .webhooks_for(&caller)?
         .list_endpoints(pb::ListEndpointsRequest {
             workspace_id: caller.workspace_id.clone(),
             page_size: limit,
@@ -212,7 +205,8 @@ async fn create_endpoint(
     Json(body): Json<CreateEndpoint>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let created = webhooks(&state, &caller)?
+    let created = state
+        .webhooks_for(&caller)?
         .create_endpoint(pb::CreateEndpointRequest {
             workspace_id: caller.workspace_id.clone(),
             url: body.url,
@@ -244,7 +238,8 @@ async fn get_endpoint(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let endpoint = webhooks(&state, &caller)?
+    let endpoint = state
+        .webhooks_for(&caller)?
         .get_endpoint(endpoint_ref(&caller, id))
         .await?;
     Ok(with_etag(StatusCode::OK, endpoint))
@@ -272,7 +267,7 @@ async fn update_endpoint(
     Json(change): Json<UpdateEndpoint>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let client = webhooks(&state, &caller)?;
+    let client = state.webhooks_for(&caller)?;
     let current = client
         .get_endpoint(endpoint_ref(&caller, id.clone()))
         .await?;
@@ -359,7 +354,8 @@ async fn delete_endpoint(
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let deleted = webhooks(&state, &caller)?
+    let deleted = state
+        .webhooks_for(&caller)?
         .delete_endpoint(endpoint_ref(&caller, id))
         .await?;
     Ok(Json(Deleted {
@@ -385,7 +381,8 @@ async fn rotate_secret(
     Json(body): Json<RotateSecret>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let rotated = webhooks(&state, &caller)?
+    let rotated = state
+        .webhooks_for(&caller)?
         .rotate_secret(pb::RotateSecretRequest {
             workspace_id: caller.workspace_id.clone(),
             endpoint_id: id,
@@ -411,7 +408,8 @@ async fn get_secret(
     Path(id): Path<String>,
 ) -> Result<Json<EndpointSecret>, ApiError> {
     caller.require(RESOURCE, Access::Write)?;
-    let secret = webhooks(&state, &caller)?
+    let secret = state
+        .webhooks_for(&caller)?
         .get_endpoint_secret(endpoint_ref(&caller, id))
         .await?;
     Ok(Json(EndpointSecret {
@@ -525,11 +523,7 @@ async fn list_endpoint_messages(
     Query(filter): Query<MessageFilter>,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
-    let limit = Page {
-        limit: filter.limit,
-        cursor: None,
-    }
-    .limit()?;
+    let limit = page_limit(filter.limit)?;
     let status = match filter.status.as_deref() {
         None => pb::MessageStatus::Unspecified,
         Some("pending") => pb::MessageStatus::Pending,
@@ -543,7 +537,7 @@ async fn list_endpoint_messages(
             ));
         }
     };
-    let client = webhooks(&state, &caller)?;
+    let client = state.webhooks_for(&caller)?;
     // The endpoint itself first: another workspace's, or a missing one, is a 404.
     client
         .get_endpoint(endpoint_ref(&caller, id.clone()))
@@ -585,7 +579,7 @@ async fn list_endpoint_attempts(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let limit = page_of.limit()?;
-    let client = webhooks(&state, &caller)?;
+    let client = state.webhooks_for(&caller)?;
     client
         .get_endpoint(endpoint_ref(&caller, id.clone()))
         .await?;
