@@ -51,3 +51,9 @@ pub mod gateway {
         include!(concat!(env!("OUT_DIR"), "/switchboard.gateway.v1.rs"));
     }
 }
+
+pub mod insights {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/switchboard.insights.v1.rs"));
+    }
+}

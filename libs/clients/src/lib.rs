@@ -1,5 +1,6 @@
 //! One typed gRPC client per Switchboard service: [`ConversationsClient`],
-//! [`ActionsClient`], [`ConnexeaseClient`], [`WebhooksClient`] and [`FlowsClient`].
+//! [`ActionsClient`], [`ConnexeaseClient`], [`WebhooksClient`], [`FlowsClient`] and
+//! [`InsightsClient`].
 //! Services never build their own tonic client of another service; they build one of
 //! these from a [`ClientConfig`] and call it.
 //!
@@ -34,6 +35,7 @@ mod actions;
 mod connexease;
 mod conversations;
 mod flows;
+mod insights;
 mod transport;
 mod webhooks;
 
@@ -41,6 +43,7 @@ pub use actions::ActionsClient;
 pub use connexease::ConnexeaseClient;
 pub use conversations::ConversationsClient;
 pub use flows::{FlowsClient, WORKFLOW_DEADLINE_MARGIN};
+pub use insights::InsightsClient;
 pub use transport::MAX_ATTEMPTS;
 pub use webhooks::WebhooksClient;
 

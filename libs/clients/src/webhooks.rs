@@ -4,14 +4,13 @@ use switchboard_proto::webhooks::v1::webhooks_client::WebhooksClient as Stub;
 use switchboard_proto::webhooks::v1::{
     CreateEndpointRequest, Endpoint, EndpointRef, EndpointSecret, EndpointWithSecret,
     ListAttemptsRequest, ListAttemptsResponse, ListEndpointsRequest, ListEndpointsResponse,
-    ListMessagesRequest, ListMessagesResponse, MessageRef, RotateSecretRequest,
-    UpdateEndpointRequest, WebhookMessage,
+    ListMessagesRequest, ListMessagesResponse, MessageRef, RecoverFailedRequest, RecoverProgress,
+    RotateSecretRequest, UpdateEndpointRequest, WebhookMessage,
 };
 
 typed_client! {
-    /// The webhooks service (`switchboard.webhooks.v1.Webhooks`), its unary calls.
-    /// `RecoverFailed` streams progress for as long as a recovery takes, which no deadline
-    /// fits; it is an operator's call, not another service's, and is not offered here.
+    /// The webhooks service (`switchboard.webhooks.v1.Webhooks`). `RecoverFailed`, which
+    /// streams, is [`WebhooksClient::recover_failed`].
     WebhooksClient for "webhooks" via Stub {
         /// Creates an endpoint; the answer is the only one besides `get_endpoint_secret`
         /// that holds its signing secret.
@@ -41,5 +40,26 @@ typed_client! {
         fn list_attempts(ListAttemptsRequest) -> ListAttemptsResponse;
         /// Sends one message again, with a fresh retry schedule.
         fn resend_message(MessageRef) -> WebhookMessage;
+    }
+}
+
+impl WebhooksClient {
+    /// Starts resending every failed message of an endpoint created since a time (or,
+    /// with `dry_run`, counts them), and streams the progress. The recovery goes on in the
+    /// webhooks service when the caller stops listening, so this is sent once and the
+    /// stream ends at the client's deadline at the latest.
+    pub async fn recover_failed(
+        &self,
+        request: RecoverFailedRequest,
+    ) -> Result<tonic::Streaming<RecoverProgress>, tonic::Status> {
+        self.0
+            .unary(
+                "recover_failed",
+                self.0.deadline(),
+                1,
+                request,
+                |channel, request| async move { Stub::new(channel).recover_failed(request).await },
+            )
+            .await
     }
 }

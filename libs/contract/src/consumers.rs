@@ -11,6 +11,11 @@ pub const FLOWS_EFFECTS: &str = "flows-effects";
 /// Actions: the action requests of flow runs.
 pub const ACTIONS_ACTION_REQUESTED: &str = "actions-action-requested";
 
+/// Insights: conversations' public events, projected into the insights read model.
+pub const INSIGHTS_CONVERSATIONS: &str = "insights-conversations";
+/// Insights: the flow each conversation runs, from the flows' run starts.
+pub const INSIGHTS_FLOW_RUNS: &str = "insights-flow-runs";
+
 /// Webhooks: the fan-out of one producer's public events.
 pub fn webhooks_fan_out(producer: &str) -> String {
     format!("webhooks-fanout-{producer}")

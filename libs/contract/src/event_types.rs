@@ -158,6 +158,14 @@ pub mod connexease_hooks {
     pub const CONVERSATION_PREFIX: &str = "conversation.";
 }
 
+/// The insights service's log: saved segments and findings.
+pub mod insights {
+    pub const SEGMENT_CREATED: &str = "segment.created";
+    pub const SEGMENT_DELETED: &str = "segment.deleted";
+    pub const FINDING_RAISED: &str = "finding.raised";
+    pub const FINDING_DISMISSED: &str = "finding.dismissed";
+}
+
 /// The gateway's log: API keys.
 pub mod api_keys {
     pub const CREATED: &str = "api_key.created";

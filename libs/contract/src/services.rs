@@ -7,3 +7,4 @@ pub const CONNEXEASE: &str = "connexease";
 pub const WEBHOOKS: &str = "webhooks";
 pub const FLOWS: &str = "flows";
 pub const GATEWAY: &str = "gateway";
+pub const INSIGHTS: &str = "insights";

@@ -1,7 +1,7 @@
 //! The JetStream streams, one per producing service. Names are prefixed per deployment
 //! (`SWITCHBOARD_NATS_PREFIX`) by the relay and subscriptions, never here.
 
-use crate::services;
+use crate::{services, subjects};
 
 /// One producer's stream: its name, who writes it, and the subjects it captures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct Stream {
 pub const CONVERSATIONS: Stream = Stream {
     name: "CONVERSATIONS",
     producer: services::CONVERSATIONS,
-    subjects: &["events.*.conversation.>", "events.*.message.>"],
+    subjects: &[subjects::CONVERSATION_EVENTS, "events.*.message.>"],
 };
 
 pub const ACTIONS: Stream = Stream {
@@ -55,7 +55,6 @@ pub fn of(producer: &str) -> Option<Stream> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::subjects;
 
     #[test]
     fn streams_do_not_overlap_and_each_producer_has_one() {

@@ -10,6 +10,13 @@ pub const ACTION_REQUESTED: &str = "internal.flows.action_requested";
 /// The actions service answering a flow run's request.
 pub const ACTION_COMPLETED: &str = "internal.actions.action_completed";
 
+/// Every conversation event (`conversation.created`, `.updated`, `.ended`) of any
+/// workspace; not messages.
+pub const CONVERSATION_EVENTS: &str = "events.*.conversation.>";
+
+/// A flow run starting (which flow, for which conversation), for the insights service.
+pub const FLOW_RUN_STARTED: &str = "internal.flows.flow_run_started";
+
 const PUBLIC_PREFIX: &str = "events.";
 
 /// `events.<workspace>.<event_type>`.

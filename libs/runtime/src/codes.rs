@@ -120,6 +120,10 @@ pub const AREAS: &[Area] = &[
         name: "flows service",
     },
     Area {
+        id: "INS",
+        name: "insights service",
+    },
+    Area {
         id: "API",
         name: "REST gateway (`/v1`; the HTTP status is in each code's meaning)",
     },
@@ -644,6 +648,56 @@ pub const SEC_MALFORMED: Code = Code {
     action: "Set the secret again; report it if it happens again.",
 };
 
+/// Another writer kept changing a workspace's segments or findings.
+pub const INS_CONTENDED: Code = Code {
+    id: "SB-INS-0005",
+    status: Some(StatusCode::Aborted),
+    meaning: "The workspace's segments or findings kept changing while the request was applied.",
+    action: "Retry with the same request id.",
+};
+/// A request id was used before for another request.
+pub const INS_REQUEST_ID_REUSED: Code = Code {
+    id: "SB-INS-0006",
+    status: Some(StatusCode::AlreadyExists),
+    meaning: "This request id was already used for another request in the workspace.",
+    action: "Send a new request id for a new request.",
+};
+/// Invalid question or segment.
+pub const INS_INVALID_REQUEST: Code = Code {
+    id: "SB-INS-0400",
+    status: Some(StatusCode::InvalidArgument),
+    meaning: "The question or the segment has invalid fields (an unknown dimension or value, a window of more than 400 days, too many trend buckets, ...); each one is named in the message and in the `BadRequest` details.",
+    action: "Fix the named fields and send the request again.",
+};
+/// No such segment or finding in the workspace.
+pub const INS_NOT_FOUND: Code = Code {
+    id: "SB-INS-0404",
+    status: Some(StatusCode::NotFound),
+    meaning: "No such segment or finding in the workspace (the message says which).",
+    action: "Check the workspace and the id.",
+};
+/// The workspace keeps as many segments as it may.
+pub const INS_TOO_MANY_SEGMENTS: Code = Code {
+    id: "SB-INS-0429",
+    status: Some(StatusCode::ResourceExhausted),
+    meaning: "The workspace keeps as many segments as it may (the message says how many).",
+    action: "Delete a segment you no longer use.",
+};
+/// The insights store is out of reach.
+pub const INS_STORE_UNAVAILABLE: Code = Code {
+    id: "SB-INS-0500",
+    status: Some(StatusCode::Unavailable),
+    meaning: "The insights store could not be reached.",
+    action: "Retry with backoff, with the same request id.",
+};
+/// The insights store refused the change.
+pub const INS_STORE_REFUSED: Code = Code {
+    id: "SB-INS-0501",
+    status: Some(StatusCode::Internal),
+    meaning: "The insights store holds something the service cannot use, or refused the change.",
+    action: "Report it: the server log has the cause.",
+};
+
 /// Every registered code, grouped by area in [`AREAS`] order and by number within an area.
 pub const ALL: &[Code] = &[
     CONV_ALREADY_EXISTS,
@@ -698,6 +752,13 @@ pub const ALL: &[Code] = &[
     FLOW_STORE_UNAVAILABLE,
     FLOW_STORE_REFUSED,
     FLOW_ACTIONS_UNAVAILABLE,
+    INS_CONTENDED,
+    INS_REQUEST_ID_REUSED,
+    INS_INVALID_REQUEST,
+    INS_NOT_FOUND,
+    INS_TOO_MANY_SEGMENTS,
+    INS_STORE_UNAVAILABLE,
+    INS_STORE_REFUSED,
     API_IDEMPOTENCY_KEY_REUSED,
     API_IDEMPOTENCY_KEY_IN_FLIGHT,
     API_INVALID_REQUEST,

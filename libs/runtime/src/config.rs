@@ -96,6 +96,14 @@ pub struct Config {
     /// `/v1/webhook-endpoints`; unset: this process's own gRPC server when it runs the
     /// webhooks service.
     pub webhooks_url: Option<String>,
+    /// `SWITCHBOARD_INSIGHTS_URL`: the insights service's gRPC address, for the gateway's
+    /// `/v1/insights` and its conversation lists by segment or assistant; unset: this
+    /// process's own gRPC server when it runs the insights service.
+    pub insights_url: Option<String>,
+    /// `SWITCHBOARD_INSIGHTS_FINDINGS_EVERY_SECS`: how often the insights service looks for
+    /// findings in every active workspace (0: never on its own; `DetectFindings` still
+    /// runs on demand).
+    pub insights_findings_every_secs: u64,
     /// `SWITCHBOARD_CONNEXEASE_SIM_ADDR`: where `dev` runs the Connexease simulator.
     pub connexease_sim_addr: SocketAddr,
     /// `SWITCHBOARD_CONNEXEASE_SIM_WORKSPACE`: the workspace the simulator's webhooks are
@@ -181,6 +189,8 @@ impl Default for Config {
             actions_url: None,
             flows_url: None,
             webhooks_url: None,
+            insights_url: None,
+            insights_findings_every_secs: 3600,
             connexease_sim_addr: SocketAddr::from(([127, 0, 0, 1], 8090)),
             connexease_sim_workspace: "ws_dev".to_owned(),
             webhook_retry_schedule: "5s,5m,30m,2h,5h,10h,10h".to_owned(),
@@ -223,6 +233,12 @@ impl fmt::Debug for Config {
             .field("connexease_url", &self.connexease_url)
             .field("actions_url", &self.actions_url)
             .field("flows_url", &self.flows_url)
+            .field("webhooks_url", &self.webhooks_url)
+            .field("insights_url", &self.insights_url)
+            .field(
+                "insights_findings_every_secs",
+                &self.insights_findings_every_secs,
+            )
             .field("connexease_sim_addr", &self.connexease_sim_addr)
             .field("api_addr", &self.api_addr)
             .field("api_public_url", &self.api_public_url)
@@ -551,6 +567,7 @@ impl Config {
             s::ACTIONS => self.actions_url.clone(),
             s::FLOWS => self.flows_url.clone(),
             s::WEBHOOKS => self.webhooks_url.clone(),
+            s::INSIGHTS => self.insights_url.clone(),
             _ => None,
         }
     }
@@ -578,6 +595,7 @@ impl Config {
             &mut self.actions_url,
             &mut self.flows_url,
             &mut self.webhooks_url,
+            &mut self.insights_url,
             &mut self.api_public_url,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {

@@ -27,6 +27,8 @@ pub mod limits {
     pub const METAFIELD_VALUE_BYTES: usize = 4 * 1024;
     pub const KEY_CHARS: usize = 64;
     pub const SHORT_TEXT_BYTES: usize = 256;
+    /// Topics a conversation's analysis lists.
+    pub const TOPICS: usize = 20;
     pub const EMAIL_BYTES: usize = 320;
     pub const REASON_BYTES: usize = 1024;
     pub const FORM_FIELDS: usize = 50;
@@ -138,6 +140,8 @@ pub enum Command {
         topic: String,
         sentiment: i32,
         custom: HashMap<String, String>,
+        /// Replaces the recorded topics when not empty.
+        topics: Vec<String>,
     },
     End {
         reason: String,
@@ -559,9 +563,21 @@ pub fn decide(
             topic,
             sentiment,
             custom,
+            topics,
         } => {
             let mut v = Violations::default();
             v.short("topic", topic);
+            if topics.len() > limits::TOPICS {
+                v.push("topics", format!("at most {} topics", limits::TOPICS));
+            }
+            for (i, t) in topics.iter().enumerate() {
+                let field = format!("topics[{i}]");
+                if t.trim().is_empty() {
+                    v.push(field, "a topic is not empty");
+                } else {
+                    v.short(&field, t);
+                }
+            }
             let sentiment = v.optional_enum("sentiment", *sentiment, Sentiment::try_from);
             let recorded = conversation.analysis.as_ref().map(|a| &a.custom);
             let total = recorded
@@ -589,14 +605,22 @@ pub fn decide(
                     );
                 }
             }
-            if topic.is_empty() && sentiment.is_none() && custom.is_empty() {
-                v.push("topic", "record at least one of topic, sentiment or custom");
+            if topic.is_empty() && sentiment.is_none() && custom.is_empty() && topics.is_empty() {
+                v.push(
+                    "topic",
+                    "record at least one of topic, topics, sentiment or custom",
+                );
             }
             v.finish()?;
+            let topic = match (topic.is_empty(), topics.first()) {
+                (true, Some(first)) => first.clone(),
+                _ => topic.clone(),
+            };
             Ok(vec![DomainEvent::AnalysisRecorded(AnalysisRecorded {
-                topic: topic.clone(),
+                topic,
                 sentiment: sentiment.map_or(0, |s| s as i32),
                 custom: custom.clone(),
+                topics: topics.clone(),
             })])
         }
         Command::End { reason } => {
@@ -734,6 +758,9 @@ pub fn apply(state: &mut Option<State>, event: &DomainEvent, occurred_at: i64) {
                 analysis.sentiment = e.sentiment;
             }
             analysis.custom.extend(e.custom.clone());
+            if !e.topics.is_empty() {
+                analysis.topics = e.topics.clone();
+            }
         }
         DomainEvent::Closed(e) => {
             c.ended = true;
@@ -1156,6 +1183,7 @@ mod tests {
             topic: "billing".into(),
             sentiment: 0,
             custom: HashMap::new(),
+            topics: vec![],
         };
         assert_eq!(decide(state.as_ref(), &analysis, 30).unwrap().len(), 1);
     }

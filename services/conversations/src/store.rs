@@ -176,6 +176,23 @@ pub struct ListFilter {
     pub created_before: i64,
 }
 
+impl ListFilter {
+    /// Whether `c` passes the filter, as the list's SQL would decide.
+    pub fn admits(&self, c: &Conversation) -> bool {
+        let micros = |t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+        };
+        let (created, updated) = (micros(&c.created_at), micros(&c.updated_at));
+        (self.statuses == 0 || (self.statuses >> c.status) & 1 == 1)
+            && (self.channel == 0 || c.channel == self.channel)
+            && updated >= self.updated_since
+            && (self.updated_before == 0 || updated < self.updated_before)
+            && created >= self.created_after
+            && (self.created_before == 0 || created < self.created_before)
+    }
+}
+
 /// One page of results and the cursor of the next, empty on the last page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {

@@ -79,6 +79,7 @@ fn command(op: &Op) -> (usize, Command) {
                 topic: format!("topic-{t}"),
                 sentiment: s,
                 custom: HashMap::new(),
+                topics: vec![format!("topic-{t}"), "shared".to_owned()],
             },
         ),
         Op::End(c) => (

@@ -148,14 +148,18 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
 }
 
 /// Where the flows service publishes: the actions its runs request, on
-/// `internal.flows.action_requested` for the actions service. Definitions and run steps
-/// stay in the log.
+/// `internal.flows.action_requested` for the actions service, and runs starting, on
+/// `internal.flows.flow_run_started` for the insights service. Definitions and the other
+/// run steps stay in the log.
 pub struct PublicEvents;
 
 impl Router for PublicEvents {
     fn subject(&self, event: &RecordedEvent) -> Option<String> {
-        (event.event_type == event_types::flow_runs::ACTION_REQUESTED)
-            .then(|| subjects::ACTION_REQUESTED.to_owned())
+        match event.event_type.as_str() {
+            event_types::flow_runs::ACTION_REQUESTED => Some(subjects::ACTION_REQUESTED.to_owned()),
+            event_types::flow_runs::STARTED => Some(subjects::FLOW_RUN_STARTED.to_owned()),
+            _ => None,
+        }
     }
 }
 

@@ -14,7 +14,9 @@ pub mod service;
 pub mod store;
 
 use async_trait::async_trait;
-use switchboard_clients::{ActionsClient, ConversationsClient, FlowsClient, WebhooksClient};
+use switchboard_clients::{
+    ActionsClient, ConversationsClient, FlowsClient, InsightsClient, WebhooksClient,
+};
 use switchboard_contract::services;
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, StoreConfig};
 use switchboard_runtime::service::{BoxError, ReadModels, ServiceModule, Wiring};
@@ -78,6 +80,10 @@ impl ServiceModule for Gateway {
             },
             webhooks: match wiring.peer(services::WEBHOOKS) {
                 Some(peer) => Some(WebhooksClient::connect_lazy(&peer.into())?),
+                None => None,
+            },
+            insights: match wiring.peer(services::INSIGHTS) {
+                Some(peer) => Some(InsightsClient::connect_lazy(&peer.into())?),
                 None => None,
             },
             rate_per_minute: wiring.config().api_rate_per_minute,

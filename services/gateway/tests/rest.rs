@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard_clients::{
-    ActionsClient, ClientConfig, ConversationsClient, FlowsClient, WebhooksClient,
+    ActionsClient, ClientConfig, ConversationsClient, FlowsClient, InsightsClient, WebhooksClient,
 };
 use switchboard_eventlog::StoreConfig;
 use switchboard_gateway::ApiKeys;
@@ -23,6 +23,8 @@ struct Api {
     keys: ApiKeys,
     /// The conversations service's log, to see what a request recorded.
     conversations_log: switchboard_eventlog::EventLog,
+    /// The insights service's log, fed from the conversations log by [`Api::project`].
+    insights_log: switchboard_eventlog::EventLog,
     /// Workspace A: `read` + `write` (key id `a_id`), and `admin`.
     a: String,
     a_id: String,
@@ -84,6 +86,12 @@ impl Api {
         .await
         .unwrap();
         webhooks_log.migrate().await.unwrap();
+        let insights_log = switchboard_insights::open_log(&StoreConfig::Sqlite {
+            path: dir.0.join("insights.db"),
+        })
+        .await
+        .unwrap();
+        insights_log.migrate().await.unwrap();
         let keyring = std::sync::Arc::new(
             switchboard_secrets::Keyring::from_base64(&[base64_key()]).unwrap(),
         );
@@ -128,6 +136,10 @@ impl Api {
                 .into_server(),
             )
             .add_service(
+                switchboard_insights::GRPC_SERVICE,
+                switchboard_insights::InsightsApi::over(insights_log.clone()).into_server(),
+            )
+            .add_service(
                 switchboard_flows::GRPC_SERVICE,
                 switchboard_flows::FlowsApi::new(switchboard_flows::FlowsService::new(
                     flows_log, None,
@@ -170,6 +182,14 @@ impl Api {
             ),
             webhooks: Some(
                 WebhooksClient::connect_lazy(&ClientConfig::new(
+                    format!("http://{grpc_addr}"),
+                    None,
+                    "gateway",
+                ))
+                .unwrap(),
+            ),
+            insights: Some(
+                InsightsClient::connect_lazy(&ClientConfig::new(
                     format!("http://{grpc_addr}"),
                     None,
                     "gateway",
@@ -224,6 +244,7 @@ impl Api {
             http,
             keys,
             conversations_log: log_for_test,
+            insights_log,
             a,
             a_id,
             a_admin,
@@ -359,6 +380,27 @@ impl Api {
     async fn post(&self, path: &str, key: &str, body: Value) -> Answer {
         self.call(reqwest::Method::POST, path, key, Some(body), &[])
             .await
+    }
+
+    /// Delivers every event of the conversations log to the insights service's
+    /// subscription, as `dev`'s tail does (each once: the consumer's marks).
+    async fn project(&self) {
+        let mut after = switchboard_eventlog::LogPosition::START;
+        loop {
+            let events = self.conversations_log.read_all(after, 500).await.unwrap();
+            let Some(last) = events.last() else { break };
+            after = last.position();
+            for event in &events {
+                let handler = switchboard_insights::consumers::ConversationEvents;
+                if switchboard_eventlog::Handler::wants(&handler, event).await {
+                    self.insights_log
+                        .process_once("insights-conversations", event, &handler)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }
+        }
     }
 
     async fn start_conversation(&self, key: &str, user: &str) -> Value {
@@ -1335,6 +1377,37 @@ async fn webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate() {
         json!([])
     );
 
+    // Recovery of failed messages: none failed yet, so it is done at once.
+    let recovered = api
+        .post(
+            &format!("{path}/recover"),
+            &api.a,
+            json!({"since": "2026-01-01T00:00:00Z", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(recovered.status, StatusCode::OK, "{}", recovered.body);
+    assert_eq!(
+        recovered.body,
+        json!({"total": 0, "done": 0, "dry_run": true, "finished": true})
+    );
+    let bad = api
+        .post(
+            &format!("{path}/recover"),
+            &api.a,
+            json!({"since": "yesterday"}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert_eq!(bad.body["errors"][0]["field"], "since");
+    let foreign = api
+        .post(
+            &format!("{path}/recover"),
+            &api.b,
+            json!({"since": "2026-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(foreign.status, StatusCode::NOT_FOUND);
+
     let deleted = api
         .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
         .await;
@@ -1600,4 +1673,277 @@ async fn flows_are_drafted_published_and_run_by_assistants_over_rest() {
         .await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
     assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment() {
+    let api = Api::start().await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let assistant = if i % 2 == 0 { "asst_1" } else { "asst_2" };
+        let started = api
+            .post(
+                "/v1/conversations",
+                &api.a,
+                json!({"user_id": format!("user_{i}"), "metafields": {"assistant_id": assistant}}),
+            )
+            .await;
+        assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
+        let id = started.body["id"].as_str().unwrap().to_owned();
+        let sentiment = if i < 3 { "negative" } else { "positive" };
+        let mut change = json!({"analysis": {
+            "topics": if i % 3 == 0 { json!(["billing", "refunds"]) } else { json!(["login"]) },
+            "sentiment": sentiment,
+            "custom": {"urgency": "high"}
+        }});
+        if i < 2 {
+            change["status"] = json!("resolved");
+        }
+        let changed = api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/v1/conversations/{id}"),
+                &api.a,
+                Some(change),
+                &[],
+            )
+            .await;
+        assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+        assert_eq!(changed.body["analysis"]["sentiment"], sentiment);
+        ids.push(id);
+    }
+    // Workspace B has one of its own.
+    api.start_conversation(&api.b, "b_user").await;
+    api.project().await;
+
+    let summary = api.get("/v1/insights/summary", &api.a).await;
+    assert_eq!(summary.status, StatusCode::OK, "{}", summary.body);
+    let measures = &summary.body["measures"];
+    assert_eq!(measures["conversations"], 6);
+    assert!((measures["resolution_rate"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-9);
+    assert_eq!(summary.body["previous"]["conversations"], 0);
+    let of_b = api.get("/v1/insights/summary", &api.b).await;
+    assert_eq!(
+        of_b.body["measures"]["conversations"], 1,
+        "B sees only its own"
+    );
+    let filtered = api
+        .get(
+            "/v1/insights/summary?assistant=asst_1&sentiment=negative,mixed",
+            &api.a,
+        )
+        .await;
+    assert_eq!(
+        filtered.body["measures"]["conversations"], 2,
+        "{}",
+        filtered.body
+    );
+
+    // Conditional GET: the same answer is 304 with its tag (a fixed window: the default
+    // one moves with the clock, and so does its answer).
+    let rfc3339 = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let fixed = format!(
+        "/v1/insights/summary?from={}&to={}",
+        rfc3339(now - time::Duration::days(1)),
+        rfc3339(now + time::Duration::days(1))
+    );
+    let first = api.get(&fixed, &api.a).await;
+    assert_eq!(first.body["measures"], summary.body["measures"]);
+    let tag = first.header("etag");
+    assert!(tag.starts_with("W/\""), "{tag}");
+    let again = api
+        .call(
+            reqwest::Method::GET,
+            &fixed,
+            &api.a,
+            None,
+            &[("If-None-Match", &tag)],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(again.header("etag"), tag);
+
+    let breakdown = api
+        .get("/v1/insights/breakdown?by=topic,sentiment", &api.a)
+        .await;
+    assert_eq!(breakdown.status, StatusCode::OK, "{}", breakdown.body);
+    let rows: Vec<(String, String, u64)> = breakdown.body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["values"][0].as_str().unwrap().to_owned(),
+                r["values"][1].as_str().unwrap().to_owned(),
+                r["measures"]["conversations"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("login".into(), "negative".into(), 2),
+            ("login".into(), "positive".into(), 2),
+            ("billing".into(), "negative".into(), 1),
+            ("billing".into(), "positive".into(), 1),
+            ("refunds".into(), "negative".into(), 1),
+            ("refunds".into(), "positive".into(), 1),
+        ]
+    );
+
+    let trends = api
+        .get(
+            "/v1/insights/trends?interval=hour&time_zone=Asia/Kolkata&compare=previous",
+            &api.a,
+        )
+        .await;
+    assert_eq!(trends.status, StatusCode::OK, "{}", trends.body);
+    let points = trends.body["points"].as_array().unwrap();
+    assert_eq!(points.len(), 721, "30 days of hours, cut at both ends");
+    let total: u64 = points
+        .iter()
+        .map(|p| p["measures"]["conversations"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 6);
+    assert_eq!(trends.body["previous"].as_array().unwrap().len(), 721);
+
+    let dimensions = api.get("/v1/insights/dimensions", &api.a).await;
+    let topic = dimensions.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["key"] == "topic")
+        .unwrap()
+        .clone();
+    assert_eq!(topic["values"], json!(["login", "billing", "refunds"]));
+
+    // A segment, and the conversation list by segment and by assistant.
+    let segment = api
+        .post(
+            "/v1/insights/segments",
+            &api.a,
+            json!({"name": "Unhappy", "conditions": [{"dimension": "sentiment", "values": ["negative"]}]}),
+        )
+        .await;
+    assert_eq!(segment.status, StatusCode::CREATED, "{}", segment.body);
+    let segment_id = segment.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        segment.header("location"),
+        format!("/v1/insights/segments/{segment_id}")
+    );
+    let listed = api
+        .get(
+            &format!("/v1/conversations?segment_id={segment_id}"),
+            &api.a,
+        )
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    let got: Vec<&str> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = ids[..3].iter().rev().map(String::as_str).collect();
+    assert_eq!(got, want, "newest first");
+    let mut by_assistant = Vec::new();
+    let mut path = "/v1/conversations?assistant_id=asst_1&limit=2".to_owned();
+    loop {
+        let page = api.get(&path, &api.a).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        for c in page.body["data"].as_array().unwrap() {
+            assert_eq!(c["metafields"]["assistant_id"], "asst_1");
+            by_assistant.push(c["id"].as_str().unwrap().to_owned());
+        }
+        let link = page.header("link");
+        if link.is_empty() {
+            break;
+        }
+        assert!(link.contains("assistant_id=asst_1"), "{link}");
+        path = link
+            .trim_start_matches('<')
+            .split('>')
+            .next()
+            .unwrap()
+            .to_owned();
+    }
+    assert_eq!(
+        by_assistant,
+        [ids[4].clone(), ids[2].clone(), ids[0].clone()]
+    );
+    // Another workspace's segment is a missing one, everywhere.
+    assert_eq!(
+        api.get(&format!("/v1/insights/segments/{segment_id}"), &api.b)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let foreign = api
+        .get(
+            &format!("/v1/conversations?segment_id={segment_id}"),
+            &api.b,
+        )
+        .await;
+    assert_eq!(
+        foreign.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        foreign.body
+    );
+    assert_eq!(foreign.body["errors"][0]["field"], "query.segment_id");
+
+    // Every problem of a bad question, named as this API names its parameters.
+    let bad = api
+        .get("/v1/insights/breakdown?by=colour&sentiment=furious&from=2026-12-01T00:00:00Z&to=2026-11-01T00:00:00Z", &api.a)
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    let fields: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    for field in ["query.by", "query.sentiment", "query.to"] {
+        assert!(fields.contains(&field), "{field} in {fields:?}");
+    }
+    let unknown = api.get("/v1/insights/summary?colour=red", &api.a).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+
+    // Findings: none in a quiet workspace; detection runs on demand.
+    let findings = api.get("/v1/insights/findings", &api.a).await;
+    assert_eq!(findings.body["data"], json!([]));
+    let detected = api
+        .post("/v1/insights/findings/detect", &api.a, json!({}))
+        .await;
+    assert_eq!(detected.status, StatusCode::OK, "{}", detected.body);
+    let missing = api
+        .post(
+            "/v1/insights/findings/fnd_nothing/dismiss",
+            &api.a,
+            json!({}),
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    // Scopes: insights need `insights:read` (or `read`).
+    let deleted = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/insights/segments/{segment_id}"),
+            &api.a,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
+    assert_eq!(
+        api.get(&format!("/v1/insights/segments/{segment_id}"), &api.a)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 }

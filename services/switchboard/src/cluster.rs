@@ -21,6 +21,7 @@ pub fn host() -> Host {
         Arc::new(switchboard_connexease::MODULE),
         Arc::new(switchboard_webhooks::MODULE),
         Arc::new(switchboard_flows::MODULE),
+        Arc::new(switchboard_insights::MODULE),
         Arc::new(switchboard_gateway::MODULE),
     ])
 }

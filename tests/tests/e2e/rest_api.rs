@@ -81,6 +81,74 @@ async fn first_calls(api: &str, key: &str) -> String {
     id
 }
 
+/// Waits until insights count `conversations` in the key's workspace (they trail the
+/// conversations by the time an event takes to arrive), then checks a breakdown and a
+/// segment's conversation list agree.
+async fn insights_count(api: &str, key: &str, conversations: u64) {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let summary: Value = http
+            .get(format!("{api}/v1/insights/summary"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if summary["measures"]["conversations"] == conversations {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "insights never counted {conversations}: {summary}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let breakdown: Value = http
+        .get(format!("{api}/v1/insights/breakdown?by=channel"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        breakdown["rows"][0]["values"],
+        json!(["api"]),
+        "{breakdown}"
+    );
+    let segment: Value = http
+        .post(format!("{api}/v1/insights/segments"))
+        .bearer_auth(key)
+        .json(&json!({"name": "API", "conditions": [{"dimension": "channel", "values": ["api"]}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Value = http
+        .get(format!(
+            "{api}/v1/conversations?segment_id={}",
+            segment["id"].as_str().unwrap()
+        ))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["data"].as_array().map(Vec::len),
+        Some(conversations as usize),
+        "{listed}"
+    );
+}
+
 async fn status_with(api: &str, key: &str) -> StatusCode {
     reqwest::Client::new()
         .get(format!("{api}/v1/conversations"))
@@ -100,6 +168,7 @@ async fn dev_serves_the_rest_api_with_a_key_made_while_it_runs() {
     let api = format!("http://127.0.0.1:{}", process.api_port);
     let key = create_key(&process, "ws_rest", &["--data-dir", &data_dir]);
     first_calls(&api, &key).await;
+    insights_count(&api, &key, 1).await;
 
     let listed = process.run_to_end(&[
         "api-keys",
@@ -138,11 +207,21 @@ async fn serve_runs_the_gateway_against_postgres_with_a_key_from_the_cli() {
     let schema_prefix = format!("{}_", unique_name());
     let mut env = serve_env(&schema_prefix, &nats);
     env.push(("SWITCHBOARD_SERVICE_TOKEN".into(), "e2e-token".into()));
-    let mut process = Process::new(&["serve", "--services", "conversations,gateway"], env);
+    let mut process = Process::new(
+        &["serve", "--services", "conversations,insights,gateway"],
+        env,
+    );
     process.start().await;
     let api = format!("http://127.0.0.1:{}", process.api_port);
     let key = create_key(&process, "ws_rest", &["--scope", "conversations:write"]);
     first_calls(&api, &key).await;
+    // Insights over NATS: the conversations' relay, a durable consumer, the read model.
+    let analyst = create_key(
+        &process,
+        "ws_rest",
+        &["--scope", "insights:write", "--scope", "conversations:read"],
+    );
+    insights_count(&api, &analyst, 1).await;
     let other = create_key(&process, "ws_other", &[]);
     assert_eq!(status_with(&api, &other).await, StatusCode::OK);
     assert_eq!(
@@ -150,7 +229,7 @@ async fn serve_runs_the_gateway_against_postgres_with_a_key_from_the_cli() {
         StatusCode::UNAUTHORIZED
     );
     assert!(process.terminate().success());
-    for service in ["conversations", "gateway"] {
+    for service in ["conversations", "insights", "gateway"] {
         drop_schema(&format!("{schema_prefix}{service}")).await;
     }
 }

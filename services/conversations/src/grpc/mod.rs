@@ -345,11 +345,13 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<RecordAnalysisRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
+        ctx.expected_version = r.expected_version;
         let command = Command::RecordAnalysis {
             topic: r.topic,
             sentiment: r.sentiment,
             custom: r.custom,
+            topics: r.topics,
         };
         Ok(conversation(
             self.service
@@ -461,6 +463,17 @@ impl conversations_server::Conversations for ConversationsApi {
         let updated_before = micros("updated_before", &r.updated_before);
         let created_after = micros("created_after", &r.created_after);
         let created_before = micros("created_before", &r.created_before);
+        if r.ids.len() > MAX_LIMIT as usize {
+            v.push("ids", format!("at most {MAX_LIMIT}"));
+        }
+        for (i, id) in r.ids.iter().enumerate() {
+            if !valid_prefixed_id(id, "conv_") {
+                v.push(
+                    format!("ids[{i}]"),
+                    "`conv_` followed by 1 to 64 letters, digits, `_` or `-`",
+                );
+            }
+        }
         finish(v)?;
         let limit = limit(r.limit)?;
         let filter = ListFilter {
@@ -471,6 +484,20 @@ impl conversations_server::Conversations for ConversationsApi {
             created_after,
             created_before,
         };
+        if !r.ids.is_empty() {
+            let mut conversations = Vec::with_capacity(r.ids.len());
+            for id in &r.ids {
+                if let Some(c) = self.store.get(&r.workspace_id, id).await?
+                    && filter.admits(&c)
+                {
+                    conversations.push(c);
+                }
+            }
+            return Ok(Response::new(ListConversationsResponse {
+                conversations,
+                next_cursor: String::new(),
+            }));
+        }
         let page = self
             .store
             .list(&r.workspace_id, &filter, limit, &r.cursor)

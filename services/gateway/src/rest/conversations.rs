@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use switchboard_proto::conversations::v1 as api;
@@ -16,7 +16,9 @@ use utoipa_axum::routes;
 
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
-use super::{AppState, List, Page, RequestKey, if_match, page, page_limit, rfc3339, tagged};
+use super::{
+    AppState, List, Page, RequestKey, if_match, page, page_limit, parse_time, rfc3339, tagged,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -117,6 +119,15 @@ impl Sentiment {
             pb::Sentiment::Unspecified => return None,
         })
     }
+
+    fn to_pb(self) -> pb::Sentiment {
+        match self {
+            Self::Positive => pb::Sentiment::Positive,
+            Self::Neutral => pb::Sentiment::Neutral,
+            Self::Negative => pb::Sentiment::Negative,
+            Self::Mixed => pb::Sentiment::Mixed,
+        }
+    }
 }
 
 /// Who wrote a message.
@@ -172,7 +183,10 @@ pub struct Assignment {
 /// What the analysis found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Analysis {
+    /// The main topic.
     pub topic: String,
+    /// Every topic, the main one among them.
+    pub topics: Vec<String>,
     pub sentiment: Option<Sentiment>,
     pub custom: BTreeMap<String, String>,
 }
@@ -237,6 +251,7 @@ impl From<pb::Conversation> for Conversation {
                 }),
             analysis: c.analysis.map(|a| Analysis {
                 topic: a.topic,
+                topics: a.topics,
                 sentiment: Sentiment::from_pb(a.sentiment),
                 custom: a.custom.into_iter().collect(),
             }),
@@ -288,20 +303,6 @@ impl From<pb::Message> for Message {
     }
 }
 
-fn parse_time(field: &str, value: &str) -> Result<prost_types::Timestamp, ApiError> {
-    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| ApiError::field(field, "an RFC 3339 time, e.g. 2026-12-01T10:00:00Z"))?;
-    Ok(prost_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
-    })
-}
-
-/// `ETag` of a conversation at `version`.
-fn etag(version: u64) -> String {
-    format!("\"{version}\"")
-}
-
 fn with_etag(status: StatusCode, conversation: pb::Conversation) -> Response {
     let version = conversation.version;
     tagged(status, Conversation::from(conversation), version)
@@ -326,6 +327,12 @@ pub struct ListFilter {
     pub updated_after: Option<String>,
     /// Only conversations updated before this time (RFC 3339).
     pub updated_before: Option<String>,
+    /// Only conversations of this assistant (their `assistant_id` metafield). Answered from
+    /// the insights read model, which trails new conversations by moments.
+    pub assistant_id: Option<String>,
+    /// Only conversations in this saved segment (`/v1/insights/segments`). Answered from the
+    /// insights read model, which trails new conversations by moments.
+    pub segment_id: Option<String>,
     /// Items per page, 1 to 100.
     #[param(minimum = 1, maximum = 100, example = 20)]
     pub limit: Option<u32>,
@@ -378,25 +385,106 @@ async fn list_conversations(
                 })
         })
         .collect::<Result<Vec<i32>, ApiError>>()?;
+    let mut request = api::ListConversationsRequest {
+        workspace_id: caller.workspace_id.clone(),
+        statuses,
+        channel: filter.channel.map_or(0, |c| c.to_pb() as i32),
+        updated_since,
+        updated_before,
+        created_after,
+        created_before,
+        limit: page_size,
+        cursor: filter.cursor.clone().unwrap_or_default(),
+        status: 0,
+        ids: vec![],
+    };
+    // By assistant or segment: the page of ids comes from insights, the conversations
+    // from their own service (the other filters apply on both sides).
+    let mut next_cursor = None;
+    if filter.assistant_id.is_some() || filter.segment_id.is_some() {
+        let page_of_ids = conversation_ids(&state, &caller, &filter, &request).await?;
+        next_cursor = Some(page_of_ids.next_cursor);
+        request.ids = page_of_ids.conversation_ids;
+        request.cursor = String::new();
+        if request.ids.is_empty() {
+            return Ok(page(
+                "/v1/conversations",
+                page_size,
+                Vec::<Conversation>::new(),
+                None,
+            ));
+        }
+    }
     let answer = state
         .conversations
         .with_actor(&caller.actor())
-        .list_conversations(api::ListConversationsRequest {
-            workspace_id: caller.workspace_id.clone(),
-            statuses,
-            channel: filter.channel.map_or(0, |c| c.to_pb() as i32),
-            updated_since,
-            updated_before,
-            created_after,
-            created_before,
-            limit: page_size,
-            cursor: filter.cursor.unwrap_or_default(),
-            status: 0,
-        })
+        .list_conversations(request)
         .await?;
     let data: Vec<Conversation> = answer.conversations.into_iter().map(Into::into).collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = next_cursor.unwrap_or(answer.next_cursor);
+    let next = (!next.is_empty()).then_some(next);
     Ok(page("/v1/conversations", page_size, data, next))
+}
+
+/// The ids of one page of the conversations of an assistant or a segment, from insights.
+async fn conversation_ids(
+    state: &AppState,
+    caller: &Caller,
+    filter: &ListFilter,
+    request: &api::ListConversationsRequest,
+) -> Result<switchboard_proto::insights::v1::ListConversationIdsResponse, ApiError> {
+    use switchboard_proto::insights::v1 as insights;
+    let mut conditions = Vec::new();
+    if let Some(assistant) = &filter.assistant_id {
+        conditions.push(insights::Condition {
+            dimension: "assistant".into(),
+            values: vec![assistant.clone()],
+        });
+    }
+    if let Some(channel) = filter.channel {
+        let name = serde_json::to_value(channel)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        conditions.push(insights::Condition {
+            dimension: "channel".into(),
+            values: vec![name],
+        });
+    }
+    if let Some(statuses) = filter.status.as_deref().filter(|s| !s.trim().is_empty()) {
+        conditions.push(insights::Condition {
+            dimension: "status".into(),
+            values: statuses.split(',').map(|s| s.trim().to_owned()).collect(),
+        });
+    }
+    state
+        .insights_for(caller)?
+        .list_conversation_ids(insights::ListConversationIdsRequest {
+            workspace_id: caller.workspace_id.clone(),
+            filter: Some(insights::Filter {
+                conditions,
+                from: request.created_after,
+                to: request.created_before,
+                segment_id: filter.segment_id.clone().unwrap_or_default(),
+            }),
+            updated_after: request.updated_since,
+            updated_before: request.updated_before,
+            limit: request.limit,
+            cursor: request.cursor.clone(),
+        })
+        .await
+        .map_err(|status| {
+            let mut error = ApiError::from(status);
+            for e in &mut error.errors {
+                e.field = match e.field.as_str() {
+                    "filter.segment_id" => "query.segment_id".to_owned(),
+                    "cursor" => "query.cursor".to_owned(),
+                    other if other.starts_with("filter.") => "query".to_owned(),
+                    other => other.to_owned(),
+                };
+            }
+            error
+        })
 }
 
 /// A conversation to start.
@@ -482,37 +570,47 @@ async fn get_conversation(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
+    // `If-None-Match` is answered for every GET, from this `ETag` (see `conditional_get`).
     let conversation = fetch(&state, &caller, &id).await?;
-    let tag = etag(conversation.version);
-    let unchanged = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
-    if unchanged {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(value) = HeaderValue::from_str(&tag) {
-            response.headers_mut().insert(header::ETAG, value);
-        }
-        return Ok(response);
-    }
     Ok(with_etag(StatusCode::OK, conversation))
 }
 
 /// A change to a conversation.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"status": "resolved", "metafields": {"plan": "enterprise", "trial": null}}))]
+#[schema(example = json!({
+    "status": "resolved", "metafields": {"plan": "enterprise", "trial": null},
+    "analysis": {"topics": ["billing", "refunds"], "sentiment": "negative", "custom": {"urgency": "high"}}
+}))]
 pub struct UpdateConversation {
     pub status: Option<Status>,
     /// Metafields to set; a `null` value removes the key.
     #[serde(default)]
     pub metafields: BTreeMap<String, Option<String>>,
+    /// Analysis labels to record: fields left out keep their value, custom keys are
+    /// merged, `topics` replaces the list.
+    pub analysis: Option<AnalysisChange>,
 }
 
-/// Changes a conversation's status and metafields. With `If-Match`, only if the
+/// Analysis labels to record on a conversation.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisChange {
+    /// The main topic; the first of `topics` when left out.
+    #[serde(default)]
+    pub topic: String,
+    /// Every topic, at most 20.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub sentiment: Option<Sentiment>,
+    /// Custom analysis fields (`urgency`, `request_type`, `churn_risk`, ... or your own).
+    #[serde(default)]
+    pub custom: BTreeMap<String, String>,
+}
+
+/// Changes a conversation's status, metafields and analysis labels. With `If-Match`, only if the
 /// conversation is still at that version (412 otherwise).
 #[utoipa::path(
     patch, path = "/conversations/{id}", tag = "conversations",
@@ -572,6 +670,25 @@ async fn update_conversation(
                 request_id: format!("{request_id}:remove"),
                 conversation_id: id.clone(),
                 keys: remove.into_iter().map(|(k, _)| k).collect(),
+                expected_version: expected,
+            })
+            .await
+            .map_err(stale)?
+            .conversation
+            .unwrap_or_default();
+        expected = changed.version;
+        current = Some(changed);
+    }
+    if let Some(analysis) = change.analysis {
+        let changed = client
+            .record_analysis(api::RecordAnalysisRequest {
+                workspace_id: workspace_id.clone(),
+                request_id: format!("{request_id}:analysis"),
+                conversation_id: id.clone(),
+                topic: analysis.topic,
+                sentiment: analysis.sentiment.map_or(0, |s| s.to_pb() as i32),
+                custom: analysis.custom.into_iter().collect(),
+                topics: analysis.topics,
                 expected_version: expected,
             })
             .await

@@ -14,6 +14,7 @@ pub mod collections;
 pub mod conversations;
 pub mod extract;
 pub mod flows;
+pub mod insights;
 pub mod problem;
 pub mod proto_json;
 pub mod webhook_endpoints;
@@ -30,7 +31,9 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use switchboard_clients::{ActionsClient, ConversationsClient, FlowsClient, WebhooksClient};
+use switchboard_clients::{
+    ActionsClient, ConversationsClient, FlowsClient, InsightsClient, WebhooksClient,
+};
 use switchboard_eventlog::now_micros;
 use switchboard_runtime::codes;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -59,6 +62,9 @@ pub struct AppState {
     pub actions: Option<ActionsClient>,
     /// Webhook endpoints; `None` when the gateway reaches no webhooks service.
     pub webhooks: Option<WebhooksClient>,
+    /// Insights (and conversation lists by segment or assistant); `None` when the gateway
+    /// reaches no insights service.
+    pub insights: Option<InsightsClient>,
     /// Requests one key may make a minute, across replicas.
     pub rate_per_minute: u32,
 }
@@ -83,6 +89,7 @@ pub struct AppState {
         (name = "actions", description = "What the agent can do, test runs and the execution log"),
         (name = "flows", description = "Flows and workflows: drafts, published versions"),
         (name = "assistants", description = "Assistants: instructions, actions, knowledge and their flow"),
+        (name = "insights", description = "The classified, analysed view of conversations: summaries, breakdowns, trends, segments and findings"),
         (name = "api-keys", description = "The workspace's API keys (`admin` scope)"),
     ),
     components(schemas(problem::Problem, problem::FieldError)),
@@ -92,6 +99,28 @@ pub struct AppState {
 struct ApiDoc;
 
 struct BearerAuth;
+
+/// Documents what [`conditional_get`] does for every `GET`: the 304.
+struct ConditionalGets;
+
+impl Modify for ConditionalGets {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            if let Some(get) = item.get.as_mut() {
+                get.responses
+                    .responses
+                    .entry("304".to_owned())
+                    .or_insert_with(|| {
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description(
+                                "Not modified: the `If-None-Match` tag is the resource's `ETag`",
+                            )
+                            .into()
+                    });
+            }
+        }
+    }
+}
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
@@ -119,10 +148,14 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(actions::routes())
         .merge(flows::routes())
         .merge(assistants::routes())
+        .merge(insights::routes())
         .merge(api_keys::routes());
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
-        .split_for_parts()
+        .split_for_parts();
+    // After the routes' paths are in.
+    ConditionalGets.modify(&mut openapi);
+    (router, openapi)
 }
 
 /// The whole REST server: `/v1` behind authentication, `/openapi.json` and `/docs` open.
@@ -130,6 +163,7 @@ pub fn router(state: AppState) -> axum::Router {
     let (v1, openapi) = api();
     let document: Arc<str> = openapi.to_pretty_json().unwrap_or_default().into();
     let v1 = v1
+        .layer(middleware::from_fn(conditional_get))
         .layer(middleware::from_fn_with_state(state.clone(), idempotency))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(MAX_BODY));
@@ -494,6 +528,60 @@ async fn idempotency(
     Ok(Response::from_parts(parts, Body::from(body)))
 }
 
+/// Every successful `GET` answers an `ETag`: the resource's version where it has one (set
+/// by the handler), else a weak tag of the body; `If-None-Match` naming it (or `*`) answers
+/// `304 Not Modified` without the body.
+async fn conditional_get(request: Request, next: Next) -> Response {
+    if request.method() != Method::GET {
+        return next.run(request).await;
+    }
+    let wanted = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let response = next.run(request).await;
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let body = match parts.headers.get(header::ETAG) {
+        Some(_) => body,
+        None => {
+            let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            let tag = format!("W/\"{}\"", hex::encode(&Sha256::digest(&bytes)[..12]));
+            if let Ok(value) = HeaderValue::from_str(&tag) {
+                parts.headers.insert(header::ETAG, value);
+            }
+            Body::from(bytes)
+        }
+    };
+    let tag = parts
+        .headers
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // Weak comparison (RFC 9110 13.1.2): `W/` does not count.
+    let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let unchanged = wanted.is_some_and(|wanted| {
+        wanted
+            .split(',')
+            .any(|t| t.trim() == "*" || opaque(t) == opaque(tag))
+    });
+    if unchanged {
+        let mut not_modified = StatusCode::NOT_MODIFIED.into_response();
+        if let Some(value) = parts.headers.get(header::ETAG) {
+            not_modified
+                .headers_mut()
+                .insert(header::ETAG, value.clone());
+        }
+        return not_modified;
+    }
+    Response::from_parts(parts, body)
+}
+
 /// The first answer again, with the headers it had.
 fn replay(first: IdempotentAnswer) -> Response {
     let mut response = (
@@ -577,6 +665,16 @@ pub fn page<T: Serialize>(
     (headers, axum::Json(list)).into_response()
 }
 
+/// An RFC 3339 time from the request's `field`.
+pub fn parse_time(field: &str, value: &str) -> Result<prost_types::Timestamp, ApiError> {
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| ApiError::field(field, "an RFC 3339 time, e.g. 2026-12-01T10:00:00Z"))?;
+    Ok(prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or(0),
+    })
+}
+
 /// A protobuf time as RFC 3339; `None` for an unset or zero time.
 pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     let ts = ts?;
@@ -617,6 +715,14 @@ impl AppState {
         let client = self.actions.as_ref();
         let client =
             client.ok_or_else(|| unreachable_peer("actions", "SWITCHBOARD_ACTIONS_URL"))?;
+        Ok(client.with_actor(&caller.actor()))
+    }
+
+    /// The insights service, acting for `caller`.
+    pub fn insights_for(&self, caller: &Caller) -> Result<InsightsClient, ApiError> {
+        let client = self.insights.as_ref();
+        let client =
+            client.ok_or_else(|| unreachable_peer("insights", "SWITCHBOARD_INSIGHTS_URL"))?;
         Ok(client.with_actor(&caller.actor()))
     }
 

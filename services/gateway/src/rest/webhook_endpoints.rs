@@ -15,7 +15,9 @@ use utoipa_axum::routes;
 use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::{AppState, List, NotKept, Page, RequestKey, page, page_limit, rfc3339, tagged};
+use super::{
+    AppState, List, NotKept, Page, RequestKey, page, page_limit, parse_time, rfc3339, tagged,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -29,6 +31,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_secret))
         .routes(routes!(list_endpoint_messages))
         .routes(routes!(list_endpoint_attempts))
+        .routes(routes!(recover_endpoint))
 }
 
 /// An endpoint events are delivered to.
@@ -391,6 +394,95 @@ async fn rotate_secret(
         })
         .await?;
     Ok(secret_answer(StatusCode::OK, rotated))
+}
+
+/// Failed messages to send again.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"since": "2026-12-01T00:00:00Z"}))]
+pub struct Recover {
+    /// Every message that failed and was created at or after this time (RFC 3339).
+    pub since: String,
+    /// Only count them.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// How a recovery stands.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Recovery {
+    /// Failed messages found since the time.
+    pub total: u64,
+    /// Resent so far (in a dry run: that would be).
+    pub done: u64,
+    pub dry_run: bool,
+    /// Whether every one was resent; if not, the recovery goes on in the background.
+    pub finished: bool,
+}
+
+/// How long a recovery request waits for the recovery to finish before answering 202.
+const RECOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends every message that failed since a time again, each with a fresh retry schedule
+/// (Svix's recover). Answers 200 when done within a few seconds, else 202 with the progress
+/// so far while the recovery goes on.
+#[utoipa::path(
+    post, path = "/webhook-endpoints/{id}/recover", tag = "webhooks",
+    params(
+        ("id" = String, Path, description = "The endpoint's id, `ep_...`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer to the same request"),
+    ),
+    request_body = Recover,
+    responses(
+        (status = 200, description = "Recovered", body = Recovery),
+        (status = 202, description = "Recovering: the rest goes on in the background", body = Recovery),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn recover_endpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Recover>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let since = parse_time("since", &body.since)?;
+    let mut progress = state
+        .webhooks_for(&caller)?
+        .recover_failed(pb::RecoverFailedRequest {
+            workspace_id: caller.workspace_id.clone(),
+            endpoint_id: id,
+            since: Some(since),
+            dry_run: body.dry_run,
+        })
+        .await?;
+    let mut recovery = Recovery {
+        total: 0,
+        done: 0,
+        dry_run: body.dry_run,
+        finished: false,
+    };
+    let waited = tokio::time::timeout(RECOVERY_WAIT, async {
+        while let Some(update) = progress.message().await? {
+            recovery.total = update.total;
+            recovery.done = update.done;
+            if update.finished {
+                recovery.finished = true;
+                break;
+            }
+        }
+        Ok::<_, tonic::Status>(())
+    })
+    .await;
+    if let Ok(Err(status)) = waited {
+        return Err(status.into());
+    }
+    let status = if recovery.finished {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(recovery)).into_response())
 }
 
 /// The secrets that sign the endpoint's deliveries (`write` scope: they are secrets).

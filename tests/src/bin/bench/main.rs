@@ -12,6 +12,7 @@ mod appends;
 mod common;
 mod connexease;
 mod flows;
+mod insights;
 mod latency;
 mod rebuild;
 mod relay;
@@ -110,6 +111,9 @@ async fn main() {
     }
     if run("connexease") {
         connexease::run(&mut rows, args.scale).await;
+    }
+    if run("insights") {
+        insights::run(&mut rows, args.scale).await;
     }
     let mut out = String::new();
     writeln!(
