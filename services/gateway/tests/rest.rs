@@ -10,6 +10,7 @@ use switchboard_clients::{
     ActionsClient, ClientConfig, ConversationsClient, FlowsClient, InsightsClient, WebhooksClient,
 };
 use switchboard_eventlog::StoreConfig;
+use switchboard_eventlog::testing::{TestSchema, unique_name};
 use switchboard_gateway::ApiKeys;
 use switchboard_gateway::rest::{AppState, router};
 use switchboard_runtime::GrpcServer;
@@ -33,7 +34,37 @@ struct Api {
     b: String,
     document: Value,
     shutdown: CancellationToken,
+    /// The Postgres schemas of the services' logs, dropped with the API.
+    schemas: Vec<TestSchema>,
+    /// What another gateway replica is made of: the services, the gateway's store, the rate.
+    replica: (SocketAddr, StoreConfig, u32),
     _dir: tempdir::Dir,
+}
+
+/// Where the services keep their logs.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named test on both backends: `<name>::sqlite` and `<name>::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            }
+        )*
+    };
 }
 
 mod tempdir {
@@ -56,41 +87,54 @@ mod tempdir {
 }
 
 impl Api {
-    async fn start() -> Self {
-        Self::with_rate(1_000_000).await
+    async fn start(backend: Backend) -> Self {
+        Self::with_rate(backend, 1_000_000).await
     }
 
     /// A gateway whose keys may make `rate_per_minute` requests a minute.
-    async fn with_rate(rate_per_minute: u32) -> Self {
+    async fn with_rate(backend: Backend, rate_per_minute: u32) -> Self {
         switchboard_outbound::install_crypto_provider();
         let dir = tempdir::Dir::new();
+        let mut schemas = Vec::new();
+        // Sweeps stale schemas and checks Postgres is there, once.
+        let postgres_url = match backend {
+            Backend::Postgres => {
+                let probe = TestSchema::new().await;
+                probe.url.clone()
+            }
+            Backend::Sqlite => String::new(),
+        };
+        let mut store = |name: &str| match backend {
+            Backend::Sqlite => StoreConfig::Sqlite {
+                path: dir.0.join(format!("{name}.db")),
+            },
+            Backend::Postgres => {
+                let schema = TestSchema {
+                    url: postgres_url.clone(),
+                    name: format!("{}_{name}", unique_name()),
+                };
+                let config = schema.store_config();
+                schemas.push(schema);
+                config
+            }
+        };
         let shutdown = CancellationToken::new();
-        let conversations_log = switchboard_conversations::open_log(&StoreConfig::Sqlite {
-            path: dir.0.join("conversations.db"),
-        })
-        .await
-        .unwrap();
+        let conversations_log = switchboard_conversations::open_log(&store("conversations"))
+            .await
+            .unwrap();
         conversations_log.migrate().await.unwrap();
         let conversations_log_clone = conversations_log.clone();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc.local_addr().unwrap();
-        let flows_log = switchboard_flows::open_log(&StoreConfig::Sqlite {
-            path: dir.0.join("flows.db"),
-        })
-        .await
-        .unwrap();
+        let flows_log = switchboard_flows::open_log(&store("flows")).await.unwrap();
         flows_log.migrate().await.unwrap();
-        let webhooks_log = switchboard_webhooks::open_log(&StoreConfig::Sqlite {
-            path: dir.0.join("webhooks.db"),
-        })
-        .await
-        .unwrap();
+        let webhooks_log = switchboard_webhooks::open_log(&store("webhooks"))
+            .await
+            .unwrap();
         webhooks_log.migrate().await.unwrap();
-        let insights_log = switchboard_insights::open_log(&StoreConfig::Sqlite {
-            path: dir.0.join("insights.db"),
-        })
-        .await
-        .unwrap();
+        let insights_log = switchboard_insights::open_log(&store("insights"))
+            .await
+            .unwrap();
         insights_log.migrate().await.unwrap();
         let keyring = std::sync::Arc::new(
             switchboard_secrets::Keyring::from_base64(&[base64_key()]).unwrap(),
@@ -102,11 +146,9 @@ impl Api {
             },
             ..Default::default()
         };
-        let actions_log = switchboard_actions::open_log(&StoreConfig::Sqlite {
-            path: dir.0.join("actions.db"),
-        })
-        .await
-        .unwrap();
+        let actions_log = switchboard_actions::open_log(&store("actions"))
+            .await
+            .unwrap();
         actions_log.migrate().await.unwrap();
         let outbound = switchboard_outbound::GuardedClient::new(
             switchboard_outbound::Policy::allowing(&["127.0.0.0/8"]).unwrap(),
@@ -149,66 +191,13 @@ impl Api {
         tokio::spawn(server.serve(grpc, shutdown.clone()));
         let log_for_test = conversations_log_clone;
 
-        let gateway_log = switchboard_gateway::open_log(&StoreConfig::Sqlite {
-            path: dir.0.join("gateway.db"),
-        })
-        .await
-        .unwrap();
+        let gateway_config = store("gateway");
+        let gateway_log = switchboard_gateway::open_log(&gateway_config)
+            .await
+            .unwrap();
         gateway_log.migrate().await.unwrap();
         let keys = ApiKeys::new(gateway_log);
-        let conversations = ConversationsClient::connect_lazy(&ClientConfig::new(
-            format!("http://{grpc_addr}"),
-            None,
-            "gateway",
-        ))
-        .unwrap();
-        let flows = FlowsClient::connect_lazy(&ClientConfig::new(
-            format!("http://{grpc_addr}"),
-            None,
-            "gateway",
-        ))
-        .unwrap();
-        let app = router(AppState {
-            keys: keys.clone(),
-            conversations,
-            flows: Some(flows),
-            actions: Some(
-                ActionsClient::connect_lazy(&ClientConfig::new(
-                    format!("http://{grpc_addr}"),
-                    None,
-                    "gateway",
-                ))
-                .unwrap(),
-            ),
-            webhooks: Some(
-                WebhooksClient::connect_lazy(&ClientConfig::new(
-                    format!("http://{grpc_addr}"),
-                    None,
-                    "gateway",
-                ))
-                .unwrap(),
-            ),
-            insights: Some(
-                InsightsClient::connect_lazy(&ClientConfig::new(
-                    format!("http://{grpc_addr}"),
-                    None,
-                    "gateway",
-                ))
-                .unwrap(),
-            ),
-            rate_per_minute,
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-                    .unwrap();
-            });
-        }
+        let addr = serve_gateway(grpc_addr, keys.clone(), rate_per_minute, &shutdown).await;
         let key = |ws: &'static str, scopes: &'static [&'static str]| {
             let keys = keys.clone();
             async move {
@@ -251,6 +240,8 @@ impl Api {
             b,
             document,
             shutdown,
+            schemas,
+            replica: (grpc_addr, gateway_config, rate_per_minute),
             _dir: dir,
         }
     }
@@ -382,6 +373,15 @@ impl Api {
             .await
     }
 
+    /// Another gateway replica (its own process state, the same store and services); its
+    /// base URL.
+    async fn replica(&self) -> String {
+        let (grpc_addr, config, rate) = &self.replica;
+        let log = switchboard_gateway::open_log(config).await.unwrap();
+        let addr = serve_gateway(*grpc_addr, ApiKeys::new(log), *rate, &self.shutdown).await;
+        format!("http://{addr}")
+    }
+
     /// Delivers every event of the conversations log to the insights service's
     /// subscription, as `dev`'s tail does (each once: the consumer's marks).
     async fn project(&self) {
@@ -415,7 +415,49 @@ impl Api {
 impl Drop for Api {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let schemas = std::mem::take(&mut self.schemas);
+        if !schemas.is_empty() {
+            // Dropping a schema is async; the test's runtime is finishing.
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Runtime::new().unwrap().block_on(async {
+                    for schema in schemas {
+                        schema.drop().await;
+                    }
+                })
+            })
+            .join();
+        }
     }
+}
+
+/// A gateway over the services at `grpc_addr` with `keys`, on a loopback port, until
+/// `shutdown`; its address.
+async fn serve_gateway(
+    grpc_addr: SocketAddr,
+    keys: ApiKeys,
+    rate_per_minute: u32,
+    shutdown: &CancellationToken,
+) -> SocketAddr {
+    let config = ClientConfig::new(format!("http://{grpc_addr}"), None, "gateway");
+    let app = router(AppState {
+        keys,
+        conversations: ConversationsClient::connect_lazy(&config).unwrap(),
+        flows: Some(FlowsClient::connect_lazy(&config).unwrap()),
+        actions: Some(ActionsClient::connect_lazy(&config).unwrap()),
+        webhooks: Some(WebhooksClient::connect_lazy(&config).unwrap()),
+        insights: Some(InsightsClient::connect_lazy(&config).unwrap()),
+        rate_per_minute,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .unwrap();
+    });
+    addr
 }
 
 /// A test encryption key: base64 of 32 bytes.
@@ -449,9 +491,8 @@ impl Answer {
     }
 }
 
-#[tokio::test]
-async fn a_request_without_a_live_key_is_401_problem_json() {
-    let api = Api::start().await;
+async fn a_request_without_a_live_key_is_401_problem_json(backend: Backend) {
+    let api = Api::start(backend).await;
     let none = api.get("/v1/conversations", "").await;
     assert_eq!(none.status, StatusCode::UNAUTHORIZED);
     assert_eq!(none.body["code"], "SB-API-0401");
@@ -468,9 +509,8 @@ async fn a_request_without_a_live_key_is_401_problem_json() {
     assert_eq!(unknown_path.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn conversations_start_read_change_and_talk_with_etags() {
-    let api = Api::start().await;
+async fn conversations_start_read_change_and_talk_with_etags(backend: Backend) {
+    let api = Api::start(backend).await;
     let started = api.start_conversation(&api.a, "user_1").await;
     let id = started["id"].as_str().unwrap().to_owned();
     assert_eq!(started["channel"], "api");
@@ -578,9 +618,8 @@ async fn conversations_start_read_change_and_talk_with_etags() {
     assert_eq!(agent.body["errors"][0]["field"], "author");
 }
 
-#[tokio::test]
-async fn lists_page_by_cursor_with_a_link_to_the_next_page() {
-    let api = Api::start().await;
+async fn lists_page_by_cursor_with_a_link_to_the_next_page(backend: Backend) {
+    let api = Api::start(backend).await;
     let mut started = Vec::new();
     for i in 0..5 {
         started.push(
@@ -614,6 +653,46 @@ async fn lists_page_by_cursor_with_a_link_to_the_next_page() {
     seen.sort();
     started.sort();
     assert_eq!(seen, started);
+
+    // Conversations started while a client pages: every one that existed when paging
+    // began is seen once, none twice (the cursor is a position, not an offset).
+    let mut paged = Vec::new();
+    let mut path = "/v1/conversations?limit=2".to_owned();
+    loop {
+        let page = api.get(&path, &api.a).await;
+        assert_eq!(page.status, StatusCode::OK);
+        paged.extend(
+            page.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned()),
+        );
+        let (first, second) = tokio::join!(
+            api.start_conversation(&api.a, "late_1"),
+            api.start_conversation(&api.a, "late_2")
+        );
+        assert!(first["id"].is_string() && second["id"].is_string());
+        if !page.body["has_more"].as_bool().unwrap() {
+            break;
+        }
+        path = format!(
+            "/v1/conversations?limit=2&cursor={}",
+            page.body["next_cursor"].as_str().unwrap()
+        );
+    }
+    let unique: std::collections::BTreeSet<&String> = paged.iter().collect();
+    assert_eq!(
+        unique.len(),
+        paged.len(),
+        "a conversation was paged twice: {paged:?}"
+    );
+    for id in &started {
+        assert!(
+            paged.contains(id),
+            "{id} was skipped while others were inserted"
+        );
+    }
 
     for (id, status) in [(&started[0], "resolved"), (&started[1], "on_hold")] {
         let changed = api
@@ -674,9 +753,8 @@ async fn lists_page_by_cursor_with_a_link_to_the_next_page() {
     assert_eq!(unknown_filter.status, StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn another_workspaces_resources_are_404_like_missing_ones() {
-    let api = Api::start().await;
+async fn another_workspaces_resources_are_404_like_missing_ones(backend: Backend) {
+    let api = Api::start(backend).await;
     let id = api.start_conversation(&api.a, "user_1").await["id"]
         .as_str()
         .unwrap()
@@ -715,9 +793,8 @@ async fn another_workspaces_resources_are_404_like_missing_ones() {
     assert_eq!(read.body["message_count"], 0);
 }
 
-#[tokio::test]
-async fn scopes_limit_what_a_key_may_do() {
-    let api = Api::start().await;
+async fn scopes_limit_what_a_key_may_do(backend: Backend) {
+    let api = Api::start(backend).await;
     let create = |scopes: &'static [&'static str]| {
         let keys = api.keys.clone();
         async move {
@@ -767,9 +844,8 @@ async fn scopes_limit_what_a_key_may_do() {
     );
 }
 
-#[tokio::test]
-async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() {
-    let api = Api::start().await;
+async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body(backend: Backend) {
+    let api = Api::start(backend).await;
     let send = |body: Value| {
         api.call(
             reqwest::Method::POST,
@@ -831,9 +907,8 @@ async fn an_idempotency_key_replays_the_first_answer_and_refuses_another_body() 
     assert_ne!(b.body["id"], first.body["id"]);
 }
 
-#[tokio::test]
-async fn bad_bodies_name_the_field_and_store_nothing() {
-    let api = Api::start().await;
+async fn bad_bodies_name_the_field_and_store_nothing(backend: Backend) {
+    let api = Api::start(backend).await;
     let raw = api
         .http
         .post(format!("{}/v1/conversations", api.base))
@@ -879,9 +954,8 @@ async fn bad_bodies_name_the_field_and_store_nothing() {
     assert_eq!(list.body["data"], json!([]));
 }
 
-#[tokio::test]
-async fn keys_are_created_shown_once_rotated_and_revoked_at_once() {
-    let api = Api::start().await;
+async fn keys_are_created_shown_once_rotated_and_revoked_at_once(backend: Backend) {
+    let api = Api::start(backend).await;
     let created = api
         .post(
             "/v1/api-keys",
@@ -960,6 +1034,16 @@ async fn keys_are_created_shown_once_rotated_and_revoked_at_once() {
         StatusCode::UNAUTHORIZED,
         "a revoked key is refused on the next request"
     );
+    // ... on every replica, at once.
+    let replica = api.replica().await;
+    let elsewhere = api
+        .http
+        .get(format!("{replica}/v1/conversations"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         api.get("/v1/conversations", &successor).await.status,
         StatusCode::OK
@@ -982,9 +1066,8 @@ async fn keys_are_created_shown_once_rotated_and_revoked_at_once() {
     assert_eq!(fields, ["name", "scopes[0]"]);
 }
 
-#[tokio::test]
-async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it() {
-    let api = Api::start().await;
+async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it(backend: Backend) {
+    let api = Api::start(backend).await;
     let doc = &api.document;
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
@@ -1051,9 +1134,8 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it()
 
 /// The seeds' CMS journey: 5,000 documents pushed in bulk, 1,000 removed, then searched;
 /// every bulk result per item, a repeated request changing nothing.
-#[tokio::test]
-async fn a_cms_pushes_5000_documents_removes_1000_and_searches_them() {
-    let api = Api::start().await;
+async fn a_cms_pushes_5000_documents_removes_1000_and_searches_them(backend: Backend) {
+    let api = Api::start(backend).await;
     let created = api
         .post(
             "/v1/collections",
@@ -1148,9 +1230,8 @@ async fn a_cms_pushes_5000_documents_removes_1000_and_searches_them() {
     }
 }
 
-#[tokio::test]
-async fn documents_are_put_patched_read_and_deleted_by_external_id() {
-    let api = Api::start().await;
+async fn documents_are_put_patched_read_and_deleted_by_external_id(backend: Backend) {
+    let api = Api::start(backend).await;
     let id = api
         .post("/v1/collections", &api.a, json!({"name": "FAQ"}))
         .await
@@ -1243,12 +1324,28 @@ async fn documents_are_put_patched_read_and_deleted_by_external_id() {
     );
 }
 
-#[tokio::test]
-async fn a_key_past_its_rate_is_429_with_retry_after_and_others_go_on() {
-    let api = Api::with_rate(5).await;
+async fn a_key_past_its_rate_is_429_with_retry_after_and_others_go_on(backend: Backend) {
+    let api = Api::with_rate(backend, 5).await;
+    // Two replicas share one budget per key: requests alternate between them.
+    let other = api.replica().await;
     let mut served = 0;
     let refused = loop {
-        let answer = api.get("/v1/conversations", &api.a).await;
+        let answer = if served % 2 == 0 {
+            api.get("/v1/conversations", &api.a).await
+        } else {
+            let response = api
+                .http
+                .get(format!("{other}/v1/conversations"))
+                .bearer_auth(&api.a)
+                .send()
+                .await
+                .unwrap();
+            Answer {
+                status: response.status(),
+                headers: response.headers().clone(),
+                body: response.json().await.unwrap(),
+            }
+        };
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             break answer;
         }
@@ -1271,9 +1368,8 @@ async fn a_key_past_its_rate_is_429_with_retry_after_and_others_go_on() {
     );
 }
 
-#[tokio::test]
-async fn webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate() {
-    let api = Api::start().await;
+async fn webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate(backend: Backend) {
+    let api = Api::start(backend).await;
     let created = api
         .post(
             "/v1/webhook-endpoints",
@@ -1415,9 +1511,8 @@ async fn webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate() {
     assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn actions_are_defined_patched_tested_and_deleted_as_their_json() {
-    let api = Api::start().await;
+async fn actions_are_defined_patched_tested_and_deleted_as_their_json(backend: Backend) {
+    let api = Api::start(backend).await;
     let definition = json!({
         "name": "price_with_tax",
         "description": "What an order costs with tax",
@@ -1544,9 +1639,8 @@ fn greeting(text: &str) -> Value {
     })
 }
 
-#[tokio::test]
-async fn flows_are_drafted_published_and_run_by_assistants_over_rest() {
-    let api = Api::start().await;
+async fn flows_are_drafted_published_and_run_by_assistants_over_rest(backend: Backend) {
+    let api = Api::start(backend).await;
     let created = api
         .post(
             "/v1/flows",
@@ -1675,9 +1769,10 @@ async fn flows_are_drafted_published_and_run_by_assistants_over_rest() {
     assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment() {
-    let api = Api::start().await;
+async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment(
+    backend: Backend,
+) {
+    let api = Api::start(backend).await;
     let mut ids = Vec::new();
     for i in 0..6 {
         let assistant = if i % 2 == 0 { "asst_1" } else { "asst_2" };
@@ -1947,3 +2042,22 @@ async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_an
         StatusCode::NOT_FOUND
     );
 }
+
+on_both_backends!(
+    a_request_without_a_live_key_is_401_problem_json,
+    conversations_start_read_change_and_talk_with_etags,
+    lists_page_by_cursor_with_a_link_to_the_next_page,
+    another_workspaces_resources_are_404_like_missing_ones,
+    scopes_limit_what_a_key_may_do,
+    an_idempotency_key_replays_the_first_answer_and_refuses_another_body,
+    bad_bodies_name_the_field_and_store_nothing,
+    keys_are_created_shown_once_rotated_and_revoked_at_once,
+    the_openapi_document_describes_every_route_and_the_docs_page_loads_it,
+    a_cms_pushes_5000_documents_removes_1000_and_searches_them,
+    documents_are_put_patched_read_and_deleted_by_external_id,
+    a_key_past_its_rate_is_429_with_retry_after_and_others_go_on,
+    webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate,
+    actions_are_defined_patched_tested_and_deleted_as_their_json,
+    flows_are_drafted_published_and_run_by_assistants_over_rest,
+    insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment,
+);
