@@ -2008,6 +2008,55 @@ async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_an
     let unknown = api.get("/v1/insights/summary?colour=red", &api.a).await;
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
 
+    // A key for insights only sees no metafield values and may not filter by them.
+    let analyst = api
+        .keys
+        .create(
+            "ws_a",
+            "analyst",
+            "analyst",
+            &["insights:read".to_owned()],
+            0,
+            "cli",
+        )
+        .await
+        .unwrap()
+        .key;
+    let seen = api.get("/v1/insights/dimensions", &analyst).await;
+    assert_eq!(seen.status, StatusCode::OK);
+    let assistant_ids = seen.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["key"] == "metafields.assistant_id")
+        .unwrap()
+        .clone();
+    assert_eq!(assistant_ids["values"], json!([]));
+    let full = api.get("/v1/insights/dimensions", &api.a).await;
+    assert!(full.body["data"].as_array().unwrap().iter().any(|d| {
+        d["key"] == "metafields.assistant_id" && d["values"].as_array().unwrap().len() == 2
+    }));
+    let refused = api
+        .get(
+            "/v1/insights/summary?metafields=assistant_id:asst_1",
+            &analyst,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let refused = api
+        .get(
+            "/v1/insights/breakdown?by=metafields.assistant_id",
+            &analyst,
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.get("/v1/insights/breakdown?by=topic", &analyst)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
     // Findings: none in a quiet workspace; detection runs on demand.
     let findings = api.get("/v1/insights/findings", &api.a).await;
     assert_eq!(findings.body["data"], json!([]));

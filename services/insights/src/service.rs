@@ -136,6 +136,12 @@ impl InsightsService {
                 }
             }
         }
+        if filter.conditions.len() > dimensions::limits::CONDITIONS {
+            v.push(FieldViolation::new(
+                "filter.conditions",
+                format!("at most {} conditions", dimensions::limits::CONDITIONS),
+            ));
+        }
         let clauses = dimensions::clauses("filter.conditions", &conditions, v);
         let window = if needs_window {
             Some(dimensions::window(from, to, now, v))
@@ -145,7 +151,14 @@ impl InsightsService {
                 from: from.unwrap_or(0),
                 to: to.unwrap_or(i64::MAX),
             };
-            if window.to <= window.from {
+            let in_range =
+                |t: Option<i64>| t.is_none_or(|t| (0..=dimensions::MAX_TIME).contains(&t));
+            if !in_range(from) || !in_range(to) {
+                v.push(FieldViolation::new(
+                    "filter.from",
+                    "times are between 1970 and 9999",
+                ));
+            } else if window.to <= window.from {
                 v.push(FieldViolation::new("filter.to", "must be after `from`"));
             }
             Some(window)
@@ -338,7 +351,9 @@ impl InsightsService {
     /// analysis fields and metafields.
     pub async fn dimensions(&self, workspace_id: &str) -> Result<Vec<pb::Dimension>, ServiceError> {
         const VALUES: usize = 20;
-        let labels = self.store.label_values(workspace_id, VALUES).await?;
+        // Values seen in the last 90 days.
+        let since = now_ms() - 90 * DAY_MS;
+        let labels = self.store.label_values(workspace_id, since, VALUES).await?;
         let mut out = Vec::new();
         for d in CATALOGUE {
             let values = match d.target() {
@@ -559,15 +574,22 @@ impl InsightsService {
         now: i64,
     ) -> Result<Vec<pb::Finding>, ServiceError> {
         let t = self.thresholds;
+        // The last full day that ended a day ago: its conversations had time to be
+        // analysed and resolved.
         let day = Window {
-            from: now - DAY_MS,
-            to: now,
+            from: now - 2 * DAY_MS,
+            to: now - DAY_MS,
         };
         let baseline = Window {
             from: day.from - t.baseline_days * DAY_MS,
             to: day.from,
         };
         let mut candidates = Vec::new();
+        let has_history = self
+            .store
+            .first_created_at(workspace_id)
+            .await?
+            .is_some_and(|first| first < baseline.from);
         // Daily counts per watched value over the baseline and the day.
         let whole = Window {
             from: baseline.from,
@@ -581,7 +603,9 @@ impl InsightsService {
         let day_key = format!("(c.created_at - {}) / {DAY_MS}", whole.from);
         let days = usize::try_from(t.baseline_days + 1).unwrap_or(15);
         let mut series = Vec::new();
-        for dimension in WATCHED {
+        // Without a whole baseline there is no usual range to leave.
+        let watched: &[&str] = if has_history { WATCHED } else { &[] };
+        for dimension in watched {
             let target = dimensions::target(dimension)
                 .map_err(|why| invalid(vec![FieldViolation::new("dimension", why)]))?;
             let rows = self
@@ -667,7 +691,7 @@ impl InsightsService {
         let stream = StreamRef::new("findings", workspace_id);
         let executed = Command::new(&self.log, &stream)
             .run(&FindingsAggregate, |loaded| {
-                let events = findings::raise(&loaded.state, candidates.clone(), now, &t);
+                let events = findings::raise(&loaded.state, candidates.clone());
                 let raised: Vec<pb::Finding> = events
                     .iter()
                     .filter_map(|e| match e {
@@ -839,24 +863,25 @@ fn top_and_other(
 }
 
 fn merge(into: &mut Sums, add: &Sums) {
+    // Each mean weighted by the conversations it is over.
     let mean = |a: Option<f64>, na: i64, b: Option<f64>, nb: i64| match (a, b) {
         (Some(a), Some(b)) => Some((a * na as f64 + b * nb as f64) / (na + nb).max(1) as f64),
         (a, b) => a.or(b),
     };
-    // Means are weighted by conversations: an approximation when not every conversation
-    // has the time (its count is not kept per group).
     into.first_response_mean_ms = mean(
         into.first_response_mean_ms,
-        into.conversations,
+        into.with_first_response,
         add.first_response_mean_ms,
-        add.conversations,
+        add.with_first_response,
     );
     into.resolution_mean_ms = mean(
         into.resolution_mean_ms,
-        into.resolved,
+        into.with_resolution,
         add.resolution_mean_ms,
-        add.resolved,
+        add.with_resolution,
     );
+    into.with_first_response += add.with_first_response;
+    into.with_resolution += add.with_resolution;
     into.conversations += add.conversations;
     into.messages += add.messages;
     into.resolved += add.resolved;
@@ -873,6 +898,7 @@ mod tests {
             conversations,
             resolved,
             first_response_mean_ms: Some(1000.0),
+            with_first_response: conversations,
             ..Default::default()
         }
     }

@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS insights_conversations (
 );
 CREATE INDEX IF NOT EXISTS insights_conversations_by_created
     ON insights_conversations (workspace_id, created_at);
+CREATE INDEX IF NOT EXISTS insights_conversations_by_updated
+    ON insights_conversations (updated_at);
 CREATE TABLE IF NOT EXISTS insights_labels (
     workspace_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
@@ -227,16 +229,23 @@ pub async fn history(
             flow: r.try_get(5)?,
         })
     }).transpose()))?;
-    if known.is_some() {
-        return Ok(known);
+    // Its flow may have arrived before the conversation, or beside its last event.
+    match known {
+        Some(history) if !history.flow.is_empty() => Ok(Some(history)),
+        Some(mut history) => {
+            history.flow = flow_of(tx, workspace_id, conversation_id)
+                .await?
+                .unwrap_or_default();
+            Ok(Some(history))
+        }
+        None => Ok(flow_of(tx, workspace_id, conversation_id)
+            .await?
+            .map(|flow| History {
+                flow,
+                version: -1,
+                ..History::default()
+            })),
     }
-    // Not seen yet; its flow may have been.
-    let flow = flow_of(tx, workspace_id, conversation_id).await?;
-    Ok(flow.map(|flow| History {
-        flow,
-        version: -1,
-        ..History::default()
-    }))
 }
 
 async fn flow_of(
@@ -263,7 +272,10 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
             knowledge_gap, resolution, resolved, messages, is_resolved, is_agent_resolved,
             is_handed_over, first_response_ms, resolution_ms, created_at, updated_at,
             first_customer_at, first_response_at, resolved_at, handed_over, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+         VALUES ($1, $2, $3, $4, $5,
+            COALESCE((SELECT f.flow_id FROM insights_flows f
+                      WHERE f.workspace_id = $1 AND f.conversation_id = $2), $6),
+            $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
             $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
          ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET
             channel = excluded.channel, status = excluded.status,
@@ -280,7 +292,8 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
             updated_at = excluded.updated_at, first_customer_at = excluded.first_customer_at,
             first_response_at = excluded.first_response_at,
             resolved_at = excluded.resolved_at, handed_over = excluded.handed_over,
-            version = excluded.version",
+            version = excluded.version
+         WHERE insights_conversations.version < excluded.version",
     )
     .bind(&f.workspace_id)
     .bind(&f.conversation_id)
@@ -400,6 +413,9 @@ pub struct Sums {
     pub handed_over: i64,
     pub first_response_mean_ms: Option<f64>,
     pub resolution_mean_ms: Option<f64>,
+    /// Conversations the means are over.
+    pub with_first_response: i64,
+    pub with_resolution: i64,
 }
 
 /// Medians of one group, in milliseconds.
@@ -610,6 +626,8 @@ impl InsightsStore {
                 "CAST(COALESCE(SUM(c.is_handed_over), 0) AS BIGINT)",
                 "CAST(AVG(c.first_response_ms) AS DOUBLE PRECISION)",
                 "CAST(AVG(c.resolution_ms) AS DOUBLE PRECISION)",
+                "COUNT(c.first_response_ms)",
+                "COUNT(c.resolution_ms)",
             ]
             .map(str::to_owned),
         );
@@ -628,6 +646,8 @@ impl InsightsStore {
                 handed_over: r.try_get(n + 4)?,
                 first_response_mean_ms: r.try_get(n + 5)?,
                 resolution_mean_ms: r.try_get(n + 6)?,
+                with_first_response: r.try_get(n + 7)?,
+                with_resolution: r.try_get(n + 8)?,
             };
             (values, sums)
         })?;
@@ -750,17 +770,22 @@ impl InsightsStore {
         fetch!(self.log, sql, text, |r| r.try_get::<String, _>(0)?)
     }
 
-    /// The label dimensions of a workspace and their most frequent values, most used
-    /// first: at most `per_dimension` values for each.
+    /// The label dimensions of a workspace's conversations created since `since`, and
+    /// their most frequent values, most used first: at most `per_dimension` for each.
     pub async fn label_values(
         &self,
         workspace_id: &str,
+        since: i64,
         per_dimension: usize,
     ) -> Result<BTreeMap<String, Vec<String>>, EventLogError> {
         let mut sql = Sql::default();
         let ws = sql.text(workspace_id);
+        let since = sql.int(since);
         let text = format!(
-            "SELECT dimension, value, COUNT(*) FROM insights_labels WHERE workspace_id = {ws}
+            "SELECT l.dimension, l.value, COUNT(*) FROM insights_labels l
+             JOIN insights_conversations c ON c.workspace_id = l.workspace_id
+              AND c.conversation_id = l.conversation_id
+             WHERE l.workspace_id = {ws} AND c.created_at >= {since}
              GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 5000"
         );
         let rows = fetch!(self.log, sql, text, |r| (
@@ -775,6 +800,17 @@ impl InsightsStore {
             }
         }
         Ok(out)
+    }
+
+    /// When the workspace's first conversation started; `None` before any.
+    pub async fn first_created_at(&self, workspace_id: &str) -> Result<Option<i64>, EventLogError> {
+        let mut sql = Sql::default();
+        let text = format!(
+            "SELECT MIN(created_at) FROM insights_conversations WHERE workspace_id = {}",
+            sql.text(workspace_id)
+        );
+        let rows = fetch!(self.log, sql, text, |r| r.try_get::<Option<i64>, _>(0)?)?;
+        Ok(rows.into_iter().next().flatten())
     }
 
     /// Workspaces with a conversation updated at or after `since`.

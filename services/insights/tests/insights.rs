@@ -583,6 +583,27 @@ async fn answers_match_counts_made_independently(config: StoreConfig) {
             .all(|p| p.measures.as_ref().unwrap().conversations == 0)
     );
 
+    // By month: November 2026 is one bucket; the window before is one bucket of October.
+    let months = client
+        .get_trends(pb::TrendsRequest {
+            workspace_id: WS.into(),
+            filter: filter(BASE, end, &[]),
+            interval: "month".into(),
+            time_zone: "UTC".into(),
+            compare_previous: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(months.points.len(), 1);
+    assert_eq!(months.points[0].start.unwrap().seconds * 1000, BASE);
+    assert_measures(
+        months.points[0].measures.as_ref().unwrap(),
+        &expected(&all),
+        "November",
+    );
+    assert_eq!(months.previous.len(), 1);
+    assert_eq!(months.previous[0].measures.unwrap().conversations, 0);
+
     // Segments: saved, used as a filter, listed, and their conversations paged.
     let segment = client
         .create_segment(pb::CreateSegmentRequest {
@@ -786,22 +807,47 @@ async fn a_rising_topic_is_found_once_and_can_be_dismissed() {
             plan: "free",
         }
     };
+    // The detection day is the last full day that ended a day ago.
+    let day = now - 2 * DAY;
     let mut seeds = Vec::new();
+    // The workspace's first conversation, before the baseline.
+    seeds.push(seed_at(day - 20 * DAY, false));
     // Fourteen usual days: 10 billing conversations and 10 others a day.
-    for day in 1..=14 {
+    for before in 1..=14 {
         for k in 0..20 {
-            seeds.push(seed_at(now - day * DAY - DAY + (k + 1) * 60_000, k < 10));
+            seeds.push(seed_at(day - before * DAY + (k + 1) * 60_000, k < 10));
         }
     }
-    // The last day: 40 billing conversations.
-    for k in 0..40 {
-        seeds.push(seed_at(now - DAY + (k + 1) * 60_000, true));
-    }
+    // The detection day: 40 billing conversations.
+    let spike: Vec<Seed> = (0..40)
+        .map(|k| seed_at(day + (k + 1) * 60_000, true))
+        .collect();
+    seeds.extend(spike.iter().cloned());
+    // Today's conversations are too fresh to count.
+    seeds.push(seed_at(now - 60_000, true));
     for seed in &seeds {
         for event in events_of(WS, seed) {
             cluster.deliver(&event).await;
         }
     }
+    // A workspace with only the spike has no usual range: no trend finding.
+    for seed in &spike {
+        for event in events_of(OTHER_WS, seed) {
+            cluster.deliver(&event).await;
+        }
+    }
+    let young = cluster
+        .client
+        .detect_findings(pb::DetectFindingsRequest {
+            workspace_id: OTHER_WS.into(),
+        })
+        .await
+        .unwrap()
+        .raised;
+    assert!(
+        young.iter().all(|f| f.kind == "co_occurrence"),
+        "{young:#?}"
+    );
     let raised = cluster
         .client
         .detect_findings(pb::DetectFindingsRequest {

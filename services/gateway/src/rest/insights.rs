@@ -232,11 +232,25 @@ fn build_filter(
     Ok((filter, names))
 }
 
+/// Metafields are the conversations' own data: filtering or grouping by them needs the
+/// right to read conversations, not only insights.
+fn check_metafields<'a>(
+    caller: &Caller,
+    dimensions: impl IntoIterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    if dimensions.into_iter().any(|d| d.starts_with("metafields")) {
+        caller.require("conversations", Access::Read)?;
+    }
+    Ok(())
+}
+
 /// The insights service's field names, as this API's parameters.
 fn renamed(mut error: ApiError, conditions: &[&str], extra: &[(&str, &str)]) -> ApiError {
     for e in &mut error.errors {
         let field = e.field.clone();
-        let name = if let Some(rest) = field.strip_prefix("filter.conditions[") {
+        let name = if field == "filter.conditions" {
+            "query".to_owned()
+        } else if let Some(rest) = field.strip_prefix("filter.conditions[") {
             let index: Option<usize> = rest.split(']').next().and_then(|i| i.parse().ok());
             index
                 .and_then(|i| conditions.get(i))
@@ -305,10 +319,16 @@ async fn list_dimensions(
             workspace_id: caller.workspace_id.clone(),
         })
         .await?;
+    let may_read_conversations = caller.may("conversations", Access::Read);
     let data: Vec<Value> = listed
         .dimensions
-        .iter()
-        .map(|d| proto_json::to_json("switchboard.insights.v1.Dimension", d))
+        .into_iter()
+        .map(|mut d| {
+            if d.key.starts_with("metafields.") && !may_read_conversations {
+                d.values.clear();
+            }
+            proto_json::to_json("switchboard.insights.v1.Dimension", &d)
+        })
         .collect();
     Ok(page("/v1/insights/dimensions", 100, data, None))
 }
@@ -330,6 +350,7 @@ async fn summary(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let (filter, names) = query.filter()?;
+    check_metafields(&caller, names.iter().copied())?;
     let found = state
         .insights_for(&caller)?
         .get_summary(pb::SummaryRequest {
@@ -357,12 +378,17 @@ async fn breakdown(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let (filter, names) = query.filter()?;
+    let by = split(&query.by);
+    check_metafields(
+        &caller,
+        names.iter().copied().chain(by.iter().map(String::as_str)),
+    )?;
     let found = state
         .insights_for(&caller)?
         .get_breakdown(pb::BreakdownRequest {
             workspace_id: caller.workspace_id.clone(),
             filter: Some(filter),
-            dimensions: split(&query.by),
+            dimensions: by,
             top: query.top.unwrap_or(0),
         })
         .await
@@ -386,6 +412,7 @@ async fn trends(
 ) -> Result<Response, ApiError> {
     caller.require(RESOURCE, Access::Read)?;
     let (filter, names) = query.filter()?;
+    check_metafields(&caller, names.iter().copied())?;
     let compare_previous = match query.compare.as_deref() {
         None | Some("") => false,
         Some("previous") => true,
@@ -484,6 +511,10 @@ async fn create_segment(
         "switchboard.insights.v1.CreateSegmentRequest",
         body,
         &["workspace_id", "request_id"],
+    )?;
+    check_metafields(
+        &caller,
+        request.conditions.iter().map(|c| c.dimension.as_str()),
     )?;
     request.workspace_id = caller.workspace_id.clone();
     request.request_id = request_id;

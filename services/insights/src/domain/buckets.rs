@@ -145,9 +145,11 @@ fn fixed(tz: &TimeZone, window: Window, width: i64, shift: i64) -> Result<Plan, 
     let mut buckets: Vec<(i64, i64)> = Vec::new();
     for k in first..=last {
         let start = local_start(tz, k * width - shift)?;
-        // A local hour a transition skipped starts where the next one does: one bucket.
-        if buckets.last().is_none_or(|(_, previous)| *previous < start) {
-            buckets.push((k, start));
+        match buckets.last_mut() {
+            // A local hour a transition skipped starts where the next one does: one
+            // bucket, under the key its conversations get (the later one).
+            Some((key, previous)) if *previous >= start => *key = k,
+            _ => buckets.push((k, start)),
         }
     }
     Ok(Plan { key_sql, buckets })
@@ -174,12 +176,17 @@ fn months(tz: &TimeZone, window: Window) -> Result<Plan, String> {
     for k in first..=last {
         buckets.push((k, start_of(k)?));
     }
-    let mut key_sql = String::from("CAST(CASE");
-    for pair in buckets.windows(2) {
-        let ((key, _), (_, next_start)) = (pair[0], pair[1]);
-        key_sql.push_str(&format!(" WHEN c.created_at < {next_start} THEN {key}"));
-    }
-    key_sql.push_str(&format!(" ELSE {last} END AS BIGINT)"));
+    let key_sql = if buckets.len() == 1 {
+        format!("CAST({last} AS BIGINT)")
+    } else {
+        let mut sql = String::from("CAST(CASE");
+        for pair in buckets.windows(2) {
+            let ((key, _), (_, next_start)) = (pair[0], pair[1]);
+            sql.push_str(&format!(" WHEN c.created_at < {next_start} THEN {key}"));
+        }
+        sql.push_str(&format!(" ELSE {last} END AS BIGINT)"));
+        sql
+    };
     Ok(Plan { key_sql, buckets })
 }
 
@@ -262,6 +269,39 @@ mod tests {
                 ms("2026-11-30T18:15:00Z")
             ]
         );
+    }
+
+    #[test]
+    fn a_window_inside_one_month_is_one_bucket_of_valid_sql() {
+        let window = Window {
+            from: ms("2026-12-03T00:00:00Z"),
+            to: ms("2026-12-20T00:00:00Z"),
+        };
+        let plan = plan(Interval::Month, &TimeZone::UTC, window).unwrap();
+        assert_eq!(plan.buckets, [(2026 * 12 + 11, ms("2026-12-01T00:00:00Z"))]);
+        assert_eq!(plan.key_sql, format!("CAST({} AS BIGINT)", 2026 * 12 + 11));
+    }
+
+    #[test]
+    fn the_hour_a_spring_forward_skips_is_one_bucket_with_the_key_its_rows_get() {
+        let tz = time_zone("Europe/Berlin").unwrap();
+        // 2026-03-29: 02:00 local does not exist; 01:00 UTC is 03:00 CEST.
+        let window = Window {
+            from: ms("2026-03-29T00:00:00Z"),
+            to: ms("2026-03-29T03:00:00Z"),
+        };
+        let plan = plan(Interval::Hour, &tz, window).unwrap();
+        let starts: Vec<i64> = plan.buckets.iter().map(|b| b.1).collect();
+        assert_eq!(
+            starts,
+            [
+                ms("2026-03-29T00:00:00Z"),
+                ms("2026-03-29T01:00:00Z"),
+                ms("2026-03-29T02:00:00Z")
+            ]
+        );
+        let at = ms("2026-03-29T01:30:00Z");
+        assert_eq!(key_of(&plan, &tz, Interval::Hour, at), plan.buckets[1].0);
     }
 
     #[test]

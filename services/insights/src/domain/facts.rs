@@ -107,7 +107,11 @@ impl Fact {
 
 /// Milliseconds since the epoch of a protobuf time (0 when unset).
 pub fn millis(t: Option<&Timestamp>) -> i64 {
-    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    t.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000)
+    })
 }
 
 /// `api` for `CHANNEL_API`: an enum value's name without its prefix, lowercase; "" for the

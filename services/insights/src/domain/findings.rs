@@ -11,14 +11,20 @@
 //!   [`Thresholds::lift`] times as many conversations as chance would put together (their
 //!   counts' product over the total), with at least [`Thresholds::min_count`] of them.
 //!
-//! A pattern's identity is its fingerprint (`rising:topic=billing`); one raised within the
-//! [`Thresholds::cooldown_ms`] before (dismissed or not) is not raised again.
+//! The detection day is the last full day that ended at least a day ago, so the
+//! conversations it counts have had a day to be analysed and resolved (the day just gone
+//! would show every fresh conversation as unresolved); a workspace younger than its
+//! baseline has no usual range yet and gets no trend findings.
+//!
+//! A pattern's identity is its fingerprint (`rising:topic=billing`): it is raised once.
+//! While that finding is open it stands for the pattern; once dismissed, the pattern is
+//! not raised again.
 
 use std::collections::BTreeMap;
 
 use switchboard_proto::insights::v1 as pb;
 
-use super::dimensions::{DAY_MS, Window};
+use super::dimensions::Window;
 use super::{DomainError, Event, timestamp};
 
 /// What counts as a pattern.
@@ -30,7 +36,6 @@ pub struct Thresholds {
     pub co_occurrence_days: i64,
     pub min_count: u64,
     pub lift: f64,
-    pub cooldown_ms: i64,
 }
 
 impl Default for Thresholds {
@@ -40,7 +45,6 @@ impl Default for Thresholds {
             co_occurrence_days: 7,
             min_count: 10,
             lift: 2.0,
-            cooldown_ms: 7 * DAY_MS,
         }
     }
 }
@@ -193,8 +197,8 @@ pub fn co_occurrences(pairs: &[Together], window: Window, t: &Thresholds) -> Vec
 /// A workspace's findings as its commands see them.
 #[derive(Debug, Clone, Default)]
 pub struct Findings {
-    /// When each fingerprint was last raised.
-    pub raised: BTreeMap<String, i64>,
+    /// Every pattern raised, and the finding that raised it.
+    pub raised: BTreeMap<String, String>,
     /// Every finding's id, and whether it was dismissed.
     pub dismissed: BTreeMap<String, bool>,
 }
@@ -203,8 +207,7 @@ pub fn apply(state: &mut Findings, event: &Event) {
     match event {
         Event::FindingRaised(raised) => {
             if let Some(f) = &raised.finding {
-                let at = super::facts::millis(f.raised_at.as_ref());
-                state.raised.insert(f.fingerprint.clone(), at);
+                state.raised.insert(f.fingerprint.clone(), f.id.clone());
                 state.dismissed.insert(f.id.clone(), false);
             }
         }
@@ -215,23 +218,14 @@ pub fn apply(state: &mut Findings, event: &Event) {
     }
 }
 
-/// Raising the `candidates` whose pattern was not raised within the cool-down before
-/// `now` (each candidate has its id and `raised_at` set).
-pub fn raise(
-    state: &Findings,
-    candidates: Vec<pb::Finding>,
-    now: i64,
-    t: &Thresholds,
-) -> Vec<Event> {
+/// Raising the `candidates` whose pattern was never raised (each candidate has its id
+/// and `raised_at` set).
+pub fn raise(state: &Findings, candidates: Vec<pb::Finding>) -> Vec<Event> {
     let mut seen = std::collections::BTreeSet::new();
     candidates
         .into_iter()
         .filter(|f| {
-            state
-                .raised
-                .get(&f.fingerprint)
-                .is_none_or(|at| now - at >= t.cooldown_ms)
-                && seen.insert(f.fingerprint.clone())
+            !state.raised.contains_key(&f.fingerprint) && seen.insert(f.fingerprint.clone())
         })
         .map(|finding| {
             Event::FindingRaised(pb::FindingRaised {
@@ -257,6 +251,7 @@ pub fn dismiss(state: &Findings, id: &str, by: &str, now: i64) -> Result<Vec<Eve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::dimensions::DAY_MS;
 
     const W: Window = Window {
         from: 14 * DAY_MS,
@@ -339,8 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pattern_is_not_raised_twice_within_the_cooldown() {
-        let t = Thresholds::default();
+    fn a_pattern_is_raised_once() {
         let finding = |id: &str| pb::Finding {
             id: id.into(),
             fingerprint: "rising:topic=billing".into(),
@@ -348,19 +342,22 @@ mod tests {
             ..Default::default()
         };
         let mut state = Findings::default();
-        let events = raise(&state, vec![finding("fnd_1"), finding("fnd_2")], DAY_MS, &t);
+        let events = raise(&state, vec![finding("fnd_1"), finding("fnd_2")]);
         assert_eq!(events.len(), 1, "one per pattern in a run");
         for e in &events {
             apply(&mut state, e);
         }
-        assert!(raise(&state, vec![finding("fnd_3")], 2 * DAY_MS, &t).is_empty());
-        assert_eq!(
-            raise(&state, vec![finding("fnd_4")], 8 * DAY_MS, &t).len(),
-            1
+        assert!(
+            raise(&state, vec![finding("fnd_3")]).is_empty(),
+            "open: not again"
         );
         for e in dismiss(&state, "fnd_1", "api_key:key_1", 2 * DAY_MS).unwrap() {
             apply(&mut state, &e);
         }
+        assert!(
+            raise(&state, vec![finding("fnd_4")]).is_empty(),
+            "dismissed: not again"
+        );
         assert_eq!(dismiss(&state, "fnd_1", "x", 3 * DAY_MS), Ok(vec![]));
         assert_eq!(
             dismiss(&state, "fnd_9", "x", 3 * DAY_MS),

@@ -62,6 +62,12 @@ pub fn validate(segment: &pb::Segment) -> Result<(), DomainError> {
             format!("at most {DESCRIPTION_BYTES} bytes"),
         ));
     }
+    if segment.conditions.len() > limits::CONDITIONS {
+        v.push(FieldViolation::new(
+            "conditions",
+            format!("at most {} conditions", limits::CONDITIONS),
+        ));
+    }
     dimensions::clauses("conditions", &conditions_of(&segment.conditions), &mut v);
     let fixed = segment.from.is_some() || segment.to.is_some();
     if fixed && segment.last_days > 0 {
