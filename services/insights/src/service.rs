@@ -16,7 +16,7 @@ use crate::domain::facts::millis;
 use crate::domain::findings::{self, Daily, Findings, PAIRS, Thresholds, Together, WATCHED};
 use crate::domain::segments::{self, Segments};
 use crate::domain::{DomainError, Event, FieldViolation, finish, timestamp};
-use crate::store::{Group, InsightsStore, Medians, Page, Scope, Sums, decode_cursor};
+use crate::store::{Group, InsightsStore, Measured, Page, Scope, decode_cursor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -179,12 +179,8 @@ impl InsightsService {
             window: Some(window),
             clauses,
         };
-        let sums = self.store.measure(&scope, &[]).await?;
-        let medians = self.store.medians(&scope, &[]).await?;
-        Ok(measures(
-            sums.first().map(|(_, s)| s.clone()).unwrap_or_default(),
-            medians.values().next().copied(),
-        ))
+        let measured = self.store.measure(&scope, &[]).await?;
+        Ok(measures(measured.into_values().next().unwrap_or_default()))
     }
 
     pub async fn summary(
@@ -198,17 +194,15 @@ impl InsightsService {
             .await?;
         finish(v)?;
         let window = checked.window.unwrap_or(Window { from: 0, to: 0 });
+        let (now, before) = tokio::try_join!(
+            self.measures(workspace_id, window, &checked.clauses),
+            self.measures(workspace_id, window.previous(), &checked.clauses),
+        )?;
         Ok(pb::SummaryResponse {
             from: Some(timestamp(window.from)),
             to: Some(timestamp(window.to)),
-            measures: Some(
-                self.measures(workspace_id, window, &checked.clauses)
-                    .await?,
-            ),
-            previous: Some(
-                self.measures(workspace_id, window.previous(), &checked.clauses)
-                    .await?,
-            ),
+            measures: Some(now),
+            previous: Some(before),
         })
     }
 
@@ -251,17 +245,31 @@ impl InsightsService {
             clauses: &checked.clauses,
         };
         let groups: Vec<Group> = targets.into_iter().map(Group::Dimension).collect();
-        let rows = self.store.measure(&scope, &groups).await?;
-        let medians = self.store.medians(&scope, &groups).await?;
+        // A conversation is in one row per value of a single-valued dimension, so the
+        // rows add up to the total; with several topics it is in several, and the total
+        // is its own question.
+        let single_valued = groups
+            .iter()
+            .all(|g| matches!(g, Group::Dimension(Target::Column(_))));
+        let (rows, total) = if single_valued {
+            let rows = self.store.measure(&scope, &groups).await?;
+            let mut total = Measured::default();
+            for m in rows.values() {
+                total.merge(m);
+            }
+            (rows, measures(total))
+        } else {
+            tokio::try_join!(
+                async { Ok::<_, ServiceError>(self.store.measure(&scope, &groups).await?) },
+                self.measures(&r.workspace_id, window, &checked.clauses),
+            )?
+        };
         Ok(pb::BreakdownResponse {
             from: Some(timestamp(window.from)),
             to: Some(timestamp(window.to)),
             dimensions: r.dimensions.clone(),
-            rows: top_and_other(rows, &medians, groups.len(), top),
-            total: Some(
-                self.measures(&r.workspace_id, window, &checked.clauses)
-                    .await?,
-            ),
+            rows: top_and_other(rows, groups.len(), top),
+            total: Some(total),
         })
     }
 
@@ -301,37 +309,28 @@ impl InsightsService {
             }
         }
         finish(v)?;
-        let mut series = Vec::new();
-        for (w, plan) in &plans {
+        // The window and the one before, at once.
+        let series = futures::future::try_join_all(plans.iter().map(|(w, plan)| async {
             let scope = Scope {
                 workspace_id: &r.workspace_id,
                 window: Some(*w),
                 clauses: &checked.clauses,
             };
             let groups = [Group::Expr(plan.key_sql.clone())];
-            let sums: BTreeMap<Vec<String>, Sums> = self
-                .store
-                .measure(&scope, &groups)
-                .await?
-                .into_iter()
-                .collect();
-            let medians = self.store.medians(&scope, &groups).await?;
-            series.push(
+            let mut measured = self.store.measure(&scope, &groups).await?;
+            Ok::<_, ServiceError>(
                 plan.buckets
                     .iter()
-                    .map(|(key, start)| {
-                        let k = vec![key.to_string()];
-                        pb::TrendsPoint {
-                            start: Some(timestamp(*start)),
-                            measures: Some(measures(
-                                sums.get(&k).cloned().unwrap_or_default(),
-                                medians.get(&k).copied(),
-                            )),
-                        }
+                    .map(|(key, start)| pb::TrendsPoint {
+                        start: Some(timestamp(*start)),
+                        measures: Some(measures(
+                            measured.remove(&vec![key.to_string()]).unwrap_or_default(),
+                        )),
                     })
                     .collect::<Vec<_>>(),
-            );
-        }
+            )
+        }))
+        .await?;
         let mut series = series.into_iter();
         Ok(pb::TrendsResponse {
             from: Some(timestamp(window.from)),
@@ -647,8 +646,9 @@ impl InsightsService {
             .store
             .measure(&scope, &[])
             .await?
-            .first()
-            .map_or(0, |(_, s)| s.conversations);
+            .into_values()
+            .next()
+            .map_or(0, |m| m.conversations);
         let mut single: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
         let mut together = Vec::new();
         for (a, b) in PAIRS {
@@ -777,30 +777,31 @@ fn page_limit(limit: u32, v: &mut Vec<FieldViolation>) -> u32 {
     }
 }
 
-/// The measures of `sums`, with `medians` when known.
-pub fn measures(sums: Sums, medians: Option<Medians>) -> pb::Measures {
-    let n = sums.conversations.max(0) as f64;
+/// The measures of a group of conversations.
+pub fn measures(m: Measured) -> pb::Measures {
+    let n = m.conversations.max(0) as f64;
     let rate = |x: i64| if n > 0.0 { x as f64 / n } else { 0.0 };
-    let seconds = |ms: Option<f64>| ms.map(|ms| ms / 1000.0);
-    let medians = medians.unwrap_or_default();
+    let mean = |total: i64, over: i64| (over > 0).then(|| total as f64 / over as f64 / 1000.0);
+    let median = |histogram: Vec<(i64, i64)>| {
+        crate::domain::facts::median(histogram).map(|ms| ms as f64 / 1000.0)
+    };
     pb::Measures {
-        conversations: u64::try_from(sums.conversations).unwrap_or(0),
-        messages: u64::try_from(sums.messages).unwrap_or(0),
-        resolution_rate: rate(sums.resolved),
-        agent_resolution_rate: rate(sums.agent_resolved),
-        handover_rate: rate(sums.handed_over),
-        first_response_mean_seconds: seconds(sums.first_response_mean_ms),
-        first_response_median_seconds: seconds(medians.first_response_ms),
-        resolution_mean_seconds: seconds(sums.resolution_mean_ms),
-        resolution_median_seconds: seconds(medians.resolution_ms),
+        conversations: u64::try_from(m.conversations).unwrap_or(0),
+        messages: u64::try_from(m.messages).unwrap_or(0),
+        resolution_rate: rate(m.resolved),
+        agent_resolution_rate: rate(m.agent_resolved),
+        handover_rate: rate(m.handed_over),
+        first_response_mean_seconds: mean(m.first_response_total_ms, m.with_first_response),
+        first_response_median_seconds: median(m.first_response_histogram),
+        resolution_mean_seconds: mean(m.resolution_total_ms, m.with_resolution),
+        resolution_median_seconds: median(m.resolution_histogram),
     }
 }
 
 /// Breakdown rows: per dimension, the `top` values by conversations are kept and the rest
-/// folded into "other"; rows that merge several groups get weighted means and no medians.
+/// folded into "other" (its figures and histograms added up, so its medians hold too).
 fn top_and_other(
-    rows: Vec<(Vec<String>, Sums)>,
-    medians: &BTreeMap<Vec<String>, Medians>,
+    rows: BTreeMap<Vec<String>, Measured>,
     dims: usize,
     top: usize,
 ) -> Vec<pb::BreakdownRow> {
@@ -808,8 +809,8 @@ fn top_and_other(
     let mut kept: Vec<std::collections::BTreeSet<String>> = Vec::new();
     for d in 0..dims {
         let mut totals: BTreeMap<&str, i64> = BTreeMap::new();
-        for (values, sums) in &rows {
-            *totals.entry(&values[d]).or_default() += sums.conversations;
+        for (values, m) in &rows {
+            *totals.entry(&values[d]).or_default() += m.conversations;
         }
         let mut ranked: Vec<(&str, i64)> = totals.into_iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -821,35 +822,26 @@ fn top_and_other(
                 .collect(),
         );
     }
-    // Rows keyed by (value or None for "other") per dimension.
-    let mut merged: BTreeMap<Vec<Option<String>>, (Sums, usize, Vec<String>)> = BTreeMap::new();
-    for (values, sums) in rows {
+    // Rows keyed by (value, or None for "other") per dimension.
+    let mut merged: BTreeMap<Vec<Option<String>>, Measured> = BTreeMap::new();
+    for (values, m) in rows {
         let key: Vec<Option<String>> = values
             .iter()
             .enumerate()
             .map(|(d, v)| kept[d].contains(v).then(|| v.clone()))
             .collect();
-        let entry = merged
-            .entry(key)
-            .or_insert_with(|| (Sums::default(), 0, values.clone()));
-        merge(&mut entry.0, &sums);
-        entry.1 += 1;
+        merged.entry(key).or_default().merge(&m);
     }
     let mut out: Vec<(bool, i64, pb::BreakdownRow)> = merged
         .into_iter()
-        .map(|(key, (sums, groups, original))| {
-            let median = (groups == 1)
-                .then(|| medians.get(&original).copied())
-                .flatten();
-            let any_other = key.iter().any(Option::is_none);
-            let conversations = sums.conversations;
+        .map(|(key, m)| {
             (
-                any_other,
-                conversations,
+                key.iter().any(Option::is_none),
+                m.conversations,
                 pb::BreakdownRow {
                     other: key.iter().map(Option::is_none).collect(),
                     values: key.into_iter().map(Option::unwrap_or_default).collect(),
-                    measures: Some(measures(sums, median)),
+                    measures: Some(measures(m)),
                 },
             )
         })
@@ -862,63 +854,30 @@ fn top_and_other(
     out.into_iter().map(|(_, _, row)| row).collect()
 }
 
-fn merge(into: &mut Sums, add: &Sums) {
-    // Each mean weighted by the conversations it is over.
-    let mean = |a: Option<f64>, na: i64, b: Option<f64>, nb: i64| match (a, b) {
-        (Some(a), Some(b)) => Some((a * na as f64 + b * nb as f64) / (na + nb).max(1) as f64),
-        (a, b) => a.or(b),
-    };
-    into.first_response_mean_ms = mean(
-        into.first_response_mean_ms,
-        into.with_first_response,
-        add.first_response_mean_ms,
-        add.with_first_response,
-    );
-    into.resolution_mean_ms = mean(
-        into.resolution_mean_ms,
-        into.with_resolution,
-        add.resolution_mean_ms,
-        add.with_resolution,
-    );
-    into.with_first_response += add.with_first_response;
-    into.with_resolution += add.with_resolution;
-    into.conversations += add.conversations;
-    into.messages += add.messages;
-    into.resolved += add.resolved;
-    into.agent_resolved += add.agent_resolved;
-    into.handed_over += add.handed_over;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sums(conversations: i64, resolved: i64) -> Sums {
-        Sums {
+    fn measured(conversations: i64, resolved: i64, first_response: i64) -> Measured {
+        Measured {
             conversations,
             resolved,
-            first_response_mean_ms: Some(1000.0),
+            first_response_total_ms: first_response * conversations,
             with_first_response: conversations,
+            first_response_histogram: vec![(first_response, conversations)],
             ..Default::default()
         }
     }
 
     #[test]
     fn values_beyond_the_top_fold_into_other() {
-        let rows = vec![
-            (vec!["billing".to_owned()], sums(50, 10)),
-            (vec!["login".to_owned()], sums(30, 30)),
-            (vec!["refunds".to_owned()], sums(5, 0)),
-            (vec!["shipping".to_owned()], sums(3, 3)),
-        ];
-        let medians = BTreeMap::from([(
-            vec!["billing".to_owned()],
-            Medians {
-                first_response_ms: Some(2000.0),
-                resolution_ms: None,
-            },
-        )]);
-        let out = top_and_other(rows, &medians, 1, 2);
+        let rows = BTreeMap::from([
+            (vec!["billing".to_owned()], measured(50, 10, 2000)),
+            (vec!["login".to_owned()], measured(30, 30, 1000)),
+            (vec!["refunds".to_owned()], measured(5, 0, 4000)),
+            (vec!["shipping".to_owned()], measured(3, 3, 8000)),
+        ]);
+        let out = top_and_other(rows, 1, 2);
         let shown: Vec<_> = out
             .iter()
             .map(|r| {
@@ -941,6 +900,9 @@ mod tests {
         );
         let billing = out[0].measures.unwrap();
         assert_eq!(billing.first_response_median_seconds, Some(2.0));
-        assert_eq!(out[2].measures.unwrap().first_response_median_seconds, None);
+        // Other: 5 at 4 s and 3 at 8 s: mean 5.5 s, median 4 s.
+        let other = out[2].measures.unwrap();
+        assert_eq!(other.first_response_mean_seconds, Some(5.5));
+        assert_eq!(other.first_response_median_seconds, Some(4.0));
     }
 }

@@ -9,9 +9,9 @@
 //!   may arrive before the conversation does);
 //! - `insights_segments`, `insights_findings`: the projection of the service's own log.
 //!
-//! Questions are answered by [`InsightsStore::measure`] (counts, sums and means per group)
-//! and [`InsightsStore::medians`] (per group, with window functions both backends have),
-//! over a [`Scope`]: a workspace, a window of creation times and a filter's clauses.
+//! Questions are answered by [`InsightsStore::measure`] (counts, sums, and histograms of
+//! times for medians, per group, in one pass) over a [`Scope`]: a workspace, a window of
+//! creation times and a filter's clauses.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,7 @@ use switchboard_eventlog::{
 use switchboard_proto::insights::v1 as pb;
 
 use crate::domain::dimensions::{Clause, Target, Window};
-use crate::domain::facts::{Fact, History};
+use crate::domain::facts::{self, Fact, History};
 use crate::domain::{Event, FieldViolation};
 
 const DDL: &str = "
@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS insights_conversations (
     is_handed_over BIGINT NOT NULL,
     first_response_ms BIGINT,
     resolution_ms BIGINT,
+    first_response_bucket BIGINT,
+    resolution_bucket BIGINT,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     first_customer_at BIGINT,
@@ -60,8 +62,11 @@ CREATE TABLE IF NOT EXISTS insights_conversations (
     version BIGINT NOT NULL,
     PRIMARY KEY (workspace_id, conversation_id)
 );
-CREATE INDEX IF NOT EXISTS insights_conversations_by_created
-    ON insights_conversations (workspace_id, created_at);
+-- Covers what a summary or a trend reads, so they scan the index and not the rows.
+CREATE INDEX IF NOT EXISTS insights_conversations_measures
+    ON insights_conversations (workspace_id, created_at, messages, is_resolved,
+        is_agent_resolved, is_handed_over, first_response_ms, resolution_ms,
+        first_response_bucket, resolution_bucket);
 CREATE INDEX IF NOT EXISTS insights_conversations_by_updated
     ON insights_conversations (updated_at);
 CREATE TABLE IF NOT EXISTS insights_labels (
@@ -271,12 +276,13 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
             assistant, flow, sentiment, request_type, urgency, customer_effort, churn_risk,
             knowledge_gap, resolution, resolved, messages, is_resolved, is_agent_resolved,
             is_handed_over, first_response_ms, resolution_ms, created_at, updated_at,
-            first_customer_at, first_response_at, resolved_at, handed_over, version)
+            first_customer_at, first_response_at, resolved_at, handed_over, version,
+            first_response_bucket, resolution_bucket)
          VALUES ($1, $2, $3, $4, $5,
             COALESCE((SELECT f.flow_id FROM insights_flows f
                       WHERE f.workspace_id = $1 AND f.conversation_id = $2), $6),
             $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-            $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
+            $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
          ON CONFLICT (workspace_id, conversation_id) DO UPDATE SET
             channel = excluded.channel, status = excluded.status,
             assistant = excluded.assistant, flow = excluded.flow,
@@ -288,7 +294,9 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
             is_agent_resolved = excluded.is_agent_resolved,
             is_handed_over = excluded.is_handed_over,
             first_response_ms = excluded.first_response_ms,
-            resolution_ms = excluded.resolution_ms, created_at = excluded.created_at,
+            resolution_ms = excluded.resolution_ms,
+            first_response_bucket = excluded.first_response_bucket,
+            resolution_bucket = excluded.resolution_bucket, created_at = excluded.created_at,
             updated_at = excluded.updated_at, first_customer_at = excluded.first_customer_at,
             first_response_at = excluded.first_response_at,
             resolved_at = excluded.resolved_at, handed_over = excluded.handed_over,
@@ -322,6 +330,8 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
     .bind(f.history.resolved_at)
     .bind(flag(f.history.handed_over))
     .bind(f.history.version)
+    .bind(f.first_response_ms().map(facts::bucket))
+    .bind(f.resolution_ms().map(facts::bucket))
     .execute(&mut *conn)
     .await
     .map(|r| r.rows_affected()))?;
@@ -403,26 +413,41 @@ pub enum Group {
     Expr(String),
 }
 
-/// Sums over one group.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sums {
+/// What one group of conversations measures: counts, sums, and the histograms of its
+/// first-response and resolution times (`(bucket, conversations)`, see
+/// [`facts::bucket`]) that medians are read from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measured {
     pub conversations: i64,
     pub messages: i64,
     pub resolved: i64,
     pub agent_resolved: i64,
     pub handed_over: i64,
-    pub first_response_mean_ms: Option<f64>,
-    pub resolution_mean_ms: Option<f64>,
-    /// Conversations the means are over.
+    pub first_response_total_ms: i64,
     pub with_first_response: i64,
+    pub resolution_total_ms: i64,
     pub with_resolution: i64,
+    pub first_response_histogram: Vec<(i64, i64)>,
+    pub resolution_histogram: Vec<(i64, i64)>,
 }
 
-/// Medians of one group, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Medians {
-    pub first_response_ms: Option<f64>,
-    pub resolution_ms: Option<f64>,
+impl Measured {
+    /// Adds `other`'s conversations: every figure, histograms included, adds up.
+    pub fn merge(&mut self, other: &Measured) {
+        self.conversations += other.conversations;
+        self.messages += other.messages;
+        self.resolved += other.resolved;
+        self.agent_resolved += other.agent_resolved;
+        self.handed_over += other.handed_over;
+        self.first_response_total_ms += other.first_response_total_ms;
+        self.with_first_response += other.with_first_response;
+        self.resolution_total_ms += other.resolution_total_ms;
+        self.with_resolution += other.with_resolution;
+        self.first_response_histogram
+            .extend_from_slice(&other.first_response_histogram);
+        self.resolution_histogram
+            .extend_from_slice(&other.resolution_histogram);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -479,9 +504,9 @@ macro_rules! fetch {
     };
 }
 
-/// The `FROM ... WHERE ...` of a scope, with the joins that `groups` need; and the
+/// The `FROM ...` of a scope with the joins `groups` need, its `WHERE ...`, and the
 /// groups' expressions.
-fn from_where(sql: &mut Sql, scope: &Scope<'_>, groups: &[Group]) -> (String, Vec<String>) {
+fn from_where(sql: &mut Sql, scope: &Scope<'_>, groups: &[Group]) -> (String, String, Vec<String>) {
     let mut from = String::from("FROM insights_conversations c");
     let mut exprs = Vec::new();
     for (i, group) in groups.iter().enumerate() {
@@ -509,7 +534,7 @@ fn from_where(sql: &mut Sql, scope: &Scope<'_>, groups: &[Group]) -> (String, Ve
     for clause in scope.clauses {
         conditions.push(condition(sql, clause));
     }
-    (format!("{from} WHERE {}", conditions.join(" AND ")), exprs)
+    (from, format!("WHERE {}", conditions.join(" AND ")), exprs)
 }
 
 fn condition(sql: &mut Sql, clause: &Clause) -> String {
@@ -543,20 +568,6 @@ fn condition(sql: &mut Sql, clause: &Clause) -> String {
             }
             format!("({})", any.join(" OR "))
         }
-    }
-}
-
-fn group_by(exprs: &[String]) -> String {
-    if exprs.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " GROUP BY {}",
-            (1..=exprs.len())
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
     }
 }
 
@@ -607,16 +618,31 @@ impl InsightsStore {
         Self { log }
     }
 
-    /// Counts, sums and means over `scope`, per distinct values of `groups` (one row and
-    /// no group values when `groups` is empty).
+    /// What the conversations in `scope` measure, per distinct values of `groups` (one
+    /// entry, under no values, when `groups` is empty; none for a group without
+    /// conversations).
+    ///
+    /// Two aggregates run at once over the same scope: every sum per group and
+    /// first-response bucket (the group's sums are the buckets' sums), and the counts per
+    /// group and resolution bucket. Medians come from those histograms, so no query sorts
+    /// the rows themselves.
     pub async fn measure(
         &self,
         scope: &Scope<'_>,
         groups: &[Group],
-    ) -> Result<Vec<(Vec<String>, Sums)>, EventLogError> {
+    ) -> Result<BTreeMap<Vec<String>, Measured>, EventLogError> {
         let mut sql = Sql::default();
-        let (from, exprs) = from_where(&mut sql, scope, groups);
-        let mut select: Vec<String> = exprs.clone();
+        let (from, filter, exprs) = from_where(&mut sql, scope, groups);
+        let by = |extra: &str| {
+            let mut select = exprs.clone();
+            select.push(extra.to_owned());
+            let grouped = (1..=select.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            (select, grouped)
+        };
+        let (mut select, grouped) = by("c.first_response_bucket");
         select.extend(
             [
                 "COUNT(*)",
@@ -624,102 +650,71 @@ impl InsightsStore {
                 "CAST(COALESCE(SUM(c.is_resolved), 0) AS BIGINT)",
                 "CAST(COALESCE(SUM(c.is_agent_resolved), 0) AS BIGINT)",
                 "CAST(COALESCE(SUM(c.is_handed_over), 0) AS BIGINT)",
-                "CAST(AVG(c.first_response_ms) AS DOUBLE PRECISION)",
-                "CAST(AVG(c.resolution_ms) AS DOUBLE PRECISION)",
+                "CAST(COALESCE(SUM(c.first_response_ms), 0) AS BIGINT)",
                 "COUNT(c.first_response_ms)",
+                "CAST(COALESCE(SUM(c.resolution_ms), 0) AS BIGINT)",
                 "COUNT(c.resolution_ms)",
             ]
             .map(str::to_owned),
         );
-        let text = format!("SELECT {} {from}{}", select.join(", "), group_by(&exprs));
-        let n = exprs.len();
-        let rows = fetch!(self.log, sql, text, |r| {
-            let mut values = Vec::with_capacity(n);
-            for i in 0..n {
-                values.push(r.try_get::<String, _>(i)?);
-            }
-            let sums = Sums {
-                conversations: r.try_get(n)?,
-                messages: r.try_get(n + 1)?,
-                resolved: r.try_get(n + 2)?,
-                agent_resolved: r.try_get(n + 3)?,
-                handed_over: r.try_get(n + 4)?,
-                first_response_mean_ms: r.try_get(n + 5)?,
-                resolution_mean_ms: r.try_get(n + 6)?,
-                with_first_response: r.try_get(n + 7)?,
-                with_resolution: r.try_get(n + 8)?,
-            };
-            (values, sums)
-        })?;
-        Ok(rows
-            .into_iter()
-            .filter(|(_, sums)| sums.conversations > 0)
-            .collect())
-    }
-
-    /// The median first-response and resolution times over `scope`, per group.
-    pub async fn medians(
-        &self,
-        scope: &Scope<'_>,
-        groups: &[Group],
-    ) -> Result<BTreeMap<Vec<String>, Medians>, EventLogError> {
-        let mut sql = Sql::default();
-        let (from, exprs) = from_where(&mut sql, scope, groups);
-        let names: Vec<String> = (0..exprs.len()).map(|i| format!("g{i}")).collect();
-        let aliased: Vec<String> = exprs
-            .iter()
-            .zip(&names)
-            .map(|(e, n)| format!("{e} AS {n}"))
-            .collect();
-        let partition = if names.is_empty() {
-            String::new()
-        } else {
-            format!("PARTITION BY {}", names.join(", "))
-        };
-        let one = |tag: &str, column: &str| {
-            let mut inner = aliased.clone();
-            inner.push(format!("c.{column} AS v"));
-            let mut outer = vec![format!("'{tag}' AS m")];
-            outer.extend(names.iter().map(|n| format!("r.{n}")));
-            outer.push("CAST(AVG(r.v) AS DOUBLE PRECISION)".to_owned());
-            let mut grouped = vec!["1".to_owned()];
-            grouped.extend((2..=names.len() + 1).map(|i| i.to_string()));
-            format!(
-                "SELECT {} FROM (
-                    SELECT s.*, ROW_NUMBER() OVER ({partition} ORDER BY s.v) AS rn,
-                           COUNT(*) OVER ({partition}) AS n
-                    FROM (SELECT {} {from} AND c.{column} IS NOT NULL) s
-                 ) r WHERE r.rn = (r.n + 1) / 2 OR r.rn = (r.n + 2) / 2
-                 GROUP BY {}",
-                outer.join(", "),
-                inner.join(", "),
-                grouped.join(", ")
-            )
-        };
-        let text = format!(
-            "{} UNION ALL {}",
-            one("f", "first_response_ms"),
-            one("r", "resolution_ms")
+        let sums = format!(
+            "SELECT {} {from} {filter} GROUP BY {grouped}",
+            select.join(", ")
         );
-        let n = names.len();
-        let rows = fetch!(self.log, sql, text, |r| {
-            let tag: String = r.try_get(0)?;
-            let mut values = Vec::with_capacity(n);
-            for i in 0..n {
-                values.push(r.try_get::<String, _>(i + 1)?);
-            }
-            let median: Option<f64> = r.try_get(n + 1)?;
-            (tag, values, median)
-        })?;
-        let mut out: BTreeMap<Vec<String>, Medians> = BTreeMap::new();
-        for (tag, values, median) in rows {
-            let entry = out.entry(values).or_default();
-            if tag == "f" {
-                entry.first_response_ms = median;
-            } else {
-                entry.resolution_ms = median;
+        let (mut select, grouped) = by("c.resolution_bucket");
+        select.push("COUNT(*)".to_owned());
+        let resolutions = format!(
+            "SELECT {} {from} {filter} AND c.resolution_bucket IS NOT NULL GROUP BY {grouped}",
+            select.join(", ")
+        );
+        let n = exprs.len();
+        let (sums, resolutions) = tokio::try_join!(
+            async {
+                fetch!(self.log, sql, sums, |r| {
+                    let mut values = Vec::with_capacity(n);
+                    for i in 0..n {
+                        values.push(r.try_get::<String, _>(i)?);
+                    }
+                    let bucket: Option<i64> = r.try_get(n)?;
+                    let mut f = [0i64; 9];
+                    for (k, figure) in f.iter_mut().enumerate() {
+                        *figure = r.try_get(n + 1 + k)?;
+                    }
+                    (values, bucket, f)
+                })
+            },
+            async {
+                fetch!(self.log, sql, resolutions, |r| {
+                    let mut values = Vec::with_capacity(n);
+                    for i in 0..n {
+                        values.push(r.try_get::<String, _>(i)?);
+                    }
+                    (values, r.try_get::<i64, _>(n)?, r.try_get::<i64, _>(n + 1)?)
+                })
+            },
+        )?;
+        let mut out: BTreeMap<Vec<String>, Measured> = BTreeMap::new();
+        for (values, bucket, f) in sums {
+            out.entry(values).or_default().merge(&Measured {
+                conversations: f[0],
+                messages: f[1],
+                resolved: f[2],
+                agent_resolved: f[3],
+                handed_over: f[4],
+                first_response_total_ms: f[5],
+                with_first_response: f[6],
+                resolution_total_ms: f[7],
+                with_resolution: f[8],
+                first_response_histogram: bucket.map(|b| (b, f[0])).into_iter().collect(),
+                resolution_histogram: vec![],
+            });
+        }
+        for (values, bucket, count) in resolutions {
+            if let Some(m) = out.get_mut(&values) {
+                m.resolution_histogram.push((bucket, count));
             }
         }
+        out.retain(|_, m| m.conversations > 0);
         Ok(out)
     }
 
@@ -733,8 +728,8 @@ impl InsightsStore {
         cursor: &str,
     ) -> Result<Page<String>, EventLogError> {
         let mut sql = Sql::default();
-        let (from, _) = from_where(&mut sql, scope, &[]);
-        let mut text = format!("SELECT c.conversation_id {from}");
+        let (from, filter, _) = from_where(&mut sql, scope, &[]);
+        let mut text = format!("SELECT c.conversation_id {from} {filter}");
         if updated.0 > 0 {
             text.push_str(&format!(" AND c.updated_at >= {}", sql.int(updated.0)));
         }

@@ -105,6 +105,45 @@ impl Fact {
     }
 }
 
+/// The bucket a duration (ms) is counted in for medians: its start, to the second below
+/// a minute, the minute below an hour, ten minutes below a day, the hour beyond. A median
+/// is as precise as its bucket.
+pub fn bucket(ms: i64) -> i64 {
+    const SECOND: i64 = 1_000;
+    const MINUTE: i64 = 60 * SECOND;
+    const HOUR: i64 = 60 * MINUTE;
+    let ms = ms.max(0);
+    let width = match ms {
+        v if v < MINUTE => SECOND,
+        v if v < HOUR => MINUTE,
+        v if v < 24 * HOUR => 10 * MINUTE,
+        _ => HOUR,
+    };
+    ms / width * width
+}
+
+/// The median of a histogram of `(bucket, count)`: the bucket of the middle rank, or the
+/// mean of the two middle ranks' buckets; `None` when it is empty.
+pub fn median(mut histogram: Vec<(i64, i64)>) -> Option<i64> {
+    histogram.sort_unstable();
+    let n: i64 = histogram.iter().map(|(_, c)| c).sum();
+    if n == 0 {
+        return None;
+    }
+    let at = |rank: i64| {
+        let mut seen = 0;
+        histogram
+            .iter()
+            .find(|(_, c)| {
+                seen += c;
+                seen >= rank
+            })
+            .map_or(0, |(b, _)| *b)
+    };
+    // Ranks from 1: the middle one, or the two middle ones.
+    Some((at((n + 1) / 2) + at(n / 2 + 1)) / 2)
+}
+
 /// Milliseconds since the epoch of a protobuf time (0 when unset).
 pub fn millis(t: Option<&Timestamp>) -> i64 {
     t.map_or(0, |t| {
@@ -312,6 +351,20 @@ mod tests {
         );
         // An older event changes nothing.
         assert_eq!(observe("ws", Some(&f.history), &c, None), None);
+    }
+
+    #[test]
+    fn medians_come_from_bucket_counts() {
+        assert_eq!(bucket(12_345), 12_000);
+        assert_eq!(bucket(125_000), 120_000);
+        assert_eq!(bucket(5 * 3_600_000 + 1), 5 * 3_600_000);
+        assert_eq!(bucket(-5), 0);
+        assert_eq!(median(vec![]), None);
+        // 1, 2, 2, 9: the middle two are 2 and 2.
+        assert_eq!(median(vec![(9, 1), (1, 1), (2, 2)]), Some(2));
+        // 1, 3: their mean.
+        assert_eq!(median(vec![(1, 1), (3, 1)]), Some(2));
+        assert_eq!(median(vec![(5, 3)]), Some(5));
     }
 
     #[test]
