@@ -45,14 +45,7 @@ CREATE TABLE IF NOT EXISTS insights_conversations (
     knowledge_gap TEXT NOT NULL,
     resolution TEXT NOT NULL,
     resolved TEXT NOT NULL,
-    messages BIGINT NOT NULL,
-    is_resolved BIGINT NOT NULL,
-    is_agent_resolved BIGINT NOT NULL,
-    is_handed_over BIGINT NOT NULL,
-    first_response_ms BIGINT,
-    resolution_ms BIGINT,
-    first_response_bucket BIGINT,
-    resolution_bucket BIGINT,
+    {measures}
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     first_customer_at BIGINT,
@@ -64,20 +57,22 @@ CREATE TABLE IF NOT EXISTS insights_conversations (
 );
 -- Covers what a summary or a trend reads, so they scan the index and not the rows.
 CREATE INDEX IF NOT EXISTS insights_conversations_measures
-    ON insights_conversations (workspace_id, created_at, messages, is_resolved,
-        is_agent_resolved, is_handed_over, first_response_ms, resolution_ms,
-        first_response_bucket, resolution_bucket);
+    ON insights_conversations (workspace_id, created_at, {measure_columns});
 CREATE INDEX IF NOT EXISTS insights_conversations_by_updated
     ON insights_conversations (updated_at);
+-- A conversation's labels carry its creation time and measures too, so a breakdown by
+-- topic alone reads this index and nothing else.
 CREATE TABLE IF NOT EXISTS insights_labels (
     workspace_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
     dimension TEXT NOT NULL,
     value TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    {measures}
     PRIMARY KEY (workspace_id, conversation_id, dimension, value)
 );
-CREATE INDEX IF NOT EXISTS insights_labels_by_value
-    ON insights_labels (workspace_id, dimension, value);
+CREATE INDEX IF NOT EXISTS insights_labels_measures
+    ON insights_labels (workspace_id, dimension, created_at, value, {measure_columns});
 CREATE TABLE IF NOT EXISTS insights_flows (
     workspace_id TEXT NOT NULL,
     conversation_id TEXT NOT NULL,
@@ -99,11 +94,28 @@ CREATE TABLE IF NOT EXISTS insights_findings (
 );
 ";
 
+/// What a conversation measures, kept on its row and on each of its labels.
+const MEASURES: &str = "messages BIGINT NOT NULL,
+    is_resolved BIGINT NOT NULL,
+    is_agent_resolved BIGINT NOT NULL,
+    is_handed_over BIGINT NOT NULL,
+    first_response_ms BIGINT,
+    resolution_ms BIGINT,
+    first_response_bucket BIGINT,
+    resolution_bucket BIGINT,";
+
 /// The read models' DDL for Postgres and SQLite.
 pub fn read_model_ddl() -> (String, String) {
+    let columns: Vec<&str> = MEASURES
+        .split(',')
+        .filter_map(|c| c.split_whitespace().next())
+        .collect();
+    let ddl = DDL
+        .replace("{measures}", MEASURES)
+        .replace("{measure_columns}", &columns.join(", "));
     (
-        DDL.replace("{bytes}", "BYTEA"),
-        DDL.replace("{bytes}", "BLOB"),
+        ddl.replace("{bytes}", "BYTEA"),
+        ddl.replace("{bytes}", "BLOB"),
     )
 }
 
@@ -268,16 +280,30 @@ async fn flow_of(
     .and_then(|row| row.map(|r| r.try_get::<String, _>(0)).transpose()))?)
 }
 
+/// Binds what `f` measures, in [`MEASURES`]' order, to `query`.
+macro_rules! bind_measures {
+    ($query:expr, $f:expr) => {
+        $query
+            .bind($f.messages)
+            .bind(i64::from($f.resolved()))
+            .bind(i64::from($f.agent_resolved()))
+            .bind(i64::from($f.handed_over()))
+            .bind($f.first_response_ms())
+            .bind($f.resolution_ms())
+            .bind($f.first_response_ms().map(facts::bucket))
+            .bind($f.resolution_ms().map(facts::bucket))
+    };
+}
+
 /// Writes a conversation's row and replaces its labels.
 pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> {
-    let flag = |b: bool| i64::from(b);
-    on_conn!(tx, conn => sqlx::query(
+    on_conn!(tx, conn => bind_measures!(sqlx::query(
         "INSERT INTO insights_conversations (workspace_id, conversation_id, channel, status,
             assistant, flow, sentiment, request_type, urgency, customer_effort, churn_risk,
             knowledge_gap, resolution, resolved, messages, is_resolved, is_agent_resolved,
-            is_handed_over, first_response_ms, resolution_ms, created_at, updated_at,
-            first_customer_at, first_response_at, resolved_at, handed_over, version,
-            first_response_bucket, resolution_bucket)
+            is_handed_over, first_response_ms, resolution_ms, first_response_bucket,
+            resolution_bucket, created_at, updated_at, first_customer_at, first_response_at,
+            resolved_at, handed_over, version)
          VALUES ($1, $2, $3, $4, $5,
             COALESCE((SELECT f.flow_id FROM insights_flows f
                       WHERE f.workspace_id = $1 AND f.conversation_id = $2), $6),
@@ -316,22 +342,14 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
     .bind(&f.churn_risk)
     .bind(&f.knowledge_gap)
     .bind(f.resolution)
-    .bind(if f.resolved() { "true" } else { "false" })
-    .bind(f.messages)
-    .bind(flag(f.resolved()))
-    .bind(flag(f.agent_resolved()))
-    .bind(flag(f.handed_over()))
-    .bind(f.first_response_ms())
-    .bind(f.resolution_ms())
+    .bind(if f.resolved() { "true" } else { "false" }), f)
     .bind(f.created_at)
     .bind(f.updated_at)
     .bind(f.history.first_customer_at)
     .bind(f.history.first_response_at)
     .bind(f.history.resolved_at)
-    .bind(flag(f.history.handed_over))
+    .bind(i64::from(f.history.handed_over))
     .bind(f.history.version)
-    .bind(f.first_response_ms().map(facts::bucket))
-    .bind(f.resolution_ms().map(facts::bucket))
     .execute(&mut *conn)
     .await
     .map(|r| r.rows_affected()))?;
@@ -344,14 +362,17 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
     .await
     .map(|r| r.rows_affected()))?;
     for (dimension, value) in &f.labels {
-        on_conn!(tx, conn => sqlx::query(
-            "INSERT INTO insights_labels (workspace_id, conversation_id, dimension, value)
-             VALUES ($1, $2, $3, $4)",
+        on_conn!(tx, conn => bind_measures!(sqlx::query(
+            "INSERT INTO insights_labels (workspace_id, conversation_id, dimension, value,
+                created_at, messages, is_resolved, is_agent_resolved, is_handed_over,
+                first_response_ms, resolution_ms, first_response_bucket, resolution_bucket)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&f.workspace_id)
         .bind(&f.conversation_id)
         .bind(dimension)
         .bind(value)
+        .bind(f.created_at), f)
         .execute(&mut *conn)
         .await
         .map(|r| r.rows_affected()))?;
@@ -507,6 +528,25 @@ macro_rules! fetch {
 /// The `FROM ...` of a scope with the joins `groups` need, its `WHERE ...`, and the
 /// groups' expressions.
 fn from_where(sql: &mut Sql, scope: &Scope<'_>, groups: &[Group]) -> (String, String, Vec<String>) {
+    // Grouped by topic alone, unfiltered: the labels hold every conversation (those
+    // without a topic under "") and its measures, so they are the rows.
+    if let ([Group::Dimension(Target::Label(dimension))], []) = (groups, scope.clauses)
+        && dimension == facts::TOPIC
+    {
+        let (ws, d) = (sql.text(scope.workspace_id), sql.text(dimension));
+        let mut filter = format!("WHERE c.workspace_id = {ws} AND c.dimension = {d}");
+        if let Some(window) = scope.window {
+            let (from_ms, to_ms) = (sql.int(window.from), sql.int(window.to));
+            filter.push_str(&format!(
+                " AND c.created_at >= {from_ms} AND c.created_at < {to_ms}"
+            ));
+        }
+        return (
+            "FROM insights_labels c".to_owned(),
+            filter,
+            vec!["c.value".to_owned()],
+        );
+    }
     let mut from = String::from("FROM insights_conversations c");
     let mut exprs = Vec::new();
     for (i, group) in groups.iter().enumerate() {
@@ -549,6 +589,16 @@ fn condition(sql: &mut Sql, clause: &Clause) -> String {
         Target::Column(column) => {
             let all = sql.list(&clause.values);
             format!("c.{column} IN ({all})")
+        }
+        // Every conversation has a topic row ("" for none): values are plain values.
+        Target::Label(dimension) if dimension == facts::TOPIC => {
+            let d = sql.text(dimension);
+            let all = sql.list(&clause.values);
+            format!(
+                "EXISTS (SELECT 1 FROM insights_labels x WHERE x.workspace_id = c.workspace_id
+                 AND x.conversation_id = c.conversation_id AND x.dimension = {d}
+                 AND x.value IN ({all}))"
+            )
         }
         Target::Label(dimension) => {
             let d = sql.text(dimension);
@@ -780,7 +830,7 @@ impl InsightsStore {
             "SELECT l.dimension, l.value, COUNT(*) FROM insights_labels l
              JOIN insights_conversations c ON c.workspace_id = l.workspace_id
               AND c.conversation_id = l.conversation_id
-             WHERE l.workspace_id = {ws} AND c.created_at >= {since}
+             WHERE l.workspace_id = {ws} AND c.created_at >= {since} AND l.value <> ''
              GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT 5000"
         );
         let rows = fetch!(self.log, sql, text, |r| (

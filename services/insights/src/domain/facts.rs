@@ -35,6 +35,10 @@ pub mod analysis_keys {
     ];
 }
 
+/// The label dimension every conversation has at least one row of: its topics, or ""
+/// when it has none.
+pub const TOPIC: &str = "topic";
+
 /// Metafield values longer than this are not kept as labels (nobody filters by a blob).
 pub const LABEL_VALUE_BYTES: usize = 256;
 /// Topics kept per conversation.
@@ -226,8 +230,13 @@ pub fn observe(
         .unwrap_or(derived);
 
     let mut labels = BTreeSet::new();
-    for topic in topics(&analysis.topic, &analysis.topics, custom) {
-        labels.insert(("topic".to_owned(), topic));
+    let topics = topics(&analysis.topic, &analysis.topics, custom);
+    if topics.is_empty() {
+        // "No topic" is a row too, so a topic breakdown reads the labels alone.
+        labels.insert((TOPIC.to_owned(), String::new()));
+    }
+    for topic in topics {
+        labels.insert((TOPIC.to_owned(), topic));
     }
     for (key, value) in custom {
         if !analysis_keys::ALL.contains(&key.as_str()) && !value.is_empty() {
