@@ -572,12 +572,15 @@ fn from_where(sql: &mut Sql, scope: &Scope<'_>, groups: &[Group]) -> (String, St
         ));
     }
     for clause in scope.clauses {
-        conditions.push(condition(sql, clause));
+        conditions.push(condition(sql, clause, &ws, scope.window));
     }
     (from, format!("WHERE {}", conditions.join(" AND ")), exprs)
 }
 
-fn condition(sql: &mut Sql, clause: &Clause) -> String {
+/// The SQL of one clause. A label clause is a semi-join on the conversations that have one
+/// of the values (bounded by the window, which labels carry); "" of a label dimension other
+/// than topics is "has none", an anti-join.
+fn condition(sql: &mut Sql, clause: &Clause, ws: &str, window: Option<Window>) -> String {
     let values: Vec<String> = clause
         .values
         .iter()
@@ -590,31 +593,37 @@ fn condition(sql: &mut Sql, clause: &Clause) -> String {
             let all = sql.list(&clause.values);
             format!("c.{column} IN ({all})")
         }
-        // Every conversation has a topic row ("" for none): values are plain values.
-        Target::Label(dimension) if dimension == facts::TOPIC => {
-            let d = sql.text(dimension);
-            let all = sql.list(&clause.values);
-            format!(
-                "EXISTS (SELECT 1 FROM insights_labels x WHERE x.workspace_id = c.workspace_id
-                 AND x.conversation_id = c.conversation_id AND x.dimension = {d}
-                 AND x.value IN ({all}))"
-            )
-        }
         Target::Label(dimension) => {
             let d = sql.text(dimension);
-            let labelled = |extra: &str| {
+            let within = match window {
+                Some(w) => format!(
+                    " AND x.created_at >= {} AND x.created_at < {}",
+                    sql.int(w.from),
+                    sql.int(w.to)
+                ),
+                None => String::new(),
+            };
+            let having = |sql: &mut Sql, values: &[String]| {
+                let listed = sql.list(values);
                 format!(
-                    "EXISTS (SELECT 1 FROM insights_labels x WHERE x.workspace_id = c.workspace_id
-                     AND x.conversation_id = c.conversation_id AND x.dimension = {d}{extra})"
+                    "c.conversation_id IN (SELECT x.conversation_id FROM insights_labels x
+                     WHERE x.workspace_id = {ws} AND x.dimension = {d}{within}
+                     AND x.value IN ({listed}))"
                 )
             };
+            // Every conversation has a topic row ("" for none): values are plain values.
+            if dimension == facts::TOPIC {
+                return having(sql, &clause.values);
+            }
             let mut any = Vec::new();
             if !values.is_empty() {
-                let listed = sql.list(&values);
-                any.push(labelled(&format!(" AND x.value IN ({listed})")));
+                any.push(having(sql, &values));
             }
             if none {
-                any.push(format!("NOT {}", labelled("")));
+                any.push(format!(
+                    "NOT EXISTS (SELECT 1 FROM insights_labels x WHERE x.workspace_id = c.workspace_id
+                     AND x.conversation_id = c.conversation_id AND x.dimension = {d})"
+                ));
             }
             format!("({})", any.join(" OR "))
         }
