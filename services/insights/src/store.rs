@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS insights_labels (
     {measures}
     PRIMARY KEY (workspace_id, conversation_id, dimension, value)
 );
+-- Which conversations have a value, in a window: what a label condition reads.
+CREATE INDEX IF NOT EXISTS insights_labels_members
+    ON insights_labels (workspace_id, dimension, value, created_at, conversation_id);
 CREATE INDEX IF NOT EXISTS insights_labels_measures
     ON insights_labels (workspace_id, dimension, created_at, value, {measure_columns});
 CREATE TABLE IF NOT EXISTS insights_flows (
