@@ -695,10 +695,14 @@ impl InsightsStore {
     ) -> Result<BTreeMap<Vec<String>, Measured>, EventLogError> {
         let mut sql = Sql::default();
         let (from, filter, exprs) = from_where(&mut sql, scope, groups);
+        // Grouped by the bucket first: no index's order can then stand in for the grouping,
+        // so the planner picks the index that narrows and covers the scan (SQLite would
+        // otherwise walk the labels in value order and fetch every row).
         let by = |extra: &str| {
             let mut select = exprs.clone();
             select.push(extra.to_owned());
-            let grouped = (1..=select.len())
+            let grouped = std::iter::once(select.len())
+                .chain(1..select.len())
                 .map(|i| i.to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
