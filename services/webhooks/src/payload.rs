@@ -2,7 +2,7 @@
 //! descriptors as the protobuf on NATS (prost-reflect's canonical JSON mapping with the
 //! proto field names), so the two forms cannot drift apart.
 
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, SerializeOptions};
 use serde_json::{Map, Value, json};
 use switchboard_contract::event_types::{actions, connexease, conversations};
 use switchboard_eventlog::RecordedEvent;
@@ -76,7 +76,7 @@ impl PublicJson {
             .pool
             .get_message_by_name(name)
             .ok_or_else(|| format!("`{name}` is not in the descriptor set"))?;
-        let message = DynamicMessage::decode(descriptor, event.payload.as_slice())
+        let message = DynamicMessage::decode(descriptor.clone(), event.payload.as_slice())
             .map_err(|e| format!("undecodable `{}`: {e}", event.event_type))?;
         let options = SerializeOptions::new()
             .use_proto_field_name(true)
@@ -85,7 +85,7 @@ impl PublicJson {
         let value = message
             .serialize_with_options(serde_json::value::Serializer, &options)
             .map_err(|e| e.to_string())?;
-        Ok(expand_embedded_json(value))
+        Ok(expand_embedded_json(value, &descriptor))
     }
 
     /// The webhook body: `{"type", "timestamp", "data"}`. A conversation in `data` carries
@@ -107,26 +107,56 @@ impl PublicJson {
     }
 }
 
-/// Fields that carry JSON as a string (`outputs_json`, `data_json`) become that JSON under
-/// the name without `_json`, so receivers get one document, not JSON inside a string.
-fn expand_embedded_json(value: Value) -> Value {
-    match value {
-        Value::Object(fields) => {
-            let mut out = Map::with_capacity(fields.len());
-            for (key, value) in fields {
-                if let (Some(bare), Value::String(text)) = (key.strip_suffix("_json"), &value)
-                    && let Ok(parsed) = serde_json::from_str::<Value>(text)
-                {
-                    out.insert(bare.to_owned(), expand_embedded_json(parsed));
-                    continue;
+/// The message's own string fields that carry JSON (`outputs_json`, `data_json`, by the
+/// schema) become that JSON under the name without `_json`, so receivers get one document,
+/// not JSON inside a string. Only fields of the schema: a map's keys (metafields) and the
+/// JSON itself are customers' data and stay exactly as they were written.
+fn expand_embedded_json(value: Value, message: &MessageDescriptor) -> Value {
+    let Value::Object(fields) = value else {
+        return value;
+    };
+    let mut out = Map::with_capacity(fields.len());
+    for (key, value) in fields {
+        let Some(field) = message.get_field_by_name(&key) else {
+            out.insert(key, value);
+            continue;
+        };
+        let value = match field.kind() {
+            Kind::String if !field.is_list() => match (key.strip_suffix("_json"), &value) {
+                (Some(bare), Value::String(text)) => match serde_json::from_str::<Value>(text) {
+                    Ok(parsed) => {
+                        out.insert(bare.to_owned(), parsed);
+                        continue;
+                    }
+                    Err(_) => value,
+                },
+                _ => value,
+            },
+            Kind::Message(entry) if field.is_map() => {
+                match (entry.map_entry_value_field().kind(), value) {
+                    (Kind::Message(inner), Value::Object(entries)) => Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k, expand_embedded_json(v, &inner)))
+                            .collect(),
+                    ),
+                    (_, value) => value,
                 }
-                out.insert(key, expand_embedded_json(value));
             }
-            Value::Object(out)
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(expand_embedded_json).collect()),
-        other => other,
+            Kind::Message(inner) => match value {
+                Value::Array(items) => Value::Array(
+                    items
+                        .into_iter()
+                        .map(|item| expand_embedded_json(item, &inner))
+                        .collect(),
+                ),
+                value => expand_embedded_json(value, &inner),
+            },
+            _ => value,
+        };
+        out.insert(key, value);
     }
+    Value::Object(out)
 }
 
 /// Microseconds since the epoch as RFC 3339 with microseconds, UTC.
@@ -196,9 +226,62 @@ mod tests {
         );
     }
 
+    fn recorded(event_type: &str, payload: Vec<u8>) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::nil(),
+            stream: StreamRef::new("conversation", "ws_1/conv_1"),
+            stream_version: 1,
+            global_position: 1,
+            transaction_id: 0,
+            event_type: event_type.into(),
+            schema_version: 1,
+            payload,
+            metadata: Metadata {
+                workspace_id: "ws_1".into(),
+                ..Default::default()
+            },
+            recorded_at: 0,
+        }
+    }
+
     #[test]
-    fn embedded_json_is_expanded() {
-        let value = expand_embedded_json(json!({"data_json": "{\"a\":1}", "x_json": "not json"}));
-        assert_eq!(value, json!({"data": {"a": 1}, "x_json": "not json"}));
+    fn json_fields_of_the_schema_are_expanded_and_customers_data_is_not() {
+        use switchboard_proto::actions::v1::{ActionExecutedEvent, ExecutionResult};
+        let executed = ActionExecutedEvent {
+            result: Some(ExecutionResult {
+                outputs_json: r#"{"order": {"total_json": "{\"x\":1}"}}"#.into(),
+                ..Default::default()
+            }),
+        };
+        let data = PublicJson::new()
+            .data(&recorded("action.executed", executed.encode_to_vec()))
+            .unwrap();
+        // The schema's `outputs_json` is JSON; what it holds is the customer's, untouched.
+        assert_eq!(
+            data["result"]["outputs"],
+            json!({"order": {"total_json": "{\"x\":1}"}})
+        );
+        assert!(data["result"].get("outputs_json").is_none());
+
+        let updated = ConversationUpdatedEvent {
+            conversation: Some(Conversation {
+                id: "conv_1".into(),
+                metafields: [
+                    ("settings_json".to_owned(), r#"{"a":1}"#.to_owned()),
+                    ("note_json".to_owned(), "not json".to_owned()),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let data = PublicJson::new()
+            .data(&recorded("conversation.updated", updated.encode_to_vec()))
+            .unwrap();
+        assert_eq!(
+            data["conversation"]["metafields"],
+            json!({"settings_json": "{\"a\":1}", "note_json": "not json"}),
+            "metafields are carried exactly as they were written"
+        );
     }
 }
