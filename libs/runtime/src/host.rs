@@ -318,7 +318,7 @@ impl Host {
             (Source::OwnLog(filter), _) => Some(tail(log, filter, settings, handler, shutdown)),
             (Source::Stream { stream, subject }, Some(js)) => Some(Box::pin(consume_stream(
                 js.clone(),
-                StreamSpec::of(&stream, 1).prefixed_name(&config.nats_prefix),
+                StreamSpec::of(&stream, config.nats_replicas),
                 config.nats_prefix.clone(),
                 subject,
                 settings,
@@ -432,30 +432,39 @@ fn lanes_for(inbox: &EventLog) -> usize {
     }
 }
 
-/// A durable consumer of one stream's `subject`. Until the producer creates its stream
-/// this waits and tries again.
+/// A durable consumer of one stream's `subject`. The stream is Switchboard's, so the
+/// consumer creates it (as its producer would: the same subjects and replicas) when its
+/// producer has not yet, and reads from the start; only NATS being out of reach makes it
+/// wait and try again.
 async fn consume_stream(
     js: jetstream::Context,
-    stream: String,
+    spec: StreamSpec,
     prefix: String,
     subject: &'static str,
     config: SubscriptionConfig,
     handler: Arc<dyn Handler>,
     shutdown: CancellationToken,
 ) {
+    let stream = spec.prefixed_name(&prefix);
     while !shutdown.is_cancelled() {
-        let subscription = Box::new(JetStreamSubscription::new(
-            js.clone(),
-            stream.clone(),
-            &prefix,
-            subject,
-            config.clone(),
-        ));
-        match subscription.run(handler.clone(), shutdown.clone()).await {
+        let outcome = match ensure_stream(&js, &prefix, &spec).await {
+            Ok(_) => {
+                let subscription = Box::new(JetStreamSubscription::new(
+                    js.clone(),
+                    stream.clone(),
+                    &prefix,
+                    subject,
+                    config.clone(),
+                ));
+                subscription.run(handler.clone(), shutdown.clone()).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(()) if shutdown.is_cancelled() => return,
             // The consumer went away (deleted, or its stream recreated): subscribe again.
             Ok(()) => warn!(stream = %stream, "the consumer ended; subscribing again"),
-            Err(e) => warn!(stream = %stream, error = %e, "cannot consume yet; retrying"),
+            Err(e) => warn!(stream = %stream, error = %e, "cannot consume; retrying"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

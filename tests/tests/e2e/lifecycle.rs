@@ -191,3 +191,44 @@ async fn bad_configuration_names_the_variable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("SWITCHBOARD_NATS_REPLICAS"), "{stderr}");
 }
+
+/// A subscriber whose producer runs elsewhere (insights reading the flows' run starts, no
+/// flows service here) creates the producer's stream itself and consumes at once: no
+/// warning on start, no waiting for another deployment to come up first.
+#[tokio::test]
+async fn a_subscription_creates_the_stream_it_reads_and_starts_quietly() {
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let mut env = serve_env(&schema_prefix, &nats);
+    env.push(("SWITCHBOARD_SERVICE_TOKEN".into(), "e2e-token".into()));
+    let log = std::env::temp_dir().join(format!("{}.log", unique_name()));
+    let mut process =
+        Process::new(&["serve", "--services", "conversations,insights"], env).log_to(log.clone());
+    process.start().await;
+    let flows_stream = format!("{}_FLOWS", nats.prefix);
+    let mut found = false;
+    for _ in 0..100 {
+        if nats.js.get_stream(&flows_stream).await.is_ok() {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the consumer did not create {flows_stream}");
+    // Time for a retry loop to have spoken, were there one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(process.terminate().success());
+    let written = std::fs::read_to_string(&log).unwrap_or_default();
+    let warnings: Vec<&str> = written
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("\"level\":\"WARN\""))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "warnings on a clean start: {warnings:#?}"
+    );
+    let _ = std::fs::remove_file(log);
+    for service in ["conversations", "insights"] {
+        drop_schema(&format!("{schema_prefix}{service}")).await;
+    }
+}
