@@ -236,12 +236,19 @@ impl GrpcServer {
         Ok(())
     }
 
+    /// Reflection over the registered descriptor sets, advertising exactly the services
+    /// this server runs (and health): a descriptor set holds every Switchboard API, and a
+    /// process serves only some of them.
     fn reflection(&self) -> tonic_reflection::server::Builder<'static> {
-        self.descriptors.iter().fold(
+        let builder = self.descriptors.iter().fold(
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
             |builder, fds| builder.register_encoded_file_descriptor_set(fds),
-        )
+        );
+        UNAUTHENTICATED_SERVICES
+            .iter()
+            .chain(&self.health_names)
+            .fold(builder, |b, name| b.with_service_name(*name))
     }
 }
 

@@ -182,3 +182,50 @@ async fn health_turns_not_serving_before_the_drain() {
         .expect("serve task")
         .expect("serve result");
 }
+
+/// Reflection names exactly the services this server runs (and health, and itself), not
+/// every service of the descriptor set it was given.
+#[tokio::test]
+async fn reflection_lists_only_the_services_served_here() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let server = start(
+        GrpcServer::new()
+            .with_descriptor(switchboard_proto::FILE_DESCRIPTOR_SET)
+            .with_service_token(None),
+    )
+    .await;
+    let mut client = ServerReflectionClient::new(connect(server.addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("a message")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(listed)) = answer.message_response else {
+        panic!("not a list of services: {answer:?}");
+    };
+    let mut names: Vec<String> = listed.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"
+        ],
+        "a process lists what it serves, nothing else"
+    );
+    server.shutdown.cancel();
+}
