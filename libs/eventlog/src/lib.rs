@@ -37,6 +37,7 @@ pub use event::{
     micros, now_micros, timestamp,
 };
 pub use handler::{HandleError, Handler};
+pub use postgres::set_acquire_timeout;
 pub use projection::{Projection, RebuildProgress, Upcaster};
 pub use relay::{Relay, RelayConfig, Router, StreamSpec, ensure_stream};
 pub use store::{Appended, DeadLetter, EventLog, Leadership, Snapshot, StoreConfig};

@@ -2,6 +2,8 @@
 //! tailing by `(transaction_id, global_position)` under `pg_snapshot_xmin`.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Row};
@@ -87,6 +89,20 @@ pub(crate) struct PgLog {
     pub(crate) schema: String,
 }
 
+/// How long a call waits for a pooled connection (or a new one) before the store counts
+/// as unreachable, in milliseconds; see [`set_acquire_timeout`].
+static ACQUIRE_TIMEOUT_MS: AtomicU64 = AtomicU64::new(5_000);
+
+/// How long a call waits for a Postgres connection before it fails (and the service
+/// answers `UNAVAILABLE`), for every pool this process opens from now on. Five seconds
+/// unless set (`SWITCHBOARD_DATABASE_ACQUIRE_TIMEOUT_SECS`).
+pub fn set_acquire_timeout(timeout: Duration) {
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    ACQUIRE_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
 impl PgLog {
     pub(crate) async fn connect(url: &str, schema: &str) -> Result<Self, EventLogError> {
         validate_schema(schema)?;
@@ -96,6 +112,9 @@ impl PgLog {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(1)
+            .acquire_timeout(Duration::from_millis(
+                ACQUIRE_TIMEOUT_MS.load(Ordering::Relaxed),
+            ))
             .connect_with(options)
             .await?;
         Ok(Self {

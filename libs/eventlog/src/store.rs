@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Postgres, Row};
@@ -406,6 +407,19 @@ impl EventLog {
             Backend::Sqlite(lite) => lite.read_all(after, limit).await?,
         };
         Ok(self.upcast_all(events))
+    }
+
+    /// Whether the store answers: one trivial query on the read pool, within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<(), EventLogError> {
+        let query = async {
+            let _: i32 = on_read_pool!(self.backend.as_ref(), pool => sqlx::query_scalar("SELECT 1")
+                .fetch_one(pool)
+                .await)?;
+            Ok::<_, EventLogError>(())
+        };
+        tokio::time::timeout(within, query)
+            .await
+            .map_err(|_| EventLogError::Database(sqlx::Error::PoolTimedOut))?
     }
 
     /// How many events the log holds.

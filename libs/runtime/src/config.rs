@@ -51,6 +51,9 @@ pub struct Config {
     /// `SWITCHBOARD_API_RATE_PER_MINUTE`: requests one API key may make a minute, counted
     /// across every gateway replica (1 to 1,000,000).
     pub api_rate_per_minute: u32,
+    /// `SWITCHBOARD_DATABASE_ACQUIRE_TIMEOUT_SECS`: how long a call waits for a Postgres
+    /// connection before it fails with `UNAVAILABLE` (1 to 60).
+    pub database_acquire_timeout_secs: u64,
     /// `SWITCHBOARD_DATA_DIR`: local state for embedded mode.
     pub data_dir: PathBuf,
     /// `SWITCHBOARD_SERVICE_TOKEN`: bearer token required on internal gRPC; `None` = no auth.
@@ -173,6 +176,7 @@ impl Default for Config {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             api_public_url: None,
             api_rate_per_minute: 600,
+            database_acquire_timeout_secs: 5,
             data_dir: PathBuf::from("./.switchboard"),
             service_token: None,
             otlp_endpoint: None,
@@ -243,6 +247,10 @@ impl fmt::Debug for Config {
             .field("api_addr", &self.api_addr)
             .field("api_public_url", &self.api_public_url)
             .field("api_rate_per_minute", &self.api_rate_per_minute)
+            .field(
+                "database_acquire_timeout_secs",
+                &self.database_acquire_timeout_secs,
+            )
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .field("webhook_retry_schedule", &self.webhook_retry_schedule)
             .field("webhook_timeout_secs", &self.webhook_timeout_secs)
@@ -383,6 +391,13 @@ impl Config {
                 "api_rate_per_minute",
                 self.api_rate_per_minute,
                 "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=60).contains(&self.database_acquire_timeout_secs) {
+            return Err(invalid(
+                "database_acquire_timeout_secs",
+                self.database_acquire_timeout_secs,
+                "must be between 1 and 60",
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

@@ -111,6 +111,9 @@ impl Host {
         module: &dyn ServiceModule,
     ) -> Result<EventLog, HostError> {
         let name = module.name();
+        switchboard_eventlog::set_acquire_timeout(Duration::from_secs(
+            config.database_acquire_timeout_secs,
+        ));
         let log = open_log(module, &Self::store_config(config, name))
             .await
             .map_err(failed(format!("opening the {name} event log")))?;
@@ -248,7 +251,8 @@ impl Host {
         println!("ready; ctrl-c stops");
         info!(services = ?running, "switchboard started");
 
-        let ops = http::ops_router(metrics::prometheus()).merge(routes);
+        let ops = http::ops_router_with(metrics::prometheus(), readiness(&started, js.as_ref()))
+            .merge(routes);
         // Whichever server stops first, for whatever reason, stops the process.
         let (grpc_result, http_result) = tokio::join!(
             async {
@@ -420,6 +424,38 @@ fn relay(
         }
         relay.run(shutdown).await;
     }
+}
+
+/// What `/readyz` checks: every service's store answers a trivial query within two
+/// seconds, and NATS (in `serve`) is connected.
+fn readiness(started: &[Started], js: Option<&jetstream::Context>) -> http::Readiness {
+    let logs: Vec<(&'static str, EventLog)> = started
+        .iter()
+        .map(|s| (s.module.name(), s.log.clone()))
+        .collect();
+    let nats = js.map(|js| js.client());
+    Arc::new(move || {
+        let logs = logs.clone();
+        let nats = nats.clone();
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            for (name, log) in &logs {
+                if let Err(e) = log.ping(Duration::from_secs(2)).await {
+                    problems.push(format!("the {name} store is unreachable ({e})"));
+                }
+            }
+            if let Some(nats) = nats
+                && nats.connection_state() != async_nats::connection::State::Connected
+            {
+                problems.push("NATS is not connected".to_owned());
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
+        })
+    })
 }
 
 /// Events a consumer handles at once, one stream per lane: several on Postgres, where

@@ -37,6 +37,8 @@ pub struct Process {
     pub grpc_port: u16,
     /// Where the REST API (the gateway) listens.
     pub api_port: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub http_port: u16,
     /// Where `dev` runs the Connexease simulator.
     pub sim_port: u16,
     child: Option<Child>,
@@ -52,9 +54,10 @@ impl Process {
             "SWITCHBOARD_GRPC_ADDR".into(),
             format!("127.0.0.1:{grpc_port}"),
         ));
+        let http_port = free_port();
         env.push((
             "SWITCHBOARD_HTTP_ADDR".into(),
-            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{http_port}"),
         ));
         let api_port = free_port();
         env.push((
@@ -75,6 +78,7 @@ impl Process {
             env,
             grpc_port,
             api_port,
+            http_port,
             sim_port,
             child: None,
             log_file: None,
@@ -695,4 +699,63 @@ pub fn serve_env(
         ("SWITCHBOARD_NATS_PREFIX".into(), nats.prefix.clone()),
         ("SWITCHBOARD_RELAY_POLL_MS".into(), "20".into()),
     ]
+}
+
+/// A TCP proxy to the test Postgres whose link can go silent: [`SilentLink::cut`] drops
+/// every connection it carried and takes new ones without ever answering (a host frozen
+/// or cut off, no FIN), [`SilentLink::restore`] forwards again.
+pub struct SilentLink {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl SilentLink {
+    pub async fn to_postgres() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    if *watch.borrow() {
+                        // Silent: hold the connection, answer nothing.
+                        let _ = watch.wait_for(|cut| !cut).await;
+                        return;
+                    }
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut }
+    }
+
+    /// The database URL through this link.
+    pub fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/test", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn restore(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+/// `/readyz` of a process: its status and body.
+pub async fn readyz(http_port: u16) -> (u16, String) {
+    switchboard_outbound::install_crypto_provider();
+    let response = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz"))
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }

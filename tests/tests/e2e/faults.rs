@@ -1,17 +1,18 @@
 //! Work in flight when the cluster is hurt: NATS goes away and comes back; the process is
-//! killed with SIGKILL in the middle of a webhook delivery, a delay or an action call.
-//! After the restart nothing is lost, and what should happen once happens once.
+//! killed with SIGKILL in the middle of a webhook delivery, a delay or an action call;
+//! Postgres goes silent. After the restart nothing is lost, what should happen once happens
+//! once, and while the database is out of reach calls fail fast and `/readyz` says why.
 
 use std::time::Duration;
 
-use switchboard_eventlog::testing::unique_name;
+use switchboard_eventlog::testing::{TestNats, unique_name};
 use switchboard_proto::conversations::v1::{AddMessageRequest, StartConversationRequest};
 use switchboard_proto::events::v1::{Author, Channel, MessageKind};
 
 use crate::common::{
-    Partner, Process, WS, actions_client, agent_says, create_endpoint, customer_says, drop_schema,
-    flow_edge, flow_node, free_port, header, new_conversation, post_action, published_flow,
-    say_node, start_and_talk, webhook_receiver, webhooks_env,
+    Partner, Process, SilentLink, WS, actions_client, agent_says, create_endpoint, customer_says,
+    drop_schema, flow_edge, flow_node, free_port, header, new_conversation, post_action,
+    published_flow, readyz, say_node, serve_env, start_and_talk, webhook_receiver, webhooks_env,
 };
 
 /// NATS goes away and comes back, and the process is killed in the middle of a delivery:
@@ -268,4 +269,72 @@ async fn a_run_waiting_on_an_action_survives_kill_9_and_its_effect_happens_once(
     assert_eq!(partner.refunds_applied.lock().unwrap().len(), 1);
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Postgres goes silent (no FIN: a frozen host): a call answers `UNAVAILABLE` after the
+/// acquire timeout, long before the caller's deadline, and `/readyz` turns 503 naming the
+/// store; when the database is back, so is the service.
+#[tokio::test]
+async fn a_silent_database_fails_calls_fast_and_readyz_says_so() {
+    let nats = TestNats::new().await;
+    let link = SilentLink::to_postgres().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let mut env = serve_env(&schema_prefix, &nats);
+    env.retain(|(k, _)| k != "SWITCHBOARD_DATABASE_URL");
+    env.push(("SWITCHBOARD_DATABASE_URL".into(), link.database_url()));
+    env.push((
+        "SWITCHBOARD_DATABASE_ACQUIRE_TIMEOUT_SECS".into(),
+        "2".into(),
+    ));
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    let mut client = process.start().await;
+    assert_eq!(readyz(process.http_port).await.0, 200);
+    let start = || {
+        let mut request = tonic::Request::new(StartConversationRequest {
+            workspace_id: WS.into(),
+            channel: Channel::Api as i32,
+            ..Default::default()
+        });
+        // Half the old 30 s wait: only a prompt answer fits.
+        request.set_timeout(Duration::from_secs(15));
+        request
+    };
+    client.start_conversation(start()).await.unwrap();
+
+    link.cut();
+    let status = client.start_conversation(start()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let mut seen = (0, String::new());
+    for _ in 0..60 {
+        seen = readyz(process.http_port).await;
+        if seen.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(seen.0, 503, "{}", seen.1);
+    assert!(seen.1.contains("conversations store"), "{}", seen.1);
+
+    link.restore();
+    let mut back = false;
+    for _ in 0..120 {
+        if readyz(process.http_port).await.0 == 200
+            && client.start_conversation(start()).await.is_ok()
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(back, "the service did not come back with its database");
+    assert!(process.terminate().success());
+    drop_schema(&format!("{schema_prefix}conversations")).await;
 }
