@@ -128,6 +128,10 @@ pub const AREAS: &[Area] = &[
         name: "REST gateway (`/v1`; the HTTP status is in each code's meaning)",
     },
     Area {
+        id: "RPC",
+        name: "gRPC server (`libs/runtime`): what every service refuses the same way",
+    },
+    Area {
         id: "NET",
         name: "outbound HTTP guard (`libs/outbound`)",
     },
@@ -698,6 +702,14 @@ pub const INS_STORE_REFUSED: Code = Code {
     action: "Report it: the server log has the cause.",
 };
 
+/// A request that is not a valid message, or holds a NUL character.
+pub const RPC_INVALID_INPUT: Code = Code {
+    id: "SB-RPC-0400",
+    status: Some(StatusCode::InvalidArgument),
+    meaning: "The request body is not a valid protobuf message of the method's input type, or a string in it holds a NUL character (U+0000), which no store keeps; the fields are named in the message and in the `BadRequest` details.",
+    action: "Send a valid message; remove NUL characters from the named fields. Retrying the same request cannot succeed.",
+};
+
 /// Every registered code, grouped by area in [`AREAS`] order and by number within an area.
 pub const ALL: &[Code] = &[
     CONV_ALREADY_EXISTS,
@@ -772,6 +784,7 @@ pub const ALL: &[Code] = &[
     API_UNAVAILABLE,
     API_INTERNAL,
     API_UPSTREAM,
+    RPC_INVALID_INPUT,
     NET_DESTINATION_BLOCKED,
     SEC_INVALID_KEY,
     SEC_UNKNOWN_KEY,

@@ -197,6 +197,7 @@ impl GrpcServer {
             .layer(crate::telemetry::grpc_trace_layer())
             .layer(metrics_layer)
             .layer(ServiceTokenLayer::new(self.service_token))
+            .layer(crate::grpc_input::InputCheckLayer)
             .layer(crate::requests::ActorLayer);
         let serving = server.add_routes(routes).serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -14,6 +14,7 @@ pub mod codes;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod grpc_input;
 mod grpc_wire;
 pub mod host;
 pub mod http;

@@ -73,7 +73,55 @@ on_both_backends!(
     pagination_is_stable_while_rows_are_inserted,
     list_filters,
     racing_writers_are_retried_or_aborted,
+    bad_input_is_the_callers_mistake_not_an_outage,
 );
+
+/// A message whose field 3 is a string where `StartConversationRequest` has an enum: not a
+/// valid request of that method.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAStartRequest {
+    #[prost(string, tag = "3")]
+    channel: String,
+}
+
+/// A NUL character in a string (which Postgres cannot store) and a body that is not the
+/// method's message are the caller's mistakes: `INVALID_ARGUMENT` naming the fields,
+/// never the `UNAVAILABLE` a retrying caller would send again, nor `INTERNAL`.
+async fn bad_input_is_the_callers_mistake_not_an_outage(backend: Backend) {
+    let mut h = Harness::start(backend).await;
+    let mut request = start(Channel::Api);
+    request.user_id = "user\0one".into();
+    request.metafields = HashMap::from([("plan".into(), "pro\0".into())]);
+    let refused = h.client.start_conversation(request).await.unwrap_err();
+    let mut fields = violated_fields(&refused);
+    fields.sort();
+    assert_eq!(fields, ["metafields[plan]", "user_id"]);
+    assert!(refused.message().starts_with("SB-RPC-0400"), "{refused:?}");
+
+    let channel = tonic::transport::Channel::from_shared(h.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let garbage = grpc
+        .unary(
+            tonic::Request::new(NotAStartRequest {
+                channel: "not an enum".into(),
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/switchboard.conversations.v1.Conversations/StartConversation",
+            ),
+            tonic_prost::ProstCodec::<NotAStartRequest, ConversationResponse>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
+    // Nothing was stored.
+    assert_eq!(h.log.count_events().await.unwrap(), 0);
+    h.stop().await;
+}
 
 async fn conversation_lifecycle(backend: Backend) {
     let mut h = Harness::start(backend).await;

@@ -27,6 +27,8 @@ enum Storage {
 
 pub struct Harness {
     pub client: ConversationsClient<Channel>,
+    /// The service's URL, for clients other than `client`.
+    pub url: String,
     pub log: EventLog,
     storage: Storage,
     shutdown: CancellationToken,
@@ -65,6 +67,7 @@ impl Harness {
             .expect("connect");
         Self {
             client,
+            url: format!("http://{addr}"),
             log,
             storage,
             shutdown,

@@ -1,0 +1,231 @@
+//! The caller's mistakes that no service should see: a request body that is not a valid
+//! message of the method's input type, and strings holding a NUL character (U+0000), which
+//! no store keeps (Postgres refuses them, and that refusal would look like an outage).
+//! Both answer `INVALID_ARGUMENT` (`SB-RPC-0400`) naming the fields, before the service
+//! runs, and are logged at DEBUG: they are not the server's problem.
+//!
+//! The input type of each method comes from the Switchboard descriptor set; methods it does
+//! not describe (health, reflection) pass unchecked, and so does a compressed frame.
+
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, MessageDescriptor, Value};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tower::{Layer, Service};
+
+use crate::codes;
+use crate::grpc_wire::split_grpc_path;
+
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(switchboard_proto::FILE_DESCRIPTOR_SET)
+        .expect("the compiled descriptor set decodes")
+});
+
+/// The largest request body checked; larger ones are left to the service's own limit.
+const MAX_CHECKED: usize = 16 * 1024 * 1024;
+
+/// The input message type of `path` (`/package.Service/Method`), when described.
+fn input_of(path: &str) -> Option<MessageDescriptor> {
+    let (service, method) = split_grpc_path(path);
+    POOL.get_service_by_name(service)?
+        .methods()
+        .find(|m| m.name() == method)
+        .map(|m| m.input())
+}
+
+/// Every field path of `message` holding a NUL character: `user_id`, `lead.name`,
+/// `buttons[1].label`, `metafields[plan]`.
+fn nul_fields(message: &DynamicMessage, prefix: &str, out: &mut Vec<String>) {
+    for (field, value) in message.fields() {
+        let path = format!("{prefix}{}", field.name());
+        nul_in(value, &path, out);
+    }
+}
+
+fn nul_in(value: &Value, path: &str, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) if s.contains('\0') => out.push(path.to_owned()),
+        Value::Message(m) => nul_fields(m, &format!("{path}."), out),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nul_in(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Map(entries) => {
+            for (key, item) in entries {
+                let key = match key {
+                    MapKey::String(k) => {
+                        if k.contains('\0') {
+                            out.push(format!("{path} (a key)"));
+                        }
+                        k.replace('\0', "\\0")
+                    }
+                    other => format!("{other:?}"),
+                };
+                nul_in(item, &format!("{path}[{key}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What is wrong with a unary request's frames for `input`, if anything.
+fn check(mut body: Bytes, input: &MessageDescriptor) -> Option<tonic::Status> {
+    let mut problems = Vec::new();
+    while body.has_remaining() {
+        if body.remaining() < 5 {
+            problems.push(("body".to_owned(), "a truncated gRPC frame".to_owned()));
+            break;
+        }
+        let compressed = body.get_u8() != 0;
+        let len = body.get_u32() as usize;
+        if body.remaining() < len {
+            problems.push(("body".to_owned(), "a truncated gRPC frame".to_owned()));
+            break;
+        }
+        let frame = body.split_to(len);
+        if compressed {
+            continue;
+        }
+        match DynamicMessage::decode(input.clone(), frame) {
+            Err(e) => problems.push((
+                "body".to_owned(),
+                format!("not a valid {}: {e}", input.full_name()),
+            )),
+            Ok(message) => {
+                let mut fields = Vec::new();
+                nul_fields(&message, "", &mut fields);
+                problems.extend(fields.into_iter().map(|f| {
+                    (
+                        f,
+                        "holds a NUL character (U+0000), which is not allowed".to_owned(),
+                    )
+                }));
+            }
+        }
+    }
+    (!problems.is_empty())
+        .then(|| crate::requests::invalid_argument(codes::RPC_INVALID_INPUT.id, problems))
+}
+
+/// Refuses malformed requests and NUL characters before the service sees them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InputCheckLayer;
+
+impl<S> Layer<S> for InputCheckLayer {
+    type Service = InputCheck<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InputCheck { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InputCheck<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<Body>> for InputCheck<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone serves this call; `self.inner`, which was polled ready, stays ready.
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+        let Some(input) = input_of(request.uri().path()) else {
+            return Box::pin(inner.call(request));
+        };
+        let path = Arc::<str>::from(request.uri().path());
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match http_body_util::Limited::new(body, MAX_CHECKED)
+                .collect()
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => {
+                    let status = codes::RPC_INVALID_INPUT
+                        .status("the request body is unreadable or too large");
+                    return Ok(status.into_http());
+                }
+            };
+            if let Some(status) = check(bytes.clone(), &input) {
+                tracing::debug!(%path, message = status.message(), "refused malformed input");
+                return Ok(status.into_http());
+            }
+            inner
+                .call(http::Request::from_parts(
+                    parts,
+                    Body::new(http_body_util::Full::new(bytes)),
+                ))
+                .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::prost::Message as _;
+    use switchboard_proto::conversations::v1::StartConversationRequest;
+    use switchboard_proto::events::v1::Lead;
+
+    use super::*;
+
+    fn framed(message: &[u8]) -> Bytes {
+        let mut out = vec![0u8];
+        out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        out.extend_from_slice(message);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn nul_characters_and_bad_messages_are_named() {
+        let input = input_of("/switchboard.conversations.v1.Conversations/StartConversation")
+            .expect("described");
+        let request = StartConversationRequest {
+            workspace_id: "ws_1".into(),
+            user_id: "a\0b".into(),
+            lead: Some(Lead {
+                name: "Ada\0".into(),
+                email: String::new(),
+            }),
+            metafields: [("plan".to_owned(), "p\0".to_owned())].into(),
+            ..Default::default()
+        };
+        let status = check(framed(&request.encode_to_vec()), &input).expect("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        for field in ["user_id", "lead.name", "metafields[plan]"] {
+            assert!(
+                status.message().contains(field),
+                "{field}: {}",
+                status.message()
+            );
+        }
+        // A length-delimited field 3 where the schema has an enum: not this message.
+        let garbage = [0x1a, 0x02, b'h', b'i'];
+        let status = check(framed(&garbage), &input).expect("refused");
+        assert!(status.message().contains("body"), "{}", status.message());
+        let fine = StartConversationRequest {
+            workspace_id: "ws_1".into(),
+            ..Default::default()
+        };
+        assert!(check(framed(&fine.encode_to_vec()), &input).is_none());
+        assert!(input_of("/grpc.health.v1.Health/Check").is_none());
+    }
+}
