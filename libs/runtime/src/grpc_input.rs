@@ -26,8 +26,9 @@ static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
         .expect("the compiled descriptor set decodes")
 });
 
-/// The largest request body checked; larger ones are left to the service's own limit.
-const MAX_CHECKED: usize = 16 * 1024 * 1024;
+/// The largest request body read: no Switchboard method takes more than 8 MiB (flows'
+/// bulk documents), so a larger body is refused before it is buffered.
+const MAX_CHECKED: usize = 8 * 1024 * 1024 + 5;
 
 /// The input message type of `path` (`/package.Service/Method`), when described.
 fn input_of(path: &str) -> Option<MessageDescriptor> {
