@@ -7,7 +7,7 @@
 //! The input type of each method comes from the Switchboard descriptor set; methods it does
 //! not describe (health, reflection) pass unchecked, and so does a compressed frame.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -152,7 +152,7 @@ where
         let Some(input) = input_of(request.uri().path()) else {
             return Box::pin(inner.call(request));
         };
-        let path = Arc::<str>::from(request.uri().path());
+        let path = request.uri().path().to_owned();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let bytes = match http_body_util::Limited::new(body, MAX_CHECKED)

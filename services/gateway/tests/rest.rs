@@ -257,9 +257,21 @@ impl Api {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Answer {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
+        self.call_at(&self.base, method, path, key, body, headers)
+            .await
+    }
+
+    /// [`Api::call`] on the gateway at `base` (another replica).
+    async fn call_at(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self.http.request(method.clone(), format!("{base}{path}"));
         if !key.is_empty() {
             request = request.bearer_auth(key);
         }
@@ -1037,13 +1049,16 @@ async fn keys_are_created_shown_once_rotated_and_revoked_at_once(backend: Backen
     // ... on every replica, at once.
     let replica = api.replica().await;
     let elsewhere = api
-        .http
-        .get(format!("{replica}/v1/conversations"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(elsewhere.status(), StatusCode::UNAUTHORIZED);
+        .call_at(
+            &replica,
+            reqwest::Method::GET,
+            "/v1/conversations",
+            &key,
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         api.get("/v1/conversations", &successor).await.status,
         StatusCode::OK
@@ -1333,18 +1348,15 @@ async fn a_key_past_its_rate_is_429_with_retry_after_and_others_go_on(backend: B
         let answer = if served % 2 == 0 {
             api.get("/v1/conversations", &api.a).await
         } else {
-            let response = api
-                .http
-                .get(format!("{other}/v1/conversations"))
-                .bearer_auth(&api.a)
-                .send()
-                .await
-                .unwrap();
-            Answer {
-                status: response.status(),
-                headers: response.headers().clone(),
-                body: response.json().await.unwrap(),
-            }
+            api.call_at(
+                &other,
+                reqwest::Method::GET,
+                "/v1/conversations",
+                &api.a,
+                None,
+                &[],
+            )
+            .await
         };
         if answer.status == StatusCode::TOO_MANY_REQUESTS {
             break answer;

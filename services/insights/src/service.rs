@@ -168,7 +168,8 @@ impl InsightsService {
         Ok(Checked { window, clauses })
     }
 
-    async fn measures(
+    /// Every measure over `window` and `clauses`.
+    async fn measure_window(
         &self,
         workspace_id: &str,
         window: Window,
@@ -195,8 +196,8 @@ impl InsightsService {
         finish(v)?;
         let window = checked.window.unwrap_or(Window { from: 0, to: 0 });
         let (now, before) = tokio::try_join!(
-            self.measures(workspace_id, window, &checked.clauses),
-            self.measures(workspace_id, window.previous(), &checked.clauses),
+            self.measure_window(workspace_id, window, &checked.clauses),
+            self.measure_window(workspace_id, window.previous(), &checked.clauses),
         )?;
         Ok(pb::SummaryResponse {
             from: Some(timestamp(window.from)),
@@ -261,7 +262,7 @@ impl InsightsService {
         } else {
             tokio::try_join!(
                 async { Ok::<_, ServiceError>(self.store.measure(&scope, &groups).await?) },
-                self.measures(&r.workspace_id, window, &checked.clauses),
+                self.measure_window(&r.workspace_id, window, &checked.clauses),
             )?
         };
         Ok(pb::BreakdownResponse {

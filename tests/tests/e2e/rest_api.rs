@@ -37,15 +37,7 @@ fn create_key(process: &Process, workspace: &str, extra: &[&str]) -> String {
 async fn first_calls(api: &str, key: &str) -> String {
     switchboard_outbound::install_crypto_provider();
     let http = reqwest::Client::new();
-    let empty: Value = http
-        .get(format!("{api}/v1/conversations"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty = get_json(api, "/v1/conversations", key).await;
     assert_eq!(
         empty,
         json!({"data": [], "has_more": false, "next_cursor": null})
@@ -68,35 +60,31 @@ async fn first_calls(api: &str, key: &str) -> String {
         .await
         .unwrap();
     assert_eq!(added.status(), StatusCode::CREATED);
-    let messages: Value = http
-        .get(format!("{api}/v1/conversations/{id}/messages"))
+    let messages = get_json(api, &format!("/v1/conversations/{id}/messages"), key).await;
+    assert_eq!(messages["data"][0]["text"], "Hello from the API");
+    id
+}
+
+/// `GET {api}{path}` with `key`, as JSON.
+async fn get_json(api: &str, path: &str, key: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{api}{path}"))
         .bearer_auth(key)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
-    assert_eq!(messages["data"][0]["text"], "Hello from the API");
-    id
+        .unwrap()
 }
 
 /// Waits until insights count `conversations` in the key's workspace (they trail the
 /// conversations by the time an event takes to arrive), then checks a breakdown and a
 /// segment's conversation list agree.
 async fn insights_count(api: &str, key: &str, conversations: u64) {
-    let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let summary: Value = http
-            .get(format!("{api}/v1/insights/summary"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let summary = get_json(api, "/v1/insights/summary", key).await;
         if summary["measures"]["conversations"] == conversations {
             break;
         }
@@ -106,21 +94,13 @@ async fn insights_count(api: &str, key: &str, conversations: u64) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let breakdown: Value = http
-        .get(format!("{api}/v1/insights/breakdown?by=channel"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let breakdown = get_json(api, "/v1/insights/breakdown?by=channel", key).await;
     assert_eq!(
         breakdown["rows"][0]["values"],
         json!(["api"]),
         "{breakdown}"
     );
-    let segment: Value = http
+    let segment: Value = reqwest::Client::new()
         .post(format!("{api}/v1/insights/segments"))
         .bearer_auth(key)
         .json(&json!({"name": "API", "conditions": [{"dimension": "channel", "values": ["api"]}]}))
@@ -130,18 +110,13 @@ async fn insights_count(api: &str, key: &str, conversations: u64) {
         .json()
         .await
         .unwrap();
-    let listed: Value = http
-        .get(format!(
-            "{api}/v1/conversations?segment_id={}",
-            segment["id"].as_str().unwrap()
-        ))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let segment_id = segment["id"].as_str().unwrap();
+    let listed = get_json(
+        api,
+        &format!("/v1/conversations?segment_id={segment_id}"),
+        key,
+    )
+    .await;
     assert_eq!(
         listed["data"].as_array().map(Vec::len),
         Some(conversations as usize),
@@ -258,26 +233,9 @@ async fn a_webhook_receiver_fetches_the_whole_conversation_over_rest() {
     let url = updated["data"]["conversation"]["url"].as_str().unwrap();
     assert_eq!(url, format!("{api}/v1/conversations/{id}"));
 
-    let http = reqwest::Client::new();
-    let conversation: Value = http
-        .get(url)
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conversation = get_json(url, "", &key).await;
     assert_eq!(conversation["id"], id.as_str());
-    let messages: Value = http
-        .get(format!("{url}/messages"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let messages = get_json(url, "/messages", &key).await;
     assert_eq!(messages["data"][0]["text"], "Hello from the API");
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);

@@ -19,7 +19,9 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, page_limit, tagged};
+use super::{
+    AppState, List, Page, RequestKey, cursor_of, if_match, merge_patch, page, page_limit, tagged,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -109,7 +111,7 @@ async fn list_actions(
         .iter()
         .map(|a| proto_json::to_json(DEFINITION, a))
         .collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page("/v1/actions", limit, data, next))
 }
 
@@ -383,7 +385,7 @@ async fn list_executions(
         .iter()
         .map(|e| proto_json::to_json(EXECUTION, e))
         .collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page(
         &format!("/v1/actions/{id}/executions"),
         limit,

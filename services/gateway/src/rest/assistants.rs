@@ -16,7 +16,7 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, tagged};
+use super::{AppState, List, Page, RequestKey, cursor_of, if_match, merge_patch, page, tagged};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -82,7 +82,7 @@ async fn list_assistants(
         .iter()
         .map(|a| proto_json::to_json(ASSISTANT, a))
         .collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page("/v1/assistants", limit, data, next))
 }
 

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
-use super::{AppState, BULK_MAX_BODY, List, Page, RequestKey, page, rfc3339};
+use super::{AppState, BULK_MAX_BODY, List, Page, RequestKey, cursor_of, page, rfc3339};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -379,7 +379,7 @@ async fn list_documents(
         })
         .await?;
     let data: Vec<Document> = answer.documents.into_iter().map(Into::into).collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page(
         &format!("/v1/collections/{id}/documents"),
         limit,

@@ -17,7 +17,8 @@ use utoipa_axum::routes;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::{
-    AppState, List, Page, RequestKey, if_match, page, page_limit, parse_time, rfc3339, tagged,
+    AppState, List, Page, RequestKey, cursor_of, if_match, page, page_limit, parse_time, rfc3339,
+    tagged,
 };
 use crate::domain::Access;
 use crate::service::Caller;
@@ -421,8 +422,7 @@ async fn list_conversations(
         .list_conversations(request)
         .await?;
     let data: Vec<Conversation> = answer.conversations.into_iter().map(Into::into).collect();
-    let next = next_cursor.unwrap_or(answer.next_cursor);
-    let next = (!next.is_empty()).then_some(next);
+    let next = cursor_of(next_cursor.unwrap_or(answer.next_cursor));
     Ok(page("/v1/conversations", page_size, data, next))
 }
 
@@ -434,28 +434,29 @@ async fn conversation_ids(
     request: &api::ListConversationsRequest,
 ) -> Result<switchboard_proto::insights::v1::ListConversationIdsResponse, ApiError> {
     use switchboard_proto::insights::v1 as insights;
+    // Each condition, and the parameter that made it (for errors).
     let mut conditions = Vec::new();
-    if let Some(assistant) = &filter.assistant_id {
+    let mut made_by = Vec::new();
+    let mut condition = |dimension: &str, values: Vec<String>, parameter: &'static str| {
         conditions.push(insights::Condition {
-            dimension: "assistant".into(),
-            values: vec![assistant.clone()],
+            dimension: dimension.to_owned(),
+            values,
         });
+        made_by.push(parameter);
+    };
+    if let Some(assistant) = &filter.assistant_id {
+        condition("assistant", vec![assistant.clone()], "assistant_id");
     }
     if let Some(channel) = filter.channel {
         let name = serde_json::to_value(channel)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        conditions.push(insights::Condition {
-            dimension: "channel".into(),
-            values: vec![name],
-        });
+        condition("channel", vec![name], "channel");
     }
     if let Some(statuses) = filter.status.as_deref().filter(|s| !s.trim().is_empty()) {
-        conditions.push(insights::Condition {
-            dimension: "status".into(),
-            values: statuses.split(',').map(|s| s.trim().to_owned()).collect(),
-        });
+        let values = statuses.split(',').map(|s| s.trim().to_owned()).collect();
+        condition("status", values, "status");
     }
     state
         .insights_for(caller)?
@@ -474,16 +475,15 @@ async fn conversation_ids(
         })
         .await
         .map_err(|status| {
-            let mut error = ApiError::from(status);
-            for e in &mut error.errors {
-                e.field = match e.field.as_str() {
-                    "filter.segment_id" => "query.segment_id".to_owned(),
-                    "cursor" => "query.cursor".to_owned(),
-                    other if other.starts_with("filter.") => "query".to_owned(),
-                    other => other.to_owned(),
-                };
-            }
-            error
+            super::insights::renamed(
+                status.into(),
+                &made_by,
+                &[
+                    ("filter.from", "created_after"),
+                    ("filter.to", "created_before"),
+                    ("cursor", "cursor"),
+                ],
+            )
         })
 }
 
@@ -763,7 +763,7 @@ async fn list_messages(
         })
         .await?;
     let data: Vec<Message> = answer.messages.into_iter().map(Into::into).collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page(
         &format!("/v1/conversations/{id}/messages"),
         limit,

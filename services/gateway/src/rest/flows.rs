@@ -18,7 +18,9 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem, stale_as_412};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, Page, RequestKey, if_match, merge_patch, page, page_limit, tagged};
+use super::{
+    AppState, List, Page, RequestKey, cursor_of, if_match, merge_patch, page, page_limit, tagged,
+};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -123,7 +125,7 @@ async fn list_flows(
         .iter()
         .map(|f| proto_json::to_json(FLOW, f))
         .collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page("/v1/flows", limit, data, next))
 }
 

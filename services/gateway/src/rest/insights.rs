@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
 use super::proto_json::{self, proto_schema};
-use super::{AppState, List, RequestKey, page, page_limit, parse_time};
+use super::{AppState, List, RequestKey, cursor_of, page, page_limit, parse_time};
 use crate::domain::Access;
 use crate::service::Caller;
 
@@ -244,26 +244,31 @@ fn check_metafields<'a>(
     Ok(())
 }
 
-/// The insights service's field names, as this API's parameters.
-fn renamed(mut error: ApiError, conditions: &[&str], extra: &[(&str, &str)]) -> ApiError {
+/// The insights service's field names, as this API's parameters: `extra` first (a prefix
+/// of theirs and our parameter), then the filter's conditions (`conditions[i]` is the
+/// parameter that made condition `i`), then any other `filter.<name>` as `query.<name>`.
+pub(super) fn renamed(
+    mut error: ApiError,
+    conditions: &[&str],
+    extra: &[(&str, &str)],
+) -> ApiError {
     for e in &mut error.errors {
         let field = e.field.clone();
-        let name = if field == "filter.conditions" {
-            "query".to_owned()
-        } else if let Some(rest) = field.strip_prefix("filter.conditions[") {
-            let index: Option<usize> = rest.split(']').next().and_then(|i| i.parse().ok());
-            index
-                .and_then(|i| conditions.get(i))
-                .map_or_else(|| "query".to_owned(), |n| format!("query.{n}"))
-        } else if let Some(rest) = field.strip_prefix("filter.") {
-            format!("query.{rest}")
-        } else {
-            extra
-                .iter()
-                .find(|(theirs, _)| field.starts_with(theirs))
-                .map_or(field.clone(), |(_, ours)| format!("query.{ours}"))
-        };
-        e.field = name;
+        e.field =
+            if let Some((_, ours)) = extra.iter().find(|(theirs, _)| field.starts_with(theirs)) {
+                format!("query.{ours}")
+            } else if field == "filter.conditions" {
+                "query".to_owned()
+            } else if let Some(rest) = field.strip_prefix("filter.conditions[") {
+                let index: Option<usize> = rest.split(']').next().and_then(|i| i.parse().ok());
+                index
+                    .and_then(|i| conditions.get(i))
+                    .map_or_else(|| "query".to_owned(), |n| format!("query.{n}"))
+            } else if let Some(rest) = field.strip_prefix("filter.") {
+                format!("query.{rest}")
+            } else {
+                field
+            };
     }
     error
 }
@@ -486,7 +491,7 @@ async fn list_segments(
         .iter()
         .map(|s| proto_json::to_json("switchboard.insights.v1.Segment", s))
         .collect();
-    let next = (!listed.next_cursor.is_empty()).then_some(listed.next_cursor);
+    let next = cursor_of(listed.next_cursor);
     Ok(page("/v1/insights/segments", limit, data, next))
 }
 
@@ -625,7 +630,7 @@ async fn list_findings(
         .iter()
         .map(|f| proto_json::to_json("switchboard.insights.v1.Finding", f))
         .collect();
-    let next = (!listed.next_cursor.is_empty()).then_some(listed.next_cursor);
+    let next = cursor_of(listed.next_cursor);
     Ok(page("/v1/insights/findings", limit, data, next))
 }
 

@@ -643,6 +643,11 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
+/// A service's `next_cursor` (empty on the last page) as a list's `next_cursor`.
+pub fn cursor_of(next: String) -> Option<String> {
+    (!next.is_empty()).then_some(next)
+}
+
 /// A list answer: the page, and `Link: <path?cursor=..>; rel="next"` when more follow.
 pub fn page<T: Serialize>(
     path: &str,

@@ -16,7 +16,8 @@ use super::collections::Deleted;
 use super::extract::{Json, Path, Query};
 use super::problem::{ApiError, Problem};
 use super::{
-    AppState, List, NotKept, Page, RequestKey, page, page_limit, parse_time, rfc3339, tagged,
+    AppState, List, NotKept, Page, RequestKey, cursor_of, page, page_limit, parse_time, rfc3339,
+    tagged,
 };
 use crate::domain::Access;
 use crate::service::Caller;
@@ -188,7 +189,7 @@ async fn list_endpoints(
         })
         .await?;
     let data: Vec<Endpoint> = answer.endpoints.into_iter().map(Into::into).collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page("/v1/webhook-endpoints", limit, data, next))
 }
 
@@ -645,7 +646,7 @@ async fn list_endpoint_messages(
         })
         .await?;
     let data: Vec<WebhookMessage> = answer.messages.into_iter().map(Into::into).collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page(
         &format!("/v1/webhook-endpoints/{id}/messages"),
         limit,
@@ -685,7 +686,7 @@ async fn list_endpoint_attempts(
         })
         .await?;
     let data: Vec<DeliveryAttempt> = answer.attempts.into_iter().map(Into::into).collect();
-    let next = (!answer.next_cursor.is_empty()).then_some(answer.next_cursor);
+    let next = cursor_of(answer.next_cursor);
     Ok(page(
         &format!("/v1/webhook-endpoints/{id}/attempts"),
         limit,
