@@ -20,8 +20,8 @@
 use std::future::Future;
 
 use crate::{
-    Appended, EventLog, EventLogError, ExpectedVersion, NewEvent, RecordedEvent, StreamRef, Tx,
-    derive_event_id,
+    Appended, EventLog, EventLogError, ExpectedVersion, Fence, NewEvent, RecordedEvent, StreamRef,
+    Tx, derive_event_id,
 };
 
 /// Attempts a command makes before giving up when every one loses the race.
@@ -332,6 +332,7 @@ pub struct Command<'a, S> {
     attempts: u32,
     key: Option<RequestKey>,
     start: Option<Loaded<S>>,
+    fence: Option<&'a Fence>,
 }
 
 impl<'a, S> Command<'a, S> {
@@ -343,7 +344,16 @@ impl<'a, S> Command<'a, S> {
             attempts: DEFAULT_ATTEMPTS,
             key: None,
             start: None,
+            fence: None,
         }
+    }
+
+    /// Appends only while `fence`'s lease is held ([`EventLog::append_fenced`]): the write
+    /// of a role's current holder. Not for [`Command::run_in`], whose transaction is the
+    /// handler's.
+    pub fn fenced(mut self, fence: Option<&'a Fence>) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Gives up after `attempts` lost races (at least 1). 1: the first conflict is the
@@ -415,6 +425,7 @@ impl<'a, S> Command<'a, S> {
             attempts,
             key,
             mut start,
+            fence,
         } = self;
         let mut lost = (ExpectedVersion::NoStream, 0);
         for _ in 0..attempts {
@@ -447,7 +458,10 @@ impl<'a, S> Command<'a, S> {
             let expected = loaded.expected();
             let appended = match tx.as_deref_mut() {
                 Some(tx) => log.append_in(tx, stream, expected, events).await,
-                None => log.append(stream, expected, events).await,
+                None => match fence {
+                    Some(fence) => log.append_fenced(stream, expected, events, fence).await,
+                    None => log.append(stream, expected, events).await,
+                },
             };
             match appended {
                 Ok(Appended {

@@ -27,6 +27,10 @@ pub enum EventLogError {
     /// The database refused or could not be reached.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The write had to come from the holder of a lease this writer no longer holds:
+    /// another process took the role over, and this write was refused.
+    #[error("lease {lease} is no longer held at token {token}; the write was refused")]
+    Fenced { lease: String, token: i64 },
     /// NATS refused or could not be reached.
     #[error("nats: {0}")]
     Nats(String),

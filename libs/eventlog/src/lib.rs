@@ -14,6 +14,7 @@ mod command;
 mod error;
 mod event;
 mod handler;
+mod lease;
 mod postgres;
 mod projection;
 mod relay;
@@ -37,10 +38,11 @@ pub use event::{
     micros, now_micros, timestamp,
 };
 pub use handler::{HandleError, Handler};
-pub use postgres::set_acquire_timeout;
+pub use lease::{DEFAULT_LEASE_TERM, Fence, Lease};
+pub use postgres::{set_acquire_timeout, set_idle_in_transaction_timeout};
 pub use projection::{Projection, RebuildProgress, Upcaster};
 pub use relay::{Relay, RelayConfig, Router, StreamSpec, ensure_stream};
-pub use store::{Appended, DeadLetter, EventLog, Leadership, Snapshot, StoreConfig};
+pub use store::{Appended, DeadLetter, EventLog, RelayLag, Snapshot, StoreConfig};
 pub use subscription::{
     JetStreamSubscription, LogTailSubscription, Subscription, SubscriptionConfig,
 };

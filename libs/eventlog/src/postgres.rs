@@ -62,6 +62,13 @@ CREATE TABLE IF NOT EXISTS processed_events (
     processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, event_id)
 );
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    token BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     consumer TEXT NOT NULL,
@@ -89,6 +96,23 @@ pub(crate) struct PgLog {
     pub(crate) schema: String,
 }
 
+/// How long a transaction may sit idle (its client silent between statements) before the
+/// server aborts it, in milliseconds; see [`set_idle_in_transaction_timeout`].
+static IDLE_IN_TRANSACTION_MS: AtomicU64 = AtomicU64::new(30_000);
+
+/// How long a transaction of this process may sit idle before Postgres aborts it, for every
+/// pool opened from now on. A process frozen inside a transaction (SIGSTOP, a hung host)
+/// otherwise holds back every gap-safe reader on the cluster, and any lease whose fenced
+/// write it was in, for as long as it stays frozen. Thirty seconds unless set
+/// (`SWITCHBOARD_DATABASE_IDLE_IN_TRANSACTION_SECS`); it must exceed the longest outside
+/// call a handler makes inside its transaction.
+pub fn set_idle_in_transaction_timeout(timeout: Duration) {
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    IDLE_IN_TRANSACTION_MS.store(ms, Ordering::Relaxed);
+}
+
 /// How long a call waits for a pooled connection (or a new one) before the store counts
 /// as unreachable, in milliseconds; see [`set_acquire_timeout`].
 static ACQUIRE_TIMEOUT_MS: AtomicU64 = AtomicU64::new(5_000);
@@ -106,8 +130,14 @@ pub fn set_acquire_timeout(timeout: Duration) {
 impl PgLog {
     pub(crate) async fn connect(url: &str, schema: &str) -> Result<Self, EventLogError> {
         validate_schema(schema)?;
+        let idle = format!("{}ms", IDLE_IN_TRANSACTION_MS.load(Ordering::Relaxed));
         let options = PgConnectOptions::from_str(url)?
-            .options([("search_path", schema)])
+            .options([
+                ("search_path", schema),
+                // The server aborts a transaction left idle this long; the process's next
+                // statement fails and is retried like any lost connection.
+                ("idle_in_transaction_session_timeout", idle.as_str()),
+            ])
             .application_name("switchboard");
         let pool = PgPoolOptions::new()
             .max_connections(16)

@@ -1,7 +1,7 @@
 //! The relay: the log is the outbox, and the relay carries it to NATS JetStream.
 //!
-//! One relay is active per service (an advisory-lock leader; the others stand by). It
-//! tails the log gap-safely, publishes each routed event with `Nats-Msg-Id = event_id`,
+//! One relay is active per service (the holder of its [`Lease`]; the others stand by and
+//! take over within a lease term when it dies or freezes). It tails the log gap-safely, publishes each routed event with `Nats-Msg-Id = event_id`,
 //! and advances its checkpoint only after JetStream acknowledged the whole batch. A crash
 //! between publish and checkpoint republishes the batch, and JetStream's duplicate window
 //! drops the copies; consumers dedupe by event id beyond it.
@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use crate::EventLogError;
 use crate::event::RecordedEvent;
-use crate::store::{DeadLetter, EventLog, Leadership};
+use crate::lease::{Fence, Lease};
+use crate::store::{DeadLetter, EventLog, RelayLag};
 
 /// Decides where each event of a service's log goes on NATS.
 pub trait Router: Send + Sync {
@@ -122,6 +123,79 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
 }
 
+/// Exports how far the relay is behind its log, at most every two seconds, and says so in
+/// the log when it falls behind, catches up, or is held back by an open transaction.
+struct LagWatch {
+    service: String,
+    last: Option<std::time::Instant>,
+    behind: bool,
+    held: bool,
+}
+
+impl LagWatch {
+    /// Seconds behind the log's newest event after which the relay counts as behind.
+    const BEHIND_SECS: f64 = 10.0;
+
+    fn new(service: &str) -> Self {
+        Self {
+            service: service.to_owned(),
+            last: None,
+            behind: false,
+            held: false,
+        }
+    }
+
+    async fn observe(&mut self, log: &EventLog, checkpoint: &str) {
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let lag = match log.checkpoint(checkpoint).await {
+            Ok(position) => log.lag(position).await,
+            Err(e) => Err(e),
+        };
+        let lag = match lag {
+            Ok(lag) => lag,
+            Err(e) => {
+                warn!(service = %self.service, error = %e, "relay could not measure its lag");
+                return;
+            }
+        };
+        self.export(&lag);
+        let behind = lag.oldest_secs >= Self::BEHIND_SECS;
+        if behind && !self.behind {
+            warn!(service = %self.service, events = lag.events, seconds = lag.oldest_secs, "relay is falling behind the log");
+        } else if !behind && self.behind {
+            info!(service = %self.service, "relay caught up with the log");
+        }
+        self.behind = behind;
+        let held = lag.held_back > 0 && lag.oldest_transaction_secs >= Self::BEHIND_SECS;
+        if held && !self.held {
+            warn!(
+                service = %self.service,
+                events = lag.held_back,
+                transaction_secs = lag.oldest_transaction_secs,
+                "relay is held back: committed events wait behind an older open transaction \
+                 (gap safety); see pg_stat_activity for the oldest xact_start"
+            );
+        }
+        self.held = held;
+    }
+
+    fn export(&self, lag: &RelayLag) {
+        let service = self.service.clone();
+        metrics::gauge!("relay_lag_events", "service" => service.clone()).set(lag.events as f64);
+        metrics::gauge!("relay_lag_seconds", "service" => service.clone()).set(lag.oldest_secs);
+        metrics::gauge!("relay_held_back_events", "service" => service.clone())
+            .set(lag.held_back as f64);
+        metrics::gauge!("relay_held_back_seconds", "service" => service)
+            .set(lag.oldest_transaction_secs);
+    }
+}
+
 /// Publishes one service's log to JetStream.
 pub struct Relay {
     log: EventLog,
@@ -157,7 +231,7 @@ impl Relay {
         while !shutdown.is_cancelled() {
             match self.log.try_lead(&lock).await {
                 Ok(Some(lease)) => {
-                    info!(service = %self.config.service, "relay is the active publisher");
+                    info!(service = %self.config.service, token = lease.token(), "relay is the active publisher");
                     self.lead(lease, &shutdown).await;
                 }
                 Ok(None) => {}
@@ -170,42 +244,44 @@ impl Relay {
         }
     }
 
-    async fn lead(&self, mut lease: Leadership, shutdown: &CancellationToken) {
+    async fn lead(&self, lease: Lease, shutdown: &CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        let mut rounds = 0u32;
+        let mut watch = LagWatch::new(&self.config.service);
         loop {
-            rounds += 1;
-            // Another relay may have taken over if our lock's session died; the checkpoint
-            // only moves forward, so a stale leader cannot rewind it, but it should stop.
-            if rounds.is_multiple_of(50) && !lease.is_held().await {
-                warn!("relay lost its leader lock; standing by");
+            if !lease.is_held() {
+                warn!(service = %self.config.service, "relay lost its lease; standing by");
                 return;
             }
             let appended = self.log.appended();
-            match self.publish_pending().await {
-                Ok(0) => {
+            match self.publish_pending(Some(lease.fence())).await {
+                Ok(passed) => {
+                    backoff = Duration::from_millis(100);
+                    watch.observe(&self.log, &self.checkpoint_name()).await;
+                    if passed > 0 {
+                        if shutdown.is_cancelled() {
+                            return;
+                        }
+                        continue;
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        _ = lease.lost() => {}
                         _ = appended => {}
                         _ = tokio::time::sleep(self.config.poll_interval) => {}
                     }
                 }
-                Ok(_) => {
-                    backoff = Duration::from_millis(100);
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
+                Err(EventLogError::Fenced { .. }) => {
+                    warn!(service = %self.config.service, "relay was taken over; standing by");
+                    return;
                 }
                 Err(e) => {
                     warn!(error = %e, retry_in = ?backoff, "relay could not publish; will retry");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        _ = lease.lost() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    if !lease.is_held().await {
-                        return;
-                    }
                 }
             }
         }
@@ -213,7 +289,10 @@ impl Relay {
 
     /// Publishes everything readable now, batch by batch, advancing the checkpoint after
     /// each acknowledged batch. Returns how many log events it passed (routed or not).
-    pub async fn publish_pending(&self) -> Result<usize, EventLogError> {
+    ///
+    /// With a `fence`, each checkpoint is saved only while its lease is held, so a relay
+    /// that lost its role stops at its next batch.
+    pub async fn publish_pending(&self, fence: Option<&Fence>) -> Result<usize, EventLogError> {
         let name = self.checkpoint_name();
         let mut after = self.log.checkpoint(&name).await?;
         let mut passed = 0;
@@ -247,7 +326,14 @@ impl Relay {
             for ack in acks {
                 ack.await.map_err(EventLogError::nats)?;
             }
-            self.log.save_checkpoint(&name, last.position()).await?;
+            match fence {
+                Some(fence) => {
+                    self.log
+                        .save_checkpoint_fenced(&name, last.position(), fence)
+                        .await?
+                }
+                None => self.log.save_checkpoint(&name, last.position()).await?,
+            }
             after = last.position();
             metrics::counter!("relay_published_total", "service" => self.config.service.clone())
                 .increment(published as u64);

@@ -4,14 +4,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{Postgres, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::EventLogError;
 use crate::event::{ExpectedVersion, LogPosition, NewEvent, RecordedEvent, StreamRef};
 use crate::handler::{HandleError, Handler};
+use crate::lease::{DEFAULT_LEASE_TERM, Fence, Lease};
 use crate::on_conn;
 use crate::postgres::PgLog;
 use crate::projection::{Projection, RebuildProgress, Upcaster};
@@ -111,6 +110,8 @@ pub struct EventLog {
     /// so consumers handling events in several lanes cannot take every connection and
     /// wait on each other.
     handler_slots: Arc<tokio::sync::Semaphore>,
+    /// How long a lease taken through this log lasts without renewal.
+    lease_term: Duration,
 }
 
 /// Handler transactions at once on Postgres (the pool has 16 connections).
@@ -138,6 +139,7 @@ impl EventLog {
             appended: Arc::default(),
             read_model_ddl: Arc::default(),
             handler_slots: Arc::new(tokio::sync::Semaphore::new(HANDLER_SLOTS)),
+            lease_term: DEFAULT_LEASE_TERM,
         })
     }
 
@@ -216,6 +218,30 @@ impl EventLog {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, EventLogError> {
+        self.append_checked(stream, expected, events, None).await
+    }
+
+    /// Appends like [`EventLog::append`], only while `fence`'s lease is still held at its
+    /// token: the write of a role's current holder, refused with
+    /// [`EventLogError::Fenced`] once another process has taken the role over.
+    pub async fn append_fenced(
+        &self,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        fence: &Fence,
+    ) -> Result<Appended, EventLogError> {
+        self.append_checked(stream, expected, events, Some(fence))
+            .await
+    }
+
+    async fn append_checked(
+        &self,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        fence: Option<&Fence>,
+    ) -> Result<Appended, EventLogError> {
         if events.is_empty() {
             return Err(EventLogError::Invalid {
                 field: "events",
@@ -224,7 +250,7 @@ impl EventLog {
         }
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let appended = match self.backend.as_ref() {
-            Backend::Postgres(pg) if self.projections.is_empty() => {
+            Backend::Postgres(pg) if self.projections.is_empty() && fence.is_none() => {
                 // Nothing else to write: the one statement is its own transaction.
                 let mut conn = pg.pool.acquire().await?;
                 match PgLog::insert(&mut conn, stream, expected, &events).await? {
@@ -254,6 +280,13 @@ impl EventLog {
                 match inserted {
                     Some(recorded) => {
                         if let Err(e) = self.project(&mut Tx::Postgres(&mut tx), &recorded).await {
+                            rollback_quietly(tx).await;
+                            return Err(e);
+                        }
+                        // Last, so the lease's row is locked only for the commit.
+                        if let Some(fence) = fence
+                            && let Err(e) = fence.check(&mut tx).await
+                        {
                             rollback_quietly(tx).await;
                             return Err(e);
                         }
@@ -514,25 +547,64 @@ impl EventLog {
     }
 
     /// Records that the reader `name` finished `position`. Checkpoints only move forward,
-    /// so a stale writer (a relay that lost its lock, say) cannot rewind one.
+    /// so a stale writer cannot rewind one.
     pub async fn save_checkpoint(
         &self,
         name: &str,
         position: LogPosition,
     ) -> Result<(), EventLogError> {
-        on_write_pool!(self.backend.as_ref(), pool => sqlx::query(
-            "INSERT INTO checkpoints (name, transaction_id, global_position) VALUES ($1, $2, $3)
+        self.save_checkpoint_checked(name, position, None).await
+    }
+
+    /// Records `position` like [`EventLog::save_checkpoint`], only while `fence`'s lease is
+    /// still held: a relay that lost its role cannot move the checkpoint.
+    pub async fn save_checkpoint_fenced(
+        &self,
+        name: &str,
+        position: LogPosition,
+        fence: &Fence,
+    ) -> Result<(), EventLogError> {
+        self.save_checkpoint_checked(name, position, Some(fence))
+            .await
+    }
+
+    async fn save_checkpoint_checked(
+        &self,
+        name: &str,
+        position: LogPosition,
+        fence: Option<&Fence>,
+    ) -> Result<(), EventLogError> {
+        const UPSERT: &str = "INSERT INTO checkpoints (name, transaction_id, global_position)
+             VALUES ($1, $2, $3)
              ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
                  global_position = excluded.global_position
              WHERE (checkpoints.transaction_id, checkpoints.global_position)
-                 < (excluded.transaction_id, excluded.global_position)",
-        )
-        .bind(name)
-        .bind(position.transaction_id as i64)
-        .bind(position.global_position)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
+                 < (excluded.transaction_id, excluded.global_position)";
+        match (self.backend.as_ref(), fence) {
+            (Backend::Postgres(pg), Some(fence)) => {
+                let mut tx = pg.pool.begin().await?;
+                sqlx::query(UPSERT)
+                    .bind(name)
+                    .bind(position.transaction_id as i64)
+                    .bind(position.global_position)
+                    .execute(&mut *tx)
+                    .await?;
+                if let Err(e) = fence.check(&mut tx).await {
+                    rollback_quietly(tx).await;
+                    return Err(e);
+                }
+                tx.commit().await?;
+            }
+            _ => {
+                on_write_pool!(self.backend.as_ref(), pool => sqlx::query(UPSERT)
+                    .bind(name)
+                    .bind(position.transaction_id as i64)
+                    .bind(position.global_position)
+                    .execute(pool)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+            }
+        }
         Ok(())
     }
 
@@ -688,25 +760,84 @@ impl EventLog {
     }
 
     /// Tries to become the one active holder of `name` (the relay of a service, say) among
-    /// every process sharing this store. Postgres uses a session advisory lock held by a
-    /// dedicated connection; SQLite is single-process and always grants it.
-    pub async fn try_lead(&self, name: &str) -> Result<Option<Leadership>, EventLogError> {
+    /// every process sharing this store: a [`Lease`] with this log's term, renewed while
+    /// it is held. `None` while another holder's term runs. SQLite is single-process and
+    /// always grants it.
+    pub async fn try_lead(&self, name: &str) -> Result<Option<Lease>, EventLogError> {
+        match self.backend.as_ref() {
+            Backend::Postgres(pg) => Lease::try_acquire(&pg.pool, name, self.lease_term).await,
+            Backend::Sqlite(_) => Ok(Some(Lease::sole(name))),
+        }
+    }
+
+    /// How far a reader at `after` is behind the log: the events after it (counted up to
+    /// a bound), how old the oldest of them is, and on Postgres how many of them are
+    /// committed but not yet readable because an older transaction is still open (gap
+    /// safety holds them back), with that transaction's age.
+    pub async fn lag(&self, after: LogPosition) -> Result<RelayLag, EventLogError> {
+        /// Counting stops here: beyond it the number only says "far behind".
+        const COUNT_BOUND: i64 = 1_000_000;
         match self.backend.as_ref() {
             Backend::Postgres(pg) => {
-                let mut conn = pg.pool.acquire().await?;
-                let key = advisory_key(&pg.schema, name);
-                let row = sqlx::query("SELECT pg_try_advisory_lock($1)")
-                    .bind(key)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                if row.try_get::<bool, _>(0)? {
-                    Ok(Some(Leadership { conn: Some(conn) }))
-                } else {
-                    Ok(None)
-                }
+                let row: (i64, Option<f64>, i64, Option<f64>) = sqlx::query_as(
+                    "WITH behind AS (
+                         SELECT transaction_id, recorded_at FROM events
+                         WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+                         LIMIT $3)
+                     SELECT (SELECT count(*) FROM behind),
+                         (SELECT extract(epoch FROM clock_timestamp() - min(recorded_at))::float8
+                            FROM behind),
+                         (SELECT count(*) FROM behind
+                            WHERE transaction_id >= pg_snapshot_xmin(pg_current_snapshot())),
+                         (SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8
+                            FROM pg_stat_activity WHERE backend_xid IS NOT NULL)",
+                )
+                .bind(after.transaction_id.to_string())
+                .bind(after.global_position)
+                .bind(COUNT_BOUND)
+                .fetch_one(&pg.pool)
+                .await?;
+                let held_back = row.2 as u64;
+                Ok(RelayLag {
+                    events: row.0 as u64,
+                    oldest_secs: row.1.unwrap_or_default().max(0.0),
+                    held_back,
+                    oldest_transaction_secs: if held_back > 0 {
+                        row.3.unwrap_or_default().max(0.0)
+                    } else {
+                        0.0
+                    },
+                })
             }
-            Backend::Sqlite(_) => Ok(Some(Leadership { conn: None })),
+            Backend::Sqlite(lite) => {
+                let row: (i64, Option<i64>) = sqlx::query_as(
+                    "SELECT count(*), min(recorded_at) FROM (
+                         SELECT recorded_at FROM events WHERE global_position > $1 LIMIT $2)",
+                )
+                .bind(after.global_position)
+                .bind(COUNT_BOUND)
+                .fetch_one(&lite.reader)
+                .await?;
+                let oldest_secs = row
+                    .1
+                    .map(|at| (crate::now_micros() - at) as f64 / 1e6)
+                    .unwrap_or_default()
+                    .max(0.0);
+                Ok(RelayLag {
+                    events: row.0 as u64,
+                    oldest_secs,
+                    held_back: 0,
+                    oldest_transaction_secs: 0.0,
+                })
+            }
         }
+    }
+
+    /// Sets how long a lease taken through this log lasts without renewal: how soon a
+    /// standby takes over from a holder that died or froze. Five seconds unless set.
+    pub fn with_lease_term(mut self, term: Duration) -> Self {
+        self.lease_term = term.max(Duration::from_millis(300));
+        self
     }
 
     fn upcast_all(&self, mut events: Vec<RecordedEvent>) -> Vec<RecordedEvent> {
@@ -722,38 +853,17 @@ impl EventLog {
     }
 }
 
-/// Proof of being the active holder of a named role. Dropping it, or losing its
-/// connection, gives the role up (the database releases a session lock with its session).
-pub struct Leadership {
-    conn: Option<PoolConnection<Postgres>>,
-}
-
-impl Leadership {
-    /// Whether the role is still held: the lock's connection still answers.
-    pub async fn is_held(&mut self) -> bool {
-        match self.conn.as_mut() {
-            Some(conn) => sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok(),
-            None => true,
-        }
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        // Closing the session releases its advisory locks; returning it to the pool would
-        // keep the lock alive on a connection nobody watches.
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
-        }
-    }
-}
-
-fn advisory_key(schema: &str, name: &str) -> i64 {
-    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{schema}/{name}").as_bytes());
-    let bytes = id.as_bytes();
-    i64::from_be_bytes([
-        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
-    ])
+/// How far a reader is behind the log ([`EventLog::lag`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RelayLag {
+    /// Events after the reader's position (at most a million are counted).
+    pub events: u64,
+    /// Age of the oldest of them, in seconds.
+    pub oldest_secs: f64,
+    /// Of those, the ones committed but held back by an older open transaction.
+    pub held_back: u64,
+    /// Age of the oldest open transaction holding them back, in seconds (0 if none).
+    pub oldest_transaction_secs: f64,
 }
 
 /// Rolls back after a failure without hiding it: the caller returns the original error,

@@ -54,6 +54,14 @@ pub struct Config {
     /// `SWITCHBOARD_DATABASE_ACQUIRE_TIMEOUT_SECS`: how long a call waits for a Postgres
     /// connection before it fails with `UNAVAILABLE` (1 to 60).
     pub database_acquire_timeout_secs: u64,
+    /// `SWITCHBOARD_LEASE_TERM_SECS`: how long a role's lease (a service's relay, the
+    /// webhook dispatcher, the flow timers) lasts without renewal, so how soon a standby
+    /// replica takes over from a holder that died, froze or was cut off (1 to 300).
+    pub lease_term_secs: u64,
+    /// `SWITCHBOARD_DATABASE_IDLE_IN_TRANSACTION_SECS`: how long Postgres lets a transaction
+    /// of ours sit idle before aborting it, which bounds how long a process frozen inside a
+    /// transaction holds back the relays and a lease takeover (1 to 3600).
+    pub database_idle_in_transaction_secs: u64,
     /// `SWITCHBOARD_DATA_DIR`: local state for embedded mode.
     pub data_dir: PathBuf,
     /// `SWITCHBOARD_SERVICE_TOKEN`: bearer token required on internal gRPC; `None` = no auth.
@@ -177,6 +185,8 @@ impl Default for Config {
             api_public_url: None,
             api_rate_per_minute: 600,
             database_acquire_timeout_secs: 5,
+            lease_term_secs: 5,
+            database_idle_in_transaction_secs: 30,
             data_dir: PathBuf::from("./.switchboard"),
             service_token: None,
             otlp_endpoint: None,
@@ -250,6 +260,11 @@ impl fmt::Debug for Config {
             .field(
                 "database_acquire_timeout_secs",
                 &self.database_acquire_timeout_secs,
+            )
+            .field("lease_term_secs", &self.lease_term_secs)
+            .field(
+                "database_idle_in_transaction_secs",
+                &self.database_idle_in_transaction_secs,
             )
             .field("connexease_sim_workspace", &self.connexease_sim_workspace)
             .field("webhook_retry_schedule", &self.webhook_retry_schedule)
@@ -398,6 +413,20 @@ impl Config {
                 "database_acquire_timeout_secs",
                 self.database_acquire_timeout_secs,
                 "must be between 1 and 60",
+            ));
+        }
+        if !(1..=300).contains(&self.lease_term_secs) {
+            return Err(invalid(
+                "lease_term_secs",
+                self.lease_term_secs,
+                "must be between 1 and 300",
+            ));
+        }
+        if !(1..=3600).contains(&self.database_idle_in_transaction_secs) {
+            return Err(invalid(
+                "database_idle_in_transaction_secs",
+                self.database_idle_in_transaction_secs,
+                "must be between 1 and 3600",
             ));
         }
         if self.data_dir.as_os_str().is_empty() {

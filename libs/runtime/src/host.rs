@@ -114,9 +114,13 @@ impl Host {
         switchboard_eventlog::set_acquire_timeout(Duration::from_secs(
             config.database_acquire_timeout_secs,
         ));
+        switchboard_eventlog::set_idle_in_transaction_timeout(Duration::from_secs(
+            config.database_idle_in_transaction_secs,
+        ));
         let log = open_log(module, &Self::store_config(config, name))
             .await
-            .map_err(failed(format!("opening the {name} event log")))?;
+            .map_err(failed(format!("opening the {name} event log")))?
+            .with_lease_term(Duration::from_secs(config.lease_term_secs));
         log.migrate()
             .await
             .map_err(failed(format!("migrating the {name} event log")))?;

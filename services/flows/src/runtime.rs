@@ -308,18 +308,16 @@ impl RunService {
     /// deployment), until `shutdown`. Timers are in the log, so a restart re-arms them.
     pub async fn run_timers(self, shutdown: tokio_util::sync::CancellationToken) {
         while !shutdown.is_cancelled() {
-            if let Ok(Some(mut lease)) = self.log.try_lead("flows-timers").await {
-                let mut rounds = 0u32;
-                while !shutdown.is_cancelled() {
-                    rounds += 1;
-                    if rounds.is_multiple_of(60) && !lease.is_held().await {
-                        break;
-                    }
+            if let Ok(Some(lease)) = self.log.try_lead("flows-timers").await {
+                // A deposed holder firing a timer late changes nothing: firing is decided
+                // on the run's state at its version, so a timer fires once.
+                while !shutdown.is_cancelled() && lease.is_held() {
                     if let Err(e) = self.fire_due_timers(now_micros()).await {
                         tracing::warn!(error = %e, "flow timers could not fire; retrying");
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        _ = lease.lost() => {}
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                     }
                 }

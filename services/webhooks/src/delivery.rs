@@ -2,9 +2,12 @@
 //!
 //! The schedule lives in the log: each attempt's event says when the next one is due, and
 //! the messages read model (rebuilt from the log) is what the dispatcher polls, so after a
-//! restart every pending retry resumes on time. One dispatcher is active per deployment
-//! (an advisory-lock leader, like the relay); a crash mid-attempt sends that message again
-//! with the same `webhook-id`, which is the at-least-once contract receivers dedupe on.
+//! restart every pending retry resumes on time. One dispatcher is active per deployment:
+//! the holder of the `webhooks-dispatcher` lease, whose records of attempts are fenced by
+//! it, so a dispatcher that froze and lost the lease cannot write over its successor's.
+//! A message is sent again only after its previous attempt ended (answered, timed out,
+//! or its process died); a crash mid-attempt sends it again with the same `webhook-id`,
+//! which is the at-least-once contract receivers dedupe on.
 //!
 //! Per endpoint: a token-bucket rate limit, a circuit breaker (after consecutive failures
 //! the endpoint is left alone for a cool-down, then one probe goes through), and automatic
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use prost::Message as _;
 use rand::Rng as _;
-use switchboard_eventlog::{NewEvent, derive_event_id, timestamp};
+use switchboard_eventlog::{EventLogError, Fence, Lease, NewEvent, derive_event_id, timestamp};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::webhooks::v1::{
     Attempt, AttemptOutcome, Endpoint, ErrorClass, MessageDeferred, MessageFailed,
@@ -76,12 +79,69 @@ pub struct Dispatcher {
     config: DeliveryConfig,
     breakers: Mutex<HashMap<String, Breaker>>,
     limiters: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
-    /// Messages being attempted, and the ordered lanes they hold.
-    in_flight: Mutex<HashSet<String>>,
-    lanes: Mutex<HashSet<(String, String)>>,
+    attempts: Mutex<InFlight>,
+    /// The lease the dispatcher holds while it runs as the active one: nothing is sent
+    /// once it is lost, and records are refused once another process has taken the role.
+    lease: Mutex<Option<Arc<Lease>>>,
     /// Endpoints and their opened signing keys, by id, valid while the version matches
     /// the read model's.
     endpoints: Mutex<HashMap<String, Arc<CachedEndpoint>>>,
+}
+
+/// What the dispatcher has in hand, so no message is sent while its previous attempt is
+/// still going, nor again off a read of the due messages taken before that attempt was
+/// recorded.
+#[derive(Default)]
+struct InFlight {
+    /// Messages being attempted.
+    messages: HashSet<String>,
+    /// Ordered lanes (endpoint, conversation) held by an attempt.
+    lanes: HashSet<(String, String)>,
+    /// Messages whose attempt ended since the current read of due messages began, with the
+    /// stream version the attempt was made at: a row read at that version (or before) is
+    /// stale, and sending it would send the message twice.
+    settled: HashMap<String, i64>,
+}
+
+impl InFlight {
+    /// Takes `message` in hand unless it, or its ordered lane, is already, or the row is
+    /// older than an attempt that has ended.
+    fn take(&mut self, message: &Due) -> bool {
+        if self.messages.contains(&message.message_id)
+            || self
+                .settled
+                .get(&message.message_id)
+                .is_some_and(|&version| version >= message.stream_version)
+        {
+            return false;
+        }
+        if let Some(lane) = lane(message)
+            && !self.lanes.insert(lane)
+        {
+            return false;
+        }
+        self.messages.insert(message.message_id.clone());
+        true
+    }
+
+    /// Lets `message` go after its attempt; `recorded` when the attempt's outcome is in
+    /// the log, so reads taken before then must not send it again.
+    fn release(&mut self, message: &Due, recorded: bool) {
+        if recorded {
+            self.settled
+                .insert(message.message_id.clone(), message.stream_version);
+        }
+        self.messages.remove(&message.message_id);
+        if let Some(lane) = lane(message) {
+            self.lanes.remove(&lane);
+        }
+    }
+}
+
+/// The ordered lane a message holds while it is attempted, if its endpoint is ordered.
+fn lane(message: &Due) -> Option<(String, String)> {
+    (message.ordered && !message.conversation_id.is_empty())
+        .then(|| (message.endpoint_id.clone(), message.conversation_id.clone()))
 }
 
 struct CachedEndpoint {
@@ -99,8 +159,8 @@ impl Dispatcher {
             config,
             breakers: Mutex::default(),
             limiters: Mutex::default(),
-            in_flight: Mutex::default(),
-            lanes: Mutex::default(),
+            attempts: Mutex::default(),
+            lease: Mutex::default(),
             endpoints: Mutex::default(),
         }
     }
@@ -109,14 +169,14 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             match self.service.log().try_lead("webhooks-dispatcher").await {
-                Ok(Some(mut lease)) => {
-                    info!("webhook dispatcher is active");
-                    let mut rounds = 0u32;
+                Ok(Some(lease)) => {
+                    info!(token = lease.token(), "webhook dispatcher is active");
+                    let lease = Arc::new(lease);
+                    *self.lease.lock().expect("not poisoned") = Some(lease.clone());
                     let mut tasks = JoinSet::new();
                     while !shutdown.is_cancelled() {
-                        rounds += 1;
-                        if rounds.is_multiple_of(100) && !lease.is_held().await {
-                            warn!("webhook dispatcher lost its lock; standing by");
+                        if !lease.is_held() {
+                            warn!("webhook dispatcher lost its lease; standing by");
                             break;
                         }
                         let appended = self.service.log().appended();
@@ -125,6 +185,7 @@ impl Dispatcher {
                             Ok(0) => {
                                 tokio::select! {
                                     _ = shutdown.cancelled() => {}
+                                    _ = lease.lost() => {}
                                     _ = appended => {}
                                     _ = tokio::time::sleep(self.config.poll_interval) => {}
                                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -139,9 +200,10 @@ impl Dispatcher {
                     }
                     // Finish the attempts in hand: cutting them would only send them again.
                     while tasks.join_next().await.is_some() {}
+                    *self.lease.lock().expect("not poisoned") = None;
                 }
                 Ok(None) => {}
-                Err(e) => warn!(error = %e, "webhook dispatcher could not ask for the lock"),
+                Err(e) => warn!(error = %e, "webhook dispatcher could not ask for the lease"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -173,6 +235,10 @@ impl Dispatcher {
         if room == 0 {
             return Ok(0);
         }
+        // Attempts that end from here on may have been read as due by the read below,
+        // before their outcome was recorded: those are kept in `settled`. The ones that
+        // ended before it began are in what it reads.
+        self.attempts.lock().expect("not poisoned").settled.clear();
         let now = self.service.now();
         let due = self
             .service
@@ -184,35 +250,45 @@ impl Dispatcher {
             if started == room {
                 break;
             }
-            let lane = (message.endpoint_id.clone(), message.conversation_id.clone());
-            {
-                let mut in_flight = self.in_flight.lock().expect("not poisoned");
-                if in_flight.contains(&message.message_id) {
-                    continue;
-                }
-                if message.ordered && !message.conversation_id.is_empty() {
-                    let mut lanes = self.lanes.lock().expect("not poisoned");
-                    if !lanes.insert(lane.clone()) {
-                        continue;
-                    }
-                }
-                in_flight.insert(message.message_id.clone());
+            if !self.attempts.lock().expect("not poisoned").take(&message) {
+                continue;
             }
             started += 1;
             let this = self.clone();
             tasks.spawn(async move {
-                let id = message.message_id.clone();
-                let ordered = message.ordered && !message.conversation_id.is_empty();
-                if let Err(e) = this.attempt(message).await {
-                    warn!(message_id = %id, error = %e, "webhook attempt could not be recorded; it will be tried again");
-                }
-                this.in_flight.lock().expect("not poisoned").remove(&id);
-                if ordered {
-                    this.lanes.lock().expect("not poisoned").remove(&lane);
-                }
+                let recorded = match this.attempt(&message).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(message_id = %message.message_id, error = %e, "webhook attempt could not be recorded; it will be tried again");
+                        false
+                    }
+                };
+                this.attempts
+                    .lock()
+                    .expect("not poisoned")
+                    .release(&message, recorded);
             });
         }
         Ok(started)
+    }
+
+    fn fence(&self) -> Option<Fence> {
+        let lease = self.lease.lock().expect("not poisoned");
+        lease.as_ref().map(|lease| lease.fence().clone())
+    }
+
+    /// Refuses to send once the dispatcher's lease is lost (a dispatcher that was frozen
+    /// past its term and woke up): its successor sends instead.
+    fn check_still_active(&self) -> Result<(), ServiceError> {
+        let lease = self.lease.lock().expect("not poisoned");
+        match lease.as_ref() {
+            Some(lease) if !lease.is_held() => Err(EventLogError::Fenced {
+                lease: "webhooks-dispatcher".into(),
+                token: lease.token(),
+            }
+            .into()),
+            _ => Ok(()),
+        }
     }
 
     /// Open (after repeated failures, or while the endpoint asked us to slow down): wait.
@@ -290,10 +366,10 @@ impl Dispatcher {
     }
 
     /// One attempt of one message, recorded.
-    async fn attempt(&self, message: Due) -> Result<(), ServiceError> {
+    async fn attempt(&self, message: &Due) -> Result<(), ServiceError> {
         let ws = message.workspace_id.clone();
-        let Some(cached) = self.endpoint_for(&message).await? else {
-            return self.give_up(&message, "the endpoint does not exist").await;
+        let Some(cached) = self.endpoint_for(message).await? else {
+            return self.give_up(message, "the endpoint does not exist").await;
         };
         let endpoint = &cached.endpoint;
         if endpoint.deleted || !endpoint.enabled {
@@ -302,10 +378,10 @@ impl Dispatcher {
             } else {
                 format!("the endpoint is disabled ({})", endpoint.disabled_reason)
             };
-            return self.give_up(&message, &reason).await;
+            return self.give_up(message, &reason).await;
         }
         if let Gate::WaitUntil(until) = self.gate(&endpoint.id) {
-            return self.defer(&message, until).await;
+            return self.defer(message, until).await;
         }
         if let Some(limiter) = self.limiter(endpoint) {
             limiter.until_ready().await;
@@ -336,6 +412,7 @@ impl Dispatcher {
         for (name, value) in &headers {
             request = request.header(*name, value);
         }
+        self.check_still_active()?;
         let started = Instant::now();
         let result = match request.build() {
             Ok(request) => self.client.execute(request).await,
@@ -418,11 +495,20 @@ impl Dispatcher {
                     .map(switchboard_eventlog::micros)
             })
             .flatten();
-        self.record(&message, &attempt).await?;
+        self.record(message, &attempt).await?;
+        let outcome = match AttemptOutcome::try_from(attempt.outcome) {
+            Ok(AttemptOutcome::Delivered) => "delivered",
+            Ok(AttemptOutcome::Retry) => "retry",
+            _ => "failed",
+        };
+        metrics::counter!("webhook_attempts_total", "outcome" => outcome).increment(1);
+        metrics::histogram!("webhook_attempt_duration_seconds")
+            .record(f64::from(attempt.duration_ms) / 1000.0);
         self.track(endpoint, delivered, sent_at, throttle_until)
             .await?;
         if verdict == Verdict::Gone {
             info!(endpoint_id = %endpoint.id, "endpoint answered 410 Gone; disabling it");
+            metrics::counter!("webhook_endpoints_disabled_total", "reason" => "gone").increment(1);
             self.service
                 .set_enabled(&ws, &endpoint.id, false, "gone")
                 .await?;
@@ -452,6 +538,7 @@ impl Dispatcher {
         // The request has gone out: try hard to record it, since an unrecorded attempt is
         // sent again (same webhook-id, but a duplicate all the same). The event id makes
         // a retried append a no-op if an earlier try did commit.
+        let fence = self.fence();
         let mut delay = Duration::from_millis(50);
         let mut tries = 0;
         loop {
@@ -463,10 +550,12 @@ impl Dispatcher {
                     &message.message_id,
                     Some(message.stream_version as u64),
                     event.clone(),
+                    fence.as_ref(),
                 )
                 .await
             {
                 Ok(()) => return Ok(()),
+                Err(e @ EventLogError::Fenced { .. }) => return Err(e.into()),
                 Err(e) if tries < 6 => {
                     warn!(message_id = %message.message_id, error = %e, "recording an attempt failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -517,6 +606,8 @@ impl Dispatcher {
         let limit = self.service.settings().disable_after.as_micros() as i64;
         if failing_since != 0 && at - failing_since >= limit {
             warn!(endpoint_id = %endpoint.id, "endpoint has failed for too long; disabling it");
+            metrics::counter!("webhook_endpoints_disabled_total", "reason" => "failing")
+                .increment(1);
             self.service
                 .set_enabled(&endpoint.workspace_id, &endpoint.id, false, "failing")
                 .await?;
@@ -557,6 +648,7 @@ impl Dispatcher {
                 &message.message_id,
                 Some(message.stream_version as u64),
                 event,
+                self.fence().as_ref(),
             )
             .await?)
     }
@@ -588,6 +680,7 @@ impl Dispatcher {
                 &message.message_id,
                 Some(message.stream_version as u64),
                 event,
+                self.fence().as_ref(),
             )
             .await?)
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use prost::Message as _;
 use switchboard_eventlog::{
-    Command, CommandError, Decision, EventLog, EventLogError, Executed, ExpectedVersion, Loaded,
-    Metadata, NewEvent, RecordedEvent, StreamRef, Tx, VersionOnly, derive_event_id, micros,
+    Command, CommandError, Decision, EventLog, EventLogError, Executed, ExpectedVersion, Fence,
+    Loaded, Metadata, NewEvent, RecordedEvent, StreamRef, Tx, VersionOnly, derive_event_id, micros,
     now_micros, timestamp,
 };
 use switchboard_proto::webhooks::v1::{
@@ -728,24 +728,27 @@ impl WebhooksService {
         message_id: &str,
         event: NewEvent,
     ) -> Result<(), EventLogError> {
-        self.append_to_message_at(workspace_id, message_id, None, event)
+        self.append_to_message_at(workspace_id, message_id, None, event, None)
             .await
     }
 
     /// Like [`WebhooksService::append_to_message`], trying `known_version` (from the read
-    /// model) first, so the common case reads nothing.
+    /// model) first, so the common case reads nothing, and only while `fence`'s lease is
+    /// held when there is one (the dispatcher's records).
     pub async fn append_to_message_at(
         &self,
         workspace_id: &str,
         message_id: &str,
         known_version: Option<u64>,
         event: NewEvent,
+        fence: Option<&Fence>,
     ) -> Result<(), EventLogError> {
         let stream = message_stream(workspace_id, message_id);
         let known = known_version.filter(|v| *v > 0);
         // Loads after the known version's attempt: eleven, as before.
         let mut command = Command::new(&self.log, &stream)
-            .attempts(MESSAGE_ATTEMPTS + u32::from(known.is_some()));
+            .attempts(MESSAGE_ATTEMPTS + u32::from(known.is_some()))
+            .fenced(fence);
         if let Some(version) = known {
             command = command.starting_from(Loaded::new((), version));
         }

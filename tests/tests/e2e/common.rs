@@ -151,6 +151,21 @@ impl Process {
         child.wait().unwrap()
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running process: `STOP` freezes it as a
+    /// hung host would, its connections open and silent.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+    }
+
     pub fn run_to_end(&self, args: &[&str]) -> std::process::Output {
         Command::new(&self.bin)
             .args(args)
@@ -279,12 +294,14 @@ impl Hooks {
         self.got.lock().unwrap().clone()
     }
 
-    /// What arrived, a repeated delivery (at least once: the same webhook-id again, right
-    /// after the first) counted once.
+    /// What arrived, a repeated delivery (at least once: the same webhook-id again)
+    /// counted once, where it first arrived.
     pub fn distinct(&self) -> Vec<(axum::http::HeaderMap, String)> {
-        let mut got = self.got();
-        got.dedup_by(|a, b| header(&a.0, "webhook-id") == header(&b.0, "webhook-id"));
-        got
+        let mut seen = std::collections::HashSet::new();
+        self.got()
+            .into_iter()
+            .filter(|(h, _)| seen.insert(header(h, "webhook-id")))
+            .collect()
     }
 
     /// Waits until at least `n` distinct messages arrived (up to a minute); returns them.
@@ -749,6 +766,95 @@ impl SilentLink {
     pub fn restore(&self) {
         self.cut.send_replace(false);
     }
+}
+
+/// Steady load: a customer message to each of `ids` in turn, every `every`, until stopped.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<std::collections::HashMap<String, usize>>,
+}
+
+impl Load {
+    pub fn start(
+        client: ConversationsClient<GrpcChannel>,
+        ids: &[String],
+        every: Duration,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (stop, ids, mut client) = (stop.clone(), ids.to_vec(), client);
+            async move {
+                let mut sent = std::collections::HashMap::<String, usize>::new();
+                let mut n = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let id = &ids[n % ids.len()];
+                    n += 1;
+                    client
+                        .add_message(AddMessageRequest {
+                            workspace_id: WS.into(),
+                            conversation_id: id.clone(),
+                            author: Author::Customer as i32,
+                            kind: MessageKind::Text as i32,
+                            text: format!("message {n}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    *sent.entry(id.clone()).or_default() += 1;
+                    tokio::time::sleep(every).await;
+                }
+                sent
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the load; how many messages each conversation was sent.
+    pub async fn stop(self) -> std::collections::HashMap<String, usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
+
+/// Each conversation's webhook sequence numbers, a message sent again counted once.
+pub fn lanes(hooks: &Hooks) -> std::collections::HashMap<String, Vec<u64>> {
+    let mut lanes = std::collections::HashMap::<String, Vec<u64>>::new();
+    for (headers, _) in hooks.distinct() {
+        lanes
+            .entry(header(&headers, "webhook-conversation"))
+            .or_default()
+            .push(header(&headers, "webhook-sequence").parse().unwrap());
+    }
+    lanes
+}
+
+/// The process holding the lease `name` in `schema` (its holder names the pid), if any
+/// holds it now.
+pub async fn lease_holder_pid(schema: &str, name: &str) -> Option<u32> {
+    let pool = sqlx::PgPool::connect(&switchboard_eventlog::testing::database_url())
+        .await
+        .unwrap();
+    let holder: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT holder FROM \"{schema}\".leases WHERE name = $1 AND expires_at > clock_timestamp()"
+    )))
+    .bind(name)
+    .fetch_optional(&pool)
+    .await
+    .ok()
+    .flatten();
+    pool.close().await;
+    holder.and_then(|(holder,)| holder.split('/').nth(1)?.parse().ok())
+}
+
+/// A process's `/metrics` text.
+pub async fn metrics(http_port: u16) -> String {
+    switchboard_outbound::install_crypto_provider();
+    reqwest::get(format!("http://127.0.0.1:{http_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// `/readyz` of a process: its status and body.

@@ -10,9 +10,10 @@ use switchboard_proto::conversations::v1::{AddMessageRequest, StartConversationR
 use switchboard_proto::events::v1::{Author, Channel, MessageKind};
 
 use crate::common::{
-    Partner, Process, SilentLink, WS, actions_client, agent_says, create_endpoint, customer_says,
-    drop_schema, flow_edge, flow_node, free_port, header, new_conversation, post_action,
-    published_flow, readyz, say_node, serve_env, start_and_talk, webhook_receiver, webhooks_env,
+    Load, Partner, Process, SilentLink, WS, actions_client, agent_says, create_endpoint,
+    customer_says, drop_schema, flow_edge, flow_node, free_port, header, lanes, lease_holder_pid,
+    metrics, new_conversation, post_action, published_flow, readyz, say_node, serve_env,
+    start_and_talk, webhook_receiver, webhooks_env,
 };
 
 /// NATS goes away and comes back, and the process is killed in the middle of a delivery:
@@ -337,4 +338,142 @@ async fn a_silent_database_fails_calls_fast_and_readyz_says_so() {
     assert!(back, "the service did not come back with its database");
     assert!(process.terminate().success());
     drop_schema(&format!("{schema_prefix}conversations")).await;
+}
+
+/// Two replicas of the same services share the store; the one leading every role (the
+/// conversations relay, the webhook dispatcher) is frozen with SIGSTOP under load, its
+/// connections open and silent. The other takes over within the lease term, every change
+/// reaches the receiver in order, and a webhook is sent twice only if the frozen one had
+/// an attempt of it in hand (a fault, like a crash); after SIGCONT it stands by.
+#[tokio::test]
+async fn a_frozen_leader_is_taken_over_within_its_lease_and_nothing_is_lost() {
+    use std::collections::HashMap;
+
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let conversations_schema = format!("{schema_prefix}conversations");
+    let webhooks_schema = format!("{schema_prefix}webhooks");
+    let mut env = webhooks_env(
+        &schema_prefix,
+        &switchboard_eventlog::testing::nats_url(),
+        &nats.prefix,
+    );
+    env.push(("SWITCHBOARD_LEASE_TERM_SECS".into(), "2".into()));
+    // Frozen inside a transaction, the leader holds back the relays and its lease until
+    // Postgres ends that transaction: after this, here.
+    env.push((
+        "SWITCHBOARD_DATABASE_IDLE_IN_TRANSACTION_SECS".into(),
+        "3".into(),
+    ));
+    let args = [
+        "serve",
+        "--services",
+        "conversations,webhooks",
+        "--allow-unauthenticated",
+    ];
+    let mut leader = Process::new(&args, env.clone());
+    leader.start().await;
+    let holds = |pid: u32| {
+        let (conversations_schema, webhooks_schema) =
+            (conversations_schema.clone(), webhooks_schema.clone());
+        async move {
+            lease_holder_pid(&conversations_schema, "relay:conversations").await == Some(pid)
+                && lease_holder_pid(&webhooks_schema, "webhooks-dispatcher").await == Some(pid)
+        }
+    };
+    let mut led = false;
+    for _ in 0..200 {
+        if holds(leader.pid()).await {
+            led = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(led, "the first replica leads every role");
+    let mut standby = Process::new(&args, env);
+    let client = standby.start().await;
+    let (addr, hooks) = webhook_receiver().await;
+    create_endpoint(standby.grpc_port, addr).await;
+
+    // Steady load through the standby: five conversations, a message every 20 ms.
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(new_conversation(&mut client.clone(), &format!("frozen-{n}")).await);
+    }
+    let load = Load::start(client.clone(), &ids, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    leader.signal("STOP");
+    let frozen_at = std::time::Instant::now();
+    let frozen_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut taken = None;
+    while frozen_at.elapsed() < Duration::from_secs(30) {
+        if holds(standby.pid()).await {
+            taken = Some(frozen_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken = taken.expect("the standby took every role over");
+    // The term (2 s), or the idle transaction's end (3 s) if the leader froze inside a
+    // fenced write, then a standby's next ask (1 s) and a slow machine's slack.
+    assert!(taken < Duration::from_secs(10), "took over after {taken:?}");
+    // The new holder says so, and how far behind its relay is.
+    let mut exported = String::new();
+    for _ in 0..100 {
+        exported = metrics(standby.http_port).await;
+        if exported.contains("relay_lag_events{service=\"conversations\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        exported.contains("lease_held{lease=\"relay:conversations\"} 1"),
+        "{exported}"
+    );
+    assert!(exported.contains("relay_lag_events{service=\"conversations\"}"));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    leader.signal("CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = load.stop().await;
+    assert!(
+        holds(standby.pid()).await,
+        "the replica that woke up stands by"
+    );
+
+    // Per conversation: created, then one update per message.
+    let expected: usize = ids.iter().map(|id| 1 + sent.get(id).unwrap_or(&0)).sum();
+    let got = hooks.wait_for(expected).await;
+    let lanes = lanes(&hooks);
+    assert_eq!(got.len(), expected, "every change arrived");
+    for id in &ids {
+        let lane = &lanes[id];
+        let in_order: Vec<u64> = (1..=lane.len() as u64).collect();
+        assert_eq!(lane, &in_order, "{id}: nothing lost, in order");
+    }
+    // A message goes out twice only if the frozen leader had an attempt of it in hand:
+    // one of its copies was signed (webhook-timestamp) by the time of the freeze.
+    let mut copies: HashMap<String, Vec<u64>> = HashMap::new();
+    for (headers, _) in hooks.got() {
+        copies
+            .entry(header(&headers, "webhook-id"))
+            .or_default()
+            .push(header(&headers, "webhook-timestamp").parse().unwrap());
+    }
+    for (id, stamps) in copies {
+        assert!(
+            stamps.len() == 1 || stamps.iter().any(|&at| at <= frozen_unix),
+            "{id} was sent {} times, none of them prepared before the freeze",
+            stamps.len()
+        );
+    }
+
+    assert_eq!(standby.terminate().code(), Some(0));
+    assert_eq!(leader.terminate().code(), Some(0));
+    drop_schema(&conversations_schema).await;
+    drop_schema(&webhooks_schema).await;
 }

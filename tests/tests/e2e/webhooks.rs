@@ -5,8 +5,8 @@
 use switchboard_eventlog::testing::{TestNats, unique_name};
 
 use crate::common::{
-    Process, WS, create_endpoint, drop_schema, flow_edge, flow_node, header, start_and_talk,
-    webhook_receiver, webhooks_env,
+    Load, Process, WS, create_endpoint, drop_schema, flow_edge, flow_node, header, lanes,
+    new_conversation, start_and_talk, webhook_receiver, webhooks_env,
 };
 
 /// Production mode: conversations publish to NATS, the webhooks service fans their public
@@ -148,4 +148,64 @@ async fn dev_delivers_webhooks_and_serves_flows() {
     assert_eq!(published.published_version, 1);
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With no fault at all, under steady load and while a backlog drains, every webhook is
+/// POSTed exactly once, and each conversation's sequence arrives whole and in order.
+#[tokio::test]
+async fn under_load_without_a_fault_no_webhook_is_posted_twice() {
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let env = webhooks_env(
+        &schema_prefix,
+        &switchboard_eventlog::testing::nats_url(),
+        &nats.prefix,
+    );
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,webhooks",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    let client = process.start().await;
+    let (addr, hooks) = webhook_receiver().await;
+    create_endpoint(process.grpc_port, addr).await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(new_conversation(&mut client.clone(), &format!("steady-{n}")).await);
+    }
+    // As fast as one caller goes (a backlog builds), then paced.
+    let burst = Load::start(client.clone(), &ids, std::time::Duration::ZERO);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut sent = burst.stop().await;
+    let paced = Load::start(client.clone(), &ids, std::time::Duration::from_millis(5));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for (id, n) in paced.stop().await {
+        *sent.entry(id).or_default() += n;
+    }
+
+    let expected: usize = ids.iter().map(|id| 1 + sent.get(id).unwrap_or(&0)).sum();
+    assert_eq!(hooks.wait_for(expected).await.len(), expected);
+    // Anything sent twice would have come right behind.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = hooks.got();
+    let twice: Vec<String> = got
+        .iter()
+        .map(|(h, _)| header(h, "webhook-id"))
+        .filter(|id| hooks.times(id) > 1)
+        .collect();
+    assert!(twice.is_empty(), "POSTed more than once: {twice:?}");
+    assert_eq!(got.len(), expected);
+    let lanes = lanes(&hooks);
+    for id in &ids {
+        let in_order: Vec<u64> = (1..=lanes[id].len() as u64).collect();
+        assert_eq!(lanes[id], in_order, "{id}");
+    }
+
+    assert_eq!(process.terminate().code(), Some(0));
+    drop_schema(&format!("{schema_prefix}conversations")).await;
+    drop_schema(&format!("{schema_prefix}webhooks")).await;
 }

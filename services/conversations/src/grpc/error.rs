@@ -57,7 +57,9 @@ fn internal(e: switchboard_eventlog::EventLogError) -> Status {
         E::Conflict { .. } => {
             codes::CONV_CONTENDED.status("the conversation is changing too fast; retry")
         }
-        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } => codes::CONV_STORE_REFUSED
-            .status("the conversation store refused the change; see the server log"),
+        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } | E::Fenced { .. } => {
+            codes::CONV_STORE_REFUSED
+                .status("the conversation store refused the change; see the server log")
+        }
     }
 }

@@ -41,7 +41,7 @@ fn internal(e: switchboard_eventlog::EventLogError) -> Status {
         E::Conflict { .. } => {
             codes::INS_CONTENDED.status("the workspace's insights are changing too fast; retry")
         }
-        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } => {
+        E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } | E::Fenced { .. } => {
             tracing::error!(error = %e, "insights: internal error");
             codes::INS_STORE_REFUSED
                 .status("the insights store refused the request; see the server log")

@@ -58,7 +58,7 @@ pub(crate) async fn run(rows: &mut Vec<Row>, scale: f64) {
     let started = Instant::now();
     let mut passed = 0;
     while passed < n / 100 * 100 {
-        passed += relay.publish_pending().await.unwrap();
+        passed += relay.publish_pending(None).await.unwrap();
     }
     let ours = started.elapsed();
     assert_eq!(passed, n / 100 * 100);
