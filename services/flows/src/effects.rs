@@ -233,8 +233,33 @@ impl Connexease for switchboard_clients::ConnexeaseClient {
             })
             .await
             .map_err(from_status)?;
-        Ok(json!({ "operation": operation, "result": format!("{result:?}") }))
+        operation_outcome(result)
     }
+}
+
+/// A Connexease operation's result as the run sees it: a failed operation takes the
+/// failure route with Connexease's error (in `nodes.<id>.error`); a done one gives what
+/// Connexease answered as the node's outputs.
+fn operation_outcome(
+    result: switchboard_proto::connexease::v1::OperationResult,
+) -> Result<Json, PortError> {
+    if !result.ok {
+        return Err(PortError::Refused(if result.error.is_empty() {
+            format!("the Connexease operation {} failed", result.operation)
+        } else {
+            result.error
+        }));
+    }
+    let response = serde_json::from_str::<Json>(&result.response_json)
+        .unwrap_or(Json::String(result.response_json));
+    Ok(json!({
+        "operation": result.operation,
+        "external_conversation_id": result.external_conversation_id,
+        "external_customer_id": result.external_customer_id,
+        "attempts": result.attempts,
+        "replayed": result.replayed,
+        "response": response,
+    }))
 }
 
 /// The event types [`Effects`] carries out.
@@ -391,5 +416,33 @@ impl Handler for Effects {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_proto::connexease::v1::OperationResult;
+
+    #[test]
+    fn a_failed_operation_is_a_refusal_and_a_done_one_gives_its_answer() {
+        let failed = operation_outcome(OperationResult {
+            operation: "assign_group".into(),
+            ok: false,
+            error: "no group `billing`".into(),
+            ..Default::default()
+        });
+        assert!(matches!(failed, Err(PortError::Refused(e)) if e == "no group `billing`"));
+        let done = operation_outcome(OperationResult {
+            operation: "assign_group".into(),
+            ok: true,
+            external_conversation_id: "c_1".into(),
+            response_json: r#"{"group_id": "grp_billing"}"#.into(),
+            attempts: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(done["response"]["group_id"], "grp_billing");
+        assert_eq!(done["external_conversation_id"], "c_1");
     }
 }

@@ -7,7 +7,10 @@ use switchboard_proto::actions::v1::{
     Outcome,
 };
 
-use crate::common::{Process, WS, actions_client, start_and_talk};
+use crate::common::{
+    Process, WS, actions_client, agent_says, customer_says, flow_edge, flow_node, new_conversation,
+    published_flow, say_node, start_and_talk,
+};
 
 /// `dev` runs the Connexease simulator and connects workspaces to it on first use: a
 /// `connexease` action assigns a group there, end to end through actions, connexease and
@@ -90,6 +93,97 @@ async fn dev_runs_connexease_actions_against_the_simulator() {
     )
     .unwrap();
     assert_eq!(state["conversations"][&external]["group_id"], "grp_billing");
+    assert!(process.terminate().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A flow's Connexease node routes on the operation's outcome: one Connexease refuses
+/// (an unknown conversation) takes the failure route with Connexease's error in the run's
+/// variables; one it carries out takes the success route.
+#[tokio::test]
+async fn dev_flows_route_connexease_operations_on_their_outcome() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    let mut conversations = process.start().await;
+    switchboard_outbound::install_crypto_provider();
+    let sim = format!("http://127.0.0.1:{}", process.sim_port);
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{sim}/sim/conversations"))
+        .header("content-type", "application/json")
+        .body(r#"{"customer_name": "Lin"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let external = created["data"]["id"].as_str().unwrap().to_owned();
+
+    published_flow(
+        process.grpc_port,
+        "route_to_billing",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "which",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.external".into(),
+                        validation: "none".into(),
+                        ..Default::default()
+                    }),
+                ),
+                flow_node(
+                    "assign",
+                    node::Kind::Connexease(ConnexeaseOperation {
+                        operation: "assign_group".into(),
+                        arguments: [
+                            ("group".to_owned(), "billing".to_owned()),
+                            (
+                                "external_conversation_id".to_owned(),
+                                "{{ session.external }}".to_owned(),
+                            ),
+                        ]
+                        .into(),
+                    }),
+                ),
+                say_node("assigned", "Billing has it."),
+                say_node("refused", "Not assigned: {{ nodes.assign.error }}"),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "which", ""),
+                flow_edge("which", "assign", ""),
+                flow_edge("assign", "assigned", "success"),
+                flow_edge("assign", "refused", "failure"),
+                flow_edge("assigned", "end", ""),
+                flow_edge("refused", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let refused = new_conversation(&mut conversations, "unknown-conversation").await;
+    customer_says(&mut conversations, &refused, "no-such-conversation").await;
+    let said = agent_says(&mut conversations, &refused, 1).await;
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].starts_with("Not assigned: "), "{said:?}");
+    assert!(
+        said[0].len() > "Not assigned: ".len(),
+        "the error is named: {said:?}"
+    );
+
+    let assigned = new_conversation(&mut conversations, "known-conversation").await;
+    customer_says(&mut conversations, &assigned, &external).await;
+    assert_eq!(
+        agent_says(&mut conversations, &assigned, 1).await,
+        ["Billing has it."]
+    );
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);
 }
