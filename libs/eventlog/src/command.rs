@@ -277,6 +277,10 @@ pub enum CommandError<E> {
         /// The version the stream was at instead.
         actual: u64,
     },
+    /// The request id was already used by a request with another body: answering with
+    /// that request's result would be wrong, and so would doing this one.
+    #[error("the request id was already used for a different request")]
+    RequestReused,
     /// The log failed (not a race).
     #[error(transparent)]
     Log(#[from] EventLogError),
@@ -299,9 +303,26 @@ impl<E> CommandError<E> {
                 expected: expected.to_string(),
                 actual,
             }),
+            Self::RequestReused => Ok(EventLogError::Invalid {
+                field: "request_id",
+                reason: "already used for a different request".into(),
+            }),
             Self::Log(e) => Ok(e),
         }
     }
+}
+
+/// Refuses events found under this request's ids that a request with another body stored.
+/// Events stored without a digest (before digests were kept, or by a caller that gives
+/// none) are not compared.
+fn refuse_reuse<E>(fingerprint: &str, original: &[RecordedEvent]) -> Result<(), CommandError<E>> {
+    let stored = original
+        .first()
+        .map_or("", |e| e.metadata.request_hash.as_str());
+    if fingerprint.is_empty() || stored.is_empty() || stored == fingerprint {
+        return Ok(());
+    }
+    Err(CommandError::RequestReused)
 }
 
 /// The idempotency key of a request: its events' ids are derived from it.
@@ -333,6 +354,8 @@ pub struct Command<'a, S> {
     key: Option<RequestKey>,
     start: Option<Loaded<S>>,
     fence: Option<&'a Fence>,
+    /// Digest of the request's body, kept with its events and compared on a repeat.
+    fingerprint: String,
 }
 
 impl<'a, S> Command<'a, S> {
@@ -345,7 +368,17 @@ impl<'a, S> Command<'a, S> {
             key: None,
             start: None,
             fence: None,
+            fingerprint: String::new(),
         }
+    }
+
+    /// The digest of the request's body (empty: not compared). Stored in the metadata of
+    /// the events; a repeated request (its events found under their ids, derived from its
+    /// request id) with another digest is [`CommandError::RequestReused`] instead of the
+    /// original's result (the Stripe rule).
+    pub fn fingerprint(mut self, fingerprint: &str) -> Self {
+        self.fingerprint = fingerprint.to_owned();
+        self
     }
 
     /// Appends only while `fence`'s lease is held ([`EventLog::append_fenced`]): the write
@@ -426,6 +459,7 @@ impl<'a, S> Command<'a, S> {
             key,
             mut start,
             fence,
+            fingerprint,
         } = self;
         let mut lost = (ExpectedVersion::NoStream, 0);
         for _ in 0..attempts {
@@ -440,6 +474,9 @@ impl<'a, S> Command<'a, S> {
                         Some(key) => original_events(log, key).await?,
                         None => None,
                     };
+                    if let Some(original) = &original {
+                        refuse_reuse(&fingerprint, original)?;
+                    }
                     return Err(CommandError::Rejected { error, original });
                 }
             };
@@ -450,10 +487,11 @@ impl<'a, S> Command<'a, S> {
                     output,
                 });
             }
-            if let Some(key) = &key {
-                for (index, event) in events.iter_mut().enumerate() {
+            for (index, event) in events.iter_mut().enumerate() {
+                if let Some(key) = &key {
                     event.event_id = key.event_id(index);
                 }
+                event.metadata.request_hash.clone_from(&fingerprint);
             }
             let expected = loaded.expected();
             let appended = match tx.as_deref_mut() {
@@ -467,7 +505,10 @@ impl<'a, S> Command<'a, S> {
                 Ok(Appended {
                     events,
                     duplicate: true,
-                }) => return Ok(Executed::Duplicate { events, output }),
+                }) => {
+                    refuse_reuse(&fingerprint, &events)?;
+                    return Ok(Executed::Duplicate { events, output });
+                }
                 Ok(Appended { events, .. }) => {
                     for event in &events {
                         aggregate.apply(&mut loaded.state, event)?;
@@ -710,6 +751,44 @@ mod tests {
             err.into_log_error(),
             Ok(EventLogError::Conflict { actual: 3, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_request_id_sent_again_with_another_body_is_refused() {
+        let t = temp_log().await;
+        let stream = StreamRef::new("counter", "ws_1/c_2");
+        let counter = Counter::new(false);
+        let run = |fingerprint: &'static str| {
+            Command::new(&t.log, &stream)
+                .request("ws_1", "req_1")
+                .fingerprint(fingerprint)
+                .run(&counter, count(1))
+        };
+        let Executed::Appended { events, .. } = run("body-a").await.unwrap() else {
+            panic!("appended");
+        };
+        assert_eq!(events[0].metadata.request_hash, "body-a");
+        assert!(matches!(
+            run("body-a").await.unwrap(),
+            Executed::Duplicate { .. }
+        ));
+        assert!(matches!(
+            run("body-b").await.unwrap_err(),
+            CommandError::RequestReused
+        ));
+        // A caller that gives no digest is not compared.
+        assert!(matches!(run("").await.unwrap(), Executed::Duplicate { .. }));
+        // Refused by the new state, the original found: compared all the same.
+        let refused = Command::new(&t.log, &stream)
+            .request("ws_1", "req_1")
+            .fingerprint("body-b")
+            .run(&counter, |_: &Loaded<u64>| {
+                Err::<Decision<()>, _>("already counted")
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, CommandError::RequestReused));
+        assert_eq!(t.log.read_stream(&stream, 0, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

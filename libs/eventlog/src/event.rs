@@ -99,6 +99,11 @@ pub struct Metadata {
     /// own work.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub actor: String,
+    /// A digest of the request that stored the event under its request id, so the same id
+    /// sent again with another body is refused rather than answered with this result.
+    /// Kept in the log only, not on NATS.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_hash: String,
 }
 
 /// An event to append.
@@ -220,6 +225,7 @@ impl RecordedEvent {
                 traceparent: envelope.traceparent,
                 tracestate: envelope.tracestate,
                 actor: envelope.actor,
+                request_hash: String::new(),
                 occurred_at: envelope
                     .occurred_at
                     .as_ref()
@@ -287,6 +293,7 @@ mod tests {
                 tracestate: "vendor=1".into(),
                 occurred_at: 1_700_000_000_123_456,
                 actor: "api_key:key_1".into(),
+                request_hash: String::new(),
             },
             recorded_at: -1_500_001,
         };

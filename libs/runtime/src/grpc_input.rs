@@ -14,6 +14,7 @@ use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt as _;
 use prost_reflect::{DescriptorPool, DynamicMessage, MapKey, MessageDescriptor, Value};
+use sha2::{Digest as _, Sha256};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
@@ -75,9 +76,100 @@ fn nul_in(value: &Value, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// What is wrong with a unary request's frames for `input`, if anything.
-fn check(mut body: Bytes, input: &MessageDescriptor) -> Option<tonic::Status> {
+/// The name of the idempotency key field requests carry.
+const REQUEST_ID: &str = "request_id";
+
+/// A digest of `message` as a request body, its request id left out: the same for the
+/// same request however its encoder ordered maps or fields, different for any other
+/// value. Empty when the message carries no request id.
+fn request_hash(message: &DynamicMessage) -> String {
+    let carries_id = message
+        .get_field_by_name(REQUEST_ID)
+        .is_some_and(|id| id.as_str().is_some_and(|id| !id.is_empty()));
+    if !carries_id {
+        return String::new();
+    }
+    let mut hasher = Sha256::new();
+    digest_message(message, true, &mut hasher);
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// Feeds `message`'s set fields into `hasher` in field-number order, each with its number
+/// and length-prefixed, map entries sorted by key.
+fn digest_message(message: &DynamicMessage, top: bool, hasher: &mut Sha256) {
+    let mut fields: Vec<_> = message
+        .fields()
+        .filter(|(field, _)| !(top && field.name() == REQUEST_ID))
+        .collect();
+    fields.sort_by_key(|(field, _)| field.number());
+    for (field, value) in fields {
+        hasher.update(field.number().to_be_bytes());
+        digest_value(value, hasher);
+    }
+    hasher.update(b"}");
+}
+
+fn digest_value(value: &Value, hasher: &mut Sha256) {
+    let mut bytes = |tag: u8, data: &[u8]| {
+        hasher.update([tag]);
+        hasher.update((data.len() as u64).to_be_bytes());
+        hasher.update(data);
+    };
+    match value {
+        Value::Bool(v) => bytes(b'b', &[u8::from(*v)]),
+        Value::I32(v) | Value::EnumNumber(v) => bytes(b'i', &v.to_be_bytes()),
+        Value::I64(v) => bytes(b'l', &v.to_be_bytes()),
+        Value::U32(v) => bytes(b'u', &v.to_be_bytes()),
+        Value::U64(v) => bytes(b'v', &v.to_be_bytes()),
+        Value::F32(v) => bytes(b'f', &v.to_be_bytes()),
+        Value::F64(v) => bytes(b'd', &v.to_be_bytes()),
+        Value::String(v) => bytes(b's', v.as_bytes()),
+        Value::Bytes(v) => bytes(b'y', v),
+        Value::Message(m) => {
+            hasher.update(b"{");
+            digest_message(m, false, hasher);
+        }
+        Value::List(items) => {
+            hasher.update(b"[");
+            hasher.update((items.len() as u64).to_be_bytes());
+            for item in items {
+                digest_value(item, hasher);
+            }
+        }
+        Value::Map(entries) => {
+            let mut sorted: Vec<(Value, &Value)> = entries
+                .iter()
+                .map(|(key, item)| (Value::from(key.clone()), item))
+                .collect();
+            sorted.sort_by(|a, b| map_key_order(&a.0, &b.0));
+            hasher.update(b"<");
+            hasher.update((sorted.len() as u64).to_be_bytes());
+            for (key, item) in sorted {
+                digest_value(&key, hasher);
+                digest_value(item, hasher);
+            }
+        }
+    }
+}
+
+/// Orders map keys (strings, integers or booleans) by value.
+fn map_key_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a, b) {
+        (Value::String(a), Value::String(b)) => a.cmp(b),
+        (Value::I32(a), Value::I32(b)) => a.cmp(b),
+        (Value::I64(a), Value::I64(b)) => a.cmp(b),
+        (Value::U32(a), Value::U32(b)) => a.cmp(b),
+        (Value::U64(a), Value::U64(b)) => a.cmp(b),
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+/// What a unary request's frames hold for `input`: what is wrong with them, if anything,
+/// else the request's digest ([`request_hash`]).
+fn check(mut body: Bytes, input: &MessageDescriptor) -> Result<String, tonic::Status> {
     let mut problems = Vec::new();
+    let mut hash = String::new();
     while body.has_remaining() {
         if body.remaining() < 5 {
             problems.push(("body".to_owned(), "a truncated gRPC frame".to_owned()));
@@ -99,6 +191,7 @@ fn check(mut body: Bytes, input: &MessageDescriptor) -> Option<tonic::Status> {
                 format!("not a valid {}: {e}", input.full_name()),
             )),
             Ok(message) => {
+                hash = request_hash(&message);
                 let mut fields = Vec::new();
                 nul_fields(&message, "", &mut fields);
                 problems.extend(fields.into_iter().map(|f| {
@@ -110,8 +203,14 @@ fn check(mut body: Bytes, input: &MessageDescriptor) -> Option<tonic::Status> {
             }
         }
     }
-    (!problems.is_empty())
-        .then(|| crate::requests::invalid_argument(codes::RPC_INVALID_INPUT.id, problems))
+    if problems.is_empty() {
+        Ok(hash)
+    } else {
+        Err(crate::requests::invalid_argument(
+            codes::RPC_INVALID_INPUT.id,
+            problems,
+        ))
+    }
 }
 
 /// Refuses malformed requests and NUL characters before the service sees them.
@@ -166,15 +265,17 @@ where
                     return Ok(status.into_http());
                 }
             };
-            if let Some(status) = check(bytes.clone(), &input) {
-                tracing::debug!(%path, message = status.message(), "refused malformed input");
-                return Ok(status.into_http());
-            }
-            inner
-                .call(http::Request::from_parts(
-                    parts,
-                    Body::new(http_body_util::Full::new(bytes)),
-                ))
+            let hash = match check(bytes.clone(), &input) {
+                Ok(hash) => hash,
+                Err(status) => {
+                    tracing::debug!(%path, message = status.message(), "refused malformed input");
+                    return Ok(status.into_http());
+                }
+            };
+            let request =
+                http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+            crate::requests::REQUEST_HASH
+                .scope(hash, inner.call(request))
                 .await
         })
     }
@@ -183,7 +284,7 @@ where
 #[cfg(test)]
 mod tests {
     use prost_reflect::prost::Message as _;
-    use switchboard_proto::conversations::v1::StartConversationRequest;
+    use switchboard_proto::conversations::v1::{SetMetafieldsRequest, StartConversationRequest};
     use switchboard_proto::events::v1::Lead;
 
     use super::*;
@@ -209,7 +310,7 @@ mod tests {
             metafields: [("plan".to_owned(), "p\0".to_owned())].into(),
             ..Default::default()
         };
-        let status = check(framed(&request.encode_to_vec()), &input).expect("refused");
+        let status = check(framed(&request.encode_to_vec()), &input).expect_err("refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         for field in ["user_id", "lead.name", "metafields[plan]"] {
             assert!(
@@ -220,13 +321,61 @@ mod tests {
         }
         // A length-delimited field 3 where the schema has an enum: not this message.
         let garbage = [0x1a, 0x02, b'h', b'i'];
-        let status = check(framed(&garbage), &input).expect("refused");
+        let status = check(framed(&garbage), &input).expect_err("refused");
         assert!(status.message().contains("body"), "{}", status.message());
         let fine = StartConversationRequest {
             workspace_id: "ws_1".into(),
             ..Default::default()
         };
-        assert!(check(framed(&fine.encode_to_vec()), &input).is_none());
+        assert_eq!(check(framed(&fine.encode_to_vec()), &input).unwrap(), "");
         assert!(input_of("/grpc.health.v1.Health/Check").is_none());
+    }
+
+    #[test]
+    fn a_request_digest_ignores_its_id_and_map_order_and_nothing_else() {
+        let input = input_of("/switchboard.conversations.v1.Conversations/SetMetafields")
+            .expect("described");
+        let digest = |request_id: &str, entries: &[(&str, &str)], version: u64| {
+            let mut metafields = std::collections::HashMap::new();
+            for (k, v) in entries {
+                metafields.insert((*k).to_owned(), (*v).to_owned());
+            }
+            let request = SetMetafieldsRequest {
+                workspace_id: "ws_1".into(),
+                request_id: request_id.into(),
+                conversation_id: "conv_1".into(),
+                metafields,
+                expected_version: version,
+            };
+            check(framed(&request.encode_to_vec()), &input).unwrap()
+        };
+        let many: Vec<(String, String)> = (0..40)
+            .map(|i| (format!("k{i}"), format!("v{i}")))
+            .collect();
+        let forward: Vec<(&str, &str)> =
+            many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let backward: Vec<(&str, &str)> = forward.iter().rev().copied().collect();
+        let first = digest("req_1", &forward, 0);
+        assert_eq!(first.len(), 32);
+        assert_eq!(
+            first,
+            digest("req_1", &backward, 0),
+            "map order does not count"
+        );
+        assert_eq!(
+            first,
+            digest("req_2", &forward, 0),
+            "the id itself does not count"
+        );
+        assert_ne!(first, digest("req_1", &forward[1..], 0));
+        assert_ne!(first, digest("req_1", &forward, 3));
+        let mut changed = forward.clone();
+        changed[0] = ("k0", "other");
+        assert_ne!(first, digest("req_1", &changed, 0));
+        assert_eq!(
+            digest("", &forward, 0),
+            "",
+            "no request id, nothing to compare"
+        );
     }
 }

@@ -82,6 +82,16 @@ mod tests {
 tokio::task_local! {
     /// Who the call being handled acts for; set by [`ActorLayer`].
     static ACTOR: String;
+    /// The digest of the call's request without its request id; set by the input check.
+    pub(crate) static REQUEST_HASH: String;
+}
+
+/// A digest of the request being handled, its `request_id` left out (empty when the call
+/// carries no request id, or was not checked): what a service stores beside a request's
+/// events so the same request id sent with another body is refused
+/// (`switchboard_eventlog::Command::fingerprint`).
+pub fn current_request_hash() -> String {
+    REQUEST_HASH.try_with(Clone::clone).unwrap_or_default()
 }
 
 /// Who the call being handled acts for (`api_key:<id>`, from the

@@ -396,6 +396,7 @@ impl ActionService {
         let executed = eventlog::Command::new(&self.log, &stream)
             .attempts(MAX_ATTEMPTS)
             .request(&ctx.workspace_id, &ctx.request_id)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(
                 &Actions,
                 |loaded: &Loaded<Option<ActionDefinition>>| -> Result<_, DomainError> {
@@ -449,6 +450,7 @@ impl ActionService {
                 }
             }
             Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::RequestReused) => Err(request_id_reused()),
             Err(CommandError::Log(EventLogError::Database(e))) if is_unique_violation(&e) => {
                 Err(DomainError::Invalid(vec![FieldViolation {
                     field: "name".into(),

@@ -305,6 +305,7 @@ impl ConnexeaseService {
             Ok(()) => {}
             Err(CommandError::Rejected { error, .. }) => match error {},
             Err(CommandError::Contended { .. }) => return Err(ServiceError::Contended),
+            Err(CommandError::RequestReused) => return Err(reused()),
             Err(CommandError::Log(e)) => return Err(e.into()),
         }
         let directory = self.sync_directory(workspace_id).await?;
@@ -350,6 +351,7 @@ impl ConnexeaseService {
             Ok(executed) => Ok(executed.into_output()),
             Err(CommandError::Rejected { error, .. }) => Err(error),
             Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::RequestReused) => Err(reused()),
             Err(CommandError::Log(e)) => Err(e.into()),
         }
     }
@@ -412,6 +414,7 @@ impl ConnexeaseService {
             // Another sync recorded the same directory first: either is right.
             Ok(()) | Err(CommandError::Contended { .. }) => Ok(directory),
             Err(CommandError::Rejected { error, .. }) => match error {},
+            Err(CommandError::RequestReused) => Err(reused()),
             Err(CommandError::Log(e)) => Err(e.into()),
         }
     }
@@ -658,6 +661,7 @@ impl ConnexeaseService {
             Ok(_) => Ok(()),
             Err(CommandError::Rejected { error, .. }) => match error {},
             Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::RequestReused) => Err(reused()),
             Err(CommandError::Log(e)) => Err(e.into()),
         }
     }
@@ -804,4 +808,14 @@ fn directory_from(body: &serde_json::Value) -> Directory {
             .collect(),
         synced_at: None,
     }
+}
+
+/// Connexease's commands carry no request digest, so none finds its request id reused;
+/// were one to, it is the caller's mistake, as the log reports it.
+fn reused() -> ServiceError {
+    EventLogError::Invalid {
+        field: "request_id",
+        reason: "already used for a different request".into(),
+    }
+    .into()
 }

@@ -313,43 +313,16 @@ pub fn decide(
             sentiment,
         } => {
             let mut v = Violations::default();
-            let author = v.enumeration("author", *author, Author::try_from, Author::Unspecified);
-            let kind = v.enumeration(
-                "kind",
-                *kind,
-                MessageKind::try_from,
-                MessageKind::Unspecified,
-            );
-            let sentiment = v.optional_enum("sentiment", *sentiment, Sentiment::try_from);
-            match kind {
-                Some(MessageKind::Text) => v.text("text", text, true),
-                Some(MessageKind::Form) => {
-                    v.text("text", text, false);
-                    v.form(form.as_ref());
-                }
-                Some(MessageKind::Buttons) => {
-                    v.text("text", text, false);
-                    v.buttons(buttons);
-                }
-                Some(MessageKind::FormSubmission | MessageKind::ButtonClick) => v.push(
-                    "kind",
-                    "form submissions and button clicks have their own calls (SubmitForm, ClickButton)",
-                ),
-                Some(MessageKind::Unspecified) | None => {}
-            }
-            if kind != Some(MessageKind::Form) && form.is_some() {
-                v.push("form", "only a FORM message carries a form");
-            }
-            if kind != Some(MessageKind::Buttons) && !buttons.is_empty() {
-                v.push("buttons", "only a BUTTONS message carries buttons");
-            }
+            check(command, &mut v);
             v.finish()?;
             if conversation.ended {
                 return Err(ended());
             }
-            let (Some(author), Some(kind)) = (author, kind) else {
+            let (Ok(author), Ok(kind)) = (Author::try_from(*author), MessageKind::try_from(*kind))
+            else {
                 unreachable!("violations reported above")
             };
+            let sentiment = Sentiment::try_from(*sentiment).ok();
             let mut message = message_base(message_id, author, kind);
             message.text = text.clone();
             message.form = form.clone();
@@ -375,6 +348,7 @@ pub fn decide(
             values,
         } => {
             let mut v = Violations::default();
+            check(command, &mut v);
             let form = state
                 .interactive
                 .get(form_message_id)
@@ -404,9 +378,6 @@ pub fn decide(
                         {
                             v.push(format!("values[{}]", field.name), "this field is required");
                         }
-                    }
-                    for (key, value) in values {
-                        v.value(&format!("values[{}]", truncate(key)), value);
                     }
                 }
             }
@@ -472,14 +443,9 @@ pub fn decide(
         }
         Command::SetStatus { status } => {
             let mut v = Violations::default();
-            let status = v.enumeration(
-                "status",
-                *status,
-                ConversationStatus::try_from,
-                ConversationStatus::Unspecified,
-            );
+            check(command, &mut v);
             v.finish()?;
-            let status = status.expect("violations reported above") as i32;
+            let status = *status;
             if status == conversation.status {
                 return Ok(vec![]);
             }
@@ -490,7 +456,7 @@ pub fn decide(
         }
         Command::SetMetafields { metafields } => {
             let mut v = Violations::default();
-            v.metafields("metafields", metafields);
+            check(command, &mut v);
             let total = conversation
                 .metafields
                 .keys()
@@ -521,15 +487,7 @@ pub fn decide(
         }
         Command::RemoveMetafields { keys } => {
             let mut v = Violations::default();
-            if keys.is_empty() {
-                v.push("keys", "name at least one key");
-            }
-            if keys.len() > limits::METAFIELDS {
-                v.push("keys", format!("at most {} keys", limits::METAFIELDS));
-            }
-            for (i, key) in keys.iter().enumerate() {
-                v.key(&format!("keys[{i}]"), key);
-            }
+            check(command, &mut v);
             v.finish()?;
             let present: BTreeSet<String> = keys
                 .iter()
@@ -545,8 +503,7 @@ pub fn decide(
         }
         Command::Assign { group, agent } => {
             let mut v = Violations::default();
-            v.short("group", group);
-            v.short("agent", agent);
+            check(command, &mut v);
             v.finish()?;
             let assignment = Assignment {
                 group: group.clone(),
@@ -566,19 +523,10 @@ pub fn decide(
             topics,
         } => {
             let mut v = Violations::default();
-            v.short("topic", topic);
-            if topics.len() > limits::TOPICS {
-                v.push("topics", format!("at most {} topics", limits::TOPICS));
-            }
-            for (i, t) in topics.iter().enumerate() {
-                let field = format!("topics[{i}]");
-                if t.trim().is_empty() {
-                    v.push(field, "a topic is not empty");
-                } else {
-                    v.short(&field, t);
-                }
-            }
-            let sentiment = v.optional_enum("sentiment", *sentiment, Sentiment::try_from);
+            check(command, &mut v);
+            let sentiment = Sentiment::try_from(*sentiment)
+                .ok()
+                .filter(|s| *s != Sentiment::Unspecified);
             let recorded = conversation.analysis.as_ref().map(|a| &a.custom);
             let total = recorded
                 .into_iter()
@@ -595,6 +543,159 @@ pub fn decide(
                     ),
                 );
             }
+            v.finish()?;
+            let topic = match (topic.is_empty(), topics.first()) {
+                (true, Some(first)) => first.clone(),
+                _ => topic.clone(),
+            };
+            Ok(vec![DomainEvent::AnalysisRecorded(AnalysisRecorded {
+                topic,
+                sentiment: sentiment.map_or(0, |s| s as i32),
+                custom: custom.clone(),
+                topics: topics.clone(),
+            })])
+        }
+        Command::End { reason } => {
+            let mut v = Violations::default();
+            check(command, &mut v);
+            v.finish()?;
+            if conversation.ended {
+                return Err(DomainError::FailedPrecondition(
+                    switchboard_runtime::codes::CONV_ALREADY_ENDED
+                        .message("the conversation has already ended"),
+                ));
+            }
+            Ok(vec![DomainEvent::Closed(ConversationClosed {
+                reason: reason.clone(),
+            })])
+        }
+    }
+}
+
+/// The checks of `command` that need no state: every one of them, into `v`, so a request
+/// learns all its mistakes at once (the gRPC layer runs them beside the envelope's, and
+/// [`decide`] again before its own, which need the conversation).
+pub fn check(command: &Command, v: &mut Violations) {
+    match command {
+        Command::Start {
+            channel,
+            user_id,
+            lead,
+            agent_id,
+            metafields,
+            ..
+        } => {
+            v.enumeration("channel", *channel, Channel::try_from, Channel::Unspecified);
+            v.short("user_id", user_id);
+            v.short("lead.name", &lead.name);
+            v.short("agent_id", agent_id);
+            if !lead.email.is_empty() {
+                if lead.email.len() > limits::EMAIL_BYTES {
+                    v.push(
+                        "lead.email",
+                        format!("at most {} bytes", limits::EMAIL_BYTES),
+                    );
+                } else if !looks_like_email(&lead.email) {
+                    v.push("lead.email", "not an email address");
+                }
+            }
+            v.metafields("metafields", metafields);
+            if metafields.len() > limits::METAFIELDS {
+                v.push(
+                    "metafields",
+                    format!("at most {} metafields", limits::METAFIELDS),
+                );
+            }
+        }
+        Command::AddMessage {
+            author,
+            kind,
+            text,
+            form,
+            buttons,
+            sentiment,
+            ..
+        } => {
+            v.enumeration("author", *author, Author::try_from, Author::Unspecified);
+            let kind = v.enumeration(
+                "kind",
+                *kind,
+                MessageKind::try_from,
+                MessageKind::Unspecified,
+            );
+            v.optional_enum("sentiment", *sentiment, Sentiment::try_from);
+            match kind {
+                Some(MessageKind::Text) => v.text("text", text, true),
+                Some(MessageKind::Form) => {
+                    v.text("text", text, false);
+                    v.form(form.as_ref());
+                }
+                Some(MessageKind::Buttons) => {
+                    v.text("text", text, false);
+                    v.buttons(buttons);
+                }
+                Some(MessageKind::FormSubmission | MessageKind::ButtonClick) => v.push(
+                    "kind",
+                    "form submissions and button clicks have their own calls (SubmitForm, ClickButton)",
+                ),
+                Some(MessageKind::Unspecified) | None => {}
+            }
+            if kind != Some(MessageKind::Form) && form.is_some() {
+                v.push("form", "only a FORM message carries a form");
+            }
+            if kind != Some(MessageKind::Buttons) && !buttons.is_empty() {
+                v.push("buttons", "only a BUTTONS message carries buttons");
+            }
+        }
+        Command::SubmitForm { values, .. } => {
+            for (key, value) in values {
+                v.value(&format!("values[{}]", truncate(key)), value);
+            }
+        }
+        Command::ClickButton { .. } => {}
+        Command::SetStatus { status } => {
+            v.enumeration(
+                "status",
+                *status,
+                ConversationStatus::try_from,
+                ConversationStatus::Unspecified,
+            );
+        }
+        Command::SetMetafields { metafields } => v.metafields("metafields", metafields),
+        Command::RemoveMetafields { keys } => {
+            if keys.is_empty() {
+                v.push("keys", "name at least one key");
+            }
+            if keys.len() > limits::METAFIELDS {
+                v.push("keys", format!("at most {} keys", limits::METAFIELDS));
+            }
+            for (i, key) in keys.iter().enumerate() {
+                v.key(&format!("keys[{i}]"), key);
+            }
+        }
+        Command::Assign { group, agent } => {
+            v.short("group", group);
+            v.short("agent", agent);
+        }
+        Command::RecordAnalysis {
+            topic,
+            sentiment,
+            custom,
+            topics,
+        } => {
+            v.short("topic", topic);
+            if topics.len() > limits::TOPICS {
+                v.push("topics", format!("at most {} topics", limits::TOPICS));
+            }
+            for (i, t) in topics.iter().enumerate() {
+                let field = format!("topics[{i}]");
+                if t.trim().is_empty() {
+                    v.push(field, "a topic is not empty");
+                } else {
+                    v.short(&field, t);
+                }
+            }
+            let sentiment = v.optional_enum("sentiment", *sentiment, Sentiment::try_from);
             for (key, value) in custom {
                 let field = format!("custom[{}]", truncate(key));
                 v.key(&field, key);
@@ -611,33 +712,11 @@ pub fn decide(
                     "record at least one of topic, topics, sentiment or custom",
                 );
             }
-            v.finish()?;
-            let topic = match (topic.is_empty(), topics.first()) {
-                (true, Some(first)) => first.clone(),
-                _ => topic.clone(),
-            };
-            Ok(vec![DomainEvent::AnalysisRecorded(AnalysisRecorded {
-                topic,
-                sentiment: sentiment.map_or(0, |s| s as i32),
-                custom: custom.clone(),
-                topics: topics.clone(),
-            })])
         }
         Command::End { reason } => {
-            let mut v = Violations::default();
             if reason.len() > limits::REASON_BYTES {
                 v.push("reason", format!("at most {} bytes", limits::REASON_BYTES));
             }
-            v.finish()?;
-            if conversation.ended {
-                return Err(DomainError::FailedPrecondition(
-                    switchboard_runtime::codes::CONV_ALREADY_ENDED
-                        .message("the conversation has already ended"),
-                ));
-            }
-            Ok(vec![DomainEvent::Closed(ConversationClosed {
-                reason: reason.clone(),
-            })])
         }
     }
 }
@@ -657,27 +736,7 @@ fn decide_start(command: &Command) -> Result<Vec<DomainEvent>, DomainError> {
         unreachable!("only Start reaches here")
     };
     let mut v = Violations::default();
-    v.enumeration("channel", *channel, Channel::try_from, Channel::Unspecified);
-    v.short("user_id", user_id);
-    v.short("lead.name", &lead.name);
-    v.short("agent_id", agent_id);
-    if !lead.email.is_empty() {
-        if lead.email.len() > limits::EMAIL_BYTES {
-            v.push(
-                "lead.email",
-                format!("at most {} bytes", limits::EMAIL_BYTES),
-            );
-        } else if !looks_like_email(&lead.email) {
-            v.push("lead.email", "not an email address");
-        }
-    }
-    v.metafields("metafields", metafields);
-    if metafields.len() > limits::METAFIELDS {
-        v.push(
-            "metafields",
-            format!("at most {} metafields", limits::METAFIELDS),
-        );
-    }
+    check(command, &mut v);
     v.finish()?;
     Ok(vec![DomainEvent::Started(ConversationStarted {
         conversation_id: conversation_id.clone(),

@@ -185,6 +185,7 @@ impl ConversationService {
         let executed = eventlog::Command::new(&self.log, &stream)
             .attempts(MAX_ATTEMPTS)
             .request(&ctx.workspace_id, &ctx.request_id)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&self.aggregate(), |loaded| {
                 decide(ctx, &command, loaded, now_micros())
             })
@@ -213,6 +214,7 @@ impl ConversationService {
                 None => Err(error.into()),
             },
             Err(CommandError::Contended { .. }) => Err(ServiceError::Contended),
+            Err(CommandError::RequestReused) => Err(request_id_reused()),
             Err(CommandError::Log(e)) => Err(e.into()),
         }
     }
@@ -324,6 +326,8 @@ fn decide(
         tracestate: String::new(),
         occurred_at: now,
         actor: ctx.actor.clone(),
+        // Set by the command from the request's digest.
+        request_hash: String::new(),
     };
     let events: Vec<NewEvent> = decided
         .iter()

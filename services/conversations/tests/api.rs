@@ -690,6 +690,73 @@ async fn invalid_input_is_refused_with_field_violations(backend: Backend) {
         );
     }
 
+    // Several mistakes in one request: every one named in the same answer, the fields
+    // every request carries beside the request's own.
+    let start_fields = violated_fields(
+        &h.client
+            .start_conversation(StartConversationRequest {
+                workspace_id: "acme; drop".into(),
+                request_id: "r".repeat(129),
+                channel: 42,
+                lead: Some(Lead {
+                    name: String::new(),
+                    email: "not-an-email".into(),
+                }),
+                secure_metadata: HashMap::from([("Bad Key".into(), "v".into())]),
+                ..start(Channel::Api)
+            })
+            .await
+            .unwrap_err(),
+    );
+    for field in [
+        "workspace_id",
+        "request_id",
+        "channel",
+        "lead.email",
+        "secure_metadata",
+    ] {
+        assert!(
+            start_fields.iter().any(|f| f == field),
+            "{field}: {start_fields:?}"
+        );
+    }
+    let add_fields = violated_fields(
+        &h.client
+            .add_message(AddMessageRequest {
+                workspace_id: "acme; drop".into(),
+                conversation_id: "conv_../../x".into(),
+                author: 0,
+                sentiment: 99,
+                ..text(&id, "")
+            })
+            .await
+            .unwrap_err(),
+    );
+    for field in [
+        "workspace_id",
+        "conversation_id",
+        "author",
+        "sentiment",
+        "text",
+    ] {
+        assert!(
+            add_fields.iter().any(|f| f == field),
+            "{field}: {add_fields:?}"
+        );
+    }
+    let end_fields = violated_fields(
+        &h.client
+            .end_conversation(EndConversationRequest {
+                workspace_id: WS.into(),
+                conversation_id: "nope".into(),
+                reason: "x".repeat(10_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(end_fields, ["conversation_id", "reason"]);
+
     // 100 metafields fit; the 101st is refused and nothing stored changed.
     let fill: HashMap<String, String> = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
     h.client
@@ -872,6 +939,22 @@ async fn retried_requests_change_nothing(backend: Backend) {
         .into_inner();
     let m2 = h.client.add_message(add).await.unwrap().into_inner();
     assert_eq!(m1.message.unwrap().id, m2.message.unwrap().id);
+
+    // The same request id on the same conversation with another body: refused (the
+    // Stripe rule), not answered with the first request's result; likewise a start.
+    let mut changed = text(&a.id, "something else entirely");
+    changed.request_id = "req-msg-1".into();
+    let refused = h.client.add_message(changed).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("SB-CONV-0006"),
+        "{}",
+        refused.message()
+    );
+    let mut restarted = start(Channel::Api);
+    restarted.request_id = "req-start-1".into();
+    let refused = h.client.start_conversation(restarted).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     let list = h
         .client
         .list_conversations(ListConversationsRequest {

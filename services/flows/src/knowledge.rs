@@ -265,6 +265,7 @@ fn command_failed(e: CommandError<ServiceError>) -> ServiceError {
         CommandError::Contended { .. } => {
             ServiceError::FailedPrecondition("the collection is changing too fast; retry".into())
         }
+        CommandError::RequestReused => crate::service::request_id_reused(),
         CommandError::Log(e) => e.into(),
     }
 }
@@ -489,7 +490,9 @@ impl KnowledgeService {
             workspace_id,
             collection_id,
         };
-        let mut command = Command::new(&self.log, &stream).attempts(3);
+        let mut command = Command::new(&self.log, &stream)
+            .attempts(3)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash());
         if let Some(key) = request_key {
             command = command.request(workspace_id, key);
         }

@@ -607,6 +607,7 @@ fn run_command_error(e: CommandError<Infallible>) -> ServiceError {
             },
             actual,
         },
+        CommandError::RequestReused => crate::service::request_id_reused(),
         CommandError::Log(e) => e.into(),
     }
 }

@@ -281,6 +281,7 @@ impl FlowsService {
                     expected: version,
                     actual,
                 },
+                CommandError::RequestReused => request_id_reused(),
                 CommandError::Log(e) => e.into(),
             })
     }
@@ -608,6 +609,7 @@ impl FlowsService {
         let key = request_key("flow_delete", &r.flow_id, &r.request_id);
         let executed = Command::new(&self.log, &stream)
             .request(ws, &key)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&Flows, |loaded: &Loaded<FlowState>| {
                 let state = &loaded.state;
                 if loaded.version == 0 || state.deleted {
@@ -675,6 +677,7 @@ impl FlowsService {
         let key = request_key("assistant_delete", &r.assistant_id, &r.request_id);
         let executed = Command::new(&self.log, &stream)
             .request(ws, &key)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&Assistants, |loaded: &Loaded<Option<Assistant>>| {
                 let Some(current) = &loaded.state else {
                     return Err(ServiceError::NotFound("assistant"));
@@ -888,12 +891,7 @@ fn answer_delete<S, T>(
     };
     match executed {
         // The key is scoped to the deleted stream, so its events are that delete's.
-        Ok(Executed::Duplicate { events, .. }) => stored(&events)?.ok_or_else(|| {
-            ServiceError::Invalid(vec![FieldViolation {
-                field: "request_id".into(),
-                description: "already used for another request".into(),
-            }])
-        }),
+        Ok(Executed::Duplicate { events, .. }) => stored(&events)?.ok_or_else(request_id_reused),
         Ok(executed) => Ok(executed.into_output()),
         Err(CommandError::Rejected {
             error,
@@ -909,6 +907,18 @@ fn answer_delete<S, T>(
             },
             actual,
         }),
+        Err(CommandError::RequestReused) => Err(request_id_reused()),
         Err(CommandError::Log(e)) => Err(e.into()),
     }
+}
+
+/// A request id sent again with another request: refused, not answered with the first
+/// request's result.
+pub(crate) fn request_id_reused() -> ServiceError {
+    ServiceError::Invalid(vec![FieldViolation {
+        field: "request_id".into(),
+        description: "already used for a different request; use a new request id for each \
+                      distinct request"
+            .into(),
+    }])
 }

@@ -256,6 +256,7 @@ impl ApiKeys {
             },
             Err(CommandError::Rejected { error, .. }) => Err(error.into()),
             Err(CommandError::Contended { .. }) => Err(KeyError::Contended),
+            Err(CommandError::RequestReused) => Err(KeyError::RequestIdReused),
             Err(CommandError::Log(e)) => Err(e.into()),
         }
     }

@@ -441,6 +441,7 @@ impl InsightsService {
         let stream = StreamRef::new("segments", &r.workspace_id);
         let executed = Command::new(&self.log, &stream)
             .request(&r.workspace_id, &r.request_id)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&SegmentsAggregate, |loaded| {
                 let events = segments::create(&loaded.state, segment.clone())?;
                 Ok::<_, DomainError>(Decision::new(
@@ -496,6 +497,7 @@ impl InsightsService {
         let stream = StreamRef::new("segments", workspace_id);
         let executed = Command::new(&self.log, &stream)
             .request(workspace_id, request_id)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&SegmentsAggregate, |loaded| {
                 let events = segments::delete(&loaded.state, id)?;
                 Ok::<_, DomainError>(Decision::new(
@@ -548,6 +550,7 @@ impl InsightsService {
         let stream = StreamRef::new("findings", workspace_id);
         let executed = Command::new(&self.log, &stream)
             .request(workspace_id, request_id)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&FindingsAggregate, |loaded| {
                 let events = findings::dismiss(&loaded.state, id, by, now_ms())?;
                 Ok::<_, DomainError>(Decision::new(
@@ -762,6 +765,7 @@ fn command_error(e: CommandError<DomainError>, what: &'static str) -> ServiceErr
     match e {
         CommandError::Rejected { error, .. } => ServiceError::Domain(error),
         CommandError::Contended { .. } => ServiceError::Contended(what),
+        CommandError::RequestReused => ServiceError::RequestIdReused,
         CommandError::Log(e) => ServiceError::Log(e),
     }
 }

@@ -613,36 +613,36 @@ async fn answers_match_counts_made_independently(config: StoreConfig) {
     assert_eq!(months.previous[0].measures.unwrap().conversations, 0);
 
     // Segments: saved, used as a filter, listed, and their conversations paged.
-    let segment = client
+    let create = pb::CreateSegmentRequest {
+        workspace_id: WS.into(),
+        request_id: "seg-1".into(),
+        name: "Unhappy on WhatsApp".into(),
+        conditions: vec![
+            pb::Condition {
+                dimension: "channel".into(),
+                values: vec!["whatsapp".into()],
+            },
+            pb::Condition {
+                dimension: "resolved".into(),
+                values: vec!["false".into()],
+            },
+        ],
+        from: ts(BASE),
+        to: ts(end),
+        ..Default::default()
+    };
+    let segment = client.create_segment(create.clone()).await.unwrap();
+    let again = client.create_segment(create.clone()).await.unwrap();
+    // The same request id with another body is refused, not answered with this one.
+    let reused = client
         .create_segment(pb::CreateSegmentRequest {
-            workspace_id: WS.into(),
-            request_id: "seg-1".into(),
-            name: "Unhappy on WhatsApp".into(),
-            conditions: vec![
-                pb::Condition {
-                    dimension: "channel".into(),
-                    values: vec!["whatsapp".into()],
-                },
-                pb::Condition {
-                    dimension: "resolved".into(),
-                    values: vec!["false".into()],
-                },
-            ],
-            from: ts(BASE),
-            to: ts(end),
-            ..Default::default()
+            name: "Something else".into(),
+            ..create
         })
         .await
-        .unwrap();
-    let again = client
-        .create_segment(pb::CreateSegmentRequest {
-            workspace_id: WS.into(),
-            request_id: "seg-1".into(),
-            name: "Unhappy on WhatsApp".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists, "{reused:?}");
+    assert!(reused.message().contains("SB-INS-0006"), "{reused:?}");
     assert_eq!(
         again.id, segment.id,
         "a retried request creates nothing new"

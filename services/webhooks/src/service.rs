@@ -290,6 +290,7 @@ impl WebhooksService {
         let executed = Command::new(&self.log, &stream)
             .attempts(1)
             .starting_from(Loaded::new((), version))
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
             .run(&VersionOnly, |_| {
                 Ok::<_, Infallible>(Decision::events(events.take().unwrap_or_default()))
             })
@@ -304,6 +305,14 @@ impl WebhooksService {
                     expected: version,
                     actual,
                 });
+            }
+            Err(CommandError::RequestReused) => {
+                return Err(ServiceError::Invalid(vec![FieldViolation {
+                    field: "request_id".into(),
+                    description: "already used for a different request; use a new request id \
+                                  for each distinct request"
+                        .into(),
+                }]));
             }
             Err(CommandError::Log(e)) => return Err(e.into()),
         };

@@ -65,7 +65,8 @@ impl ConversationsApi {
         self
     }
 
-    /// Checks and seals a conversation's secure metadata (empty: nothing to seal).
+    /// Seals a conversation's secure metadata, checked by [`check_secure`] (empty:
+    /// nothing to seal).
     fn seal_secure(
         &self,
         workspace_id: &str,
@@ -75,30 +76,6 @@ impl ConversationsApi {
         if values.is_empty() {
             return Ok(Vec::new());
         }
-        let mut v = Violations::default();
-        if values.len() > SECURE_KEYS {
-            v.push("secure_metadata", format!("at most {SECURE_KEYS} keys"));
-        }
-        for (key, value) in values {
-            let key_ok = (1..=64).contains(&key.len())
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !key_ok {
-                v.push(
-                    "secure_metadata",
-                    "keys are 1 to 64 of `a-z`, `0-9` and `_`",
-                );
-            }
-            if value.len() > SECURE_VALUE_BYTES {
-                // The key is named, never the value.
-                v.push(
-                    format!("secure_metadata[{key}]"),
-                    format!("at most {SECURE_VALUE_BYTES} bytes"),
-                );
-            }
-        }
-        finish(v)?;
         let keyring = self.keyring.as_ref().ok_or_else(|| {
             switchboard_runtime::codes::CONV_NO_ENCRYPTION_KEY.status(
                 "secure metadata needs the service's encryption key \
@@ -116,28 +93,75 @@ impl ConversationsApi {
     }
 }
 
-/// Checks the fields every request carries and builds the request context.
+/// Checks a conversation's secure metadata: its keys and the size of its values (never
+/// naming a value).
+fn check_secure(v: &mut Violations, values: &HashMap<String, String>) {
+    if values.len() > SECURE_KEYS {
+        v.push("secure_metadata", format!("at most {SECURE_KEYS} keys"));
+    }
+    for (key, value) in values {
+        let key_ok = (1..=64).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !key_ok {
+            v.push(
+                "secure_metadata",
+                "keys are 1 to 64 of `a-z`, `0-9` and `_`",
+            );
+        }
+        if value.len() > SECURE_VALUE_BYTES {
+            v.push(
+                format!("secure_metadata[{key}]"),
+                format!("at most {SECURE_VALUE_BYTES} bytes"),
+            );
+        }
+    }
+}
+
+/// Checks the fields every request carries, with what `command` holds that can be checked
+/// without the conversation (every violation in one answer), and builds the request
+/// context.
 fn context(
     workspace_id: &str,
     request_id: &str,
     conversation_id: Option<&str>,
+    command: Option<&Command>,
 ) -> Result<RequestContext, Status> {
     let mut v = Violations::default();
-    check_workspace(&mut v, workspace_id);
-    if request_id.len() > 128 {
-        v.push("request_id", "at most 128 bytes");
-    }
-    if let Some(id) = conversation_id {
-        check_conversation_id(&mut v, id);
-    }
+    context_violations(&mut v, workspace_id, request_id, conversation_id, command);
     finish(v)?;
-    Ok(RequestContext {
+    Ok(request_context(workspace_id, request_id))
+}
+
+/// The context of a request whose fields were checked.
+fn request_context(workspace_id: &str, request_id: &str) -> RequestContext {
+    RequestContext {
         workspace_id: workspace_id.to_owned(),
         request_id: request_id.to_owned(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
         actor: switchboard_runtime::requests::current_actor(),
         expected_version: 0,
-    })
+    }
+}
+
+fn context_violations(
+    v: &mut Violations,
+    workspace_id: &str,
+    request_id: &str,
+    conversation_id: Option<&str>,
+    command: Option<&Command>,
+) {
+    check_workspace(v, workspace_id);
+    if request_id.len() > 128 {
+        v.push("request_id", "at most 128 bytes");
+    }
+    if let Some(id) = conversation_id {
+        check_conversation_id(v, id);
+    }
+    if let Some(command) = command {
+        crate::domain::check(command, v);
+    }
 }
 
 fn check_workspace(v: &mut Violations, workspace_id: &str) {
@@ -196,19 +220,29 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<StartConversationRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, None)?;
         let id = new_id("conv");
-        let sealed_secure_metadata = self.seal_secure(&r.workspace_id, &id, &r.secure_metadata)?;
-        let command = Command::Start {
+        let mut command = Command::Start {
             conversation_id: id.clone(),
-            workspace_id: r.workspace_id,
+            workspace_id: r.workspace_id.clone(),
             channel: r.channel,
             user_id: r.user_id,
             lead: r.lead.unwrap_or_default(),
             agent_id: r.agent_id,
             metafields: r.metafields,
-            sealed_secure_metadata,
+            sealed_secure_metadata: Vec::new(),
         };
+        let mut v = Violations::default();
+        context_violations(&mut v, &r.workspace_id, &r.request_id, None, Some(&command));
+        check_secure(&mut v, &r.secure_metadata);
+        finish(v)?;
+        let ctx = request_context(&r.workspace_id, &r.request_id);
+        if let Command::Start {
+            sealed_secure_metadata,
+            ..
+        } = &mut command
+        {
+            *sealed_secure_metadata = self.seal_secure(&r.workspace_id, &id, &r.secure_metadata)?;
+        }
         Ok(conversation(
             self.service.execute(&ctx, &id, command).await?,
         ))
@@ -219,7 +253,6 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<AddMessageRequest>,
     ) -> Result<Response<MessageResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
         let command = Command::AddMessage {
             message_id: new_id("msg"),
             author: r.author,
@@ -233,6 +266,12 @@ impl conversations_server::Conversations for ConversationsApi {
             buttons: r.buttons,
             sentiment: r.sentiment,
         };
+        let ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
         Ok(message(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -245,12 +284,17 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<SubmitFormRequest>,
     ) -> Result<Response<MessageResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
         let command = Command::SubmitForm {
             message_id: new_id("msg"),
             form_message_id: r.form_message_id,
             values: r.values,
         };
+        let ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
         Ok(message(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -263,12 +307,17 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<ClickButtonRequest>,
     ) -> Result<Response<MessageResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
         let command = Command::ClickButton {
             message_id: new_id("msg"),
             buttons_message_id: r.buttons_message_id,
             button_id: r.button_id,
         };
+        let ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
         Ok(message(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -281,9 +330,14 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<SetStatusRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
-        ctx.expected_version = r.expected_version;
         let command = Command::SetStatus { status: r.status };
+        let mut ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
+        ctx.expected_version = r.expected_version;
         Ok(conversation(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -296,11 +350,16 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<SetMetafieldsRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
-        ctx.expected_version = r.expected_version;
         let command = Command::SetMetafields {
             metafields: r.metafields,
         };
+        let mut ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
+        ctx.expected_version = r.expected_version;
         Ok(conversation(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -313,9 +372,14 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<RemoveMetafieldsRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
-        ctx.expected_version = r.expected_version;
         let command = Command::RemoveMetafields { keys: r.keys };
+        let mut ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
+        ctx.expected_version = r.expected_version;
         Ok(conversation(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -328,11 +392,16 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<AssignRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
         let command = Command::Assign {
             group: r.group,
             agent: r.agent,
         };
+        let ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
         Ok(conversation(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -345,14 +414,19 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<RecordAnalysisRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let mut ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
-        ctx.expected_version = r.expected_version;
         let command = Command::RecordAnalysis {
             topic: r.topic,
             sentiment: r.sentiment,
             custom: r.custom,
             topics: r.topics,
         };
+        let mut ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
+        ctx.expected_version = r.expected_version;
         Ok(conversation(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -365,8 +439,13 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<EndConversationRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.conversation_id))?;
         let command = Command::End { reason: r.reason };
+        let ctx = context(
+            &r.workspace_id,
+            &r.request_id,
+            Some(&r.conversation_id),
+            Some(&command),
+        )?;
         Ok(conversation(
             self.service
                 .execute(&ctx, &r.conversation_id, command)
@@ -379,7 +458,7 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<GetConversationRequest>,
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
-        context(&r.workspace_id, "", Some(&r.conversation_id))?;
+        context(&r.workspace_id, "", Some(&r.conversation_id), None)?;
         let found: Option<Conversation> =
             self.store.get(&r.workspace_id, &r.conversation_id).await?;
         let conversation = found.ok_or_else(error::not_found)?;
@@ -393,7 +472,7 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<GetConversationRequest>,
     ) -> Result<Response<SecureMetadata>, Status> {
         let r = request.into_inner();
-        context(&r.workspace_id, "", Some(&r.conversation_id))?;
+        context(&r.workspace_id, "", Some(&r.conversation_id), None)?;
         let (state, _) = self
             .service
             .load(&r.workspace_id, &r.conversation_id)
@@ -513,7 +592,7 @@ impl conversations_server::Conversations for ConversationsApi {
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let r = request.into_inner();
-        context(&r.workspace_id, "", Some(&r.conversation_id))?;
+        context(&r.workspace_id, "", Some(&r.conversation_id), None)?;
         let limit = limit(r.limit)?;
         if self
             .store
