@@ -467,15 +467,21 @@ impl ActionService {
         let (Command::Create { definition } | Command::Update { definition, .. }) = command else {
             return Ok(());
         };
-        let Some(query) = &definition.database_query else {
-            return Ok(());
-        };
+        match self.connection_violation(definition) {
+            Some(violation) => Err(DomainError::Invalid(vec![violation]).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Why `definition`'s query database is not one the operator configured, if it is not.
+    pub fn connection_violation(&self, definition: &ActionDefinition) -> Option<FieldViolation> {
+        let query = definition.database_query.as_ref()?;
         let databases = &self.executor.integrations().databases;
         if databases.contains(&query.connection) {
-            return Ok(());
+            return None;
         }
         let known: Vec<&str> = databases.names().collect();
-        Err(DomainError::Invalid(vec![FieldViolation {
+        Some(FieldViolation {
             field: "database_query.connection".into(),
             description: if known.is_empty() {
                 "no query database is configured (SWITCHBOARD_QUERY_DATABASES)".into()
@@ -486,8 +492,7 @@ impl ActionService {
                     known.join(", ")
                 )
             },
-        }])
-        .into())
+        })
     }
 
     /// Seals a plain secret in the command's definition, or carries the stored one over

@@ -203,7 +203,7 @@ async fn bad_definitions_are_refused_field_by_field(postgres: bool) {
     http.method = "POST".into();
     http.cache_ttl_seconds = 60;
     let err = create(&mut h, WS, bad).await.unwrap_err();
-    let fields = fields(&err);
+    let found = fields(&err);
     for expected in [
         "input_schema",
         "http.url",
@@ -212,8 +212,56 @@ async fn bad_definitions_are_refused_field_by_field(postgres: bool) {
         "http.cache_ttl_seconds",
     ] {
         assert!(
-            fields.iter().any(|f| f == expected),
-            "{expected} not in {fields:?}"
+            found.iter().any(|f| f == expected),
+            "{expected} not in {found:?}"
+        );
+    }
+    // The fields every request carries, the definition's own and its query database, all
+    // in one answer, on a creation and on an update.
+    let mut several = lookup_order("lookup_order");
+    several.description.clear();
+    several.http.as_mut().unwrap().url = "ftp://shop.example.com/".into();
+    several.database_query = Some(DatabaseQuerySpec {
+        connection: "not_configured".into(),
+        ..Default::default()
+    });
+    let err = create(&mut h, "acme; drop", several.clone())
+        .await
+        .unwrap_err();
+    let found = fields(&err);
+    for expected in [
+        "workspace_id",
+        "description",
+        "http.url",
+        "database_query.connection",
+    ] {
+        assert!(
+            found.iter().any(|f| f == expected),
+            "{expected} not in {found:?}"
+        );
+    }
+    let err = h
+        .client
+        .update_action(UpdateActionRequest {
+            workspace_id: WS.into(),
+            request_id: "r".repeat(129),
+            action_id: "not-an-action".into(),
+            definition: Some(several),
+            expected_version: 0,
+        })
+        .await
+        .unwrap_err();
+    let found = fields(&err);
+    for expected in [
+        "request_id",
+        "action_id",
+        "description",
+        "http.url",
+        "database_query.connection",
+    ] {
+        assert!(
+            found.iter().any(|f| f == expected),
+            "{expected} not in {found:?}"
         );
     }
     let mut unknown = lookup_order("uses_unknown_namespace");

@@ -270,7 +270,44 @@ fn command_failed(e: CommandError<ServiceError>) -> ServiceError {
     }
 }
 
-fn check_documents(documents: &[Document]) -> Result<(), Vec<FieldViolation>> {
+/// A new collection's fields.
+pub fn check_new_collection(
+    name: &str,
+    description: &str,
+    request_id: &str,
+) -> Result<(), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    check_name(&mut v, name);
+    check_description(&mut v, description);
+    check_request_id(&mut v, request_id);
+    v.finish()
+}
+
+/// The documents to delete: named, and not too many at once.
+pub fn check_external_ids(external_ids: &[String]) -> Result<(), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    if external_ids.is_empty() || external_ids.len() > limits::DOCUMENTS_PER_CALL {
+        v.push(
+            "external_ids",
+            format!("1 to {} ids a call", limits::DOCUMENTS_PER_CALL),
+        );
+    }
+    v.finish()
+}
+
+/// A search's query: given, and not too long.
+pub fn check_query(query: &str) -> Result<(), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    if query.trim().is_empty() || query.len() > limits::QUERY_BYTES {
+        v.push(
+            "query",
+            format!("required: at most {} bytes", limits::QUERY_BYTES),
+        );
+    }
+    v.finish()
+}
+
+pub fn check_documents(documents: &[Document]) -> Result<(), Vec<FieldViolation>> {
     let mut v = Violations::default();
     if documents.is_empty() || documents.len() > limits::DOCUMENTS_PER_CALL {
         v.push(
@@ -399,11 +436,7 @@ impl KnowledgeService {
         description: &str,
         request_id: &str,
     ) -> Result<KnowledgeCollection, ServiceError> {
-        let mut v = Violations::default();
-        check_name(&mut v, name);
-        check_description(&mut v, description);
-        check_request_id(&mut v, request_id);
-        v.finish().map_err(ServiceError::Invalid)?;
+        check_new_collection(name, description, request_id).map_err(ServiceError::Invalid)?;
         let request_id = if request_id.is_empty() {
             Uuid::now_v7().to_string()
         } else {
@@ -670,12 +703,7 @@ impl KnowledgeService {
         collection_id: &str,
         external_ids: Vec<String>,
     ) -> Result<DeleteDocumentsResponse, ServiceError> {
-        if external_ids.is_empty() || external_ids.len() > limits::DOCUMENTS_PER_CALL {
-            return Err(ServiceError::Invalid(vec![FieldViolation {
-                field: "external_ids".into(),
-                description: format!("1 to {} ids a call", limits::DOCUMENTS_PER_CALL),
-            }]));
-        }
+        check_external_ids(&external_ids).map_err(ServiceError::Invalid)?;
         self.collection(workspace_id, collection_id).await?;
         let unique: Vec<String> = external_ids
             .iter()
@@ -738,12 +766,7 @@ impl KnowledgeService {
         query: &str,
         limit: u32,
     ) -> Result<Vec<SearchHit>, ServiceError> {
-        if query.trim().is_empty() || query.len() > limits::QUERY_BYTES {
-            return Err(ServiceError::Invalid(vec![FieldViolation {
-                field: "query".into(),
-                description: format!("required: at most {} bytes", limits::QUERY_BYTES),
-            }]));
-        }
+        check_query(query).map_err(ServiceError::Invalid)?;
         self.collection(workspace_id, collection_id).await?;
         let limit = match limit {
             0 => 10,

@@ -241,15 +241,19 @@ impl FlowsService {
     }
 
     fn check_graph(&self, kind: FlowKind, graph: &Graph) -> Result<(), ServiceError> {
+        self.graph_violations(kind, graph)
+            .map_err(ServiceError::Invalid)
+    }
+
+    /// What is wrong with `graph` as a draft of a `kind` flow, its fields under `draft.`.
+    fn graph_violations(&self, kind: FlowKind, graph: &Graph) -> Result<(), Vec<FieldViolation>> {
         domain::validate_graph(kind, graph, self.renderer.as_ref()).map_err(|v| {
-            ServiceError::Invalid(
-                v.into_iter()
-                    .map(|v| FieldViolation {
-                        field: format!("draft.{}", v.field),
-                        description: v.description,
-                    })
-                    .collect(),
-            )
+            v.into_iter()
+                .map(|v| FieldViolation {
+                    field: format!("draft.{}", v.field),
+                    description: v.description,
+                })
+                .collect()
         })
     }
 
@@ -288,6 +292,7 @@ impl FlowsService {
 
     pub async fn create_flow(&self, r: CreateFlowRequest) -> Result<Flow, ServiceError> {
         let mut v = Violations::default();
+        v.id("workspace_id", &r.workspace_id, "ws_");
         if !domain::valid_flow_name(&r.name) {
             v.push(
                 "name",
@@ -310,11 +315,11 @@ impl FlowsService {
         if r.request_id.len() > 128 {
             v.push("request_id", "at most 128 bytes");
         }
-        v.finish().map_err(ServiceError::Invalid)?;
         let draft = r.draft.unwrap_or_default();
-        if !draft.nodes.is_empty() {
-            self.check_graph(kind, &draft)?;
+        if !draft.nodes.is_empty() && kind != FlowKind::Unspecified {
+            v.extend(self.graph_violations(kind, &draft));
         }
+        v.finish().map_err(ServiceError::Invalid)?;
         let request_id = if r.request_id.is_empty() {
             Uuid::now_v7().to_string()
         } else {
@@ -422,10 +427,16 @@ impl FlowsService {
     }
 
     /// Every action the graph refers to exists, and API call nodes refer to `http` ones.
-    async fn check_actions(&self, workspace_id: &str, graph: &Graph) -> Result<(), ServiceError> {
+    /// The action nodes of `graph` that name no action of the workspace, or one of the
+    /// wrong kind.
+    async fn action_violations(
+        &self,
+        workspace_id: &str,
+        graph: &Graph,
+    ) -> Result<Result<(), Vec<FieldViolation>>, ServiceError> {
         let referenced = domain::referenced_actions(graph);
         if referenced.is_empty() {
-            return Ok(());
+            return Ok(Ok(()));
         }
         let Some(actions) = &self.actions else {
             return Err(ServiceError::ActionsUnavailable(
@@ -452,7 +463,7 @@ impl FlowsService {
                 Some(_) => {}
             }
         }
-        v.finish().map_err(ServiceError::Invalid)
+        Ok(v.finish())
     }
 
     /// Publishes the draft as the next immutable version.
@@ -466,14 +477,11 @@ impl FlowsService {
             )));
         }
         let graph = state.flow.draft.clone().unwrap_or_default();
-        self.check_graph(state.flow.kind(), &graph)?;
-        self.check_actions(&r.workspace_id, &graph).await?;
-        if r.note.len() > limits::DESCRIPTION_BYTES {
-            return Err(ServiceError::Invalid(vec![FieldViolation {
-                field: "note".into(),
-                description: format!("at most {} bytes", limits::DESCRIPTION_BYTES),
-            }]));
-        }
+        let mut v = Violations::default();
+        v.extend(publish_violations(&r));
+        v.extend(self.graph_violations(state.flow.kind(), &graph));
+        v.extend(self.action_violations(&r.workspace_id, &graph).await?);
+        v.finish().map_err(ServiceError::Invalid)?;
         self.publish_version(&state, graph, 0, r.note).await
     }
 
@@ -712,6 +720,16 @@ impl FlowsService {
     ) -> Result<Assistant, ServiceError> {
         let ws = assistant.workspace_id.clone();
         let mut v = Violations::default();
+        v.id("assistant.workspace_id", &ws, "ws_");
+        if !assistant.id.is_empty() {
+            v.id("assistant.id", &assistant.id, "asst_");
+        }
+        if !assistant.flow_id.is_empty() {
+            v.id("assistant.flow_id", &assistant.flow_id, "flow_");
+        }
+        if request_id.len() > 128 {
+            v.push("request_id", "at most 128 bytes");
+        }
         if assistant.name.trim().is_empty() || assistant.name.len() > limits::NAME_BYTES {
             v.push("assistant.name", "required: at most 100 bytes");
         }
@@ -740,10 +758,18 @@ impl FlowsService {
                 );
             }
         }
-        v.finish().map_err(ServiceError::Invalid)?;
+        // What the ids name can only be looked up when they are ids.
+        if v.0.iter().any(|f| {
+            matches!(
+                f.field.as_str(),
+                "assistant.workspace_id" | "assistant.id" | "assistant.flow_id"
+            )
+        }) {
+            return Err(ServiceError::Invalid(v.0));
+        }
 
-        // References must name what exists: published action workflows, actions, the flow.
-        let mut v = Violations::default();
+        // References must name what exists: published action workflows, actions, the flow;
+        // answered with the request's other mistakes.
         for name in domain::workflow_references(&assistant.instructions) {
             match self.store.flow_named(&ws, &name).await? {
                 Some((_, kind, published))
@@ -921,4 +947,24 @@ pub(crate) fn request_id_reused() -> ServiceError {
                       distinct request"
             .into(),
     }])
+}
+
+/// What is wrong with a publish request that needs no state.
+fn publish_violations(r: &PublishRequest) -> Result<(), Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    v.id("workspace_id", &r.workspace_id, "ws_");
+    v.id("flow_id", &r.flow_id, "flow_");
+    if r.note.len() > limits::DESCRIPTION_BYTES {
+        v.push(
+            "note",
+            format!("at most {} bytes", limits::DESCRIPTION_BYTES),
+        );
+    }
+    v.finish()
+}
+
+/// The publish request's mistakes that need no state, for the API to answer before the
+/// flow is read (its ids and its note together).
+pub fn check_publish(r: &PublishRequest) -> Result<(), ServiceError> {
+    publish_violations(r).map_err(ServiceError::Invalid)
 }

@@ -192,6 +192,64 @@ async fn invalid_graphs_are_refused_naming_the_node_and_change_nothing() {
         fields(&nameless),
         BTreeSet::from(["name".to_owned(), "kind".to_owned()])
     );
+
+    // Several mistakes at once are named at once: the workspace beside the body's fields
+    // and the draft's nodes; a publish's ids beside its note.
+    let mut island = greeting("Hello!");
+    island.nodes.push(node("island", say("nobody comes here")));
+    let several = h
+        .flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: "acme; drop".into(),
+            name: "has spaces".into(),
+            kind: FlowKind::ConversationFlow as i32,
+            request_id: "r".repeat(129),
+            draft: Some(island),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let found = fields(&several);
+    for field in ["workspace_id", "name", "request_id", "draft.nodes[island]"] {
+        assert!(found.contains(field), "{field}: {found:?}");
+    }
+    let publish = h
+        .flows
+        .publish(PublishRequest {
+            workspace_id: "acme; drop".into(),
+            flow_id: flow.id.clone(),
+            note: "n".repeat(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&publish),
+        BTreeSet::from(["workspace_id".to_owned(), "note".to_owned()])
+    );
+    let assistant = h
+        .flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                flow_id: "not-a-flow".into(),
+                enabled_action_ids: vec!["nope".into()],
+                ..Default::default()
+            }),
+            request_id: "r".repeat(129),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&assistant),
+        BTreeSet::from([
+            "assistant.flow_id".to_owned(),
+            "assistant.name".to_owned(),
+            "assistant.enabled_action_ids[0]".to_owned(),
+            "request_id".to_owned(),
+        ])
+    );
     h.stop().await;
 }
 

@@ -11,8 +11,8 @@ use switchboard_flows::knowledge::KnowledgeService;
 use switchboard_flows::service::ServiceError;
 use switchboard_proto::flows::v1::flows_client::FlowsClient;
 use switchboard_proto::flows::v1::{
-    CollectionRef, Document, DocumentResult, KnowledgeCollection, ListDocumentsRequest,
-    UpdateCollectionRequest,
+    CollectionRef, CreateCollectionRequest, Document, DocumentResult, KnowledgeCollection,
+    ListDocumentsRequest, SearchDocumentsRequest, UpdateCollectionRequest, UpsertDocumentsRequest,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -514,6 +514,44 @@ async fn collection_case(fixture: Fixture) {
     assert_eq!(
         violated(&status),
         BTreeSet::from(["collection_id".into(), "limit".into()])
+    );
+    // The ids and the request's own fields in one answer, for every call that has both.
+    let upsert = api
+        .upsert_documents(UpsertDocumentsRequest {
+            workspace_id: "acme; drop".into(),
+            collection_id: other.id.clone(),
+            documents: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated(&upsert),
+        BTreeSet::from(["workspace_id".into(), "documents".into()])
+    );
+    let search = api
+        .search_documents(SearchDocumentsRequest {
+            workspace_id: WS.into(),
+            collection_id: "kc_".into(),
+            query: " ".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated(&search),
+        BTreeSet::from(["collection_id".into(), "query".into()])
+    );
+    let created = api
+        .create_collection(CreateCollectionRequest {
+            workspace_id: "acme; drop".into(),
+            name: String::new(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated(&created),
+        BTreeSet::from(["workspace_id".into(), "name".into()])
     );
     let theirs = CollectionRef {
         workspace_id: "ws_other".into(),

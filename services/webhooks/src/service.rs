@@ -216,6 +216,35 @@ impl WebhooksService {
         }
     }
 
+    /// The checks of a create that need no stored state, pushed beside the caller's own,
+    /// so the gRPC layer answers them with its envelope checks in one answer (and this
+    /// service, called directly, still refuses the same requests).
+    pub fn check_create(&self, v: &mut Violations, r: &CreateEndpointRequest) {
+        self.check_settings(
+            v,
+            &r.url,
+            &r.event_types,
+            &r.description,
+            r.rate_limit_per_second,
+        );
+        check_secret(v, &r.secret);
+        if r.request_id.len() > 128 {
+            v.push("request_id", "at most 128 bytes");
+        }
+    }
+
+    /// The checks of an update that need no stored state (see
+    /// [`WebhooksService::check_create`]).
+    pub fn check_update(&self, v: &mut Violations, r: &UpdateEndpointRequest) {
+        self.check_settings(
+            v,
+            &r.url,
+            &r.event_types,
+            &r.description,
+            r.rate_limit_per_second,
+        );
+    }
+
     fn check_settings(
         &self,
         v: &mut Violations,
@@ -330,21 +359,7 @@ impl WebhooksService {
         r: CreateEndpointRequest,
     ) -> Result<(Endpoint, String), ServiceError> {
         let mut v = Violations::default();
-        self.check_settings(
-            &mut v,
-            &r.url,
-            &r.event_types,
-            &r.description,
-            r.rate_limit_per_second,
-        );
-        if !r.secret.is_empty()
-            && let Err(reason) = domain::secret_key(&r.secret)
-        {
-            v.push("secret", reason);
-        }
-        if r.request_id.len() > 128 {
-            v.push("request_id", "at most 128 bytes");
-        }
+        self.check_create(&mut v, &r);
         v.finish().map_err(ServiceError::Invalid)?;
         let request_id = if r.request_id.is_empty() {
             Uuid::now_v7().to_string()
@@ -412,13 +427,7 @@ impl WebhooksService {
         r: UpdateEndpointRequest,
     ) -> Result<Endpoint, ServiceError> {
         let mut v = Violations::default();
-        self.check_settings(
-            &mut v,
-            &r.url,
-            &r.event_types,
-            &r.description,
-            r.rate_limit_per_second,
-        );
+        self.check_update(&mut v, &r);
         v.finish().map_err(ServiceError::Invalid)?;
         let (mut endpoint, version) = self.endpoint(&r.workspace_id, &r.endpoint_id).await?;
         if r.expected_version != 0 && r.expected_version != version {
@@ -506,17 +515,7 @@ impl WebhooksService {
         r: RotateSecretRequest,
     ) -> Result<(Endpoint, String), ServiceError> {
         let mut v = Violations::default();
-        if !r.secret.is_empty()
-            && let Err(reason) = domain::secret_key(&r.secret)
-        {
-            v.push("secret", reason);
-        }
-        if r.grace_period_seconds > limits::MAX_GRACE_SECONDS {
-            v.push(
-                "grace_period_seconds",
-                format!("at most {} (7 days)", limits::MAX_GRACE_SECONDS),
-            );
-        }
+        check_rotation(&mut v, &r);
         v.finish().map_err(ServiceError::Invalid)?;
         let (mut endpoint, version) = self.endpoint(&r.workspace_id, &r.endpoint_id).await?;
         let now = self.now();
@@ -854,6 +853,28 @@ impl WebhooksService {
             progress(total.max(done), done, ids);
         }
         Ok(done)
+    }
+}
+
+/// The checks of a rotation that need no stored state (see
+/// [`WebhooksService::check_create`]).
+pub fn check_rotation(v: &mut Violations, r: &RotateSecretRequest) {
+    check_secret(v, &r.secret);
+    if r.grace_period_seconds > limits::MAX_GRACE_SECONDS {
+        v.push(
+            "grace_period_seconds",
+            format!("at most {} (7 days)", limits::MAX_GRACE_SECONDS),
+        );
+    }
+}
+
+/// A secret the caller chose must be one Standard Webhooks can sign with; empty means
+/// "generate one".
+fn check_secret(v: &mut Violations, secret: &str) {
+    if !secret.is_empty()
+        && let Err(reason) = domain::secret_key(secret)
+    {
+        v.push("secret", reason);
     }
 }
 

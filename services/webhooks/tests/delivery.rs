@@ -360,6 +360,141 @@ async fn invalid_endpoints_are_refused_with_field_violations_and_store_nothing()
     h.stop().await;
 }
 
+/// The fields an INVALID_ARGUMENT answer's BadRequest detail names, in order.
+fn violated_fields(refused: tonic::Status) -> Vec<String> {
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    refused
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
+/// A caller fixing one field at a time would call again for each: the ids, the cursor
+/// and the body's own checks all come back in the first answer.
+#[tokio::test]
+async fn every_violation_of_a_request_is_named_in_one_answer() {
+    use switchboard_proto::webhooks::v1::{
+        ListAttemptsRequest, ListEndpointsRequest, ListMessagesRequest, RecoverFailedRequest,
+        UpdateEndpointRequest,
+    };
+    let h = Harness::new().await;
+    let api = WebhooksApi::new(h.service.clone());
+    let refused = api
+        .create_endpoint(tonic::Request::new(CreateEndpointRequest {
+            workspace_id: "not a workspace".into(),
+            url: "ftp://example.com/hook".into(),
+            event_types: vec!["conversation.exploded".into()],
+            description: "d".repeat(501),
+            rate_limit_per_second: 10_001,
+            secret: "whsec_c2hvcnQ=".into(),
+            request_id: "r".repeat(129),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(refused),
+        [
+            "workspace_id",
+            "url",
+            "event_types[0]",
+            "description",
+            "rate_limit_per_second",
+            "secret",
+            "request_id",
+        ]
+    );
+    let refused = api
+        .update_endpoint(tonic::Request::new(UpdateEndpointRequest {
+            workspace_id: "not a workspace".into(),
+            endpoint_id: "nope".into(),
+            event_types: vec!["conversation.exploded".into()],
+            description: "d".repeat(501),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(refused),
+        [
+            "workspace_id",
+            "endpoint_id",
+            "url",
+            "event_types[0]",
+            "description"
+        ]
+    );
+    let refused = api
+        .rotate_secret(tonic::Request::new(RotateSecretRequest {
+            workspace_id: WS.into(),
+            endpoint_id: "nope".into(),
+            secret: "whsec_c2hvcnQ=".into(),
+            grace_period_seconds: 8 * 24 * 3600,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(refused),
+        ["endpoint_id", "secret", "grace_period_seconds"]
+    );
+    let refused = api
+        .list_endpoints(tonic::Request::new(ListEndpointsRequest {
+            workspace_id: "not a workspace".into(),
+            cursor: "not a cursor".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(refused), ["workspace_id", "cursor"]);
+    let refused = api
+        .list_messages(tonic::Request::new(ListMessagesRequest {
+            workspace_id: "not a workspace".into(),
+            endpoint_id: "nope".into(),
+            cursor: "not a cursor".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(refused),
+        ["workspace_id", "endpoint_id", "cursor"]
+    );
+    let refused = api
+        .list_attempts(tonic::Request::new(ListAttemptsRequest {
+            workspace_id: WS.into(),
+            endpoint_id: "nope".into(),
+            message_id: "nope".into(),
+            cursor: "not a cursor".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(refused),
+        ["endpoint_id", "message_id", "cursor"]
+    );
+    // Its stream is not `Debug`, so no `unwrap_err`.
+    let refused = api
+        .recover_failed(tonic::Request::new(RecoverFailedRequest {
+            workspace_id: "not a workspace".into(),
+            endpoint_id: "nope".into(),
+            since: None,
+            dry_run: true,
+        }))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        violated_fields(refused),
+        ["workspace_id", "endpoint_id", "since"]
+    );
+    assert_eq!(h.service.store().count_endpoints(WS).await.unwrap(), 0);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_name_that_resolves_to_a_private_address_is_refused_after_dns() {
     // Plain http to `localhost` is allowed, but the SSRF policy allows no private range.

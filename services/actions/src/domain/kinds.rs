@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 use serde_json::{Value as Json, json};
 use switchboard_proto::actions::v1::{
     ActionDefinition, ActionKind, ButtonSpec, CalculationSpec, ConnexeaseSpec, DatabaseQuerySpec,
-    FormSpec, HttpAuth, UpdateConversationSpec, ValidationSpec, WorkflowSpec,
+    FormSpec, UpdateConversationSpec, ValidationSpec, WorkflowSpec,
 };
 use switchboard_template::Renderer;
 
-use super::{Violations, mapping, valid_name, validate_http};
+use super::{StoredAuth, Violations, mapping, valid_name, validate_http};
 
 pub mod limits {
     pub const FORM_FIELDS: usize = 30;
@@ -68,7 +68,7 @@ pub(crate) fn validate(
     v: &mut Violations,
     kind: ActionKind,
     definition: &ActionDefinition,
-    previous_auth: Option<&HttpAuth>,
+    previous_auth: StoredAuth<'_>,
 ) {
     let set: [(&str, bool); 9] = [
         ("http", definition.http.is_some()),
@@ -211,7 +211,7 @@ pub fn form_schema(form: &FormSpec) -> Json {
     json!({"type": "object", "properties": properties, "required": required})
 }
 
-fn validate_form(v: &mut Violations, form: &FormSpec, previous_auth: Option<&HttpAuth>) {
+fn validate_form(v: &mut Violations, form: &FormSpec, previous_auth: StoredAuth<'_>) {
     v.max_bytes("title", &form.title, limits::LABEL_BYTES);
     v.max_bytes("submit_label", &form.submit_label, limits::LABEL_BYTES);
     if form.fields.is_empty() || form.fields.len() > limits::FORM_FIELDS {
@@ -258,7 +258,7 @@ fn validate_form(v: &mut Violations, form: &FormSpec, previous_auth: Option<&Htt
     }
 }
 
-fn validate_button(v: &mut Violations, button: &ButtonSpec, previous_auth: Option<&HttpAuth>) {
+fn validate_button(v: &mut Violations, button: &ButtonSpec, previous_auth: StoredAuth<'_>) {
     if button.label.trim().is_empty() {
         v.push("label", "required");
     }

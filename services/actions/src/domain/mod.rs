@@ -148,7 +148,7 @@ pub fn decide(
     match (current, command) {
         (Some(_), Command::Create { .. }) => Err(DomainError::AlreadyExists),
         (None, Command::Create { mut definition }) => {
-            validate(&definition, None)?;
+            validate(&definition, Previous::None)?;
             normalize(&mut definition);
             definition.enabled = true;
             definition.version = 1;
@@ -176,7 +176,7 @@ pub fn decide(
             definition.id = current.id.clone();
             definition.workspace_id = current.workspace_id.clone();
             definition.enabled = current.enabled;
-            validate(&definition, Some(current))?;
+            validate(&definition, Previous::Stored(current))?;
             normalize(&mut definition);
             definition.version = current.version + 1;
             definition.created_at = current.created_at;
@@ -262,12 +262,29 @@ fn normalize(definition: &mut ActionDefinition) {
     }
 }
 
-/// Every violation of a definition at once. `previous` is the stored version on an update
-/// (its sealed secret is kept when no new one is given).
-pub fn validate(
-    definition: &ActionDefinition,
-    previous: Option<&ActionDefinition>,
-) -> Result<(), DomainError> {
+/// The stored definition a new one replaces, as far as checking the new one needs it: its
+/// auth, whose sealed secret is kept when the new one gives none.
+#[derive(Debug, Clone, Copy)]
+pub enum Previous<'a> {
+    /// A creation: nothing was stored.
+    None,
+    /// An update of this stored definition.
+    Stored(&'a ActionDefinition),
+    /// An update of a definition not read yet (the checks made before the state is
+    /// loaded): a secret may be stored, so a missing one is not a violation here.
+    Unknown,
+}
+
+/// What a definition's auth may fall back on when it gives no secret.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StoredAuth<'a> {
+    None,
+    Known(&'a HttpAuth),
+    Unknown,
+}
+
+/// Every violation of a definition at once.
+pub fn validate(definition: &ActionDefinition, previous: Previous<'_>) -> Result<(), DomainError> {
     let mut v = Violations::default();
     if !valid_name(&definition.name) {
         v.push(
@@ -308,9 +325,13 @@ pub fn validate(
         );
     }
     validate_schema(&mut v, &definition.input_schema);
-    let previous_auth = previous
-        .and_then(request_spec)
-        .and_then(|h| h.auth.as_ref());
+    let previous_auth = match previous {
+        Previous::None => StoredAuth::None,
+        Previous::Unknown => StoredAuth::Unknown,
+        Previous::Stored(stored) => request_spec(stored)
+            .and_then(|h| h.auth.as_ref())
+            .map_or(StoredAuth::None, StoredAuth::Known),
+    };
     match ActionKind::try_from(definition.kind) {
         Ok(ActionKind::Unspecified) => v.push("kind", "required"),
         Ok(kind) => kinds::validate(&mut v, kind, definition, previous_auth),
@@ -369,7 +390,7 @@ fn validate_schema(v: &mut Violations, schema: &str) {
 }
 
 /// Checks a request; fields are named relative to it (`url`, `auth.secret`).
-pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: Option<&HttpAuth>) {
+pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: StoredAuth<'_>) {
     let renderer = Renderer::default();
     let method = http.method.to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
@@ -478,7 +499,7 @@ pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: 
     validate_auth(v, http.auth.as_ref(), previous_auth);
 }
 
-fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: Option<&HttpAuth>) {
+fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: StoredAuth<'_>) {
     let Some(auth) = auth else { return };
     let kind = match AuthKind::try_from(auth.kind) {
         Ok(kind) => kind,
@@ -490,7 +511,11 @@ fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: Option<&
     // A secret is kept across updates of the same kind when none is given.
     let has_secret = !auth.secret.is_empty()
         || !auth.sealed_secret.is_empty()
-        || previous.is_some_and(|p| p.kind == auth.kind && !p.sealed_secret.is_empty());
+        || match previous {
+            StoredAuth::None => false,
+            StoredAuth::Known(p) => p.kind == auth.kind && !p.sealed_secret.is_empty(),
+            StoredAuth::Unknown => true,
+        };
     if auth.secret.len() > limits::SECRET_BYTES {
         v.push(
             "auth.secret",
@@ -787,7 +812,7 @@ mod tests {
             .unwrap()
             .sealed_secret
             .clear();
-        assert!(validate(&update, Some(&created)).is_ok());
+        assert!(validate(&update, Previous::Stored(&created)).is_ok());
         assert!(
             public_view(created)
                 .http

@@ -49,7 +49,17 @@ fn context(
     request_id: &str,
     action_id: Option<&str>,
 ) -> Result<RequestContext, Status> {
-    let mut v = Vec::new();
+    context_with(workspace_id, request_id, action_id, Vec::new())
+}
+
+/// Checks the fields every request carries, adding their violations to those the request's
+/// own fields already have (`v`), and answers every one of them at once.
+fn context_with(
+    workspace_id: &str,
+    request_id: &str,
+    action_id: Option<&str>,
+    mut v: Vec<FieldViolation>,
+) -> Result<RequestContext, Status> {
     if !valid_prefixed_id(workspace_id, "ws_") {
         v.push(violation(
             "workspace_id",
@@ -67,6 +77,7 @@ fn context(
         ));
     }
     if !v.is_empty() {
+        v.sort_by_key(|violation| body_field_rank(&violation.field));
         return Err(error::invalid(v));
     }
     Ok(RequestContext {
@@ -74,6 +85,29 @@ fn context(
         request_id: request_id.to_owned(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
     })
+}
+
+/// The envelope's fields first, then the request's own, as they were found.
+fn body_field_rank(field: &str) -> u8 {
+    u8::from(!matches!(
+        field,
+        "workspace_id" | "request_id" | "action_id"
+    ))
+}
+
+/// Every violation of a definition that can be known before the stored one is read: its
+/// own fields (a secret may be stored, on an update) and its query database.
+fn definition_violations(
+    service: &ActionService,
+    definition: &ActionDefinition,
+    previous: domain::Previous<'_>,
+) -> Vec<FieldViolation> {
+    let mut found = match domain::validate(definition, previous) {
+        Err(domain::DomainError::Invalid(violations)) => violations,
+        _ => Vec::new(),
+    };
+    found.extend(service.connection_violation(definition));
+    found
 }
 
 fn violation(field: &str, description: &str) -> FieldViolation {
@@ -117,9 +151,10 @@ impl actions_server::Actions for ActionsApi {
         request: Request<CreateActionRequest>,
     ) -> Result<Response<ActionResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, None)?;
-        let id = new_action_id();
         let mut definition = r.definition.unwrap_or_default();
+        let found = definition_violations(&self.service, &definition, domain::Previous::None);
+        let ctx = context_with(&r.workspace_id, &r.request_id, None, found)?;
+        let id = new_action_id();
         definition.id = id.clone();
         definition.workspace_id = r.workspace_id;
         Ok(answer(
@@ -134,9 +169,11 @@ impl actions_server::Actions for ActionsApi {
         request: Request<UpdateActionRequest>,
     ) -> Result<Response<ActionResponse>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, &r.request_id, Some(&r.action_id))?;
+        let definition = r.definition.unwrap_or_default();
+        let found = definition_violations(&self.service, &definition, domain::Previous::Unknown);
+        let ctx = context_with(&r.workspace_id, &r.request_id, Some(&r.action_id), found)?;
         let command = Command::Update {
-            definition: r.definition.unwrap_or_default(),
+            definition,
             expected_version: (r.expected_version > 0).then_some(r.expected_version),
         };
         Ok(answer(
@@ -184,17 +221,19 @@ impl actions_server::Actions for ActionsApi {
         request: Request<ListActionsRequest>,
     ) -> Result<Response<ListActionsResponse>, Status> {
         let r = request.into_inner();
-        context(&r.workspace_id, "", None)?;
+        let mut v = Vec::new();
         let limit = match r.limit {
             0 => DEFAULT_LIMIT,
             1..=MAX_LIMIT => r.limit,
             _ => {
-                return Err(error::invalid(vec![violation(
+                v.push(violation(
                     "limit",
                     "between 1 and 200, or 0 for the default of 50",
-                )]));
+                ));
+                DEFAULT_LIMIT
             }
         };
+        context_with(&r.workspace_id, "", None, v)?;
         let (actions, next_cursor) = self
             .store
             .list(&r.workspace_id, r.enabled_only, limit, &r.cursor)
@@ -210,7 +249,6 @@ impl actions_server::Actions for ActionsApi {
         request: Request<ExecuteActionRequest>,
     ) -> Result<Response<ExecutionResult>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, "", Some(&r.action_id))?;
         let key_ok = (1..=128).contains(&r.idempotency_key.len())
             && r.idempotency_key
                 .bytes()
@@ -226,9 +264,7 @@ impl actions_server::Actions for ActionsApi {
             v.push(violation("caller_permission", "unknown value"));
         }
         let variables = variables(&r.variables_json, &mut v);
-        if !v.is_empty() {
-            return Err(error::invalid(v));
-        }
+        let ctx = context_with(&r.workspace_id, "", Some(&r.action_id), v)?;
         let run = RunRequest {
             action_id: r.action_id,
             variables,
@@ -249,12 +285,9 @@ impl actions_server::Actions for ActionsApi {
         request: Request<TestActionRequest>,
     ) -> Result<Response<ExecutionResult>, Status> {
         let r = request.into_inner();
-        let ctx = context(&r.workspace_id, "", Some(&r.action_id))?;
         let mut v = Vec::new();
         let variables = variables(&r.variables_json, &mut v);
-        if !v.is_empty() {
-            return Err(error::invalid(v));
-        }
+        let ctx = context_with(&r.workspace_id, "", Some(&r.action_id), v)?;
         let run = RunRequest {
             action_id: r.action_id,
             variables,
@@ -269,7 +302,6 @@ impl actions_server::Actions for ActionsApi {
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
         let r = request.into_inner();
-        context(&r.workspace_id, "", None)?;
         let mut v = Vec::new();
         if !r.action_id.is_empty() && !valid_prefixed_id(&r.action_id, "act_") {
             v.push(violation(
@@ -296,9 +328,7 @@ impl actions_server::Actions for ActionsApi {
                 0
             }
         };
-        if !v.is_empty() {
-            return Err(error::invalid(v));
-        }
+        context_with(&r.workspace_id, "", None, v)?;
         let filter = ExecutionFilter {
             action_id: r.action_id,
             conversation_id: r.conversation_id,

@@ -83,6 +83,23 @@ impl Violations {
             Err(self.0)
         }
     }
+
+    /// `value` must be `prefix` and a plain id (what every id of the API looks like).
+    pub fn id(&mut self, field: &str, value: &str, prefix: &str) {
+        if !switchboard_runtime::requests::valid_prefixed_id(value, prefix) {
+            self.push(
+                field,
+                format!("required: `{prefix}` followed by 1 to 64 letters, digits, `_` or `-`"),
+            );
+        }
+    }
+
+    /// Adds the violations a check found, if it found any.
+    pub fn extend(&mut self, found: Result<(), Vec<FieldViolation>>) {
+        if let Err(found) = found {
+            self.0.extend(found);
+        }
+    }
 }
 
 /// What a node kind is called in errors and events.

@@ -74,6 +74,21 @@ fn id_violations(ids: &[(&str, &str, &str)]) -> Vec<FieldViolation> {
         .collect()
 }
 
+/// Each `(field, value, prefix)` must be a plain prefixed id, answered with what `rest`
+/// (the request's own fields) found.
+fn checked(
+    ids: &[(&str, &str, &str)],
+    rest: Result<(), Vec<FieldViolation>>,
+) -> Result<(), Status> {
+    let mut violations = id_violations(ids);
+    violations.extend(rest.err().unwrap_or_default());
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(error::invalid(violations))
+    }
+}
+
 /// Each `(field, value, prefix)` must be a plain prefixed id.
 fn check_ids(ids: &[(&str, &str, &str)]) -> Result<(), Status> {
     let violations = id_violations(ids);
@@ -98,7 +113,7 @@ fn page_size(requested: u32) -> u32 {
     }
 }
 
-fn decode_cursor(cursor: &str) -> Result<String, Status> {
+fn decode_cursor(cursor: &str) -> Result<String, Vec<FieldViolation>> {
     if cursor.is_empty() {
         return Ok(String::new());
     }
@@ -107,11 +122,21 @@ fn decode_cursor(cursor: &str) -> Result<String, Status> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| {
-            error::invalid(vec![FieldViolation {
+            vec![FieldViolation {
                 field: "cursor".into(),
                 description: "not a cursor this API returned".into(),
-            }])
+            }]
         })
+}
+
+/// A listing's workspace and cursor, checked together; the cursor's position.
+fn listing(workspace_id: &str, cursor: &str) -> Result<String, Status> {
+    let after = decode_cursor(cursor);
+    checked(
+        &[("workspace_id", workspace_id, "ws_")],
+        after.as_ref().map(drop).map_err(Clone::clone),
+    )?;
+    Ok(after.unwrap_or_default())
 }
 
 fn next_cursor(ids: &[String], size: u32) -> String {
@@ -128,7 +153,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<CreateFlowRequest>,
     ) -> Result<Response<Flow>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        // The service checks the workspace with the rest of the request.
         Ok(Response::new(self.service.create_flow(r).await?))
     }
 
@@ -143,7 +168,7 @@ impl flows_server::Flows for FlowsApi {
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Flow>, Status> {
         let r = request.into_inner();
-        flow_ref(&r.workspace_id, &r.flow_id)?;
+        crate::service::check_publish(&r)?;
         Ok(Response::new(self.service.publish(r).await?))
     }
 
@@ -176,12 +201,12 @@ impl flows_server::Flows for FlowsApi {
         request: Request<ListFlowsRequest>,
     ) -> Result<Response<ListFlowsResponse>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let after = listing(&r.workspace_id, &r.cursor)?;
         let size = page_size(r.page_size);
         let ids = self
             .service
             .store()
-            .flow_ids(&r.workspace_id, r.kind, &decode_cursor(&r.cursor)?, size)
+            .flow_ids(&r.workspace_id, r.kind, &after, size)
             .await
             .map_err(ServiceError::from)?;
         let mut flows = Vec::with_capacity(ids.len());
@@ -273,19 +298,7 @@ impl flows_server::Flows for FlowsApi {
                 description: "required".into(),
             }])
         })?;
-        check_ids(&[("assistant.workspace_id", &assistant.workspace_id, "ws_")])?;
-        if !assistant.id.is_empty() {
-            check_ids(&[("assistant.id", &assistant.id, "asst_")])?;
-        }
-        if !assistant.flow_id.is_empty() {
-            check_ids(&[("assistant.flow_id", &assistant.flow_id, "flow_")])?;
-        }
-        if r.request_id.len() > 128 {
-            return Err(error::invalid(vec![FieldViolation {
-                field: "request_id".into(),
-                description: "at most 128 bytes".into(),
-            }]));
-        }
+        // The service checks its ids and the request id with the rest of the request.
         Ok(Response::new(
             self.service
                 .save_assistant(assistant, r.expected_version, &r.request_id)
@@ -315,12 +328,12 @@ impl flows_server::Flows for FlowsApi {
         request: Request<ListAssistantsRequest>,
     ) -> Result<Response<ListAssistantsResponse>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let after = listing(&r.workspace_id, &r.cursor)?;
         let size = page_size(r.page_size);
         let ids = self
             .service
             .store()
-            .assistant_ids(&r.workspace_id, &decode_cursor(&r.cursor)?, size)
+            .assistant_ids(&r.workspace_id, &after, size)
             .await
             .map_err(ServiceError::from)?;
         let mut assistants = Vec::with_capacity(ids.len());
@@ -338,7 +351,10 @@ impl flows_server::Flows for FlowsApi {
         request: Request<CreateCollectionRequest>,
     ) -> Result<Response<KnowledgeCollection>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        checked(
+            &[("workspace_id", &r.workspace_id, "ws_")],
+            knowledge::check_new_collection(&r.name, &r.description, &r.request_id),
+        )?;
         Ok(Response::new(
             self.knowledge
                 .create_collection(&r.workspace_id, &r.name, &r.description, &r.request_id)
@@ -384,7 +400,9 @@ impl flows_server::Flows for FlowsApi {
         request: Request<UpsertDocumentsRequest>,
     ) -> Result<Response<UpsertDocumentsResponse>, Status> {
         let r = request.into_inner();
-        collection_ref(&r.workspace_id, &r.collection_id)?;
+        collection_request(&r.workspace_id, &r.collection_id, || {
+            knowledge::check_documents(&r.documents)
+        })?;
         Ok(Response::new(
             self.knowledge
                 .upsert(&r.workspace_id, &r.collection_id, r.documents)
@@ -397,7 +415,9 @@ impl flows_server::Flows for FlowsApi {
         request: Request<DeleteDocumentsRequest>,
     ) -> Result<Response<DeleteDocumentsResponse>, Status> {
         let r = request.into_inner();
-        collection_ref(&r.workspace_id, &r.collection_id)?;
+        collection_request(&r.workspace_id, &r.collection_id, || {
+            knowledge::check_external_ids(&r.external_ids)
+        })?;
         Ok(Response::new(
             self.knowledge
                 .delete(&r.workspace_id, &r.collection_id, r.external_ids)
@@ -429,7 +449,9 @@ impl flows_server::Flows for FlowsApi {
         request: Request<SearchDocumentsRequest>,
     ) -> Result<Response<SearchDocumentsResponse>, Status> {
         let r = request.into_inner();
-        collection_ref(&r.workspace_id, &r.collection_id)?;
+        collection_request(&r.workspace_id, &r.collection_id, || {
+            knowledge::check_query(&r.query)
+        })?;
         let hits = self
             .knowledge
             .search(&r.workspace_id, &r.collection_id, &r.query, r.limit)

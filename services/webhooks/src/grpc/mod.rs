@@ -12,10 +12,10 @@ use switchboard_proto::webhooks::v1::*;
 use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
-use crate::domain::FieldViolation;
+use crate::domain::Violations;
 use switchboard_eventlog::micros;
 
-use crate::service::{WebhooksService, public_view};
+use crate::service::{WebhooksService, check_rotation, public_view};
 use crate::store::{AttemptFilter, MessageFilter};
 
 #[derive(Clone)]
@@ -35,21 +35,32 @@ impl WebhooksApi {
 
 const ID_RULE: &str = "required: the prefix followed by 1 to 64 letters, digits, `_` or `-`";
 
+const CURSOR_RULE: &str = "not a cursor this API returned";
+
 /// The ids every request names: each `(field, value, prefix)` must be a plain prefixed id.
-fn check_ids(ids: &[(&str, &str, &str)]) -> Result<(), Status> {
-    let violations: Vec<FieldViolation> = ids
-        .iter()
-        .filter(|(_, value, prefix)| !valid_prefixed_id(value, prefix))
-        .map(|(field, _, prefix)| FieldViolation {
-            field: (*field).to_owned(),
-            description: format!("{ID_RULE} (`{prefix}`)"),
-        })
-        .collect();
-    if violations.is_empty() {
-        Ok(())
-    } else {
-        Err(error::invalid(violations))
+/// Pushed, not returned, so a request's other violations come back in the same answer.
+fn check_ids(v: &mut Violations, ids: &[(&str, &str, &str)]) {
+    for (field, value, prefix) in ids {
+        if !valid_prefixed_id(value, prefix) {
+            v.push(*field, format!("{ID_RULE} (`{prefix}`)"));
+        }
     }
+}
+
+/// Optional id filters of a list: an empty one filters nothing; any other is checked as
+/// [`check_ids`] does.
+fn check_filter_ids(v: &mut Violations, ids: &[(&str, &str, &str)]) {
+    let given: Vec<(&str, &str, &str)> = ids
+        .iter()
+        .copied()
+        .filter(|(_, value, _)| !value.is_empty())
+        .collect();
+    check_ids(v, &given);
+}
+
+/// Ends a request's checks: every violation gathered so far, in one INVALID_ARGUMENT.
+fn finish(v: Violations) -> Result<(), Status> {
+    v.finish().map_err(error::invalid)
 }
 
 fn page_size(requested: u32) -> u32 {
@@ -63,32 +74,45 @@ fn encode_cursor(parts: &[String]) -> String {
     URL_SAFE_NO_PAD.encode(parts.join("\n"))
 }
 
-fn decode_cursor(cursor: &str, parts: usize) -> Result<Option<Vec<String>>, Status> {
+/// The `N` parts of a list cursor; `None` for the first page, or (with a violation
+/// pushed beside the request's others) for a cursor this API did not return.
+fn decode_cursor<const N: usize>(v: &mut Violations, cursor: &str) -> Option<[String; N]> {
     if cursor.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let bad = || {
-        error::invalid(vec![FieldViolation {
-            field: "cursor".into(),
-            description: "not a cursor this API returned".into(),
-        }])
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let fields: Vec<String> = text.split('\n').map(str::to_owned).collect();
-    if fields.len() != parts {
-        return Err(bad());
+    let parts = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| {
+            let fields: Vec<String> = text.split('\n').map(str::to_owned).collect();
+            <[String; N]>::try_from(fields).ok()
+        });
+    if parts.is_none() {
+        v.push("cursor", CURSOR_RULE);
     }
-    Ok(Some(fields))
+    parts
 }
 
-fn number(text: &str) -> Result<i64, Status> {
-    text.parse().map_err(|_| {
-        error::invalid(vec![FieldViolation {
-            field: "cursor".into(),
-            description: "not a cursor this API returned".into(),
-        }])
-    })
+/// A number a cursor holds; a violation (and `None`) when it holds none.
+fn number(v: &mut Violations, text: &str) -> Option<i64> {
+    let parsed = text.parse::<i64>().ok();
+    if parsed.is_none() {
+        v.push("cursor", CURSOR_RULE);
+    }
+    parsed
+}
+
+/// Where a page of messages starts: before `(created_at, message_id)`.
+fn messages_cursor(v: &mut Violations, cursor: &str) -> Option<(i64, String)> {
+    let [at, id] = decode_cursor::<2>(v, cursor)?;
+    Some((number(v, &at)?, id))
+}
+
+/// Where a page of attempts starts: before `(attempted_at, message_id, attempt)`.
+fn attempts_cursor(v: &mut Violations, cursor: &str) -> Option<(i64, String, i64)> {
+    let [at, id, attempt] = decode_cursor::<3>(v, cursor)?;
+    Some((number(v, &at)?, id, number(v, &attempt)?))
 }
 
 fn time_or(t: Option<prost_types::Timestamp>, default: i64) -> i64 {
@@ -104,7 +128,10 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<EndpointWithSecret>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        let mut v = Violations::default();
+        check_ids(&mut v, &[("workspace_id", &r.workspace_id, "ws_")]);
+        self.service.check_create(&mut v, &r);
+        finish(v)?;
         let (endpoint, secret) = self.service.create_endpoint(r).await?;
         Ok(Response::new(EndpointWithSecret {
             endpoint: Some(public_view(endpoint)),
@@ -117,10 +144,16 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<UpdateEndpointRequest>,
     ) -> Result<Response<Endpoint>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("endpoint_id", &r.endpoint_id, "ep_"),
-        ])?;
+        let mut v = Violations::default();
+        check_ids(
+            &mut v,
+            &[
+                ("workspace_id", &r.workspace_id, "ws_"),
+                ("endpoint_id", &r.endpoint_id, "ep_"),
+            ],
+        );
+        self.service.check_update(&mut v, &r);
+        finish(v)?;
         Ok(Response::new(public_view(
             self.service.update_endpoint(r).await?,
         )))
@@ -143,10 +176,12 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
-        let after = decode_cursor(&r.cursor, 1)?
-            .map(|mut p| p.remove(0))
+        let mut v = Violations::default();
+        check_ids(&mut v, &[("workspace_id", &r.workspace_id, "ws_")]);
+        let after = decode_cursor::<1>(&mut v, &r.cursor)
+            .map(|[after]| after)
             .unwrap_or_default();
+        finish(v)?;
         let size = page_size(r.page_size);
         let ids = self
             .service
@@ -212,10 +247,16 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<RotateSecretRequest>,
     ) -> Result<Response<EndpointWithSecret>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("endpoint_id", &r.endpoint_id, "ep_"),
-        ])?;
+        let mut v = Violations::default();
+        check_ids(
+            &mut v,
+            &[
+                ("workspace_id", &r.workspace_id, "ws_"),
+                ("endpoint_id", &r.endpoint_id, "ep_"),
+            ],
+        );
+        check_rotation(&mut v, &r);
+        finish(v)?;
         let (endpoint, secret) = self.service.rotate_secret(r).await?;
         Ok(Response::new(EndpointWithSecret {
             endpoint: Some(public_view(endpoint)),
@@ -259,14 +300,11 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
-        if !r.endpoint_id.is_empty() {
-            check_ids(&[("endpoint_id", &r.endpoint_id, "ep_")])?;
-        }
-        let before = match decode_cursor(&r.cursor, 2)? {
-            Some(p) => Some((number(&p[0])?, p[1].clone())),
-            None => None,
-        };
+        let mut v = Violations::default();
+        check_ids(&mut v, &[("workspace_id", &r.workspace_id, "ws_")]);
+        check_filter_ids(&mut v, &[("endpoint_id", &r.endpoint_id, "ep_")]);
+        let before = messages_cursor(&mut v, &r.cursor);
+        finish(v)?;
         let filter = MessageFilter {
             endpoint_id: r.endpoint_id.clone(),
             status: r.status,
@@ -297,17 +335,17 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<ListAttemptsRequest>,
     ) -> Result<Response<ListAttemptsResponse>, Status> {
         let r = request.into_inner();
-        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
-        if !r.endpoint_id.is_empty() {
-            check_ids(&[("endpoint_id", &r.endpoint_id, "ep_")])?;
-        }
-        if !r.message_id.is_empty() {
-            check_ids(&[("message_id", &r.message_id, "whmsg_")])?;
-        }
-        let before = match decode_cursor(&r.cursor, 3)? {
-            Some(p) => Some((number(&p[0])?, p[1].clone(), number(&p[2])?)),
-            None => None,
-        };
+        let mut v = Violations::default();
+        check_ids(&mut v, &[("workspace_id", &r.workspace_id, "ws_")]);
+        check_filter_ids(
+            &mut v,
+            &[
+                ("endpoint_id", &r.endpoint_id, "ep_"),
+                ("message_id", &r.message_id, "whmsg_"),
+            ],
+        );
+        let before = attempts_cursor(&mut v, &r.cursor);
+        finish(v)?;
         let filter = AttemptFilter {
             endpoint_id: r.endpoint_id.clone(),
             message_id: r.message_id.clone(),
@@ -356,16 +394,23 @@ impl webhooks_server::Webhooks for WebhooksApi {
         request: Request<RecoverFailedRequest>,
     ) -> Result<Response<Self::RecoverFailedStream>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("endpoint_id", &r.endpoint_id, "ep_"),
-        ])?;
-        let Some(since) = r.since else {
-            return Err(error::invalid(vec![FieldViolation {
-                field: "since".into(),
-                description: "required: recover failed messages created since when".into(),
-            }]));
+        let mut v = Violations::default();
+        check_ids(
+            &mut v,
+            &[
+                ("workspace_id", &r.workspace_id, "ws_"),
+                ("endpoint_id", &r.endpoint_id, "ep_"),
+            ],
+        );
+        let Some(since) = r.since.as_ref().map(micros) else {
+            // Answered with the ids' violations, if any, in the same answer.
+            v.push(
+                "since",
+                "required: recover failed messages created since when",
+            );
+            return Err(error::invalid(v.0));
         };
+        finish(v)?;
         // Refuse an unknown endpoint before the stream starts.
         self.service
             .endpoint(&r.workspace_id, &r.endpoint_id)
@@ -389,7 +434,7 @@ impl webhooks_server::Webhooks for WebhooksApi {
                 .recover(
                     &r.workspace_id,
                     &r.endpoint_id,
-                    micros(&since),
+                    since,
                     dry_run,
                     &mut progress,
                 )
@@ -415,19 +460,29 @@ impl webhooks_server::Webhooks for WebhooksApi {
 impl WebhooksApi {
     fn endpoint_ref(&self, request: Request<EndpointRef>) -> Result<EndpointRef, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("endpoint_id", &r.endpoint_id, "ep_"),
-        ])?;
+        let mut v = Violations::default();
+        check_ids(
+            &mut v,
+            &[
+                ("workspace_id", &r.workspace_id, "ws_"),
+                ("endpoint_id", &r.endpoint_id, "ep_"),
+            ],
+        );
+        finish(v)?;
         Ok(r)
     }
 
     fn message_ref(&self, request: Request<MessageRef>) -> Result<MessageRef, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("message_id", &r.message_id, "whmsg_"),
-        ])?;
+        let mut v = Violations::default();
+        check_ids(
+            &mut v,
+            &[
+                ("workspace_id", &r.workspace_id, "ws_"),
+                ("message_id", &r.message_id, "whmsg_"),
+            ],
+        );
+        finish(v)?;
         Ok(r)
     }
 }
