@@ -141,13 +141,30 @@ impl Plan {
 pub const COMMON_ARGUMENTS: [&str; 1] = ["external_conversation_id"];
 
 /// Resolves `operation` with its rendered `arguments` against `directory`: every group,
-/// agent and field must exist there, and every value fit its field.
+/// agent and field must exist there, and every value fit its field. The checks that need
+/// no directory ([`check_operation`]) run first, so every violation is named at once.
 pub fn resolve(
     directory: &Directory,
     operation: &str,
     arguments: &BTreeMap<String, String>,
 ) -> Result<Plan, Vec<FieldViolation>> {
     let mut v = Vec::new();
+    check_operation(operation, arguments, &mut v);
+    match plan(directory, operation, arguments, &mut v) {
+        Some(plan) if v.is_empty() => Ok(plan),
+        _ => Err(v),
+    }
+}
+
+/// Checks what an operation's request holds by itself, needing no directory: the
+/// operation exists, it is given only the arguments it takes and the ones it needs, and
+/// every value is short enough. Pushed into `v` so a caller can name these beside the
+/// request's other mistakes before anything is loaded.
+pub fn check_operation(
+    operation: &str,
+    arguments: &BTreeMap<String, String>,
+    v: &mut Vec<FieldViolation>,
+) {
     if arguments.len() > limits::ARGUMENTS {
         v.push(violation(
             "arguments",
@@ -162,191 +179,240 @@ pub fn resolve(
             ));
         }
     }
-    let own: Vec<(&String, &String)> = arguments
-        .iter()
-        .filter(|(name, _)| !COMMON_ARGUMENTS.contains(&name.as_str()))
-        .collect();
-    let unexpected = |v: &mut Vec<FieldViolation>, accepts: &dyn Fn(&str) -> bool, takes: &str| {
-        for (name, _) in &own {
-            if !accepts(name) {
-                v.push(violation(
-                    format!("arguments[{name}]"),
-                    format!("{operation} takes {takes}"),
-                ));
-            }
-        }
+    let Some(taken) = takes(operation) else {
+        v.push(violation(
+            "operation",
+            format!("`{operation}` is not one of {}", OPERATIONS.join(", ")),
+        ));
+        return;
     };
-    let group = |v: &mut Vec<FieldViolation>, name: &str| -> Option<String> {
-        let found = directory
-            .groups
-            .iter()
-            .find(|g| g.id == name || g.name.eq_ignore_ascii_case(name));
-        if found.is_none() {
+    for name in arguments.keys() {
+        if !COMMON_ARGUMENTS.contains(&name.as_str()) && !accepts(operation, name) {
             v.push(violation(
-                "arguments[group]",
-                format!("group `{name}` does not exist in Connexease"),
+                format!("arguments[{name}]"),
+                format!("{operation} takes {taken}"),
             ));
         }
-        found.map(|g| g.id.clone())
-    };
-    let plan = match operation {
-        "assign_group" => {
-            unexpected(&mut v, &|n| n == "group", "group");
-            match arguments.get("group").map(|g| g.trim()) {
-                Some(name) if !name.is_empty() => {
-                    group(&mut v, name).map(|id| Plan::Assign(AssignTo::Group(id)))
-                }
-                _ => {
-                    v.push(violation(
-                        "arguments[group]",
-                        "required: the group's name or id",
-                    ));
-                    None
-                }
-            }
+    }
+    check_needed(operation, arguments, v);
+}
+
+/// What `operation` takes besides [`COMMON_ARGUMENTS`], as its violations say it; `None`
+/// for an operation that does not exist.
+fn takes(operation: &str) -> Option<&'static str> {
+    Some(match operation {
+        "assign_group" => "group",
+        "assign_agent" => "agent_email",
+        "auto_assign" => "an optional group",
+        "archive" | "unarchive" => "no arguments",
+        "set_conversation_fields" | "set_customer_fields" => "fields.<key>",
+        "update_customer" => "name, email, phone and social.<network>",
+        _ => return None,
+    })
+}
+
+/// Whether `operation` takes the argument `name` (besides [`COMMON_ARGUMENTS`]).
+fn accepts(operation: &str, name: &str) -> bool {
+    match operation {
+        "assign_group" | "auto_assign" => name == "group",
+        "assign_agent" => name == "agent_email",
+        "set_conversation_fields" | "set_customer_fields" => name.starts_with("fields."),
+        "update_customer" => {
+            ["name", "email", "phone"].contains(&name)
+                || name.strip_prefix("social.").is_some_and(|s| !s.is_empty())
         }
-        "assign_agent" => {
-            unexpected(&mut v, &|n| n == "agent_email", "agent_email");
-            match arguments.get("agent_email").map(|e| e.trim()) {
-                Some(email) if !email.is_empty() => {
-                    let found = directory
-                        .agents
-                        .iter()
-                        .find(|a| a.email.eq_ignore_ascii_case(email));
-                    if found.is_none() {
-                        v.push(violation(
-                            "arguments[agent_email]",
-                            format!("agent `{email}` does not exist in Connexease"),
-                        ));
-                    }
-                    found.map(|a| Plan::Assign(AssignTo::Agent(a.id.clone())))
-                }
-                _ => {
-                    v.push(violation(
-                        "arguments[agent_email]",
-                        "required: the agent's email",
-                    ));
-                    None
-                }
-            }
+        _ => false,
+    }
+}
+
+/// The argument `name`, trimmed, when it holds something.
+fn named<'a>(arguments: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    arguments
+        .get(name)
+        .map(|value| value.trim())
+        .filter(|value| !value.is_empty())
+}
+
+/// The arguments `operation` cannot do without, and the values that are wrong whatever the
+/// directory holds.
+fn check_needed(
+    operation: &str,
+    arguments: &BTreeMap<String, String>,
+    v: &mut Vec<FieldViolation>,
+) {
+    let any_accepted = arguments.keys().any(|name| accepts(operation, name));
+    match operation {
+        "assign_group" if named(arguments, "group").is_none() => {
+            v.push(violation(
+                "arguments[group]",
+                "required: the group's name or id",
+            ));
         }
-        "auto_assign" => {
-            unexpected(&mut v, &|n| n == "group", "an optional group");
-            match arguments
-                .get("group")
-                .map(|g| g.trim())
-                .filter(|g| !g.is_empty())
-            {
-                Some(name) => group(&mut v, name).map(|id| Plan::Assign(AssignTo::Auto(Some(id)))),
-                None => Some(Plan::Assign(AssignTo::Auto(None))),
-            }
+        "assign_agent" if named(arguments, "agent_email").is_none() => {
+            v.push(violation(
+                "arguments[agent_email]",
+                "required: the agent's email",
+            ));
         }
-        "archive" | "unarchive" => {
-            unexpected(&mut v, &|_| false, "no arguments");
-            Some(Plan::Archive(operation == "archive"))
-        }
-        "set_conversation_fields" | "set_customer_fields" => {
-            let scope = if operation == "set_conversation_fields" {
-                "conversation"
-            } else {
-                "customer"
-            };
-            unexpected(&mut v, &|n| n.starts_with("fields."), "fields.<key>");
-            let mut fields = BTreeMap::new();
-            for (name, value) in &own {
-                let Some(key) = name.strip_prefix("fields.") else {
-                    continue;
-                };
-                let Some(field) = directory
-                    .fields
-                    .iter()
-                    .find(|f| f.key == key && f.scope == scope)
-                else {
-                    v.push(violation(
-                        format!("arguments[{name}]"),
-                        format!("{scope} field `{key}` does not exist in Connexease"),
-                    ));
-                    continue;
-                };
-                let typed = if field.r#type == "tags" {
-                    let tags: Vec<&str> = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|t| !t.is_empty())
-                        .collect();
-                    if tags.len() > limits::TAGS {
-                        v.push(violation(
-                            format!("arguments[{name}]"),
-                            format!("at most {} tags", limits::TAGS),
-                        ));
-                    }
-                    json!(tags)
-                } else {
-                    json!(value)
-                };
-                fields.insert(key.to_owned(), typed);
-            }
-            if fields.is_empty() && v.is_empty() {
-                v.push(violation(
-                    "arguments",
-                    format!("{operation} needs fields.<key>"),
-                ));
-            }
-            Some(if scope == "conversation" {
-                Plan::ConversationFields(fields)
-            } else {
-                Plan::CustomerFields(fields)
-            })
+        "set_conversation_fields" | "set_customer_fields" if !any_accepted => {
+            v.push(violation(
+                "arguments",
+                format!("{operation} needs fields.<key>"),
+            ));
         }
         "update_customer" => {
-            let accepts = |n: &str| {
-                ["name", "email", "phone"].contains(&n)
-                    || n.strip_prefix("social.").is_some_and(|s| !s.is_empty())
-            };
-            unexpected(&mut v, &accepts, "name, email, phone and social.<network>");
-            let mut update = serde_json::Map::new();
-            let mut social = serde_json::Map::new();
-            for (name, value) in &own {
-                match name.as_str() {
-                    "email" if !email_address::EmailAddress::is_valid(value.trim()) => {
-                        v.push(violation(
-                            "arguments[email]",
-                            format!("`{value}` is not an email address"),
-                        ))
-                    }
-                    "name" | "email" | "phone" => {
-                        update.insert((*name).clone(), json!(value.trim()));
-                    }
-                    other => {
-                        if let Some(network) = other.strip_prefix("social.") {
-                            social.insert(network.to_owned(), json!(value.trim()));
-                        }
-                    }
-                }
+            if let Some(email) = arguments.get("email")
+                && !email_address::EmailAddress::is_valid(email.trim())
+            {
+                v.push(violation(
+                    "arguments[email]",
+                    format!("`{email}` is not an email address"),
+                ));
             }
-            if !social.is_empty() {
-                update.insert("social".into(), Json::Object(social));
-            }
-            if update.is_empty() && v.is_empty() {
+            if !any_accepted {
                 v.push(violation(
                     "arguments",
                     "update_customer needs name, email, phone or social.<network>",
                 ));
             }
-            Some(Plan::UpdateCustomer(Json::Object(update)))
         }
-        other => {
-            v.push(violation(
-                "operation",
-                format!("`{other}` is not one of {}", OPERATIONS.join(", ")),
-            ));
-            None
-        }
-    };
-    match plan {
-        Some(plan) if v.is_empty() => Ok(plan),
-        _ => Err(v),
+        _ => {}
     }
+}
+
+/// The plan of an operation [`check_operation`] passed, its references looked up in
+/// `directory` (each one missing named in `v`); `None` when there is nothing to plan.
+fn plan(
+    directory: &Directory,
+    operation: &str,
+    arguments: &BTreeMap<String, String>,
+    v: &mut Vec<FieldViolation>,
+) -> Option<Plan> {
+    match operation {
+        "assign_group" => {
+            let id = group(directory, named(arguments, "group")?, v)?;
+            Some(Plan::Assign(AssignTo::Group(id)))
+        }
+        "assign_agent" => {
+            let id = agent(directory, named(arguments, "agent_email")?, v)?;
+            Some(Plan::Assign(AssignTo::Agent(id)))
+        }
+        "auto_assign" => match named(arguments, "group") {
+            Some(name) => {
+                let id = group(directory, name, v)?;
+                Some(Plan::Assign(AssignTo::Auto(Some(id))))
+            }
+            None => Some(Plan::Assign(AssignTo::Auto(None))),
+        },
+        "archive" | "unarchive" => Some(Plan::Archive(operation == "archive")),
+        "set_conversation_fields" => {
+            let typed = fields(directory, "conversation", arguments, v);
+            Some(Plan::ConversationFields(typed))
+        }
+        "set_customer_fields" => {
+            let typed = fields(directory, "customer", arguments, v);
+            Some(Plan::CustomerFields(typed))
+        }
+        "update_customer" => Some(Plan::UpdateCustomer(customer_update(arguments))),
+        _ => None,
+    }
+}
+
+/// The id of the group named (or identified) `name`.
+fn group(directory: &Directory, name: &str, v: &mut Vec<FieldViolation>) -> Option<String> {
+    let found = directory
+        .groups
+        .iter()
+        .find(|g| g.id == name || g.name.eq_ignore_ascii_case(name));
+    if found.is_none() {
+        v.push(violation(
+            "arguments[group]",
+            format!("group `{name}` does not exist in Connexease"),
+        ));
+    }
+    found.map(|g| g.id.clone())
+}
+
+/// The id of the agent whose email is `email`.
+fn agent(directory: &Directory, email: &str, v: &mut Vec<FieldViolation>) -> Option<String> {
+    let found = directory
+        .agents
+        .iter()
+        .find(|a| a.email.eq_ignore_ascii_case(email));
+    if found.is_none() {
+        v.push(violation(
+            "arguments[agent_email]",
+            format!("agent `{email}` does not exist in Connexease"),
+        ));
+    }
+    found.map(|a| a.id.clone())
+}
+
+/// The `fields.<key>` arguments as values of the `scope`'s fields, each typed as its field
+/// is (tags become a list).
+fn fields(
+    directory: &Directory,
+    scope: &str,
+    arguments: &BTreeMap<String, String>,
+    v: &mut Vec<FieldViolation>,
+) -> BTreeMap<String, Json> {
+    let mut fields = BTreeMap::new();
+    for (name, value) in arguments {
+        let Some(key) = name.strip_prefix("fields.") else {
+            continue;
+        };
+        let Some(field) = directory
+            .fields
+            .iter()
+            .find(|f| f.key == key && f.scope == scope)
+        else {
+            v.push(violation(
+                format!("arguments[{name}]"),
+                format!("{scope} field `{key}` does not exist in Connexease"),
+            ));
+            continue;
+        };
+        let typed = if field.r#type == "tags" {
+            let tags: Vec<&str> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .collect();
+            if tags.len() > limits::TAGS {
+                v.push(violation(
+                    format!("arguments[{name}]"),
+                    format!("at most {} tags", limits::TAGS),
+                ));
+            }
+            json!(tags)
+        } else {
+            json!(value)
+        };
+        fields.insert(key.to_owned(), typed);
+    }
+    fields
+}
+
+/// `{"name", "email", "phone", "social": {...}}`, only what was given.
+fn customer_update(arguments: &BTreeMap<String, String>) -> Json {
+    let mut update = serde_json::Map::new();
+    let mut social = serde_json::Map::new();
+    for (name, value) in arguments {
+        match name.as_str() {
+            "name" | "email" | "phone" => {
+                update.insert(name.clone(), json!(value.trim()));
+            }
+            other => {
+                if let Some(network) = other.strip_prefix("social.") {
+                    social.insert(network.to_owned(), json!(value.trim()));
+                }
+            }
+        }
+    }
+    if !social.is_empty() {
+        update.insert("social".into(), Json::Object(social));
+    }
+    Json::Object(update)
 }
 
 #[cfg(test)]
@@ -449,5 +515,29 @@ mod tests {
             ["`nope` is not an email address"]
         );
         assert_eq!(errors("explode", &[]).len(), 1);
+    }
+
+    #[test]
+    fn what_needs_no_directory_is_checked_without_one() {
+        let fields = |op: &str, a: &[(&str, &str)]| -> Vec<String> {
+            let mut v = Vec::new();
+            check_operation(op, &args(a), &mut v);
+            v.into_iter().map(|v| v.field).collect()
+        };
+        assert_eq!(
+            fields("assign_group", &[("agent_email", "ada@shop.example")]),
+            ["arguments[agent_email]", "arguments[group]"]
+        );
+        assert_eq!(
+            fields("update_customer", &[("email", "nope"), ("colour", "red")]),
+            ["arguments[colour]", "arguments[email]"]
+        );
+        assert_eq!(
+            fields("set_customer_fields", &[("external_conversation_id", "c1")]),
+            ["arguments"]
+        );
+        assert_eq!(fields("explode", &[]), ["operation"]);
+        // Whether a group exists only the directory knows.
+        assert!(fields("assign_group", &[("group", "sales")]).is_empty());
     }
 }

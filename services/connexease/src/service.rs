@@ -19,6 +19,7 @@ use switchboard_proto::connexease::v1::{
     Agent, Connection, ConnectionChanged, CustomField, Directory, DirectorySynced, Group, Link,
     Linked, OperationRecorded, OperationResult, RunOperationRequest, TestConnectionResponse,
 };
+use switchboard_runtime::requests::valid_prefixed_id;
 use switchboard_secrets::{Keyring, Secret};
 use uuid::Uuid;
 
@@ -237,6 +238,24 @@ impl ConnexeaseService {
             .map(|s| Secret::new(String::from_utf8_lossy(&s).into_owned()))
     }
 
+    /// Checks `connection` as [`Self::connect`] will, pushing every violation into `v` beside
+    /// the request's others: whether its secrets may be left out depends on the stored
+    /// connection. An id that names no workspace was never connected: nothing is loaded.
+    pub async fn check_connection(
+        &self,
+        workspace_id: &str,
+        connection: &Connection,
+        v: &mut Vec<FieldViolation>,
+    ) -> Result<(), ServiceError> {
+        let previous = if valid_prefixed_id(workspace_id, "ws_") {
+            self.load(workspace_id).await?.connection
+        } else {
+            None
+        };
+        v.extend(domain::validate_connection(connection, previous.as_ref()));
+        Ok(())
+    }
+
     /// Connects the workspace: checks the token against Connexease, records the
     /// connection (secrets sealed), then pulls the directory.
     pub async fn connect(
@@ -428,19 +447,14 @@ impl ConnexeaseService {
         request: RunOperationRequest,
     ) -> Result<OperationResult, ServiceError> {
         let state = self.load_or_connect(workspace_id).await?;
-        let connection = state
-            .connected()
-            .cloned()
-            .ok_or(ServiceError::NotConnected)?;
+        let Some(connection) = state.connected().cloned() else {
+            return Err(unconnected(&request));
+        };
         let directory = match state.directory.clone() {
             Some(directory) => directory,
             None => self.sync_directory(workspace_id).await?,
         };
-        let arguments: BTreeMap<String, String> = request
-            .arguments
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let arguments = arguments_of(&request);
         let plan = domain::resolve(&directory, &request.operation, &arguments)
             .map_err(ServiceError::Invalid)?;
         let stream = operation_stream(workspace_id, &request.idempotency_key);
@@ -724,6 +738,36 @@ impl ConnexeaseService {
         }
         Ok(claim)
     }
+}
+
+/// Checks what an operation's request holds by itself (the operation and its arguments'
+/// shape), needing no directory, pushing every violation into `v` beside the request's
+/// others; [`ConnexeaseService::run_operation`] checks its references in the directory
+/// with these.
+pub fn check_operation(request: &RunOperationRequest, v: &mut Vec<FieldViolation>) {
+    domain::check_operation(&request.operation, &arguments_of(request), v);
+}
+
+/// Why an operation of a workspace that is not connected is refused: what is wrong with
+/// the request itself comes first (it is wrong whatever the connection), then the missing
+/// connection.
+fn unconnected(request: &RunOperationRequest) -> ServiceError {
+    let mut v = Vec::new();
+    check_operation(request, &mut v);
+    if v.is_empty() {
+        ServiceError::NotConnected
+    } else {
+        ServiceError::Invalid(v)
+    }
+}
+
+/// An operation's arguments in name order, as the domain takes them.
+fn arguments_of(request: &RunOperationRequest) -> BTreeMap<String, String> {
+    request
+        .arguments
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// A workspace's connection and directory for the command skeleton.

@@ -343,6 +343,118 @@ async fn every_reference_is_checked_against_the_directory() {
     h.stop().await;
 }
 
+/// The names of the fields an `INVALID_ARGUMENT` answer names, in order.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    violations(status).into_iter().map(|(f, _)| f).collect()
+}
+
+/// A request with several mistakes names every one in the same answer: the fields every
+/// request carries beside the request's own, the arguments' shape beside the directory's
+/// references, and a workspace never connected still hears what is wrong with its request.
+#[tokio::test]
+async fn every_mistake_of_a_request_is_named_in_one_answer() {
+    let mut h = Harness::start(80).await;
+    let bad_arguments = h
+        .client
+        .run_operation(RunOperationRequest {
+            workspace_id: "acme; drop".into(),
+            idempotency_key: String::new(),
+            ..operation("k1", "conv_1", "assign_group", &[("colour", "red")])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&bad_arguments),
+        [
+            "workspace_id",
+            "idempotency_key",
+            "arguments[colour]",
+            "arguments[group]"
+        ]
+    );
+    let unknown = h
+        .client
+        .run_operation(RunOperationRequest {
+            workspace_id: "ws_".into(),
+            conversation_id: "chat-9".into(),
+            ..operation("k2", "conv_1", "explode", &[])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&unknown),
+        ["workspace_id", "conversation_id", "operation"]
+    );
+    let not_connected = h
+        .client
+        .run_operation(operation(
+            "k3",
+            "conv_1",
+            "update_customer",
+            &[("email", "nope")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&not_connected), ["arguments[email]"]);
+
+    let bad_connection = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: "acme".into(),
+            request_id: "r".repeat(129),
+            connection: Some(Connection {
+                base_url: "ftp://x".into(),
+                webhook_secret: "short".into(),
+                rate_limit_per_second: 500,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&bad_connection),
+        [
+            "workspace_id",
+            "request_id",
+            "base_url",
+            "access_token",
+            "webhook_secret",
+            "rate_limit_per_second"
+        ]
+    );
+    let no_connection = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: "acme".into(),
+            request_id: String::new(),
+            connection: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&no_connection),
+        ["workspace_id", "connection"]
+    );
+
+    h.connect().await;
+    let mixed = h
+        .client
+        .run_operation(operation(
+            "k4",
+            "conv_1",
+            "set_conversation_fields",
+            &[("colour", "red"), ("fields.tier", "gold")],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&mixed),
+        ["arguments[colour]", "arguments[fields.tier]"]
+    );
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn rate_limited_requests_are_retried_after_retry_after() {
     // Two requests a second: a burst meets 429s with Retry-After.

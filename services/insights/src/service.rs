@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use jiff::tz::TimeZone;
 use switchboard_eventlog::{
     Aggregate, Command, CommandError, Decision, EventLog, EventLogError, Executed, Metadata,
     NewEvent, RecordedEvent, StreamRef, now_micros,
@@ -114,8 +115,7 @@ impl InsightsService {
     ) -> Result<Checked, ServiceError> {
         let filter = filter.cloned().unwrap_or_default();
         let mut conditions = segments::conditions_of(&filter.conditions);
-        let mut from = filter.from.as_ref().map(|t| millis(Some(t)));
-        let mut to = filter.to.as_ref().map(|t| millis(Some(t)));
+        let (mut from, mut to) = bounds_of(&filter);
         if !filter.segment_id.is_empty() {
             match self.store.segment(workspace_id, &filter.segment_id).await? {
                 None => v.push(FieldViolation::new(
@@ -136,35 +136,9 @@ impl InsightsService {
                 }
             }
         }
-        if filter.conditions.len() > dimensions::limits::CONDITIONS {
-            v.push(FieldViolation::new(
-                "filter.conditions",
-                format!("at most {} conditions", dimensions::limits::CONDITIONS),
-            ));
-        }
+        check_condition_count(&filter, v);
         let clauses = dimensions::clauses("filter.conditions", &conditions, v);
-        let window = if needs_window {
-            Some(dimensions::window(from, to, now, v))
-        } else if from.is_some() || to.is_some() {
-            // A listing's bounds, each open when not given.
-            let window = Window {
-                from: from.unwrap_or(0),
-                to: to.unwrap_or(i64::MAX),
-            };
-            let in_range =
-                |t: Option<i64>| t.is_none_or(|t| (0..=dimensions::MAX_TIME).contains(&t));
-            if !in_range(from) || !in_range(to) {
-                v.push(FieldViolation::new(
-                    "filter.from",
-                    "times are between 1970 and 9999",
-                ));
-            } else if window.to <= window.from {
-                v.push(FieldViolation::new("filter.to", "must be after `from`"));
-            }
-            Some(window)
-        } else {
-            None
-        };
+        let window = window_of(from, to, needs_window, now, v);
         Ok(Checked { window, clauses })
     }
 
@@ -215,28 +189,7 @@ impl InsightsService {
         let checked = self
             .check(&r.workspace_id, r.filter.as_ref(), true, now_ms(), &mut v)
             .await?;
-        if r.dimensions.is_empty() || r.dimensions.len() > 2 {
-            v.push(FieldViolation::new(
-                "dimensions",
-                "name one or two dimensions",
-            ));
-        }
-        let mut targets = Vec::new();
-        for (i, d) in r.dimensions.iter().enumerate() {
-            match dimensions::target(d) {
-                Ok(t) => targets.push(t),
-                Err(why) => v.push(FieldViolation::new(format!("dimensions[{i}]"), why)),
-            }
-        }
-        if r.dimensions.len() == 2 && r.dimensions[0] == r.dimensions[1] {
-            v.push(FieldViolation::new(
-                "dimensions[1]",
-                "name two different dimensions",
-            ));
-        }
-        if r.top > MAX_TOP {
-            v.push(FieldViolation::new("top", format!("at most {MAX_TOP}")));
-        }
+        let targets = breakdown_targets(r, &mut v);
         finish(v)?;
         let top = if r.top == 0 { DEFAULT_TOP } else { r.top } as usize;
         let window = checked.window.unwrap_or(Window { from: 0, to: 0 });
@@ -279,36 +232,9 @@ impl InsightsService {
         let checked = self
             .check(&r.workspace_id, r.filter.as_ref(), true, now_ms(), &mut v)
             .await?;
-        let interval = Interval::parse(&r.interval);
-        if interval.is_none() {
-            v.push(FieldViolation::new(
-                "interval",
-                "one of hour, day, week, month",
-            ));
-        }
-        let tz = buckets::time_zone(&r.time_zone)
-            .map_err(|why| v.push(FieldViolation::new("time_zone", why)))
-            .ok();
+        let (interval, tz) = trend_shape(r, &mut v);
         let window = checked.window.unwrap_or(Window { from: 0, to: 0 });
-        let mut plans = Vec::new();
-        if let (Some(interval), Some(tz)) = (interval, &tz)
-            && window.to > window.from
-        {
-            let windows = if r.compare_previous {
-                vec![window, window.previous()]
-            } else {
-                vec![window]
-            };
-            for w in windows {
-                match buckets::plan(interval, tz, w) {
-                    Ok(plan) => plans.push((w, plan)),
-                    Err(why) => {
-                        v.push(FieldViolation::new("interval", why));
-                        break;
-                    }
-                }
-            }
-        }
+        let plans = trend_plans(interval, tz.as_ref(), window, r.compare_previous, &mut v);
         finish(v)?;
         // The window and the one before, at once.
         let series = futures::future::try_join_all(plans.iter().map(|(w, plan)| async {
@@ -397,10 +323,7 @@ impl InsightsService {
         let checked = self
             .check(&r.workspace_id, r.filter.as_ref(), false, now_ms(), &mut v)
             .await?;
-        let limit = page_limit(r.limit, &mut v);
-        let cursor = decode_cursor(&r.cursor)
-            .map_err(|e| v.push(e))
-            .unwrap_or_default();
+        let (limit, cursor) = paging(r.limit, &r.cursor, &mut v);
         finish(v)?;
         let scope = Scope {
             workspace_id: &r.workspace_id,
@@ -428,15 +351,9 @@ impl InsightsService {
     ) -> Result<pb::Segment, ServiceError> {
         let segment = pb::Segment {
             id: new_id("seg"),
-            workspace_id: r.workspace_id.clone(),
-            name: r.name.trim().to_owned(),
-            description: r.description.clone(),
-            conditions: r.conditions.clone(),
-            from: r.from,
-            to: r.to,
-            last_days: r.last_days,
             created_at: Some(timestamp(now_ms())),
             created_by: by.to_owned(),
+            ..requested_segment(r)
         };
         let stream = StreamRef::new("segments", &r.workspace_id);
         let executed = Command::new(&self.log, &stream)
@@ -478,10 +395,7 @@ impl InsightsService {
         cursor: &str,
     ) -> Result<Page<pb::Segment>, ServiceError> {
         let mut v = Vec::new();
-        let limit = page_limit(limit, &mut v);
-        let cursor = decode_cursor(cursor)
-            .map_err(|e| v.push(e))
-            .unwrap_or_default();
+        let (limit, cursor) = paging(limit, cursor, &mut v);
         finish(v)?;
         Ok(self.store.segments(workspace_id, limit, &cursor).await?)
     }
@@ -529,10 +443,7 @@ impl InsightsService {
         r: &pb::ListFindingsRequest,
     ) -> Result<Page<pb::Finding>, ServiceError> {
         let mut v = Vec::new();
-        let limit = page_limit(r.limit, &mut v);
-        let cursor = decode_cursor(&r.cursor)
-            .map_err(|e| v.push(e))
-            .unwrap_or_default();
+        let (limit, cursor) = paging(r.limit, &r.cursor, &mut v);
         finish(v)?;
         Ok(self
             .store
@@ -779,6 +690,226 @@ fn page_limit(limit: u32, v: &mut Vec<FieldViolation>) -> u32 {
             v.push(FieldViolation::new("limit", "1 to 100"));
             20
         }
+    }
+}
+
+/// A page's size and where it starts, checked.
+fn paging(limit: u32, cursor: &str, v: &mut Vec<FieldViolation>) -> (u32, String) {
+    let limit = page_limit(limit, v);
+    let cursor = decode_cursor(cursor)
+        .map_err(|e| v.push(e))
+        .unwrap_or_default();
+    (limit, cursor)
+}
+
+// ---------------------------------------------------------------------------------------
+// The checks that need nothing stored, one per request that has any: the service's own
+// checks run them beside the ones that need the store, and the gRPC layer runs them with
+// a request's bad envelope (whose workspace cannot be looked in), so that every mistake
+// is named in one answer either way.
+// ---------------------------------------------------------------------------------------
+
+/// A summary's filter, as far as it fixes itself.
+pub fn check_summary(filter: Option<&pb::Filter>, v: &mut Vec<FieldViolation>) {
+    check_own(filter, true, now_ms(), v);
+}
+
+/// A breakdown's filter and dimensions.
+pub fn check_breakdown(r: &pb::BreakdownRequest, v: &mut Vec<FieldViolation>) {
+    check_own(r.filter.as_ref(), true, now_ms(), v);
+    breakdown_targets(r, v);
+}
+
+/// A trend's filter, interval and time zone, and its buckets when the filter fixes the
+/// window.
+pub fn check_trends(r: &pb::TrendsRequest, v: &mut Vec<FieldViolation>) {
+    let window = check_own(r.filter.as_ref(), true, now_ms(), v);
+    let (interval, tz) = trend_shape(r, v);
+    if let Some(window) = window {
+        trend_plans(interval, tz.as_ref(), window, r.compare_previous, v);
+    }
+}
+
+/// A listing of conversation ids: its filter and its page.
+pub fn check_conversation_ids(r: &pb::ListConversationIdsRequest, v: &mut Vec<FieldViolation>) {
+    check_own(r.filter.as_ref(), false, now_ms(), v);
+    paging(r.limit, &r.cursor, v);
+}
+
+/// A listing's page.
+pub fn check_page(limit: u32, cursor: &str, v: &mut Vec<FieldViolation>) {
+    paging(limit, cursor, v);
+}
+
+/// A new segment's fields (how many segments the workspace keeps is the command's).
+pub fn check_create_segment(r: &pb::CreateSegmentRequest, v: &mut Vec<FieldViolation>) {
+    segments::check(&requested_segment(r), v);
+}
+
+/// Checks what `filter` holds by itself, needing no stored segment: its conditions, and its
+/// window when it fixes one (its bounds, or the default when it names no segment either).
+/// That window, if any.
+fn check_own(
+    filter: Option<&pb::Filter>,
+    needs_window: bool,
+    now: i64,
+    v: &mut Vec<FieldViolation>,
+) -> Option<Window> {
+    let none = pb::Filter::default();
+    let filter = filter.unwrap_or(&none);
+    check_condition_count(filter, v);
+    dimensions::clauses(
+        "filter.conditions",
+        &segments::conditions_of(&filter.conditions),
+        v,
+    );
+    let (from, to) = bounds_of(filter);
+    if from.is_none() && to.is_none() && !filter.segment_id.is_empty() {
+        // The segment's window stands: the service checks it.
+        return None;
+    }
+    window_of(from, to, needs_window, now, v)
+}
+
+/// A filter names at most [`dimensions::limits::CONDITIONS`] conditions of its own.
+fn check_condition_count(filter: &pb::Filter, v: &mut Vec<FieldViolation>) {
+    if filter.conditions.len() > dimensions::limits::CONDITIONS {
+        v.push(FieldViolation::new(
+            "filter.conditions",
+            format!("at most {} conditions", dimensions::limits::CONDITIONS),
+        ));
+    }
+}
+
+/// A filter's bounds, in milliseconds since the epoch.
+fn bounds_of(filter: &pb::Filter) -> (Option<i64>, Option<i64>) {
+    (
+        filter.from.as_ref().map(|t| millis(Some(t))),
+        filter.to.as_ref().map(|t| millis(Some(t))),
+    )
+}
+
+/// The window between `from` and `to`, checked. `needs_window`: a question over time gets
+/// the default window when none is given; a listing's bounds are each open when not given,
+/// and it has no window without either.
+fn window_of(
+    from: Option<i64>,
+    to: Option<i64>,
+    needs_window: bool,
+    now: i64,
+    v: &mut Vec<FieldViolation>,
+) -> Option<Window> {
+    if needs_window {
+        return Some(dimensions::window(from, to, now, v));
+    }
+    if from.is_none() && to.is_none() {
+        return None;
+    }
+    let window = Window {
+        from: from.unwrap_or(0),
+        to: to.unwrap_or(i64::MAX),
+    };
+    let in_range = |t: Option<i64>| t.is_none_or(|t| (0..=dimensions::MAX_TIME).contains(&t));
+    if !in_range(from) || !in_range(to) {
+        v.push(FieldViolation::new(
+            "filter.from",
+            "times are between 1970 and 9999",
+        ));
+    } else if window.to <= window.from {
+        v.push(FieldViolation::new("filter.to", "must be after `from`"));
+    }
+    Some(window)
+}
+
+/// The dimensions a breakdown is by (one or two, known, different), and its `top` checked.
+fn breakdown_targets(r: &pb::BreakdownRequest, v: &mut Vec<FieldViolation>) -> Vec<Target> {
+    if r.dimensions.is_empty() || r.dimensions.len() > 2 {
+        v.push(FieldViolation::new(
+            "dimensions",
+            "name one or two dimensions",
+        ));
+    }
+    let mut targets = Vec::new();
+    for (i, d) in r.dimensions.iter().enumerate() {
+        match dimensions::target(d) {
+            Ok(t) => targets.push(t),
+            Err(why) => v.push(FieldViolation::new(format!("dimensions[{i}]"), why)),
+        }
+    }
+    if r.dimensions.len() == 2 && r.dimensions[0] == r.dimensions[1] {
+        v.push(FieldViolation::new(
+            "dimensions[1]",
+            "name two different dimensions",
+        ));
+    }
+    if r.top > MAX_TOP {
+        v.push(FieldViolation::new("top", format!("at most {MAX_TOP}")));
+    }
+    targets
+}
+
+/// A trend's interval and time zone, each `None` when it is not one.
+fn trend_shape(
+    r: &pb::TrendsRequest,
+    v: &mut Vec<FieldViolation>,
+) -> (Option<Interval>, Option<TimeZone>) {
+    let interval = Interval::parse(&r.interval);
+    if interval.is_none() {
+        v.push(FieldViolation::new(
+            "interval",
+            "one of hour, day, week, month",
+        ));
+    }
+    let tz = buckets::time_zone(&r.time_zone)
+        .map_err(|why| v.push(FieldViolation::new("time_zone", why)))
+        .ok();
+    (interval, tz)
+}
+
+/// How `window` (and the one before it, compared) is cut into buckets: none when the
+/// interval, the time zone or the window is wrong; a window cut too finely is named in `v`.
+fn trend_plans(
+    interval: Option<Interval>,
+    tz: Option<&TimeZone>,
+    window: Window,
+    compare_previous: bool,
+    v: &mut Vec<FieldViolation>,
+) -> Vec<(Window, buckets::Plan)> {
+    let mut plans = Vec::new();
+    let (Some(interval), Some(tz)) = (interval, tz) else {
+        return plans;
+    };
+    if window.to <= window.from {
+        return plans;
+    }
+    let windows = if compare_previous {
+        vec![window, window.previous()]
+    } else {
+        vec![window]
+    };
+    for w in windows {
+        match buckets::plan(interval, tz, w) {
+            Ok(plan) => plans.push((w, plan)),
+            Err(why) => {
+                v.push(FieldViolation::new("interval", why));
+                break;
+            }
+        }
+    }
+    plans
+}
+
+/// A segment as a request asks for it, before it has an id, a time and an author.
+fn requested_segment(r: &pb::CreateSegmentRequest) -> pb::Segment {
+    pb::Segment {
+        workspace_id: r.workspace_id.clone(),
+        name: r.name.trim().to_owned(),
+        description: r.description.clone(),
+        conditions: r.conditions.clone(),
+        from: r.from,
+        to: r.to,
+        last_days: r.last_days,
+        ..Default::default()
     }
 }
 

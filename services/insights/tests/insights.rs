@@ -782,6 +782,170 @@ async fn answers_match_counts_made_independently_on_postgres() {
     schema.drop().await;
 }
 
+/// `google.rpc.Status` as an error's details carry it: only what is read here.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<prost_types::Any>,
+}
+
+/// `google.rpc.BadRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BadRequest {
+    #[prost(message, repeated, tag = "1")]
+    field_violations: Vec<Violation>,
+}
+
+/// `google.rpc.BadRequest.FieldViolation`: the field it names.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Violation {
+    #[prost(string, tag = "1")]
+    field: String,
+}
+
+/// The fields an `INVALID_ARGUMENT` answer's `BadRequest` detail names, in order.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = <RpcStatus as prost::Message>::decode(status.details())
+        .expect("the details are a google.rpc.Status");
+    let bad_requests: Vec<BadRequest> = details
+        .details
+        .iter()
+        .filter(|any| any.type_url.ends_with("/google.rpc.BadRequest"))
+        .map(|any| {
+            <BadRequest as prost::Message>::decode(any.value.as_slice())
+                .expect("a google.rpc.BadRequest")
+        })
+        .collect();
+    assert_eq!(bad_requests.len(), 1, "{status:?}");
+    bad_requests
+        .into_iter()
+        .flat_map(|b| b.field_violations)
+        .map(|v| v.field)
+        .collect()
+}
+
+/// A request with several mistakes names every one in the same answer: the fields every
+/// request carries beside the request's own, and what needs the store (a missing segment)
+/// beside what does not.
+#[tokio::test]
+async fn every_mistake_of_a_request_is_named_in_one_answer() {
+    let dir = std::env::temp_dir().join(format!("insights-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = Cluster::start(StoreConfig::Sqlite {
+        path: dir.join("insights.db"),
+    })
+    .await;
+    let client = &cluster.client;
+
+    let breakdown = client
+        .get_breakdown(pb::BreakdownRequest {
+            workspace_id: "acme".into(),
+            filter: filter(BASE + DAY, BASE, &[("mood", &["x"])]),
+            dimensions: vec!["colour".into()],
+            top: 500,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&breakdown),
+        [
+            "workspace_id",
+            "filter.conditions[0].dimension",
+            "filter.to",
+            "dimensions[0]",
+            "top"
+        ]
+    );
+    let summary = client
+        .get_summary(pb::SummaryRequest {
+            workspace_id: "ws_".into(),
+            filter: filter(BASE, BASE + DAY, &[("sentiment", &["furious"])]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&summary),
+        ["workspace_id", "filter.conditions[0].values[0]"]
+    );
+    // Sixty days of hours are more buckets than an answer holds.
+    let trends = client
+        .get_trends(pb::TrendsRequest {
+            workspace_id: "acme".into(),
+            filter: filter(BASE, BASE + 60 * DAY, &[]),
+            interval: "hour".into(),
+            time_zone: "UTC".into(),
+            compare_previous: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&trends), ["workspace_id", "interval"]);
+    let segment = client
+        .create_segment(pb::CreateSegmentRequest {
+            workspace_id: "acme".into(),
+            request_id: "r".repeat(129),
+            name: " ".into(),
+            last_days: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&segment),
+        ["workspace_id", "request_id", "name", "last_days"]
+    );
+    let ids = client
+        .list_conversation_ids(pb::ListConversationIdsRequest {
+            workspace_id: "acme".into(),
+            limit: 500,
+            cursor: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&ids), ["workspace_id", "limit", "cursor"]);
+    let segments = client
+        .list_segments(pb::ListSegmentsRequest {
+            workspace_id: "acme".into(),
+            limit: 101,
+            cursor: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&segments),
+        ["workspace_id", "limit", "cursor"]
+    );
+    let findings = client
+        .list_findings(pb::ListFindingsRequest {
+            workspace_id: "acme".into(),
+            limit: 101,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&findings), ["workspace_id", "limit"]);
+
+    // A clean envelope: the segment the filter names is looked for, and its absence named
+    // beside the filter's own mistake.
+    let missing = client
+        .get_summary(pb::SummaryRequest {
+            workspace_id: WS.into(),
+            filter: Some(pb::Filter {
+                segment_id: "seg_missing".into(),
+                ..filter(BASE, BASE + DAY, &[("mood", &["x"])]).unwrap()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&missing),
+        ["filter.segment_id", "filter.conditions[0].dimension"]
+    );
+    cluster.shutdown.cancel();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A day with four times the usual billing conversations is a finding, raised once;
 /// dismissed, it stays dismissed.
 #[tokio::test]

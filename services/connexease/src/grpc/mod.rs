@@ -8,7 +8,7 @@ use switchboard_runtime::requests::valid_prefixed_id;
 use tonic::{Request, Response, Status};
 
 use crate::domain::FieldViolation;
-use crate::service::{ConnexeaseService, public_view};
+use crate::service::{ConnexeaseService, check_operation, public_view};
 
 #[derive(Clone)]
 pub struct ConnexeaseApi {
@@ -32,9 +32,9 @@ fn violation(field: &str, description: &str) -> FieldViolation {
     }
 }
 
-/// The workspace (and request id) every request names.
-fn check(workspace_id: &str, request_id: &str) -> Result<(), Status> {
-    let mut v = Vec::new();
+/// Checks the workspace (and request id) every request names, pushing into `v` so the
+/// request's own fields are named in the same answer.
+fn check_envelope(v: &mut Vec<FieldViolation>, workspace_id: &str, request_id: &str) {
     if !valid_prefixed_id(workspace_id, "ws_") {
         v.push(violation(
             "workspace_id",
@@ -44,11 +44,45 @@ fn check(workspace_id: &str, request_id: &str) -> Result<(), Status> {
     if request_id.len() > 128 {
         v.push(violation("request_id", "at most 128 bytes"));
     }
+}
+
+/// `INVALID_ARGUMENT` naming every violation, if any.
+fn finish(v: Vec<FieldViolation>) -> Result<(), Status> {
     if v.is_empty() {
         Ok(())
     } else {
         Err(error::invalid(v))
     }
+}
+
+/// The workspace (and request id) of a request that carries nothing else to check.
+fn check(workspace_id: &str, request_id: &str) -> Result<(), Status> {
+    let mut v = Vec::new();
+    check_envelope(&mut v, workspace_id, request_id);
+    finish(v)
+}
+
+/// Checks what an operation's request carries besides the operation: its workspace, key
+/// and conversation. A mistake there stops the request here, with what is wrong with the
+/// operation and its arguments that needs no directory, so every mistake is named in one
+/// answer. Otherwise the service checks the operation, naming those mistakes beside the
+/// directory's (a group that does not exist).
+fn check_run(r: &RunOperationRequest) -> Result<(), Status> {
+    let mut v = Vec::new();
+    check_envelope(&mut v, &r.workspace_id, "");
+    if r.idempotency_key.is_empty() || r.idempotency_key.len() > 128 {
+        v.push(violation("idempotency_key", "required: 1 to 128 bytes"));
+    }
+    if !valid_prefixed_id(&r.conversation_id, "conv_") {
+        v.push(violation(
+            "conversation_id",
+            "required: our conversation (`conv_…`)",
+        ));
+    }
+    if !v.is_empty() {
+        check_operation(r, &mut v);
+    }
+    finish(v)
 }
 
 #[tonic::async_trait]
@@ -58,10 +92,20 @@ impl connexease_server::Connexease for ConnexeaseApi {
         request: Request<ConnectRequest>,
     ) -> Result<Response<ConnectionResponse>, Status> {
         let r = request.into_inner();
-        check(&r.workspace_id, &r.request_id)?;
-        let connection = r
-            .connection
-            .ok_or_else(|| error::invalid(vec![violation("connection", "required")]))?;
+        let mut v = Vec::new();
+        check_envelope(&mut v, &r.workspace_id, &r.request_id);
+        let Some(connection) = r.connection else {
+            v.push(violation("connection", "required"));
+            return Err(error::invalid(v));
+        };
+        if !v.is_empty() {
+            // Stopped here: the connection's mistakes are named too (the service checks
+            // the connection of a request it goes on with).
+            self.service
+                .check_connection(&r.workspace_id, &connection, &mut v)
+                .await?;
+            return Err(error::invalid(v));
+        }
         let (connection, _) = self
             .service
             .connect(&r.workspace_id, &r.request_id, connection)
@@ -145,20 +189,7 @@ impl connexease_server::Connexease for ConnexeaseApi {
         request: Request<RunOperationRequest>,
     ) -> Result<Response<OperationResult>, Status> {
         let r = request.into_inner();
-        check(&r.workspace_id, "")?;
-        let mut v = Vec::new();
-        if r.idempotency_key.is_empty() || r.idempotency_key.len() > 128 {
-            v.push(violation("idempotency_key", "required: 1 to 128 bytes"));
-        }
-        if !valid_prefixed_id(&r.conversation_id, "conv_") {
-            v.push(violation(
-                "conversation_id",
-                "required: our conversation (`conv_…`)",
-            ));
-        }
-        if !v.is_empty() {
-            return Err(error::invalid(v));
-        }
+        check_run(&r)?;
         let workspace_id = r.workspace_id.clone();
         Ok(Response::new(
             self.service.run_operation(&workspace_id, r).await?,

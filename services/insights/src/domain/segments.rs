@@ -47,6 +47,13 @@ pub fn conditions_of(conditions: &[pb::Condition]) -> Vec<Condition> {
 /// Checks a new segment (its id, times and author already set by the caller).
 pub fn validate(segment: &pb::Segment) -> Result<(), DomainError> {
     let mut v = Vec::new();
+    check(segment, &mut v);
+    finish(v)
+}
+
+/// Checks a segment's fields, none of which needs the workspace's other segments, pushing
+/// every violation into `v` so a request's other mistakes are named beside them.
+pub fn check(segment: &pb::Segment, v: &mut Vec<FieldViolation>) {
     let name = segment.name.trim();
     if name.is_empty() {
         v.push(FieldViolation::new("name", "a segment has a name"));
@@ -68,7 +75,7 @@ pub fn validate(segment: &pb::Segment) -> Result<(), DomainError> {
             format!("at most {} conditions", limits::CONDITIONS),
         ));
     }
-    dimensions::clauses("conditions", &conditions_of(&segment.conditions), &mut v);
+    dimensions::clauses("conditions", &conditions_of(&segment.conditions), v);
     let fixed = segment.from.is_some() || segment.to.is_some();
     if fixed && segment.last_days > 0 {
         v.push(FieldViolation::new(
@@ -93,7 +100,6 @@ pub fn validate(segment: &pb::Segment) -> Result<(), DomainError> {
             ));
         }
     }
-    finish(v)
 }
 
 /// Creating `segment`.

@@ -1,5 +1,6 @@
-//! The `switchboard.insights.v1.Insights` gRPC service: check the request envelope, call
-//! the service, encode the answer.
+//! The `switchboard.insights.v1.Insights` gRPC service: check the request envelope with
+//! what the body holds that needs nothing stored (every mistake in one answer), call the
+//! service, encode the answer.
 
 mod error;
 
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status};
 pub use error::invalid;
 
 use crate::domain::FieldViolation;
-use crate::service::{InsightsService, now_ms};
+use crate::service::{self, InsightsService, now_ms};
 
 /// The tonic service.
 #[derive(Clone)]
@@ -36,13 +37,32 @@ impl InsightsApi {
     }
 }
 
-/// Checks the workspace, the request id and the ids of a request.
-fn envelope(
+/// Checks the workspace, the request id and the ids of a request. A bad one stops the
+/// request here, with what `body` finds wrong that needs nothing stored, so every mistake
+/// is named in one answer. A clean one leaves the body to the service, whose one check
+/// names those mistakes beside the ones that need the store (a missing segment).
+fn checked(
     workspace_id: &str,
     request_id: &str,
     ids: &[(&str, &str, &str)],
+    body: impl FnOnce(&mut Vec<FieldViolation>),
 ) -> Result<(), Status> {
     let mut v = Vec::new();
+    envelope(&mut v, workspace_id, request_id, ids);
+    if v.is_empty() {
+        return Ok(());
+    }
+    body(&mut v);
+    Err(invalid(v))
+}
+
+/// Checks the workspace, the request id and the ids of a request.
+fn envelope(
+    v: &mut Vec<FieldViolation>,
+    workspace_id: &str,
+    request_id: &str,
+    ids: &[(&str, &str, &str)],
+) {
     if !valid_prefixed_id(workspace_id, "ws_") {
         v.push(FieldViolation::new(
             "workspace_id",
@@ -60,12 +80,10 @@ fn envelope(
             ));
         }
     }
-    if v.is_empty() {
-        Ok(())
-    } else {
-        Err(invalid(v))
-    }
 }
+
+/// A request that carries nothing to check beyond its envelope.
+fn nothing(_: &mut Vec<FieldViolation>) {}
 
 /// Who acts: the gateway's caller, or the calling service itself.
 fn actor() -> String {
@@ -84,7 +102,7 @@ impl insights_server::Insights for InsightsApi {
         request: Request<ListDimensionsRequest>,
     ) -> Result<Response<ListDimensionsResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], nothing)?;
         Ok(Response::new(ListDimensionsResponse {
             dimensions: self.service.dimensions(&r.workspace_id).await?,
         }))
@@ -95,7 +113,9 @@ impl insights_server::Insights for InsightsApi {
         request: Request<SummaryRequest>,
     ) -> Result<Response<SummaryResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], |v| {
+            service::check_summary(r.filter.as_ref(), v);
+        })?;
         Ok(Response::new(
             self.service
                 .summary(&r.workspace_id, r.filter.as_ref())
@@ -108,7 +128,9 @@ impl insights_server::Insights for InsightsApi {
         request: Request<BreakdownRequest>,
     ) -> Result<Response<BreakdownResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], |v| {
+            service::check_breakdown(&r, v);
+        })?;
         Ok(Response::new(self.service.breakdown(&r).await?))
     }
 
@@ -117,7 +139,7 @@ impl insights_server::Insights for InsightsApi {
         request: Request<TrendsRequest>,
     ) -> Result<Response<TrendsResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], |v| service::check_trends(&r, v))?;
         Ok(Response::new(self.service.trends(&r).await?))
     }
 
@@ -126,7 +148,9 @@ impl insights_server::Insights for InsightsApi {
         request: Request<CreateSegmentRequest>,
     ) -> Result<Response<Segment>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, &r.request_id, &[])?;
+        checked(&r.workspace_id, &r.request_id, &[], |v| {
+            service::check_create_segment(&r, v);
+        })?;
         Ok(Response::new(
             self.service.create_segment(&r, &actor()).await?,
         ))
@@ -134,10 +158,11 @@ impl insights_server::Insights for InsightsApi {
 
     async fn get_segment(&self, request: Request<SegmentRef>) -> Result<Response<Segment>, Status> {
         let r = request.into_inner();
-        envelope(
+        checked(
             &r.workspace_id,
             "",
             &[("segment_id", &r.segment_id, "seg_")],
+            nothing,
         )?;
         Ok(Response::new(
             self.service.segment(&r.workspace_id, &r.segment_id).await?,
@@ -149,7 +174,9 @@ impl insights_server::Insights for InsightsApi {
         request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], |v| {
+            service::check_page(r.limit, &r.cursor, v);
+        })?;
         let page = self
             .service
             .segments(&r.workspace_id, r.limit, &r.cursor)
@@ -165,10 +192,11 @@ impl insights_server::Insights for InsightsApi {
         request: Request<DeleteSegmentRequest>,
     ) -> Result<Response<Segment>, Status> {
         let r = request.into_inner();
-        envelope(
+        checked(
             &r.workspace_id,
             &r.request_id,
             &[("segment_id", &r.segment_id, "seg_")],
+            nothing,
         )?;
         Ok(Response::new(
             self.service
@@ -182,7 +210,9 @@ impl insights_server::Insights for InsightsApi {
         request: Request<ListConversationIdsRequest>,
     ) -> Result<Response<ListConversationIdsResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], |v| {
+            service::check_conversation_ids(&r, v);
+        })?;
         let page = self.service.conversation_ids(&r).await?;
         Ok(Response::new(ListConversationIdsResponse {
             conversation_ids: page.items,
@@ -195,7 +225,9 @@ impl insights_server::Insights for InsightsApi {
         request: Request<ListFindingsRequest>,
     ) -> Result<Response<ListFindingsResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], |v| {
+            service::check_page(r.limit, &r.cursor, v);
+        })?;
         let page = self.service.findings(&r).await?;
         Ok(Response::new(ListFindingsResponse {
             findings: page.items,
@@ -208,10 +240,11 @@ impl insights_server::Insights for InsightsApi {
         request: Request<DismissFindingRequest>,
     ) -> Result<Response<Finding>, Status> {
         let r = request.into_inner();
-        envelope(
+        checked(
             &r.workspace_id,
             &r.request_id,
             &[("finding_id", &r.finding_id, "fnd_")],
+            nothing,
         )?;
         Ok(Response::new(
             self.service
@@ -225,7 +258,7 @@ impl insights_server::Insights for InsightsApi {
         request: Request<DetectFindingsRequest>,
     ) -> Result<Response<DetectFindingsResponse>, Status> {
         let r = request.into_inner();
-        envelope(&r.workspace_id, "", &[])?;
+        checked(&r.workspace_id, "", &[], nothing)?;
         Ok(Response::new(DetectFindingsResponse {
             raised: self.service.detect(&r.workspace_id, now_ms()).await?,
         }))
