@@ -10,6 +10,7 @@
 //! retries a bounded number of times when another writer wins the race.
 #![forbid(unsafe_code)]
 
+pub mod backfill;
 mod command;
 mod error;
 mod event;
@@ -26,6 +27,7 @@ mod subscription;
 /// ask for it in their dev-dependencies; never into a production build.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace;
 mod tx;
 
 pub use command::{
@@ -41,7 +43,7 @@ pub use handler::{HandleError, Handler};
 pub use lease::{DEFAULT_LEASE_TERM, Fence, Lease};
 pub use postgres::{set_acquire_timeout, set_idle_in_transaction_timeout};
 pub use projection::{Projection, RebuildProgress, Upcaster};
-pub use relay::{Relay, RelayConfig, Router, StreamSpec, ensure_stream};
+pub use relay::{Relay, RelayConfig, Retention, Router, StreamSpec, ensure_stream};
 pub use store::{Appended, DeadLetter, EventLog, RelayLag, Snapshot, StoreConfig};
 pub use subscription::{
     JetStreamSubscription, LogTailSubscription, Subscription, SubscriptionConfig,

@@ -38,16 +38,39 @@ pub struct StreamSpec {
     pub subjects: Vec<String>,
     /// Replicas (3 in production).
     pub replicas: usize,
+    /// How much the stream keeps before the oldest messages go.
+    pub retention: Retention,
 }
 
+/// How much a stream keeps: messages older than `max_age`, or beyond `max_bytes` or
+/// `max_messages`, are removed, the oldest first (the log stays the truth, and a consumer
+/// that falls behind is re-fed from it). Zero or less: no limit of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub max_messages: i64,
+}
+
+/// The window in which JetStream drops a message published again with the same id (the
+/// relay republishing a batch after a crash); never longer than the stream keeps messages.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
 impl StreamSpec {
-    /// The spec of a stream of the bus contract, with `replicas`.
+    /// The spec of a stream of the bus contract, with `replicas` and no retention limit.
     pub fn of(stream: &switchboard_contract::Stream, replicas: usize) -> Self {
         Self {
             name: stream.name.to_owned(),
             subjects: stream.subjects.iter().map(|s| (*s).to_owned()).collect(),
             replicas,
+            retention: Retention::default(),
         }
+    }
+
+    /// The same stream keeping at most what `retention` says.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The stream's name under a deployment prefix.
@@ -69,13 +92,16 @@ pub fn prefixed_subject(prefix: &str, subject: &str) -> String {
     }
 }
 
-/// Creates the stream with file storage, the given replicas and a two-minute duplicate
-/// window, or brings an existing one's subjects and replicas up to date.
+/// Creates the stream with file storage, the given replicas, retention and a two-minute
+/// duplicate window, or brings an existing one's subjects, replicas and retention up to
+/// date.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     prefix: &str,
     spec: &StreamSpec,
 ) -> Result<stream::Stream, EventLogError> {
+    let limit = |n: i64| if n > 0 { n } else { -1 };
+    let max_age = spec.retention.max_age;
     let config = stream::Config {
         name: spec.prefixed_name(prefix),
         subjects: spec
@@ -85,7 +111,15 @@ pub async fn ensure_stream(
             .collect(),
         storage: stream::StorageType::File,
         num_replicas: spec.replicas,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: if max_age.is_zero() {
+            DUPLICATE_WINDOW
+        } else {
+            DUPLICATE_WINDOW.min(max_age)
+        },
+        max_age,
+        max_bytes: limit(spec.retention.max_bytes),
+        max_messages: limit(spec.retention.max_messages),
+        discard: stream::DiscardPolicy::Old,
         ..Default::default()
     };
     match js.get_stream(&config.name).await {
@@ -96,8 +130,18 @@ pub async fn ensure_stream(
                 .map_err(EventLogError::nats)?
                 .config
                 .clone();
-            if current.subjects != config.subjects || current.num_replicas != config.num_replicas {
-                info!(stream = %config.name, "updating stream subjects and replicas");
+            let changed = current.subjects != config.subjects
+                || current.num_replicas != config.num_replicas
+                || current.max_age != config.max_age
+                || limit(current.max_bytes) != config.max_bytes
+                || limit(current.max_messages) != config.max_messages;
+            if changed {
+                info!(
+                    stream = %config.name,
+                    max_age_secs = config.max_age.as_secs(),
+                    max_bytes = config.max_bytes,
+                    "updating stream subjects, replicas and retention"
+                );
                 js.update_stream(config)
                     .await
                     .map_err(EventLogError::nats)?;
@@ -307,9 +351,11 @@ impl Relay {
                     continue;
                 };
                 let subject = prefixed_subject(&self.config.prefix, &subject);
+                let mut headers = headers(event);
+                let _span = publish_span(event, &subject, &mut headers);
                 let published = self
                     .js
-                    .publish_with_headers(subject, headers(event), envelope_bytes(event).into())
+                    .publish_with_headers(subject, headers, envelope_bytes(event).into())
                     .await;
                 match published {
                     Ok(ack) => acks.push(ack),
@@ -367,6 +413,31 @@ pub fn envelope_bytes(event: &RecordedEvent) -> Vec<u8> {
 
 /// The NATS headers of `event`: dedupe id, trace context and what a consumer needs to route
 /// without decoding.
+/// The relay's hop in the trace of the call that appended `event`: a producer span, child
+/// of the event's `traceparent`, whose own `traceparent` the message carries, so the
+/// consumers' spans hang under it. Events appended outside any trace get none.
+fn publish_span(event: &RecordedEvent, subject: &str, headers: &mut HeaderMap) -> tracing::Span {
+    if event.metadata.traceparent.is_empty() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "eventlog.publish",
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        event_type = %event.event_type,
+        event_id = %event.event_id,
+    );
+    crate::trace::set_parent_from_traceparent(&span, &event.metadata.traceparent);
+    if let Some(traceparent) = span.in_scope(crate::trace::current_traceparent) {
+        headers.insert(
+            switchboard_contract::headers::TRACEPARENT,
+            traceparent.as_str(),
+        );
+    }
+    span
+}
+
 pub fn headers(event: &RecordedEvent) -> HeaderMap {
     use switchboard_contract::headers as h;
     let mut headers = HeaderMap::new();

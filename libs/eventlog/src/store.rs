@@ -442,6 +442,35 @@ impl EventLog {
         Ok(self.upcast_all(events))
     }
 
+    /// The log position of the event at `global_position`, if the log holds one.
+    pub async fn position_of(
+        &self,
+        global_position: i64,
+    ) -> Result<Option<LogPosition>, EventLogError> {
+        let row: Option<(i64, i64)> =
+            match self.backend.as_ref() {
+                Backend::Postgres(pg) => {
+                    sqlx::query_as(
+                        "SELECT transaction_id::text::int8, global_position FROM events
+                     WHERE global_position = $1",
+                    )
+                    .bind(global_position)
+                    .fetch_optional(&pg.pool)
+                    .await?
+                }
+                Backend::Sqlite(lite) => sqlx::query_as(
+                    "SELECT transaction_id, global_position FROM events WHERE global_position = $1",
+                )
+                .bind(global_position)
+                .fetch_optional(&lite.reader)
+                .await?,
+            };
+        Ok(row.map(|(transaction_id, global_position)| LogPosition {
+            transaction_id: transaction_id as u64,
+            global_position,
+        }))
+    }
+
     /// Whether the store answers: one trivial query on the read pool, within `within`.
     pub async fn ping(&self, within: Duration) -> Result<(), EventLogError> {
         let query = async {

@@ -7,7 +7,7 @@
 //! it was processed commit together, and an event that can never be handled ends in the
 //! dead-letter table with its reason instead of being dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
@@ -16,10 +16,11 @@ use futures::StreamExt;
 use prost::Message;
 use switchboard_proto::events::v1::EventEnvelope;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, warn};
 use uuid::Uuid;
 
 use crate::EventLogError;
+use crate::backfill::{Backfill, Progress, record_progress, refeed};
 use crate::event::RecordedEvent;
 use crate::handler::{HandleError, Handler};
 use crate::relay::{envelope_bytes, prefixed_subject};
@@ -94,17 +95,39 @@ impl SubscriptionConfig {
     }
 }
 
-/// Hands `event` to `handler` once. `Ok(None)` means finished (handled, already handled,
-/// or dead-lettered); `Ok(Some(delay))` means try again after `delay`.
-async fn deliver(
+/// Hands `event` to `handler` once, in a consumer span continuing `parent` (the
+/// `traceparent` the event came with). `Ok(None)` means finished (handled, already
+/// handled, or dead-lettered); `Ok(Some(delay))` means try again after `delay`.
+pub(crate) async fn deliver(
+    config: &SubscriptionConfig,
+    handler: &dyn Handler,
+    event: &RecordedEvent,
+    attempt: u32,
+    parent: &str,
+) -> Result<Option<Duration>, EventLogError> {
+    if !handler.wants(event).await {
+        return Ok(None);
+    }
+    let span = tracing::info_span!(
+        "eventlog.consume",
+        otel.kind = "consumer",
+        messaging.consumer.group.name = %config.consumer,
+        event_type = %event.event_type,
+        event_id = %event.event_id,
+        attempt,
+    );
+    crate::trace::set_parent_from_traceparent(&span, parent);
+    handle_and_settle(config, handler, event, attempt)
+        .instrument(span)
+        .await
+}
+
+async fn handle_and_settle(
     config: &SubscriptionConfig,
     handler: &dyn Handler,
     event: &RecordedEvent,
     attempt: u32,
 ) -> Result<Option<Duration>, EventLogError> {
-    if !handler.wants(event).await {
-        return Ok(None);
-    }
     let outcome = config
         .inbox
         .process_once(&config.consumer, event, handler)
@@ -142,6 +165,7 @@ pub struct JetStreamSubscription {
     stream: String,
     filter_subject: String,
     config: SubscriptionConfig,
+    backfill: Option<Backfill>,
 }
 
 impl JetStreamSubscription {
@@ -159,7 +183,15 @@ impl JetStreamSubscription {
             stream: stream.into(),
             filter_subject: prefixed_subject(prefix, filter_subject),
             config,
+            backfill: None,
         }
+    }
+
+    /// Re-feeds the consumer from the producer's log when its stream lost messages it had
+    /// not acknowledged (see [`crate::backfill`]).
+    pub fn with_backfill(mut self, backfill: Backfill) -> Self {
+        self.backfill = Some(backfill);
+        self
     }
 
     async fn consumer(&self) -> Result<consumer::PullConsumer, EventLogError> {
@@ -208,9 +240,28 @@ impl Subscription for JetStreamSubscription {
         handler: Arc<dyn Handler>,
         shutdown: CancellationToken,
     ) -> Result<(), EventLogError> {
-        let consumer = self.consumer().await?;
+        let mut consumer = self.consumer().await?;
+        if let Some(backfill) = &self.backfill {
+            refeed(
+                &self.js,
+                &self.stream,
+                &mut consumer,
+                backfill,
+                &self.config,
+                handler.as_ref(),
+                &shutdown,
+            )
+            .await?;
+        }
         let mut messages = consumer.messages().await.map_err(EventLogError::nats)?;
         let config = Arc::new(self.config.clone());
+        let progress = Arc::new(Mutex::new(Progress::default()));
+        let recording = shutdown.child_token();
+        let recorder = tokio::spawn(record_progress(
+            self.config.clone(),
+            progress.clone(),
+            recording.clone(),
+        ));
         // One task per lane past the first; with one lane, events are settled in place.
         let mut lanes = Vec::new();
         let mut workers = tokio::task::JoinSet::new();
@@ -244,7 +295,19 @@ impl Subscription for JetStreamSubscription {
             let event = EventEnvelope::decode(message.payload.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|env| RecordedEvent::from_envelope(env).map_err(|e| e.to_string()));
-            let received = Received { message, event };
+            if let (Ok(info), Ok(event)) = (message.info(), &event)
+                && info.delivered == 1
+            {
+                progress
+                    .lock()
+                    .expect("not poisoned")
+                    .received(info.stream_sequence, event.global_position);
+            }
+            let received = Received {
+                message,
+                event,
+                progress: progress.clone(),
+            };
             if lanes.is_empty() {
                 settle(&config, handler.as_ref(), received, &shutdown).await;
                 continue;
@@ -260,6 +323,8 @@ impl Subscription for JetStreamSubscription {
         // Finish the events in hand: closing the lanes lets each drain and stop.
         drop(lanes);
         while workers.join_next().await.is_some() {}
+        recording.cancel();
+        let _ = recorder.await;
         Ok(())
     }
 }
@@ -268,6 +333,8 @@ impl Subscription for JetStreamSubscription {
 struct Received {
     message: jetstream::Message,
     event: Result<RecordedEvent, String>,
+    /// What the consumer has settled, in stream order.
+    progress: Arc<Mutex<Progress>>,
 }
 
 /// Delivers one received message and acknowledges it once it is done or dead-lettered.
@@ -281,7 +348,11 @@ async fn settle(
     received: Received,
     shutdown: &CancellationToken,
 ) {
-    let Received { message, event } = received;
+    let Received {
+        message,
+        event,
+        progress,
+    } = received;
     let mut attempt = message
         .info()
         .map(|info| info.delivered as u32)
@@ -301,7 +372,13 @@ async fn settle(
             .await
             .is_ok(),
         Ok(event) => loop {
-            let outcome = deliver(config, handler, &event, attempt).await;
+            // The relay's span when it published with one, else the appending call's.
+            let parent = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(switchboard_contract::headers::TRACEPARENT))
+                .map_or(event.metadata.traceparent.as_str(), |v| v.as_str());
+            let outcome = deliver(config, handler, &event, attempt, parent).await;
             // Our own store failing is no reason to give up on the event: try again
             // after a backoff (it counts no attempt against the event).
             let retry = outcome.unwrap_or_else(|e| {
@@ -322,6 +399,12 @@ async fn settle(
             .is_ok(),
     };
     let ack = if finished {
+        if let Ok(info) = message.info() {
+            progress
+                .lock()
+                .expect("not poisoned")
+                .settled(info.stream_sequence);
+        }
         message.ack().await
     } else {
         // The dead-letter table could not be written: redeliver later.
@@ -447,7 +530,15 @@ impl LogTailSubscription {
     ) -> Result<bool, EventLogError> {
         for event in events {
             let mut attempt = 1;
-            while let Some(delay) = deliver(&self.config, handler, event, attempt).await? {
+            while let Some(delay) = deliver(
+                &self.config,
+                handler,
+                event,
+                attempt,
+                &event.metadata.traceparent,
+            )
+            .await?
+            {
                 attempt += 1;
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),

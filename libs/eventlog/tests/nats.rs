@@ -38,6 +38,7 @@ fn spec() -> StreamSpec {
         name: "THINGS".into(),
         subjects: vec!["events.>".into()],
         replicas: 1,
+        retention: Default::default(),
     }
 }
 
@@ -622,6 +623,98 @@ async fn lanes_handle_streams_at_once_and_each_stream_in_order() {
             .position()
     );
 
+    nats.drop().await;
+    producer.drop().await;
+    consumer.drop().await;
+}
+
+/// A consumer whose stream dropped messages it had not acknowledged (retention: here the
+/// stream keeps three messages) is re-fed the missing events from the producer's log
+/// when it starts, each handled once; a second absence after it recorded its progress
+/// re-feeds only what it missed.
+#[tokio::test]
+async fn a_consumer_behind_retention_is_re_fed_from_the_log() {
+    use switchboard_eventlog::Retention;
+    use switchboard_eventlog::backfill::Backfill;
+
+    let producer = TestSchema::new().await;
+    let consumer = TestSchema::new().await;
+    let nats = TestNats::new().await;
+    let source = open(&producer.store_config()).await;
+    let inbox = open(&consumer.store_config()).await;
+    let kept = spec().with_retention(Retention {
+        max_messages: 3,
+        ..Retention::default()
+    });
+    ensure_stream(&nats.js, &nats.prefix, &kept).await.unwrap();
+    let info = nats
+        .js
+        .get_stream(kept.prefixed_name(&nats.prefix))
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(info.max_messages, 3, "the stream keeps what its spec says");
+
+    append_n(&source, 10, "thing.made").await;
+    let relay = relay(&source, &nats);
+    publish_all(&relay, 10).await;
+    assert_eq!(
+        stream_messages(&nats).await,
+        3,
+        "seven went with the retention"
+    );
+
+    let backfill = {
+        let config = producer.store_config();
+        Backfill {
+            open: Arc::new(move || {
+                let config = config.clone();
+                Box::pin(async move { Ok(open(&config).await) })
+            }),
+            filter: Arc::new(|_: &RecordedEvent| true),
+        }
+    };
+    let handler = Arc::new(Recorder {
+        calls: AtomicU32::new(0),
+    });
+    let run = |shutdown: CancellationToken| {
+        let subscription = Box::new(
+            JetStreamSubscription::new(
+                nats.js.clone(),
+                kept.prefixed_name(&nats.prefix),
+                &nats.prefix,
+                "events.ws_test.>",
+                quick("behind", inbox.clone()),
+            )
+            .with_backfill(backfill.clone()),
+        );
+        tokio::spawn(subscription.run(handler.clone(), shutdown))
+    };
+    let shutdown = CancellationToken::new();
+    let running = run(shutdown.clone());
+    wait_for(async || effects(&inbox).await == 10).await;
+    // Its progress is recorded every few seconds: wait for it, then stop.
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(effects(&inbox).await, 10, "each event handled once");
+
+    // Away again while ten more are published; the stream keeps the last three.
+    append_n(&source, 10, "thing.made").await;
+    publish_all(&relay, 10).await;
+    let shutdown = CancellationToken::new();
+    let running = run(shutdown.clone());
+    wait_for(async || effects(&inbox).await == 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(effects(&inbox).await, 20, "none twice");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let calls = handler.calls.load(Ordering::SeqCst);
+    assert_eq!(calls, 20, "no event reached the handler twice");
     nats.drop().await;
     producer.drop().await;
     consumer.drop().await;

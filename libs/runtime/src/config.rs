@@ -58,6 +58,14 @@ pub struct Config {
     /// webhook dispatcher, the flow timers) lasts without renewal, so how soon a standby
     /// replica takes over from a holder that died, froze or was cut off (1 to 300).
     pub lease_term_secs: u64,
+    /// `SWITCHBOARD_STREAM_MAX_AGE_HOURS`: how long every JetStream stream Switchboard
+    /// creates keeps a message (1 to 87600; the event log keeps everything, and a consumer
+    /// that falls further behind is re-fed from it).
+    pub stream_max_age_hours: u64,
+    /// `SWITCHBOARD_STREAM_MAX_BYTES`: the most each stream keeps, the oldest messages
+    /// going first (0, the default: no byte limit). JetStream reserves this much of the
+    /// server's storage for each stream (times its replicas) when it is created.
+    pub stream_max_bytes: u64,
     /// `SWITCHBOARD_DATABASE_IDLE_IN_TRANSACTION_SECS`: how long Postgres lets a transaction
     /// of ours sit idle before aborting it, which bounds how long a process frozen inside a
     /// transaction holds back the relays and a lease takeover (1 to 3600).
@@ -186,6 +194,8 @@ impl Default for Config {
             api_rate_per_minute: 600,
             database_acquire_timeout_secs: 5,
             lease_term_secs: 5,
+            stream_max_age_hours: 168,
+            stream_max_bytes: 0,
             database_idle_in_transaction_secs: 30,
             data_dir: PathBuf::from("./.switchboard"),
             service_token: None,
@@ -262,6 +272,8 @@ impl fmt::Debug for Config {
                 &self.database_acquire_timeout_secs,
             )
             .field("lease_term_secs", &self.lease_term_secs)
+            .field("stream_max_age_hours", &self.stream_max_age_hours)
+            .field("stream_max_bytes", &self.stream_max_bytes)
             .field(
                 "database_idle_in_transaction_secs",
                 &self.database_idle_in_transaction_secs,
@@ -279,6 +291,15 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
+    /// How much every stream Switchboard creates keeps.
+    pub fn stream_retention(&self) -> switchboard_eventlog::Retention {
+        switchboard_eventlog::Retention {
+            max_age: std::time::Duration::from_secs(self.stream_max_age_hours * 3600),
+            max_bytes: i64::try_from(self.stream_max_bytes).unwrap_or(i64::MAX),
+            max_messages: 0,
+        }
+    }
+
     /// Defaults, then the optional TOML file, then `SWITCHBOARD_*` environment variables.
     ///
     /// The result is already validated. A file that was named but does not exist is an
@@ -413,6 +434,20 @@ impl Config {
                 "database_acquire_timeout_secs",
                 self.database_acquire_timeout_secs,
                 "must be between 1 and 60",
+            ));
+        }
+        if !(1..=87_600).contains(&self.stream_max_age_hours) {
+            return Err(invalid(
+                "stream_max_age_hours",
+                self.stream_max_age_hours,
+                "must be between 1 and 87600",
+            ));
+        }
+        if self.stream_max_bytes > i64::MAX as u64 {
+            return Err(invalid(
+                "stream_max_bytes",
+                self.stream_max_bytes,
+                "must fit in a signed 64-bit integer",
             ));
         }
         if !(1..=300).contains(&self.lease_term_secs) {

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use switchboard_contract::subjects;
+use switchboard_eventlog::backfill::Backfill;
 use switchboard_eventlog::{
     EventLog, Handler, JetStreamSubscription, LogTailSubscription, RecordedEvent, Relay,
     RelayConfig, Router, StoreConfig, StreamSpec, Subscription, SubscriptionConfig, ensure_stream,
@@ -281,6 +282,35 @@ impl Host {
         Ok(())
     }
 
+    /// Where a consumer of `producer`'s `subject` is re-fed from when its stream lost what
+    /// it had not acknowledged: the producer's log (its schema in the shared database,
+    /// opened only then), through the producer's router. `None` for a producer that
+    /// publishes nothing.
+    fn backfill(
+        &self,
+        config: &Config,
+        producer: &'static str,
+        subject: &'static str,
+    ) -> Result<Option<Backfill>, HostError> {
+        let module = self.module(producer)?;
+        let Some(publication) = module.publication() else {
+            return Ok(None);
+        };
+        let router = publication.router;
+        let store = Self::store_config(config, producer);
+        Ok(Some(Backfill {
+            open: Arc::new(move || {
+                let (module, store) = (module.clone(), store.clone());
+                Box::pin(async move { open_log(module.as_ref(), &store).await })
+            }),
+            filter: Arc::new(move |e: &RecordedEvent| {
+                router
+                    .subject(e)
+                    .is_some_and(|s| subjects::matches(subject, &s))
+            }),
+        }))
+    }
+
     /// The task that runs one subscription, or `None` when its producer runs neither here
     /// nor behind NATS (`dev` without the producer).
     #[allow(clippy::too_many_arguments)]
@@ -326,11 +356,13 @@ impl Host {
             (Source::OwnLog(filter), _) => Some(tail(log, filter, settings, handler, shutdown)),
             (Source::Stream { stream, subject }, Some(js)) => Some(Box::pin(consume_stream(
                 js.clone(),
-                StreamSpec::of(&stream, config.nats_replicas),
+                StreamSpec::of(&stream, config.nats_replicas)
+                    .with_retention(config.stream_retention()),
                 config.nats_prefix.clone(),
                 subject,
                 settings,
                 handler,
+                self.backfill(config, stream.producer, subject)?,
                 shutdown,
             ))),
             (Source::Stream { stream, subject }, None) => {
@@ -398,7 +430,8 @@ fn relay(
     publication: Publication,
     shutdown: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let spec = StreamSpec::of(&publication.stream, config.nats_replicas);
+    let spec = StreamSpec::of(&publication.stream, config.nats_replicas)
+        .with_retention(config.stream_retention());
     let prefix = config.nats_prefix.clone();
     let relay = Relay::new(
         service.log.clone(),
@@ -473,9 +506,11 @@ fn lanes_for(inbox: &EventLog) -> usize {
 }
 
 /// A durable consumer of one stream's `subject`. The stream is Switchboard's, so the
-/// consumer creates it (as its producer would: the same subjects and replicas) when its
-/// producer has not yet, and reads from the start; only NATS being out of reach makes it
-/// wait and try again.
+/// consumer creates it (as its producer would: the same subjects, replicas and retention)
+/// when its producer has not yet, and reads from the start; only NATS being out of reach
+/// makes it wait and try again. A consumer that its stream left behind is re-fed from the
+/// producer's log (`backfill`).
+#[allow(clippy::too_many_arguments)]
 async fn consume_stream(
     js: jetstream::Context,
     spec: StreamSpec,
@@ -483,19 +518,24 @@ async fn consume_stream(
     subject: &'static str,
     config: SubscriptionConfig,
     handler: Arc<dyn Handler>,
+    backfill: Option<Backfill>,
     shutdown: CancellationToken,
 ) {
     let stream = spec.prefixed_name(&prefix);
     while !shutdown.is_cancelled() {
         let outcome = match ensure_stream(&js, &prefix, &spec).await {
             Ok(_) => {
-                let subscription = Box::new(JetStreamSubscription::new(
+                let mut subscription = JetStreamSubscription::new(
                     js.clone(),
                     stream.clone(),
                     &prefix,
                     subject,
                     config.clone(),
-                ));
+                );
+                if let Some(backfill) = &backfill {
+                    subscription = subscription.with_backfill(backfill.clone());
+                }
+                let subscription = Box::new(subscription);
                 subscription.run(handler.clone(), shutdown.clone()).await
             }
             Err(e) => Err(e),

@@ -1,17 +1,16 @@
 //! Logging and distributed tracing for every Switchboard process.
 //!
-//! [`init`] installs one global `tracing` subscriber: an `EnvFilter`, a text or JSON
-//! formatter on stdout, and, when an OTLP endpoint is configured, a
-//! `tracing-opentelemetry` layer that batches spans to the collector over gRPC. Trace
-//! context travels between services as a W3C `traceparent`: gRPC calls carry it in a
-//! header (read by [`grpc_trace_layer`]), events carry it in their envelope
-//! ([`current_traceparent`] when publishing, [`set_parent_from_traceparent`] when
-//! consuming).
-//!
-//! Without an OTLP endpoint no OpenTelemetry layer is installed, so spans have no trace
-//! ids and [`current_traceparent`] returns `None`; incoming trace context is ignored.
+//! [`init`] installs one global `tracing` subscriber: a text or JSON formatter on stdout
+//! behind the log filter, and a `tracing-opentelemetry` layer (INFO spans and above, its
+//! own filter) that gives every span W3C trace and span ids and, when an OTLP endpoint is
+//! configured, batches them to the collector over gRPC. Trace context travels between
+//! services as a W3C `traceparent` whether or not anything is exported: gRPC calls carry
+//! it in a header (read by [`grpc_trace_layer`]), events carry it in their metadata and
+//! NATS headers ([`current_traceparent`] when publishing, [`set_parent_from_traceparent`]
+//! when consuming), outbound HTTP calls and webhooks in a `traceparent` header. A process
+//! without an exporter still continues and passes on the trace it was handed, so the
+//! processes that do export show one trace.
 
-use std::collections::HashMap;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -109,60 +108,70 @@ pub fn init(service_name: &str, config: &Config) -> Result<TelemetryGuard, Telem
         });
     }
 
-    let provider = match &config.otlp_endpoint {
-        Some(endpoint) => Some(otlp_provider(service_name, endpoint)?),
-        None => None,
-    };
+    let provider = tracer_provider(service_name, config.otlp_endpoint.as_deref())?;
     // Never export the exporter's own spans and logs: that would feed back into itself.
-    let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service_name.to_owned()))
-            .with_filter(
-                Targets::new()
-                    .with_default(LevelFilter::TRACE)
-                    .with_target("opentelemetry", LevelFilter::OFF)
-                    .with_target("opentelemetry_sdk", LevelFilter::OFF)
-                    .with_target("opentelemetry_otlp", LevelFilter::OFF)
-                    .with_target("tonic", LevelFilter::OFF)
-                    .with_target("h2", LevelFilter::OFF)
-                    .with_target("hyper", LevelFilter::OFF)
-                    .with_target("tower", LevelFilter::OFF),
-            )
-    });
-    let (text, json) = match config.log_format {
-        LogFormat::Text => (Some(tracing_subscriber::fmt::layer()), None),
-        LogFormat::Json => (None, Some(tracing_subscriber::fmt::layer().json())),
-    };
+    // Events are logs, not spans: the formatter has them.
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service_name.to_owned()))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(
+            Targets::new()
+                .with_default(LevelFilter::INFO)
+                .with_target("opentelemetry", LevelFilter::OFF)
+                .with_target("opentelemetry_sdk", LevelFilter::OFF)
+                .with_target("opentelemetry_otlp", LevelFilter::OFF)
+                .with_target("tonic", LevelFilter::OFF)
+                .with_target("h2", LevelFilter::OFF)
+                .with_target("hyper", LevelFilter::OFF)
+                .with_target("tower", LevelFilter::OFF),
+        )
+        .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+            metadata.is_span()
+        }));
+    let format: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> =
+        match config.log_format {
+            LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        };
 
     let init_result = tracing_subscriber::registry()
-        .with(filter)
+        .with(format.with_filter(filter))
         .with(otel_layer)
-        .with(text)
-        .with(json)
         .try_init();
     // `try_init` can fail after installing the subscriber (when another `log` logger is
     // already set); what matters is whether our subscriber is the global one.
     if init_result.is_err() && !tracing::dispatcher::has_been_set() {
-        if let Some(provider) = provider {
-            let _ = provider.shutdown();
-        }
+        let _ = provider.shutdown();
         return Ok(TelemetryGuard {
             provider: None,
             installed: false,
         });
     }
 
-    if let Some(provider) = &provider {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        opentelemetry::global::set_tracer_provider(provider.clone());
-    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    let provider = Some(provider);
     Ok(TelemetryGuard {
         provider,
         installed: true,
     })
 }
 
-fn otlp_provider(service_name: &str, endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+/// The tracer provider: always, so every span has trace ids to pass on; with a batch
+/// exporter to `endpoint` when there is one.
+fn tracer_provider(
+    service_name: &str,
+    endpoint: Option<&str>,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name.to_owned())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let Some(endpoint) = endpoint else {
+        return Ok(builder.build());
+    };
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(TelemetryError::NoRuntime {
             endpoint: endpoint.to_owned(),
@@ -176,42 +185,10 @@ fn otlp_provider(service_name: &str, endpoint: &str) -> Result<SdkTracerProvider
             endpoint: endpoint.to_owned(),
             source,
         })?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name(service_name.to_owned())
-        .build();
-    Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build())
+    Ok(builder.with_batch_exporter(exporter).build())
 }
 
-/// The W3C `traceparent` of the current span, to store in an outgoing event or request.
-///
-/// `None` when there is no sampled-or-not valid span context, e.g. outside any span or
-/// when OTLP export is off.
-pub fn current_traceparent() -> Option<String> {
-    let context = tracing::Span::current().context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove("traceparent")
-}
-
-/// Makes `span` a child of the remote span described by `traceparent`.
-///
-/// Call it right after creating the span and before entering it. An invalid
-/// `traceparent`, or a subscriber without the OpenTelemetry layer, leaves the span as
-/// it was: a malformed header from a peer must never fail the work it came with.
-pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) {
-    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    let parent = TraceContextPropagator::new().extract(&carrier);
-    if parent.span().span_context().is_valid() {
-        // Fails only when the span is disabled or already started; nothing to do then.
-        let _ = span.set_parent(parent);
-    }
-}
+pub use switchboard_eventlog::trace::{current_traceparent, set_parent_from_traceparent};
 
 /// A tower layer that opens one `grpc.server` span per request, child of the caller's
 /// `traceparent` header when there is one. Use with `tonic::transport::Server::layer`.

@@ -114,7 +114,9 @@ impl Handler for ActionRequests {
         let ctx = RequestContext {
             workspace_id: event.metadata.workspace_id.clone(),
             request_id: String::new(),
-            traceparent: event.metadata.traceparent.clone(),
+            // This consumer's span, continuing the requester's trace.
+            traceparent: switchboard_runtime::telemetry::current_traceparent()
+                .unwrap_or_else(|| event.metadata.traceparent.clone()),
         };
         if !request.sealed_inputs.is_empty() {
             self.unseal_inputs(&ctx, &request, &mut variables).await?;

@@ -935,8 +935,11 @@ impl Executor {
             }
         }
         headers.push(("Idempotency-Key".into(), invocation.idempotency_key.clone()));
-        if !invocation.traceparent.is_empty() {
-            headers.push(("traceparent".into(), invocation.traceparent.clone()));
+        // The execution's own span when there is one, so the partner's spans hang under it.
+        let traceparent = switchboard_runtime::telemetry::current_traceparent()
+            .unwrap_or_else(|| invocation.traceparent.clone());
+        if !traceparent.is_empty() {
+            headers.push(("traceparent".into(), traceparent));
         }
         let method = reqwest::Method::from_bytes(http.method.as_bytes()).map_err(|_| {
             fail(

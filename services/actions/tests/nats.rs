@@ -82,6 +82,7 @@ async fn a_requested_action_runs_once_and_answers_on_nats() {
         name: "FLOWS".into(),
         subjects: vec!["internal.flows.>".into()],
         replicas: 1,
+        retention: Default::default(),
     };
     ensure_stream(&nats.js, &nats.prefix, &flows).await.unwrap();
     ensure_stream(

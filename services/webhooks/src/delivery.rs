@@ -28,7 +28,7 @@ use switchboard_proto::webhooks::v1::{
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use crate::domain::{self, Verdict, event_types as t, limits};
 use crate::service::{ServiceError, WebhooksService};
@@ -255,8 +255,19 @@ impl Dispatcher {
             }
             started += 1;
             let this = self.clone();
+            let span = tracing::info_span!(
+                "webhook.deliver",
+                otel.kind = "client",
+                message_id = %message.message_id,
+                endpoint_id = %message.endpoint_id,
+                attempt = message.attempts + 1,
+            );
+            switchboard_runtime::telemetry::set_parent_from_traceparent(
+                &span,
+                &message.traceparent,
+            );
             tasks.spawn(async move {
-                let recorded = match this.attempt(&message).await {
+                let recorded = match this.attempt(&message).instrument(span).await {
                     Ok(()) => true,
                     Err(e) => {
                         warn!(message_id = %message.message_id, error = %e, "webhook attempt could not be recorded; it will be tried again");
@@ -404,6 +415,9 @@ impl Dispatcher {
                 domain::signature_header(&keys, &message.message_id, unix, body),
             ),
         ];
+        if let Some(traceparent) = switchboard_runtime::telemetry::current_traceparent() {
+            headers.push(("traceparent", traceparent));
+        }
         if message.ordered && !message.conversation_id.is_empty() {
             headers.push(("webhook-sequence", message.sequence.to_string()));
             headers.push(("webhook-conversation", message.conversation_id.clone()));

@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (message_id, attempt)
 );
 CREATE INDEX IF NOT EXISTS attempts_by_endpoint ON attempts (workspace_id, endpoint_id, attempted_at);
+CREATE TABLE IF NOT EXISTS message_traces (
+    message_id TEXT PRIMARY KEY,
+    traceparent TEXT NOT NULL
+);
 ";
 
 pub fn read_model_ddl() -> (String, String) {
@@ -190,6 +194,16 @@ impl Projection for WebhooksProjection {
                         ],
                     )
                     .await?;
+                    // The trace the delivery continues: the fan-out's, of the event's.
+                    if !event.metadata.traceparent.is_empty() {
+                        exec(
+                            tx,
+                            "INSERT INTO message_traces (message_id, traceparent) VALUES ($1, $2)
+                             ON CONFLICT (message_id) DO NOTHING",
+                            &[Text(&m.message_id), Text(&event.metadata.traceparent)],
+                        )
+                        .await?;
+                    }
                 }
                 t::MESSAGE_ATTEMPTED => {
                     let a: Attempt = event.decode()?;
@@ -343,7 +357,13 @@ impl Projection for WebhooksProjection {
     }
 
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
-        for table in ["endpoints", "messages", "lanes", "attempts"] {
+        for table in [
+            "endpoints",
+            "messages",
+            "lanes",
+            "attempts",
+            "message_traces",
+        ] {
             exec(tx, &format!("DELETE FROM {table}"), &[]).await?;
         }
         Ok(())
@@ -375,6 +395,8 @@ pub struct Due {
     pub stream_version: i64,
     /// The endpoint's stream version: a cache of it is current while this matches.
     pub endpoint_version: i64,
+    /// The W3C trace context the message was created in (empty: none).
+    pub traceparent: String,
 }
 
 type MessageRow = (
@@ -531,12 +553,15 @@ impl WebhooksStore {
             i32,
             i64,
             i64,
+            Option<String>,
         );
         let rows: Vec<Row> = on_pool!(self.log, pool => sqlx::query_as(
             "SELECT m.message_id, m.workspace_id, m.endpoint_id, m.conversation_id, m.sequence,
-                    m.attempts, m.round_attempts, m.payload, e.ordered, m.stream_version, e.version
+                    m.attempts, m.round_attempts, m.payload, e.ordered, m.stream_version, e.version,
+                    t.traceparent
              FROM messages m
              JOIN endpoints e ON e.workspace_id = m.workspace_id AND e.endpoint_id = m.endpoint_id
+             LEFT JOIN message_traces t ON t.message_id = m.message_id
              WHERE m.status = $1 AND m.next_attempt_at <= $2
                AND (e.ordered = 0 OR m.conversation_id = '' OR NOT EXISTS (
                    SELECT 1 FROM messages p
@@ -565,6 +590,7 @@ impl WebhooksStore {
                     ordered,
                     stream_version,
                     endpoint_version,
+                    traceparent,
                 )| Due {
                     message_id,
                     workspace_id,
@@ -577,6 +603,7 @@ impl WebhooksStore {
                     ordered: ordered == 1,
                     stream_version,
                     endpoint_version,
+                    traceparent: traceparent.unwrap_or_default(),
                 },
             )
             .collect())

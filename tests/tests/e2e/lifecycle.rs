@@ -21,7 +21,9 @@ use crate::common::{
 async fn serve_publishes_survives_kill_9_and_rebuilds() {
     let nats = TestNats::new().await;
     let schema_prefix = format!("{}_", unique_name());
-    let env = serve_env(&schema_prefix, &nats);
+    let mut env = serve_env(&schema_prefix, &nats);
+    env.push(("SWITCHBOARD_STREAM_MAX_AGE_HOURS".into(), "48".into()));
+    env.push(("SWITCHBOARD_STREAM_MAX_BYTES".into(), "1000000".into()));
     let mut process = Process::new(
         &[
             "serve",
@@ -114,6 +116,19 @@ async fn serve_publishes_survives_kill_9_and_rebuilds() {
         .state
         .messages;
     assert_eq!((published, published_later), (5, 5));
+    // The stream keeps what the configuration says, no more.
+    let kept = nats
+        .js
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(kept.max_age, Duration::from_secs(48 * 3600));
+    assert_eq!(kept.max_bytes, 1_000_000);
 
     // The read model equals a rebuild from position 0.
     let live = everything(&mut client, &id).await;

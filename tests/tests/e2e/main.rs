@@ -16,5 +16,6 @@ mod look_it_up_and_act;
 mod ordering;
 mod rest_api;
 mod secure_metadata;
+mod traces;
 mod webhooks;
 mod workflows;

@@ -1,0 +1,246 @@
+//! Re-feeding a JetStream consumer from the producer's log.
+//!
+//! Streams keep messages for a while (their retention); the producer's log keeps every
+//! event for ever. A durable consumer that stayed away longer than its stream's retention
+//! would find the events it had not acknowledged gone, and JetStream moves it past them
+//! without a word. So each consumer records, now and then, up to which event of the log
+//! it has settled everything ([`Progress`]), and when it starts it compares what the
+//! stream still holds with what it acknowledged: if messages went before it acknowledged
+//! them, it reads the producer's log from its record up to the stream's first message and
+//! hands every event it takes to its handler (events already handled are skipped by their
+//! processed records), then goes on with the stream.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::future::BoxFuture;
+use prost::Message as _;
+use switchboard_proto::events::v1::EventEnvelope;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::EventLogError;
+use crate::event::{LogPosition, RecordedEvent};
+use crate::handler::Handler;
+use crate::store::EventLog;
+use crate::subscription::{SubscriptionConfig, deliver};
+
+/// Opens the producer's log, when a re-feed needs it.
+pub type OpenLog =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<EventLog, EventLogError>> + Send + Sync>;
+
+/// Which of the producer's events a consumer takes (its subject filter, through the
+/// producer's router).
+pub type EventFilter = Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>;
+
+/// Where a consumer is re-fed from: the producer's log and the consumer's filter on it.
+#[derive(Clone)]
+pub struct Backfill {
+    pub open: OpenLog,
+    pub filter: EventFilter,
+}
+
+/// The name under which a consumer's progress through the producer's log is recorded in
+/// its inbox.
+pub(crate) fn checkpoint_name(consumer: &str) -> String {
+    format!("jetstream:{consumer}")
+}
+
+/// The messages a consumer received, in stream order, and which it has settled: what it
+/// has settled everything up to is where a re-feed starts.
+#[derive(Default)]
+pub(crate) struct Progress {
+    /// Stream sequence, the event's log position, settled.
+    received: VecDeque<(u64, i64, bool)>,
+    /// The log position of the last event before which everything is settled.
+    settled_through: Option<i64>,
+    saved: Option<i64>,
+}
+
+impl Progress {
+    /// A message delivered for the first time (messages arrive in stream order).
+    pub(crate) fn received(&mut self, sequence: u64, global_position: i64) {
+        if self
+            .received
+            .back()
+            .is_none_or(|(last, _, _)| *last < sequence)
+        {
+            self.received.push_back((sequence, global_position, false));
+        }
+    }
+
+    pub(crate) fn settled(&mut self, sequence: u64) {
+        for entry in self.received.iter_mut() {
+            if entry.0 == sequence {
+                entry.2 = true;
+            }
+        }
+        while let Some(&(_, position, true)) = self.received.front() {
+            self.settled_through = Some(position);
+            self.received.pop_front();
+        }
+    }
+
+    /// What to record, if it moved since the last record.
+    fn take_unsaved(&mut self) -> Option<i64> {
+        let through = self.settled_through?;
+        (self.saved != Some(through)).then(|| {
+            self.saved = Some(through);
+            through
+        })
+    }
+}
+
+/// Records `progress` in the consumer's inbox every few seconds until `shutdown`.
+pub(crate) async fn record_progress(
+    config: SubscriptionConfig,
+    progress: Arc<Mutex<Progress>>,
+    shutdown: CancellationToken,
+) {
+    let name = checkpoint_name(&config.consumer);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let through = progress.lock().expect("not poisoned").take_unsaved();
+        if let Some(global_position) = through {
+            let position = LogPosition {
+                transaction_id: 0,
+                global_position,
+            };
+            if let Err(e) = config.inbox.save_checkpoint(&name, position).await {
+                warn!(consumer = %config.consumer, error = %e, "could not record the consumer's progress");
+            }
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// Re-feeds the consumer from the producer's log if its stream lost messages it had not
+/// acknowledged. Returns how many events it handed to the handler.
+pub(crate) async fn refeed(
+    js: &jetstream::Context,
+    stream_name: &str,
+    consumer: &mut consumer::PullConsumer,
+    backfill: &Backfill,
+    config: &SubscriptionConfig,
+    handler: &dyn Handler,
+    shutdown: &CancellationToken,
+) -> Result<u64, EventLogError> {
+    let acknowledged = consumer
+        .info()
+        .await
+        .map_err(EventLogError::nats)?
+        .ack_floor
+        .stream_sequence;
+    let mut stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(EventLogError::nats)?;
+    let state = stream
+        .info()
+        .await
+        .map_err(EventLogError::nats)?
+        .state
+        .clone();
+    if state.first_sequence <= acknowledged + 1 {
+        return Ok(0);
+    }
+    warn!(
+        consumer = %config.consumer,
+        acknowledged,
+        first_kept = state.first_sequence,
+        "the stream no longer holds messages this consumer had not acknowledged; re-feeding it from the log"
+    );
+    let started = Instant::now();
+    let producer = (backfill.open)().await?;
+    // From the last event before which everything was settled (the start without a record).
+    let recorded = config
+        .inbox
+        .checkpoint(&checkpoint_name(&config.consumer))
+        .await?
+        .global_position;
+    let from = match recorded {
+        0 => LogPosition::START,
+        position => producer
+            .position_of(position)
+            .await?
+            .unwrap_or(LogPosition::START),
+    };
+    // Up to the stream's first message, which the consumer will get from the stream.
+    let until = match stream.get_raw_message(state.first_sequence).await {
+        Ok(message) => {
+            let envelope = EventEnvelope::decode(message.payload.as_ref()).map_err(|e| {
+                EventLogError::Corrupt {
+                    event_id: String::new(),
+                    event_type: String::new(),
+                    reason: format!("the stream's first message is not an event: {e}"),
+                }
+            })?;
+            producer.position_of(envelope.global_position).await?
+        }
+        // Nothing left in the stream: everything the log holds now.
+        Err(_) => None,
+    };
+    let mut after = from;
+    let mut fed = 0u64;
+    'log: loop {
+        let batch = producer.read_all(after, 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.position();
+        for event in &batch {
+            if until.is_some_and(|until| event.position() >= until) {
+                break 'log;
+            }
+            if !(backfill.filter)(event) {
+                continue;
+            }
+            let mut attempt = 1;
+            while let Some(delay) =
+                deliver(config, handler, event, attempt, &event.metadata.traceparent).await?
+            {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(fed),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                attempt += 1;
+            }
+            fed += 1;
+        }
+    }
+    metrics::counter!("subscription_refed_events_total", "consumer" => config.consumer.clone())
+        .increment(fed);
+    info!(
+        consumer = %config.consumer,
+        events = fed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "re-fed the consumer from the log"
+    );
+    Ok(fed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_what_is_settled_in_stream_order() {
+        let mut progress = Progress::default();
+        progress.received(3, 30);
+        progress.received(5, 50);
+        progress.received(9, 90);
+        progress.settled(5);
+        assert_eq!(progress.take_unsaved(), None, "3 is not settled yet");
+        progress.settled(3);
+        assert_eq!(progress.take_unsaved(), Some(50));
+        assert_eq!(progress.take_unsaved(), None, "recorded once");
+        progress.received(5, 50); // a redelivery changes nothing
+        progress.settled(9);
+        assert_eq!(progress.take_unsaved(), Some(90));
+    }
+}
