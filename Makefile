@@ -1,7 +1,7 @@
 # Switchboard: the two commands that matter are `make dev` and `make test`.
 CARGO ?= cargo
 
-.PHONY: dev test lint fmt bench build release image k8s-check migrate clean
+.PHONY: dev test faults lint fmt bench build release image k8s-check migrate clean
 
 ## Run the whole cluster in one process on SQLite (no other program needed).
 dev:
@@ -12,6 +12,13 @@ dev:
 test:
 	$(CARGO) build -p switchboard
 	$(CARGO) test --workspace --no-fail-fast
+
+## The fault-injection suite alone, with Postgres held down for a full minute: kill -9 and
+## SIGSTOP of a leader under load, NATS stopped and restarted, Postgres silent and down.
+## (`make test` runs the same tests, with an 8-second hold.)
+faults:
+	$(CARGO) build -p switchboard
+	SWITCHBOARD_FAULT_HOLD_SECS=60 $(CARGO) test -p switchboard-tests --test e2e faults:: -- --test-threads=2
 
 ## Formatting and clippy with warnings as errors.
 lint:

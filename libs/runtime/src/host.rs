@@ -271,10 +271,26 @@ impl Host {
                 result
             },
         );
-        while let Some(finished) = tasks.join_next().await {
-            if let Err(e) = finished {
-                warn!(error = %e, "a background task failed");
+        // Background work (relays, dispatchers, subscriptions) finishes what it has in hand,
+        // for as long as the drain allows; what is still running then is cut (all of it
+        // resumes from the log on the next start).
+        let grace = Duration::from_secs(config.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(finished) = tasks.join_next().await {
+                if let Err(e) = finished {
+                    warn!(error = %e, "a background task failed");
+                }
             }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                tasks = tasks.len(),
+                grace_secs = grace.as_secs(),
+                "background tasks still running after the drain; stopping them"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         grpc_result.map_err(failed("gRPC server"))?;
         http_result.map_err(failed("HTTP server"))?;

@@ -34,6 +34,10 @@ use crate::domain::{self, Verdict, event_types as t, limits};
 use crate::service::{ServiceError, WebhooksService};
 use crate::store::Due;
 
+/// How long an attempt that went out waits for the database to record it, before the
+/// message is left to be sent again.
+const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
 /// How the dispatcher works.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
@@ -550,13 +554,15 @@ impl Dispatcher {
             },
         };
         // The request has gone out: try hard to record it, since an unrecorded attempt is
-        // sent again (same webhook-id, but a duplicate all the same). The event id makes
-        // a retried append a no-op if an earlier try did commit.
+        // sent again (same webhook-id, but a duplicate all the same). Through a database
+        // outage of up to RECORD_PATIENCE the record waits for the database, unless
+        // another dispatcher took over meanwhile (then this one's record is refused and
+        // the message is its successor's). The event id makes a retried append a no-op if
+        // an earlier try did commit.
         let fence = self.fence();
+        let started = Instant::now();
         let mut delay = Duration::from_millis(50);
-        let mut tries = 0;
         loop {
-            tries += 1;
             match self
                 .service
                 .append_to_message_at(
@@ -570,10 +576,10 @@ impl Dispatcher {
             {
                 Ok(()) => return Ok(()),
                 Err(e @ EventLogError::Fenced { .. }) => return Err(e.into()),
-                Err(e) if tries < 6 => {
-                    warn!(message_id = %message.message_id, error = %e, "recording an attempt failed; retrying");
+                Err(e) if started.elapsed() < RECORD_PATIENCE => {
+                    warn!(message_id = %message.message_id, error = %e, retry_in = ?delay, "recording an attempt failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -718,27 +718,42 @@ pub fn serve_env(
     ]
 }
 
-/// A TCP proxy to the test Postgres whose link can go silent: [`SilentLink::cut`] drops
-/// every connection it carried and takes new ones without ever answering (a host frozen
-/// or cut off, no FIN), [`SilentLink::restore`] forwards again.
+/// How a [`SilentLink`] treats connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Forwarding,
+    /// A host frozen or cut off: connections held, nothing answered, no FIN.
+    Silent,
+    /// A database restarting and held down: connections closed at once.
+    Down,
+}
+
+/// A TCP proxy to the test Postgres whose link can fail: [`SilentLink::cut`] drops every
+/// connection it carried and takes new ones without ever answering (a host frozen or cut
+/// off, no FIN), [`SilentLink::down`] drops them and closes new ones at once (a database
+/// restarting, then down), [`SilentLink::restore`] forwards again.
 pub struct SilentLink {
     pub port: u16,
-    cut: tokio::sync::watch::Sender<bool>,
+    state: tokio::sync::watch::Sender<LinkState>,
 }
 
 impl SilentLink {
     pub async fn to_postgres() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (cut, watch) = tokio::sync::watch::channel(false);
+        let (state, watch) = tokio::sync::watch::channel(LinkState::Forwarding);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let mut watch = watch.clone();
                 tokio::spawn(async move {
-                    if *watch.borrow() {
-                        // Silent: hold the connection, answer nothing.
-                        let _ = watch.wait_for(|cut| !cut).await;
-                        return;
+                    let now = *watch.borrow();
+                    match now {
+                        LinkState::Down => return,
+                        LinkState::Silent => {
+                            let _ = watch.wait_for(|s| *s == LinkState::Forwarding).await;
+                            return;
+                        }
+                        LinkState::Forwarding => {}
                     }
                     let Ok(mut upstream) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
                     else {
@@ -746,12 +761,12 @@ impl SilentLink {
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {}
-                        _ = watch.wait_for(|cut| *cut) => {}
+                        _ = watch.wait_for(|s| *s != LinkState::Forwarding) => {}
                     }
                 });
             }
         });
-        Self { port, cut }
+        Self { port, state }
     }
 
     /// The database URL through this link.
@@ -760,11 +775,15 @@ impl SilentLink {
     }
 
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.state.send_replace(LinkState::Silent);
+    }
+
+    pub fn down(&self) {
+        self.state.send_replace(LinkState::Down);
     }
 
     pub fn restore(&self) {
-        self.cut.send_replace(false);
+        self.state.send_replace(LinkState::Forwarding);
     }
 }
 
@@ -780,6 +799,25 @@ impl Load {
         ids: &[String],
         every: Duration,
     ) -> Self {
+        Self::start_with(client, ids, every, false)
+    }
+
+    /// Load through a fault: a call that fails is not counted (it must fail as
+    /// `UNAVAILABLE`).
+    pub fn through_faults(
+        client: ConversationsClient<GrpcChannel>,
+        ids: &[String],
+        every: Duration,
+    ) -> Self {
+        Self::start_with(client, ids, every, true)
+    }
+
+    fn start_with(
+        client: ConversationsClient<GrpcChannel>,
+        ids: &[String],
+        every: Duration,
+        tolerate_failures: bool,
+    ) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = tokio::spawn({
             let (stop, ids, mut client) = (stop.clone(), ids.to_vec(), client);
@@ -789,18 +827,24 @@ impl Load {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let id = &ids[n % ids.len()];
                     n += 1;
-                    client
-                        .add_message(AddMessageRequest {
-                            workspace_id: WS.into(),
-                            conversation_id: id.clone(),
-                            author: Author::Customer as i32,
-                            kind: MessageKind::Text as i32,
-                            text: format!("message {n}"),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap();
-                    *sent.entry(id.clone()).or_default() += 1;
+                    let mut request = tonic::Request::new(AddMessageRequest {
+                        workspace_id: WS.into(),
+                        conversation_id: id.clone(),
+                        author: Author::Customer as i32,
+                        kind: MessageKind::Text as i32,
+                        text: format!("message {n}"),
+                        ..Default::default()
+                    });
+                    request.set_timeout(Duration::from_secs(10));
+                    match client.add_message(request).await {
+                        Ok(_) => *sent.entry(id.clone()).or_default() += 1,
+                        // Only a fault makes a call fail (the store out of reach): the
+                        // message was not acknowledged, so it is not counted.
+                        Err(status) if tolerate_failures => {
+                            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        }
+                        Err(status) => panic!("{status:?}"),
+                    }
                     tokio::time::sleep(every).await;
                 }
                 sent

@@ -347,6 +347,22 @@ async fn a_silent_database_fails_calls_fast_and_readyz_says_so() {
 /// an attempt of it in hand (a fault, like a crash); after SIGCONT it stands by.
 #[tokio::test]
 async fn a_frozen_leader_is_taken_over_within_its_lease_and_nothing_is_lost() {
+    leader_fault(LeaderFault::Freeze).await;
+}
+
+/// The same with the leader killed (SIGKILL) under load.
+#[tokio::test]
+async fn a_killed_leader_is_taken_over_within_its_lease_and_nothing_is_lost() {
+    leader_fault(LeaderFault::Kill).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaderFault {
+    Freeze,
+    Kill,
+}
+
+async fn leader_fault(fault: LeaderFault) {
     use std::collections::HashMap;
 
     let nats = TestNats::new().await;
@@ -398,12 +414,15 @@ async fn a_frozen_leader_is_taken_over_within_its_lease_and_nothing_is_lost() {
     // Steady load through the standby: five conversations, a message every 20 ms.
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(new_conversation(&mut client.clone(), &format!("frozen-{n}")).await);
+        ids.push(new_conversation(&mut client.clone(), &format!("{fault:?}-{n}")).await);
     }
     let load = Load::start(client.clone(), &ids, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    leader.signal("STOP");
+    match fault {
+        LeaderFault::Freeze => leader.signal("STOP"),
+        LeaderFault::Kill => leader.kill9(),
+    }
     let frozen_at = std::time::Instant::now();
     let frozen_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -437,7 +456,9 @@ async fn a_frozen_leader_is_taken_over_within_its_lease_and_nothing_is_lost() {
     assert!(exported.contains("relay_lag_events{service=\"conversations\"}"));
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    leader.signal("CONT");
+    if fault == LeaderFault::Freeze {
+        leader.signal("CONT");
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = load.stop().await;
     assert!(
@@ -473,7 +494,86 @@ async fn a_frozen_leader_is_taken_over_within_its_lease_and_nothing_is_lost() {
     }
 
     assert_eq!(standby.terminate().code(), Some(0));
-    assert_eq!(leader.terminate().code(), Some(0));
+    if fault == LeaderFault::Freeze {
+        assert_eq!(leader.terminate().code(), Some(0));
+    }
     drop_schema(&conversations_schema).await;
     drop_schema(&webhooks_schema).await;
+}
+
+/// Postgres restarts under load and stays down (`SWITCHBOARD_FAULT_HOLD_SECS`, 8 s in
+/// `make test`, a minute in `make faults`): calls fail fast with UNAVAILABLE meanwhile,
+/// and once it is back every acknowledged message reaches the webhook receiver, each
+/// conversation's sequence whole and in order, and no webhook is POSTed twice (no process
+/// crashed: an attempt that went out waits for the database to record it).
+#[tokio::test]
+async fn postgres_held_down_under_load_loses_nothing_and_sends_nothing_twice() {
+    let hold = std::env::var("SWITCHBOARD_FAULT_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8u64);
+    let nats = TestNats::new().await;
+    let link = SilentLink::to_postgres().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let mut env = webhooks_env(
+        &schema_prefix,
+        &switchboard_eventlog::testing::nats_url(),
+        &nats.prefix,
+    );
+    env.retain(|(k, _)| k != "SWITCHBOARD_DATABASE_URL");
+    env.push(("SWITCHBOARD_DATABASE_URL".into(), link.database_url()));
+    env.push((
+        "SWITCHBOARD_DATABASE_ACQUIRE_TIMEOUT_SECS".into(),
+        "2".into(),
+    ));
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,webhooks",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    let client = process.start().await;
+    let (addr, hooks) = webhook_receiver().await;
+    create_endpoint(process.grpc_port, addr).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(new_conversation(&mut client.clone(), &format!("held-{n}")).await);
+    }
+    let load = Load::through_faults(client.clone(), &ids, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    link.down();
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let (status, why) = readyz(process.http_port).await;
+    assert_eq!(status, 503, "not ready while the database is down: {why}");
+    link.restore();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = load.stop().await;
+
+    // Each acknowledged message arrived; each conversation's sequence is whole.
+    let expected: usize = ids.iter().map(|id| 1 + sent.get(id).unwrap_or(&0)).sum();
+    let got = hooks.wait_for(expected).await;
+    assert!(got.len() >= expected, "{} of {expected} arrived", got.len());
+    let lanes = lanes(&hooks);
+    for id in &ids {
+        let lane = &lanes[id];
+        assert!(lane.len() > *sent.get(id).unwrap_or(&0), "{id}: {lane:?}");
+        let in_order: Vec<u64> = (1..=lane.len() as u64).collect();
+        assert_eq!(lane, &in_order, "{id}: nothing lost, in order");
+    }
+    let twice: Vec<String> = hooks
+        .got()
+        .iter()
+        .map(|(h, _)| header(h, "webhook-id"))
+        .filter(|id| hooks.times(id) > 1)
+        .collect();
+    assert!(twice.is_empty(), "POSTed twice without a crash: {twice:?}");
+    assert_eq!(readyz(process.http_port).await.0, 200);
+
+    assert_eq!(process.terminate().code(), Some(0));
+    drop_schema(&format!("{schema_prefix}conversations")).await;
+    drop_schema(&format!("{schema_prefix}webhooks")).await;
 }

@@ -121,7 +121,11 @@ async fn one_trace_runs_from_a_message_through_the_flow_its_action_and_the_webho
         "SWITCHBOARD_OTLP_ENDPOINT".into(),
         format!("http://127.0.0.1:{collector_port}"),
     ));
+    // Batches every 100 ms, with room and time to spare on a machine running the whole
+    // suite at once: a full queue or a slow export drops spans, and this test counts them.
     env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    env.push(("OTEL_BSP_MAX_QUEUE_SIZE".into(), "65536".into()));
+    env.push(("OTEL_EXPORTER_OTLP_TIMEOUT".into(), "60000".into()));
     let mut process = Process::new(
         &[
             "serve",
@@ -274,23 +278,28 @@ async fn one_trace_runs_from_a_message_through_the_flow_its_action_and_the_webho
     );
 
     // Every hop is a span of that trace, each under one of the others or the caller's.
-    assert_eq!(process.terminate().code(), Some(0), "flushes the spans");
-    let mut spans = HashMap::new();
-    for _ in 0..100 {
-        spans = collector.trace(TRACE);
-        if spans.values().any(|s| s.name == "webhook.deliver") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let names: HashSet<&str> = spans.values().map(|s| s.name.as_str()).collect();
-    for hop in [
+    // Spans go out in batches (every 100 ms here), so wait for the last hops to arrive.
+    let hops = [
         "switchboard.conversations.v1.Conversations/AddMessage",
         "eventlog.publish",
         "eventlog.consume",
         "action.execute",
         "webhook.deliver",
-    ] {
+    ];
+    for _ in 0..600 {
+        let spans = collector.trace(TRACE);
+        if hops
+            .iter()
+            .all(|hop| spans.values().any(|s| s.name == *hop))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(process.terminate().code(), Some(0));
+    let spans = collector.trace(TRACE);
+    let names: HashSet<&str> = spans.values().map(|s| s.name.as_str()).collect();
+    for hop in hops {
         assert!(names.contains(hop), "no {hop} span in the trace: {names:?}");
     }
     for span in spans.values() {

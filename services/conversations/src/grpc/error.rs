@@ -49,15 +49,18 @@ impl From<QueryError> for Status {
 /// reach, internal when what it holds cannot be used (retrying will not help).
 fn internal(e: switchboard_eventlog::EventLogError) -> Status {
     use switchboard_eventlog::EventLogError as E;
-    tracing::error!(error = %e, "conversations: internal error");
     match e {
+        // An outage, not a fault of ours: said once per call at WARN, and answered as
+        // retryable.
         E::Database(_) | E::Nats(_) => {
+            tracing::warn!(error = %e, "conversations: the store is unavailable");
             codes::CONV_STORE_UNAVAILABLE.status("the conversation store is unavailable; retry")
         }
         E::Conflict { .. } => {
             codes::CONV_CONTENDED.status("the conversation is changing too fast; retry")
         }
         E::Corrupt { .. } | E::Projection { .. } | E::Invalid { .. } | E::Fenced { .. } => {
+            tracing::error!(error = %e, "conversations: internal error");
             codes::CONV_STORE_REFUSED
                 .status("the conversation store refused the change; see the server log")
         }
