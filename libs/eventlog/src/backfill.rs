@@ -12,20 +12,15 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use futures::future::BoxFuture;
-use prost::Message as _;
-use switchboard_proto::events::v1::EventEnvelope;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::EventLogError;
 use crate::event::{LogPosition, RecordedEvent};
-use crate::handler::Handler;
 use crate::store::EventLog;
-use crate::subscription::{SubscriptionConfig, deliver};
 
 /// Opens the producer's log, when a re-feed needs it.
 pub type OpenLog =
@@ -93,13 +88,14 @@ impl Progress {
     }
 }
 
-/// Records `progress` in the consumer's inbox every few seconds until `shutdown`.
+/// Records `progress` of `consumer` in its `inbox` every few seconds until `shutdown`.
 pub(crate) async fn record_progress(
-    config: SubscriptionConfig,
+    consumer: String,
+    inbox: EventLog,
     progress: Arc<Mutex<Progress>>,
     shutdown: CancellationToken,
 ) {
-    let name = checkpoint_name(&config.consumer);
+    let name = checkpoint_name(&consumer);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {}
@@ -111,117 +107,14 @@ pub(crate) async fn record_progress(
                 transaction_id: 0,
                 global_position,
             };
-            if let Err(e) = config.inbox.save_checkpoint(&name, position).await {
-                warn!(consumer = %config.consumer, error = %e, "could not record the consumer's progress");
+            if let Err(e) = inbox.save_checkpoint(&name, position).await {
+                warn!(consumer = %consumer, error = %e, "could not record the consumer's progress");
             }
         }
         if shutdown.is_cancelled() {
             return;
         }
     }
-}
-
-/// Re-feeds the consumer from the producer's log if its stream lost messages it had not
-/// acknowledged. Returns how many events it handed to the handler.
-pub(crate) async fn refeed(
-    js: &jetstream::Context,
-    stream_name: &str,
-    consumer: &mut consumer::PullConsumer,
-    backfill: &Backfill,
-    config: &SubscriptionConfig,
-    handler: &dyn Handler,
-    shutdown: &CancellationToken,
-) -> Result<u64, EventLogError> {
-    let acknowledged = consumer
-        .info()
-        .await
-        .map_err(EventLogError::nats)?
-        .ack_floor
-        .stream_sequence;
-    let mut stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(EventLogError::nats)?;
-    let state = stream
-        .info()
-        .await
-        .map_err(EventLogError::nats)?
-        .state
-        .clone();
-    if state.first_sequence <= acknowledged + 1 {
-        return Ok(0);
-    }
-    warn!(
-        consumer = %config.consumer,
-        acknowledged,
-        first_kept = state.first_sequence,
-        "the stream no longer holds messages this consumer had not acknowledged; re-feeding it from the log"
-    );
-    let started = Instant::now();
-    let producer = (backfill.open)().await?;
-    // From the last event before which everything was settled (the start without a record).
-    let recorded = config
-        .inbox
-        .checkpoint(&checkpoint_name(&config.consumer))
-        .await?
-        .global_position;
-    let from = match recorded {
-        0 => LogPosition::START,
-        position => producer
-            .position_of(position)
-            .await?
-            .unwrap_or(LogPosition::START),
-    };
-    // Up to the stream's first message, which the consumer will get from the stream.
-    let until = match stream.get_raw_message(state.first_sequence).await {
-        Ok(message) => {
-            let envelope = EventEnvelope::decode(message.payload.as_ref()).map_err(|e| {
-                EventLogError::Corrupt {
-                    event_id: String::new(),
-                    event_type: String::new(),
-                    reason: format!("the stream's first message is not an event: {e}"),
-                }
-            })?;
-            producer.position_of(envelope.global_position).await?
-        }
-        // Nothing left in the stream: everything the log holds now.
-        Err(_) => None,
-    };
-    let mut after = from;
-    let mut fed = 0u64;
-    'log: loop {
-        let batch = producer.read_all(after, 500).await?;
-        let Some(last) = batch.last() else { break };
-        after = last.position();
-        for event in &batch {
-            if until.is_some_and(|until| event.position() >= until) {
-                break 'log;
-            }
-            if !(backfill.filter)(event) {
-                continue;
-            }
-            let mut attempt = 1;
-            while let Some(delay) =
-                deliver(config, handler, event, attempt, &event.metadata.traceparent).await?
-            {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(fed),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                attempt += 1;
-            }
-            fed += 1;
-        }
-    }
-    metrics::counter!("subscription_refed_events_total", "consumer" => config.consumer.clone())
-        .increment(fed);
-    info!(
-        consumer = %config.consumer,
-        events = fed,
-        took_ms = started.elapsed().as_millis() as u64,
-        "re-fed the consumer from the log"
-    );
-    Ok(fed)
 }
 
 #[cfg(test)]

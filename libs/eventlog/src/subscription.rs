@@ -8,7 +8,7 @@
 //! dead-letter table with its reason instead of being dropped.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use async_trait::async_trait;
@@ -16,12 +16,12 @@ use futures::StreamExt;
 use prost::Message;
 use switchboard_proto::events::v1::EventEnvelope;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, debug, warn};
+use tracing::{Instrument as _, debug, info, warn};
 use uuid::Uuid;
 
 use crate::EventLogError;
-use crate::backfill::{Backfill, Progress, record_progress, refeed};
-use crate::event::RecordedEvent;
+use crate::backfill::{Backfill, Progress, checkpoint_name, record_progress};
+use crate::event::{LogPosition, RecordedEvent};
 use crate::handler::{HandleError, Handler};
 use crate::relay::{envelope_bytes, prefixed_subject};
 use crate::store::{DeadLetter, EventLog};
@@ -258,7 +258,8 @@ impl Subscription for JetStreamSubscription {
         let progress = Arc::new(Mutex::new(Progress::default()));
         let recording = shutdown.child_token();
         let recorder = tokio::spawn(record_progress(
-            self.config.clone(),
+            self.config.consumer.clone(),
+            self.config.inbox.clone(),
             progress.clone(),
             recording.clone(),
         ));
@@ -327,6 +328,109 @@ impl Subscription for JetStreamSubscription {
         let _ = recorder.await;
         Ok(())
     }
+}
+
+/// Re-feeds the consumer from the producer's log if its stream lost messages it had not
+/// acknowledged. Returns how many events it handed to the handler.
+async fn refeed(
+    js: &jetstream::Context,
+    stream_name: &str,
+    consumer: &mut consumer::PullConsumer,
+    backfill: &Backfill,
+    config: &SubscriptionConfig,
+    handler: &dyn Handler,
+    shutdown: &CancellationToken,
+) -> Result<u64, EventLogError> {
+    let acknowledged = consumer
+        .info()
+        .await
+        .map_err(EventLogError::nats)?
+        .ack_floor
+        .stream_sequence;
+    let mut stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(EventLogError::nats)?;
+    let state = stream
+        .info()
+        .await
+        .map_err(EventLogError::nats)?
+        .state
+        .clone();
+    if state.first_sequence <= acknowledged + 1 {
+        return Ok(0);
+    }
+    warn!(
+        consumer = %config.consumer,
+        acknowledged,
+        first_kept = state.first_sequence,
+        "the stream no longer holds messages this consumer had not acknowledged; re-feeding it from the log"
+    );
+    let started = Instant::now();
+    let producer = (backfill.open)().await?;
+    // From the last event before which everything was settled (the start without a record).
+    let recorded = config
+        .inbox
+        .checkpoint(&checkpoint_name(&config.consumer))
+        .await?
+        .global_position;
+    let from = match recorded {
+        0 => LogPosition::START,
+        position => producer
+            .position_of(position)
+            .await?
+            .unwrap_or(LogPosition::START),
+    };
+    // Up to the stream's first message, which the consumer will get from the stream.
+    let until = match stream.get_raw_message(state.first_sequence).await {
+        Ok(message) => {
+            let envelope = EventEnvelope::decode(message.payload.as_ref()).map_err(|e| {
+                EventLogError::Corrupt {
+                    event_id: String::new(),
+                    event_type: String::new(),
+                    reason: format!("the stream's first message is not an event: {e}"),
+                }
+            })?;
+            producer.position_of(envelope.global_position).await?
+        }
+        // Nothing left in the stream: everything the log holds now.
+        Err(_) => None,
+    };
+    let mut after = from;
+    let mut fed = 0u64;
+    'log: loop {
+        let batch = producer.read_all(after, 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.position();
+        for event in &batch {
+            if until.is_some_and(|until| event.position() >= until) {
+                break 'log;
+            }
+            if !(backfill.filter)(event) {
+                continue;
+            }
+            let mut attempt = 1;
+            while let Some(delay) =
+                deliver(config, handler, event, attempt, &event.metadata.traceparent).await?
+            {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(fed),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                attempt += 1;
+            }
+            fed += 1;
+        }
+    }
+    metrics::counter!("subscription_refed_events_total", "consumer" => config.consumer.clone())
+        .increment(fed);
+    info!(
+        consumer = %config.consumer,
+        events = fed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "re-fed the consumer from the log"
+    );
+    Ok(fed)
 }
 
 /// A message as received, with its event decoded (or why it does not decode).
