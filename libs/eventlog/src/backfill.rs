@@ -55,14 +55,14 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// A message delivered for the first time (messages arrive in stream order).
+    /// A message delivered (again, after a restart, perhaps out of order): kept in stream
+    /// order, once.
     pub(crate) fn received(&mut self, sequence: u64, global_position: i64) {
-        if self
+        if let Err(at) = self
             .received
-            .back()
-            .is_none_or(|(last, _, _)| *last < sequence)
+            .binary_search_by_key(&sequence, |(seq, _, _)| *seq)
         {
-            self.received.push_back((sequence, global_position, false));
+            self.received.insert(at, (sequence, global_position, false));
         }
     }
 
@@ -132,8 +132,16 @@ mod tests {
         progress.settled(3);
         assert_eq!(progress.take_unsaved(), Some(50));
         assert_eq!(progress.take_unsaved(), None, "recorded once");
-        progress.received(5, 50); // a redelivery changes nothing
+        progress.received(5, 50); // a redelivery of a settled message: tracked again
+        progress.received(7, 70); // one redelivered out of order, after a restart
         progress.settled(9);
+        assert_eq!(
+            progress.take_unsaved(),
+            None,
+            "5 and 7 are not settled again yet"
+        );
+        progress.settled(5);
+        progress.settled(7);
         assert_eq!(progress.take_unsaved(), Some(90));
     }
 }

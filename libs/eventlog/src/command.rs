@@ -481,6 +481,13 @@ impl<'a, S> Command<'a, S> {
                 }
             };
             if events.is_empty() {
+                // A repeat whose new body changes nothing is still another request.
+                if let Some(key) = &key
+                    && !fingerprint.is_empty()
+                    && let Some(original) = original_events(log, key).await?
+                {
+                    refuse_reuse(&fingerprint, &original)?;
+                }
                 return Ok(Executed::Unchanged {
                     state: loaded.state,
                     version: loaded.version,
@@ -788,6 +795,16 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(refused, CommandError::RequestReused));
+        // A new body that would change nothing is another request all the same.
+        let unchanged = Command::new(&t.log, &stream)
+            .request("ws_1", "req_1")
+            .fingerprint("body-c")
+            .run(&counter, |_: &Loaded<u64>| {
+                Ok::<_, &str>(Decision::nothing(()))
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(unchanged, CommandError::RequestReused));
         assert_eq!(t.log.read_stream(&stream, 0, 10).await.unwrap().len(), 1);
     }
 

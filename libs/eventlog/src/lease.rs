@@ -109,6 +109,17 @@ impl Lease {
         name: &str,
         term: Duration,
     ) -> Result<Option<Self>, EventLogError> {
+        // A lease in its term is the common answer: said without touching the row's lock
+        // (an upsert would lock it even when it changes nothing, and queue behind the
+        // holder's fenced writes).
+        let held: Option<(bool,)> =
+            sqlx::query_as("SELECT expires_at > clock_timestamp() FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await?;
+        if held.is_some_and(|(held,)| held) {
+            return Ok(None);
+        }
         let holder = holder_id();
         let sent = Instant::now();
         let mut tx = pool.begin().await?;

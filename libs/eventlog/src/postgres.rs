@@ -98,12 +98,12 @@ pub(crate) struct PgLog {
 
 /// How long a transaction may sit idle (its client silent between statements) before the
 /// server aborts it, in milliseconds; see [`set_idle_in_transaction_timeout`].
-static IDLE_IN_TRANSACTION_MS: AtomicU64 = AtomicU64::new(30_000);
+static IDLE_IN_TRANSACTION_MS: AtomicU64 = AtomicU64::new(600_000);
 
 /// How long a transaction of this process may sit idle before Postgres aborts it, for every
 /// pool opened from now on. A process frozen inside a transaction (SIGSTOP, a hung host)
 /// otherwise holds back every gap-safe reader on the cluster, and any lease whose fenced
-/// write it was in, for as long as it stays frozen. Thirty seconds unless set
+/// write it was in, for as long as it stays frozen. Ten minutes unless set
 /// (`SWITCHBOARD_DATABASE_IDLE_IN_TRANSACTION_SECS`); it must exceed the longest outside
 /// call a handler makes inside its transaction.
 pub fn set_idle_in_transaction_timeout(timeout: Duration) {

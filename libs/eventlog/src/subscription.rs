@@ -296,9 +296,7 @@ impl Subscription for JetStreamSubscription {
             let event = EventEnvelope::decode(message.payload.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|env| RecordedEvent::from_envelope(env).map_err(|e| e.to_string()));
-            if let (Ok(info), Ok(event)) = (message.info(), &event)
-                && info.delivered == 1
-            {
+            if let (Ok(info), Ok(event)) = (message.info(), &event) {
                 progress
                     .lock()
                     .expect("not poisoned")

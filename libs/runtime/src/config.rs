@@ -196,7 +196,7 @@ impl Default for Config {
             lease_term_secs: 5,
             stream_max_age_hours: 168,
             stream_max_bytes: 0,
-            database_idle_in_transaction_secs: 30,
+            database_idle_in_transaction_secs: 600,
             data_dir: PathBuf::from("./.switchboard"),
             service_token: None,
             otlp_endpoint: None,

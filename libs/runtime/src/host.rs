@@ -258,6 +258,15 @@ impl Host {
 
         let ops = http::ops_router_with(metrics::prometheus(), readiness(&started, js.as_ref()))
             .merge(routes);
+        // The drain is counted from when the stop was asked for: the servers' drain and
+        // the background work's share it.
+        let stopping = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                std::time::Instant::now()
+            })
+        };
         // Whichever server stops first, for whatever reason, stops the process.
         let (grpc_result, http_result) = tokio::join!(
             async {
@@ -275,7 +284,8 @@ impl Host {
         // for as long as the drain allows; what is still running then is cut (all of it
         // resumes from the log on the next start).
         let grace = Duration::from_secs(config.shutdown_grace_secs);
-        let drained = tokio::time::timeout(grace, async {
+        let since_stop = stopping.await.map(|at| at.elapsed()).unwrap_or_default();
+        let drained = tokio::time::timeout(grace.saturating_sub(since_stop), async {
             while let Some(finished) = tasks.join_next().await {
                 if let Err(e) = finished {
                     warn!(error = %e, "a background task failed");

@@ -3,8 +3,10 @@
 //! The schedule lives in the log: each attempt's event says when the next one is due, and
 //! the messages read model (rebuilt from the log) is what the dispatcher polls, so after a
 //! restart every pending retry resumes on time. One dispatcher is active per deployment:
-//! the holder of the `webhooks-dispatcher` lease, whose records of attempts are fenced by
-//! it, so a dispatcher that froze and lost the lease cannot write over its successor's.
+//! the holder of the `webhooks-dispatcher` lease. A dispatcher whose lease ran out sends
+//! nothing more and its deferrals and give-ups are fenced; the attempts it had already
+//! sent are recorded all the same (they happened), and a successor waits a moment after
+//! taking over before it reads what is due, so those records land first.
 //! A message is sent again only after its previous attempt ended (answered, timed out,
 //! or its process died); a crash mid-attempt sends it again with the same `webhook-id`,
 //! which is the at-least-once contract receivers dedupe on.
@@ -37,6 +39,11 @@ use crate::store::Due;
 /// How long an attempt that went out waits for the database to record it, before the
 /// message is left to be sent again.
 const RECORD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// How long a dispatcher that took the role over from another holder waits before it
+/// reads what is due: long enough for the previous holder's attempts, recorded as soon
+/// as the database answers (its retries are at most two seconds apart), to land.
+const SETTLE_AFTER_TAKEOVER: Duration = Duration::from_secs(3);
 
 /// How the dispatcher works.
 #[derive(Debug, Clone)]
@@ -175,6 +182,12 @@ impl Dispatcher {
             match self.service.log().try_lead("webhooks-dispatcher").await {
                 Ok(Some(lease)) => {
                     info!(token = lease.token(), "webhook dispatcher is active");
+                    if lease.token() > 1 {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(SETTLE_AFTER_TAKEOVER) => {}
+                        }
+                    }
                     let lease = Arc::new(lease);
                     *self.lease.lock().expect("not poisoned") = Some(lease.clone());
                     let mut tasks = JoinSet::new();
@@ -522,14 +535,24 @@ impl Dispatcher {
         metrics::counter!("webhook_attempts_total", "outcome" => outcome).increment(1);
         metrics::histogram!("webhook_attempt_duration_seconds")
             .record(f64::from(attempt.duration_ms) / 1000.0);
-        self.track(endpoint, delivered, sent_at, throttle_until)
-            .await?;
+        // The attempt is recorded: what follows must not make it look unrecorded (and be
+        // sent again); a failure here is said and left to the next attempt.
+        if let Err(e) = self
+            .track(endpoint, delivered, sent_at, throttle_until)
+            .await
+        {
+            warn!(endpoint_id = %endpoint.id, error = %e, "could not update the endpoint's health");
+        }
         if verdict == Verdict::Gone {
             info!(endpoint_id = %endpoint.id, "endpoint answered 410 Gone; disabling it");
             metrics::counter!("webhook_endpoints_disabled_total", "reason" => "gone").increment(1);
-            self.service
+            if let Err(e) = self
+                .service
                 .set_enabled(&ws, &endpoint.id, false, "gone")
-                .await?;
+                .await
+            {
+                warn!(endpoint_id = %endpoint.id, error = %e, "could not disable the endpoint");
+            }
         }
         Ok(())
     }
@@ -555,11 +578,11 @@ impl Dispatcher {
         };
         // The request has gone out: try hard to record it, since an unrecorded attempt is
         // sent again (same webhook-id, but a duplicate all the same). Through a database
-        // outage of up to RECORD_PATIENCE the record waits for the database, unless
-        // another dispatcher took over meanwhile (then this one's record is refused and
-        // the message is its successor's). The event id makes a retried append a no-op if
-        // an earlier try did commit.
-        let fence = self.fence();
+        // outage of up to RECORD_PATIENCE the record waits for the database. It is not
+        // fenced: the attempt happened, whoever holds the role now, and a successor waits
+        // a moment after taking the role over (SETTLE_AFTER_TAKEOVER) for such records to
+        // land before it reads what is due. The event id makes a retried append a no-op
+        // if an earlier try did commit.
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
         loop {
@@ -570,12 +593,11 @@ impl Dispatcher {
                     &message.message_id,
                     Some(message.stream_version as u64),
                     event.clone(),
-                    fence.as_ref(),
+                    None,
                 )
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(e @ EventLogError::Fenced { .. }) => return Err(e.into()),
                 Err(e) if started.elapsed() < RECORD_PATIENCE => {
                     warn!(message_id = %message.message_id, error = %e, retry_in = ?delay, "recording an attempt failed; retrying");
                     tokio::time::sleep(delay).await;

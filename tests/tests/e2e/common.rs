@@ -19,13 +19,19 @@ use tonic::transport::Channel as GrpcChannel;
 /// The workspace every journey works in (each test has its own schemas or data directory).
 pub const WS: &str = "ws_e2e";
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, below the kernel's ephemeral range
+/// (32768 and up), so an outgoing connection of another test cannot take it before the
+/// process that is to listen on it starts.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng as _;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// One `switchboard` process and how to start it again the same way.
