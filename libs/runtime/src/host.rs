@@ -322,18 +322,14 @@ impl Host {
         let Some(publication) = module.publication() else {
             return Ok(None);
         };
-        let router = publication.router;
+        let filter = subject_filter(publication.router, subject);
         let store = Self::store_config(config, producer);
         Ok(Some(Backfill {
             open: Arc::new(move || {
                 let (module, store) = (module.clone(), store.clone());
                 Box::pin(async move { open_log(module.as_ref(), &store).await })
             }),
-            filter: Arc::new(move |e: &RecordedEvent| {
-                router
-                    .subject(e)
-                    .is_some_and(|s| subjects::matches(subject, &s))
-            }),
+            filter,
         }))
     }
 
@@ -409,12 +405,7 @@ impl Host {
                     );
                     return Ok(None);
                 };
-                let router = publication.router;
-                let filter: Filter = Arc::new(move |e: &RecordedEvent| {
-                    router
-                        .subject(e)
-                        .is_some_and(|s| subjects::matches(subject, &s))
-                });
+                let filter = subject_filter(publication.router, subject);
                 Some(tail(
                     producer.log.clone(),
                     filter,
@@ -427,8 +418,18 @@ impl Host {
     }
 }
 
-/// Which events of a log a tail hands on.
-type Filter = Arc<dyn Fn(&RecordedEvent) -> bool + Send + Sync>;
+/// Which events of a log a tail hands on (the same shape as a re-feed's filter).
+type Filter = switchboard_eventlog::backfill::EventFilter;
+
+/// The events of a producer's log its `router` publishes on a subject `subject` matches:
+/// what a consumer of that subject gets.
+fn subject_filter(router: Arc<dyn Router>, subject: &'static str) -> Filter {
+    Arc::new(move |e: &RecordedEvent| {
+        router
+            .subject(e)
+            .is_some_and(|s| subjects::matches(subject, &s))
+    })
+}
 
 /// A subscription tailing `source`'s log.
 fn tail(

@@ -793,6 +793,41 @@ impl SilentLink {
     }
 }
 
+/// The seeds' `order_status` http action: GET `http://{api}/orders/{{ input.order }}`,
+/// its `status` mapped from the answer.
+pub async fn order_status_action(grpc_port: u16, api: std::net::SocketAddr) -> ActionDefinition {
+    use switchboard_proto::actions::v1::ResponseMapping;
+    actions_client(grpc_port)
+        .await
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: "order_status".into(),
+                description: "Looks up an order's status".into(),
+                kind: ActionKind::Http as i32,
+                input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
+                http: Some(HttpSpec {
+                    method: "GET".into(),
+                    url: format!("http://{api}/orders/{{{{ input.order }}}}"),
+                    response_mapping: vec![ResponseMapping {
+                        name: "status".into(),
+                        path: "$.status".into(),
+                        kind: "string".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
+}
+
 /// Steady load: a customer message to each of `ids` in turn, every `every`, until stopped.
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

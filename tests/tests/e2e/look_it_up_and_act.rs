@@ -6,15 +6,14 @@
 use std::time::Duration;
 
 use switchboard_eventlog::testing::{TestNats, unique_name};
-use switchboard_proto::actions::v1::{ActionDefinition, ActionKind, CreateActionRequest, HttpSpec};
 use switchboard_proto::conversations::v1::{
     AddMessageRequest, GetConversationRequest, StartConversationRequest,
 };
 use switchboard_proto::events::v1::{Author, Channel, MessageKind};
 
 use crate::common::{
-    Process, WS, actions_client, agent_says, drop_schema, flow_edge, flow_node, published_flow,
-    webhooks_env,
+    Process, WS, agent_says, drop_schema, flow_edge, flow_node, order_status_action,
+    published_flow, webhooks_env,
 };
 
 /// The seeds' "look it up and act" pattern, end to end in `dev`: a conversation starts
@@ -64,40 +63,11 @@ async fn serve_runs_the_look_it_up_and_act_flow_over_nats() {
 }
 
 async fn look_it_up_and_act(process: &mut Process) {
-    use switchboard_proto::actions::v1::ResponseMapping;
     use switchboard_proto::flows::v1::*;
 
     let mut conversations = process.start().await;
     let api = order_api().await;
-    let mut actions = actions_client(process.grpc_port).await;
-    let action = actions
-        .create_action(CreateActionRequest {
-            workspace_id: WS.into(),
-            definition: Some(ActionDefinition {
-                name: "order_status".into(),
-                description: "Looks up an order's status".into(),
-                kind: ActionKind::Http as i32,
-                input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
-                http: Some(HttpSpec {
-                    method: "GET".into(),
-                    url: format!("http://{api}/orders/{{{{ input.order }}}}"),
-                    response_mapping: vec![ResponseMapping {
-                        name: "status".into(),
-                        path: "$.status".into(),
-                        kind: "string".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .action
-        .unwrap();
+    let action = order_status_action(process.grpc_port, api).await;
 
     let say = |text: &str| {
         node::Kind::SendMessage(SendMessage {

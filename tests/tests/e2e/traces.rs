@@ -15,15 +15,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
 use switchboard_eventlog::testing::{TestNats, unique_name};
-use switchboard_proto::actions::v1::{
-    ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ResponseMapping,
-};
 use switchboard_proto::conversations::v1::{AddMessageRequest, StartConversationRequest};
 use switchboard_proto::events::v1::{Author, Channel, MessageKind};
 
 use crate::common::{
-    Process, WS, actions_client, agent_says, drop_schema, flow_edge, flow_node, free_port, header,
-    published_flow, webhook_receiver, webhooks_env,
+    Process, WS, agent_says, drop_schema, flow_edge, flow_node, free_port, header,
+    order_status_action, published_flow, webhook_receiver, webhooks_env,
 };
 
 /// The trace the customer's client started.
@@ -153,34 +150,7 @@ async fn one_trace_runs_from_a_message_through_the_flow_its_action_and_the_webho
         })
         .await
         .unwrap();
-    let action = actions_client(process.grpc_port)
-        .await
-        .create_action(CreateActionRequest {
-            workspace_id: WS.into(),
-            definition: Some(ActionDefinition {
-                name: "order_status".into(),
-                description: "Looks up an order's status".into(),
-                kind: ActionKind::Http as i32,
-                http: Some(HttpSpec {
-                    method: "GET".into(),
-                    url: format!("http://{api}/orders/{{{{ input.order }}}}"),
-                    response_mapping: vec![ResponseMapping {
-                        name: "status".into(),
-                        path: "$.status".into(),
-                        kind: "string".into(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .action
-        .unwrap();
+    let action = order_status_action(process.grpc_port, api).await;
     let say = |text: &str| {
         node::Kind::SendMessage(SendMessage {
             text: text.into(),

@@ -65,6 +65,26 @@ impl ConversationsApi {
         self
     }
 
+    /// Checks a change to a conversation (its envelope with the command's own fields, every
+    /// violation at once) and runs it, for `expected_version` of the conversation (0: any).
+    async fn change(
+        &self,
+        workspace_id: &str,
+        request_id: &str,
+        conversation_id: &str,
+        expected_version: u64,
+        command: Command,
+    ) -> Result<Outcome, Status> {
+        let mut ctx = context(
+            workspace_id,
+            request_id,
+            Some(conversation_id),
+            Some(&command),
+        )?;
+        ctx.expected_version = expected_version;
+        Ok(self.service.execute(&ctx, conversation_id, command).await?)
+    }
+
     /// Seals a conversation's secure metadata, checked by [`check_secure`] (empty:
     /// nothing to seal).
     fn seal_secure(
@@ -266,16 +286,15 @@ impl conversations_server::Conversations for ConversationsApi {
             buttons: r.buttons,
             sentiment: r.sentiment,
         };
-        let ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
         Ok(message(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                0,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -289,16 +308,15 @@ impl conversations_server::Conversations for ConversationsApi {
             form_message_id: r.form_message_id,
             values: r.values,
         };
-        let ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
         Ok(message(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                0,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -312,16 +330,15 @@ impl conversations_server::Conversations for ConversationsApi {
             buttons_message_id: r.buttons_message_id,
             button_id: r.button_id,
         };
-        let ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
         Ok(message(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                0,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -331,17 +348,15 @@ impl conversations_server::Conversations for ConversationsApi {
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
         let command = Command::SetStatus { status: r.status };
-        let mut ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
-        ctx.expected_version = r.expected_version;
         Ok(conversation(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                r.expected_version,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -353,17 +368,15 @@ impl conversations_server::Conversations for ConversationsApi {
         let command = Command::SetMetafields {
             metafields: r.metafields,
         };
-        let mut ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
-        ctx.expected_version = r.expected_version;
         Ok(conversation(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                r.expected_version,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -373,17 +386,15 @@ impl conversations_server::Conversations for ConversationsApi {
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
         let command = Command::RemoveMetafields { keys: r.keys };
-        let mut ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
-        ctx.expected_version = r.expected_version;
         Ok(conversation(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                r.expected_version,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -396,16 +407,15 @@ impl conversations_server::Conversations for ConversationsApi {
             group: r.group,
             agent: r.agent,
         };
-        let ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
         Ok(conversation(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                0,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -420,17 +430,15 @@ impl conversations_server::Conversations for ConversationsApi {
             custom: r.custom,
             topics: r.topics,
         };
-        let mut ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
-        ctx.expected_version = r.expected_version;
         Ok(conversation(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                r.expected_version,
+                command,
+            )
+            .await?,
         ))
     }
 
@@ -440,16 +448,15 @@ impl conversations_server::Conversations for ConversationsApi {
     ) -> Result<Response<ConversationResponse>, Status> {
         let r = request.into_inner();
         let command = Command::End { reason: r.reason };
-        let ctx = context(
-            &r.workspace_id,
-            &r.request_id,
-            Some(&r.conversation_id),
-            Some(&command),
-        )?;
         Ok(conversation(
-            self.service
-                .execute(&ctx, &r.conversation_id, command)
-                .await?,
+            self.change(
+                &r.workspace_id,
+                &r.request_id,
+                &r.conversation_id,
+                0,
+                command,
+            )
+            .await?,
         ))
     }
 
