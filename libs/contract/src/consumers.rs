@@ -8,6 +8,8 @@ pub const FLOWS_CONVERSATIONS: &str = "flows-conversations";
 pub const FLOWS_ACTION_OUTCOMES: &str = "flows-action-outcomes";
 /// Flows: the runs' messages and effects, carried out from the flows log itself.
 pub const FLOWS_EFFECTS: &str = "flows-effects";
+/// Connexease: the webhooks it recorded, carried out from the connexease log itself.
+pub const CONNEXEASE_INBOUND: &str = "connexease-inbound";
 /// Actions: the action requests of flow runs.
 pub const ACTIONS_ACTION_REQUESTED: &str = "actions-action-requested";
 

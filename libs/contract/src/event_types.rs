@@ -57,6 +57,10 @@ pub mod connexease {
     pub const LINKED: &str = "connexease.linked";
     /// A verified inbound webhook; public as `connexease.<event>`.
     pub const WEBHOOK_RECEIVED: &str = "connexease.webhook_received";
+    /// The whole body of a delivery too large to publish; stays in the log.
+    pub const WEBHOOK_BODY: &str = "connexease.webhook_body";
+    /// One answer to `conversation.auto_assign`: a turn of the workspace's rule.
+    pub const AUTO_ASSIGN_ANSWERED: &str = "connexease.auto_assign_answered";
 }
 
 /// The webhooks service's log.
@@ -145,17 +149,33 @@ pub mod flow_runs {
 /// `connexease.<hook with dots as _>` (see [`crate::subjects::connexease`]).
 pub mod connexease_hooks {
     pub const CONVERSATION_CREATED: &str = "conversation.created";
-    pub const CONVERSATION_ASSIGNED: &str = "conversation.assigned";
-    /// Connexease asking which agent to assign.
+    pub const MESSAGE_CREATED: &str = "message.created";
+    pub const MESSAGE_STATE_CHANGED: &str = "message.state_changed";
+    /// Connexease asking which agent to assign: answered by the workspace's rule.
     pub const CONVERSATION_AUTO_ASSIGN: &str = "conversation.auto_assign";
-    pub const CONVERSATION_GROUP_CHANGED: &str = "conversation.group_changed";
+    pub const CONVERSATION_ASSIGNED: &str = "conversation.assigned";
     pub const CONVERSATION_ARCHIVED: &str = "conversation.archived";
-    /// Not in Connexease's published list; sent by our simulator (issue 17 removes it).
-    pub const CONVERSATION_UNARCHIVED: &str = "conversation.unarchived";
+    pub const CONVERSATION_TYPE_CHANGED: &str = "conversation.type_changed";
     pub const CONVERSATION_CUSTOM_FIELDS_UPDATED: &str = "conversation.custom_fields_updated";
     pub const CUSTOMER_UPDATED: &str = "customer.updated";
-    /// The prefix of every hook about a conversation.
-    pub const CONVERSATION_PREFIX: &str = "conversation.";
+    pub const FEEDBACK_RECEIVED: &str = "feedback.received";
+    pub const AGENT_STATUS_CHANGED: &str = "agent.status_changed";
+    pub const CONVERSATION_GROUP_CHANGED: &str = "conversation.group_changed";
+    /// Every hook Connexease publishes (help.connexease.com/dev, "Webhooks").
+    pub const PUBLISHED: [&str; 12] = [
+        CONVERSATION_CREATED,
+        MESSAGE_CREATED,
+        MESSAGE_STATE_CHANGED,
+        CONVERSATION_AUTO_ASSIGN,
+        CONVERSATION_ASSIGNED,
+        CONVERSATION_ARCHIVED,
+        CONVERSATION_TYPE_CHANGED,
+        CONVERSATION_CUSTOM_FIELDS_UPDATED,
+        CUSTOMER_UPDATED,
+        FEEDBACK_RECEIVED,
+        AGENT_STATUS_CHANGED,
+        CONVERSATION_GROUP_CHANGED,
+    ];
 }
 
 /// The insights service's log: saved segments and findings.

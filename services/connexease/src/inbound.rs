@@ -1,16 +1,21 @@
-//! Inbound Connexease webhooks, `POST /connexease/webhooks/{workspace_id}`: the signature
-//! is verified against the workspace's webhook secret, stale or unsigned calls are refused,
-//! retries of one delivery are recognised by its id, and each delivery becomes a
-//! `connexease.webhook_received` event (published as `events.<ws>.connexease.<event>`).
-//! Where it should, the linked conversation here follows: archived there becomes archived
-//! here, an assignment there is recorded here.
+//! Inbound Connexease webhooks, `POST /connexease/webhooks/{workspace_id}`, in the shape
+//! Connexease publishes ([`crate::hooks`]): the signature is verified against the
+//! workspace's webhook secret over the connection's signed input, the delivery is read, a
+//! retry is recognised by its payload, and the delivery is recorded as one
+//! `connexease.webhook_received` event (published as `events.<ws>.connexease.<hook>`).
+//! The answer goes back as soon as that record is committed; what the delivery changes
+//! here (links, our conversations, the directory) is done after, by [`Apply`], from the
+//! log, so a slow or failing dependency never makes Connexease retry and drop.
 //!
-//! Answers: 200 (also for a duplicate), 400 (not JSON, missing fields, stale), 401
-//! (missing or bad signature), 404 (no connection), 503 (our conversations service
-//! failed: Connexease retries the delivery).
+//! `conversation.auto_assign` is Connexease asking which agent to assign: it is answered
+//! in the response, by the workspace's rule, and the answer is recorded (a retry gets the
+//! same answer).
+//!
+//! Answers: 200 (also for a retry), 400 (not JSON, not a delivery, dated outside the
+//! replay window), 401 (missing or bad signature), 404 (no connection), 413 (over
+//! [`hooks::MAX_BODY`]), 503 (our store failed: Connexease retries).
 
 use std::sync::Arc;
-use switchboard_contract::event_types::connexease_hooks as hooks;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -22,19 +27,22 @@ use axum::routing::post;
 use prost::Message as _;
 use serde_json::{Value as Json, json};
 use switchboard_clients::ConversationsClient;
-use switchboard_eventlog::{EventLogError, ExpectedVersion, Metadata, NewEvent, StreamRef};
-use switchboard_proto::connexease::v1::{Link, WebhookReceived};
-use switchboard_proto::conversations::v1::{AssignRequest, SetStatusRequest};
-use switchboard_proto::events::v1::ConversationStatus;
+use switchboard_eventlog::{
+    Command, CommandError, Decision, EventLogError, ExpectedVersion, HandleError, Handler,
+    Metadata, NewEvent, RecordedEvent, StreamRef, Tx, VersionOnly,
+};
+use switchboard_proto::connexease::v1::{
+    AutoAssignAnswered, AutoAssignRule, Link, WebhookBody, WebhookReceived,
+};
+use switchboard_proto::conversations::v1::{AddMessageRequest, AssignRequest, SetStatusRequest};
+use switchboard_proto::events::v1::{Author, ConversationStatus, MessageKind};
 use uuid::Uuid;
 
 use crate::domain::event_types;
-use crate::service::ConnexeaseService;
+use crate::hooks::{self, Delivery, Malformed};
+use crate::service::{ConnexeaseService, State as Connected};
 use crate::signature;
 use crate::store::ConnexeaseStore;
-
-/// Largest webhook body accepted.
-pub const MAX_BODY: usize = 256 * 1024;
 
 /// What a webhook may change in our conversations.
 #[async_trait]
@@ -55,29 +63,43 @@ pub trait Conversations: Send + Sync {
         agent: &str,
         request_id: &str,
     ) -> Result<(), String>;
+    /// Adds what a human agent wrote in Connexease to our conversation.
+    async fn add_human_message(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        text: &str,
+        request_id: &str,
+    ) -> Result<(), String>;
+}
+
+/// The stream of one delivery.
+pub fn delivery_stream(workspace_id: &str, delivery_id: &str) -> StreamRef {
+    StreamRef::new(
+        "connexease_webhook",
+        format!("{workspace_id}/{delivery_id}"),
+    )
+}
+
+/// The stream of a workspace's auto-assign answers of one UTC day: the round robin's
+/// turns (a day's stream stays short to fold).
+fn auto_assign_stream(workspace_id: &str) -> StreamRef {
+    let today = time::OffsetDateTime::now_utc().date();
+    StreamRef::new("connexease_auto_assign", format!("{workspace_id}/{today}"))
 }
 
 #[derive(Clone)]
 struct Inbound {
     service: ConnexeaseService,
     store: ConnexeaseStore,
-    conversations: Option<Arc<dyn Conversations>>,
 }
 
-/// The webhook routes, to merge into the service's HTTP server.
-pub fn router(
-    service: ConnexeaseService,
-    store: ConnexeaseStore,
-    conversations: Option<Arc<dyn Conversations>>,
-) -> Router {
+/// The webhook route, to merge into the service's HTTP server.
+pub fn router(service: ConnexeaseService, store: ConnexeaseStore) -> Router {
     Router::new()
         .route("/connexease/webhooks/{workspace_id}", post(receive))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(Inbound {
-            service,
-            store,
-            conversations,
-        })
+        .layer(DefaultBodyLimit::max(hooks::MAX_BODY))
+        .with_state(Inbound { service, store })
 }
 
 fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -86,6 +108,34 @@ fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Respons
         axum::Json(json!({"error": {"code": code, "message": message.into()}})),
     )
         .into_response()
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "connexease webhook: {what}; Connexease will retry");
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "retry later",
+    )
+}
+
+/// The answer to a delivery recorded now (`duplicate` false) or before: what an
+/// auto-assign chose travels with it.
+fn answered(duplicate: bool, received: &WebhookReceived) -> Response {
+    let mut body = if duplicate {
+        json!({"duplicate": true})
+    } else {
+        json!({"received": true})
+    };
+    if let Some(answer) = &received.auto_assign {
+        // Assumed: how Connexease reads the chosen agent from the answer is not documented.
+        body["agent"] = if answer.agent_id.is_empty() {
+            Json::Null
+        } else {
+            json!({"uuid": answer.agent_id, "email": answer.agent_email})
+        };
+    }
+    (StatusCode::OK, axum::Json(body)).into_response()
 }
 
 async fn receive(
@@ -99,18 +149,11 @@ async fn receive(
     }
     let state = match inbound.service.load(&workspace_id).await {
         Ok(state) => state,
-        Err(e) => {
-            tracing::warn!(error = %e, "connexease webhook: cannot load the connection");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "retry later",
-            );
-        }
+        Err(e) => return unavailable("cannot load the connection", e),
     };
-    let Some(secret) = state
+    let Some((connection, secret)) = state
         .connected()
-        .and_then(|c| inbound.service.webhook_secret(c))
+        .and_then(|c| Some((c, inbound.service.webhook_secret(c)?)))
     else {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -125,213 +168,368 @@ async fn receive(
             "X-Connexease-Webhook-Sign is required",
         );
     };
-    if !signature::verify(secret.expose(), &body, sign) {
+    let signed = hooks::signed_input(&body, connection.webhook_signed_input());
+    if !signed.is_some_and(|signed| signature::verify(secret.expose(), &signed, sign)) {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "bad_signature",
             "the signature does not match the body",
         );
     }
-    let payload: Json = match serde_json::from_slice(&body) {
-        Ok(payload) => payload,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "not_json", e.to_string()),
+    let delivery = match Delivery::parse(&body) {
+        Ok(delivery) => delivery,
+        Err(e @ Malformed::NotJson(_)) => {
+            return refuse(StatusCode::BAD_REQUEST, "not_json", e.to_string());
+        }
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
     };
-    let (Some(delivery_id), Some(kind), Some(created_at)) = (
-        payload["id"].as_str().filter(|id| valid_delivery_id(id)),
-        payload["event"].as_str().filter(|e| valid_event(e)),
-        payload["created_at"].as_i64(),
-    ) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "a webhook needs `id`, `event` and `created_at` (unix seconds)",
-        );
-    };
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    if (now - created_at).abs() > signature::TOLERANCE_SECS {
+    if delivery.stale(time::OffsetDateTime::now_utc().unix_timestamp()) {
         return refuse(
             StatusCode::BAD_REQUEST,
             "stale",
             format!(
-                "created_at is more than {} s from now; replayed deliveries are refused",
-                signature::TOLERANCE_SECS
+                "the delivery's timestamp is more than {} days old or from the future; \
+                 replayed deliveries are refused",
+                hooks::REPLAY_WINDOW_SECS / 86_400
             ),
         );
     }
-    let stream = StreamRef::new(
-        "connexease_webhook",
-        format!("{workspace_id}/{delivery_id}"),
-    );
-    match inbound.service.log().read_stream(&stream, 0, 1).await {
-        Ok(seen) if !seen.is_empty() => {
-            return (StatusCode::OK, axum::Json(json!({"duplicate": true}))).into_response();
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "connexease webhook: cannot read the log");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "retry later",
-            );
-        }
+    let stream = delivery_stream(&workspace_id, &delivery.id);
+    match recorded(&inbound, &stream).await {
+        Ok(Some(received)) => return answered(true, &received),
+        Ok(None) => {}
+        Err(e) => return unavailable("cannot read the log", e),
     }
-    let data = payload["data"].clone();
-    let conversation_id = match inbound
-        .apply(&workspace_id, delivery_id, kind, &data, &state)
-        .await
-    {
-        Ok(conversation_id) => conversation_id,
-        Err(e) => {
-            tracing::warn!(error = %e, event = kind, "connexease webhook: not applied; Connexease will retry");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "retry later",
-            );
-        }
-    };
-    let received = WebhookReceived {
-        delivery_id: delivery_id.to_owned(),
-        event: kind.to_owned(),
-        data_json: data.to_string(),
-        sent_at: Some(prost_types::Timestamp {
-            seconds: created_at,
-            nanos: 0,
-        }),
-        conversation_id,
-    };
-    let event = NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event_types::WEBHOOK_RECEIVED.into(),
-        schema_version: 1,
-        payload: received.encode_to_vec(),
-        metadata: Metadata {
-            workspace_id: workspace_id.clone(),
-            correlation_id: delivery_id.to_owned(),
-            occurred_at: switchboard_eventlog::now_micros(),
-            ..Default::default()
+    let link = match &delivery.conversation {
+        Some(external) => match inbound
+            .store
+            .link_by_external(&workspace_id, external)
+            .await
+        {
+            Ok(link) => link,
+            Err(e) => return unavailable("cannot read the links", e),
         },
+        None => None,
     };
+    let auto_assign = if delivery.hook == hooks::CONVERSATION_AUTO_ASSIGN {
+        match choose_agent(&inbound.service, &workspace_id, &delivery, &state).await {
+            Ok(answer) => Some(answer),
+            Err(e) => return unavailable("cannot record the auto-assign answer", e),
+        }
+    } else {
+        None
+    };
+    let (data_json, abridged_fields) = delivery.published_payload();
+    let received = WebhookReceived {
+        delivery_id: delivery.id.clone(),
+        event: delivery.hook.clone(),
+        data_json,
+        sent_at: delivery
+            .timestamp
+            .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        conversation_id: link.map(|l| l.conversation_id).unwrap_or_default(),
+        external_conversation_id: delivery.conversation.clone().unwrap_or_default(),
+        external_customer_id: delivery.customer.clone().unwrap_or_default(),
+        channel_json: if delivery.channel.is_null() {
+            String::new()
+        } else {
+            delivery.channel.to_string()
+        },
+        body_bytes: body.len() as u64,
+        abridged_fields,
+        auto_assign,
+    };
+    let metadata = Metadata {
+        workspace_id: workspace_id.clone(),
+        correlation_id: delivery.id.clone(),
+        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
+        occurred_at: switchboard_eventlog::now_micros(),
+        ..Default::default()
+    };
+    let mut events = vec![new_event(
+        event_types::WEBHOOK_RECEIVED,
+        received.encode_to_vec(),
+        metadata.clone(),
+    )];
+    if !received.abridged_fields.is_empty() {
+        let whole = WebhookBody {
+            delivery_id: delivery.id.clone(),
+            body: body.to_vec(),
+        };
+        events.push(new_event(
+            event_types::WEBHOOK_BODY,
+            whole.encode_to_vec(),
+            metadata,
+        ));
+    }
     match inbound
         .service
         .log()
-        .append(&stream, ExpectedVersion::NoStream, vec![event])
+        .append(&stream, ExpectedVersion::NoStream, events)
         .await
     {
-        Ok(_) => (StatusCode::OK, axum::Json(json!({"received": true}))).into_response(),
-        // A retry of the same delivery won the race; its effects are the same.
-        Err(EventLogError::Conflict { .. }) => {
-            (StatusCode::OK, axum::Json(json!({"duplicate": true}))).into_response()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "connexease webhook: cannot record it");
-            refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "retry later",
-            )
-        }
+        Ok(_) => answered(false, &received),
+        // A retry of the same delivery was recorded first: answer what it recorded.
+        Err(EventLogError::Conflict { .. }) => match recorded(&inbound, &stream).await {
+            Ok(Some(first)) => answered(true, &first),
+            Ok(None) => answered(true, &received),
+            Err(e) => unavailable("cannot read the log", e),
+        },
+        Err(e) => unavailable("cannot record it", e),
     }
 }
 
-impl Inbound {
-    /// Makes the linked conversation follow; answers our conversation's id when linked.
-    async fn apply(
+fn new_event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema_version: 1,
+        payload,
+        metadata,
+    }
+}
+
+/// The delivery recorded in `stream`, if it was.
+async fn recorded(
+    inbound: &Inbound,
+    stream: &StreamRef,
+) -> Result<Option<WebhookReceived>, EventLogError> {
+    let events = inbound.service.log().read_stream(stream, 0, 1).await?;
+    events.first().map(|e| e.decode()).transpose()
+}
+
+/// Answers an auto-assign by the workspace's rule and records the answer: round robin
+/// takes the directory's online agents in turn.
+async fn choose_agent(
+    service: &ConnexeaseService,
+    workspace_id: &str,
+    delivery: &Delivery,
+    state: &Connected,
+) -> Result<AutoAssignAnswered, CommandError<std::convert::Infallible>> {
+    let rule = state
+        .connected()
+        .map(|c| c.auto_assign_rule())
+        .unwrap_or_default();
+    let rule = match rule {
+        AutoAssignRule::Unspecified => AutoAssignRule::RoundRobin,
+        rule => rule,
+    };
+    let online: Vec<_> = state
+        .directory
+        .iter()
+        .flat_map(|d| &d.agents)
+        .filter(|a| a.availability == "online")
+        .cloned()
+        .collect();
+    let stream = auto_assign_stream(workspace_id);
+    let executed = Command::new(service.log(), &stream)
+        .attempts(10)
+        .run(&VersionOnly, |loaded| {
+            let mut answer = AutoAssignAnswered {
+                delivery_id: delivery.id.clone(),
+                external_conversation_id: delivery.conversation.clone().unwrap_or_default(),
+                rule: rule as i32,
+                ..Default::default()
+            };
+            match (rule, online.len()) {
+                (AutoAssignRule::Decline, _) => {
+                    answer.reason = "the workspace leaves auto-assignment to Connexease".into();
+                }
+                (_, 0) => answer.reason = "no agent of the directory is online".into(),
+                (_, n) => {
+                    let agent = &online[(loaded.version % n as u64) as usize];
+                    answer.agent_id = agent.id.clone();
+                    answer.agent_email = agent.email.clone();
+                }
+            }
+            let event = new_event(
+                event_types::AUTO_ASSIGN_ANSWERED,
+                answer.encode_to_vec(),
+                Metadata {
+                    workspace_id: workspace_id.to_owned(),
+                    correlation_id: delivery.id.clone(),
+                    occurred_at: switchboard_eventlog::now_micros(),
+                    ..Default::default()
+                },
+            );
+            Ok(Decision::new(vec![event], answer))
+        })
+        .await?;
+    Ok(executed.into_output())
+}
+
+/// Carries out recorded deliveries, after they were answered: links a conversation
+/// Connexease created from ours, keeps links in step, archives and assigns our linked
+/// conversations as Connexease did, adds what a human agent wrote there, and refreshes the
+/// directory when an agent's status changes. Every change here is idempotent by the
+/// delivery, so a redelivery changes nothing.
+pub struct Apply {
+    service: ConnexeaseService,
+    store: ConnexeaseStore,
+    conversations: Option<Arc<dyn Conversations>>,
+}
+
+impl Apply {
+    pub fn new(
+        service: ConnexeaseService,
+        store: ConnexeaseStore,
+        conversations: Option<Arc<dyn Conversations>>,
+    ) -> Self {
+        Self {
+            service,
+            store,
+            conversations,
+        }
+    }
+
+    /// Which events of the connexease log it carries out.
+    pub fn wants(event: &RecordedEvent) -> bool {
+        event.event_type == event_types::WEBHOOK_RECEIVED
+    }
+
+    async fn apply(&self, workspace_id: &str, received: &WebhookReceived) -> Result<(), String> {
+        let payload: Json = serde_json::from_str(&received.data_json).unwrap_or_default();
+        let request_id = format!("connexease-{}", received.delivery_id);
+        if received.event == hooks::AGENT_STATUS_CHANGED {
+            return self
+                .service
+                .sync_directory(workspace_id)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string());
+        }
+        let Some(link) = self.link(workspace_id, received, &payload).await? else {
+            return Ok(());
+        };
+        let Some(conversations) = &self.conversations else {
+            return Ok(());
+        };
+        let ours = &link.conversation_id;
+        match received.event.as_str() {
+            hooks::CONVERSATION_ARCHIVED => {
+                conversations.archive(workspace_id, ours, &request_id).await
+            }
+            hooks::CONVERSATION_ASSIGNED | hooks::CONVERSATION_GROUP_CHANGED => {
+                let directory = self
+                    .service
+                    .load(workspace_id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .directory
+                    .unwrap_or_default();
+                let group = directory
+                    .groups
+                    .iter()
+                    .find(|g| g.id == link.group_id)
+                    .map_or(link.group_id.clone(), |g| g.name.clone());
+                let agent = directory
+                    .agents
+                    .iter()
+                    .find(|a| a.id == link.agent_id)
+                    .map_or(link.agent_id.clone(), |a| a.email.clone());
+                conversations
+                    .assign(workspace_id, ours, &group, &agent, &request_id)
+                    .await
+            }
+            hooks::MESSAGE_CREATED if hooks::written_by_agent(&payload) => {
+                match hooks::message_text(&payload) {
+                    Some(text) => {
+                        conversations
+                            .add_human_message(workspace_id, ours, text, &request_id)
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The link the delivery concerns, kept in step with what it says: made for a
+    /// `conversation.created` that names one of our conversations (assumed:
+    /// `external_id`), updated when Connexease's status, group, agent or customer changed.
+    async fn link(
         &self,
         workspace_id: &str,
-        delivery_id: &str,
-        kind: &str,
-        data: &Json,
-        state: &crate::service::State,
-    ) -> Result<String, String> {
-        let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
-        if !kind.starts_with(hooks::CONVERSATION_PREFIX) {
-            return Ok(String::new());
+        received: &WebhookReceived,
+        payload: &Json,
+    ) -> Result<Option<Link>, String> {
+        let external = &received.external_conversation_id;
+        if external.is_empty() {
+            return Ok(None);
         }
-        let external = text("id");
         let existing = self
             .store
-            .link_by_external(workspace_id, &external)
+            .link_by_external(workspace_id, external)
             .await
             .map_err(|e| e.to_string())?;
-        let mut link = match (existing, kind) {
+        let ours = payload["external_id"]
+            .as_str()
+            .filter(|id| !id.is_empty() && id.len() <= 128);
+        let mut link = match (existing, ours) {
             (Some(link), _) => link,
-            // Created from one of our conversations (its id travels as `external_id`):
-            // link it now.
-            (None, hooks::CONVERSATION_CREATED) if data["external_id"].is_string() => Link {
-                conversation_id: text("external_id"),
+            (None, Some(ours)) if received.event == hooks::CONVERSATION_CREATED => Link {
+                conversation_id: ours.to_owned(),
                 external_conversation_id: external.clone(),
                 ..Default::default()
             },
-            (None, _) => return Ok(String::new()),
+            (None, _) => return Ok(None),
         };
         let before = link.clone();
-        link.external_customer_id = text("customer_id");
-        link.external_status = text("status");
-        link.group_id = text("group_id");
-        link.agent_id = text("agent_id");
+        if !received.external_customer_id.is_empty() {
+            link.external_customer_id = received.external_customer_id.clone();
+        }
+        if received.event.starts_with("conversation.") {
+            let uuid = |key: &str| {
+                payload[key]["uuid"]
+                    .as_str()
+                    .or_else(|| payload[format!("{key}_uuid").as_str()].as_str())
+                    .map(str::to_owned)
+            };
+            if let Some(status) = payload["status"].as_str() {
+                link.external_status = status.to_owned();
+            }
+            if let Some(group) = uuid("group") {
+                link.group_id = group;
+            }
+            if let Some(agent) = uuid("agent") {
+                link.agent_id = agent;
+            }
+            if received.event == hooks::CONVERSATION_ARCHIVED {
+                link.external_status = "archived".into();
+            }
+        }
         if link != before {
             self.service
                 .record_link(workspace_id, link.clone())
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let request_id = format!("connexease-{delivery_id}");
-        if let Some(conversations) = &self.conversations {
-            match kind {
-                hooks::CONVERSATION_ARCHIVED => {
-                    conversations
-                        .archive(workspace_id, &link.conversation_id, &request_id)
-                        .await?;
-                }
-                hooks::CONVERSATION_ASSIGNED
-                | hooks::CONVERSATION_AUTO_ASSIGN
-                | hooks::CONVERSATION_GROUP_CHANGED => {
-                    let directory = state.directory.clone().unwrap_or_default();
-                    let group = directory
-                        .groups
-                        .iter()
-                        .find(|g| g.id == link.group_id)
-                        .map_or(link.group_id.clone(), |g| g.name.clone());
-                    let agent = directory
-                        .agents
-                        .iter()
-                        .find(|a| a.id == link.agent_id)
-                        .map_or(link.agent_id.clone(), |a| a.email.clone());
-                    conversations
-                        .assign(
-                            workspace_id,
-                            &link.conversation_id,
-                            &group,
-                            &agent,
-                            &request_id,
-                        )
-                        .await?;
-                }
-                _ => {}
-            }
-        }
-        Ok(link.conversation_id)
+        Ok(Some(link))
     }
 }
 
-fn valid_delivery_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
-}
+#[async_trait]
+impl Handler for Apply {
+    async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+        let received: WebhookReceived = event
+            .decode()
+            .map_err(|e| HandleError::Reject(e.to_string()))?;
+        self.apply(event.workspace_id(), &received)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, hook = %received.event, "connexease webhook: not carried out yet; retrying");
+                HandleError::Retry(e)
+            })
+    }
 
-fn valid_event(event: &str) -> bool {
-    (1..=64).contains(&event.len())
-        && event
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
+    async fn wants(&self, event: &RecordedEvent) -> bool {
+        Self::wants(event)
+    }
 }
 
 /// Not found and failed preconditions are final (the conversation is gone or ended); the
-/// rest may pass, so Connexease's retry is worth it.
+/// rest may pass, so trying again is worth it.
 fn settled(status: tonic::Status) -> Result<(), String> {
     match status.code() {
         tonic::Code::NotFound | tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
@@ -382,6 +580,28 @@ impl Conversations for ConversationsClient {
         };
         // The client's own `assign`, not this trait's.
         match ConversationsClient::assign(self, request).await {
+            Ok(_) => Ok(()),
+            Err(status) => settled(status),
+        }
+    }
+
+    async fn add_human_message(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        text: &str,
+        request_id: &str,
+    ) -> Result<(), String> {
+        let request = AddMessageRequest {
+            workspace_id: workspace_id.into(),
+            request_id: format!("{request_id}-message"),
+            conversation_id: conversation_id.into(),
+            author: Author::Human as i32,
+            kind: MessageKind::Text as i32,
+            text: text.into(),
+            ..Default::default()
+        };
+        match self.add_message(request).await {
             Ok(_) => Ok(()),
             Err(status) => settled(status),
         }

@@ -7,8 +7,11 @@
 //!   directory (names to ids, every reference checked); pure.
 //! - [`service`]: the command handler: connect, sync, run operations once per key, link.
 //! - [`client`]: the Connexease API behind a trait, and its HTTP implementation.
-//! - [`inbound`]: the signed webhooks Connexease sends, verified, deduplicated, applied.
-//! - [`sim`]: `switchboard connexease-sim`, a faithful simulator of the endpoint set.
+//! - [`hooks`]: Connexease's webhook deliveries as published, read; pure.
+//! - [`inbound`]: the signed webhooks Connexease sends: verified, deduplicated and
+//!   recorded, answered, then carried out from the log.
+//! - [`sim`]: `switchboard connexease-sim`, a simulator of Connexease: the documented
+//!   calls and deliveries, and the assumed operations, marked.
 //! - [`store`]: the read models (connections, links).
 //! - [`grpc`]: the tonic service.
 #![forbid(unsafe_code)]
@@ -16,6 +19,7 @@
 pub mod client;
 pub mod domain;
 pub mod grpc;
+pub mod hooks;
 pub mod inbound;
 pub mod service;
 pub mod signature;
@@ -27,11 +31,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use switchboard_clients::ConversationsClient;
-use switchboard_contract::{services, streams, subjects};
+use switchboard_contract::{consumers, services, streams, subjects};
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
 use switchboard_outbound::ClientOptions;
 use switchboard_runtime::service::{
-    BoxError, Mode, Publication, ReadModels, Secrets, ServiceModule, Wiring, loopback,
+    BoxError, Inbox, Mode, Order, Publication, ReadModels, Secrets, ServiceModule, Source,
+    Subscribe, Wiring, loopback,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -110,11 +115,18 @@ impl ServiceModule for Connexease {
                 as Arc<dyn inbound::Conversations>),
             None => None,
         };
-        wiring.serve_http(inbound::router(
-            service.clone(),
-            ConnexeaseStore::new(wiring.log().clone()),
-            conversations,
-        ));
+        let store = ConnexeaseStore::new(wiring.log().clone());
+        wiring.serve_http(inbound::router(service.clone(), store.clone()));
+        // Deliveries are carried out after they are answered, in the order recorded (a
+        // conversation is linked before its archive is applied), by one lane; their
+        // effects append to this log outside the handler's transaction.
+        wiring.subscribe(Subscribe {
+            consumer: consumers::CONNEXEASE_INBOUND.to_owned(),
+            source: Source::OwnLog(Arc::new(inbound::Apply::wants)),
+            handler: Arc::new(inbound::Apply::new(service.clone(), store, conversations)),
+            inbox: Inbox::Dedicated,
+            order: Order::Total,
+        });
         wiring.spawn(
             "directory sync",
             sync_directories(service, wiring.shutdown()),
@@ -212,6 +224,12 @@ fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
         t::WEBHOOK_RECEIVED => event
             .decode::<pb::WebhookReceived>()
             .map(|w| format!("{w:?}")),
+        t::WEBHOOK_BODY => event
+            .decode::<pb::WebhookBody>()
+            .map(|b| format!("{} ({} bytes of body)", b.delivery_id, b.body.len())),
+        t::AUTO_ASSIGN_ANSWERED => event
+            .decode::<pb::AutoAssignAnswered>()
+            .map(|a| format!("{a:?}")),
         _ => return format!("<{} bytes of unknown type>", event.payload.len()),
     };
     shown.unwrap_or_else(|e| format!("<undecodable: {e}>"))

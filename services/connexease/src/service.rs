@@ -16,14 +16,15 @@ use switchboard_eventlog::{
     Metadata, NewEvent, RecordedEvent, StreamRef, VersionOnly, now_micros, timestamp,
 };
 use switchboard_proto::connexease::v1::{
-    Agent, Connection, ConnectionChanged, CustomField, Directory, DirectorySynced, Group, Link,
-    Linked, OperationRecorded, OperationResult, RunOperationRequest, TestConnectionResponse,
+    Agent, AuthScheme, Connection, ConnectionChanged, CustomField, Directory, DirectorySynced,
+    Group, Link, Linked, OperationRecorded, OperationResult, RunOperationRequest,
+    TestConnectionResponse,
 };
 use switchboard_runtime::requests::valid_prefixed_id;
 use switchboard_secrets::{Keyring, Secret};
 use uuid::Uuid;
 
-use crate::client::{Answer, ClientError, ConnexeaseApi, Target};
+use crate::client::{Answer, Auth, ClientError, ConnexeaseApi, Target, uuid_at};
 use crate::domain::{self, FieldViolation, Plan, event_types};
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,10 @@ fn webhook_secret_owner(workspace_id: &str) -> String {
     format!("{workspace_id}/connexease/webhook_secret")
 }
 
+fn password_owner(workspace_id: &str) -> String {
+    format!("{workspace_id}/connexease/password")
+}
+
 /// A workspace's connection and directory as their events left them.
 #[derive(Debug, Clone, Default)]
 pub struct State {
@@ -108,10 +113,13 @@ pub struct ConnexeaseService {
 pub fn public_view(mut connection: Connection) -> Connection {
     connection.access_token_set = !connection.sealed_access_token.is_empty();
     connection.webhook_secret_set = !connection.sealed_webhook_secret.is_empty();
+    connection.password_set = !connection.sealed_password.is_empty();
     connection.access_token.clear();
     connection.webhook_secret.clear();
+    connection.password.clear();
     connection.sealed_access_token.clear();
     connection.sealed_webhook_secret.clear();
+    connection.sealed_password.clear();
     connection
 }
 
@@ -202,24 +210,39 @@ impl ConnexeaseService {
             .map(drop)
     }
 
+    /// Opens a secret of the connection sealed for `owner`.
+    fn open(&self, sealed: &[u8], owner: &str, what: &str) -> Result<Secret, ServiceError> {
+        let opened = self.keyring.open(sealed, owner).map_err(|e| {
+            ServiceError::Log(EventLogError::Corrupt {
+                event_id: String::new(),
+                event_type: event_types::CONNECTED.into(),
+                reason: format!("the {what} cannot be opened: {e}"),
+            })
+        })?;
+        Ok(Secret::new(String::from_utf8_lossy(&opened).into_owned()))
+    }
+
     fn target(&self, connection: &Connection) -> Result<Target, ServiceError> {
-        let token = self
-            .keyring
-            .open(
+        let workspace_id = &connection.workspace_id;
+        let auth = match connection.auth_scheme() {
+            AuthScheme::Jwt => Auth::Jwt {
+                username: connection.username.clone(),
+                password: self.open(
+                    &connection.sealed_password,
+                    &password_owner(workspace_id),
+                    "password",
+                )?,
+            },
+            AuthScheme::Bearer | AuthScheme::Unspecified => Auth::Bearer(self.open(
                 &connection.sealed_access_token,
-                &token_owner(&connection.workspace_id),
-            )
-            .map_err(|e| {
-                ServiceError::Log(EventLogError::Corrupt {
-                    event_id: String::new(),
-                    event_type: event_types::CONNECTED.into(),
-                    reason: format!("the access token cannot be opened: {e}"),
-                })
-            })?;
+                &token_owner(workspace_id),
+                "access token",
+            )?),
+        };
         Ok(Target {
             workspace_id: connection.workspace_id.clone(),
             base_url: connection.base_url.clone(),
-            token: Secret::new(String::from_utf8_lossy(&token).into_owned()),
+            auth,
             rate_per_second: match connection.rate_limit_per_second {
                 0 => domain::limits::RATE_DEFAULT,
                 n => n,
@@ -292,19 +315,35 @@ impl ConnexeaseService {
                 &webhook_secret_owner(workspace_id),
             )
         };
+        connection.sealed_password = if connection.password.is_empty() {
+            previous
+                .map(|p| p.sealed_password.clone())
+                .unwrap_or_default()
+        } else {
+            self.keyring.seal(
+                connection.password.as_bytes(),
+                &password_owner(workspace_id),
+            )
+        };
         connection.access_token.clear();
         connection.webhook_secret.clear();
-        let account = self
-            .api
-            .account(&self.target(&connection)?)
+        connection.password.clear();
+        // Connexease documents no call that names the account: the connection is checked
+        // with a documented read.
+        self.api
+            .check(&self.target(&connection)?)
             .await
             .map_err(|e| match e {
-                ClientError::Unauthorized => invalid("access_token", e.to_string()),
+                ClientError::Unauthorized(_) => {
+                    let field = match connection.auth_scheme() {
+                        AuthScheme::Jwt => "password",
+                        _ => "access_token",
+                    };
+                    invalid(field, e.to_string())
+                }
                 ClientError::Blocked(reason) => invalid("base_url", reason),
                 other => ServiceError::Connexease(other),
             })?;
-        connection.account_id = account.body["id"].as_str().unwrap_or_default().to_owned();
-        connection.account_name = account.body["name"].as_str().unwrap_or_default().to_owned();
         connection.connected = true;
         connection.version = state.version + 1;
         connection.connected_at = Some(timestamp(now_micros()));
@@ -352,6 +391,7 @@ impl ConnexeaseService {
                     // Disconnecting forgets the credentials.
                     connection.sealed_access_token.clear();
                     connection.sealed_webhook_secret.clear();
+                    connection.sealed_password.clear();
                     connection.version = loaded.version + 1;
                     let payload = ConnectionChanged {
                         connection: Some(connection.clone()),
@@ -382,15 +422,13 @@ impl ConnexeaseService {
         let state = self.load(workspace_id).await?;
         let connection = state.connected().ok_or(ServiceError::NotConnected)?;
         let started = Instant::now();
-        let answer = self.api.account(&self.target(connection)?).await;
+        let answer = self.api.check(&self.target(connection)?).await;
         let duration_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
         Ok(match answer {
-            Ok(account) => TestConnectionResponse {
+            Ok(_) => TestConnectionResponse {
                 ok: true,
-                account_id: account.body["id"].as_str().unwrap_or_default().into(),
-                account_name: account.body["name"].as_str().unwrap_or_default().into(),
-                error: String::new(),
                 duration_ms,
+                ..Default::default()
             },
             Err(e) => TestConnectionResponse {
                 ok: false,
@@ -577,30 +615,21 @@ impl ConnexeaseService {
                     .map(String::as_str),
             )
             .await?;
-        let key = &request.idempotency_key;
         let conversation = &link.external_conversation_id;
         let customer = &link.external_customer_id;
         let answer = match plan {
-            Plan::Assign(to) => self.api.assign(target, conversation, to, key).await,
-            Plan::Archive(archived) => {
-                self.api
-                    .set_archived(target, conversation, *archived, key)
-                    .await
-            }
+            Plan::Assign(to) => self.api.assign(target, conversation, to).await,
+            Plan::Archive(archived) => self.api.set_archived(target, conversation, *archived).await,
             Plan::ConversationFields(fields) => {
                 self.api
-                    .set_conversation_fields(target, conversation, fields, key)
+                    .set_conversation_fields(target, conversation, fields)
                     .await
             }
             Plan::UpdateCustomer(update) => {
-                self.api
-                    .update_customer(target, customer, update, key)
-                    .await
+                self.api.update_customer(target, customer, update).await
             }
             Plan::CustomerFields(fields) => {
-                self.api
-                    .set_customer_fields(target, customer, fields, key)
-                    .await
+                self.api.set_customer_fields(target, customer, fields).await
             }
         };
         answer.map(|a| (link, a)).map_err(Failure::from)
@@ -641,13 +670,10 @@ impl ConnexeaseService {
         let link = Link {
             conversation_id: conversation_id.to_owned(),
             external_conversation_id: external.to_owned(),
-            external_customer_id: found.body["customer_id"]
-                .as_str()
-                .unwrap_or_default()
-                .into(),
+            external_customer_id: uuid_at(&found.body, "customer").unwrap_or_default(),
             external_status: found.body["status"].as_str().unwrap_or_default().into(),
-            group_id: found.body["group_id"].as_str().unwrap_or_default().into(),
-            agent_id: found.body["agent_id"].as_str().unwrap_or_default().into(),
+            group_id: uuid_at(&found.body, "group").unwrap_or_default(),
+            agent_id: uuid_at(&found.body, "agent").unwrap_or_default(),
         };
         self.record_link(workspace_id, link.clone())
             .await
@@ -814,7 +840,10 @@ enum Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::NotFound(_) | ClientError::Invalid(_) => Failure::Permanent(e.to_string()),
+            // An unknown outcome is recorded, not retried: running it again could do it twice.
+            ClientError::NotFound(_) | ClientError::Invalid(_) | ClientError::Unknown { .. } => {
+                Failure::Permanent(e.to_string())
+            }
             other => Failure::Transient(ServiceError::Connexease(other)),
         }
     }

@@ -1,9 +1,10 @@
-//! Connexease webhook signatures: `X-Connexease-Webhook-Sign` carries the HMAC-SHA256 of
-//! the raw request body under the connection's webhook secret. Connexease's developer
-//! documentation (help.connexease.com/dev, "Webhooks") shows the signature base64-encoded,
-//! so that is what we expect and what the simulator sends; lowercase hex, which this
-//! service took before, is accepted as a fallback. What exactly is signed is not fully
-//! documented: the raw body is assumed, and must be confirmed with Connexease.
+//! Connexease webhook signatures: `X-Connexease-Webhook-Sign` carries an HMAC-SHA256 under
+//! the connection's webhook secret. Connexease's developer documentation
+//! (help.connexease.com/dev, "Webhooks") shows the signature base64-encoded, so that is
+//! what we expect and what the simulator sends; lowercase hex is accepted as a fallback.
+//! What exactly is signed is not fully documented: the raw body is assumed, and each
+//! connection may say otherwise ([`crate::hooks::signed_input`]) until Connexease
+//! confirms it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -11,10 +12,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub const HEADER: &str = "x-connexease-webhook-sign";
-
-/// How far a webhook's `created_at` may be from now before it is refused as stale (or as
-/// from the future): replayed deliveries older than this are not trusted.
-pub const TOLERANCE_SECS: i64 = 5 * 60;
 
 type HmacSha256 = Hmac<Sha256>;
 

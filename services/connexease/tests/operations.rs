@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use common::{Harness, TOKEN, WEBHOOK_SECRET, WS};
 use serde_json::json;
+use switchboard_connexease::sim::seeded_ids;
 use switchboard_proto::connexease::v1::*;
 use tonic::Code;
 
@@ -102,7 +103,15 @@ async fn connecting_checks_the_token_pulls_the_directory_and_hides_secrets() {
 
     let connection = h.connect().await;
     assert!(connection.connected);
-    assert_eq!(connection.account_name, "Connexease simulator");
+    // The connection is checked with a documented call.
+    let checked = h.sim_requests().await;
+    assert!(
+        checked.iter().any(|r| r["method"] == "GET"
+            && r["path"] == "/templates/"
+            && r["auth"] == "Bearer"
+            && r["status"] == 200),
+        "{checked:?}"
+    );
     assert!(connection.access_token_set && connection.webhook_secret_set);
     assert!(connection.access_token.is_empty() && connection.sealed_access_token.is_empty());
     let directory = h
@@ -171,8 +180,8 @@ async fn every_operation_changes_connexease_once_per_key() {
     let mut h = Harness::start(80).await;
     h.connect().await;
     let external = h.sim_conversation(None).await;
-    let external_id = external["id"].as_str().unwrap().to_owned();
-    let customer_id = external["customer_id"].as_str().unwrap().to_owned();
+    let external_id = external["uuid"].as_str().unwrap().to_owned();
+    let customer_id = external["customer"]["uuid"].as_str().unwrap().to_owned();
 
     // Not linked yet: the first operation names Connexease's conversation and links it.
     let status = h
@@ -254,9 +263,10 @@ async fn every_operation_changes_connexease_once_per_key() {
     }
     let state = h.sim_state().await;
     let conversation = &state["conversations"][&external_id];
-    assert_eq!(conversation["group_id"], "grp_support");
+    assert_eq!(conversation["group"]["uuid"], seeded_ids::SUPPORT);
     assert_eq!(
-        conversation["agent_id"], "agt_ada",
+        conversation["agent"]["uuid"],
+        seeded_ids::ADA,
         "auto-assign picks the agent online"
     );
     assert_eq!(conversation["status"], "open");
@@ -337,7 +347,7 @@ async fn every_reference_is_checked_against_the_directory() {
         .map(|r| r["path"].as_str().unwrap().to_owned())
         .collect();
     assert!(
-        calls.iter().all(|p| !p.starts_with("/v1/conversations")),
+        calls.iter().all(|p| !p.starts_with("/conversations/")),
         "{calls:?}"
     );
     h.stop().await;
@@ -461,7 +471,7 @@ async fn rate_limited_requests_are_retried_after_retry_after() {
     let mut h = Harness::start(2).await;
     h.connect().await;
     let external = h.sim_conversation(None).await;
-    let external_id = external["id"].as_str().unwrap().to_owned();
+    let external_id = external["uuid"].as_str().unwrap().to_owned();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let link = operation(
         "r0",
@@ -501,16 +511,16 @@ async fn rate_limited_requests_are_retried_after_retry_after() {
     assert!(limited > 0, "the burst met the simulator's rate limit");
     // After a 429 the same request came again no sooner than its Retry-After (1 s).
     let requests = h.sim_requests().await;
+    let same = |a: &serde_json::Value, b: &serde_json::Value| {
+        a["method"] == b["method"] && a["path"] == b["path"] && a["body"] == b["body"]
+    };
     for (i, request) in requests.iter().enumerate() {
-        let Some(key) = request["idempotency_key"].as_str() else {
-            continue;
-        };
-        if request["status"] != 429 {
+        if request["status"] != 429 || request["method"] == "GET" {
             continue;
         }
         let next = requests[i + 1..]
             .iter()
-            .find(|r| r["idempotency_key"].as_str() == Some(key))
+            .find(|r| same(r, request))
             .expect("the rate-limited request was retried");
         let waited = next["at_ms"].as_i64().unwrap() - request["at_ms"].as_i64().unwrap();
         assert!(
@@ -526,7 +536,7 @@ async fn server_errors_are_retried_then_the_key_is_released_when_retries_give_up
     let mut h = Harness::start(80).await;
     h.connect().await;
     let external = h.sim_conversation(None).await;
-    let external_id = external["id"].as_str().unwrap().to_owned();
+    let external_id = external["uuid"].as_str().unwrap().to_owned();
     h.client
         .run_operation(operation(
             "r0",
@@ -574,7 +584,7 @@ async fn state_is_rebuilt_after_a_restart() {
     let mut h = Harness::start(80).await;
     h.connect().await;
     let external = h.sim_conversation(None).await;
-    let external_id = external["id"].as_str().unwrap().to_owned();
+    let external_id = external["uuid"].as_str().unwrap().to_owned();
     h.client
         .run_operation(operation(
             "s1",
@@ -625,5 +635,182 @@ async fn state_is_rebuilt_after_a_restart() {
     assert!(rebuilt > 0);
     let store = switchboard_connexease::ConnexeaseStore::new(h.log.clone());
     assert_eq!(store.connected_workspaces().await.unwrap(), [WS]);
+    h.stop().await;
+}
+
+/// The legacy JWT flow (documented): `POST /jwt/` with the username and password, the
+/// token sent as `Authorization: JWT`, fetched once and used until close to its expiry;
+/// wrong credentials are the password's violation.
+#[tokio::test]
+async fn the_jwt_flow_logs_in_once_and_sends_its_token() {
+    let mut h = Harness::start(80).await;
+    let sim = switchboard_connexease::sim::SimConfig::default();
+    let base = h.connection();
+    let jwt = |password: &str| Connection {
+        auth_scheme: AuthScheme::Jwt as i32,
+        username: sim.username.clone(),
+        password: password.into(),
+        access_token: String::new(),
+        ..base.clone()
+    };
+    let refused = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            connection: Some(jwt("wrong password")),
+        })
+        .await
+        .unwrap_err();
+    let refused = violations(&refused);
+    assert_eq!(refused[0].0, "password", "{refused:?}");
+    assert!(
+        refused[0]
+            .1
+            .contains("Unable to log in with provided credentials."),
+        "Connexease's non_field_errors are read: {refused:?}"
+    );
+    let missing = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            connection: Some(Connection {
+                username: String::new(),
+                ..jwt("")
+            }),
+        })
+        .await
+        .unwrap_err();
+    let fields: Vec<String> = violations(&missing).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["username", "password"]);
+
+    let connection = h
+        .client
+        .connect_workspace(ConnectRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            connection: Some(jwt(&sim.password)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert!(connection.password_set && connection.password.is_empty());
+    assert!(!connection.access_token_set);
+    let external = h.sim_conversation(None).await;
+    let external_id = external["uuid"].as_str().unwrap().to_owned();
+    let result = h
+        .client
+        .run_operation(operation(
+            "j1",
+            "conv_j",
+            "archive",
+            &[("external_conversation_id", &external_id)],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.ok, "{result:?}");
+    let requests = h.sim_requests().await;
+    let logins: Vec<&serde_json::Value> =
+        requests.iter().filter(|r| r["path"] == "/jwt/").collect();
+    assert_eq!(
+        logins
+            .iter()
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [400, 200],
+        "one refused login, then one for every later call"
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r["path"] != "/jwt/")
+            .all(|r| r["auth"] == "JWT" && r["status"] == 200),
+        "{requests:?}"
+    );
+    // The password is in no event.
+    let events = h
+        .log
+        .read_stream(
+            &switchboard_connexease::service::connection_stream(WS),
+            0,
+            100,
+        )
+        .await
+        .unwrap();
+    for event in &events {
+        assert!(!String::from_utf8_lossy(&event.payload).contains(&sim.password));
+    }
+    h.stop().await;
+}
+
+/// A change whose answer never came is read back before it is sent again: applied, it is
+/// not sent twice; not applied, it is sent once more.
+#[tokio::test]
+async fn a_change_that_got_no_answer_is_read_back_before_it_is_sent_again() {
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let external = h.sim_conversation(None).await;
+    let external_id = external["uuid"].as_str().unwrap().to_owned();
+    h.client
+        .run_operation(operation(
+            "u0",
+            "conv_u",
+            "set_conversation_fields",
+            &[
+                ("fields.order_number", "0"),
+                ("external_conversation_id", &external_id),
+            ],
+        ))
+        .await
+        .unwrap();
+    let posts = |requests: &[serde_json::Value], path: &str| {
+        requests
+            .iter()
+            .filter(|r| r["method"] == "POST" && r["path"] == path)
+            .count()
+    };
+    let archive = format!("/conversations/{external_id}/archive/");
+
+    // Applied, then silence: read back, found archived, done; one POST.
+    h.stall_next(1, true).await;
+    let result = h
+        .client
+        .run_operation(operation("u1", "conv_u", "archive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.ok, "{result:?}");
+    assert_eq!(posts(&h.sim_requests().await, &archive), 1);
+    assert_eq!(
+        h.sim_state().await["conversations"][&external_id]["status"],
+        "archived"
+    );
+
+    // Not applied, then silence: read back, not there, sent again; two POSTs, one change.
+    let unarchive = format!("/conversations/{external_id}/unarchive/");
+    h.stall_next(1, false).await;
+    let result = h
+        .client
+        .run_operation(operation("u2", "conv_u", "unarchive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.ok, "{result:?}");
+    let requests = h.sim_requests().await;
+    assert_eq!(posts(&requests, &unarchive), 2);
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["method"] == "GET" && r["path"] == format!("/conversations/{external_id}/")),
+        "it was read back"
+    );
+    assert_eq!(
+        h.sim_state().await["conversations"][&external_id]["status"],
+        "open"
+    );
     h.stop().await;
 }

@@ -38,7 +38,7 @@ async fn dev_runs_connexease_actions_against_the_simulator() {
             .unwrap(),
     )
     .unwrap();
-    let external = created["data"]["id"].as_str().unwrap().to_owned();
+    let external = created["uuid"].as_str().unwrap().to_owned();
 
     let mut actions = actions_client(process.grpc_port).await;
     let action = actions
@@ -92,7 +92,10 @@ async fn dev_runs_connexease_actions_against_the_simulator() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(state["conversations"][&external]["group_id"], "grp_billing");
+    assert_eq!(
+        state["conversations"][&external]["group"]["uuid"],
+        switchboard_connexease::sim::seeded_ids::BILLING
+    );
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -120,7 +123,7 @@ async fn dev_flows_route_connexease_operations_on_their_outcome() {
         .json()
         .await
         .unwrap();
-    let external = created["data"]["id"].as_str().unwrap().to_owned();
+    let external = created["uuid"].as_str().unwrap().to_owned();
 
     published_flow(
         process.grpc_port,

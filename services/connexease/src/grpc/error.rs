@@ -19,8 +19,8 @@ impl From<ServiceError> for Status {
         match e {
             ServiceError::Invalid(v) => invalid(v),
             ServiceError::NotConnected => Status::failed_precondition(e.to_string()),
-            ServiceError::Connexease(ClientError::Unauthorized) => {
-                codes::CX_UNAUTHORIZED.status(ClientError::Unauthorized)
+            ServiceError::Connexease(unauthorized @ ClientError::Unauthorized(_)) => {
+                codes::CX_UNAUTHORIZED.status(unauthorized)
             }
             ServiceError::Connexease(ClientError::Blocked(reason)) => {
                 codes::CX_DESTINATION_BLOCKED.status(reason)

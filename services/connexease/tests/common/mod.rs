@@ -11,7 +11,9 @@ use switchboard_connexease::client::{HttpConnexease, RetryPolicy};
 use switchboard_connexease::sim::{self, RunningSim, SimConfig};
 use switchboard_connexease::{ConnexeaseService, ConnexeaseStore};
 use switchboard_eventlog::testing::{TestSchema, unique_name};
-use switchboard_eventlog::{EventLog, StoreConfig};
+use switchboard_eventlog::{
+    EventLog, LogTailSubscription, StoreConfig, Subscription, SubscriptionConfig,
+};
 use switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient;
 use switchboard_proto::connexease::v1::{ConnectRequest, Connection};
 use switchboard_proto::conversations::v1::conversations_client::ConversationsClient;
@@ -43,6 +45,8 @@ pub fn quick_retries() -> RetryPolicy {
         attempts: 4,
         initial_backoff: std::time::Duration::from_millis(20),
         max_backoff: std::time::Duration::from_millis(100),
+        // A stalled change is given up on quickly, then read back.
+        timeout: std::time::Duration::from_secs(2),
         ..RetryPolicy::default()
     }
 }
@@ -82,6 +86,8 @@ impl Harness {
                 webhook_url: Some(format!("http://{webhooks}/connexease/webhooks/{WS}")),
                 rate_per_second: sim_rate,
                 webhook_attempts: 5,
+                webhook_retry_delay: std::time::Duration::from_millis(50),
+                ..SimConfig::default()
             },
             shutdown.clone(),
         )
@@ -96,9 +102,12 @@ impl Harness {
         .await
         .unwrap();
         conversations_log.migrate().await.unwrap();
-        let inbound = switchboard_connexease::inbound::router(
+        let store = ConnexeaseStore::new(log.clone());
+        let inbound = switchboard_connexease::inbound::router(service.clone(), store.clone());
+        // What the deliveries change is carried out from the log, as the host runs it.
+        let apply = switchboard_connexease::inbound::Apply::new(
             service.clone(),
-            ConnexeaseStore::new(log.clone()),
+            store,
             Some(Arc::new(
                 switchboard_clients::ConversationsClient::connect_lazy(
                     &switchboard_clients::ClientConfig::new(
@@ -110,6 +119,13 @@ impl Harness {
                 .unwrap(),
             )),
         );
+        let tail = LogTailSubscription::new(
+            log.clone(),
+            Arc::new(switchboard_connexease::inbound::Apply::wants),
+            SubscriptionConfig::new("connexease-inbound", log.clone()),
+        );
+        let token = shutdown.clone();
+        tokio::spawn(async move { Box::new(tail).run(Arc::new(apply), token).await });
         let server = GrpcServer::new()
             .add_service(
                 switchboard_connexease::GRPC_SERVICE,
@@ -168,15 +184,20 @@ impl Harness {
             .unwrap()
     }
 
-    /// A conversation a customer starts in Connexease: its id there.
+    /// A conversation a customer starts in Connexease, as Connexease shows it.
     pub async fn sim_conversation(&self, external_id: Option<&str>) -> serde_json::Value {
         let body = serde_json::json!({
             "customer_name": "Grace", "customer_email": "grace@example.com",
             "external_id": external_id,
         });
+        self.sim_post("/sim/conversations", body).await
+    }
+
+    /// POSTs `body` to the simulator's `path`; its answer.
+    pub async fn sim_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
         let answer = self
             .http
-            .post(format!("{}/sim/conversations", self.sim.base_url()))
+            .post(format!("{}{path}", self.sim.base_url()))
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
@@ -185,7 +206,29 @@ impl Harness {
             .bytes()
             .await
             .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["data"].clone()
+        serde_json::from_slice(&answer).unwrap_or_default()
+    }
+
+    /// The simulator's deliveries so far: hook, attempt, status, bytes.
+    pub async fn sim_deliveries(&self) -> Vec<serde_json::Value> {
+        self.get_json("/sim/deliveries")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The next `count` changes the simulator gets are not answered; `apply`: whether
+    /// they happen anyway.
+    pub async fn stall_next(&self, count: u32, apply: bool) {
+        self.http
+            .post(format!(
+                "{}/sim/stalls?count={count}&apply={apply}",
+                self.sim.base_url()
+            ))
+            .send()
+            .await
+            .unwrap();
     }
 
     async fn get_json(&self, path: &str) -> serde_json::Value {

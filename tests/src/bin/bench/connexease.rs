@@ -80,7 +80,7 @@ pub(crate) async fn run(rows: &mut Vec<Row>, scale: f64) {
             .unwrap(),
     )
     .unwrap();
-    let external = created["data"]["id"].as_str().unwrap().to_owned();
+    let external = created["uuid"].as_str().unwrap().to_owned();
     let operation = |key: String, value: String| RunOperationRequest {
         workspace_id: "ws_bench".into(),
         idempotency_key: key,
@@ -92,15 +92,14 @@ pub(crate) async fn run(rows: &mut Vec<Row>, scale: f64) {
         ]
         .into(),
     };
-    let direct = |key: String, value: String| {
+    let direct = |_key: String, value: String| {
         http.patch(format!(
-            "{}/v1/conversations/{external}/custom-fields",
+            "{}/conversations/{external}/custom_fields/",
             sim.base_url()
         ))
         .bearer_auth(&sim.config.token)
-        .header("idempotency-key", key)
         .header("content-type", "application/json")
-        .body(serde_json::json!({"fields": {"order_number": value}}).to_string())
+        .body(serde_json::json!({"custom_fields": {"order_number": value}}).to_string())
     };
     let n = (500.0 * scale).max(50.0) as usize;
     let mut raw = Vec::with_capacity(n);
