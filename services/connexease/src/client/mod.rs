@@ -535,9 +535,20 @@ fn describe(e: &reqwest::Error) -> String {
     message
 }
 
-/// An id as one path segment: nothing in it can change the path.
+/// An id as one path segment: nothing in it can change the path; a uuid stays as it is
+/// (RFC 3986's unreserved characters are not encoded).
 fn segment(id: &str) -> String {
-    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+    const RESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(id, RESERVED).to_string();
+    // `.` and `..` alone would climb the path.
+    match encoded.as_str() {
+        "." | ".." => encoded.replace('.', "%2E"),
+        _ => encoded,
+    }
 }
 
 /// A `uuid` where a body names it: `<key>.uuid`, `<key>_uuid`, or `<key>` as a string.
@@ -581,6 +592,15 @@ mod tests {
             Some("email: Enter a valid email address.")
         );
         assert_eq!(error_message(&json!({"ok": true})), None);
+    }
+
+    #[test]
+    fn an_id_is_one_path_segment_and_a_uuid_stays_as_it_is() {
+        let uuid = "3f8a1c2e-9b7d-4e6f-8a5c-2d1e0f9a8b7c";
+        assert_eq!(segment(uuid), uuid);
+        assert_eq!(segment("a/b?c#d"), "a%2Fb%3Fc%23d");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("."), "%2E");
     }
 
     #[test]
