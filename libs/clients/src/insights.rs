@@ -2,12 +2,12 @@
 
 use switchboard_proto::insights::v1::insights_client::InsightsClient as Stub;
 use switchboard_proto::insights::v1::{
-    BreakdownRequest, BreakdownResponse, CreateSegmentRequest, DeleteSegmentRequest,
-    DetectFindingsRequest, DetectFindingsResponse, DismissFindingRequest, Finding,
-    ListConversationIdsRequest, ListConversationIdsResponse, ListDimensionsRequest,
-    ListDimensionsResponse, ListFindingsRequest, ListFindingsResponse, ListSegmentsRequest,
-    ListSegmentsResponse, Segment, SegmentRef, SummaryRequest, SummaryResponse, TrendsRequest,
-    TrendsResponse,
+    BreakdownRequest, BreakdownResponse, ConnexeaseStatsRequest, ConnexeaseStatsResponse,
+    CreateSegmentRequest, DeleteSegmentRequest, DetectFindingsRequest, DetectFindingsResponse,
+    DismissFindingRequest, Finding, ListConversationIdsRequest, ListConversationIdsResponse,
+    ListDimensionsRequest, ListDimensionsResponse, ListFindingsRequest, ListFindingsResponse,
+    ListSegmentsRequest, ListSegmentsResponse, Segment, SegmentRef, SummaryRequest,
+    SummaryResponse, TrendsRequest, TrendsResponse,
 };
 
 typed_client! {
@@ -37,5 +37,7 @@ typed_client! {
         fn dismiss_finding(DismissFindingRequest) -> Finding;
         /// Runs the detection of findings now.
         fn detect_findings(DetectFindingsRequest) -> DetectFindingsResponse;
+        /// Connexease's response times by agent or channel.
+        fn get_connexease_stats(ConnexeaseStatsRequest) -> ConnexeaseStatsResponse;
     }
 }

@@ -17,6 +17,8 @@ pub const ACTIONS_ACTION_REQUESTED: &str = "actions-action-requested";
 pub const INSIGHTS_CONVERSATIONS: &str = "insights-conversations";
 /// Insights: the flow each conversation runs, from the flows' run starts.
 pub const INSIGHTS_FLOW_RUNS: &str = "insights-flow-runs";
+/// Insights: Connexease's response times, as the connexease service reads them.
+pub const INSIGHTS_CONNEXEASE_STATS: &str = "insights-connexease-stats";
 
 /// Webhooks: the fan-out of one producer's public events.
 pub fn webhooks_fan_out(producer: &str) -> String {

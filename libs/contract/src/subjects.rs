@@ -17,6 +17,10 @@ pub const CONVERSATION_EVENTS: &str = "events.*.conversation.>";
 /// A flow run starting (which flow, for which conversation), for the insights service.
 pub const FLOW_RUN_STARTED: &str = "internal.flows.flow_run_started";
 
+/// Connexease's response times per channel and agent, as the connexease service reads
+/// them from `/stats`.
+pub const CONNEXEASE_STATS: &str = "events.*.connexease.stats_read";
+
 const PUBLIC_PREFIX: &str = "events.";
 
 /// `events.<workspace>.<event_type>`.

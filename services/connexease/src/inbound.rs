@@ -465,7 +465,7 @@ impl Apply {
             .map_err(|e| e.to_string())?;
         let ours = payload["external_id"]
             .as_str()
-            .filter(|id| !id.is_empty() && id.len() <= 128);
+            .filter(|id| switchboard_runtime::requests::valid_prefixed_id(id, "conv_"));
         let mut link = match (existing, ours) {
             (Some(link), _) => link,
             (None, Some(ours)) if received.event == hooks::CONVERSATION_CREATED => Link {

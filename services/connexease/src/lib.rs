@@ -160,7 +160,8 @@ async fn start_simulator(wiring: &mut Wiring) -> Result<sim::RunningSim, BoxErro
     Ok(sim)
 }
 
-/// Pulls the directory of every connected workspace every 15 minutes (and at start).
+/// Pulls the directory of every connected workspace, and reads its `/stats`, every 15
+/// minutes (and at start).
 async fn sync_directories(service: ConnexeaseService, shutdown: CancellationToken) {
     let store = ConnexeaseStore::new(service.log().clone());
     loop {
@@ -169,6 +170,9 @@ async fn sync_directories(service: ConnexeaseService, shutdown: CancellationToke
                 for workspace in workspaces {
                     if let Err(e) = service.sync_directory(&workspace).await {
                         warn!(workspace, error = %e, "could not sync the Connexease directory");
+                    }
+                    if let Err(e) = service.read_stats(&workspace).await {
+                        warn!(workspace, error = %e, "could not read Connexease's stats");
                     }
                 }
             }
@@ -188,20 +192,28 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
 
 /// Where the connexease service publishes: every verified inbound webhook as
 /// `events.<workspace>.connexease.<event>` (dots in Connexease's event names become `_`:
-/// `connexease.conversation_archived`). Connections, directories, operations and links
-/// stay in the log.
+/// `connexease.conversation_archived`), and each changed `/stats` reading as
+/// `events.<workspace>.connexease.stats_read`. Connections, directories, operations,
+/// links, whole bodies and auto-assign turns stay in the log.
 pub struct PublicEvents;
 
 impl Router for PublicEvents {
     fn subject(&self, event: &RecordedEvent) -> Option<String> {
-        if event.event_type != domain::event_types::WEBHOOK_RECEIVED {
-            return None;
+        match event.event_type.as_str() {
+            domain::event_types::WEBHOOK_RECEIVED => {
+                let received: switchboard_proto::connexease::v1::WebhookReceived =
+                    event.decode().ok()?;
+                Some(subjects::connexease(
+                    &event.metadata.workspace_id,
+                    &received.event,
+                ))
+            }
+            domain::event_types::STATS_READ => Some(subjects::public(
+                &event.metadata.workspace_id,
+                domain::event_types::STATS_READ,
+            )),
+            _ => None,
         }
-        let received: switchboard_proto::connexease::v1::WebhookReceived = event.decode().ok()?;
-        Some(subjects::connexease(
-            &event.metadata.workspace_id,
-            &received.event,
-        ))
     }
 }
 
@@ -227,6 +239,7 @@ fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
         t::WEBHOOK_BODY => event
             .decode::<pb::WebhookBody>()
             .map(|b| format!("{} ({} bytes of body)", b.delivery_id, b.body.len())),
+        t::STATS_READ => event.decode::<pb::StatsRead>().map(|s| format!("{s:?}")),
         t::AUTO_ASSIGN_ANSWERED => event
             .decode::<pb::AutoAssignAnswered>()
             .map(|a| format!("{a:?}")),

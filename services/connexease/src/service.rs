@@ -17,8 +17,8 @@ use switchboard_eventlog::{
 };
 use switchboard_proto::connexease::v1::{
     Agent, AuthScheme, Connection, ConnectionChanged, CustomField, Directory, DirectorySynced,
-    Group, Link, Linked, OperationRecorded, OperationResult, RunOperationRequest,
-    TestConnectionResponse,
+    Group, Link, Linked, OperationRecorded, OperationResult, ResponseStats, RunOperationRequest,
+    StatsRead, TestConnectionResponse,
 };
 use switchboard_runtime::requests::valid_prefixed_id;
 use switchboard_secrets::{Keyring, Secret};
@@ -476,6 +476,43 @@ impl ConnexeaseService {
         }
     }
 
+    /// Reads Connexease's `/stats` and records the reading in `connexease_stats/<ws>/<day>`
+    /// when it differs from the day's last one; answers it. An agent's email comes from the
+    /// directory.
+    pub async fn read_stats(&self, workspace_id: &str) -> Result<StatsRead, ServiceError> {
+        let state = self.load(workspace_id).await?;
+        let connection = state.connected().ok_or(ServiceError::NotConnected)?;
+        let answer = self
+            .api
+            .stats(&self.target(connection)?)
+            .await
+            .map_err(ServiceError::Connexease)?;
+        let mut read = stats_from(&answer.body, state.directory.as_ref());
+        let stream = stats_stream(workspace_id);
+        let (last, version) = self.last_event(&stream).await?;
+        if let Some(last) = last {
+            let before: StatsRead = last.decode()?;
+            if before.channels == read.channels && before.agents == read.agents {
+                return Ok(before);
+            }
+        }
+        read.read_at = Some(timestamp(now_micros()));
+        let recorded = event(
+            event_types::STATS_READ,
+            read.encode_to_vec(),
+            metadata(workspace_id, ""),
+        );
+        let expected = match version {
+            0 => ExpectedVersion::NoStream,
+            v => ExpectedVersion::Exact(v),
+        };
+        match self.log.append(&stream, expected, vec![recorded]).await {
+            // Another reading was recorded at the same moment: either is right.
+            Ok(_) | Err(EventLogError::Conflict { .. }) => Ok(read),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Runs an operation once per idempotency key. Invalid references are refused before
     /// anything is claimed; a transient failure releases the key for a later retry; any
     /// other outcome is recorded and answers every repeat.
@@ -846,6 +883,58 @@ impl From<ClientError> for Failure {
             }
             other => Failure::Transient(ServiceError::Connexease(other)),
         }
+    }
+}
+
+/// The stream of a workspace's `/stats` readings of one UTC day (a day's stream stays
+/// short to read).
+fn stats_stream(workspace_id: &str) -> StreamRef {
+    let today = time::OffsetDateTime::now_utc().date();
+    StreamRef::new("connexease_stats", format!("{workspace_id}/{today}"))
+}
+
+/// A `/stats` answer (help.connexease.com/dev, "Endpoints": per-channel message, customer
+/// and response-time counters, agents by uuid and name; the member names are assumed as
+/// the fixtures write them), agents' emails taken from `directory`.
+fn stats_from(body: &serde_json::Value, directory: Option<&Directory>) -> StatsRead {
+    let list = |key: &str| body[key].as_array().cloned().unwrap_or_default();
+    let seconds = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or_default();
+    let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or_default();
+    let id = |v: &serde_json::Value| uuid_at(v, "uuid").unwrap_or_default();
+    let name = |v: &serde_json::Value| v["name"].as_str().unwrap_or_default().to_owned();
+    StatsRead {
+        channels: list("channels")
+            .iter()
+            .map(|c| ResponseStats {
+                id: id(c),
+                name: name(c),
+                email: String::new(),
+                first_response_seconds: seconds(c, "first_response_time"),
+                average_response_seconds: seconds(c, "average_response_time"),
+                message_count: count(c, "message_count"),
+                customer_count: count(c, "customer_count"),
+            })
+            .collect(),
+        agents: list("agents")
+            .iter()
+            .map(|a| {
+                let id = id(a);
+                let email = directory
+                    .and_then(|d| d.agents.iter().find(|known| known.id == id))
+                    .map(|known| known.email.clone())
+                    .unwrap_or_default();
+                ResponseStats {
+                    email,
+                    name: name(a),
+                    first_response_seconds: seconds(a, "first_response_time"),
+                    average_response_seconds: seconds(a, "average_response_time"),
+                    message_count: count(a, "message_count"),
+                    customer_count: count(a, "customer_count"),
+                    id,
+                }
+            })
+            .collect(),
+        read_at: None,
     }
 }
 

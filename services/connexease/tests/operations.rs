@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use common::{Harness, TOKEN, WEBHOOK_SECRET, WS};
 use serde_json::json;
 use switchboard_connexease::sim::seeded_ids;
+use switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient;
 use switchboard_proto::connexease::v1::*;
 use tonic::Code;
 
@@ -811,6 +812,66 @@ async fn a_change_that_got_no_answer_is_read_back_before_it_is_sent_again() {
     assert_eq!(
         h.sim_state().await["conversations"][&external_id]["status"],
         "open"
+    );
+    h.stop().await;
+}
+
+/// `/stats` is read, its agents named by the directory's emails, and recorded (and
+/// published for insights) only when it changed.
+#[tokio::test]
+async fn stats_are_recorded_when_they_change_and_published() {
+    use switchboard_eventlog::Router as _;
+
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let read = |mut client: ConnexeaseClient<tonic::transport::Channel>| async move {
+        client
+            .read_stats(ReadStatsRequest {
+                workspace_id: WS.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let first = read(h.client.clone()).await;
+    assert_eq!(
+        first
+            .agents
+            .iter()
+            .map(|a| a.email.as_str())
+            .collect::<Vec<_>>(),
+        ["ada@shop.example", "bob@shop.example", "cy@shop.example"]
+    );
+    let again = read(h.client.clone()).await;
+    assert_eq!(
+        again.read_at, first.read_at,
+        "unchanged: the first reading stands"
+    );
+    let external = h.sim_conversation(None).await;
+    let id = external["uuid"].as_str().unwrap();
+    h.sim_post(
+        &format!("/sim/conversations/{id}/messages"),
+        json!({"text": "Hello?"}),
+    )
+    .await;
+    let changed = read(h.client.clone()).await;
+    assert_eq!(changed.channels[0].message_count, 1);
+    let mut recorded = Vec::new();
+    let mut after = switchboard_eventlog::LogPosition::START;
+    loop {
+        let batch = h.log.read_all(after, 500).await.unwrap();
+        let Some(last) = batch.last() else { break };
+        after = last.position();
+        recorded.extend(
+            batch
+                .into_iter()
+                .filter(|e| e.event_type == "connexease.stats_read"),
+        );
+    }
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(
+        switchboard_connexease::PublicEvents.subject(&recorded[1]),
+        Some(format!("events.{WS}.connexease.stats_read"))
     );
     h.stop().await;
 }

@@ -97,3 +97,25 @@ impl Handler for FlowRuns {
         .map_err(retry)
     }
 }
+
+/// Connexease's `/stats` readings: the latest kept per agent and channel.
+pub struct ConnexeaseStats;
+
+#[async_trait]
+impl Handler for ConnexeaseStats {
+    async fn wants(&self, event: &RecordedEvent) -> bool {
+        event.event_type == switchboard_contract::event_types::connexease::STATS_READ
+    }
+
+    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+        let read = event
+            .decode::<switchboard_proto::connexease::v1::StatsRead>()
+            .map_err(reject)?;
+        let read_at = read.read_at.as_ref().map_or(event.recorded_at, |t| {
+            t.seconds * 1_000_000 + i64::from(t.nanos / 1000)
+        });
+        store::record_connexease_stats(tx, event.workspace_id(), &read, read_at)
+            .await
+            .map_err(retry)
+    }
+}

@@ -82,6 +82,16 @@ impl ServiceModule for Insights {
             inbox: Inbox::Log,
             order: Order::PerStream,
         });
+        wiring.subscribe(Subscribe {
+            consumer: durable::INSIGHTS_CONNEXEASE_STATS.to_owned(),
+            source: Source::Stream {
+                stream: streams::CONNEXEASE,
+                subject: subjects::CONNEXEASE_STATS,
+            },
+            handler: Arc::new(consumers::ConnexeaseStats),
+            inbox: Inbox::Log,
+            order: Order::PerStream,
+        });
         let every = wiring.config().insights_findings_every_secs;
         if every > 0 {
             wiring.spawn(

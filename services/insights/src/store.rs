@@ -88,6 +88,19 @@ CREATE TABLE IF NOT EXISTS insights_segments (
     body {bytes} NOT NULL,
     PRIMARY KEY (workspace_id, id)
 );
+CREATE TABLE IF NOT EXISTS insights_connexease_stats (
+    workspace_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    email TEXT NOT NULL,
+    first_response_seconds DOUBLE PRECISION NOT NULL,
+    average_response_seconds DOUBLE PRECISION NOT NULL,
+    message_count BIGINT NOT NULL,
+    customer_count BIGINT NOT NULL,
+    read_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace_id, kind, id)
+);
 CREATE TABLE IF NOT EXISTS insights_findings (
     workspace_id TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -376,6 +389,64 @@ pub async fn write_fact(tx: &mut Tx<'_>, f: &Fact) -> Result<(), EventLogError> 
         .bind(dimension)
         .bind(value)
         .bind(f.created_at), f)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    }
+    Ok(())
+}
+
+/// Connexease's stats by agent or by channel.
+pub mod connexease_kinds {
+    pub const AGENT: &str = "agent";
+    pub const CHANNEL: &str = "channel";
+}
+
+/// Replaces the workspace's Connexease stats with `read` (read at `read_at`, micros),
+/// unless a later reading is already kept.
+pub async fn record_connexease_stats(
+    tx: &mut Tx<'_>,
+    workspace_id: &str,
+    read: &switchboard_proto::connexease::v1::StatsRead,
+    read_at: i64,
+) -> Result<(), EventLogError> {
+    let later: Option<i64> = on_conn!(tx, conn => sqlx::query_scalar(
+        "SELECT MAX(read_at) FROM insights_connexease_stats WHERE workspace_id = $1",
+    )
+    .bind(workspace_id)
+    .fetch_one(&mut *conn)
+    .await)?;
+    if later.is_some_and(|later| later > read_at) {
+        return Ok(());
+    }
+    on_conn!(tx, conn => sqlx::query("DELETE FROM insights_connexease_stats WHERE workspace_id = $1")
+        .bind(workspace_id)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+    let rows = read
+        .agents
+        .iter()
+        .map(|a| (connexease_kinds::AGENT, a))
+        .chain(read.channels.iter().map(|c| (connexease_kinds::CHANNEL, c)));
+    for (kind, row) in rows {
+        on_conn!(tx, conn => sqlx::query(
+            "INSERT INTO insights_connexease_stats (workspace_id, kind, id, name, email,
+                 first_response_seconds, average_response_seconds, message_count,
+                 customer_count, read_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (workspace_id, kind, id) DO NOTHING",
+        )
+        .bind(workspace_id)
+        .bind(kind)
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(&row.email)
+        .bind(row.first_response_seconds)
+        .bind(row.average_response_seconds)
+        .bind(i64::try_from(row.message_count).unwrap_or(i64::MAX))
+        .bind(i64::try_from(row.customer_count).unwrap_or(i64::MAX))
+        .bind(read_at)
         .execute(&mut *conn)
         .await
         .map(|r| r.rows_affected()))?;
@@ -872,6 +943,44 @@ impl InsightsStore {
         );
         let rows = fetch!(self.log, sql, text, |r| r.try_get::<Option<i64>, _>(0)?)?;
         Ok(rows.into_iter().next().flatten())
+    }
+
+    /// The workspace's Connexease stats of `kind`, slowest first response first, and when
+    /// they were read (micros).
+    pub async fn connexease_stats(
+        &self,
+        workspace_id: &str,
+        kind: &str,
+    ) -> Result<
+        (
+            Vec<switchboard_proto::connexease::v1::ResponseStats>,
+            Option<i64>,
+        ),
+        EventLogError,
+    > {
+        let mut sql = Sql::default();
+        let text = format!(
+            "SELECT id, name, email, first_response_seconds, average_response_seconds,
+                    message_count, customer_count, read_at
+             FROM insights_connexease_stats WHERE workspace_id = {} AND kind = {}
+             ORDER BY first_response_seconds DESC, name, id",
+            sql.text(workspace_id),
+            sql.text(kind)
+        );
+        let rows = fetch!(self.log, sql, text, |r| (
+            switchboard_proto::connexease::v1::ResponseStats {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                email: r.try_get(2)?,
+                first_response_seconds: r.try_get(3)?,
+                average_response_seconds: r.try_get(4)?,
+                message_count: u64::try_from(r.try_get::<i64, _>(5)?).unwrap_or_default(),
+                customer_count: u64::try_from(r.try_get::<i64, _>(6)?).unwrap_or_default(),
+            },
+            r.try_get::<i64, _>(7)?
+        ))?;
+        let read_at = rows.iter().map(|(_, at)| *at).max();
+        Ok((rows.into_iter().map(|(row, _)| row).collect(), read_at))
     }
 
     /// Workspaces with a conversation updated at or after `since`.

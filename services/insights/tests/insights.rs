@@ -1090,3 +1090,97 @@ async fn a_rising_topic_is_found_once_and_can_be_dismissed() {
     cluster.shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Connexease's `/stats` readings: the latest kept per agent and channel, an older
+/// reading arriving late changes nothing, and another workspace's never shows.
+#[tokio::test]
+async fn connexease_stats_keep_the_latest_reading_of_each_workspace() {
+    use switchboard_insights::consumers::ConnexeaseStats;
+    use switchboard_proto::connexease::v1::{ResponseStats, StatsRead};
+
+    let schema = TestSchema::new().await;
+    let cluster = Cluster::start(schema.store_config()).await;
+    let reading = |ws: &str, at: i64, ada: f64| {
+        let read = StatsRead {
+            agents: vec![
+                ResponseStats {
+                    id: "agent-ada".into(),
+                    name: "Ada".into(),
+                    email: "ada@shop.example".into(),
+                    first_response_seconds: ada,
+                    average_response_seconds: ada * 2.0,
+                    ..Default::default()
+                },
+                ResponseStats {
+                    id: "agent-bob".into(),
+                    name: "Bob".into(),
+                    first_response_seconds: 30.0,
+                    ..Default::default()
+                },
+            ],
+            channels: vec![ResponseStats {
+                id: "channel-web".into(),
+                name: "Web chat".into(),
+                message_count: 12,
+                customer_count: 3,
+                ..Default::default()
+            }],
+            read_at: Some(Timestamp {
+                seconds: at,
+                nanos: 0,
+            }),
+        };
+        recorded(ws, "stats", "connexease.stats_read", read.encode_to_vec())
+    };
+    let deliver = |event: RecordedEvent| {
+        let log = cluster.log.clone();
+        async move {
+            log.process_once("insights-connexease-stats", &event, &ConnexeaseStats)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    };
+    deliver(reading(WS, 2_000, 90.0)).await;
+    // An older reading, late: the later one stands.
+    deliver(reading(WS, 1_000, 5.0)).await;
+    deliver(reading(OTHER_WS, 3_000, 1.0)).await;
+    let stats = |by: &str| {
+        let client = cluster.client.clone();
+        let by = by.to_owned();
+        async move {
+            client
+                .get_connexease_stats(pb::ConnexeaseStatsRequest {
+                    workspace_id: WS.into(),
+                    by,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let agents = stats("agent").await;
+    assert_eq!(
+        agents
+            .rows
+            .iter()
+            .map(|r| (r.name.as_str(), r.first_response_seconds))
+            .collect::<Vec<_>>(),
+        [("Ada", 90.0), ("Bob", 30.0)],
+        "slowest first, from the later reading"
+    );
+    assert_eq!(agents.read_at.map(|t| t.seconds), Some(2_000));
+    let channels = stats("channel").await;
+    assert_eq!(channels.rows.len(), 1);
+    assert_eq!(channels.rows[0].message_count, 12);
+    let refused = cluster
+        .client
+        .get_connexease_stats(pb::ConnexeaseStatsRequest {
+            workspace_id: WS.into(),
+            by: "group".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    cluster.shutdown.cancel();
+    schema.drop().await;
+}

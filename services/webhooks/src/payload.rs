@@ -33,6 +33,10 @@ const MESSAGES: &[(&str, &str)] = &[
         connexease::WEBHOOK_RECEIVED,
         "switchboard.connexease.v1.WebhookReceived",
     ),
+    (
+        connexease::STATS_READ,
+        "switchboard.connexease.v1.StatsRead",
+    ),
 ];
 
 /// Renders stored public events as webhook bodies.

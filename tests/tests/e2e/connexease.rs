@@ -190,3 +190,111 @@ async fn dev_flows_route_connexease_operations_on_their_outcome() {
     assert!(process.terminate().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Connexease's `/stats` reaches insights: the connexease service reads it (here on
+/// demand; every 15 minutes on its own) and records it, the insights service keeps it,
+/// and a workspace developer reads the response times by agent over REST.
+#[tokio::test]
+async fn dev_offers_connexease_response_times_to_insights() {
+    use switchboard_proto::connexease::v1::connexease_client::ConnexeaseClient;
+    use switchboard_proto::connexease::v1::{ConnectRequest, Connection, ReadStatsRequest};
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(&["dev", "--data-dir", &data_dir], vec![]);
+    process.start().await;
+    switchboard_outbound::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let sim = format!("http://127.0.0.1:{}", process.sim_port);
+    let workspace = "ws_stats";
+    let mut connexease =
+        ConnexeaseClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+            .await
+            .unwrap();
+    let defaults = switchboard_connexease::sim::SimConfig::default();
+    connexease
+        .connect_workspace(ConnectRequest {
+            workspace_id: workspace.into(),
+            request_id: String::new(),
+            connection: Some(Connection {
+                base_url: sim.clone(),
+                access_token: defaults.token.clone(),
+                webhook_secret: defaults.webhook_secret.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    // A customer writes, Ada answers.
+    let post = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let answer = http
+                .post(path)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&answer.bytes().await.unwrap()).unwrap()
+        }
+    };
+    let created = post(format!("{sim}/sim/conversations"), serde_json::json!({})).await;
+    let id = created["uuid"].as_str().unwrap();
+    post(
+        format!("{sim}/sim/conversations/{id}/messages"),
+        serde_json::json!({"text": "Hello?"}),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    post(
+        format!("{sim}/sim/conversations/{id}/messages"),
+        serde_json::json!({"text": "Hi, Ada here.", "sender": "agent"}),
+    )
+    .await;
+    let read = connexease
+        .read_stats(ReadStatsRequest {
+            workspace_id: workspace.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ada = read
+        .agents
+        .iter()
+        .find(|a| a.email == "ada@shop.example")
+        .expect("Ada's stats, with her email from the directory");
+    assert!(ada.first_response_seconds >= 0.05, "{ada:?}");
+    assert_eq!(read.channels[0].message_count, 2, "{read:?}");
+
+    let key = crate::rest_api::create_key(&process, workspace, &["--data-dir", &data_dir]);
+    let api = format!("http://127.0.0.1:{}", process.api_port);
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        last =
+            crate::rest_api::get_json(&api, "/v1/insights/connexease/stats?by=agent", &key).await;
+        if last["rows"].as_array().is_some_and(|rows| !rows.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows = last["rows"].as_array().expect("rows");
+    assert_eq!(
+        rows[0]["email"], "ada@shop.example",
+        "slowest first: {last}"
+    );
+    assert_eq!(rows.len(), 3, "every agent: {last}");
+    assert!(last["read_at"].is_string(), "{last}");
+    let by_channel =
+        crate::rest_api::get_json(&api, "/v1/insights/connexease/stats?by=channel", &key).await;
+    assert_eq!(by_channel["rows"][0]["message_count"], 2, "{by_channel}");
+    let wrong =
+        crate::rest_api::get_json(&api, "/v1/insights/connexease/stats?by=group", &key).await;
+    assert_eq!(
+        (&wrong["status"], &wrong["errors"][0]["field"]),
+        (&serde_json::json!(422), &serde_json::json!("by")),
+        "{wrong}"
+    );
+    assert!(process.terminate().success());
+    let _ = std::fs::remove_dir_all(dir);
+}

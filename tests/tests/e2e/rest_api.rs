@@ -10,7 +10,7 @@ use crate::common::{Process, WS, create_endpoint, drop_schema, serve_env, webhoo
 
 /// Creates a key with the CLI (in `process`'s environment plus `extra` arguments) and
 /// returns it: the last line of stdout.
-fn create_key(process: &Process, workspace: &str, extra: &[&str]) -> String {
+pub(crate) fn create_key(process: &Process, workspace: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "api-keys",
         "create",
@@ -66,7 +66,7 @@ async fn first_calls(api: &str, key: &str) -> String {
 }
 
 /// `GET {api}{path}` with `key`, as JSON.
-async fn get_json(api: &str, path: &str, key: &str) -> Value {
+pub(crate) async fn get_json(api: &str, path: &str, key: &str) -> Value {
     reqwest::Client::new()
         .get(format!("{api}{path}"))
         .bearer_auth(key)

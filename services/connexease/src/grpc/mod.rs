@@ -208,4 +208,15 @@ impl connexease_server::Connexease for ConnexeaseApi {
             })?;
         Ok(Response::new(link))
     }
+
+    async fn read_stats(
+        &self,
+        request: Request<ReadStatsRequest>,
+    ) -> Result<Response<StatsRead>, Status> {
+        let r = request.into_inner();
+        check(&r.workspace_id, "")?;
+        Ok(Response::new(
+            self.service.read_stats(&r.workspace_id).await?,
+        ))
+    }
 }

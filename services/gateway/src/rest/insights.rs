@@ -75,6 +75,14 @@ proto_schema!(
     strict = false
 );
 
+proto_schema!(
+    /// Connexease's response times and counters by agent or by channel, as its `/stats`
+    /// last said.
+    ConnexeaseStatsJson = "switchboard.insights.v1.ConnexeaseStatsResponse" as "ConnexeaseStats",
+    omit [],
+    strict = false
+);
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_dimensions))
@@ -86,6 +94,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_findings))
         .routes(routes!(dismiss_finding))
         .routes(routes!(detect_findings))
+        .routes(routes!(connexease_stats))
 }
 
 /// The filter's dimensions as query parameters, in this order.
@@ -688,5 +697,43 @@ async fn detect_findings(
     Ok(answer(
         "switchboard.insights.v1.DetectFindingsResponse",
         &raised,
+    ))
+}
+
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ConnexeaseStatsQuery {
+    /// `agent` or `channel`.
+    #[param(example = "agent")]
+    pub by: String,
+}
+
+/// Connexease's response times (first and average, in seconds) and counters by agent or by
+/// channel, as its `/stats` last said (read every 15 minutes by the connexease service);
+/// empty for a workspace not connected to Connexease.
+#[utoipa::path(
+    get, path = "/insights/connexease/stats", tag = "insights", params(ConnexeaseStatsQuery),
+    responses(
+        (status = 200, description = "Slowest first response first", body = ConnexeaseStatsJson),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn connexease_stats(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ConnexeaseStatsQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let stats = state
+        .insights_for(&caller)?
+        .get_connexease_stats(pb::ConnexeaseStatsRequest {
+            workspace_id: caller.workspace_id.clone(),
+            by: query.by,
+        })
+        .await?;
+    Ok(answer(
+        "switchboard.insights.v1.ConnexeaseStatsResponse",
+        &stats,
     ))
 }

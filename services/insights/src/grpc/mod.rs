@@ -263,4 +263,35 @@ impl insights_server::Insights for InsightsApi {
             raised: self.service.detect(&r.workspace_id, now_ms()).await?,
         }))
     }
+
+    async fn get_connexease_stats(
+        &self,
+        request: Request<ConnexeaseStatsRequest>,
+    ) -> Result<Response<ConnexeaseStatsResponse>, Status> {
+        use crate::store::connexease_kinds::{AGENT, CHANNEL};
+        let r = request.into_inner();
+        let mut v = Vec::new();
+        envelope(&mut v, &r.workspace_id, "", &[]);
+        let kind = match r.by.as_str() {
+            "agent" => AGENT,
+            "channel" => CHANNEL,
+            _ => {
+                v.push(FieldViolation::new("by", "`agent` or `channel`"));
+                ""
+            }
+        };
+        if !v.is_empty() {
+            return Err(invalid(v));
+        }
+        let (rows, read_at) = self
+            .service
+            .store()
+            .connexease_stats(&r.workspace_id, kind)
+            .await
+            .map_err(crate::service::ServiceError::Log)?;
+        Ok(Response::new(ConnexeaseStatsResponse {
+            rows,
+            read_at: read_at.map(switchboard_eventlog::timestamp),
+        }))
+    }
 }
