@@ -336,7 +336,7 @@ pub const CX_NOT_CONNECTED: Code = Code {
     id: "SB-CX-0001",
     status: Some(StatusCode::FailedPrecondition),
     meaning: "The workspace has no Connexease connection, so no Connexease operation can run for it.",
-    action: "Connect the workspace first (Connect with its Connexease access token).",
+    action: "Connect the workspace first (ConnectWorkspace with its Connexease credentials).",
 };
 /// Connexease failed or could not be reached.
 pub const CX_UPSTREAM_FAILED: Code = Code {
@@ -345,12 +345,12 @@ pub const CX_UPSTREAM_FAILED: Code = Code {
     meaning: "Connexease answered with an error, kept rate-limiting, or could not be reached; the message says which and after how many attempts.",
     action: "Retry later; if Connexease refused a value, fix it.",
 };
-/// Connexease refused the stored access token.
+/// Connexease refused the stored credentials.
 pub const CX_UNAUTHORIZED: Code = Code {
     id: "SB-CX-0004",
     status: Some(StatusCode::FailedPrecondition),
-    meaning: "Connexease refused the workspace's access token (401).",
-    action: "Reconnect the workspace with a valid access token.",
+    meaning: "Connexease refused the workspace's credentials: its access token, or the username and password of the JWT flow (401, or a refused `POST /jwt/`).",
+    action: "Reconnect the workspace with valid credentials.",
 };
 /// Writers kept racing on the connection.
 pub const CX_CONTENDED: Code = Code {
