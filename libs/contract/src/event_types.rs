@@ -61,7 +61,7 @@ pub mod connexease {
     pub const WEBHOOK_BODY: &str = "connexease.webhook_body";
     /// One answer to `conversation.auto_assign`: a turn of the workspace's rule.
     pub const AUTO_ASSIGN_ANSWERED: &str = "connexease.auto_assign_answered";
-    /// Connexease's `/stats`, read when it changed; public as `connexease.stats_read`.
+    /// Connexease's `/stats`, read when it changed; public as `connexease.stats.read`.
     pub const STATS_READ: &str = "connexease.stats_read";
 }
 

@@ -18,8 +18,12 @@ pub const CONVERSATION_EVENTS: &str = "events.*.conversation.>";
 pub const FLOW_RUN_STARTED: &str = "internal.flows.flow_run_started";
 
 /// Connexease's response times per channel and agent, as the connexease service reads
-/// them from `/stats`.
-pub const CONNEXEASE_STATS: &str = "events.*.connexease.stats_read";
+/// them from `/stats`: two tokens after `connexease`, so no hook's subject (one token,
+/// [`connexease`]) can be taken for it.
+pub const CONNEXEASE_STATS: &str = "events.*.connexease.stats.read";
+
+/// The public event type of Connexease's `/stats` readings.
+pub const CONNEXEASE_STATS_TYPE: &str = "connexease.stats.read";
 
 const PUBLIC_PREFIX: &str = "events.";
 

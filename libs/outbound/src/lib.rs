@@ -232,6 +232,24 @@ impl Default for ClientOptions {
 
 /// Makes ring the process's rustls provider, the one provider of the whole tree. Safe to
 /// call more than once.
+/// Reads at most `cap` bytes of `response`'s body, and whether there was more: an answer
+/// from an outside server is never buffered whole.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap.saturating_sub(body.len());
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
 pub fn install_crypto_provider() {
     // An error only means a provider is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();

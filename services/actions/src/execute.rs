@@ -1151,16 +1151,8 @@ fn collect_strings(value: Option<&Json>, out: &mut Vec<Secret>) {
 }
 
 /// Reads at most [`RESPONSE_READ_BYTES`]; `true` when there was more.
-async fn read_body(mut response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > RESPONSE_READ_BYTES {
-            body.extend_from_slice(&chunk[..RESPONSE_READ_BYTES - body.len()]);
-            return Ok((body, true));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, false))
+async fn read_body(response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    switchboard_outbound::read_capped(response, RESPONSE_READ_BYTES).await
 }
 
 fn describe_network(e: &reqwest::Error) -> String {

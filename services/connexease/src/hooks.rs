@@ -42,9 +42,9 @@ pub const CLOCK_SKEW_SECS: i64 = 5 * 60;
 /// A delivery, read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
-    /// Ours, derived: `<hook>.<sha-256 of the payload's canonical JSON, 32 hex>`. A retry
-    /// carries the same payload, whatever its spacing or member order, so it has the same
-    /// id; Connexease sends no delivery id of its own.
+    /// Ours, derived: `<hook>.<the first 128 bits of the SHA-256 of the payload's
+    /// canonical JSON, in hex>`. A retry carries the same payload, whatever its spacing or
+    /// member order, so it has the same id; Connexease sends no delivery id of its own.
     pub id: String,
     pub hook: String,
     pub payload: Json,
@@ -55,6 +55,11 @@ pub struct Delivery {
     pub conversation: Option<String>,
     /// The Connexease customer the hook concerns, when named.
     pub customer: Option<String>,
+    /// What the hook is about: the payload's own `uuid` (a conversation, a message, an
+    /// agent...), else its conversation, else its customer. A delivery is a retry only of
+    /// the last one recorded for the same hook and subject, so a real change back (an
+    /// agent online, away, online again) is not taken for a retry.
+    pub subject: Option<String>,
 }
 
 /// Why a body is not a delivery.
@@ -107,6 +112,9 @@ impl Delivery {
             id: format!("{hook}.{digest}"),
             conversation: conversation_of(&hook, &payload),
             customer: customer_of(&hook, &payload),
+            subject: uuid_at(&payload, "uuid")
+                .or_else(|| conversation_of(&hook, &payload))
+                .or_else(|| customer_of(&hook, &payload)),
             timestamp: timestamp_of(&envelope.timestamp),
             channel: envelope.channel,
             payload,
@@ -179,9 +187,10 @@ fn valid_hook(hook: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_')
 }
 
-/// A `uuid` where it is named: `<key>.uuid`, `<key>_uuid` or `<key>` as a string.
-/// Assumed: the documentation names the ids `uuid` without giving every payload.
-fn uuid_at(payload: &Json, key: &str) -> Option<String> {
+/// A `uuid` where it is named: `<key>.uuid`, `<key>_uuid` or `<key>` as a string, of at
+/// most 128 bytes. Assumed: the documentation names the ids `uuid` without giving every
+/// payload.
+pub fn uuid_at(payload: &Json, key: &str) -> Option<String> {
     [
         &payload[key]["uuid"],
         &payload[format!("{key}_uuid").as_str()],

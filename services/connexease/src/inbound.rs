@@ -29,18 +29,17 @@ use serde_json::{Value as Json, json};
 use switchboard_clients::ConversationsClient;
 use switchboard_eventlog::{
     Command, CommandError, Decision, EventLogError, ExpectedVersion, HandleError, Handler,
-    Metadata, NewEvent, RecordedEvent, StreamRef, Tx, VersionOnly,
+    RecordedEvent, StreamRef, Tx, VersionOnly,
 };
 use switchboard_proto::connexease::v1::{
     AutoAssignAnswered, AutoAssignRule, Link, WebhookBody, WebhookReceived,
 };
 use switchboard_proto::conversations::v1::{AddMessageRequest, AssignRequest, SetStatusRequest};
 use switchboard_proto::events::v1::{Author, ConversationStatus, MessageKind};
-use uuid::Uuid;
 
 use crate::domain::event_types;
 use crate::hooks::{self, Delivery, Malformed};
-use crate::service::{ConnexeaseService, State as Connected};
+use crate::service::{ConnexeaseService, State as Connected, daily_stream, event, metadata};
 use crate::signature;
 use crate::store::ConnexeaseStore;
 
@@ -81,12 +80,8 @@ pub fn delivery_stream(workspace_id: &str, delivery_id: &str) -> StreamRef {
     )
 }
 
-/// The stream of a workspace's auto-assign answers of one UTC day: the round robin's
-/// turns (a day's stream stays short to fold).
-fn auto_assign_stream(workspace_id: &str) -> StreamRef {
-    let today = time::OffsetDateTime::now_utc().date();
-    StreamRef::new("connexease_auto_assign", format!("{workspace_id}/{today}"))
-}
+/// The most of a delivery's `channel` kept: it travels in every published event.
+const CHANNEL_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
 struct Inbound {
@@ -194,12 +189,26 @@ async fn receive(
             ),
         );
     }
+    // A retry is the same delivery as the last one recorded for its hook and subject; the
+    // same payload after another one about the subject is the subject changing back: a
+    // new occurrence of the delivery, the next event of its stream.
     let stream = delivery_stream(&workspace_id, &delivery.id);
-    match recorded(&inbound, &stream).await {
-        Ok(Some(received)) => return answered(true, &received),
-        Ok(None) => {}
+    let subject = delivery.subject.clone().unwrap_or_default();
+    let latest = match inbound
+        .store
+        .latest_delivery(&workspace_id, &delivery.hook, &subject)
+        .await
+    {
+        Ok(latest) => latest,
+        Err(e) => return unavailable("cannot read the last deliveries", e),
+    };
+    let version = match recorded(&inbound, &stream).await {
+        Ok((Some(last), _)) if latest.as_deref() == Some(delivery.id.as_str()) => {
+            return answered(true, &last);
+        }
+        Ok((_, version)) => version,
         Err(e) => return unavailable("cannot read the log", e),
-    }
+    };
     let link = match &delivery.conversation {
         Some(external) => match inbound
             .store
@@ -219,7 +228,18 @@ async fn receive(
     } else {
         None
     };
-    let (data_json, abridged_fields) = delivery.published_payload();
+    let (data_json, mut abridged_fields) = delivery.published_payload();
+    let channel_json = if delivery.channel.is_null() {
+        String::new()
+    } else {
+        let channel = delivery.channel.to_string();
+        if channel.len() > CHANNEL_BYTES {
+            abridged_fields.push("channel".into());
+            String::new()
+        } else {
+            channel
+        }
+    };
     let received = WebhookReceived {
         delivery_id: delivery.id.clone(),
         event: delivery.hook.clone(),
@@ -230,23 +250,14 @@ async fn receive(
         conversation_id: link.map(|l| l.conversation_id).unwrap_or_default(),
         external_conversation_id: delivery.conversation.clone().unwrap_or_default(),
         external_customer_id: delivery.customer.clone().unwrap_or_default(),
-        channel_json: if delivery.channel.is_null() {
-            String::new()
-        } else {
-            delivery.channel.to_string()
-        },
+        channel_json,
         body_bytes: body.len() as u64,
         abridged_fields,
         auto_assign,
+        subject_id: subject,
     };
-    let metadata = Metadata {
-        workspace_id: workspace_id.clone(),
-        correlation_id: delivery.id.clone(),
-        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
-        occurred_at: switchboard_eventlog::now_micros(),
-        ..Default::default()
-    };
-    let mut events = vec![new_event(
+    let metadata = metadata(&workspace_id, &delivery.id);
+    let mut events = vec![event(
         event_types::WEBHOOK_RECEIVED,
         received.encode_to_vec(),
         metadata.clone(),
@@ -256,46 +267,48 @@ async fn receive(
             delivery_id: delivery.id.clone(),
             body: body.to_vec(),
         };
-        events.push(new_event(
+        events.push(event(
             event_types::WEBHOOK_BODY,
             whole.encode_to_vec(),
             metadata,
         ));
     }
+    let expected = match version {
+        0 => ExpectedVersion::NoStream,
+        v => ExpectedVersion::Exact(v),
+    };
     match inbound
         .service
         .log()
-        .append(&stream, ExpectedVersion::NoStream, events)
+        .append(&stream, expected, events)
         .await
     {
         Ok(_) => answered(false, &received),
         // A retry of the same delivery was recorded first: answer what it recorded.
         Err(EventLogError::Conflict { .. }) => match recorded(&inbound, &stream).await {
-            Ok(Some(first)) => answered(true, &first),
-            Ok(None) => answered(true, &received),
+            Ok((Some(first), _)) => answered(true, &first),
+            Ok((None, _)) => answered(true, &received),
             Err(e) => unavailable("cannot read the log", e),
         },
         Err(e) => unavailable("cannot record it", e),
     }
 }
 
-fn new_event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event_type.into(),
-        schema_version: 1,
-        payload,
-        metadata,
-    }
-}
-
-/// The delivery recorded in `stream`, if it was.
+/// The last occurrence of the delivery recorded in `stream`, if any, and the stream's
+/// version.
 async fn recorded(
     inbound: &Inbound,
     stream: &StreamRef,
-) -> Result<Option<WebhookReceived>, EventLogError> {
-    let events = inbound.service.log().read_stream(stream, 0, 1).await?;
-    events.first().map(|e| e.decode()).transpose()
+) -> Result<(Option<WebhookReceived>, u64), EventLogError> {
+    let events = inbound.service.log().read_stream(stream, 0, 1000).await?;
+    let version = events.last().map_or(0, |e| e.stream_version);
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e.event_type == event_types::WEBHOOK_RECEIVED)
+        .map(|e| e.decode())
+        .transpose()?;
+    Ok((last, version))
 }
 
 /// Answers an auto-assign by the workspace's rule and records the answer: round robin
@@ -321,7 +334,7 @@ async fn choose_agent(
         .filter(|a| a.availability == "online")
         .cloned()
         .collect();
-    let stream = auto_assign_stream(workspace_id);
+    let stream = daily_stream("connexease_auto_assign", workspace_id);
     let executed = Command::new(service.log(), &stream)
         .attempts(10)
         .run(&VersionOnly, |loaded| {
@@ -342,17 +355,12 @@ async fn choose_agent(
                     answer.agent_email = agent.email.clone();
                 }
             }
-            let event = new_event(
+            let answered = event(
                 event_types::AUTO_ASSIGN_ANSWERED,
                 answer.encode_to_vec(),
-                Metadata {
-                    workspace_id: workspace_id.to_owned(),
-                    correlation_id: delivery.id.clone(),
-                    occurred_at: switchboard_eventlog::now_micros(),
-                    ..Default::default()
-                },
+                metadata(workspace_id, &delivery.id),
             );
-            Ok(Decision::new(vec![event], answer))
+            Ok(Decision::new(vec![answered], answer))
         })
         .await?;
     Ok(executed.into_output())
@@ -387,16 +395,26 @@ impl Apply {
         event.event_type == event_types::WEBHOOK_RECEIVED
     }
 
-    async fn apply(&self, workspace_id: &str, received: &WebhookReceived) -> Result<(), String> {
-        let payload: Json = serde_json::from_str(&received.data_json).unwrap_or_default();
-        let request_id = format!("connexease-{}", received.delivery_id);
+    async fn apply(&self, event: &RecordedEvent, received: &WebhookReceived) -> Result<(), String> {
+        let workspace_id = event.workspace_id();
+        let payload = self.payload(event, received).await?;
+        // One request id per occurrence of the delivery: a redelivery changes nothing, a
+        // change back (the same payload again, later) is carried out.
+        let request_id = format!(
+            "connexease-{}-{}",
+            received.delivery_id, event.stream_version
+        );
         if received.event == hooks::AGENT_STATUS_CHANGED {
-            return self
-                .service
-                .sync_directory(workspace_id)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string());
+            // Pulled in the background: a slow Connexease must not hold up the deliveries
+            // of every workspace behind this one (the periodic sync catches a failure).
+            let service = self.service.clone();
+            let workspace_id = workspace_id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = service.sync_directory(&workspace_id).await {
+                    tracing::warn!(workspace = %workspace_id, error = %e, "could not sync the Connexease directory after agent.status_changed");
+                }
+            });
+            return Ok(());
         }
         let Some(link) = self.link(workspace_id, received, &payload).await? else {
             return Ok(());
@@ -445,6 +463,31 @@ impl Apply {
         }
     }
 
+    /// The delivery's whole payload: as recorded, or, for one abridged to be published,
+    /// from the body kept beside it (the next event of its stream).
+    async fn payload(
+        &self,
+        event: &RecordedEvent,
+        received: &WebhookReceived,
+    ) -> Result<Json, String> {
+        let recorded = || serde_json::from_str(&received.data_json).unwrap_or_default();
+        if received.abridged_fields.is_empty() {
+            return Ok(recorded());
+        }
+        let next = self
+            .service
+            .log()
+            .read_stream(&event.stream, event.stream_version, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(next
+            .first()
+            .filter(|e| e.event_type == event_types::WEBHOOK_BODY)
+            .and_then(|e| e.decode::<WebhookBody>().ok())
+            .and_then(|whole| Delivery::parse(&whole.body).ok())
+            .map_or_else(recorded, |delivery| delivery.payload))
+    }
+
     /// The link the delivery concerns, kept in step with what it says: made for a
     /// `conversation.created` that names one of our conversations (assumed:
     /// `external_id`), updated when Connexease's status, group, agent or customer changed.
@@ -480,19 +523,13 @@ impl Apply {
             link.external_customer_id = received.external_customer_id.clone();
         }
         if received.event.starts_with("conversation.") {
-            let uuid = |key: &str| {
-                payload[key]["uuid"]
-                    .as_str()
-                    .or_else(|| payload[format!("{key}_uuid").as_str()].as_str())
-                    .map(str::to_owned)
-            };
             if let Some(status) = payload["status"].as_str() {
                 link.external_status = status.to_owned();
             }
-            if let Some(group) = uuid("group") {
+            if let Some(group) = hooks::uuid_at(payload, "group") {
                 link.group_id = group;
             }
-            if let Some(agent) = uuid("agent") {
+            if let Some(agent) = hooks::uuid_at(payload, "agent") {
                 link.agent_id = agent;
             }
             if received.event == hooks::CONVERSATION_ARCHIVED {
@@ -515,7 +552,7 @@ impl Handler for Apply {
         let received: WebhookReceived = event
             .decode()
             .map_err(|e| HandleError::Reject(e.to_string()))?;
-        self.apply(event.workspace_id(), &received)
+        self.apply(event, &received)
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, hook = %received.event, "connexease webhook: not carried out yet; retrying");

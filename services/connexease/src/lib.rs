@@ -193,7 +193,7 @@ pub async fn open_log(config: &StoreConfig) -> Result<EventLog, EventLogError> {
 /// Where the connexease service publishes: every verified inbound webhook as
 /// `events.<workspace>.connexease.<event>` (dots in Connexease's event names become `_`:
 /// `connexease.conversation_archived`), and each changed `/stats` reading as
-/// `events.<workspace>.connexease.stats_read`. Connections, directories, operations,
+/// `events.<workspace>.connexease.stats.read`. Connections, directories, operations,
 /// links, whole bodies and auto-assign turns stay in the log.
 pub struct PublicEvents;
 
@@ -210,7 +210,7 @@ impl Router for PublicEvents {
             }
             domain::event_types::STATS_READ => Some(subjects::public(
                 &event.metadata.workspace_id,
-                domain::event_types::STATS_READ,
+                subjects::CONNEXEASE_STATS_TYPE,
             )),
             _ => None,
         }

@@ -123,7 +123,7 @@ pub fn public_view(mut connection: Connection) -> Connection {
     connection
 }
 
-fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
+pub(crate) fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
     Metadata {
         workspace_id: workspace_id.to_owned(),
         correlation_id: correlation_id.to_owned(),
@@ -133,7 +133,7 @@ fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
     }
 }
 
-fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
+pub(crate) fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: event_type.into(),
@@ -477,7 +477,8 @@ impl ConnexeaseService {
     }
 
     /// Reads Connexease's `/stats` and records the reading in `connexease_stats/<ws>/<day>`
-    /// when it differs from the day's last one; answers it. An agent's email comes from the
+    /// when it differs from the day's last one; answers it. An answer without the lists
+    /// is refused, so it never replaces the last reading. An agent's email comes from the
     /// directory.
     pub async fn read_stats(&self, workspace_id: &str) -> Result<StatsRead, ServiceError> {
         let state = self.load(workspace_id).await?;
@@ -487,8 +488,14 @@ impl ConnexeaseService {
             .stats(&self.target(connection)?)
             .await
             .map_err(ServiceError::Connexease)?;
-        let mut read = stats_from(&answer.body, state.directory.as_ref());
-        let stream = stats_stream(workspace_id);
+        let mut read = stats_from(&answer.body, state.directory.as_ref()).ok_or_else(|| {
+            ServiceError::Connexease(ClientError::Server {
+                status: 200,
+                message: "/stats answered without `channels` and `agents` lists".into(),
+                attempts: answer.attempts,
+            })
+        })?;
+        let stream = daily_stream("connexease_stats", workspace_id);
         let (last, version) = self.last_event(&stream).await?;
         if let Some(last) = last {
             let before: StatsRead = last.decode()?;
@@ -886,23 +893,27 @@ impl From<ClientError> for Failure {
     }
 }
 
-/// The stream of a workspace's `/stats` readings of one UTC day (a day's stream stays
-/// short to read).
-fn stats_stream(workspace_id: &str) -> StreamRef {
+/// A workspace's stream of `category` for today (UTC): `<category>/<ws>/<date>`, for
+/// records kept in turn through a day (a day's stream stays short to fold).
+pub(crate) fn daily_stream(category: &str, workspace_id: &str) -> StreamRef {
     let today = time::OffsetDateTime::now_utc().date();
-    StreamRef::new("connexease_stats", format!("{workspace_id}/{today}"))
+    StreamRef::new(category, format!("{workspace_id}/{today}"))
 }
 
 /// A `/stats` answer (help.connexease.com/dev, "Endpoints": per-channel message, customer
 /// and response-time counters, agents by uuid and name; the member names are assumed as
 /// the fixtures write them), agents' emails taken from `directory`.
-fn stats_from(body: &serde_json::Value, directory: Option<&Directory>) -> StatsRead {
+fn stats_from(body: &serde_json::Value, directory: Option<&Directory>) -> Option<StatsRead> {
+    // An answer of another shape is no reading: it must not replace the last one.
+    if !(body["channels"].is_array() && body["agents"].is_array()) {
+        return None;
+    }
     let list = |key: &str| body[key].as_array().cloned().unwrap_or_default();
     let seconds = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or_default();
     let count = |v: &serde_json::Value, key: &str| v[key].as_u64().unwrap_or_default();
     let id = |v: &serde_json::Value| uuid_at(v, "uuid").unwrap_or_default();
     let name = |v: &serde_json::Value| v["name"].as_str().unwrap_or_default().to_owned();
-    StatsRead {
+    Some(StatsRead {
         channels: list("channels")
             .iter()
             .map(|c| ResponseStats {
@@ -935,7 +946,7 @@ fn stats_from(body: &serde_json::Value, directory: Option<&Directory>) -> StatsR
             })
             .collect(),
         read_at: None,
-    }
+    })
 }
 
 /// The directory in Connexease's answer.

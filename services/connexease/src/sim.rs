@@ -253,7 +253,7 @@ fn router(sim: Sim) -> Router {
             "/conversations/{id}/custom_fields/",
             patch(conversation_fields),
         )
-        .route("/customers/{id}/", patch(update_customer))
+        .route("/customers/{id}/", get(get_customer).patch(update_customer))
         .route("/customers/{id}/custom_fields/", patch(customer_fields))
         // The simulator's own.
         .route("/sim/conversations", post(sim_create_conversation))
@@ -903,6 +903,19 @@ fn customer_changed(w: &mut World, id: &str) -> Changed {
         view.clone(),
         vec![(hooks::CUSTOMER_UPDATED.to_owned(), view)],
     )
+}
+
+async fn get_customer(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/customers/{id}/");
+    sim.handle(Method::GET, &path, &headers, Value::Null, |w| {
+        let customer = w.customers.get(&id).ok_or_else(not_found)?;
+        Ok((json!(customer), vec![]))
+    })
+    .await
 }
 
 async fn update_customer(

@@ -1,12 +1,13 @@
 //! The connexease read models: which workspaces are connected (for the periodic directory
-//! sync) and the links, found by either side's conversation id (inbound webhooks name
-//! Connexease's).
+//! sync), the links, found by either side's conversation id (inbound webhooks name
+//! Connexease's), and the last delivery of each hook and subject (to tell a retry from a
+//! change back).
 
 use async_trait::async_trait;
 use switchboard_eventlog::{
     EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
 };
-use switchboard_proto::connexease::v1::{ConnectionChanged, Link, Linked};
+use switchboard_proto::connexease::v1::{ConnectionChanged, Link, Linked, WebhookReceived};
 
 use crate::domain::event_types;
 
@@ -26,6 +27,13 @@ CREATE TABLE IF NOT EXISTS links (
     PRIMARY KEY (workspace_id, conversation_id)
 );
 CREATE INDEX IF NOT EXISTS links_by_external ON links (workspace_id, external_conversation_id);
+CREATE TABLE IF NOT EXISTS webhook_latest (
+    workspace_id TEXT NOT NULL,
+    hook TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, hook, subject_id)
+);
 ";
 
 pub fn read_model_ddl() -> (String, String) {
@@ -82,6 +90,22 @@ impl Projection for ConnexeaseProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
+                event_types::WEBHOOK_RECEIVED => {
+                    let received = event.decode::<WebhookReceived>()?;
+                    on_conn!(tx, conn => sqlx::query(
+                        "INSERT INTO webhook_latest (workspace_id, hook, subject_id, delivery_id)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (workspace_id, hook, subject_id)
+                         DO UPDATE SET delivery_id = excluded.delivery_id",
+                    )
+                    .bind(event.workspace_id())
+                    .bind(&received.event)
+                    .bind(&received.subject_id)
+                    .bind(&received.delivery_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
                 _ => {}
             }
         }
@@ -91,6 +115,7 @@ impl Projection for ConnexeaseProjection {
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
         on_conn!(tx, conn => sqlx::query("DELETE FROM connections").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         on_conn!(tx, conn => sqlx::query("DELETE FROM links").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
+        on_conn!(tx, conn => sqlx::query("DELETE FROM webhook_latest").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 }
@@ -130,6 +155,24 @@ impl ConnexeaseStore {
             group_id: g,
             agent_id: a,
         }))
+    }
+
+    /// The last delivery recorded for `hook` about `subject_id`, if any.
+    pub async fn latest_delivery(
+        &self,
+        workspace_id: &str,
+        hook: &str,
+        subject_id: &str,
+    ) -> Result<Option<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT delivery_id FROM webhook_latest
+             WHERE workspace_id = $1 AND hook = $2 AND subject_id = $3",
+        )
+        .bind(workspace_id)
+        .bind(hook)
+        .bind(subject_id)
+        .fetch_optional(pool)
+        .await)?)
     }
 
     /// Every connected workspace, for the periodic directory sync.

@@ -561,15 +561,52 @@ async fn server_errors_are_retried_then_the_key_is_released_when_retries_give_up
         .into_inner();
     assert!(result.ok && result.attempts == 3, "{result:?}");
 
+    // A change answered 502 (a proxy's, say) may have happened: it is read back, found
+    // not done, and sent again.
+    h.fail_next(1, 502).await;
+    let result = h
+        .client
+        .run_operation(operation("r5b", "conv_c", "unarchive", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.ok, "{result:?}");
+    let unarchive = |requests: &[serde_json::Value]| -> Vec<(String, u64)> {
+        requests
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("/conversations/{external_id}/"))
+            })
+            .map(|r| {
+                (
+                    r["method"].as_str().unwrap().to_owned(),
+                    r["status"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let seen = unarchive(&h.sim_requests().await);
+    assert_eq!(
+        seen[seen.len() - 3..],
+        [
+            ("POST".to_owned(), 502),
+            ("GET".to_owned(), 200),
+            ("POST".to_owned(), 200)
+        ]
+    );
+
     // Failing beyond the retries: UNAVAILABLE, and the key can run again later.
-    h.fail_next(20, 502).await;
+    h.fail_next(20, 503).await;
     let status = h
         .client
         .run_operation(operation("r6", "conv_c", "unarchive", &[]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    h.fail_next(0, 502).await;
+    h.fail_next(0, 503).await;
     let retried = h
         .client
         .run_operation(operation("r6", "conv_c", "unarchive", &[]))
@@ -813,6 +850,34 @@ async fn a_change_that_got_no_answer_is_read_back_before_it_is_sent_again() {
         h.sim_state().await["conversations"][&external_id]["status"],
         "open"
     );
+
+    // A customer's change is read back too.
+    let customer = h.sim_state().await["conversations"][&external_id]["customer"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.stall_next(1, true).await;
+    let result = h
+        .client
+        .run_operation(operation(
+            "u3",
+            "conv_u",
+            "set_customer_fields",
+            &[("fields.tier", "gold")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(result.ok, "{result:?}");
+    let path = format!("/customers/{customer}/custom_fields/");
+    let requests = h.sim_requests().await;
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r["method"] == "PATCH" && r["path"] == path)
+            .count(),
+        1
+    );
     h.stop().await;
 }
 
@@ -856,22 +921,15 @@ async fn stats_are_recorded_when_they_change_and_published() {
     .await;
     let changed = read(h.client.clone()).await;
     assert_eq!(changed.channels[0].message_count, 1);
-    let mut recorded = Vec::new();
-    let mut after = switchboard_eventlog::LogPosition::START;
-    loop {
-        let batch = h.log.read_all(after, 500).await.unwrap();
-        let Some(last) = batch.last() else { break };
-        after = last.position();
-        recorded.extend(
-            batch
-                .into_iter()
-                .filter(|e| e.event_type == "connexease.stats_read"),
-        );
-    }
+    let recorded: Vec<_> = common::all_events(&h.log)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == "connexease.stats_read")
+        .collect();
     assert_eq!(recorded.len(), 2);
     assert_eq!(
         switchboard_connexease::PublicEvents.subject(&recorded[1]),
-        Some(format!("events.{WS}.connexease.stats_read"))
+        Some(format!("events.{WS}.connexease.stats.read"))
     );
     h.stop().await;
 }

@@ -17,7 +17,7 @@ use prost::Message as _;
 use serde_json::{Value, json};
 use switchboard_connexease::signature;
 use switchboard_connexease::sim::seeded_ids;
-use switchboard_eventlog::{LogPosition, RecordedEvent, Router as _};
+use switchboard_eventlog::{RecordedEvent, Router as _};
 use switchboard_proto::connexease::v1::{
     AutoAssignRule, ConnectRequest, Connection, GetDirectoryRequest, GetLinkRequest, SignedInput,
     WebhookBody, WebhookReceived,
@@ -115,16 +115,7 @@ fn fixture(hook: &str) -> Value {
 
 /// Every event of the connexease log.
 async fn events(h: &Harness) -> Vec<RecordedEvent> {
-    let mut all = Vec::new();
-    let mut after = LogPosition::START;
-    loop {
-        let batch = h.log.read_all(after, 500).await.unwrap();
-        let Some(last) = batch.last() else {
-            return all;
-        };
-        after = last.position();
-        all.extend(batch);
-    }
+    common::all_events(&h.log).await
 }
 
 /// Every delivery recorded.
@@ -650,5 +641,57 @@ async fn connexease_changes_reach_our_conversations() {
     assert_eq!(link.external_status, "archived");
     assert_eq!(link.group_id, seeded_ids::RETURNS);
     assert_no_secret_logged();
+    h.stop().await;
+}
+
+/// Connexease sends no delivery id: a delivery equal to the last one about its subject is
+/// a retry, but the same payload after another one (an agent online, away, online again)
+/// is the subject changing back, and is carried out again.
+#[tokio::test]
+async fn a_change_back_is_not_taken_for_a_retry() {
+    logs();
+    let mut h = Harness::start(80).await;
+    h.connect().await;
+    let status = |status: &str| {
+        json!({
+            "hook": "agent.status_changed",
+            "payload": {"uuid": seeded_ids::BOB, "name": "Bob", "status": status},
+        })
+        .to_string()
+    };
+    let mut answers = Vec::new();
+    for body in [
+        status("online"),
+        status("online"),
+        status("away"),
+        status("online"),
+    ] {
+        answers.push(deliver(&h, &body).await.1);
+    }
+    assert_eq!(
+        answers,
+        [
+            json!({"received": true}),
+            json!({"duplicate": true}),
+            json!({"received": true}),
+            json!({"received": true}),
+        ]
+    );
+    let recorded: Vec<String> = received(&h)
+        .await
+        .iter()
+        .map(|r| {
+            serde_json::from_str::<Value>(&r.data_json).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(recorded, ["online", "away", "online"]);
+    // Its retry is still a retry.
+    assert_eq!(
+        deliver(&h, &status("online")).await.1,
+        json!({"duplicate": true})
+    );
     h.stop().await;
 }

@@ -467,7 +467,9 @@ impl Dispatcher {
                 let retry_after = domain::throttles(status)
                     .then(|| retry_after(response.headers()))
                     .flatten();
-                let read = read_capped(response, limits::RESPONSE_BODY_BYTES).await;
+                let read = switchboard_outbound::read_capped(response, limits::RESPONSE_BODY_BYTES)
+                    .await
+                    .unwrap_or_default();
                 attempt.response_status = u32::from(status);
                 let (text, cut) = domain::truncate(&read.0, limits::RESPONSE_BODY_BYTES);
                 attempt.response_body = text;
@@ -767,25 +769,6 @@ fn httpdate_seconds(value: &str) -> Option<u64> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
-}
-
-/// Reads at most `cap` bytes of the body (and says whether there was more), so a receiver
-/// cannot make us buffer an endless answer.
-async fn read_capped(mut response: reqwest::Response, cap: usize) -> (Vec<u8>, bool) {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = cap.saturating_sub(body.len());
-                if chunk.len() > room {
-                    body.extend_from_slice(&chunk[..room]);
-                    return (body, true);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) | Err(_) => return (body, false),
-        }
-    }
 }
 
 #[cfg(test)]

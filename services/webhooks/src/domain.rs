@@ -40,6 +40,7 @@ pub const EVENT_TYPES: &[&str] = &[
     conversations::ENDED,
     conversations::MESSAGE_CREATED,
     actions::EXECUTED,
+    switchboard_contract::subjects::CONNEXEASE_STATS_TYPE,
 ];
 pub const EVENT_FAMILIES: &[&str] = &["conversation", "message", "action", "connexease"];
 

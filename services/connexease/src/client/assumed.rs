@@ -13,6 +13,7 @@
 //! | `POST /conversations/{uuid}/assign/` | `{"group"}`, `{"agent"}` or `{"auto": true, "group"?}` (uuids) | the conversation |
 //! | `POST /conversations/{uuid}/archive/`, `/unarchive/` | | the conversation |
 //! | `PATCH /conversations/{uuid}/custom_fields/` | `{"custom_fields": {"<key>": "text" or ["tag", …]}}` | the conversation |
+//! | `GET /customers/{uuid}/` | | a customer (a change read back) |
 //! | `PATCH /customers/{uuid}/` | any of `{"name", "email", "phone", "social": {…}}` | the customer |
 //! | `PATCH /customers/{uuid}/custom_fields/` | `{"custom_fields": {…}}` | the customer |
 //!
@@ -105,16 +106,18 @@ impl ConnexeaseApi for HttpConnexease {
             AssignTo::Auto(group) => json!({"auto": true, "group": group}),
         };
         let path = conversation_path(conversation);
-        let to = to.clone();
-        let call = Call::change(Method::POST, format!("{path}assign/"), Some(body)).read_back(
-            path,
-            move |now| match &to {
-                AssignTo::Group(group) => uuid_at(now, "group").as_ref() == Some(group),
-                AssignTo::Agent(agent) => uuid_at(now, "agent").as_ref() == Some(agent),
-                // Whoever was chosen, someone was: an auto-assign is not sent twice.
-                AssignTo::Auto(_) => uuid_at(now, "agent").is_some(),
-            },
-        );
+        let call = Call::change(Method::POST, format!("{path}assign/"), Some(body));
+        let call = match to.clone() {
+            AssignTo::Group(group) => call.read_back(path, move |now| {
+                uuid_at(now, "group").as_deref() == Some(group.as_str())
+            }),
+            AssignTo::Agent(agent) => call.read_back(path, move |now| {
+                uuid_at(now, "agent").as_deref() == Some(agent.as_str())
+            }),
+            // Whether an auto-assignment happened cannot be read back (the agent may have
+            // been there before): with no answer, its outcome is unknown, never sent twice.
+            AssignTo::Auto(_) => call,
+        };
         self.send(target, call).await
     }
 

@@ -168,8 +168,22 @@ pub struct HttpConnexease {
 /// A rate limiter per connection (and rate, so a changed rate takes effect).
 type Limiters = HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>;
 
-/// Whose JWT: the workspace, the base URL and the username.
-type TokenKey = (String, String, String);
+/// Whose JWT: the workspace, the base URL, the username and a digest of the password (a
+/// changed password is never answered with the old one's token).
+type TokenKey = (String, String, String, [u8; 32]);
+
+fn token_key(target: &Target, username: &str, password: &Secret) -> TokenKey {
+    use sha2::Digest as _;
+    (
+        target.workspace_id.clone(),
+        target.base_url.clone(),
+        username.to_owned(),
+        sha2::Sha256::digest(password.expose().as_bytes()).into(),
+    )
+}
+
+/// The most of an answer read: a server cannot make us buffer more.
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// A JWT and when to fetch the next one.
 #[derive(Clone)]
@@ -279,11 +293,7 @@ impl HttpConnexease {
         match &target.auth {
             Auth::Bearer(token) => Ok(format!("Bearer {}", token.expose())),
             Auth::Jwt { username, password } => {
-                let key = (
-                    target.workspace_id.clone(),
-                    target.base_url.clone(),
-                    username.clone(),
-                );
+                let key = token_key(target, username, password);
                 let cached = self.tokens.lock().expect("tokens").get(&key).cloned();
                 if let Some(token) = cached.filter(|t| Instant::now() < t.refresh_at) {
                     return Ok(format!("JWT {}", token.value.expose()));
@@ -304,14 +314,10 @@ impl HttpConnexease {
 
     /// Forgets `target`'s JWT, after Connexease refused it.
     fn forget_token(&self, target: &Target) -> bool {
-        let Auth::Jwt { username, .. } = &target.auth else {
+        let Auth::Jwt { username, password } = &target.auth else {
             return false;
         };
-        let key = (
-            target.workspace_id.clone(),
-            target.base_url.clone(),
-            username.clone(),
-        );
+        let key = token_key(target, username, password);
         self.tokens.lock().expect("tokens").remove(&key).is_some()
     }
 
@@ -360,12 +366,18 @@ impl HttpConnexease {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let text = match response.text().await {
-            Ok(text) => text,
+        let (body, more) = match switchboard_outbound::read_capped(response, MAX_ANSWER_BYTES).await
+        {
+            Ok(read) => read,
             Err(e) => return Ok(Attempt::NoAnswer(describe(&e))),
         };
-        let parsed: Json = serde_json::from_str(&text).unwrap_or(Json::Null);
-        let message = error_message(&parsed).unwrap_or_else(|| text.chars().take(200).collect());
+        if more {
+            let message = format!("the answer is larger than {MAX_ANSWER_BYTES} bytes");
+            return Ok(Attempt::Answered(502, None, Json::Null, message));
+        }
+        let parsed: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+        let message = error_message(&parsed)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
         let retry_after = retry_after.or_else(|| body_retry_after(&parsed));
         Ok(Attempt::Answered(status, retry_after, parsed, message))
     }
@@ -414,6 +426,24 @@ impl HttpConnexease {
                     }
                     wait
                 }
+                // A change answered 500, 502 or 504 (a proxy's timeout) may have happened:
+                // it is read back like a change that got no answer. 503 says it did not.
+                Attempt::Answered(status @ (500 | 502 | 504), _, _, message)
+                    if call.method != Method::GET =>
+                {
+                    let message = format!("answered {status}: {message}");
+                    match self.read_back(target, &call, message, attempts).await? {
+                        Some(answer) => return Ok(answer),
+                        None if last_attempt => {
+                            return Err(ClientError::Server {
+                                status,
+                                message: "the change is not there".into(),
+                                attempts,
+                            });
+                        }
+                        None => backoff,
+                    }
+                }
                 Attempt::Answered(status @ 500..=599, retry_after, _, message) => {
                     if last_attempt {
                         return Err(ClientError::Server {
@@ -446,29 +476,47 @@ impl HttpConnexease {
                     backoff
                 }
                 Attempt::NoAnswer(message) => {
-                    let Some(read_back) = &call.read_back else {
-                        return Err(ClientError::Unknown { message });
-                    };
-                    let now = Box::pin(self.send(target, Call::get(read_back.path.clone())))
-                        .await
-                        .map_err(|e| ClientError::Unknown {
-                            message: format!("{message}; reading it back: {e}"),
-                        })?;
-                    if (read_back.applied)(&now.body) {
-                        return Ok(Answer {
-                            body: now.body,
-                            attempts: attempts + now.attempts,
-                        });
+                    match self
+                        .read_back(target, &call, message.clone(), attempts)
+                        .await?
+                    {
+                        Some(answer) => return Ok(answer),
+                        None if last_attempt => {
+                            return Err(ClientError::Network { message, attempts });
+                        }
+                        None => backoff,
                     }
-                    if last_attempt {
-                        return Err(ClientError::Network { message, attempts });
-                    }
-                    backoff
                 }
             };
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(self.policy.max_backoff);
         }
+    }
+}
+
+impl HttpConnexease {
+    /// Whether a change whose outcome is unknown (`message` says why) happened, read back:
+    /// its target's answer when it did, `None` when it did not (it may be sent again), and
+    /// [`ClientError::Unknown`] when it cannot be told.
+    async fn read_back(
+        &self,
+        target: &Target,
+        call: &Call,
+        message: String,
+        attempts: u32,
+    ) -> Result<Option<Answer>, ClientError> {
+        let Some(read_back) = &call.read_back else {
+            return Err(ClientError::Unknown { message });
+        };
+        let now = Box::pin(self.send(target, Call::get(read_back.path.clone())))
+            .await
+            .map_err(|e| ClientError::Unknown {
+                message: format!("{message}; reading it back: {e}"),
+            })?;
+        Ok((read_back.applied)(&now.body).then(|| Answer {
+            body: now.body,
+            attempts: attempts + now.attempts,
+        }))
     }
 }
 
@@ -515,7 +563,8 @@ pub fn body_retry_after(body: &Json) -> Option<Duration> {
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
     let seconds: f64 = number.parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.ceil()))
+    // Whatever the body says, never more than a day (and never a panic).
+    Duration::try_from_secs_f64(seconds.ceil().min(86_400.0)).ok()
 }
 
 fn describe(e: &reqwest::Error) -> String {
@@ -551,17 +600,7 @@ fn segment(id: &str) -> String {
     }
 }
 
-/// A `uuid` where a body names it: `<key>.uuid`, `<key>_uuid`, or `<key>` as a string.
-pub fn uuid_at(body: &Json, key: &str) -> Option<String> {
-    [
-        &body[key]["uuid"],
-        &body[format!("{key}_uuid").as_str()],
-        &body[key],
-    ]
-    .into_iter()
-    .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
-    .map(str::to_owned)
-}
+pub use crate::hooks::uuid_at;
 
 /// The items of a list answer: a bare array, or a page's `results`.
 fn items(body: &Json) -> Vec<Json> {
@@ -611,5 +650,12 @@ mod tests {
         let one = json!({"detail": "Request was throttled. Expected available in 1 second."});
         assert_eq!(body_retry_after(&one), Some(Duration::from_secs(1)));
         assert_eq!(body_retry_after(&json!({"detail": "Not found."})), None);
+        let endless =
+            json!({"detail": format!("Expected available in 9{} seconds.", "9".repeat(400))});
+        assert_eq!(
+            body_retry_after(&endless),
+            Some(Duration::from_secs(86_400)),
+            "a day at most, never a panic"
+        );
     }
 }

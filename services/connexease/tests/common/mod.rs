@@ -39,6 +39,27 @@ pub struct Harness {
     shutdown: CancellationToken,
 }
 
+/// Every event of `log`, in log order. The log's reads are gap-safe: while another
+/// transaction of the database is open (other tests run beside this one) they hold back
+/// what committed after it, so this reads until it has every event the log holds.
+pub async fn all_events(log: &EventLog) -> Vec<switchboard_eventlog::RecordedEvent> {
+    for _ in 0..400 {
+        let mut all = Vec::new();
+        let mut after = switchboard_eventlog::LogPosition::START;
+        loop {
+            let batch = log.read_all(after, 500).await.unwrap();
+            let Some(last) = batch.last() else { break };
+            after = last.position();
+            all.extend(batch);
+        }
+        if all.len() as u64 == log.count_events().await.unwrap() {
+            return all;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the log's events could not all be read within 10 s");
+}
+
 /// Fast retries, so tests of 429 and 5xx take milliseconds.
 pub fn quick_retries() -> RetryPolicy {
     RetryPolicy {
