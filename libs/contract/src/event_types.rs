@@ -109,6 +109,9 @@ pub mod flows {
     pub const ASSISTANT_SAVED: &str = "assistant.saved";
     /// The assistant is gone; the last event of its stream.
     pub const ASSISTANT_DELETED: &str = "assistant.deleted";
+    pub const MODEL_PROVIDER_SAVED: &str = "model_provider.saved";
+    /// The provider is gone; the last event of its stream.
+    pub const MODEL_PROVIDER_DELETED: &str = "model_provider.deleted";
 }
 
 /// The flows service's log: knowledge collections and documents.

@@ -12,6 +12,8 @@
 //! - [`effects`]: carries out what runs decided (messages, conversation updates,
 //!   Connexease) from the flows log itself.
 //! - [`knowledge`]: collections and documents, and their search.
+//! - [`providers`]: the workspaces' model providers; [`model`]: the OpenAI-compatible
+//!   chat client the agent calls them with; [`model_sim`]: a scripted fake model server.
 //! - [`consumers`]: what conversations' events do to runs.
 //! - [`store`]: the read models (flows, assistants, runs, timers, knowledge).
 //! - [`grpc`]: the tonic service.
@@ -22,6 +24,9 @@ pub mod domain;
 pub mod effects;
 pub mod grpc;
 pub mod knowledge;
+pub mod model;
+pub mod model_sim;
+pub mod providers;
 pub mod runtime;
 pub mod service;
 pub mod store;
@@ -33,8 +38,10 @@ use async_trait::async_trait;
 use switchboard_clients::{ActionsClient, ClientConfig, ConnexeaseClient, ConversationsClient};
 use switchboard_contract::{consumers as durable, event_types, services, streams, subjects};
 use switchboard_eventlog::{EventLog, EventLogError, RecordedEvent, Router, StoreConfig};
+use switchboard_outbound::ClientOptions;
 use switchboard_runtime::service::{
-    BoxError, Inbox, Order, Publication, ReadModels, ServiceModule, Source, Subscribe, Wiring,
+    BoxError, Inbox, Order, Publication, ReadModels, Secrets, ServiceModule, Source, Subscribe,
+    Wiring,
 };
 use tracing::warn;
 
@@ -71,6 +78,11 @@ impl ServiceModule for Flows {
         describe_payload(event)
     }
 
+    /// Model providers' API keys are sealed at rest.
+    fn secrets(&self) -> Secrets {
+        Secrets::Optional
+    }
+
     async fn start(&self, wiring: &mut Wiring) -> Result<(), BoxError> {
         // Publishing checks the actions a graph refers to in the actions service.
         let actions = match wiring.peer(services::ACTIONS) {
@@ -80,7 +92,24 @@ impl ServiceModule for Flows {
             None => None,
         };
         let flows = FlowsService::new(wiring.log().clone(), actions);
-        wiring.serve_grpc(FlowsApi::new(flows.clone()).into_server());
+        // A model's answer can take minutes; each provider's own timeout bounds a call.
+        let outbound = wiring.outbound(
+            &ClientOptions {
+                timeout: Duration::from_secs(300),
+                ..Default::default()
+            },
+            &[],
+        )?;
+        let providers = providers::Providers::new(
+            wiring.log().clone(),
+            wiring.keyring(),
+            Arc::new(model::OpenAiCompatible::new(outbound)),
+        );
+        wiring.serve_grpc(
+            FlowsApi::new(flows.clone())
+                .with_providers(providers)
+                .into_server(),
+        );
 
         let runs = runtime::RunService::new(flows.clone());
         wiring.spawn("timers", runs.clone().run_timers(wiring.shutdown()));
@@ -178,6 +207,10 @@ fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
         t::ASSISTANT_SAVED | t::ASSISTANT_DELETED => event
             .decode::<pb::AssistantSaved>()
             .map(|a| format!("{a:?}")),
+        // The sealed key is never shown.
+        t::MODEL_PROVIDER_SAVED | t::MODEL_PROVIDER_DELETED => event
+            .decode::<pb::ModelProviderSaved>()
+            .map(|p| format!("{:?}", p.provider.map(providers::public_view))),
         k::COLLECTION_CREATED => event
             .decode::<pb::CollectionCreated>()
             .map(|c| format!("{c:?}")),

@@ -196,7 +196,7 @@ fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
     }
 }
 
-fn is_unique_violation(e: &EventLogError) -> bool {
+pub(crate) fn is_unique_violation(e: &EventLogError) -> bool {
     matches!(e, EventLogError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
 }
 

@@ -12,8 +12,8 @@ use switchboard_eventlog::{
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
     AssistantSaved, CollectionCreated, CollectionUpdated, Document, DocumentDeleted,
-    DocumentUpserted, FlowChanged, FlowKind, FlowPublished, KnowledgeCollection, RunEventRecord,
-    SearchHit,
+    DocumentUpserted, FlowChanged, FlowKind, FlowPublished, KnowledgeCollection,
+    ModelProviderSaved, RunEventRecord, SearchHit,
 };
 
 use crate::domain::event_types as t;
@@ -187,6 +187,13 @@ CREATE TABLE IF NOT EXISTS timers (
     PRIMARY KEY (workspace_id, run_id)
 );
 CREATE INDEX IF NOT EXISTS timers_due ON timers (due_at);
+CREATE TABLE IF NOT EXISTS model_providers (
+    workspace_id TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, provider_id),
+    CONSTRAINT model_providers_name_unique UNIQUE (workspace_id, name)
+);
 CREATE TABLE IF NOT EXISTS deleted_flows (
     workspace_id TEXT NOT NULL,
     flow_id TEXT NOT NULL,
@@ -351,6 +358,32 @@ impl Projection for FlowsProjection {
                     .bind(&assistant.id)
                     .bind(&assistant.name)
                     .bind(&assistant.flow_id)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                t::MODEL_PROVIDER_SAVED => {
+                    let Some(provider) = event.decode::<ModelProviderSaved>()?.provider else {
+                        continue;
+                    };
+                    on_conn!(tx, conn => sqlx::query(
+                        "INSERT INTO model_providers (workspace_id, provider_id, name)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (workspace_id, provider_id) DO UPDATE SET name = excluded.name",
+                    )
+                    .bind(ws)
+                    .bind(&provider.id)
+                    .bind(&provider.name)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|r| r.rows_affected()))?;
+                }
+                t::MODEL_PROVIDER_DELETED => {
+                    on_conn!(tx, conn => sqlx::query(
+                        "DELETE FROM model_providers WHERE workspace_id = $1 AND provider_id = $2",
+                    )
+                    .bind(ws)
+                    .bind(last_part(event))
                     .execute(&mut *conn)
                     .await
                     .map(|r| r.rows_affected()))?;
@@ -534,6 +567,7 @@ impl Projection for FlowsProjection {
             "flows",
             "deleted_flows",
             "assistants",
+            "model_providers",
             "collections",
             "collection_updates",
             "documents",
@@ -732,6 +766,20 @@ impl FlowsStore {
         )
         .bind(workspace_id)
         .bind(flow_id)
+        .fetch_all(pool)
+        .await)?)
+    }
+
+    /// The model providers of a workspace, by name: id and name.
+    pub async fn model_providers(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Vec<(String, String)>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT provider_id, name FROM model_providers
+             WHERE workspace_id = $1 ORDER BY name, provider_id",
+        )
+        .bind(workspace_id)
         .fetch_all(pool)
         .await)?)
     }

@@ -44,6 +44,7 @@ pub struct FlowsApi {
     service: FlowsService,
     knowledge: KnowledgeService,
     runs: crate::runtime::RunService,
+    providers: Option<crate::providers::Providers>,
 }
 
 impl FlowsApi {
@@ -52,7 +53,20 @@ impl FlowsApi {
             knowledge: KnowledgeService::new(service.log().clone()),
             runs: crate::runtime::RunService::new(service.clone()),
             service,
+            providers: None,
         }
+    }
+
+    /// With the model providers' API.
+    pub fn with_providers(mut self, providers: crate::providers::Providers) -> Self {
+        self.providers = Some(providers);
+        self
+    }
+
+    fn providers(&self) -> Result<&crate::providers::Providers, Status> {
+        self.providers
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this server does not keep model providers"))
     }
 
     /// Graphs of up to 500 nodes of up to 64 KiB each fit.
@@ -591,5 +605,79 @@ impl flows_server::Flows for FlowsApi {
                 reason: "still running at the deadline; the run goes on".into(),
             },
         }))
+    }
+
+    async fn save_model_provider(
+        &self,
+        request: Request<SaveModelProviderRequest>,
+    ) -> Result<Response<ModelProvider>, Status> {
+        let r = request.into_inner();
+        let provider = r.provider.ok_or_else(|| {
+            error::invalid(vec![FieldViolation {
+                field: "provider".into(),
+                description: "required".into(),
+            }])
+        })?;
+        // The service checks its ids and the request id with the rest of the request.
+        Ok(Response::new(
+            self.providers()?
+                .save(provider, r.expected_version, &r.request_id)
+                .await?,
+        ))
+    }
+
+    async fn get_model_provider(
+        &self,
+        request: Request<ModelProviderRef>,
+    ) -> Result<Response<ModelProvider>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("provider_id", &r.provider_id, "mp_"),
+        ])?;
+        Ok(Response::new(
+            self.providers()?
+                .get(&r.workspace_id, &r.provider_id)
+                .await?,
+        ))
+    }
+
+    async fn list_model_providers(
+        &self,
+        request: Request<ListModelProvidersRequest>,
+    ) -> Result<Response<ListModelProvidersResponse>, Status> {
+        let r = request.into_inner();
+        check_ids(&[("workspace_id", &r.workspace_id, "ws_")])?;
+        Ok(Response::new(ListModelProvidersResponse {
+            providers: self.providers()?.list(&r.workspace_id).await?,
+        }))
+    }
+
+    async fn delete_model_provider(
+        &self,
+        request: Request<DeleteModelProviderRequest>,
+    ) -> Result<Response<ModelProvider>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("provider_id", &r.provider_id, "mp_"),
+        ])?;
+        Ok(Response::new(self.providers()?.delete(r).await?))
+    }
+
+    async fn test_model_provider(
+        &self,
+        request: Request<ModelProviderRef>,
+    ) -> Result<Response<ModelCallResult>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("provider_id", &r.provider_id, "mp_"),
+        ])?;
+        Ok(Response::new(
+            self.providers()?
+                .test(&r.workspace_id, &r.provider_id)
+                .await?,
+        ))
     }
 }
