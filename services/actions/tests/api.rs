@@ -338,6 +338,7 @@ async fn the_tool_catalogue_lists_enabled_actions(postgres: bool) {
         .client
         .list_agent_tools(ListAgentToolsRequest {
             workspace_id: WS.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -539,6 +540,7 @@ async fn a_deleted_action_is_gone_its_name_free_and_its_executions_kept(postgres
             let tools = client
                 .list_agent_tools(ListAgentToolsRequest {
                     workspace_id: WS.into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

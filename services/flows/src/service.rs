@@ -16,7 +16,7 @@ use switchboard_eventlog::{
     Loaded, Metadata, NewEvent, RecordedEvent, StreamRef, VersionOnly, derive_event_id, now_micros,
     timestamp,
 };
-use switchboard_proto::actions::v1::ActionKind;
+use switchboard_proto::actions::v1::{ActionKind, AgentTool};
 use switchboard_proto::flows::v1::{
     Assistant, AssistantSaved, CreateFlowRequest, DeleteAssistantRequest, DeleteFlowRequest, Flow,
     FlowChanged, FlowKind, FlowPublished, FlowVersion, Graph, PublishRequest, RollbackRequest,
@@ -66,6 +66,13 @@ pub trait ActionCatalog: Send + Sync {
         workspace_id: &str,
         action_id: &str,
     ) -> Result<Option<ActionKind>, String>;
+
+    /// The agent tools of the enabled actions among `action_ids`, in that order.
+    async fn tools(
+        &self,
+        workspace_id: &str,
+        action_ids: &[String],
+    ) -> Result<Vec<AgentTool>, String>;
 }
 
 /// The actions service over gRPC: an action it does not know is `None`, any other
@@ -88,6 +95,24 @@ impl ActionCatalog for switchboard_clients::ActionsClient {
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(status.message().to_owned()),
         }
+    }
+
+    async fn tools(
+        &self,
+        workspace_id: &str,
+        action_ids: &[String],
+    ) -> Result<Vec<AgentTool>, String> {
+        if action_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = switchboard_proto::actions::v1::ListAgentToolsRequest {
+            workspace_id: workspace_id.to_owned(),
+            action_ids: action_ids.to_vec(),
+        };
+        self.list_agent_tools(request)
+            .await
+            .map(|r| r.tools)
+            .map_err(|status| status.message().to_owned())
     }
 }
 
@@ -856,6 +881,69 @@ impl FlowsService {
             .await?;
         assistant.version = version;
         Ok(assistant)
+    }
+}
+
+impl FlowsService {
+    /// The tools the assistant's agent may use: its enabled actions, in its order, then
+    /// the published action workflows its instructions name (`@name`), each with its
+    /// description and input schema. A workflow unpublished or deleted since the assistant
+    /// was saved is left out.
+    pub async fn agent_tools(
+        &self,
+        workspace_id: &str,
+        assistant_id: &str,
+    ) -> Result<Vec<AgentTool>, ServiceError> {
+        let (assistant, _) = self.load_assistant(workspace_id, assistant_id).await?;
+        let mut tools = match (&self.actions, assistant.enabled_action_ids.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(actions), false) => actions
+                .tools(workspace_id, &assistant.enabled_action_ids)
+                .await
+                .map_err(ServiceError::ActionsUnavailable)?,
+            (None, false) => {
+                return Err(ServiceError::ActionsUnavailable(
+                    "no actions service is configured (SWITCHBOARD_ACTIONS_URL)".into(),
+                ));
+            }
+        };
+        for name in domain::workflow_references(&assistant.instructions) {
+            let Some((flow_id, kind, published)) =
+                self.store.flow_named(workspace_id, &name).await?
+            else {
+                continue;
+            };
+            // A tool's name is the model's only handle on it: an action of the same name wins.
+            if kind != FlowKind::ActionWorkflow as i32
+                || published == 0
+                || tools.iter().any(|t| t.name == name)
+            {
+                continue;
+            }
+            let state = self.load(workspace_id, &flow_id).await?;
+            let Some(version) = state.versions.iter().find(|v| v.number as i32 == published) else {
+                continue;
+            };
+            let graph = version.graph.clone().unwrap_or_default();
+            let parameters: serde_json::Value = serde_json::from_str(&graph.input_schema_json)
+                .unwrap_or_else(|_| serde_json::json!({"type": "object", "properties": {}}));
+            let description = state.flow.description.trim().to_owned();
+            tools.push(AgentTool {
+                name: name.clone(),
+                function_json: serde_json::json!({
+                    "type": "function",
+                    "function": {"name": name, "description": description, "parameters": parameters},
+                })
+                .to_string(),
+                description,
+                parameters: parameters.to_string(),
+                confirmation_required: false,
+                example_requests: Vec::new(),
+                action_id: String::new(),
+                workflow_id: flow_id,
+            });
+        }
+        Ok(tools)
     }
 }
 

@@ -787,3 +787,171 @@ async fn a_run_started_before_its_flow_was_deleted_goes_on_sqlite() {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// Each assistant's agent sees only its own tools: its enabled actions, in its order (an
+/// action disabled in the actions service left out), with their example requests, then
+/// the published action workflows its instructions name; taking an action away from one
+/// assistant leaves the others as they were.
+#[tokio::test]
+async fn each_assistant_lists_only_its_own_tools() {
+    use switchboard_proto::actions::v1::{
+        ActionDefinition, CreateActionRequest, HttpSpec, SetActionEnabledRequest,
+    };
+
+    let mut h = Harness::start().await;
+    let conversation = h
+        .create("main", FlowKind::ConversationFlow, greeting("Hello!"))
+        .await;
+    let mut stock = greeting("Checking");
+    stock.input_schema_json =
+        json!({"type": "object", "properties": {"sku": {"type": "string"}}}).to_string();
+    let workflow = h
+        .create("check_stock", FlowKind::ActionWorkflow, stock)
+        .await;
+    h.publish(&workflow).await.unwrap();
+    let lookup = h
+        .actions
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: "lookup_order".into(),
+                description: "Looks up an order's status".into(),
+                example_requests: vec!["Where is my order?".into(), "Has A-17 shipped?".into()],
+                kind: ActionKind::Http as i32,
+                http: Some(HttpSpec {
+                    method: "GET".into(),
+                    url: "https://shop.example.com/orders/{{ input.order }}".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
+        .id;
+    let refund = h.action("refund", ActionKind::Calculation).await;
+    let retired = h.action("old_lookup", ActionKind::Calculation).await;
+    h.actions
+        .set_action_enabled(SetActionEnabledRequest {
+            workspace_id: WS.into(),
+            request_id: String::new(),
+            action_id: retired.clone(),
+            enabled: false,
+        })
+        .await
+        .unwrap();
+    let save = |id: &str, name: &str, actions: Vec<String>, instructions: &str| {
+        let assistant = Assistant {
+            id: id.into(),
+            workspace_id: WS.into(),
+            name: name.into(),
+            instructions: instructions.into(),
+            flow_id: conversation.id.clone(),
+            enabled_action_ids: actions,
+            ..Default::default()
+        };
+        let mut flows = h.flows.clone();
+        async move {
+            flows
+                .save_assistant(SaveAssistantRequest {
+                    assistant: Some(assistant),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let ada = save(
+        "",
+        "Ada",
+        vec![refund.clone(), lookup.clone(), retired.clone()],
+        "Check stock with @check_stock.",
+    )
+    .await;
+    let bob = save("", "Bob", vec![lookup.clone()], "Orders only.").await;
+    let tools = |assistant: String| {
+        let mut flows = h.flows.clone();
+        async move {
+            flows
+                .list_agent_tools(AssistantRef {
+                    workspace_id: WS.into(),
+                    assistant_id: assistant,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .tools
+        }
+    };
+    let ada_tools = tools(ada.id.clone()).await;
+    assert_eq!(
+        ada_tools
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["refund", "lookup_order", "check_stock"]
+    );
+    let order = &ada_tools[1];
+    assert_eq!(order.action_id, lookup);
+    assert_eq!(
+        order.example_requests,
+        ["Where is my order?", "Has A-17 shipped?"]
+    );
+    assert!(
+        order.description.contains("\"Has A-17 shipped?\""),
+        "{}",
+        order.description
+    );
+    let stock_tool = &ada_tools[2];
+    assert_eq!(stock_tool.workflow_id, workflow.id);
+    let parameters: serde_json::Value = serde_json::from_str(&stock_tool.parameters).unwrap();
+    assert_eq!(parameters["properties"]["sku"]["type"], "string");
+    assert_eq!(
+        tools(bob.id.clone())
+            .await
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["lookup_order"]
+    );
+
+    // Ada no longer has the lookup; Bob keeps it.
+    save(
+        &ada.id,
+        "Ada",
+        vec![refund.clone()],
+        "Check stock with @check_stock.",
+    )
+    .await;
+    assert_eq!(
+        tools(ada.id.clone())
+            .await
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["refund", "check_stock"]
+    );
+    assert_eq!(
+        tools(bob.id.clone())
+            .await
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["lookup_order"]
+    );
+    let missing = h
+        .flows
+        .list_agent_tools(AssistantRef {
+            workspace_id: WS.into(),
+            assistant_id: "asst_gone".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    h.stop().await;
+}

@@ -678,6 +678,22 @@ pub fn agent_tool(definition: &ActionDefinition) -> switchboard_proto::actions::
         description.push_str("\n\nDo not use when: ");
         description.push_str(definition.when_not_to_use.trim());
     }
+    let examples: Vec<&str> = definition
+        .example_requests
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if !examples.is_empty() {
+        description.push_str("\n\nFor requests like: ");
+        description.push_str(
+            &examples
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
     if definition.confirmation_required {
         description.push_str("\n\nAsk the user to confirm before calling it.");
     }
@@ -693,6 +709,9 @@ pub fn agent_tool(definition: &ActionDefinition) -> switchboard_proto::actions::
         parameters: parameters.to_string(),
         confirmation_required: definition.confirmation_required,
         function_json: function.to_string(),
+        example_requests: examples.iter().map(|e| (*e).to_owned()).collect(),
+        action_id: definition.id.clone(),
+        workflow_id: String::new(),
     }
 }
 

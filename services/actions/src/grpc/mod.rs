@@ -353,6 +353,12 @@ impl actions_server::Actions for ActionsApi {
     ) -> Result<Response<ListAgentToolsResponse>, Status> {
         let r = request.into_inner();
         context(&r.workspace_id, "", None)?;
+        if r.action_ids.len() > 100 {
+            return Err(error::invalid(vec![FieldViolation {
+                field: "action_ids".into(),
+                description: "at most 100".into(),
+            }]));
+        }
         let mut tools = Vec::new();
         let mut cursor = String::new();
         loop {
@@ -365,6 +371,14 @@ impl actions_server::Actions for ActionsApi {
                 break;
             }
             cursor = next;
+        }
+        // An assistant's tools: its own actions, in its order.
+        if !r.action_ids.is_empty() {
+            tools = r
+                .action_ids
+                .iter()
+                .filter_map(|id| tools.iter().find(|t| t.action_id == *id).cloned())
+                .collect();
         }
         Ok(Response::new(ListAgentToolsResponse { tools }))
     }

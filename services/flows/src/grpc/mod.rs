@@ -680,4 +680,23 @@ impl flows_server::Flows for FlowsApi {
                 .await?,
         ))
     }
+
+    async fn list_agent_tools(
+        &self,
+        request: Request<AssistantRef>,
+    ) -> Result<Response<switchboard_proto::actions::v1::ListAgentToolsResponse>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        Ok(Response::new(
+            switchboard_proto::actions::v1::ListAgentToolsResponse {
+                tools: self
+                    .service
+                    .agent_tools(&r.workspace_id, &r.assistant_id)
+                    .await?,
+            },
+        ))
+    }
 }
