@@ -12,13 +12,14 @@ use async_trait::async_trait;
 use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::events::v1::{
-    Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, Message,
-    MessageCreatedEvent, Sentiment,
+    Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, ConversationStatus,
+    Message, MessageCreatedEvent, Sentiment,
 };
 use switchboard_proto::flows::v1::FlowKind;
 
+use crate::analysis;
 use crate::domain::run::{Input, form_message};
-use crate::effects::{Conversations, PortError};
+use crate::effects::{AnalysisUpdate, Conversations, PortError};
 use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};
 
@@ -71,6 +72,95 @@ impl ConversationEvents {
             cursor = next;
         }
         Ok(Json::Array(within_budget(messages, TRANSCRIPT_BUDGET)))
+    }
+
+    /// The ended conversation's analysis, as post-conversation workflows read it
+    /// (`analysis.*`): what was recorded stands, and what is missing is filled by the
+    /// built-in analyser from the transcript and recorded on the conversation (once: the
+    /// request id is the conversation's).
+    async fn analysis(
+        &self,
+        ws: &str,
+        conversation: &Conversation,
+        transcript: &Json,
+    ) -> Result<Json, HandleError> {
+        let lines: Vec<analysis::Line> = transcript
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| analysis::Line {
+                author: l["author"].as_str().unwrap_or_default().to_owned(),
+                text: l["text"].as_str().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        let outcome = analysis::Outcome {
+            resolved: conversation.status() == ConversationStatus::Resolved,
+            human: conversation.assignment.is_some() || lines.iter().any(|l| l.author == "human"),
+        };
+        let built = analysis::analyse(&lines, outcome);
+        let recorded = conversation.analysis.clone().unwrap_or_default();
+        let mut update = AnalysisUpdate::default();
+        for (key, value) in built.custom() {
+            if !recorded.custom.contains_key(&key) {
+                update.custom.insert(key, value);
+            }
+        }
+        if recorded.topic.is_empty() && recorded.topics.is_empty() {
+            update.topics = built.topics.clone();
+        }
+        if recorded.sentiment() == Sentiment::Unspecified {
+            update.sentiment = built.sentiment.to_owned();
+        }
+        let changes =
+            !update.custom.is_empty() || !update.topics.is_empty() || !update.sentiment.is_empty();
+        if let Some(conversations) = &self.conversations
+            && changes
+        {
+            conversations
+                .record_analysis(
+                    ws,
+                    &conversation.id,
+                    &format!("built-in-analysis-{}", conversation.id),
+                    update.clone(),
+                )
+                .await
+                .map_err(|e| match e {
+                    PortError::Unavailable(why) => HandleError::Retry(why),
+                    PortError::Refused(why) => HandleError::Reject(why),
+                })?;
+        }
+        let mut custom = recorded.custom.clone();
+        custom.extend(update.custom);
+        let topics = if update.topics.is_empty() {
+            recorded.topics.clone()
+        } else {
+            update.topics
+        };
+        let topic = match recorded.topic.as_str() {
+            "" => topics.first().cloned().unwrap_or_default(),
+            topic => topic.to_owned(),
+        };
+        let sentiment = match recorded.sentiment() {
+            Sentiment::Unspecified => built.sentiment.to_owned(),
+            other => other
+                .as_str_name()
+                .trim_start_matches("SENTIMENT_")
+                .to_ascii_lowercase(),
+        };
+        let field = |key: &str| custom.get(key).cloned().unwrap_or_default();
+        Ok(json!({
+            "topic": topic,
+            "topics": topics,
+            "sentiment": sentiment,
+            "summary": field("summary"),
+            "request_type": field("request_type"),
+            "urgency": field("urgency"),
+            "customer_effort": field("customer_effort"),
+            "churn_risk": field("churn_risk"),
+            "resolution": field("resolution"),
+            "knowledge_gap": field("knowledge_gap"),
+            "custom": custom,
+        }))
     }
 
     /// Every session variable the conversation's flows collected (later runs' values win).
@@ -264,17 +354,17 @@ impl Handler for ConversationEvents {
                     .published_flows(ws, FlowKind::PostConversationWorkflow)
                     .await
                     .map_err(|e| HandleError::Retry(e.to_string()))?;
+                // Every ended conversation is analysed (insights read it), whether or not
+                // a workflow follows.
+                let transcript = self.transcript(ws, &conversation.id).await?;
+                let analysis = self.analysis(ws, &conversation, &transcript).await?;
                 if workflows.is_empty() {
                     return Ok(());
                 }
                 let mut ended = context(&conversation);
-                ended["analysis"] = json!(conversation.analysis.clone().map(|a| json!({
-                    "topic": a.topic,
-                    "sentiment": a.sentiment().as_str_name(),
-                    "custom": a.custom,
-                })));
+                ended["analysis"] = analysis;
                 ended["conversation"]["end_reason"] = json!(conversation.end_reason);
-                ended["transcript"] = self.transcript(ws, &conversation.id).await?;
+                ended["transcript"] = transcript;
                 ended["session"] = self.session(ws, &conversation.id).await?;
                 for flow_id in workflows {
                     let context = ended.clone();

@@ -12,10 +12,11 @@ use async_trait::async_trait;
 use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::conversations::v1::{
-    AddMessageRequest, ListMessagesRequest, SetMetafieldsRequest, SetStatusRequest,
+    AddMessageRequest, ListMessagesRequest, RecordAnalysisRequest, SetMetafieldsRequest,
+    SetStatusRequest,
 };
 use switchboard_proto::events::v1::{
-    Author, Button, ConversationStatus, Form, FormField, Message, MessageKind,
+    Author, Button, ConversationStatus, Form, FormField, Message, MessageKind, Sentiment,
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{FormFieldSpec, RunEventRecord};
@@ -76,6 +77,26 @@ pub trait Conversations: Send + Sync {
         conversation_id: &str,
         cursor: &str,
     ) -> Result<(Vec<Message>, String), PortError>;
+
+    /// Records analysis on the conversation (kept keys and topics stay unless given);
+    /// `request_id` makes a repeat change nothing.
+    async fn record_analysis(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        request_id: &str,
+        analysis: AnalysisUpdate,
+    ) -> Result<(), PortError>;
+}
+
+/// What [`Conversations::record_analysis`] records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnalysisUpdate {
+    pub topic: String,
+    pub topics: Vec<String>,
+    /// `positive`, `neutral` or `negative`; empty to keep the recorded one.
+    pub sentiment: String,
+    pub custom: HashMap<String, String>,
 }
 
 /// The connexease service, as runs use it.
@@ -209,6 +230,38 @@ impl Conversations for switchboard_clients::ConversationsClient {
             .await
             .map_err(from_status)?;
         Ok((page.messages, page.next_cursor))
+    }
+
+    async fn record_analysis(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        request_id: &str,
+        analysis: AnalysisUpdate,
+    ) -> Result<(), PortError> {
+        let sentiment = match analysis.sentiment.as_str() {
+            "positive" => Sentiment::Positive,
+            "negative" => Sentiment::Negative,
+            "neutral" => Sentiment::Neutral,
+            _ => Sentiment::Unspecified,
+        };
+        // The client's own `record_analysis`, not this trait's.
+        switchboard_clients::ConversationsClient::record_analysis(
+            self,
+            RecordAnalysisRequest {
+                workspace_id: workspace_id.to_owned(),
+                request_id: request_id.to_owned(),
+                conversation_id: conversation_id.to_owned(),
+                topic: analysis.topic,
+                sentiment: sentiment as i32,
+                custom: analysis.custom,
+                topics: analysis.topics,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(drop)
+        .map_err(from_status)
     }
 }
 

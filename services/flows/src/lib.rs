@@ -14,11 +14,13 @@
 //! - [`knowledge`]: collections and documents, and their search.
 //! - [`providers`]: the workspaces' model providers; [`model`]: the OpenAI-compatible
 //!   chat client the agent calls them with; [`model_sim`]: a scripted fake model server.
-//! - [`consumers`]: what conversations' events do to runs.
+//! - [`consumers`]: what conversations' events do to runs; an ended conversation is
+//!   analysed ([`analysis`], the built-in analyser, when nothing recorded it).
 //! - [`store`]: the read models (flows, assistants, runs, timers, knowledge).
 //! - [`grpc`]: the tonic service.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod consumers;
 pub mod domain;
 pub mod effects;

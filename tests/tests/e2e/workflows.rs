@@ -239,3 +239,161 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An ended conversation nobody analysed is analysed by the built-in analyser: the
+/// analysis is recorded on the conversation, and a post-conversation workflow reads it as
+/// `analysis.*` after a delay, routing on it with a condition.
+#[tokio::test]
+async fn an_ended_conversation_is_analysed_and_its_workflow_routes_on_the_analysis() {
+    use switchboard_proto::conversations::v1::GetConversationRequest;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    let api = partner.serve().await;
+    let mut actions = actions_client(process.grpc_port).await;
+    let note = post_action(
+        &mut actions,
+        "crm_note",
+        format!("http://{api}/notes"),
+        r#"{"route": "{{ input.route }}", "topic": "{{ input.topic }}", "sentiment": "{{ input.sentiment }}", "urgency": "{{ input.urgency }}", "summary": "{{ input.summary }}"}"#,
+        None,
+        &[],
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "hello",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                say_node("greet", "How can I help?"),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "greet", ""),
+                flow_edge("greet", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let note_node = |id: &str, route: &str| {
+        flow_node(
+            id,
+            node::Kind::ApiCall(ApiCall {
+                action_id: note.clone(),
+                inputs: [
+                    ("route".to_owned(), route.to_owned()),
+                    ("topic".to_owned(), "{{ analysis.topic }}".to_owned()),
+                    (
+                        "sentiment".to_owned(),
+                        "{{ analysis.sentiment }}".to_owned(),
+                    ),
+                    ("urgency".to_owned(), "{{ analysis.urgency }}".to_owned()),
+                    ("summary".to_owned(), "{{ analysis.summary }}".to_owned()),
+                ]
+                .into(),
+            }),
+        )
+    };
+    published_flow(
+        process.grpc_port,
+        "escalate_problems",
+        FlowKind::PostConversationWorkflow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node("wait", node::Kind::Delay(Delay { seconds: 1 })),
+                flow_node(
+                    "problem",
+                    node::Kind::Condition(Condition {
+                        rules: vec![Rule {
+                            variable: "analysis.request_type".into(),
+                            operator: Operator::Equals as i32,
+                            value: "problem".into(),
+                        }],
+                        any: false,
+                    }),
+                ),
+                note_node("escalate", "escalated"),
+                note_node("file", "filed"),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "wait", ""),
+                flow_edge("wait", "problem", ""),
+                flow_edge("problem", "escalate", "true"),
+                flow_edge("problem", "file", "false"),
+                flow_edge("escalate", "end", "success"),
+                flow_edge("escalate", "end", "failure"),
+                flow_edge("file", "end", "success"),
+                flow_edge("file", "end", "failure"),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let conversation = new_conversation(&mut conversations, "analysed").await;
+    agent_says(&mut conversations, &conversation, 1).await;
+    customer_says(
+        &mut conversations,
+        &conversation,
+        "My order never arrived and I'm really frustrated, please fix it ASAP",
+    )
+    .await;
+    conversations
+        .end_conversation(EndConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "end".into(),
+            conversation_id: conversation.clone(),
+            reason: "customer left".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if !partner.notes.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let notes = partner.notes.lock().unwrap().clone();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(notes[0]["route"], "escalated");
+    assert_eq!(notes[0]["topic"], "order status");
+    assert_eq!(notes[0]["sentiment"], "negative");
+    assert_eq!(notes[0]["urgency"], "high");
+    assert!(
+        notes[0]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("A problem about order status"),
+        "{notes:?}"
+    );
+    // The analysis is the conversation's too, for insights and the API.
+    let analysis = conversations
+        .get_conversation(GetConversationRequest {
+            workspace_id: WS.into(),
+            conversation_id: conversation.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .analysis
+        .unwrap();
+    assert_eq!(analysis.topic, "order status");
+    assert_eq!(analysis.custom["request_type"], "problem");
+    assert_eq!(analysis.custom["analysed_by"], "built-in");
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

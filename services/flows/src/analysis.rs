@@ -1,0 +1,449 @@
+//! The built-in analyser: what an ended conversation was about and how it went, read from
+//! its transcript by rules, with no model, so analysis, insights and post-conversation
+//! workflows work out of the box. It fills the analysis schema: a summary; topics (several,
+//! by keyword); sentiment (a lexicon over what the customer wrote); request type
+//! (question, request, problem, feedback); urgency, customer effort and churn risk (low,
+//! medium, high); resolution (from the status and who answered); knowledge gap (the
+//! agent said it could not answer). Pure: no I/O, the same transcript gives the same
+//! analysis.
+
+use std::collections::BTreeMap;
+
+/// One line of a transcript: who wrote it (`customer`, `agent`, `human`, `system`) and
+/// what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub author: String,
+    pub text: String,
+}
+
+/// How the conversation stood when it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its status was resolved.
+    pub resolved: bool,
+    /// A human agent took part (an assignment, or a human's message).
+    pub human: bool,
+}
+
+/// The analysis schema, filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub summary: String,
+    /// Most mentioned first; the first is the main topic.
+    pub topics: Vec<String>,
+    /// `positive`, `neutral` or `negative`.
+    pub sentiment: &'static str,
+    /// `question`, `request`, `problem` or `feedback`.
+    pub request_type: &'static str,
+    /// `low`, `medium` or `high`, each.
+    pub urgency: &'static str,
+    pub customer_effort: &'static str,
+    pub churn_risk: &'static str,
+    /// `resolved_by_agent`, `resolved_by_human`, `handed_over` or `unresolved`.
+    pub resolution: &'static str,
+    /// What the customer asked that the agent could not answer; empty for none.
+    pub knowledge_gap: String,
+}
+
+impl Analysis {
+    /// The custom analysis keys the conversations service records and insights reads.
+    pub fn custom(&self) -> BTreeMap<String, String> {
+        let mut custom = BTreeMap::from([
+            ("summary".to_owned(), self.summary.clone()),
+            ("request_type".to_owned(), self.request_type.to_owned()),
+            ("urgency".to_owned(), self.urgency.to_owned()),
+            (
+                "customer_effort".to_owned(),
+                self.customer_effort.to_owned(),
+            ),
+            ("churn_risk".to_owned(), self.churn_risk.to_owned()),
+            ("resolution".to_owned(), self.resolution.to_owned()),
+            ("analysed_by".to_owned(), "built-in".to_owned()),
+        ]);
+        if !self.knowledge_gap.is_empty() {
+            custom.insert("knowledge_gap".into(), self.knowledge_gap.clone());
+        }
+        custom
+    }
+}
+
+/// Topics and the words that signal them.
+const TOPICS: &[(&str, &[&str])] = &[
+    ("refund", &["refund", "money back", "reimburse"]),
+    (
+        "order status",
+        &[
+            "order", "shipping", "shipped", "delivery", "deliver", "track", "package", "parcel",
+        ],
+    ),
+    ("returns", &["return", "exchange", "send back"]),
+    ("cancellation", &["cancel", "unsubscribe", "terminate"]),
+    (
+        "billing",
+        &["invoice", "bill", "charge", "charged", "payment", "pay"],
+    ),
+    (
+        "pricing",
+        &["price", "cost", "discount", "coupon", "expensive", "cheap"],
+    ),
+    (
+        "account",
+        &[
+            "account",
+            "login",
+            "log in",
+            "password",
+            "sign in",
+            "email address",
+        ],
+    ),
+    (
+        "technical issue",
+        &[
+            "error",
+            "broken",
+            "bug",
+            "crash",
+            "not working",
+            "doesn't work",
+            "does not work",
+        ],
+    ),
+    (
+        "product",
+        &["product", "size", "color", "colour", "stock", "available"],
+    ),
+];
+
+const POSITIVE: &[&str] = &[
+    "thanks",
+    "thank you",
+    "great",
+    "perfect",
+    "awesome",
+    "excellent",
+    "love",
+    "happy",
+    "helpful",
+    "good",
+    "nice",
+    "appreciate",
+    "wonderful",
+];
+const NEGATIVE: &[&str] = &[
+    "bad",
+    "terrible",
+    "awful",
+    "angry",
+    "upset",
+    "disappointed",
+    "annoyed",
+    "frustrated",
+    "worst",
+    "hate",
+    "useless",
+    "ridiculous",
+    "unacceptable",
+    "horrible",
+    "not happy",
+];
+const PROBLEM: &[&str] = &[
+    "problem",
+    "issue",
+    "broken",
+    "error",
+    "wrong",
+    "damaged",
+    "missing",
+    "not working",
+    "doesn't work",
+    "never arrived",
+    "late",
+    "failed",
+];
+const REQUEST: &[&str] = &[
+    "please",
+    "can you",
+    "could you",
+    "i want",
+    "i would like",
+    "i'd like",
+    "i need",
+    "change",
+    "cancel",
+    "update",
+];
+const FEEDBACK: &[&str] = &[
+    "feedback",
+    "suggest",
+    "suggestion",
+    "review",
+    "would be nice",
+];
+const URGENT: &[&str] = &[
+    "urgent",
+    "asap",
+    "immediately",
+    "right now",
+    "today",
+    "emergency",
+    "as soon as possible",
+];
+const CHURN: &[&str] = &[
+    "cancel my",
+    "close my account",
+    "switch to",
+    "competitor",
+    "never again",
+    "leave",
+    "unsubscribe",
+    "terminate",
+];
+const DONT_KNOW: &[&str] = &[
+    "i don't know",
+    "i do not know",
+    "not sure",
+    "i can't help",
+    "i cannot help",
+    "i'm unable",
+    "i am unable",
+    "no information",
+    "can't find that",
+];
+
+/// Whether `text` (lowercase) holds `word` as a word or phrase, not inside another word.
+fn mentions(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+fn count(text: &str, words: &[&str]) -> usize {
+    words.iter().filter(|w| mentions(text, w)).count()
+}
+
+/// The first `max` characters of `text`, on a word boundary, with `…` when cut.
+fn shortened(text: &str, max: usize) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() <= max {
+        return text;
+    }
+    let cut: String = text.chars().take(max).collect();
+    let cut = cut.rsplit_once(' ').map_or(cut.as_str(), |(head, _)| head);
+    format!("{cut}…")
+}
+
+/// Analyses a transcript (oldest first) and how the conversation ended.
+pub fn analyse(transcript: &[Line], outcome: Outcome) -> Analysis {
+    let customer: Vec<String> = transcript
+        .iter()
+        .filter(|l| l.author == "customer")
+        .map(|l| l.text.to_lowercase())
+        .collect();
+    let said = customer.join("\n");
+    let mut scored: Vec<(usize, usize, &str)> = TOPICS
+        .iter()
+        .enumerate()
+        .map(|(i, (topic, words))| (count(&said, words), i, *topic))
+        .filter(|(hits, _, _)| *hits > 0)
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let topics: Vec<String> = scored.iter().map(|(_, _, t)| (*t).to_owned()).collect();
+
+    let (positive, negative) = (count(&said, POSITIVE), count(&said, NEGATIVE));
+    let sentiment = match positive.cmp(&negative) {
+        std::cmp::Ordering::Greater => "positive",
+        std::cmp::Ordering::Less => "negative",
+        std::cmp::Ordering::Equal => "neutral",
+    };
+    let problem = count(&said, PROBLEM) > 0;
+    let request_type = if problem {
+        "problem"
+    } else if count(&said, REQUEST) > 0 {
+        "request"
+    } else if count(&said, FEEDBACK) > 0 {
+        "feedback"
+    } else if said.contains('?') || customer.is_empty() {
+        "question"
+    } else {
+        "request"
+    };
+    let urgency = if count(&said, URGENT) > 0 {
+        "high"
+    } else if problem || sentiment == "negative" {
+        "medium"
+    } else {
+        "low"
+    };
+    let customer_effort = match customer.len() {
+        0..=3 => "low",
+        4..=8 => "medium",
+        _ => "high",
+    };
+    let churn_risk = if count(&said, CHURN) > 0 {
+        "high"
+    } else if sentiment == "negative" {
+        "medium"
+    } else {
+        "low"
+    };
+    let resolution = match (outcome.resolved, outcome.human) {
+        (true, false) => "resolved_by_agent",
+        (true, true) => "resolved_by_human",
+        (false, true) => "handed_over",
+        (false, false) => "unresolved",
+    };
+    // The customer's message the agent answered with not knowing.
+    let mut knowledge_gap = String::new();
+    let mut last_customer = "";
+    for line in transcript {
+        match line.author.as_str() {
+            "customer" => last_customer = &line.text,
+            "agent" if count(&line.text.to_lowercase(), DONT_KNOW) > 0 => {
+                knowledge_gap = shortened(last_customer, 200);
+            }
+            _ => {}
+        }
+    }
+    let first = transcript
+        .iter()
+        .find(|l| l.author == "customer")
+        .map_or("", |l| l.text.as_str());
+    let summary = if customer.is_empty() {
+        "The customer wrote nothing.".to_owned()
+    } else {
+        format!(
+            "{} about {}: \"{}\" ({} customer message{}; {}).",
+            match request_type {
+                "problem" => "A problem",
+                "request" => "A request",
+                "feedback" => "Feedback",
+                _ => "A question",
+            },
+            topics.first().map_or("no known topic", String::as_str),
+            shortened(first, 160),
+            customer.len(),
+            if customer.len() == 1 { "" } else { "s" },
+            resolution.replace('_', " "),
+        )
+    };
+    Analysis {
+        summary,
+        topics,
+        sentiment,
+        request_type,
+        urgency,
+        customer_effort,
+        churn_risk,
+        resolution,
+        knowledge_gap,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(author: &str, text: &str) -> Line {
+        Line {
+            author: author.into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_late_order_is_a_problem_about_its_order_with_a_negative_customer() {
+        let transcript = [
+            line("agent", "Hi! How can I help?"),
+            line(
+                "customer",
+                "My order A-17 never arrived and I'm really frustrated. This is unacceptable.",
+            ),
+            line("agent", "Sorry to hear that. Let me check the delivery."),
+            line(
+                "customer",
+                "Please fix it ASAP or I'll switch to a competitor.",
+            ),
+        ];
+        let a = analyse(
+            &transcript,
+            Outcome {
+                resolved: true,
+                human: false,
+            },
+        );
+        assert_eq!(a.topics.first().map(String::as_str), Some("order status"));
+        assert_eq!(a.sentiment, "negative");
+        assert_eq!(a.request_type, "problem");
+        assert_eq!(a.urgency, "high");
+        assert_eq!(a.churn_risk, "high");
+        assert_eq!(a.customer_effort, "low");
+        assert_eq!(a.resolution, "resolved_by_agent");
+        assert!(
+            a.summary
+                .starts_with("A problem about order status: \"My order A-17"),
+            "{}",
+            a.summary
+        );
+        assert!(a.knowledge_gap.is_empty());
+    }
+
+    #[test]
+    fn a_thankful_question_the_agent_could_not_answer_is_a_knowledge_gap() {
+        let transcript = [
+            line("customer", "Do you ship to Iceland?"),
+            line("agent", "I'm not sure, I don't know our shipping zones."),
+            line("customer", "Ok, thanks anyway, great chat!"),
+        ];
+        let a = analyse(
+            &transcript,
+            Outcome {
+                resolved: false,
+                human: true,
+            },
+        );
+        assert_eq!(a.request_type, "question");
+        assert_eq!(a.sentiment, "positive");
+        assert_eq!(a.urgency, "low");
+        assert_eq!(a.resolution, "handed_over");
+        assert_eq!(a.knowledge_gap, "Do you ship to Iceland?");
+        assert_eq!(a.custom()["knowledge_gap"], "Do you ship to Iceland?");
+        assert_eq!(a.custom()["analysed_by"], "built-in");
+    }
+
+    #[test]
+    fn words_count_only_whole_and_the_same_transcript_gives_the_same_analysis() {
+        // "orderly" is not "order", "payday" not "pay".
+        let transcript = [line("customer", "An orderly payday, nothing more")];
+        let a = analyse(
+            &transcript,
+            Outcome {
+                resolved: false,
+                human: false,
+            },
+        );
+        assert!(a.topics.is_empty(), "{:?}", a.topics);
+        assert_eq!(a.sentiment, "neutral");
+        assert_eq!(
+            a,
+            analyse(
+                &transcript,
+                Outcome {
+                    resolved: false,
+                    human: false
+                }
+            )
+        );
+        let empty = analyse(
+            &[],
+            Outcome {
+                resolved: false,
+                human: false,
+            },
+        );
+        assert_eq!(empty.summary, "The customer wrote nothing.");
+    }
+}
