@@ -233,12 +233,14 @@ fn within_budget(lines: Vec<Json>, budget: usize) -> Vec<Json> {
 /// What a run knows of its conversation at the start (never secure metadata).
 pub fn context(conversation: &Conversation) -> Json {
     let lead = conversation.lead.clone().unwrap_or_default();
+    // The names the seeds and the REST API use: `widget`, `whatsapp`; `active`, `on_hold`.
+    let named = |proto: &str, prefix: &str| proto.trim_start_matches(prefix).to_ascii_lowercase();
     json!({
         "conversation": {
             "id": conversation.id,
             "user_id": conversation.user_id,
-            "channel": conversation.channel().as_str_name(),
-            "status": conversation.status().as_str_name(),
+            "channel": named(conversation.channel().as_str_name(), "CHANNEL_"),
+            "status": named(conversation.status().as_str_name(), "CONVERSATION_STATUS_"),
             "metafields": conversation.metafields,
         },
         "lead": { "name": lead.name, "email": lead.email },
@@ -377,5 +379,25 @@ impl Handler for ConversationEvents {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_proto::events::v1::{Channel, ConversationStatus};
+
+    use super::*;
+
+    #[test]
+    fn a_conversation_is_named_as_the_seeds_name_it() {
+        let conversation = Conversation {
+            id: "conv_1".into(),
+            channel: Channel::Whatsapp as i32,
+            status: ConversationStatus::OnHold as i32,
+            ..Default::default()
+        };
+        let context = context(&conversation);
+        assert_eq!(context["conversation"]["channel"], "whatsapp");
+        assert_eq!(context["conversation"]["status"], "on_hold");
     }
 }
