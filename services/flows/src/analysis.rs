@@ -32,7 +32,7 @@ pub struct Analysis {
     pub summary: String,
     /// Most mentioned first; the first is the main topic.
     pub topics: Vec<String>,
-    /// `positive`, `neutral` or `negative`.
+    /// `positive`, `neutral`, `negative` or `mixed` (as much of either).
     pub sentiment: &'static str,
     /// `question`, `request`, `problem` or `feedback`.
     pub request_type: &'static str,
@@ -225,6 +225,25 @@ fn count(text: &str, words: &[&str]) -> usize {
     words.iter().filter(|w| mentions(text, w)).count()
 }
 
+/// Whether `text` holds `word` other than negated (`not good`, `isn't helpful`, `never
+/// happy`).
+fn affirms(text: &str, word: &str) -> bool {
+    text.match_indices(word).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        let whole =
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric);
+        let negated = ["not ", "n't ", "never ", "no "]
+            .iter()
+            .any(|n| text[..at].ends_with(n));
+        whole && !negated
+    })
+}
+
+fn affirmed(text: &str, words: &[&str]) -> usize {
+    words.iter().filter(|w| affirms(text, w)).count()
+}
+
 /// The first `max` characters of `text`, on a word boundary, with `…` when cut.
 fn shortened(text: &str, max: usize) -> String {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -253,10 +272,14 @@ pub fn analyse(transcript: &[Line], outcome: Outcome) -> Analysis {
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let topics: Vec<String> = scored.iter().map(|(_, _, t)| (*t).to_owned()).collect();
 
-    let (positive, negative) = (count(&said, POSITIVE), count(&said, NEGATIVE));
+    // A negated positive word is a negative one ("not happy", "isn't helpful").
+    let negated = count(&said, POSITIVE) - affirmed(&said, POSITIVE).min(count(&said, POSITIVE));
+    let positive = affirmed(&said, POSITIVE);
+    let negative = count(&said, NEGATIVE) + negated;
     let sentiment = match positive.cmp(&negative) {
         std::cmp::Ordering::Greater => "positive",
         std::cmp::Ordering::Less => "negative",
+        std::cmp::Ordering::Equal if positive > 0 => "mixed",
         std::cmp::Ordering::Equal => "neutral",
     };
     let problem = count(&said, PROBLEM) > 0;
@@ -412,6 +435,24 @@ mod tests {
         assert_eq!(a.knowledge_gap, "Do you ship to Iceland?");
         assert_eq!(a.custom()["knowledge_gap"], "Do you ship to Iceland?");
         assert_eq!(a.custom()["analysed_by"], "built-in");
+    }
+
+    #[test]
+    fn a_negated_kind_word_is_unkind_and_even_feelings_are_mixed() {
+        let sentiment = |text: &str| {
+            analyse(
+                &[line("customer", text)],
+                Outcome {
+                    resolved: false,
+                    human: false,
+                },
+            )
+            .sentiment
+        };
+        assert_eq!(sentiment("I'm not happy with this"), "negative");
+        assert_eq!(sentiment("That was not helpful at all"), "negative");
+        assert_eq!(sentiment("Great service but the app is terrible"), "mixed");
+        assert_eq!(sentiment("Happy now, thanks"), "positive");
     }
 
     #[test]

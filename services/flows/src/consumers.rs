@@ -99,11 +99,19 @@ impl ConversationEvents {
         };
         let built = analysis::analyse(&lines, outcome);
         let recorded = conversation.analysis.clone().unwrap_or_default();
-        let mut update = AnalysisUpdate::default();
-        for (key, value) in built.custom() {
-            if !recorded.custom.contains_key(&key) {
-                update.custom.insert(key, value);
-            }
+        let mut update = AnalysisUpdate {
+            expected_version: conversation.version,
+            ..Default::default()
+        };
+        // Within the conversation's budget of custom keys: recorded ones stand.
+        let room = ANALYSIS_KEYS.saturating_sub(recorded.custom.len());
+        for (key, value) in built
+            .custom()
+            .into_iter()
+            .filter(|(key, _)| !recorded.custom.contains_key(key))
+            .take(room)
+        {
+            update.custom.insert(key, value);
         }
         if recorded.topic.is_empty() && recorded.topics.is_empty() {
             update.topics = built.topics.clone();
@@ -116,7 +124,7 @@ impl ConversationEvents {
         if let Some(conversations) = &self.conversations
             && changes
         {
-            conversations
+            match conversations
                 .record_analysis(
                     ws,
                     &conversation.id,
@@ -124,10 +132,15 @@ impl ConversationEvents {
                     update.clone(),
                 )
                 .await
-                .map_err(|e| match e {
-                    PortError::Unavailable(why) => HandleError::Retry(why),
-                    PortError::Refused(why) => HandleError::Reject(why),
-                })?;
+            {
+                Ok(()) => {}
+                Err(PortError::Unavailable(why)) => return Err(HandleError::Retry(why)),
+                // Analysis recorded since the conversation ended (it stands), or refused:
+                // the workflows still start, with what was built.
+                Err(PortError::Refused(why)) => {
+                    tracing::info!(conversation = %conversation.id, reason = %why, "the built-in analysis was not recorded");
+                }
+            }
         }
         let mut custom = recorded.custom.clone();
         custom.extend(update.custom);
@@ -181,6 +194,10 @@ impl ConversationEvents {
         Ok(Json::Object(session))
     }
 }
+
+/// The custom analysis keys a conversation holds at most (the conversations service's
+/// limit).
+const ANALYSIS_KEYS: usize = 50;
 
 /// The bytes of transcript a post-conversation workflow starts with (its start event holds
 /// it): the most recent messages that fit.

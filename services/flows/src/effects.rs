@@ -94,9 +94,11 @@ pub trait Conversations: Send + Sync {
 pub struct AnalysisUpdate {
     pub topic: String,
     pub topics: Vec<String>,
-    /// `positive`, `neutral` or `negative`; empty to keep the recorded one.
+    /// `positive`, `neutral`, `negative` or `mixed`; empty to keep the recorded one.
     pub sentiment: String,
     pub custom: HashMap<String, String>,
+    /// Recorded only on this version of the conversation (0: any); another is refused.
+    pub expected_version: u64,
 }
 
 /// The connexease service, as runs use it.
@@ -243,6 +245,7 @@ impl Conversations for switchboard_clients::ConversationsClient {
             "positive" => Sentiment::Positive,
             "negative" => Sentiment::Negative,
             "neutral" => Sentiment::Neutral,
+            "mixed" => Sentiment::Mixed,
             _ => Sentiment::Unspecified,
         };
         // The client's own `record_analysis`, not this trait's.
@@ -256,12 +259,19 @@ impl Conversations for switchboard_clients::ConversationsClient {
                 sentiment: sentiment as i32,
                 custom: analysis.custom,
                 topics: analysis.topics,
-                ..Default::default()
+                expected_version: analysis.expected_version,
             },
         )
         .await
         .map(drop)
-        .map_err(from_status)
+        .map_err(|status| {
+            // Changed since the version given: not this caller's to overwrite.
+            if status.code() == tonic::Code::Aborted && status.message().contains("SB-CONV-0409") {
+                PortError::Refused(status.message().to_owned())
+            } else {
+                from_status(status)
+            }
+        })
     }
 }
 

@@ -169,6 +169,9 @@ pub trait ChatModel: Send + Sync {
 /// The most of an answer read.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
+/// The most attempts of one call, whatever time its deadline leaves.
+pub const MAX_ATTEMPTS: u32 = 10;
+
 /// The OpenAI-compatible client, through the outbound guard.
 #[derive(Clone)]
 pub struct OpenAiCompatible {
@@ -296,7 +299,51 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 #[async_trait]
 impl ChatModel for OpenAiCompatible {
+    /// A provider's error text is ours to show, so its key is scrubbed from it (a server
+    /// or a proxy may echo it).
     async fn complete(
+        &self,
+        endpoint: &Endpoint,
+        request: &ChatRequest,
+    ) -> Result<Completion, ModelError> {
+        self.call(endpoint, request)
+            .await
+            .map_err(|e| match &endpoint.api_key {
+                Some(key) => e.redacted(key),
+                None => e,
+            })
+    }
+}
+
+impl ModelError {
+    /// The error with `key` nowhere in its text.
+    fn redacted(self, key: &Secret) -> Self {
+        let scrub = |text: String| switchboard_secrets::redact(&text, &[key]);
+        match self {
+            ModelError::Unauthorized(m) => ModelError::Unauthorized(scrub(m)),
+            ModelError::Refused(m) => ModelError::Refused(scrub(m)),
+            ModelError::Server {
+                status,
+                message,
+                attempts,
+            } => ModelError::Server {
+                status,
+                message: scrub(message),
+                attempts,
+            },
+            ModelError::Network { message, attempts } => ModelError::Network {
+                message: scrub(message),
+                attempts,
+            },
+            ModelError::BadAnswer(m) => ModelError::BadAnswer(scrub(m)),
+            ModelError::Blocked(m) => ModelError::Blocked(scrub(m)),
+            other => other,
+        }
+    }
+}
+
+impl OpenAiCompatible {
+    async fn call(
         &self,
         endpoint: &Endpoint,
         request: &ChatRequest,
@@ -339,7 +386,11 @@ impl ChatModel for OpenAiCompatible {
                 Err(OutboundError::Blocked(blocked)) => {
                     return Err(ModelError::Blocked(blocked.to_string()));
                 }
-                Err(OutboundError::Http(e)) if e.is_timeout() => return Err(out_of_time(attempts)),
+                // The deadline passed while it waited; a connect timeout before it is a
+                // failure to connect like any other, tried again.
+                Err(OutboundError::Http(e)) if e.is_timeout() && Instant::now() >= deadline => {
+                    return Err(out_of_time(attempts));
+                }
                 Err(OutboundError::Http(e)) => (
                     backoff,
                     ModelError::Network {
@@ -354,49 +405,62 @@ impl ChatModel for OpenAiCompatible {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     let after = retry_after(response.headers());
-                    let (answer, more) =
-                        switchboard_outbound::read_capped(response, MAX_ANSWER_BYTES)
-                            .await
-                            .map_err(|_| out_of_time(attempts))?;
-                    match status {
-                        200..=299 if more => {
-                            return Err(ModelError::BadAnswer(format!(
-                                "larger than {MAX_ANSWER_BYTES} bytes"
-                            )));
+                    let read = switchboard_outbound::read_capped(response, MAX_ANSWER_BYTES).await;
+                    match (status, read) {
+                        (_, Err(_)) if Instant::now() >= deadline => {
+                            return Err(out_of_time(attempts));
                         }
-                        200..=299 => {
-                            let answer: Json = serde_json::from_slice(&answer)
-                                .map_err(|e| ModelError::BadAnswer(e.to_string()))?;
-                            let (content, tool_calls, finish_reason, usage) =
-                                completion_of(&answer)?;
-                            return Ok(Completion {
-                                content,
-                                tool_calls,
-                                finish_reason,
-                                usage,
-                                latency: started.elapsed(),
-                                attempts,
-                            });
-                        }
-                        401 | 403 => return Err(ModelError::Unauthorized(error_message(&answer))),
-                        429 => (
-                            after.unwrap_or(backoff),
-                            ModelError::RateLimited { attempts },
-                        ),
-                        500..=599 => (
-                            after.unwrap_or(backoff),
-                            ModelError::Server {
-                                status,
-                                message: error_message(&answer),
+                        (_, Err(_)) => (
+                            backoff,
+                            ModelError::Network {
+                                message: "the answer was cut off".into(),
                                 attempts,
                             },
                         ),
-                        _ => return Err(ModelError::Refused(error_message(&answer))),
+                        (status, Ok((answer, more))) => match status {
+                            200..=299 if more => {
+                                return Err(ModelError::BadAnswer(format!(
+                                    "larger than {MAX_ANSWER_BYTES} bytes"
+                                )));
+                            }
+                            200..=299 => {
+                                let answer: Json = serde_json::from_slice(&answer)
+                                    .map_err(|e| ModelError::BadAnswer(e.to_string()))?;
+                                let (content, tool_calls, finish_reason, usage) =
+                                    completion_of(&answer)?;
+                                return Ok(Completion {
+                                    content,
+                                    tool_calls,
+                                    finish_reason,
+                                    usage,
+                                    latency: started.elapsed(),
+                                    attempts,
+                                });
+                            }
+                            401 | 403 => {
+                                return Err(ModelError::Unauthorized(error_message(&answer)));
+                            }
+                            // Never sooner than the backoff, whatever the server says.
+                            429 => (
+                                after.unwrap_or(backoff).max(backoff),
+                                ModelError::RateLimited { attempts },
+                            ),
+                            500..=599 => (
+                                after.unwrap_or(backoff).max(backoff),
+                                ModelError::Server {
+                                    status,
+                                    message: error_message(&answer),
+                                    attempts,
+                                },
+                            ),
+                            _ => return Err(ModelError::Refused(error_message(&answer))),
+                        },
                     }
                 }
             };
-            // Only within the deadline: a wait that would pass it ends the call.
-            if Instant::now() + wait >= deadline {
+            // Only within the deadline and the attempts: a wait that would pass the
+            // deadline ends the call.
+            if attempts >= MAX_ATTEMPTS || Instant::now() + wait >= deadline {
                 return Err(failure);
             }
             tokio::time::sleep(wait).await;

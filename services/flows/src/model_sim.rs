@@ -116,7 +116,12 @@ async fn complete(
     if let Some(key) = &fake.key
         && authorization.as_deref() != Some(format!("Bearer {key}").as_str())
     {
-        return error(StatusCode::UNAUTHORIZED, "Incorrect API key provided.");
+        // As some servers and proxies do: the key it got, echoed back.
+        let got = authorization.unwrap_or_default();
+        return error(
+            StatusCode::UNAUTHORIZED,
+            &format!("Incorrect API key provided: {got}."),
+        );
     }
     let prompt_tokens = body["messages"].as_array().map_or(0, |m| {
         m.iter().map(|m| m.to_string().len() / 4).sum::<usize>()

@@ -37,6 +37,25 @@ pub fn provider_stream(workspace_id: &str, provider_id: &str) -> StreamRef {
     StreamRef::new("model_provider", format!("{workspace_id}/{provider_id}"))
 }
 
+/// Whether an API key may be sent to `url`: over https://, or in clear over http:// to a
+/// loopback or private address (a model server beside us), never to a public host.
+fn key_may_go_to(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match (parsed.scheme(), parsed.host()) {
+        ("https", _) => true,
+        ("http", Some(url::Host::Ipv4(ip))) => {
+            switchboard_outbound::special_purpose(ip.into()).is_some()
+        }
+        ("http", Some(url::Host::Ipv6(ip))) => {
+            switchboard_outbound::special_purpose(ip.into()).is_some()
+        }
+        ("http", Some(url::Host::Domain(host))) => host.eq_ignore_ascii_case("localhost"),
+        _ => false,
+    }
+}
+
 /// The id of the provider a create with `request_id` makes.
 fn created_id(workspace_id: &str, request_id: &str) -> String {
     let key = derive_event_id(workspace_id, &format!("model_provider:{request_id}"), 0);
@@ -70,18 +89,33 @@ pub fn violations(provider: &ModelProvider) -> Vec<FieldViolation> {
         );
     }
     let url = provider.base_url.trim();
+    let parsed = url::Url::parse(url).ok();
     if url.len() > limits::URL_BYTES {
         v.push(
             "provider.base_url",
             format!("at most {} bytes", limits::URL_BYTES),
         );
-    } else if !(url.starts_with("https://") || url.starts_with("http://"))
-        || url::Url::parse(url).is_err()
-    {
+    } else if !(url.starts_with("https://") || url.starts_with("http://")) || parsed.is_none() {
         v.push(
             "provider.base_url",
             "the chat-completions base URL, `https://…/v1` (or `http://` for hosts the \
              operator allows)",
+        );
+    } else if parsed.as_ref().is_some_and(|u| {
+        u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+            || u.password().is_some()
+    }) {
+        v.push(
+            "provider.base_url",
+            "no query, fragment or credentials: the key goes in api_key",
+        );
+    } else if !provider.api_key.is_empty() && !key_may_go_to(url) {
+        v.push(
+            "provider.api_key",
+            "sent only over https://, or over http:// to a loopback or private address \
+             given as an IP",
         );
     }
     let model = provider.model.trim();
@@ -95,11 +129,15 @@ pub fn violations(provider: &ModelProvider) -> Vec<FieldViolation> {
             ),
         );
     }
-    if provider.api_key.len() > limits::KEY_BYTES || provider.api_key.contains(char::is_whitespace)
+    if provider.api_key.len() > limits::KEY_BYTES
+        || !provider.api_key.bytes().all(|b| b.is_ascii_graphic())
     {
         v.push(
             "provider.api_key",
-            format!("at most {} bytes, no spaces", limits::KEY_BYTES),
+            format!(
+                "at most {} bytes of printable ASCII, no spaces",
+                limits::KEY_BYTES
+            ),
         );
     }
     if provider.timeout_ms > limits::TIMEOUT_MS_MAX {
@@ -155,6 +193,7 @@ fn metadata(workspace_id: &str, request_id: &str) -> Metadata {
     Metadata {
         workspace_id: workspace_id.to_owned(),
         correlation_id: request_id.to_owned(),
+        request_hash: switchboard_runtime::requests::current_request_hash(),
         traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
         occurred_at: now_micros(),
         ..Default::default()
@@ -218,13 +257,19 @@ impl Providers {
             return Err(ServiceError::Invalid(v.0));
         }
         let ws = provider.workspace_id.clone();
-        // A create sent again with its request id: the provider it made.
+        // A create sent again with its request id: the provider it made, if it is the
+        // same request; another request under the same id is refused.
         if provider.id.is_empty() && !request_id.is_empty() {
-            let made = created_id(&ws, request_id);
-            match self.load(&ws, &made).await {
-                Ok((stored, _)) => return Ok(public_view(stored)),
-                Err(ServiceError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+            let made = provider_stream(&ws, &created_id(&ws, request_id));
+            if let Some(first) = self.log.read_stream(&made, 0, 1).await?.first() {
+                let hash = switchboard_runtime::requests::current_request_hash();
+                if !hash.is_empty() && first.metadata.request_hash != hash {
+                    return Err(request_id_reused());
+                }
+                let created = first.decode::<ModelProviderSaved>()?.provider;
+                return created
+                    .map(public_view)
+                    .ok_or(ServiceError::NotFound("model provider"));
             }
         }
         provider.name = provider.name.trim().to_owned();
@@ -292,6 +337,15 @@ impl Providers {
                 .map(|(p, _)| p.sealed_api_key.clone())
                 .unwrap_or_default(),
         };
+        if !provider.sealed_api_key.is_empty() && !key_may_go_to(&provider.base_url) {
+            return Err(ServiceError::Invalid(vec![FieldViolation {
+                field: "provider.base_url".into(),
+                description: "the provider keeps an API key, sent only over https:// (or \
+                              http:// to a loopback or private IP): give such a URL, or \
+                              save the provider anew without a key"
+                    .into(),
+            }]));
+        }
         provider.api_key.clear();
         provider.api_key_set = false;
         provider.updated_at = Some(timestamp(now_micros()));

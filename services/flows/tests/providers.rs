@@ -161,12 +161,48 @@ async fn providers_are_saved_with_their_key_sealed_and_every_mistake_named() {
         ]
     );
 
+    // A key never goes in clear to a public host; a URL carries no credentials.
+    let public = h
+        .save(
+            ModelProvider {
+                base_url: "http://api.models.example/v1".into(),
+                ..h.provider()
+            },
+            "",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&public), ["provider.api_key"]);
+    let with_credentials = h
+        .save(
+            ModelProvider {
+                base_url: "https://user:pass@api.models.example/v1?key=x".into(),
+                ..h.provider()
+            },
+            "",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&with_credentials), ["provider.base_url"]);
+
     let saved = h.save(h.provider(), "create-1").await.unwrap();
     assert!(saved.id.starts_with("mp_"), "{saved:?}");
     assert!(saved.api_key_set && saved.api_key.is_empty() && saved.sealed_api_key.is_empty());
     // The same create again makes no second provider.
     let again = h.save(h.provider(), "create-1").await.unwrap();
     assert_eq!(again.id, saved.id);
+    // The same request id with another request is refused.
+    let reused = h
+        .save(
+            ModelProvider {
+                model: "another-model".into(),
+                ..h.provider()
+            },
+            "create-1",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(fields(&reused), ["request_id"]);
     let taken = h.save(h.provider(), "create-2").await.unwrap_err();
     assert_eq!(fields(&taken), ["provider.name"]);
 

@@ -374,9 +374,12 @@ impl actions_server::Actions for ActionsApi {
         }
         // An assistant's tools: its own actions, in its order.
         if !r.action_ids.is_empty() {
+            // Each once: a function name twice is refused by the model APIs.
+            let mut seen = std::collections::HashSet::new();
             tools = r
                 .action_ids
                 .iter()
+                .filter(|id| seen.insert(id.as_str()))
                 .filter_map(|id| tools.iter().find(|t| t.action_id == *id).cloned())
                 .collect();
         }
