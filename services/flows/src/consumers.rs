@@ -49,11 +49,48 @@ impl ConversationEvents {
         self
     }
 
+    /// The published post-conversation workflows that run when `conversation` ends: all
+    /// but those its assistant disabled.
+    async fn workflows_for(
+        &self,
+        ws: &str,
+        conversation: &Conversation,
+    ) -> Result<Vec<String>, HandleError> {
+        let retry = |e: switchboard_eventlog::EventLogError| HandleError::Retry(e.to_string());
+        let store = self.flows.store();
+        let mut workflows = store
+            .published_flows(ws, FlowKind::PostConversationWorkflow)
+            .await
+            .map_err(retry)?;
+        let preferred = conversation
+            .metafields
+            .get("assistant_id")
+            .map(String::as_str);
+        if let Some(assistant) = store
+            .conversation_assistant(ws, preferred)
+            .await
+            .map_err(retry)?
+        {
+            match self.flows.load_assistant(ws, &assistant).await {
+                Ok((assistant, _)) => {
+                    workflows.retain(|id| !assistant.disabled_workflow_ids.contains(id));
+                }
+                Err(ServiceError::NotFound(_)) => {}
+                Err(e) => return Err(retry_or_reject(e)),
+            }
+        }
+        Ok(workflows)
+    }
+
     /// The conversation's messages for a post-conversation workflow: the most recent that
-    /// fit [`TRANSCRIPT_BUDGET`], oldest first.
-    async fn transcript(&self, ws: &str, conversation_id: &str) -> Result<Json, HandleError> {
+    /// fit [`TRANSCRIPT_BUDGET`], oldest first, and how many it had in all.
+    async fn transcript_of(
+        &self,
+        ws: &str,
+        conversation_id: &str,
+    ) -> Result<(Json, usize), HandleError> {
         let Some(conversations) = &self.conversations else {
-            return Ok(json!([]));
+            return Ok((json!([]), 0));
         };
         let mut messages = Vec::new();
         let mut cursor = String::new();
@@ -71,7 +108,11 @@ impl ConversationEvents {
             }
             cursor = next;
         }
-        Ok(Json::Array(within_budget(messages, TRANSCRIPT_BUDGET)))
+        let total = messages.len();
+        Ok((
+            Json::Array(within_budget(messages, TRANSCRIPT_BUDGET)),
+            total,
+        ))
     }
 
     /// The ended conversation's analysis, as post-conversation workflows read it
@@ -367,15 +408,10 @@ impl Handler for ConversationEvents {
                 else {
                     return Ok(());
                 };
-                let workflows = self
-                    .flows
-                    .store()
-                    .published_flows(ws, FlowKind::PostConversationWorkflow)
-                    .await
-                    .map_err(|e| HandleError::Retry(e.to_string()))?;
+                let workflows = self.workflows_for(ws, &conversation).await?;
                 // Every ended conversation is analysed (insights read it), whether or not
                 // a workflow follows.
-                let transcript = self.transcript(ws, &conversation.id).await?;
+                let (transcript, total) = self.transcript_of(ws, &conversation.id).await?;
                 let analysis = self.analysis(ws, &conversation, &transcript).await?;
                 if workflows.is_empty() {
                     return Ok(());
@@ -383,6 +419,10 @@ impl Handler for ConversationEvents {
                 let mut ended = context(&conversation);
                 ended["analysis"] = analysis;
                 ended["conversation"]["end_reason"] = json!(conversation.end_reason);
+                // The cap is documented, and its cut recorded in the run's start.
+                let kept = transcript.as_array().map_or(0, Vec::len);
+                ended["transcript_total"] = json!(total);
+                ended["transcript_truncated"] = json!(kept < total);
                 ended["transcript"] = transcript;
                 ended["session"] = self.session(ws, &conversation.id).await?;
                 for flow_id in workflows {

@@ -775,6 +775,17 @@ impl FlowsService {
                 );
             }
         }
+        if assistant.disabled_workflow_ids.len() > 100 {
+            v.push("assistant.disabled_workflow_ids", "at most 100");
+        }
+        for (i, id) in assistant.disabled_workflow_ids.iter().enumerate() {
+            if !switchboard_runtime::requests::valid_prefixed_id(id, "flow_") {
+                v.push(
+                    format!("assistant.disabled_workflow_ids[{i}]"),
+                    "a flow id (`flow_…`)",
+                );
+            }
+        }
         for (i, id) in assistant.knowledge_collection_ids.iter().enumerate() {
             if !switchboard_runtime::requests::valid_prefixed_id(id, "kc_") {
                 v.push(
@@ -811,6 +822,23 @@ impl FlowsService {
                     "assistant.instructions",
                     format!("`@{name}`: no action workflow by that name"),
                 ),
+            }
+        }
+        for (i, id) in assistant.disabled_workflow_ids.iter().enumerate() {
+            if !switchboard_runtime::requests::valid_prefixed_id(id, "flow_") {
+                continue;
+            }
+            match self.load(&ws, id).await {
+                Ok(state) if state.flow.kind() == FlowKind::PostConversationWorkflow => {}
+                Ok(_) => v.push(
+                    format!("assistant.disabled_workflow_ids[{i}]"),
+                    "not a post-conversation workflow",
+                ),
+                Err(ServiceError::NotFound(_)) => v.push(
+                    format!("assistant.disabled_workflow_ids[{i}]"),
+                    "no such flow in the workspace",
+                ),
+                Err(e) => return Err(e),
             }
         }
         if !assistant.flow_id.is_empty() {

@@ -659,6 +659,25 @@ impl FlowsStore {
         .await)?)
     }
 
+    /// The assistant a conversation has: the one its `assistant_id` metafield names when
+    /// it runs a flow, else the workspace's first with a flow (as its flow was chosen).
+    pub async fn conversation_assistant(
+        &self,
+        workspace_id: &str,
+        preferred: Option<&str>,
+    ) -> Result<Option<String>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT assistant_id FROM assistants
+             WHERE workspace_id = $1 AND flow_id <> ''
+             ORDER BY CASE WHEN assistant_id = $2 THEN 0 ELSE 1 END, assistant_id
+             LIMIT 1",
+        )
+        .bind(workspace_id)
+        .bind(preferred.unwrap_or_default())
+        .fetch_optional(pool)
+        .await)?)
+    }
+
     /// Published flows of a kind.
     pub async fn published_flows(
         &self,

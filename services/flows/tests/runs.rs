@@ -716,3 +716,108 @@ async fn a_run_whose_action_never_answers_takes_its_failure_route_at_the_deadlin
     )));
     h.stop().await;
 }
+
+/// Post-conversation workflows are enabled or disabled per assistant: a workflow one
+/// assistant disabled does not run when its conversations end, and runs for the others';
+/// the transcript's cap is recorded in the run's start.
+#[tokio::test]
+async fn post_conversation_workflows_follow_the_conversations_assistant() {
+    use switchboard_flows::consumers::{CONVERSATION_ENDED, ConversationEvents};
+    use switchboard_proto::events::v1::{Conversation, ConversationEndedEvent};
+
+    let mut h = Harness::start().await;
+    let conversation_flow = h
+        .create("main", FlowKind::ConversationFlow, greeting("Hello!"))
+        .await;
+    h.publish(&conversation_flow).await.unwrap();
+    let survey = h
+        .create(
+            "survey",
+            FlowKind::PostConversationWorkflow,
+            greeting("How did we do?"),
+        )
+        .await;
+    h.publish(&survey).await.unwrap();
+    let save = |name: &str, disabled: Vec<String>| {
+        let mut flows = h.flows.clone();
+        let assistant = Assistant {
+            workspace_id: WS.into(),
+            name: name.into(),
+            flow_id: conversation_flow.id.clone(),
+            disabled_workflow_ids: disabled,
+            ..Default::default()
+        };
+        async move {
+            flows
+                .save_assistant(SaveAssistantRequest {
+                    assistant: Some(assistant),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let quiet = save("quiet", vec![survey.id.clone()]).await.unwrap();
+    let chatty = save("chatty", vec![]).await.unwrap();
+    // Only post-conversation workflows can be disabled.
+    let refused = save("wrong", vec![conversation_flow.id.clone()])
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .message()
+            .contains("not a post-conversation workflow"),
+        "{refused:?}"
+    );
+
+    let (runs, log) = open_runs(&h).await;
+    let trigger = ConversationEvents::new(
+        switchboard_flows::FlowsService::new(log.clone(), None),
+        runs.clone(),
+    );
+    for (conversation, assistant) in [("conv_q", &quiet.id), ("conv_c", &chatty.id)] {
+        let ended = RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream: StreamRef::new("conversation", format!("{WS}/{conversation}")),
+            stream_version: 3,
+            global_position: 3,
+            transaction_id: 0,
+            event_type: CONVERSATION_ENDED.into(),
+            schema_version: 1,
+            payload: ConversationEndedEvent {
+                conversation: Some(Conversation {
+                    id: conversation.into(),
+                    metafields: [("assistant_id".to_owned(), assistant.clone())].into(),
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec(),
+            metadata: Metadata {
+                workspace_id: WS.into(),
+                ..Default::default()
+            },
+            recorded_at: 0,
+        };
+        log.process_once("flows-conversations", &ended, &trigger)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // A run's id derives from its flow and conversation.
+    let run_of = |conversation: &str| {
+        let key = switchboard_eventlog::derive_event_id(
+            WS,
+            &format!("run:{}:{conversation}", survey.id),
+            0,
+        );
+        format!("run_{}", key.simple())
+    };
+    assert!(
+        runs.load(WS, &run_of("conv_q")).await.is_err(),
+        "disabled for the quiet assistant"
+    );
+    let state = runs.load(WS, &run_of("conv_c")).await.unwrap();
+    assert_eq!(state.run.vars["transcript_truncated"], false);
+    assert_eq!(state.run.vars["transcript_total"], 0);
+    h.stop().await;
+}
