@@ -66,7 +66,7 @@ impl ConversationEvents {
             .metafields
             .get("assistant_id")
             .map(String::as_str);
-        if let Some(assistant) = store
+        if let Some((assistant, _)) = store
             .conversation_assistant(ws, preferred)
             .await
             .map_err(retry)?
@@ -344,10 +344,10 @@ impl Handler for ConversationEvents {
                     return Ok(());
                 };
                 let preferred = conversation.metafields.get("assistant_id").cloned();
-                let Some(flow_id) = self
+                let Some((_, flow_id)) = self
                     .flows
                     .store()
-                    .assistant_flow(ws, preferred.as_deref())
+                    .conversation_assistant(ws, preferred.as_deref())
                     .await
                     .map_err(|e| HandleError::Retry(e.to_string()))?
                 else {

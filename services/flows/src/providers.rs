@@ -189,28 +189,20 @@ pub struct Providers {
     model: Arc<dyn ChatModel>,
 }
 
+/// The service's metadata, with the request's digest: a create's request id sent again
+/// with another request is told apart by it.
 fn metadata(workspace_id: &str, request_id: &str) -> Metadata {
     Metadata {
-        workspace_id: workspace_id.to_owned(),
-        correlation_id: request_id.to_owned(),
         request_hash: switchboard_runtime::requests::current_request_hash(),
-        traceparent: switchboard_runtime::telemetry::current_traceparent().unwrap_or_default(),
-        occurred_at: now_micros(),
-        ..Default::default()
+        ..crate::service::metadata(workspace_id, request_id)
     }
 }
 
 fn saved(event_type: &str, provider: &ModelProvider, metadata: Metadata) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event_type.into(),
-        schema_version: 1,
-        payload: ModelProviderSaved {
-            provider: Some(provider.clone()),
-        }
-        .encode_to_vec(),
-        metadata,
-    }
+    let payload = ModelProviderSaved {
+        provider: Some(provider.clone()),
+    };
+    crate::service::event(event_type, payload.encode_to_vec(), metadata)
 }
 
 impl Providers {

@@ -200,7 +200,7 @@ pub struct FlowsService {
     renderer: Arc<switchboard_template::Renderer>,
 }
 
-fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
+pub(crate) fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
     Metadata {
         workspace_id: workspace_id.to_owned(),
         correlation_id: correlation_id.to_owned(),
@@ -211,7 +211,7 @@ fn metadata(workspace_id: &str, correlation_id: &str) -> Metadata {
     }
 }
 
-fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
+pub(crate) fn event(event_type: &str, payload: Vec<u8>, metadata: Metadata) -> NewEvent {
     NewEvent {
         event_id: Uuid::now_v7(),
         event_type: event_type.into(),

@@ -640,34 +640,16 @@ impl FlowsStore {
         .await)?)
     }
 
-    /// The flow a conversation runs: that of the `preferred` assistant, otherwise of the
-    /// workspace's first assistant (by id) that has one.
-    pub async fn assistant_flow(
-        &self,
-        workspace_id: &str,
-        preferred: Option<&str>,
-    ) -> Result<Option<String>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
-            "SELECT flow_id FROM assistants
-             WHERE workspace_id = $1 AND flow_id <> ''
-             ORDER BY CASE WHEN assistant_id = $2 THEN 0 ELSE 1 END, assistant_id
-             LIMIT 1",
-        )
-        .bind(workspace_id)
-        .bind(preferred.unwrap_or_default())
-        .fetch_optional(pool)
-        .await)?)
-    }
-
-    /// The assistant a conversation has: the one its `assistant_id` metafield names when
-    /// it runs a flow, else the workspace's first with a flow (as its flow was chosen).
+    /// The assistant a conversation has and the flow it runs: the `preferred` assistant
+    /// (its `assistant_id` metafield) when it has a flow, otherwise the workspace's first
+    /// assistant (by id) that has one.
     pub async fn conversation_assistant(
         &self,
         workspace_id: &str,
         preferred: Option<&str>,
-    ) -> Result<Option<String>, EventLogError> {
-        Ok(on_pool!(self.log, pool => sqlx::query_scalar(
-            "SELECT assistant_id FROM assistants
+    ) -> Result<Option<(String, String)>, EventLogError> {
+        Ok(on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT assistant_id, flow_id FROM assistants
              WHERE workspace_id = $1 AND flow_id <> ''
              ORDER BY CASE WHEN assistant_id = $2 THEN 0 ELSE 1 END, assistant_id
              LIMIT 1",
