@@ -142,6 +142,11 @@ pub mod flow_runs {
     pub const TIMER_ARMED: &str = "flow_run.timer_armed";
     pub const TIMER_FIRED: &str = "flow_run.timer_fired";
     pub const ENDED: &str = "flow_run.ended";
+    pub const AGENT_TURN_STARTED: &str = "flow_run.agent_turn_started";
+    pub const TOOL_CALLED: &str = "flow_run.tool_called";
+    pub const CONFIRMATION_ASKED: &str = "flow_run.confirmation_asked";
+    pub const CONFIRMATION_ANSWERED: &str = "flow_run.confirmation_answered";
+    pub const TOOL_RESULT: &str = "flow_run.tool_result";
     /// A run asking the actions service to run an action, on
     /// `internal.flows.action_requested`.
     pub const ACTION_REQUESTED: &str = "flow_run.action_requested";

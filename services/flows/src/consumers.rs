@@ -92,22 +92,12 @@ impl ConversationEvents {
         let Some(conversations) = &self.conversations else {
             return Ok((json!([]), 0));
         };
-        let mut messages = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let (page, next) = conversations
-                .messages(ws, conversation_id, &cursor)
-                .await
-                .map_err(|e| match e {
-                    PortError::Unavailable(why) => HandleError::Retry(why),
-                    PortError::Refused(why) => HandleError::Reject(why),
-                })?;
-            messages.extend(page.iter().map(transcript_line));
-            if next.is_empty() || next == cursor {
-                break;
-            }
-            cursor = next;
-        }
+        let messages = transcript(conversations.as_ref(), ws, conversation_id)
+            .await
+            .map_err(|e| match e {
+                PortError::Unavailable(why) => HandleError::Retry(why),
+                PortError::Refused(why) => HandleError::Reject(why),
+            })?;
         let total = messages.len();
         Ok((
             Json::Array(within_budget(messages, TRANSCRIPT_BUDGET)),
@@ -256,6 +246,24 @@ fn said(message: &Message) -> String {
     }
 }
 
+/// Every message of a conversation, oldest first, as [`transcript_line`]s.
+pub async fn transcript(
+    conversations: &dyn Conversations,
+    ws: &str,
+    conversation_id: &str,
+) -> Result<Vec<Json>, PortError> {
+    let mut messages = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (page, next) = conversations.messages(ws, conversation_id, &cursor).await?;
+        messages.extend(page.iter().map(transcript_line));
+        if next.is_empty() || next == cursor {
+            return Ok(messages);
+        }
+        cursor = next;
+    }
+}
+
 /// One message as workflows read it: `{author, text, at}`.
 fn transcript_line(message: &Message) -> Json {
     let author = match message.author() {
@@ -274,7 +282,7 @@ fn transcript_line(message: &Message) -> Json {
 }
 
 /// The most recent `lines` whose JSON fits in `budget` bytes, oldest first.
-fn within_budget(lines: Vec<Json>, budget: usize) -> Vec<Json> {
+pub fn within_budget(lines: Vec<Json>, budget: usize) -> Vec<Json> {
     let mut used = 0;
     let mut kept: Vec<Json> = lines
         .into_iter()
@@ -393,6 +401,7 @@ impl Handler for ConversationEvents {
                             Input::Message {
                                 text: text.clone(),
                                 sentiment: sentiment.clone(),
+                                message_id: message.id.clone(),
                             },
                         )
                         .await

@@ -21,8 +21,10 @@ use switchboard_proto::events::v1::{
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{FormFieldSpec, RunEventRecord};
 
-use crate::domain::run::Input;
-use crate::runtime::RunService;
+use crate::agent::Agent;
+use crate::domain::run::{Input, Status};
+use crate::providers::Providers;
+use crate::runtime::{Invocation, RunService};
 use crate::service::ServiceError;
 
 /// Why an effect did not happen.
@@ -328,23 +330,81 @@ fn operation_outcome(
 /// The event types [`Effects`] carries out.
 use switchboard_contract::event_types::flow_runs::{EFFECT_REQUESTED, MESSAGE_SENT, REASKED};
 
-/// Carries out runs' messages and non-action effects.
+/// Carries out runs' messages and non-action effects: conversation updates, Connexease
+/// operations, agents' model calls and the workflows agents call.
 pub struct Effects {
     runs: RunService,
     conversations: Arc<dyn Conversations>,
     connexease: Option<Arc<dyn Connexease>>,
+    agent: Agent,
 }
+
+/// How long an agent waits for a workflow it called.
+const WORKFLOW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Effects {
     pub fn new(
         runs: RunService,
         conversations: Arc<dyn Conversations>,
         connexease: Option<Arc<dyn Connexease>>,
+        providers: Providers,
     ) -> Self {
+        let agent = Agent::new(runs.flows().clone(), providers, conversations.clone());
         Self {
             runs,
             conversations,
             connexease,
+            agent,
+        }
+    }
+
+    /// Runs the action workflow an agent called, waiting for its answer.
+    async fn workflow(
+        &self,
+        workspace_id: &str,
+        conversation_id: &str,
+        key: &str,
+        workflow_id: &str,
+        arguments: HashMap<String, Json>,
+    ) -> Result<Json, PortError> {
+        let refused = |e: ServiceError| match e {
+            ServiceError::NotFound(_)
+            | ServiceError::Invalid(_)
+            | ServiceError::FailedPrecondition(_) => PortError::Refused(e.to_string()),
+            other => PortError::Unavailable(other.to_string()),
+        };
+        let name = self
+            .runs
+            .flows()
+            .load(workspace_id, workflow_id)
+            .await
+            .map_err(refused)?
+            .flow
+            .name;
+        let variables = Json::Object(arguments.into_iter().collect());
+        let invocation = self
+            .runs
+            .invoke(
+                workspace_id,
+                &name,
+                variables,
+                conversation_id,
+                key,
+                WORKFLOW_DEADLINE,
+            )
+            .await
+            .map_err(refused)?;
+        match invocation {
+            Invocation::Completed { run_id, response } => {
+                Ok(json!({"run_id": run_id, "response": response}))
+            }
+            Invocation::Failed { reason, .. } => Err(PortError::Refused(format!(
+                "the workflow `{name}` failed: {reason}"
+            ))),
+            Invocation::TimedOut { .. } => Err(PortError::Refused(format!(
+                "the workflow `{name}` did not answer within {} s",
+                WORKFLOW_DEADLINE.as_secs()
+            ))),
         }
     }
 
@@ -411,6 +471,12 @@ impl Handler for Effects {
                     .map_err(retry)
             }
             Some(Record::EffectRequested(e)) => {
+                // A model's step or a workflow the run no longer waits for (its deadline
+                // passed) is not worth its cost: the run would not take its outcome.
+                let waiting = matches!(&state.run.status, Status::WaitingEffect { key } if *key == e.key);
+                if (e.effect == "model" || e.effect == "workflow") && !waiting {
+                    return Ok(());
+                }
                 let inputs: HashMap<String, Json> =
                     serde_json::from_str(&e.inputs_json).unwrap_or_default();
                 let text = |v: &Json| match v {
@@ -422,6 +488,11 @@ impl Handler for Effects {
                         "inputs that read secure metadata are only supported by action nodes"
                             .into(),
                     ))
+                } else if e.effect == "model" {
+                    self.agent.step(workspace_id, &state, &inputs).await
+                } else if e.effect == "workflow" {
+                    self.workflow(workspace_id, &conversation_id, &e.key, &e.target, inputs)
+                        .await
                 } else if e.effect == "update_conversation" {
                     let status = inputs.get("status").map(text);
                     let metafields = inputs
@@ -441,6 +512,11 @@ impl Handler for Effects {
                         )
                         .await
                         .map(|_| json!({}))
+                } else if e.effect != "connexease" {
+                    Err(PortError::Refused(format!(
+                        "`{}` is not an effect this service carries out",
+                        e.effect
+                    )))
                 } else {
                     match &self.connexease {
                         None => Err(PortError::Refused(

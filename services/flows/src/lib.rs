@@ -10,7 +10,8 @@
 //! - [`runtime`]: the command handler of runs: start, apply inputs, fire timers, invoke
 //!   action workflows.
 //! - [`effects`]: carries out what runs decided (messages, conversation updates,
-//!   Connexease) from the flows log itself.
+//!   Connexease, agents' model calls and workflows) from the flows log itself; [`agent`]:
+//!   what an agent's model is sent and how its answer is recorded.
 //! - [`knowledge`]: collections and documents, and their search.
 //! - [`providers`]: the workspaces' model providers; [`model`]: the OpenAI-compatible
 //!   chat client the agent calls them with; [`model_sim`]: a scripted fake model server.
@@ -20,6 +21,7 @@
 //! - [`grpc`]: the tonic service.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod analysis;
 pub mod consumers;
 pub mod domain;
@@ -109,7 +111,7 @@ impl ServiceModule for Flows {
         );
         wiring.serve_grpc(
             FlowsApi::new(flows.clone())
-                .with_providers(providers)
+                .with_providers(providers.clone())
                 .into_server(),
         );
 
@@ -140,6 +142,7 @@ impl ServiceModule for Flows {
                         runs.clone(),
                         conversations,
                         connexease,
+                        providers,
                     )),
                     inbox: Inbox::Log,
                     order: Order::PerStream,

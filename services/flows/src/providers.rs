@@ -447,6 +447,18 @@ impl Providers {
         }
     }
 
+    /// The workspace's first provider by name, the one an agent uses when neither its
+    /// node nor its assistant names one.
+    pub async fn first(&self, workspace_id: &str) -> Result<Option<String>, ServiceError> {
+        let providers = self.store.model_providers(workspace_id).await?;
+        Ok(providers.into_iter().next().map(|(id, _)| id))
+    }
+
+    /// The chat client calls go through.
+    pub fn model(&self) -> &Arc<dyn ChatModel> {
+        &self.model
+    }
+
     /// Where and as whom to call the provider `id`: its key opened.
     pub async fn endpoint(&self, workspace_id: &str, id: &str) -> Result<Endpoint, ServiceError> {
         let (provider, _) = self.load(workspace_id, id).await?;

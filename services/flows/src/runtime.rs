@@ -25,13 +25,13 @@ use switchboard_proto::actions::v1::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
-    ButtonOption, Graph, ReplayReport, RunCaptured, RunCondition, RunEffectCompleted,
+    ButtonOption, Graph, ReplayReport, RunAgentTurn, RunCaptured, RunConfirmation, RunCondition, RunEffectCompleted,
     RunEffectRequested, RunEventRecord, RunMessage, RunNode, RunReplay, RunStarted, RunText,
-    RunTimer, RunVariable,
+    RunTimer, RunToolCall, RunToolResult, RunVariable,
 };
 
 use crate::domain::replay;
-use crate::domain::run::{self, Effect, Input, Run, RunEvent};
+use crate::domain::run::{self, AgentCall, Effect, Input, Run, RunEvent};
 use crate::service::{FlowsService, ServiceError};
 
 /// The event type of an action request, on `internal.flows.action_requested`.
@@ -70,6 +70,11 @@ pub fn event_type(event: &RunEvent) -> &'static str {
         RunEvent::TimerArmed { .. } => t::TIMER_ARMED,
         RunEvent::TimerFired { .. } => t::TIMER_FIRED,
         RunEvent::Ended { .. } => t::ENDED,
+        RunEvent::AgentTurnStarted { .. } => t::AGENT_TURN_STARTED,
+        RunEvent::ToolCalled { .. } => t::TOOL_CALLED,
+        RunEvent::ConfirmationAsked { .. } => t::CONFIRMATION_ASKED,
+        RunEvent::ConfirmationAnswered { .. } => t::CONFIRMATION_ANSWERED,
+        RunEvent::ToolResult { .. } => t::TOOL_RESULT,
     }
 }
 
@@ -84,6 +89,8 @@ fn effect_name(effect: &Effect) -> (&'static str, String) {
         Effect::Action { action_id } => ("action", action_id.clone()),
         Effect::UpdateConversation => ("update_conversation", String::new()),
         Effect::Connexease { operation } => ("connexease", operation.clone()),
+        Effect::Model => ("model", String::new()),
+        Effect::Workflow { workflow_id } => ("workflow", workflow_id.clone()),
     }
 }
 
@@ -183,6 +190,54 @@ pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRe
         RunEvent::Ended { reason } => Record::Ended(RunText {
             text: reason.clone(),
         }),
+        RunEvent::AgentTurnStarted { node: n, heard } => Record::AgentTurn(RunAgentTurn {
+            node: n.clone(),
+            heard: heard.clone(),
+        }),
+        RunEvent::ToolCalled { node: n, call } => Record::ToolCalled(RunToolCall {
+            node: n.clone(),
+            call_id: call.call_id.clone(),
+            name: call.name.clone(),
+            arguments_json: call.arguments.to_string(),
+            action_id: call.action_id.clone(),
+            workflow_id: call.workflow_id.clone(),
+            confirmation_required: call.confirmation_required,
+            key: call.key.clone(),
+            round: call.round,
+        }),
+        RunEvent::ConfirmationAsked {
+            node: n,
+            call_id,
+            due_at,
+        } => Record::ConfirmationAsked(RunConfirmation {
+            node: n.clone(),
+            call_id: call_id.clone(),
+            due_at: Some(timestamp(*due_at)),
+            ..Default::default()
+        }),
+        RunEvent::ConfirmationAnswered {
+            node: n,
+            call_id,
+            yes,
+            message_id,
+            text,
+        } => Record::ConfirmationAnswered(RunConfirmation {
+            node: n.clone(),
+            call_id: call_id.clone(),
+            due_at: None,
+            yes: *yes,
+            message_id: message_id.clone(),
+            text: text.clone(),
+        }),
+        RunEvent::ToolResult {
+            node: n,
+            call_id,
+            result,
+        } => Record::ToolResult(RunToolResult {
+            node: n.clone(),
+            call_id: call_id.clone(),
+            result_json: result.to_string(),
+        }),
     };
     RunEventRecord {
         event: Some(record),
@@ -237,7 +292,13 @@ pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
                 "connexease" => Effect::Connexease {
                     operation: e.target,
                 },
-                _ => Effect::UpdateConversation,
+                "model" => Effect::Model,
+                "workflow" => Effect::Workflow {
+                    workflow_id: e.target,
+                },
+                "update_conversation" => Effect::UpdateConversation,
+                // A kind this build does not know: not something to carry out.
+                _ => return None,
             },
             inputs: serde_json::from_str(&e.inputs_json).unwrap_or_default(),
             sealed_inputs: e.sealed_inputs.into_iter().collect(),
@@ -255,6 +316,42 @@ pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
         },
         Record::TimerFired(n) => RunEvent::TimerFired { node: n.node },
         Record::Ended(t) => RunEvent::Ended { reason: t.text },
+        Record::AgentTurn(t) => RunEvent::AgentTurnStarted {
+            node: t.node,
+            heard: t.heard,
+        },
+        Record::ToolCalled(c) => RunEvent::ToolCalled {
+            node: c.node,
+            call: AgentCall {
+                call_id: c.call_id,
+                name: c.name,
+                arguments: json(&c.arguments_json),
+                action_id: c.action_id,
+                workflow_id: c.workflow_id,
+                confirmation_required: c.confirmation_required,
+                key: c.key,
+                round: c.round,
+                confirmed_by: None,
+                result: None,
+            },
+        },
+        Record::ConfirmationAsked(c) => RunEvent::ConfirmationAsked {
+            node: c.node,
+            call_id: c.call_id,
+            due_at: c.due_at.as_ref().map(micros).unwrap_or_default(),
+        },
+        Record::ConfirmationAnswered(c) => RunEvent::ConfirmationAnswered {
+            node: c.node,
+            call_id: c.call_id,
+            yes: c.yes,
+            message_id: c.message_id,
+            text: c.text,
+        },
+        Record::ToolResult(r) => RunEvent::ToolResult {
+            node: r.node,
+            call_id: r.call_id,
+            result: json(&r.result_json),
+        },
     })
 }
 
@@ -287,6 +384,11 @@ impl RunService {
     /// The read models (runs by conversation, flows, assistants).
     pub fn store(&self) -> &crate::store::FlowsStore {
         self.flows.store()
+    }
+
+    /// The definitions: flows and assistants.
+    pub fn flows(&self) -> &FlowsService {
+        &self.flows
     }
 
     /// Fires every timer due at `now` (microseconds): each run goes on from its delay
@@ -652,6 +754,12 @@ fn new_events(
             sealed_inputs,
         } = event
         {
+            // An agent's tool call the customer confirmed runs as confirmed.
+            let confirmed = after
+                .agent
+                .as_ref()
+                .and_then(|a| a.calls.iter().find(|c| c.key == *key))
+                .is_some_and(|c| c.confirmed_by.is_some());
             // What the actions service runs: the node's inputs under `input`, beside the
             // run's variables (which never hold `secure`); inputs that read `secure.*` go
             // as templates, rendered by the actions service.
@@ -670,7 +778,7 @@ fn new_events(
                     conversation_id: state.conversation_id.clone(),
                     run_id: run_id.to_owned(),
                     node_id: node.clone(),
-                    confirmed: false,
+                    confirmed,
                     caller_permission: PermissionLevel::Agent as i32,
                     inject_result: false,
                     sealed_inputs: sealed_inputs.clone().into_iter().collect(),

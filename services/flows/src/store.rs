@@ -391,12 +391,17 @@ impl Projection for FlowsProjection {
                 // A delay arms a timer; so does a request for an effect, as the deadline
                 // for its outcome, which the runtime fires like a delay's. The outcome
                 // (or any later step) clears it.
-                runs::TIMER_ARMED | runs::EFFECT_REQUESTED => {
+                runs::TIMER_ARMED | runs::EFFECT_REQUESTED | runs::CONFIRMATION_ASKED => {
                     let record: RunEventRecord = event.decode()?;
                     let (node, due) = match record.event {
                         Some(Record::TimerArmed(timer)) => (
                             timer.node,
                             timer.due_at.as_ref().map(micros).unwrap_or_default(),
+                        ),
+                        // A confirmation's deadline: nobody answering by then is a no.
+                        Some(Record::ConfirmationAsked(asked)) => (
+                            asked.node,
+                            asked.due_at.as_ref().map(micros).unwrap_or_default(),
                         ),
                         Some(Record::EffectRequested(effect)) => (
                             effect.node,
@@ -419,7 +424,7 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
-                runs::TIMER_FIRED | runs::EFFECT_COMPLETED => {
+                runs::TIMER_FIRED | runs::EFFECT_COMPLETED | runs::CONFIRMATION_ANSWERED => {
                     let run_id = last_part(event);
                     on_conn!(tx, conn => sqlx::query(
                         "DELETE FROM timers WHERE workspace_id = $1 AND run_id = $2",

@@ -116,6 +116,7 @@ pub fn kind_name(node: &Node) -> &'static str {
         Some(Kind::CustomAction(_)) => "custom_action",
         Some(Kind::Delay(_)) => "delay",
         Some(Kind::End(_)) => "end",
+        Some(Kind::Agent(_)) => "agent",
         None => "unspecified",
     }
 }
@@ -139,6 +140,15 @@ fn ports(node: &Node) -> (&'static [&'static str], &'static [&'static str]) {
         Some(Kind::End(_)) | None => (&[], &[]),
         Some(Kind::Condition(_)) => (&["true", "false"], &["true", "false"]),
         Some(Kind::CaptureInput(_)) => (&["next", "invalid"], &["next"]),
+        // Without `next` the agent keeps the conversation; `handover` is a tool it gets.
+        Some(Kind::Agent(_)) => (
+            &["next", "handover", "failure"],
+            if node.end_on_failure {
+                &[]
+            } else {
+                &["failure"]
+            },
+        ),
         Some(_) if acts(node) => {
             if node.end_on_failure {
                 (&["success", "failure"], &["success"])
@@ -397,6 +407,35 @@ impl Checker<'_> {
                 // secure metadata would end up stored in plain text there.
                 self.map(&format!("{at}.connexease.arguments"), &c.arguments, false);
             }
+            Kind::Agent(a) => {
+                self.template(&format!("{at}.agent.instructions"), &a.instructions);
+                if a.instructions.len() > limits::INSTRUCTIONS_BYTES {
+                    self.v.push(
+                        format!("{at}.agent.instructions"),
+                        format!("at most {} bytes", limits::INSTRUCTIONS_BYTES),
+                    );
+                }
+                if !a.provider_id.is_empty()
+                    && !switchboard_runtime::requests::valid_prefixed_id(&a.provider_id, "mp_")
+                {
+                    self.v.push(
+                        format!("{at}.agent.provider_id"),
+                        "a model provider id (`mp_…`), or empty for the assistant's",
+                    );
+                }
+                if a.max_rounds > run::AGENT_ROUNDS_MAX {
+                    self.v.push(
+                        format!("{at}.agent.max_rounds"),
+                        format!("at most {}", run::AGENT_ROUNDS_MAX),
+                    );
+                }
+                if a.confirmation_timeout_seconds > run::CONFIRMATION_SECONDS_MAX {
+                    self.v.push(
+                        format!("{at}.agent.confirmation_timeout_seconds"),
+                        format!("at most {} (a day)", run::CONFIRMATION_SECONDS_MAX),
+                    );
+                }
+            }
             Kind::Delay(d) => {
                 if d.seconds == 0 || d.seconds > limits::DELAY_SECONDS {
                     self.v.push(
@@ -498,6 +537,17 @@ pub fn validate_graph(
         c.v.push(
             "nodes",
             "capture_input waits for the customer: only conversation flows have one",
+        );
+    }
+    if kind != FlowKind::ConversationFlow
+        && graph
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, Some(Kind::Agent(_))))
+    {
+        c.v.push(
+            "nodes",
+            "an agent talks with the customer: only conversation flows have one",
         );
     }
     for (field, schema) in [

@@ -154,6 +154,8 @@ impl fmt::Display for Behavior {
                     Effect::Action { action_id } => write!(f, "runs action `{action_id}`")?,
                     Effect::UpdateConversation => write!(f, "updates the conversation")?,
                     Effect::Connexease { operation } => write!(f, "runs Connexease `{operation}`")?,
+                    Effect::Model => write!(f, "asks the model")?,
+                    Effect::Workflow { workflow_id } => write!(f, "runs workflow `{workflow_id}`")?,
                 }
                 let shown: serde_json::Map<String, Json> = inputs
                     .iter()
@@ -272,6 +274,7 @@ pub fn simulate(graph: &Graph, recording: &Recording, render: &dyn Render) -> Si
                 Input::Message {
                     text: text.clone(),
                     sentiment: sentiment.clone(),
+                    message_id: "replayed".into(),
                 }
             }
         };
@@ -449,10 +452,12 @@ mod tests {
             Input::Message {
                 text: "no idea".into(),
                 sentiment: "negative".into(),
+                message_id: String::new(),
             },
             Input::Message {
                 text: "12345".into(),
                 sentiment: String::new(),
+                message_id: String::new(),
             },
             Input::EffectDone {
                 key: "run_1/lookup/1".into(),

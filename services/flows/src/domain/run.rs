@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Map, Value as Json, json};
 use switchboard_proto::flows::v1::node::Kind;
-use switchboard_proto::flows::v1::{FormFieldSpec, Graph, Node, Operator, Rule};
+use switchboard_proto::flows::v1::{AgentNode, FormFieldSpec, Graph, Node, Operator, Rule};
 
 /// Nodes one input may pass through before the run is stopped as a loop.
 pub const STEP_LIMIT: u32 = 1000;
@@ -55,7 +55,60 @@ pub enum Effect {
     UpdateConversation,
     /// Run a Connexease operation.
     Connexease { operation: String },
+    /// Ask the model for the agent's next step (an answer or tool calls).
+    Model,
+    /// Run a published action workflow (a tool the agent called).
+    Workflow { workflow_id: String },
 }
+
+/// A tool the agent's model called, as the catalogue resolved it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentCall {
+    /// The model's id for the call (its result answers it).
+    pub call_id: String,
+    pub name: String,
+    /// The arguments the model wrote: a JSON object, or its text when it is not one.
+    pub arguments: Json,
+    /// What runs it; both empty for a tool the catalogue does not have.
+    pub action_id: String,
+    pub workflow_id: String,
+    pub confirmation_required: bool,
+    /// The effect key it runs under.
+    pub key: String,
+    /// The model call (within the turn) that asked for it.
+    pub round: u32,
+    /// The customer's message that confirmed it.
+    pub confirmed_by: Option<String>,
+    /// `{"ok", "outputs", "error"}` once it ran, or what stood in for running it.
+    pub result: Option<Json>,
+}
+
+/// An agent node's turn in progress.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentTurn {
+    /// Turns taken since the node was entered (the first is 1).
+    pub turn: u32,
+    /// Model calls made this turn.
+    pub rounds: u32,
+    /// The tools the model called this turn, in order.
+    pub calls: Vec<AgentCall>,
+    /// The call the customer is asked to confirm.
+    pub confirming: Option<String>,
+}
+
+/// The built-in tool an agent with a `handover` route offers its model.
+pub const HANDOVER_TOOL: &str = "handover";
+
+/// Model calls an agent's turn makes when its node sets none, and the most it may set.
+pub const AGENT_ROUNDS_DEFAULT: u32 = 8;
+pub const AGENT_ROUNDS_MAX: u32 = 32;
+
+/// Tool calls of one model answer that are run; the rest are not.
+pub const AGENT_CALLS_PER_ROUND: usize = 8;
+
+/// How long a confirmation waits by default, and at most.
+pub const CONFIRMATION_SECONDS_DEFAULT: u32 = 600;
+pub const CONFIRMATION_SECONDS_MAX: u32 = 86_400;
 
 /// What happened in a run, as recorded.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +182,35 @@ pub enum RunEvent {
     Ended {
         reason: String,
     },
+    /// An agent's turn begins, with the customer's messages that were waiting.
+    AgentTurnStarted {
+        node: String,
+        heard: Vec<String>,
+    },
+    ToolCalled {
+        node: String,
+        call: AgentCall,
+    },
+    /// The customer is asked to confirm a call, until `due_at`.
+    ConfirmationAsked {
+        node: String,
+        call_id: String,
+        due_at: i64,
+    },
+    /// Yes or no, by the message `message_id` (empty: nobody answered in time).
+    ConfirmationAnswered {
+        node: String,
+        call_id: String,
+        yes: bool,
+        message_id: String,
+        text: String,
+    },
+    /// A call's result that no effect gave: declined, an unknown tool, bad arguments.
+    ToolResult {
+        node: String,
+        call_id: String,
+        result: Json,
+    },
 }
 
 /// What reaches a run from outside.
@@ -143,6 +225,8 @@ pub enum Input {
     Message {
         text: String,
         sentiment: String,
+        /// The conversation's id for the message (what a confirmation records).
+        message_id: String,
     },
     EffectDone {
         key: String,
@@ -169,6 +253,8 @@ pub struct Run {
     /// Times each node was entered (the attempt in effect keys).
     pub entered: HashMap<String, u32>,
     pub queued: VecDeque<String>,
+    /// The agent's turn, while the run is at an agent node.
+    pub agent: Option<AgentTurn>,
 }
 
 impl Run {
@@ -185,6 +271,7 @@ impl Run {
             RunEvent::Entered { node } => {
                 self.at = node.clone();
                 self.asks = 0;
+                self.agent = None;
                 *self.entered.entry(node.clone()).or_default() += 1;
                 self.status = Status::Running;
             }
@@ -214,17 +301,26 @@ impl Run {
             RunEvent::VariableSet { variable, value } => {
                 set_path(&mut self.vars, variable, value.clone())
             }
-            RunEvent::EffectRequested { key, .. } => {
+            RunEvent::EffectRequested { key, effect, .. } => {
+                if let (Some(agent), Effect::Model) = (&mut self.agent, effect) {
+                    agent.rounds += 1;
+                }
                 self.status = Status::WaitingEffect { key: key.clone() }
             }
             RunEvent::EffectCompleted {
                 node,
+                key,
                 success,
                 outputs,
                 error,
-                ..
             } => {
                 let recorded = json!({"ok": success, "outputs": outputs, "error": error});
+                self.status = Status::Running;
+                // A tool's outcome is the agent's to give the model, not a node's output.
+                if let Some(call) = self.agent_call_mut(|c| c.key == *key) {
+                    call.result = Some(recorded);
+                    return;
+                }
                 let mut merged = outputs.as_object().cloned().unwrap_or_default();
                 for (k, v) in recorded.as_object().into_iter().flatten() {
                     merged.insert(k.clone(), v.clone());
@@ -234,7 +330,6 @@ impl Run {
                     &format!("nodes.{node}"),
                     Json::Object(merged),
                 );
-                self.status = Status::Running;
             }
             RunEvent::TimerArmed { due_at, .. } => {
                 self.status = Status::WaitingTimer { due_at: *due_at }
@@ -245,8 +340,64 @@ impl Run {
                     reason: reason.clone(),
                 }
             }
+            RunEvent::AgentTurnStarted { heard, .. } => {
+                for _ in heard {
+                    self.queued.pop_front();
+                }
+                if let Some(last) = heard.last() {
+                    set_path(&mut self.vars, "message.content", Json::String(last.clone()));
+                }
+                let turn = self.agent.as_ref().map_or(0, |a| a.turn) + 1;
+                self.agent = Some(AgentTurn {
+                    turn,
+                    ..Default::default()
+                });
+                self.status = Status::Running;
+            }
+            RunEvent::ToolCalled { call, .. } => {
+                if let Some(agent) = &mut self.agent {
+                    agent.calls.push(call.clone());
+                }
+            }
+            RunEvent::ConfirmationAsked { call_id, .. } => {
+                if let Some(agent) = &mut self.agent {
+                    agent.confirming = Some(call_id.clone());
+                }
+                self.status = Status::WaitingInput;
+            }
+            RunEvent::ConfirmationAnswered {
+                call_id,
+                yes,
+                message_id,
+                ..
+            } => {
+                // The answer is the message that just arrived, not one queued before.
+                if !message_id.is_empty() {
+                    self.queued.pop_back();
+                }
+                if let Some(agent) = &mut self.agent {
+                    agent.confirming = None;
+                }
+                if let Some(call) = self.agent_call_mut(|c| c.call_id == *call_id)
+                    && *yes
+                {
+                    call.confirmed_by = Some(message_id.clone());
+                }
+                self.status = Status::Running;
+            }
+            RunEvent::ToolResult {
+                call_id, result, ..
+            } => {
+                if let Some(call) = self.agent_call_mut(|c| c.call_id == *call_id) {
+                    call.result = Some(result.clone());
+                }
+            }
             RunEvent::MessageSent { .. } | RunEvent::ConditionEvaluated { .. } => {}
         }
+    }
+
+    fn agent_call_mut(&mut self, pick: impl Fn(&AgentCall) -> bool) -> Option<&mut AgentCall> {
+        self.agent.as_mut()?.calls.iter_mut().find(|c| pick(c))
     }
 
     /// The state after `events`, from nothing.
@@ -360,8 +511,16 @@ impl<'g> Decider<'g> {
                 }
             }
             (Status::Ended { .. }, _) => None,
-            (status, Input::Message { text, sentiment }) => {
+            (
+                status,
+                Input::Message {
+                    text,
+                    sentiment,
+                    message_id,
+                },
+            ) => {
                 let waiting = *status == Status::WaitingInput;
+                let confirming = self.confirming().map(str::to_owned);
                 if !sentiment.is_empty() {
                     self.emit(RunEvent::VariableSet {
                         variable: "message.sentiment".into(),
@@ -369,7 +528,11 @@ impl<'g> Decider<'g> {
                     });
                 }
                 self.emit(RunEvent::InputQueued { text: text.clone() });
-                if waiting { self.capture() } else { None }
+                match (waiting, confirming) {
+                    (true, Some(call_id)) => self.answer_confirmation(&call_id, message_id, text),
+                    (true, None) => self.capture(),
+                    (false, _) => None,
+                }
             }
             (
                 Status::WaitingEffect { key },
@@ -388,13 +551,16 @@ impl<'g> Decider<'g> {
                     outputs: outputs.clone(),
                     error: error.clone(),
                 });
-                if *success {
+                if self.run.agent.is_some() {
+                    self.agent_outcome(&node, done, *success, outputs, error)
+                } else if *success {
                     self.route(&node, "success")
                 } else {
                     self.fail(&node, error)
                 }
             }
             (Status::WaitingEffect { key }, Input::TimerDue { node }) if *node == self.run.at => {
+                let key = key.clone();
                 let error = format!(
                     "effect_timeout: no outcome for `{key}` within {EFFECT_DEADLINE_SECONDS} s"
                 );
@@ -405,7 +571,32 @@ impl<'g> Decider<'g> {
                     outputs: json!({}),
                     error: error.clone(),
                 });
-                self.fail(&node.clone(), &error)
+                if self.run.agent.is_some() {
+                    self.agent_outcome(&node.clone(), &key, false, &json!({}), &error)
+                } else {
+                    self.fail(&node.clone(), &error)
+                }
+            }
+            // Nobody answered a confirmation in time: a no.
+            (Status::WaitingInput, Input::TimerDue { node })
+                if *node == self.run.at && self.confirming().is_some() =>
+            {
+                let call_id = self.confirming().unwrap_or_default().to_owned();
+                let node = node.clone();
+                self.emit(RunEvent::ConfirmationAnswered {
+                    node: node.clone(),
+                    call_id: call_id.clone(),
+                    yes: false,
+                    message_id: String::new(),
+                    text: String::new(),
+                });
+                self.emit(RunEvent::ToolResult {
+                    node: node.clone(),
+                    call_id,
+                    result: json!({"ok": false, "declined": true,
+                        "error": "the customer did not confirm in time; nothing was done"}),
+                });
+                self.next_tool(&node)
             }
             (Status::WaitingTimer { .. }, Input::TimerDue { node }) if *node == self.run.at => {
                 self.emit(RunEvent::TimerFired { node: node.clone() });
@@ -588,7 +779,269 @@ impl<'g> Decider<'g> {
                 },
                 &c.arguments.iter().collect(),
             ),
+            Kind::Agent(a) => {
+                if a.wait_for_customer && self.run.queued.is_empty() {
+                    self.emit(RunEvent::AwaitingInput {
+                        node: id.to_owned(),
+                    });
+                    None
+                } else {
+                    self.agent_turn(id)
+                }
+            }
         }
+    }
+
+    /// Whether `node` has a route by `port`.
+    fn wired(&self, node: &str, port: &str) -> bool {
+        self.graph
+            .edges
+            .iter()
+            .any(|e| e.from == node && (e.port == port || (e.port.is_empty() && port == "next")))
+    }
+
+    /// The call the customer is asked to confirm, if the run waits for that.
+    fn confirming(&self) -> Option<&str> {
+        self.run.agent.as_ref()?.confirming.as_deref()
+    }
+
+    fn agent_node(&self, id: &str) -> Option<&'g AgentNode> {
+        match self.nodes.get(id)?.kind.as_ref()? {
+            Kind::Agent(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// The start of an agent's turn, taking the messages that waited: ask the model.
+    fn agent_turn(&mut self, id: &str) -> Option<String> {
+        let heard = self.run.queued.iter().cloned().collect();
+        self.emit(RunEvent::AgentTurnStarted {
+            node: id.to_owned(),
+            heard,
+        });
+        self.ask_model(id)
+    }
+
+    /// The effect key of the agent's next step: run, node, attempt, turn and step.
+    fn agent_key(&self, id: &str, step: &str) -> String {
+        let attempt = self.run.entered.get(id).copied().unwrap_or(1);
+        let turn = self.run.agent.as_ref().map_or(0, |a| a.turn);
+        format!("{}/{id}/{attempt}/{turn}.{step}", self.run.run_id)
+    }
+
+    /// Asks the model for the turn's next step, within the node's rounds.
+    fn ask_model(&mut self, id: &str) -> Option<String> {
+        let Some(agent) = self.agent_node(id) else {
+            return self.fail(id, "not an agent node");
+        };
+        let rounds = match agent.max_rounds {
+            0 => AGENT_ROUNDS_DEFAULT,
+            n => n.min(AGENT_ROUNDS_MAX),
+        };
+        let done = self.run.agent.as_ref().map_or(0, |a| a.rounds);
+        if done >= rounds {
+            return self.fail(
+                id,
+                &format!("agent_round_limit: {rounds} model calls at `{id}` gave no answer"),
+            );
+        }
+        let instructions = match self.render.text(&agent.instructions, &self.open_vars()) {
+            Ok(text) => text,
+            Err(e) => return self.fail(id, &render_failure(id, e)),
+        };
+        let inputs = BTreeMap::from([
+            ("instructions".to_owned(), Json::String(instructions)),
+            (
+                "provider_id".to_owned(),
+                Json::String(agent.provider_id.clone()),
+            ),
+            (
+                "handover".to_owned(),
+                Json::Bool(self.wired(id, "handover")),
+            ),
+        ]);
+        let key = self.agent_key(id, &format!("m{}", done + 1));
+        self.emit(RunEvent::EffectRequested {
+            node: id.to_owned(),
+            key,
+            effect: Effect::Model,
+            inputs,
+            sealed_inputs: BTreeMap::new(),
+        });
+        None
+    }
+
+    /// An outcome at an agent node: a tool's (on to the next call) or the model's.
+    fn agent_outcome(
+        &mut self,
+        id: &str,
+        key: &str,
+        success: bool,
+        outputs: &Json,
+        error: &str,
+    ) -> Option<String> {
+        let tool = self
+            .run
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.calls.iter().any(|c| c.key == key));
+        if tool {
+            return self.next_tool(id);
+        }
+        if !success {
+            return self.fail(id, error);
+        }
+        let calls = outputs["tool_calls"].as_array().cloned().unwrap_or_default();
+        if let Some(handover) = calls.iter().find(|c| {
+            c["name"] == HANDOVER_TOOL && c["action_id"] == "" && c["workflow_id"] == ""
+        }) && self.wired(id, "handover")
+        {
+            let reason = serde_json::from_str::<Json>(handover["arguments"].as_str().unwrap_or(""))
+                .ok()
+                .and_then(|a| a["reason"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            self.emit(RunEvent::VariableSet {
+                variable: format!("nodes.{id}.handover_reason"),
+                value: Json::String(reason),
+            });
+            return self.route(id, "handover");
+        }
+        if !calls.is_empty() {
+            let round = self.run.agent.as_ref().map_or(0, |a| a.rounds);
+            for call in calls.iter().take(AGENT_CALLS_PER_ROUND) {
+                let index = self.run.agent.as_ref().map_or(0, |a| a.calls.len()) + 1;
+                let text = |field: &str| call[field].as_str().unwrap_or_default().to_owned();
+                let arguments = text("arguments");
+                let call = AgentCall {
+                    call_id: text("id"),
+                    name: text("name"),
+                    arguments: serde_json::from_str::<Json>(&arguments)
+                        .ok()
+                        .filter(Json::is_object)
+                        .unwrap_or(Json::String(arguments)),
+                    action_id: text("action_id"),
+                    workflow_id: text("workflow_id"),
+                    confirmation_required: call["confirmation_required"] == true,
+                    key: self.agent_key(id, &format!("t{index}")),
+                    round,
+                    confirmed_by: None,
+                    result: None,
+                };
+                self.emit(RunEvent::ToolCalled {
+                    node: id.to_owned(),
+                    call,
+                });
+            }
+            return self.next_tool(id);
+        }
+        let answer = outputs["content"].as_str().unwrap_or_default().trim();
+        if answer.is_empty() {
+            return self.fail(id, "the model answered nothing");
+        }
+        self.emit(RunEvent::MessageSent {
+            node: id.to_owned(),
+            text: answer.to_owned(),
+            buttons: Vec::new(),
+            form: Vec::new(),
+        });
+        if self.wired(id, "next") {
+            self.route(id, "next")
+        } else if !self.run.queued.is_empty() {
+            self.agent_turn(id)
+        } else {
+            self.emit(RunEvent::AwaitingInput {
+                node: id.to_owned(),
+            });
+            None
+        }
+    }
+
+    /// Runs the turn's next call without a result (asking first when it needs the
+    /// customer's yes); with every call answered, the model again.
+    fn next_tool(&mut self, id: &str) -> Option<String> {
+        loop {
+            let pending = self
+                .run
+                .agent
+                .as_ref()
+                .and_then(|a| a.calls.iter().find(|c| c.result.is_none()))
+                .cloned();
+            let Some(call) = pending else {
+                return self.ask_model(id);
+            };
+            let stand_in = |d: &mut Self, error: String| {
+                d.emit(RunEvent::ToolResult {
+                    node: id.to_owned(),
+                    call_id: call.call_id.clone(),
+                    result: json!({"ok": false, "error": error}),
+                });
+            };
+            let effect = if !call.action_id.is_empty() {
+                Effect::Action {
+                    action_id: call.action_id.clone(),
+                }
+            } else if !call.workflow_id.is_empty() {
+                Effect::Workflow {
+                    workflow_id: call.workflow_id.clone(),
+                }
+            } else {
+                stand_in(self, format!("there is no tool named `{}`", call.name));
+                continue;
+            };
+            let Some(arguments) = call.arguments.as_object() else {
+                stand_in(self, "the arguments are not a JSON object".into());
+                continue;
+            };
+            if call.confirmation_required && call.confirmed_by.is_none() {
+                let timeout = match self.agent_node(id).map_or(0, |a| a.confirmation_timeout_seconds) {
+                    0 => CONFIRMATION_SECONDS_DEFAULT,
+                    s => s.min(CONFIRMATION_SECONDS_MAX),
+                };
+                self.emit(RunEvent::MessageSent {
+                    node: id.to_owned(),
+                    text: confirmation_question(&call.name, arguments),
+                    buttons: vec![("Yes".into(), "yes".into()), ("No".into(), "no".into())],
+                    form: Vec::new(),
+                });
+                self.emit(RunEvent::ConfirmationAsked {
+                    node: id.to_owned(),
+                    call_id: call.call_id.clone(),
+                    due_at: self.now + i64::from(timeout) * 1_000_000,
+                });
+                return None;
+            }
+            self.emit(RunEvent::EffectRequested {
+                node: id.to_owned(),
+                key: call.key.clone(),
+                effect,
+                inputs: arguments.clone().into_iter().collect(),
+                sealed_inputs: BTreeMap::new(),
+            });
+            return None;
+        }
+    }
+
+    /// The customer's answer to a confirmation: a yes runs the call, anything else
+    /// declines it (the model is told what the customer said).
+    fn answer_confirmation(&mut self, call_id: &str, message_id: &str, text: &str) -> Option<String> {
+        let id = self.run.at.clone();
+        let yes = is_yes(text);
+        self.emit(RunEvent::ConfirmationAnswered {
+            node: id.clone(),
+            call_id: call_id.to_owned(),
+            yes,
+            message_id: message_id.to_owned(),
+            text: text.to_owned(),
+        });
+        if !yes {
+            self.emit(RunEvent::ToolResult {
+                node: id.clone(),
+                call_id: call_id.to_owned(),
+                result: json!({"ok": false, "declined": true, "customer_said": text,
+                    "error": "the customer declined; nothing was done"}),
+            });
+        }
+        self.next_tool(&id)
     }
 
     /// Renders an acting node's inputs and asks for its effect; a missing variable takes
@@ -647,10 +1100,11 @@ impl<'g> Decider<'g> {
         loop {
             let text = self.run.queued.front().cloned()?;
             let id = self.run.at.clone();
-            let Some(Kind::CaptureInput(c)) =
-                self.nodes.get(id.as_str()).and_then(|n| n.kind.as_ref())
-            else {
-                return None;
+            let c = match self.nodes.get(id.as_str()).and_then(|n| n.kind.as_ref()) {
+                Some(Kind::CaptureInput(c)) => c,
+                // The agent answers every message that waited, in one turn.
+                Some(Kind::Agent(_)) => return self.agent_turn(&id),
+                _ => return None,
             };
             let c = c.clone();
             if valid_input(&c.validation, &c.pattern, &text) {
@@ -749,6 +1203,45 @@ fn render_failure(node: &str, e: RenderError) -> String {
     }
 }
 
+/// The question an action that needs the customer's yes is asked with: the action and
+/// its inputs in words.
+fn confirmation_question(name: &str, arguments: &Map<String, Json>) -> String {
+    let words = |s: &str| s.replace(['_', '-'], " ");
+    let inputs: Vec<String> = arguments
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{}: {v}", words(k))
+        })
+        .collect();
+    if inputs.is_empty() {
+        format!("Shall I go ahead and {}?", words(name))
+    } else {
+        format!(
+            "Shall I go ahead and {} ({})?",
+            words(name),
+            inputs.join(", ")
+        )
+    }
+}
+
+/// Whether a reply to a confirmation is a yes (a button's `yes` or the words for it).
+fn is_yes(text: &str) -> bool {
+    let said = text
+        .trim()
+        .trim_end_matches(['.', '!'])
+        .trim()
+        .to_lowercase();
+    const YES: &[&str] = &[
+        "yes", "y", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "go ahead",
+        "please do", "do it", "yes please", "evet", "tamam",
+    ];
+    YES.contains(&said.as_str())
+}
+
 fn valid_input(validation: &str, pattern: &str, text: &str) -> bool {
     let text = text.trim();
     match validation {
@@ -841,6 +1334,7 @@ mod tests {
         Input::Message {
             text: text.into(),
             sentiment: String::new(),
+            message_id: "msg_1".into(),
         }
     }
 
@@ -1191,6 +1685,7 @@ mod tests {
         let message = |sentiment: &str| Input::Message {
             text: "It was late again.".into(),
             sentiment: sentiment.into(),
+            message_id: "msg_1".into(),
         };
         let (run, events) = drive(&graph, &[start(), message("negative")]);
         assert_eq!(
@@ -1344,5 +1839,237 @@ mod tests {
             (run, events),
             "decisions are deterministic"
         );
+    }
+
+    /// start → agent (keeps the conversation), with `failure` and `handover` routes.
+    fn agent_graph(next: bool) -> Graph {
+        let say_node = |id: &str, text: &str| {
+            node(
+                id,
+                node::Kind::SendMessage(SendMessage {
+                    text: text.into(),
+                    ..Default::default()
+                }),
+            )
+        };
+        let mut graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node(
+                    "agent",
+                    node::Kind::Agent(AgentNode {
+                        instructions: "Help with orders of {{ conversation.id }}.".into(),
+                        max_rounds: 3,
+                        ..Default::default()
+                    }),
+                ),
+                say_node("sorry", "A teammate will take over."),
+                say_node("human", "Passing you to a person."),
+                node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "agent", ""),
+                edge("agent", "sorry", "failure"),
+                edge("agent", "human", "handover"),
+                edge("sorry", "end", ""),
+                edge("human", "end", ""),
+            ],
+            ..Default::default()
+        };
+        if next {
+            graph.edges.push(edge("agent", "end", "next"));
+        }
+        graph
+    }
+
+    fn model_text(key: &str, text: &str) -> Input {
+        done(key, true, json!({"content": text, "tool_calls": []}))
+    }
+
+    fn model_calls(key: &str, calls: &[(&str, &str, Json, bool)]) -> Input {
+        let calls: Vec<Json> = calls
+            .iter()
+            .map(|(id, name, args, confirm)| {
+                let known = *name != "made_up" && *name != "handover";
+                json!({"id": id, "name": name, "arguments": args.to_string(),
+                       "action_id": if known { format!("act_{name}") } else { String::new() },
+                       "workflow_id": "", "confirmation_required": confirm})
+            })
+            .collect();
+        done(key, true, json!({"content": "", "tool_calls": calls}))
+    }
+
+    fn last_request(events: &[RunEvent]) -> (String, Effect, BTreeMap<String, Json>) {
+        requested(events).pop().expect("an effect was requested")
+    }
+
+    #[test]
+    fn an_agent_looks_up_answers_and_keeps_the_conversation() {
+        let graph = agent_graph(false);
+        let (run, events) = drive(&graph, &[start()]);
+        let (key, effect, inputs) = last_request(&events);
+        assert_eq!((key.as_str(), effect), ("run_1/agent/1/1.m1", Effect::Model));
+        assert_eq!(inputs["instructions"], "Help with orders of conv_1.");
+        assert_eq!(inputs["handover"], true);
+        assert!(matches!(run.status, Status::WaitingEffect { .. }));
+
+        let lookup = model_calls(
+            "run_1/agent/1/1.m1",
+            &[("call_a", "order_status", json!({"order_number": "12345"}), false)],
+        );
+        let shipped = done("run_1/agent/1/1.t1", true, json!({"status": "shipped"}));
+        let answer = model_text("run_1/agent/1/1.m2", "Your order 12345 has shipped.");
+        let (run, events) = drive(&graph, &[start(), lookup.clone(), shipped.clone(), answer.clone()]);
+        let effects = requested(&events);
+        assert_eq!(effects[1].0, "run_1/agent/1/1.t1");
+        assert_eq!(
+            effects[1].1,
+            Effect::Action {
+                action_id: "act_order_status".into()
+            }
+        );
+        assert_eq!(effects[1].2["order_number"], "12345");
+        assert_eq!(effects[2].0, "run_1/agent/1/1.m2", "the result went back to the model");
+        assert_eq!(sent(&events), ["Your order 12345 has shipped."]);
+        assert_eq!(run.status, Status::WaitingInput, "it keeps the conversation");
+        let turn = run.agent.clone().unwrap();
+        assert_eq!(turn.calls[0].result.as_ref().unwrap()["outputs"]["status"], "shipped");
+        assert!(run.vars["nodes"]["agent"]["content"] == "Your order 12345 has shipped.");
+
+        // The next message is the next turn.
+        let (run, events) = drive(&graph, &[start(), lookup, shipped, answer, say("thanks!")]);
+        let (key, _, _) = last_request(&events);
+        assert_eq!(key, "run_1/agent/1/2.m1");
+        assert_eq!(run.agent.as_ref().unwrap().turn, 2);
+        assert!(run.agent.as_ref().unwrap().calls.is_empty());
+        assert_eq!(run.vars["message"]["content"], "thanks!");
+        assert_eq!(Run::fold(&events), run, "the state is a fold of the events");
+    }
+
+    #[test]
+    fn an_agent_with_a_next_route_answers_once_and_goes_on() {
+        let graph = agent_graph(true);
+        let (run, events) = drive(
+            &graph,
+            &[start(), model_text("run_1/agent/1/1.m1", "Hello!")],
+        );
+        assert_eq!(sent(&events), ["Hello!"]);
+        assert!(matches!(run.status, Status::Ended { .. }));
+    }
+
+    #[test]
+    fn an_action_that_needs_confirmation_runs_only_on_a_yes() {
+        let graph = agent_graph(false);
+        let refund = model_calls(
+            "run_1/agent/1/1.m1",
+            &[("call_r", "refund", json!({"order_number": "12345", "amount": 20}), true)],
+        );
+        let (run, events) = drive(&graph, &[start(), refund.clone()]);
+        let asked = events
+            .iter()
+            .find_map(|e| match e {
+                RunEvent::MessageSent { text, buttons, .. } => Some((text.clone(), buttons.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            asked.0,
+            "Shall I go ahead and refund (amount: 20, order number: 12345)?"
+        );
+        assert_eq!(
+            asked.1,
+            [("Yes".to_owned(), "yes".to_owned()), ("No".to_owned(), "no".to_owned())]
+        );
+        assert_eq!(run.status, Status::WaitingInput);
+        assert_eq!(requested(&events).len(), 1, "nothing ran before the answer");
+        assert!(events.iter().any(|e| matches!(e,
+            RunEvent::ConfirmationAsked { due_at, .. } if *due_at == NOW + 600_000_000)));
+
+        // Yes: it runs, confirmed by the message.
+        let (run, events) = drive(&graph, &[start(), refund.clone(), say("yes")]);
+        let (key, effect, _) = last_request(&events);
+        assert_eq!(key, "run_1/agent/1/1.t1");
+        assert_eq!(effect, Effect::Action { action_id: "act_refund".into() });
+        let call = &run.agent.as_ref().unwrap().calls[0];
+        assert_eq!(call.confirmed_by.as_deref(), Some("msg_1"));
+        assert!(run.queued.is_empty(), "the answer is not a message for a later turn");
+
+        // No: it never runs, and the model hears why.
+        let (run, events) = drive(&graph, &[start(), refund.clone(), say("no, wait")]);
+        let (key, effect, _) = last_request(&events);
+        assert_eq!((key.as_str(), effect), ("run_1/agent/1/1.m2", Effect::Model));
+        let result = run.agent.as_ref().unwrap().calls[0].result.clone().unwrap();
+        assert_eq!(result["declined"], true);
+        assert_eq!(result["customer_said"], "no, wait");
+        assert!(!requested(&events).iter().any(|(_, e, _)| matches!(e, Effect::Action { .. })));
+
+        // Silence past the deadline: a no.
+        let due = Input::TimerDue { node: "agent".into() };
+        let (run, events) = drive(&graph, &[start(), refund, due]);
+        assert!(!requested(&events).iter().any(|(_, e, _)| matches!(e, Effect::Action { .. })));
+        let result = run.agent.as_ref().unwrap().calls[0].result.clone().unwrap();
+        assert_eq!(result["declined"], true);
+        assert_eq!(Run::fold(&events), run);
+    }
+
+    #[test]
+    fn unknown_tools_and_bad_arguments_are_answered_without_running_anything() {
+        let graph = agent_graph(false);
+        let calls = model_calls(
+            "run_1/agent/1/1.m1",
+            &[("c1", "made_up", json!({}), false), ("c2", "order_status", json!("12345"), false)],
+        );
+        let (run, events) = drive(&graph, &[start(), calls]);
+        let (key, effect, _) = last_request(&events);
+        assert_eq!((key.as_str(), effect), ("run_1/agent/1/1.m2", Effect::Model));
+        let calls = &run.agent.as_ref().unwrap().calls;
+        assert!(calls[0].result.as_ref().unwrap()["error"].as_str().unwrap().contains("no tool"));
+        assert!(calls[1].result.as_ref().unwrap()["error"].as_str().unwrap().contains("JSON object"));
+    }
+
+    #[test]
+    fn an_agent_hands_over_fails_over_and_stops_at_its_rounds() {
+        let graph = agent_graph(false);
+        let handover = model_calls(
+            "run_1/agent/1/1.m1",
+            &[("h", "handover", json!({"reason": "wants a person"}), false)],
+        );
+        let (run, events) = drive(&graph, &[start(), handover]);
+        assert_eq!(sent(&events), ["Passing you to a person."]);
+        assert_eq!(run.vars["nodes"]["agent"]["handover_reason"], "wants a person");
+
+        let unreachable = done("run_1/agent/1/1.m1", false, json!({}));
+        let (_, events) = drive(&graph, &[start(), unreachable]);
+        assert_eq!(sent(&events), ["A teammate will take over."]);
+
+        // Three rounds of tool calls and no answer: the failure route.
+        let mut inputs = vec![start()];
+        for round in 1..=3 {
+            inputs.push(model_calls(
+                &format!("run_1/agent/1/1.m{round}"),
+                &[(&format!("c{round}"), "order_status", json!({}), false)],
+            ));
+            inputs.push(done(&format!("run_1/agent/1/1.t{round}"), true, json!({})));
+        }
+        let (run, events) = drive(&graph, &inputs);
+        assert_eq!(sent(&events), ["A teammate will take over."]);
+        assert!(matches!(run.status, Status::Ended { .. }));
+    }
+
+    #[test]
+    fn messages_during_a_turn_wait_for_the_next_one() {
+        let graph = agent_graph(false);
+        let (run, events) = drive(
+            &graph,
+            &[
+                start(),
+                say("also, my address changed"),
+                model_text("run_1/agent/1/1.m1", "Hello!"),
+            ],
+        );
+        // The answer went out, and the message that waited started the next turn.
+        assert_eq!(sent(&events), ["Hello!"]);
+        assert_eq!(last_request(&events).0, "run_1/agent/1/2.m1");
+        assert!(run.queued.is_empty());
     }
 }
