@@ -118,6 +118,7 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
             Input::Message {
                 text: "4711".into(),
                 sentiment: String::new(),
+                message_id: String::new(),
             },
         )
         .await
@@ -269,6 +270,7 @@ async fn runs_stay_on_their_version_while_new_ones_take_the_new_one() {
             Input::Message {
                 text: "ok".into(),
                 sentiment: String::new(),
+                message_id: String::new(),
             },
         )
         .await
@@ -529,6 +531,7 @@ async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_diffe
             Input::Message {
                 text: order.into(),
                 sentiment: String::new(),
+                message_id: String::new(),
             },
         )
         .await
@@ -672,6 +675,7 @@ async fn a_run_whose_action_never_answers_takes_its_failure_route_at_the_deadlin
         Input::Message {
             text: "4711".into(),
             sentiment: String::new(),
+            message_id: String::new(),
         },
     )
     .await

@@ -8,6 +8,7 @@
 
 mod common;
 
+mod agent;
 mod connexease;
 mod faults;
 mod forms_and_buttons;

@@ -429,6 +429,7 @@ impl Checker<'_> {
                         format!("at most {}", run::AGENT_ROUNDS_MAX),
                     );
                 }
+                self.map(&format!("{at}.agent.sealed_inputs"), &a.sealed_inputs, true);
                 if a.confirmation_timeout_seconds > run::CONFIRMATION_SECONDS_MAX {
                     self.v.push(
                         format!("{at}.agent.confirmation_timeout_seconds"),

@@ -1010,12 +1010,27 @@ impl<'g> Decider<'g> {
                 });
                 return None;
             }
+            // The node's sealed inputs go to actions (rendered there from secure
+            // metadata); a workflow takes only what the model gave.
+            let sealed_inputs = match (&effect, self.agent_node(id)) {
+                (Effect::Action { .. }, Some(agent)) => agent
+                    .sealed_inputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                _ => BTreeMap::new(),
+            };
+            let inputs = arguments
+                .iter()
+                .filter(|(k, _)| !sealed_inputs.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             self.emit(RunEvent::EffectRequested {
                 node: id.to_owned(),
                 key: call.key.clone(),
                 effect,
-                inputs: arguments.clone().into_iter().collect(),
-                sealed_inputs: BTreeMap::new(),
+                inputs,
+                sealed_inputs,
             });
             return None;
         }

@@ -1,0 +1,317 @@
+//! The agent, end to end: the seeds' "look it up and act" with an agent node instead of a
+//! fixed graph, against a loopback OpenAI-compatible model that answers with scripted tool
+//! calls. The model looks the order up and answers from the result; a refund that
+//! requires confirmation is asked, confirmed by the customer and run once; a declined one
+//! never runs; and the customer's secure metadata reaches the order API through the
+//! sealed channel but never the model.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use switchboard_eventlog::testing::unique_name;
+use switchboard_flows::model_sim::{self, Reply};
+use switchboard_proto::actions::v1::{
+    ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ResponseMapping,
+};
+use switchboard_proto::conversations::v1::StartConversationRequest;
+use switchboard_proto::events::v1::Channel;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{
+    Partner, Process, WS, actions_client, agent_messages, agent_says, customer_says, flow_edge,
+    flow_node, say_node,
+};
+
+const TOKEN: &str = "tok-SECRET-8812-for-the-order-api-only";
+const MODEL_KEY: &str = "sk-test-model-key";
+
+/// A loopback order API: every order is shipped; it keeps the `Authorization` it got.
+async fn order_api(authorizations: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/orders/{number}",
+        axum::routing::get(
+            move |axum::extract::Path(number): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap| {
+                let authorizations = authorizations.clone();
+                async move {
+                    let got = crate::common::header(&headers, "authorization");
+                    authorizations.lock().unwrap().push(got);
+                    axum::Json(json!({"number": number, "status": "shipped"}))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+async fn create_action(port: u16, definition: ActionDefinition) -> String {
+    actions_client(port)
+        .await
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(definition),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn the_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let model = model_sim::serve(listener, Some(MODEL_KEY.into()), shutdown.clone())
+        .await
+        .unwrap();
+    let authorizations = Arc::new(Mutex::new(Vec::new()));
+    let orders = order_api(authorizations.clone()).await;
+    let partner = Partner::default();
+    let partner_api = partner.serve().await;
+
+    let order_status = create_action(
+        process.grpc_port,
+        ActionDefinition {
+            name: "order_status".into(),
+            description: "Looks up where an order is".into(),
+            kind: ActionKind::Http as i32,
+            input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
+            http: Some(HttpSpec {
+                method: "GET".into(),
+                url: format!("http://{orders}/orders/{{{{ input.order }}}}"),
+                headers: [("Authorization".to_owned(), "Bearer {{ input.token }}".to_owned())].into(),
+                response_mapping: vec![ResponseMapping {
+                    name: "status".into(),
+                    path: "$.status".into(),
+                    kind: "string".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let refund = create_action(
+        process.grpc_port,
+        ActionDefinition {
+            name: "refund".into(),
+            description: "Refunds an order in full".into(),
+            kind: ActionKind::Http as i32,
+            confirmation_required: true,
+            input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
+            http: Some(HttpSpec {
+                method: "POST".into(),
+                url: format!("http://{partner_api}/refunds"),
+                body: r#"{"order": "{{ input.order }}"}"#.into(),
+                response_mapping: vec![ResponseMapping {
+                    name: "refund_id".into(),
+                    path: "$.refund_id".into(),
+                    kind: "string".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    let provider = flows
+        .save_model_provider(SaveModelProviderRequest {
+            provider: Some(ModelProvider {
+                workspace_id: WS.into(),
+                name: "fake".into(),
+                base_url: model.base_url(),
+                model: "scripted-1".into(),
+                api_key: MODEL_KEY.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let graph = Graph {
+        nodes: vec![
+            flow_node("start", node::Kind::Start(Start {})),
+            flow_node(
+                "agent",
+                node::Kind::Agent(AgentNode {
+                    instructions: "Orders only.".into(),
+                    wait_for_customer: true,
+                    sealed_inputs: [("token".to_owned(), "{{ secure.api_token }}".to_owned())]
+                        .into(),
+                    ..Default::default()
+                }),
+            ),
+            say_node("sorry", "Let me get a teammate."),
+            flow_node("end", node::Kind::End(End::default())),
+        ],
+        edges: vec![
+            flow_edge("start", "agent", ""),
+            flow_edge("agent", "sorry", "failure"),
+            flow_edge("sorry", "end", ""),
+        ],
+        ..Default::default()
+    };
+    let flow = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "agent".into(),
+            kind: FlowKind::ConversationFlow as i32,
+            draft: Some(graph),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: flow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Orders".into(),
+                instructions: "You help customers with their orders.".into(),
+                enabled_action_ids: vec![order_status.clone(), refund.clone()],
+                flow_id: flow.id.clone(),
+                model_provider_id: provider.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let start = |request_id: &str| StartConversationRequest {
+        workspace_id: WS.into(),
+        request_id: request_id.into(),
+        channel: Channel::Widget as i32,
+        secure_metadata: [("api_token".to_owned(), TOKEN.to_owned())].into(),
+        ..Default::default()
+    };
+
+    // Looked up, and answered from the result.
+    let happy = conversations
+        .start_conversation(start("agent-happy"))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    model.script([
+        Reply::ToolCalls(vec![("order_status".into(), json!({"order": "4711"}))]),
+        Reply::Text("Your order 4711 has shipped.".into()),
+    ]);
+    customer_says(&mut conversations, &happy, "Where is my order 4711?").await;
+    assert_eq!(
+        agent_says(&mut conversations, &happy, 1).await,
+        ["Your order 4711 has shipped."]
+    );
+    assert_eq!(*authorizations.lock().unwrap(), [format!("Bearer {TOKEN}")]);
+
+    // A refund needs the customer's yes: asked with buttons, run once on the yes.
+    model.script([
+        Reply::ToolCalls(vec![("refund".into(), json!({"order": "4711"}))]),
+        Reply::Text("Done: order 4711 is refunded.".into()),
+    ]);
+    customer_says(&mut conversations, &happy, "Please refund it").await;
+    let asked = agent_messages(&mut conversations, &happy, 2).await;
+    assert_eq!(asked[1].text, "Shall I go ahead and refund (order: 4711)?");
+    let buttons: Vec<&str> = asked[1].buttons.iter().map(|b| b.value.as_str()).collect();
+    assert_eq!(buttons, ["yes", "no"]);
+    assert!(
+        partner.refund_requests.lock().unwrap().is_empty(),
+        "nothing is refunded before the customer says yes"
+    );
+    customer_says(&mut conversations, &happy, "yes").await;
+    assert_eq!(
+        agent_says(&mut conversations, &happy, 3).await[2],
+        "Done: order 4711 is refunded."
+    );
+    assert_eq!(partner.refund_requests.lock().unwrap().len(), 1);
+
+    // Declined: never run, and the model is told.
+    let declined = conversations
+        .start_conversation(start("agent-declined"))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap()
+        .id;
+    model.script([
+        Reply::ToolCalls(vec![("refund".into(), json!({"order": "4712"}))]),
+        Reply::Text("All right, I have not refunded it.".into()),
+    ]);
+    customer_says(&mut conversations, &declined, "Refund order 4712").await;
+    agent_says(&mut conversations, &declined, 1).await;
+    customer_says(&mut conversations, &declined, "no").await;
+    assert_eq!(
+        agent_says(&mut conversations, &declined, 2).await[1],
+        "All right, I have not refunded it."
+    );
+    assert_eq!(
+        partner.refund_requests.lock().unwrap().len(),
+        1,
+        "the declined refund never ran"
+    );
+
+    // What the model was sent: the conversation, the tools, their results; the key in
+    // the header only; secure metadata nowhere.
+    let received = model.received();
+    assert_eq!(received.len(), 6, "{received:#?}");
+    assert!(
+        received
+            .iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {MODEL_KEY}")))
+    );
+    let first = received[0].body.to_string();
+    assert!(first.contains("Where is my order 4711?") && first.contains("Orders only."));
+    let tools: Vec<&str> = received[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tools, ["order_status", "refund"]);
+    assert!(received[1].body.to_string().contains("shipped"));
+    assert!(received[3].body.to_string().contains("rf_1"), "the refund's result");
+    assert!(received[5].body.to_string().contains("declined"));
+    for request in &received {
+        let body = request.body.to_string();
+        assert!(!body.contains(TOKEN), "secure metadata reached the model: {body}");
+        assert!(!body.contains(MODEL_KEY));
+    }
+
+    shutdown.cancel();
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
