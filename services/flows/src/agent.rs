@@ -147,7 +147,12 @@ fn capped(text: &str) -> String {
 
 /// The model's answer as the step's recorded outputs, its tool calls resolved against
 /// `tools`.
-pub fn outputs(completion: &Completion, tools: &[AgentTool], provider_id: &str, model: &str) -> Json {
+pub fn outputs(
+    completion: &Completion,
+    tools: &[AgentTool],
+    provider_id: &str,
+    model: &str,
+) -> Json {
     let calls: Vec<Json> = completion
         .tool_calls
         .iter()
@@ -270,8 +275,12 @@ impl Agent {
             .endpoint(workspace_id, &provider_id)
             .await
             .map_err(port_error)?;
-        let lines = transcript(self.conversations.as_ref(), workspace_id, &state.conversation_id)
-            .await?;
+        let lines = transcript(
+            self.conversations.as_ref(),
+            workspace_id,
+            &state.conversation_id,
+        )
+        .await?;
         let lines = within_budget(lines, TRANSCRIPT_BUDGET);
         let turn = state.run.agent.clone().unwrap_or_default();
         let request = request(&Prompt {

@@ -15,11 +15,12 @@ use switchboard_proto::events::v1::{
     Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, ConversationStatus,
     Message, MessageCreatedEvent, Sentiment,
 };
-use switchboard_proto::flows::v1::FlowKind;
+use switchboard_proto::flows::v1::{AnalysisSchema, Assistant, FlowKind};
 
 use crate::analysis;
 use crate::domain::run::{Input, form_message};
 use crate::effects::{AnalysisUpdate, Conversations, PortError};
+use crate::providers::Providers;
 use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};
 
@@ -31,6 +32,7 @@ pub struct ConversationEvents {
     flows: FlowsService,
     runs: RunService,
     conversations: Option<Arc<dyn Conversations>>,
+    providers: Option<Providers>,
 }
 
 impl ConversationEvents {
@@ -39,6 +41,86 @@ impl ConversationEvents {
             flows,
             runs,
             conversations: None,
+            providers: None,
+        }
+    }
+
+    /// The model providers analysis asks, when the workspace has one; without, the
+    /// built-in analyser does it all.
+    pub fn with_providers(mut self, providers: Providers) -> Self {
+        self.providers = Some(providers);
+        self
+    }
+
+    /// The assistant whose conversation `conversation` was.
+    async fn assistant_of(
+        &self,
+        ws: &str,
+        conversation: &Conversation,
+    ) -> Result<Option<Assistant>, HandleError> {
+        let retry = |e: switchboard_eventlog::EventLogError| HandleError::Retry(e.to_string());
+        let preferred = conversation
+            .metafields
+            .get("assistant_id")
+            .map(String::as_str);
+        let Some((id, _)) = self
+            .flows
+            .store()
+            .conversation_assistant(ws, preferred)
+            .await
+            .map_err(retry)?
+        else {
+            return Ok(None);
+        };
+        match self.flows.load_assistant(ws, &id).await {
+            Ok((assistant, _)) => Ok(Some(assistant)),
+            Err(ServiceError::NotFound(_)) => Ok(None),
+            Err(e) => Err(retry_or_reject(e)),
+        }
+    }
+
+    /// The model's analysis of `lines`, when a provider is configured (the assistant's,
+    /// else the workspace's first); `None` when there is none or it failed (the built-in
+    /// analysis stands, and the failure is logged).
+    async fn model_analysis(
+        &self,
+        ws: &str,
+        assistant: Option<&Assistant>,
+        lines: &[analysis::Line],
+        built: &analysis::Analysis,
+        schema: &AnalysisSchema,
+    ) -> Result<Option<analysis::Analysis>, HandleError> {
+        let Some(providers) = &self.providers else {
+            return Ok(None);
+        };
+        let named = assistant.map_or("", |a| a.model_provider_id.as_str());
+        let provider = match named {
+            "" => providers.first(ws).await.map_err(retry_or_reject)?,
+            id => Some(id.to_owned()),
+        };
+        let Some(provider) = provider else {
+            return Ok(None);
+        };
+        let endpoint = match providers.endpoint(ws, &provider).await {
+            Ok(endpoint) => endpoint,
+            Err(ServiceError::Log(e)) => return Err(HandleError::Retry(e.to_string())),
+            Err(e) => {
+                tracing::info!(provider = %provider, reason = %e, "analysis falls back to the built-in analyser");
+                return Ok(None);
+            }
+        };
+        let answer = providers
+            .model()
+            .complete(&endpoint, &analysis::model_request(lines, schema))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|completion| analysis::from_model(&completion.content, built, schema));
+        match answer {
+            Ok(analysed) => Ok(Some(analysed)),
+            Err(reason) => {
+                tracing::info!(provider = %provider, %reason, "analysis falls back to the built-in analyser");
+                Ok(None)
+            }
         }
     }
 
@@ -54,30 +136,16 @@ impl ConversationEvents {
     async fn workflows_for(
         &self,
         ws: &str,
-        conversation: &Conversation,
+        assistant: Option<&Assistant>,
     ) -> Result<Vec<String>, HandleError> {
-        let retry = |e: switchboard_eventlog::EventLogError| HandleError::Retry(e.to_string());
-        let store = self.flows.store();
-        let mut workflows = store
+        let mut workflows = self
+            .flows
+            .store()
             .published_flows(ws, FlowKind::PostConversationWorkflow)
             .await
-            .map_err(retry)?;
-        let preferred = conversation
-            .metafields
-            .get("assistant_id")
-            .map(String::as_str);
-        if let Some((assistant, _)) = store
-            .conversation_assistant(ws, preferred)
-            .await
-            .map_err(retry)?
-        {
-            match self.flows.load_assistant(ws, &assistant).await {
-                Ok((assistant, _)) => {
-                    workflows.retain(|id| !assistant.disabled_workflow_ids.contains(id));
-                }
-                Err(ServiceError::NotFound(_)) => {}
-                Err(e) => return Err(retry_or_reject(e)),
-            }
+            .map_err(|e| HandleError::Retry(e.to_string()))?;
+        if let Some(assistant) = assistant {
+            workflows.retain(|id| !assistant.disabled_workflow_ids.contains(id));
         }
         Ok(workflows)
     }
@@ -113,6 +181,7 @@ impl ConversationEvents {
         &self,
         ws: &str,
         conversation: &Conversation,
+        assistant: Option<&Assistant>,
         transcript: &Json,
     ) -> Result<Json, HandleError> {
         let lines: Vec<analysis::Line> = transcript
@@ -128,7 +197,17 @@ impl ConversationEvents {
             resolved: conversation.status() == ConversationStatus::Resolved,
             human: conversation.assignment.is_some() || lines.iter().any(|l| l.author == "human"),
         };
-        let built = analysis::analyse(&lines, outcome);
+        let schema = assistant
+            .and_then(|a| a.analysis.clone())
+            .unwrap_or_default();
+        let built = analysis::analyse_with(&lines, outcome, &schema);
+        let built = match self
+            .model_analysis(ws, assistant, &lines, &built, &schema)
+            .await?
+        {
+            Some(analysed) => analysed,
+            None => built,
+        };
         let recorded = conversation.analysis.clone().unwrap_or_default();
         let mut update = AnalysisUpdate {
             expected_version: conversation.version,
@@ -417,11 +496,14 @@ impl Handler for ConversationEvents {
                 else {
                     return Ok(());
                 };
-                let workflows = self.workflows_for(ws, &conversation).await?;
+                let assistant = self.assistant_of(ws, &conversation).await?;
+                let workflows = self.workflows_for(ws, assistant.as_ref()).await?;
                 // Every ended conversation is analysed (insights read it), whether or not
                 // a workflow follows.
                 let (transcript, total) = self.transcript_of(ws, &conversation.id).await?;
-                let analysis = self.analysis(ws, &conversation, &transcript).await?;
+                let analysis = self
+                    .analysis(ws, &conversation, assistant.as_ref(), &transcript)
+                    .await?;
                 if workflows.is_empty() {
                     return Ok(());
                 }

@@ -473,7 +473,8 @@ impl Handler for Effects {
             Some(Record::EffectRequested(e)) => {
                 // A model's step or a workflow the run no longer waits for (its deadline
                 // passed) is not worth its cost: the run would not take its outcome.
-                let waiting = matches!(&state.run.status, Status::WaitingEffect { key } if *key == e.key);
+                let waiting =
+                    matches!(&state.run.status, Status::WaitingEffect { key } if *key == e.key);
                 if (e.effect == "model" || e.effect == "workflow") && !waiting {
                     return Ok(());
                 }

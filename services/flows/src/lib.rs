@@ -117,7 +117,8 @@ impl ServiceModule for Flows {
 
         let runs = runtime::RunService::new(flows.clone());
         wiring.spawn("timers", runs.clone().run_timers(wiring.shutdown()));
-        let mut conversation_events = consumers::ConversationEvents::new(flows, runs.clone());
+        let mut conversation_events = consumers::ConversationEvents::new(flows, runs.clone())
+            .with_providers(providers.clone());
         match wiring.peer(services::CONVERSATIONS) {
             Some(peer) => {
                 let conversations: Arc<dyn effects::Conversations> =

@@ -25,9 +25,9 @@ use switchboard_proto::actions::v1::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
-    ButtonOption, Graph, ReplayReport, RunAgentTurn, RunCaptured, RunConfirmation, RunCondition, RunEffectCompleted,
-    RunEffectRequested, RunEventRecord, RunMessage, RunNode, RunReplay, RunStarted, RunText,
-    RunTimer, RunToolCall, RunToolResult, RunVariable,
+    ButtonOption, Graph, ReplayReport, RunAgentTurn, RunCaptured, RunCondition, RunConfirmation,
+    RunEffectCompleted, RunEffectRequested, RunEventRecord, RunMessage, RunNode, RunReplay,
+    RunStarted, RunText, RunTimer, RunToolCall, RunToolResult, RunVariable,
 };
 
 use crate::domain::replay;

@@ -786,6 +786,18 @@ impl FlowsService {
                 );
             }
         }
+        if !assistant.model_provider_id.is_empty() {
+            v.id(
+                "assistant.model_provider_id",
+                &assistant.model_provider_id,
+                "mp_",
+            );
+        }
+        if let Some(schema) = &assistant.analysis {
+            for (field, description) in crate::analysis::schema_violations(schema) {
+                v.push(format!("assistant.analysis.{field}"), description);
+            }
+        }
         for (i, id) in assistant.knowledge_collection_ids.iter().enumerate() {
             if !switchboard_runtime::requests::valid_prefixed_id(id, "kc_") {
                 v.push(
@@ -840,6 +852,19 @@ impl FlowsService {
                 ),
                 Err(e) => return Err(e),
             }
+        }
+        if switchboard_runtime::requests::valid_prefixed_id(&assistant.model_provider_id, "mp_")
+            && !self
+                .store
+                .model_providers(&ws)
+                .await?
+                .iter()
+                .any(|(id, _)| *id == assistant.model_provider_id)
+        {
+            v.push(
+                "assistant.model_provider_id",
+                "no model provider by that id in the workspace",
+            );
         }
         if !assistant.flow_id.is_empty() {
             match self.load(&ws, &assistant.flow_id).await {

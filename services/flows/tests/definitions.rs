@@ -346,15 +346,27 @@ async fn assistants_refer_only_to_what_exists_and_state_survives_a_restart() {
         .into_inner();
     assert!(saved.id.starts_with("asst_"));
     // Only a conversation flow can drive an assistant; actions must exist.
+    // A model provider must exist; an analysis schema is checked field by field.
     let mut wrong = assistant("Hi");
     wrong.flow_id = workflow.id.clone();
     wrong.enabled_action_ids = vec!["act_gone".into()];
+    wrong.model_provider_id = "mp_nowhere".into();
+    wrong.analysis = Some(AnalysisSchema {
+        topics: vec![String::new()],
+        fields: vec![AnalysisField {
+            name: "sentiment".into(),
+            ..Default::default()
+        }],
+    });
     let refused = h.flows.save_assistant(save(wrong)).await.unwrap_err();
     assert_eq!(
         fields(&refused),
         BTreeSet::from([
             "assistant.flow_id".to_owned(),
-            "assistant.enabled_action_ids[0]".to_owned()
+            "assistant.enabled_action_ids[0]".to_owned(),
+            "assistant.model_provider_id".to_owned(),
+            "assistant.analysis.topics[0]".to_owned(),
+            "assistant.analysis.fields[0].name".to_owned(),
         ])
     );
 

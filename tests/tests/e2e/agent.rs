@@ -91,11 +91,17 @@ async fn the_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
             name: "order_status".into(),
             description: "Looks up where an order is".into(),
             kind: ActionKind::Http as i32,
-            input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
+            input_schema:
+                r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#
+                    .into(),
             http: Some(HttpSpec {
                 method: "GET".into(),
                 url: format!("http://{orders}/orders/{{{{ input.order }}}}"),
-                headers: [("Authorization".to_owned(), "Bearer {{ input.token }}".to_owned())].into(),
+                headers: [(
+                    "Authorization".to_owned(),
+                    "Bearer {{ input.token }}".to_owned(),
+                )]
+                .into(),
                 response_mapping: vec![ResponseMapping {
                     name: "status".into(),
                     path: "$.status".into(),
@@ -115,7 +121,9 @@ async fn the_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
             description: "Refunds an order in full".into(),
             kind: ActionKind::Http as i32,
             confirmation_required: true,
-            input_schema: r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#.into(),
+            input_schema:
+                r#"{"type":"object","properties":{"order":{"type":"string"}},"required":["order"]}"#
+                    .into(),
             http: Some(HttpSpec {
                 method: "POST".into(),
                 url: format!("http://{partner_api}/refunds"),
@@ -303,11 +311,17 @@ async fn the_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
         .collect();
     assert_eq!(tools, ["order_status", "refund"]);
     assert!(received[1].body.to_string().contains("shipped"));
-    assert!(received[3].body.to_string().contains("rf_1"), "the refund's result");
+    assert!(
+        received[3].body.to_string().contains("rf_1"),
+        "the refund's result"
+    );
     assert!(received[5].body.to_string().contains("declined"));
     for request in &received {
         let body = request.body.to_string();
-        assert!(!body.contains(TOKEN), "secure metadata reached the model: {body}");
+        assert!(
+            !body.contains(TOKEN),
+            "secure metadata reached the model: {body}"
+        );
         assert!(!body.contains(MODEL_KEY));
     }
 

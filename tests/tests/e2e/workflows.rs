@@ -245,7 +245,19 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
 /// `analysis.*` after a delay, routing on it with a condition.
 #[tokio::test]
 async fn an_ended_conversation_is_analysed_and_its_workflow_routes_on_the_analysis() {
+    analysed_and_routed(false).await;
+}
+
+/// The same with a model provider in the workspace: the model extracts the analysis
+/// (within the assistant's schema), and the workflow routes on what it found.
+#[tokio::test]
+async fn a_model_analyses_an_ended_conversation_and_its_workflow_routes_on_it() {
+    analysed_and_routed(true).await;
+}
+
+async fn analysed_and_routed(with_model: bool) {
     use switchboard_proto::conversations::v1::GetConversationRequest;
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
     use switchboard_proto::flows::v1::*;
 
     let dir = std::env::temp_dir().join(unique_name());
@@ -341,6 +353,73 @@ async fn an_ended_conversation_is_analysed_and_its_workflow_routes_on_the_analys
         },
     )
     .await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let model = if with_model {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let model = switchboard_flows::model_sim::serve(listener, None, shutdown.clone())
+            .await
+            .unwrap();
+        model.script([switchboard_flows::model_sim::Reply::Text(
+            serde_json::json!({
+                "summary": "The customer's parcel is late.",
+                "topics": ["delivery"],
+                "sentiment": "negative",
+                "request_type": "request",
+                "urgency": "low",
+                "customer_effort": "low",
+                "churn_risk": "medium",
+                "resolution": "unresolved",
+                "knowledge_gap": "",
+                "carrier": "DHL",
+            })
+            .to_string(),
+        )]);
+        let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+            .await
+            .unwrap();
+        flows
+            .save_model_provider(SaveModelProviderRequest {
+                provider: Some(ModelProvider {
+                    workspace_id: WS.into(),
+                    name: "local".into(),
+                    base_url: model.base_url(),
+                    model: "scripted-1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // The assistant's schema: a custom field beside the standard ones.
+        let mut assistant = flows
+            .list_assistants(ListAssistantsRequest {
+                workspace_id: WS.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .assistants
+            .remove(0);
+        assistant.analysis = Some(AnalysisSchema {
+            fields: vec![AnalysisField {
+                name: "carrier".into(),
+                description: "The delivery company named".into(),
+                options: vec![],
+            }],
+            ..Default::default()
+        });
+        flows
+            .save_assistant(SaveAssistantRequest {
+                assistant: Some(assistant),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Some(model)
+    } else {
+        None
+    };
 
     let conversation = new_conversation(&mut conversations, "analysed").await;
     agent_says(&mut conversations, &conversation, 1).await;
@@ -367,6 +446,39 @@ async fn an_ended_conversation_is_analysed_and_its_workflow_routes_on_the_analys
     }
     let notes = partner.notes.lock().unwrap().clone();
     assert_eq!(notes.len(), 1, "{notes:?}");
+    if let Some(model) = model {
+        assert_eq!(
+            notes[0]["route"], "filed",
+            "the model found a request: {notes:?}"
+        );
+        assert_eq!(notes[0]["topic"], "delivery");
+        assert_eq!(notes[0]["urgency"], "low");
+        assert_eq!(notes[0]["summary"], "The customer's parcel is late.");
+        let asked = model.received()[0].body.to_string();
+        assert!(
+            asked.contains("never arrived") && asked.contains("carrier"),
+            "{asked}"
+        );
+        let analysis = conversations
+            .get_conversation(GetConversationRequest {
+                workspace_id: WS.into(),
+                conversation_id: conversation.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .conversation
+            .unwrap()
+            .analysis
+            .unwrap();
+        assert_eq!(analysis.topics, ["delivery"]);
+        assert_eq!(analysis.custom["analysed_by"], "model");
+        assert_eq!(analysis.custom["carrier"], "DHL");
+        shutdown.cancel();
+        assert_eq!(process.terminate().code(), Some(0));
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     assert_eq!(notes[0]["route"], "escalated");
     assert_eq!(notes[0]["topic"], "order status");
     assert_eq!(notes[0]["sentiment"], "negative");

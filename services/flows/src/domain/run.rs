@@ -345,7 +345,11 @@ impl Run {
                     self.queued.pop_front();
                 }
                 if let Some(last) = heard.last() {
-                    set_path(&mut self.vars, "message.content", Json::String(last.clone()));
+                    set_path(
+                        &mut self.vars,
+                        "message.content",
+                        Json::String(last.clone()),
+                    );
                 }
                 let turn = self.agent.as_ref().map_or(0, |a| a.turn) + 1;
                 self.agent = Some(AgentTurn {
@@ -891,10 +895,14 @@ impl<'g> Decider<'g> {
         if !success {
             return self.fail(id, error);
         }
-        let calls = outputs["tool_calls"].as_array().cloned().unwrap_or_default();
-        if let Some(handover) = calls.iter().find(|c| {
-            c["name"] == HANDOVER_TOOL && c["action_id"] == "" && c["workflow_id"] == ""
-        }) && self.wired(id, "handover")
+        let calls = outputs["tool_calls"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if let Some(handover) = calls
+            .iter()
+            .find(|c| c["name"] == HANDOVER_TOOL && c["action_id"] == "" && c["workflow_id"] == "")
+            && self.wired(id, "handover")
         {
             let reason = serde_json::from_str::<Json>(handover["arguments"].as_str().unwrap_or(""))
                 .ok()
@@ -993,7 +1001,10 @@ impl<'g> Decider<'g> {
                 continue;
             };
             if call.confirmation_required && call.confirmed_by.is_none() {
-                let timeout = match self.agent_node(id).map_or(0, |a| a.confirmation_timeout_seconds) {
+                let timeout = match self
+                    .agent_node(id)
+                    .map_or(0, |a| a.confirmation_timeout_seconds)
+                {
                     0 => CONFIRMATION_SECONDS_DEFAULT,
                     s => s.min(CONFIRMATION_SECONDS_MAX),
                 };
@@ -1038,7 +1049,12 @@ impl<'g> Decider<'g> {
 
     /// The customer's answer to a confirmation: a yes runs the call, anything else
     /// declines it (the model is told what the customer said).
-    fn answer_confirmation(&mut self, call_id: &str, message_id: &str, text: &str) -> Option<String> {
+    fn answer_confirmation(
+        &mut self,
+        call_id: &str,
+        message_id: &str,
+        text: &str,
+    ) -> Option<String> {
         let id = self.run.at.clone();
         let yes = is_yes(text);
         self.emit(RunEvent::ConfirmationAnswered {
@@ -1251,8 +1267,21 @@ fn is_yes(text: &str) -> bool {
         .trim()
         .to_lowercase();
     const YES: &[&str] = &[
-        "yes", "y", "yeah", "yep", "sure", "ok", "okay", "confirm", "confirmed", "go ahead",
-        "please do", "do it", "yes please", "evet", "tamam",
+        "yes",
+        "y",
+        "yeah",
+        "yep",
+        "sure",
+        "ok",
+        "okay",
+        "confirm",
+        "confirmed",
+        "go ahead",
+        "please do",
+        "do it",
+        "yes please",
+        "evet",
+        "tamam",
     ];
     YES.contains(&said.as_str())
 }
@@ -1923,18 +1952,29 @@ mod tests {
         let graph = agent_graph(false);
         let (run, events) = drive(&graph, &[start()]);
         let (key, effect, inputs) = last_request(&events);
-        assert_eq!((key.as_str(), effect), ("run_1/agent/1/1.m1", Effect::Model));
+        assert_eq!(
+            (key.as_str(), effect),
+            ("run_1/agent/1/1.m1", Effect::Model)
+        );
         assert_eq!(inputs["instructions"], "Help with orders of conv_1.");
         assert_eq!(inputs["handover"], true);
         assert!(matches!(run.status, Status::WaitingEffect { .. }));
 
         let lookup = model_calls(
             "run_1/agent/1/1.m1",
-            &[("call_a", "order_status", json!({"order_number": "12345"}), false)],
+            &[(
+                "call_a",
+                "order_status",
+                json!({"order_number": "12345"}),
+                false,
+            )],
         );
         let shipped = done("run_1/agent/1/1.t1", true, json!({"status": "shipped"}));
         let answer = model_text("run_1/agent/1/1.m2", "Your order 12345 has shipped.");
-        let (run, events) = drive(&graph, &[start(), lookup.clone(), shipped.clone(), answer.clone()]);
+        let (run, events) = drive(
+            &graph,
+            &[start(), lookup.clone(), shipped.clone(), answer.clone()],
+        );
         let effects = requested(&events);
         assert_eq!(effects[1].0, "run_1/agent/1/1.t1");
         assert_eq!(
@@ -1944,11 +1984,21 @@ mod tests {
             }
         );
         assert_eq!(effects[1].2["order_number"], "12345");
-        assert_eq!(effects[2].0, "run_1/agent/1/1.m2", "the result went back to the model");
+        assert_eq!(
+            effects[2].0, "run_1/agent/1/1.m2",
+            "the result went back to the model"
+        );
         assert_eq!(sent(&events), ["Your order 12345 has shipped."]);
-        assert_eq!(run.status, Status::WaitingInput, "it keeps the conversation");
+        assert_eq!(
+            run.status,
+            Status::WaitingInput,
+            "it keeps the conversation"
+        );
         let turn = run.agent.clone().unwrap();
-        assert_eq!(turn.calls[0].result.as_ref().unwrap()["outputs"]["status"], "shipped");
+        assert_eq!(
+            turn.calls[0].result.as_ref().unwrap()["outputs"]["status"],
+            "shipped"
+        );
         assert!(run.vars["nodes"]["agent"]["content"] == "Your order 12345 has shipped.");
 
         // The next message is the next turn.
@@ -1977,13 +2027,20 @@ mod tests {
         let graph = agent_graph(false);
         let refund = model_calls(
             "run_1/agent/1/1.m1",
-            &[("call_r", "refund", json!({"order_number": "12345", "amount": 20}), true)],
+            &[(
+                "call_r",
+                "refund",
+                json!({"order_number": "12345", "amount": 20}),
+                true,
+            )],
         );
         let (run, events) = drive(&graph, &[start(), refund.clone()]);
         let asked = events
             .iter()
             .find_map(|e| match e {
-                RunEvent::MessageSent { text, buttons, .. } => Some((text.clone(), buttons.clone())),
+                RunEvent::MessageSent { text, buttons, .. } => {
+                    Some((text.clone(), buttons.clone()))
+                }
                 _ => None,
             })
             .unwrap();
@@ -1993,7 +2050,10 @@ mod tests {
         );
         assert_eq!(
             asked.1,
-            [("Yes".to_owned(), "yes".to_owned()), ("No".to_owned(), "no".to_owned())]
+            [
+                ("Yes".to_owned(), "yes".to_owned()),
+                ("No".to_owned(), "no".to_owned())
+            ]
         );
         assert_eq!(run.status, Status::WaitingInput);
         assert_eq!(requested(&events).len(), 1, "nothing ran before the answer");
@@ -2004,24 +2064,45 @@ mod tests {
         let (run, events) = drive(&graph, &[start(), refund.clone(), say("yes")]);
         let (key, effect, _) = last_request(&events);
         assert_eq!(key, "run_1/agent/1/1.t1");
-        assert_eq!(effect, Effect::Action { action_id: "act_refund".into() });
+        assert_eq!(
+            effect,
+            Effect::Action {
+                action_id: "act_refund".into()
+            }
+        );
         let call = &run.agent.as_ref().unwrap().calls[0];
         assert_eq!(call.confirmed_by.as_deref(), Some("msg_1"));
-        assert!(run.queued.is_empty(), "the answer is not a message for a later turn");
+        assert!(
+            run.queued.is_empty(),
+            "the answer is not a message for a later turn"
+        );
 
         // No: it never runs, and the model hears why.
         let (run, events) = drive(&graph, &[start(), refund.clone(), say("no, wait")]);
         let (key, effect, _) = last_request(&events);
-        assert_eq!((key.as_str(), effect), ("run_1/agent/1/1.m2", Effect::Model));
+        assert_eq!(
+            (key.as_str(), effect),
+            ("run_1/agent/1/1.m2", Effect::Model)
+        );
         let result = run.agent.as_ref().unwrap().calls[0].result.clone().unwrap();
         assert_eq!(result["declined"], true);
         assert_eq!(result["customer_said"], "no, wait");
-        assert!(!requested(&events).iter().any(|(_, e, _)| matches!(e, Effect::Action { .. })));
+        assert!(
+            !requested(&events)
+                .iter()
+                .any(|(_, e, _)| matches!(e, Effect::Action { .. }))
+        );
 
         // Silence past the deadline: a no.
-        let due = Input::TimerDue { node: "agent".into() };
+        let due = Input::TimerDue {
+            node: "agent".into(),
+        };
         let (run, events) = drive(&graph, &[start(), refund, due]);
-        assert!(!requested(&events).iter().any(|(_, e, _)| matches!(e, Effect::Action { .. })));
+        assert!(
+            !requested(&events)
+                .iter()
+                .any(|(_, e, _)| matches!(e, Effect::Action { .. }))
+        );
         let result = run.agent.as_ref().unwrap().calls[0].result.clone().unwrap();
         assert_eq!(result["declined"], true);
         assert_eq!(Run::fold(&events), run);
@@ -2032,14 +2113,30 @@ mod tests {
         let graph = agent_graph(false);
         let calls = model_calls(
             "run_1/agent/1/1.m1",
-            &[("c1", "made_up", json!({}), false), ("c2", "order_status", json!("12345"), false)],
+            &[
+                ("c1", "made_up", json!({}), false),
+                ("c2", "order_status", json!("12345"), false),
+            ],
         );
         let (run, events) = drive(&graph, &[start(), calls]);
         let (key, effect, _) = last_request(&events);
-        assert_eq!((key.as_str(), effect), ("run_1/agent/1/1.m2", Effect::Model));
+        assert_eq!(
+            (key.as_str(), effect),
+            ("run_1/agent/1/1.m2", Effect::Model)
+        );
         let calls = &run.agent.as_ref().unwrap().calls;
-        assert!(calls[0].result.as_ref().unwrap()["error"].as_str().unwrap().contains("no tool"));
-        assert!(calls[1].result.as_ref().unwrap()["error"].as_str().unwrap().contains("JSON object"));
+        assert!(
+            calls[0].result.as_ref().unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .contains("no tool")
+        );
+        assert!(
+            calls[1].result.as_ref().unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .contains("JSON object")
+        );
     }
 
     #[test]
@@ -2051,7 +2148,10 @@ mod tests {
         );
         let (run, events) = drive(&graph, &[start(), handover]);
         assert_eq!(sent(&events), ["Passing you to a person."]);
-        assert_eq!(run.vars["nodes"]["agent"]["handover_reason"], "wants a person");
+        assert_eq!(
+            run.vars["nodes"]["agent"]["handover_reason"],
+            "wants a person"
+        );
 
         let unreachable = done("run_1/agent/1/1.m1", false, json!({}));
         let (_, events) = drive(&graph, &[start(), unreachable]);
