@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{Map, Value as Json};
+use switchboard_eventlog::{EventLog, now_micros};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::actions::v1::{
     ActionDefinition, ActionKind, AuthKind, ExecutionResult, FailureReason, HttpSpec, Outcome,
@@ -53,10 +54,12 @@ pub struct Executor {
     renderer: Arc<Renderer>,
     limits: Arc<Throttles>,
     integrations: Integrations,
+    /// Where rate limits are kept for every replica; without it, in this process.
+    shared_limits: Option<EventLog>,
 }
 
-/// Per-action rate limiters and the GET response cache. Both live in this process: with
-/// several replicas, each enforces the limit on its own share of the calls.
+/// Per-action rate limiters (when no store shares them) and the GET response cache, in
+/// this process.
 #[derive(Default)]
 struct Throttles {
     limiters: Mutex<HashMap<(String, u64), Arc<DefaultDirectRateLimiter>>>,
@@ -181,7 +184,33 @@ impl Executor {
             renderer: Arc::new(Renderer::default()),
             limits: Arc::default(),
             integrations: Integrations::default(),
+            shared_limits: None,
         }
+    }
+
+    /// Keeps rate limits in `log`'s store, so they hold across every replica on it.
+    pub fn with_shared_limits(mut self, log: EventLog) -> Self {
+        self.shared_limits = Some(log);
+        self
+    }
+
+    /// Whether one more call of the action fits its per-minute limit: counted in the
+    /// shared store when there is one (falling back to this process when it cannot be
+    /// reached), else here.
+    async fn admit(&self, definition: &ActionDefinition, per_minute: u32) -> bool {
+        if per_minute == 0 {
+            return true;
+        }
+        if let Some(log) = &self.shared_limits {
+            let key = format!("{}/{}", definition.workspace_id, definition.id);
+            match crate::store::admit_call(log, &key, per_minute, now_micros()).await {
+                Ok(admitted) => return admitted,
+                Err(e) => {
+                    tracing::warn!(error = %e, action = %definition.id, "the shared rate limit cannot be read; this process counts alone");
+                }
+            }
+        }
+        self.limits.admit(definition, per_minute)
     }
 
     /// Wires the systems integration kinds act on.
@@ -581,7 +610,7 @@ impl Executor {
             result.response_truncated = hit.truncated;
             return Ok(hit.outputs);
         }
-        if !self.limits.admit(definition, http.rate_limit_per_minute) {
+        if !self.admit(definition, http.rate_limit_per_minute).await {
             return Err(fail(
                 FailureReason::RateLimited,
                 format!(

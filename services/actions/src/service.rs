@@ -119,7 +119,7 @@ pub mod execution_events {
 
 impl ActionService {
     pub fn new(log: EventLog, keyring: Arc<Keyring>, client: GuardedClient) -> Self {
-        let executor = Executor::new(client, keyring.clone());
+        let executor = Executor::new(client, keyring.clone()).with_shared_limits(log.clone());
         Self {
             log,
             keyring,

@@ -15,6 +15,7 @@ mod forms_and_buttons;
 mod lifecycle;
 mod look_it_up_and_act;
 mod ordering;
+mod replicas;
 mod rest_api;
 mod secure_metadata;
 mod traces;
