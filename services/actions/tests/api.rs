@@ -14,6 +14,7 @@ fn lookup_order(name: &str) -> ActionDefinition {
         name: name.into(),
         description: "Looks up the status of a customer's order".into(),
         when_not_to_use: "The customer has not given an order number".into(),
+        trigger: "The customer asks about an order".into(),
         input_schema: r#"{"type":"object","properties":{"order_number":{"type":"string"}},"required":["order_number"]}"#.into(),
         kind: ActionKind::Http as i32,
         http: Some(HttpSpec {
@@ -352,6 +353,11 @@ async fn the_tool_catalogue_lists_enabled_actions(postgres: bool) {
         refund_tool
             .description
             .contains("Do not use when: The customer has not given an order number")
+    );
+    assert!(
+        refund_tool
+            .description
+            .contains("Use when: The customer asks about an order")
     );
     let function: serde_json::Value = serde_json::from_str(&refund_tool.function_json).unwrap();
     assert_eq!(function["function"]["name"], "refund_order");

@@ -308,6 +308,7 @@ pub fn validate(definition: &ActionDefinition, previous: Previous<'_>) -> Result
         &definition.when_not_to_use,
         limits::DESCRIPTION_BYTES,
     );
+    v.max_bytes("trigger", &definition.trigger, limits::DESCRIPTION_BYTES);
     if definition.example_requests.len() > limits::EXAMPLES {
         v.push("example_requests", format!("at most {}", limits::EXAMPLES));
     }
@@ -674,6 +675,10 @@ impl Violations {
 /// guidance, JSON Schema parameters, and the function-calling JSON most APIs accept.
 pub fn agent_tool(definition: &ActionDefinition) -> switchboard_proto::actions::v1::AgentTool {
     let mut description = definition.description.trim().to_owned();
+    if !definition.trigger.trim().is_empty() {
+        description.push_str("\n\nUse when: ");
+        description.push_str(definition.trigger.trim());
+    }
     if !definition.when_not_to_use.trim().is_empty() {
         description.push_str("\n\nDo not use when: ");
         description.push_str(definition.when_not_to_use.trim());
@@ -695,7 +700,8 @@ pub fn agent_tool(definition: &ActionDefinition) -> switchboard_proto::actions::
         );
     }
     if definition.confirmation_required {
-        description.push_str("\n\nAsk the user to confirm before calling it.");
+        // The agent asks the customer itself, with the call's inputs, before it runs.
+        description.push_str("\n\nThe customer is asked to confirm before it runs.");
     }
     let parameters: serde_json::Value = serde_json::from_str(&definition.input_schema)
         .unwrap_or_else(|_| serde_json::json!({"type": "object", "properties": {}}));
