@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
-use switchboard_eventlog::testing::unique_name;
+use switchboard_eventlog::testing::{TestNats, unique_name};
 use switchboard_flows::model_sim::{self, Reply};
 use switchboard_proto::actions::v1::{
     ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ResponseMapping,
@@ -18,8 +18,8 @@ use switchboard_proto::events::v1::Channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    Partner, Process, WS, actions_client, agent_messages, agent_says, customer_says, flow_edge,
-    flow_node, say_node,
+    Partner, Process, WS, actions_client, agent_messages, agent_says, customer_says, drop_schema,
+    flow_edge, flow_node, say_node, webhooks_env,
 };
 
 const TOKEN: &str = "tok-SECRET-8812-for-the-order-api-only";
@@ -63,17 +63,51 @@ async fn create_action(port: u16, definition: ActionDefinition) -> String {
         .id
 }
 
+/// In `dev`, every hop a log tail.
 #[tokio::test]
-async fn the_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
-    use switchboard_proto::flows::v1::flows_client::FlowsClient;
-    use switchboard_proto::flows::v1::*;
-
+async fn dev_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
     let dir = std::env::temp_dir().join(unique_name());
     let data_dir = dir.to_string_lossy().to_string();
     let mut process = Process::new(
         &["dev", "--data-dir", &data_dir],
         vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
     );
+    look_it_up_and_act(&mut process).await;
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In `serve`, the tool calls and their outcomes over JetStream between services.
+#[tokio::test]
+async fn serve_agent_looks_up_confirms_and_acts_over_nats() {
+    let nats = TestNats::new().await;
+    let schema_prefix = format!("{}_", unique_name());
+    let env = webhooks_env(
+        &schema_prefix,
+        &switchboard_eventlog::testing::nats_url(),
+        &nats.prefix,
+    );
+    let mut process = Process::new(
+        &[
+            "serve",
+            "--services",
+            "conversations,actions,flows",
+            "--allow-unauthenticated",
+        ],
+        env,
+    );
+    look_it_up_and_act(&mut process).await;
+    assert_eq!(process.terminate().code(), Some(0));
+    for service in ["conversations", "actions", "flows"] {
+        drop_schema(&format!("{schema_prefix}{service}")).await;
+    }
+    nats.drop().await;
+}
+
+async fn look_it_up_and_act(process: &mut Process) {
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
     let mut conversations = process.start().await;
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -326,6 +360,4 @@ async fn the_agent_looks_up_confirms_and_acts_and_never_sees_secure_metadata() {
     }
 
     shutdown.cancel();
-    assert_eq!(process.terminate().code(), Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
