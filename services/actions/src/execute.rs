@@ -1102,12 +1102,19 @@ fn guards(invocation: &Invocation<'_>) -> Result<(), Failure> {
             .permission_level
             .max(PermissionLevel::Agent as i32)
     {
-        let needed = PermissionLevel::try_from(definition.permission_level)
-            .map(|p| p.as_str_name())
-            .unwrap_or("?");
+        let who = |level: i32| match PermissionLevel::try_from(level) {
+            Ok(PermissionLevel::Human) => "a human teammate",
+            Ok(PermissionLevel::Admin) => "a workspace administrator",
+            _ => "the AI agent",
+        };
         return Err(fail(
             FailureReason::Forbidden,
-            format!("the action needs {needed}"),
+            format!(
+                "`{}` may be run only by {} or above; this call came from {}",
+                definition.name,
+                who(definition.permission_level),
+                who(caller)
+            ),
         ));
     }
     Ok(())

@@ -326,6 +326,10 @@ async fn the_tool_catalogue_lists_enabled_actions(postgres: bool) {
         .await
         .unwrap();
     create(&mut h, WS, lookup_order("zz_last")).await.unwrap();
+    // Only a human may run it: never offered to the model.
+    let mut human_only = lookup_order("close_account");
+    human_only.permission_level = PermissionLevel::Human as i32;
+    create(&mut h, WS, human_only).await.unwrap();
     h.client
         .set_action_enabled(SetActionEnabledRequest {
             workspace_id: WS.into(),
@@ -396,7 +400,7 @@ async fn the_tool_catalogue_lists_enabled_actions(postgres: bool) {
             .iter()
             .map(|a| a.name.as_str())
             .collect::<Vec<_>>(),
-        vec!["zz_last"]
+        vec!["refund_order", "zz_last"]
     );
     assert!(rest.next_cursor.is_empty());
     h.stop().await;

@@ -257,6 +257,11 @@ async fn failures_have_reasons() {
     let admin = define(&mut h, admin).await;
     let result = execute(&mut h, run(&admin, "admin-1", serde_json::json!({}))).await;
     assert_eq!(result.reason, FailureReason::Forbidden as i32);
+    assert_eq!(
+        result.error,
+        "`admin_only` may be run only by a workspace administrator or above; this call came \
+         from the AI agent"
+    );
 
     let lookup = define(
         &mut h,

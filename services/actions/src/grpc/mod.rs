@@ -366,7 +366,13 @@ impl actions_server::Actions for ActionsApi {
                 .store
                 .list(&r.workspace_id, true, MAX_LIMIT, &cursor)
                 .await?;
-            tools.extend(page.iter().map(domain::agent_tool));
+            // The agent may run only what its permission level allows: the rest is not
+            // offered to the model at all.
+            tools.extend(
+                page.iter()
+                    .filter(|d| d.permission_level <= PermissionLevel::Agent as i32)
+                    .map(domain::agent_tool),
+            );
             if next.is_empty() {
                 break;
             }
