@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::events::v1::{
     Author, Conversation, ConversationCreatedEvent, ConversationEndedEvent, ConversationStatus,
-    Message, MessageCreatedEvent, Sentiment,
+    ConversationUpdatedEvent, Message, MessageCreatedEvent, Sentiment,
 };
 use switchboard_proto::flows::v1::{AnalysisSchema, Assistant, FlowKind};
 
@@ -26,6 +26,7 @@ use crate::service::{FlowsService, ServiceError};
 
 pub use switchboard_contract::event_types::conversations::{
     CREATED as CONVERSATION_CREATED, ENDED as CONVERSATION_ENDED, MESSAGE_CREATED,
+    UPDATED as CONVERSATION_UPDATED,
 };
 
 pub struct ConversationEvents {
@@ -407,6 +408,12 @@ impl Handler for ConversationEvents {
     async fn wants(&self, event: &RecordedEvent) -> bool {
         match event.event_type.as_str() {
             CONVERSATION_CREATED | CONVERSATION_ENDED => true,
+            // What runs read of the conversation: its status, metafields and agent.
+            CONVERSATION_UPDATED => event.decode::<ConversationUpdatedEvent>().is_ok_and(|u| {
+                u.changed_fields
+                    .iter()
+                    .any(|f| ["status", "metafields", "assignment"].contains(&f.as_str()))
+            }),
             // Only what customers say: the runs' own messages come back here too.
             MESSAGE_CREATED => event
                 .decode::<MessageCreatedEvent>()
@@ -483,6 +490,30 @@ impl Handler for ConversationEvents {
                                 message_id: message.id.clone(),
                             },
                         )
+                        .await
+                        .map_err(retry_or_reject)?;
+                }
+                Ok(())
+            }
+            CONVERSATION_UPDATED => {
+                let Some(conversation) = event
+                    .decode::<ConversationUpdatedEvent>()
+                    .map_err(decode_error)?
+                    .conversation
+                else {
+                    return Ok(());
+                };
+                let vars = context(&conversation);
+                for run_id in self
+                    .runs
+                    .store()
+                    .open_runs(ws, &conversation.id)
+                    .await
+                    .map_err(|e| HandleError::Retry(e.to_string()))?
+                {
+                    let input = Input::Context { vars: vars.clone() };
+                    self.runs
+                        .handle_in(tx, ws, &run_id, input)
                         .await
                         .map_err(retry_or_reject)?;
                 }

@@ -19,5 +19,6 @@ mod replicas;
 mod rest_api;
 mod secure_metadata;
 mod traces;
+mod variables;
 mod webhooks;
 mod workflows;

@@ -237,6 +237,11 @@ pub enum Input {
     TimerDue {
         node: String,
     },
+    /// The conversation as it now is (`conversation`, `lead`, `agent`): what changed is
+    /// set, so templates and conditions read it as it is, not as it was at the start.
+    Context {
+        vars: Json,
+    },
 }
 
 /// A run's state: a fold of its events.
@@ -605,6 +610,19 @@ impl<'g> Decider<'g> {
             (Status::WaitingTimer { .. }, Input::TimerDue { node }) if *node == self.run.at => {
                 self.emit(RunEvent::TimerFired { node: node.clone() });
                 self.route(&node.clone(), "next")
+            }
+            (Status::NotStarted, _) => None,
+            (_, Input::Context { vars }) => {
+                for (key, value) in vars.as_object().into_iter().flatten() {
+                    // Never secure metadata, whatever the caller sent.
+                    if key != "secure" && self.run.vars.get(key) != Some(value) {
+                        self.emit(RunEvent::VariableSet {
+                            variable: key.clone(),
+                            value: value.clone(),
+                        });
+                    }
+                }
+                None
             }
             // Outcomes of old attempts, timers of other nodes, a second start: nothing.
             _ => None,
@@ -2186,5 +2204,38 @@ mod tests {
         assert_eq!(sent(&events), ["Hello!"]);
         assert_eq!(last_request(&events).0, "run_1/agent/1/2.m1");
         assert!(run.queued.is_empty());
+    }
+
+    #[test]
+    fn the_conversation_is_read_as_it_now_is() {
+        let graph = look_up_and_act();
+        let now = Input::Context {
+            vars: json!({
+                "conversation": {"id": "conv_1", "status": "on_hold", "metafields": {"plan": "pro"}},
+                "agent": {"id": "u_7"},
+                "secure": {"token": "s3cret"},
+            }),
+        };
+        let (run, events) = drive(&graph, &[start(), now.clone()]);
+        assert_eq!(run.vars["conversation"]["metafields"]["plan"], "pro");
+        assert_eq!(run.vars["agent"]["id"], "u_7");
+        assert!(
+            run.vars.get("secure").is_none(),
+            "secure metadata never enters a run"
+        );
+        assert!(!format!("{events:?}").contains("s3cret"));
+        // The same again changes nothing; an ended run takes nothing.
+        let r = renderer();
+        assert!(decide(&graph, &run, &now, NOW, &r).is_empty());
+        let ended = Run {
+            status: Status::Ended {
+                reason: "completed".into(),
+            },
+            ..run
+        };
+        let newer = Input::Context {
+            vars: json!({"agent": {"id": "u_8"}}),
+        };
+        assert!(decide(&graph, &ended, &newer, NOW, &r).is_empty());
     }
 }
