@@ -488,6 +488,7 @@ impl Handler for ConversationEvents {
                                 text: text.clone(),
                                 sentiment: sentiment.clone(),
                                 message_id: message.id.clone(),
+                                clicked: message.button_click.is_some(),
                             },
                         )
                         .await

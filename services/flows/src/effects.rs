@@ -19,7 +19,7 @@ use switchboard_proto::events::v1::{
     Author, Button, ConversationStatus, Form, FormField, Message, MessageKind, Sentiment,
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
-use switchboard_proto::flows::v1::{FormFieldSpec, RunEventRecord};
+use switchboard_proto::flows::v1::{ButtonOption, FormFieldSpec, RunEventRecord};
 
 use crate::agent::Agent;
 use crate::domain::run::{Input, Status};
@@ -58,7 +58,7 @@ pub trait Conversations: Send + Sync {
         conversation_id: &str,
         request_id: &str,
         text: &str,
-        buttons: &[(String, String)],
+        buttons: &[ButtonOption],
         form: &[FormFieldSpec],
     ) -> Result<(), PortError>;
 
@@ -126,7 +126,7 @@ impl Conversations for switchboard_clients::ConversationsClient {
         conversation_id: &str,
         request_id: &str,
         text: &str,
-        buttons: &[(String, String)],
+        buttons: &[ButtonOption],
         form: &[FormFieldSpec],
     ) -> Result<(), PortError> {
         let kind = if !form.is_empty() {
@@ -161,11 +161,16 @@ impl Conversations for switchboard_clients::ConversationsClient {
                 .iter()
                 .filter(|_| kind == MessageKind::Buttons)
                 .enumerate()
-                .map(|(i, (label, value))| Button {
+                .map(|(i, b)| Button {
                     button_id: format!("b{i}"),
-                    label: label.clone(),
-                    value: value.clone(),
-                    url: String::new(),
+                    label: b.label.clone(),
+                    // A link sends nothing back.
+                    value: if b.url.is_empty() {
+                        b.value.clone()
+                    } else {
+                        String::new()
+                    },
+                    url: b.url.clone(),
                 })
                 .collect(),
             ..Default::default()
@@ -455,21 +460,18 @@ impl Handler for Effects {
             ));
         }
         match record.event {
-            Some(Record::MessageSent(m)) | Some(Record::Reasked(m)) => {
-                let buttons: Vec<(String, String)> =
-                    m.buttons.into_iter().map(|b| (b.label, b.value)).collect();
-                self.conversations
-                    .say(
-                        workspace_id,
-                        &conversation_id,
-                        &format!("flow-{}", event.event_id),
-                        &m.text,
-                        &buttons,
-                        &m.form,
-                    )
-                    .await
-                    .map_err(retry)
-            }
+            Some(Record::MessageSent(m)) | Some(Record::Reasked(m)) => self
+                .conversations
+                .say(
+                    workspace_id,
+                    &conversation_id,
+                    &format!("flow-{}", event.event_id),
+                    &m.text,
+                    &m.buttons,
+                    &m.form,
+                )
+                .await
+                .map_err(retry),
             Some(Record::EffectRequested(e)) => {
                 // A model's step or a workflow the run no longer waits for (its deadline
                 // passed) is not worth its cost: the run would not take its outcome.

@@ -25,7 +25,7 @@ use switchboard_proto::actions::v1::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
-    ButtonOption, Graph, ReplayReport, RunAgentTurn, RunCaptured, RunCondition, RunConfirmation,
+    Graph, ReplayReport, RunAgentTurn, RunCaptured, RunCondition, RunConfirmation,
     RunEffectCompleted, RunEffectRequested, RunEventRecord, RunMessage, RunNode, RunReplay,
     RunStarted, RunText, RunTimer, RunToolCall, RunToolResult, RunVariable,
 };
@@ -117,13 +117,7 @@ pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRe
             form: form.clone(),
             node: n.clone(),
             text: text.clone(),
-            buttons: buttons
-                .iter()
-                .map(|(label, value)| ButtonOption {
-                    label: label.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            buttons: buttons.clone(),
         }),
         RunEvent::InputQueued { text } => Record::InputQueued(RunText { text: text.clone() }),
         RunEvent::AwaitingInput { node: n } => Record::AwaitingInput(node(n)),
@@ -259,7 +253,7 @@ pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
         Record::MessageSent(m) => RunEvent::MessageSent {
             node: m.node,
             text: m.text,
-            buttons: m.buttons.into_iter().map(|b| (b.label, b.value)).collect(),
+            buttons: m.buttons,
             form: m.form,
         },
         Record::InputQueued(t) => RunEvent::InputQueued { text: t.text },

@@ -469,12 +469,8 @@ impl FlowsService {
             ));
         };
         let mut v = Violations::default();
-        for (node, action_id, needs_http) in referenced {
-            let field = if needs_http {
-                format!("draft.nodes[{node}].api_call.action_id")
-            } else {
-                format!("draft.nodes[{node}].custom_action.action_id")
-            };
+        for (field, action_id, needs_http) in referenced {
+            let field = format!("draft.{field}");
             match actions
                 .kind_of(workspace_id, &action_id)
                 .await

@@ -732,6 +732,7 @@ async fn a_run_started_before_its_flow_was_deleted_goes_on(log: EventLog) {
                 text: "4711".into(),
                 sentiment: String::new(),
                 message_id: String::new(),
+                clicked: false,
             },
         )
         .await

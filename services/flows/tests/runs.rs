@@ -119,6 +119,7 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
                 text: "4711".into(),
                 sentiment: String::new(),
                 message_id: String::new(),
+                clicked: false,
             },
         )
         .await
@@ -271,6 +272,7 @@ async fn runs_stay_on_their_version_while_new_ones_take_the_new_one() {
                 text: "ok".into(),
                 sentiment: String::new(),
                 message_id: String::new(),
+                clicked: false,
             },
         )
         .await
@@ -532,6 +534,7 @@ async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_diffe
                 text: order.into(),
                 sentiment: String::new(),
                 message_id: String::new(),
+                clicked: false,
             },
         )
         .await
@@ -676,6 +679,7 @@ async fn a_run_whose_action_never_answers_takes_its_failure_route_at_the_deadlin
             text: "4711".into(),
             sentiment: String::new(),
             message_id: String::new(),
+            clicked: false,
         },
     )
     .await

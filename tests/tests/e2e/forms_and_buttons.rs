@@ -1,13 +1,14 @@
 //! Forms and buttons: a flow sends a form and buttons; the customer's submission is
-//! captured as an object and the click as the button's value.
+//! captured as an object and the click as the button's value; a link button opens its
+//! URL, and an action button's click runs its HTTP action before the flow goes on.
 
 use switchboard_eventlog::testing::unique_name;
 use switchboard_proto::conversations::v1::{ClickButtonRequest, SubmitFormRequest};
 use switchboard_proto::events::v1::MessageKind;
 
 use crate::common::{
-    Process, WS, agent_messages, agent_says, flow_edge, flow_node, new_conversation,
-    published_flow, say_node,
+    Partner, Process, WS, agent_messages, agent_says, flow_edge, flow_node, new_conversation,
+    post_action, published_flow, say_node,
 };
 
 /// A flow sends a form and buttons; the customer's form submission is captured as an
@@ -58,10 +59,12 @@ async fn dev_runs_capture_form_submissions_and_button_clicks() {
                             ButtonOption {
                                 label: "Yes please".into(),
                                 value: "yes".into(),
+                                ..Default::default()
                             },
                             ButtonOption {
                                 label: "No thanks".into(),
                                 value: "no".into(),
+                                ..Default::default()
                             },
                         ],
                         ..Default::default()
@@ -132,6 +135,112 @@ async fn dev_runs_capture_form_submissions_and_button_clicks() {
     assert_eq!(
         agent_says(&mut conversations, &conversation, 3).await[2],
         "Thanks Ada (ada@example.com), news: yes"
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A link button carries its URL, rendered with the conversation's variables; an action
+/// button's click runs its HTTP action (with the button's value) once, and the flow goes
+/// on with the click captured and the action's outcome in the capture node's outputs.
+#[tokio::test]
+async fn buttons_open_a_link_or_run_an_http_action() {
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    let api = partner.serve().await;
+    let mut actions = crate::common::actions_client(process.grpc_port).await;
+    let callback = post_action(
+        &mut actions,
+        "call_me_back",
+        format!("http://{api}/notes"),
+        r#"{"asked": "{{ input.value }}", "conversation": "{{ conversation.id }}"}"#,
+        None,
+        &[],
+    )
+    .await;
+    published_flow(
+        process.grpc_port,
+        "reach_us",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "offer",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Track your parcel, or shall we call you?".into(),
+                        buttons: vec![
+                            ButtonOption {
+                                label: "Track".into(),
+                                url: "https://track.example/{{ conversation.id }}".into(),
+                                ..Default::default()
+                            },
+                            ButtonOption {
+                                label: "Call me".into(),
+                                value: "callback".into(),
+                                action_id: callback,
+                                ..Default::default()
+                            },
+                        ],
+                        ..Default::default()
+                    }),
+                ),
+                flow_node(
+                    "choice",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.choice".into(),
+                        ..Default::default()
+                    }),
+                ),
+                say_node(
+                    "thanks",
+                    "You chose {{ session.choice }}; request sent: {{ nodes.choice.ok }}",
+                ),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "offer", ""),
+                flow_edge("offer", "choice", ""),
+                flow_edge("choice", "thanks", ""),
+                flow_edge("thanks", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    let conversation = new_conversation(&mut conversations, "reach-us").await;
+    let offer = agent_messages(&mut conversations, &conversation, 1).await[0].clone();
+    assert_eq!(offer.kind(), MessageKind::Buttons);
+    let track = &offer.buttons[0];
+    assert_eq!(track.url, format!("https://track.example/{conversation}"));
+    assert!(track.value.is_empty(), "a link sends nothing back");
+    assert!(partner.notes.lock().unwrap().is_empty());
+    conversations
+        .click_button(ClickButtonRequest {
+            workspace_id: WS.into(),
+            request_id: "call-me".into(),
+            conversation_id: conversation.clone(),
+            buttons_message_id: offer.id.clone(),
+            button_id: offer.buttons[1].button_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 2).await[1],
+        "You chose callback; request sent: True"
+    );
+    let notes = partner.notes.lock().unwrap().clone();
+    assert_eq!(
+        notes,
+        [serde_json::json!({"asked": "callback", "conversation": conversation})]
     );
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

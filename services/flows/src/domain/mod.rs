@@ -269,9 +269,20 @@ impl Checker<'_> {
                     );
                 }
                 for (i, b) in m.buttons.iter().enumerate() {
+                    let field = format!("{at}.send_message.buttons[{i}]");
                     if b.label.trim().is_empty() {
-                        self.v
-                            .push(format!("{at}.send_message.buttons[{i}].label"), "required");
+                        self.v.push(format!("{field}.label"), "required");
+                    }
+                    if !b.url.is_empty() {
+                        self.template(&format!("{field}.url"), &b.url);
+                        if !b.action_id.is_empty() {
+                            self.v.push(
+                                format!("{field}.action_id"),
+                                "a link button opens its URL and sends nothing back: no action",
+                            );
+                        }
+                    } else if !b.action_id.is_empty() {
+                        self.action_id(&format!("{field}.action_id"), &b.action_id);
                     }
                 }
                 if m.form.len() > limits::FORM_FIELDS {
@@ -682,18 +693,38 @@ fn reachable_from<'g>(start: &'g str, edges: &'g [Edge]) -> BTreeSet<&'g str> {
     seen
 }
 
-/// The action ids a graph refers to, with the node that refers to each, and whether the
-/// node needs an `http` action (API call nodes do).
+/// The action ids a graph refers to, each with the field that names it
+/// (`nodes[lookup].api_call.action_id`) and whether it must be an `http` action (API call
+/// nodes need one).
 pub fn referenced_actions(graph: &Graph) -> Vec<(String, String, bool)> {
-    graph
-        .nodes
-        .iter()
-        .filter_map(|n| match &n.kind {
-            Some(Kind::ApiCall(a)) => Some((n.id.clone(), a.action_id.clone(), true)),
-            Some(Kind::CustomAction(a)) => Some((n.id.clone(), a.action_id.clone(), false)),
-            _ => None,
-        })
-        .collect()
+    let mut found = Vec::new();
+    for n in &graph.nodes {
+        match &n.kind {
+            Some(Kind::ApiCall(a)) => found.push((
+                format!("nodes[{}].api_call.action_id", n.id),
+                a.action_id.clone(),
+                true,
+            )),
+            Some(Kind::CustomAction(a)) => found.push((
+                format!("nodes[{}].custom_action.action_id", n.id),
+                a.action_id.clone(),
+                false,
+            )),
+            Some(Kind::SendMessage(m)) => {
+                for (i, b) in m.buttons.iter().enumerate() {
+                    if !b.action_id.is_empty() {
+                        found.push((
+                            format!("nodes[{}].send_message.buttons[{i}].action_id", n.id),
+                            b.action_id.clone(),
+                            false,
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 /// `@name` references in an assistant's instructions.
@@ -940,6 +971,50 @@ pub(crate) mod tests {
                 .any(|(f, d)| f == "edges[12].port" && d.contains("routes by next")),
             "{found:#?}"
         );
+    }
+
+    #[test]
+    fn buttons_are_a_value_a_link_or_an_action_and_agents_are_checked() {
+        let mut graph = look_up_and_act();
+        if let Some(node::Kind::SendMessage(m)) = &mut graph.nodes[1].kind {
+            m.buttons = vec![
+                ButtonOption {
+                    label: "Both".into(),
+                    url: "https://example.com/{{ secure.token }}".into(),
+                    action_id: "act_x".into(),
+                    ..Default::default()
+                },
+                ButtonOption {
+                    label: "Act".into(),
+                    action_id: "nope".into(),
+                    ..Default::default()
+                },
+            ];
+        }
+        graph.nodes.push(node(
+            "agent",
+            node::Kind::Agent(AgentNode {
+                provider_id: "openai".into(),
+                max_rounds: 99,
+                ..Default::default()
+            }),
+        ));
+        graph.edges.push(edge("done", "agent", ""));
+        let fields: BTreeSet<String> = problems(&graph).into_iter().map(|(f, _)| f).collect();
+        for expected in [
+            "nodes[ask].send_message.buttons[0].url",
+            "nodes[ask].send_message.buttons[0].action_id",
+            "nodes[ask].send_message.buttons[1].action_id",
+            "nodes[agent].agent.provider_id",
+            "nodes[agent].agent.max_rounds",
+        ] {
+            assert!(fields.contains(expected), "{expected} in {fields:#?}");
+        }
+        let refs: Vec<String> = referenced_actions(&graph)
+            .into_iter()
+            .map(|(field, _, _)| field)
+            .collect();
+        assert!(refs.contains(&"nodes[ask].send_message.buttons[1].action_id".to_owned()));
     }
 
     #[test]

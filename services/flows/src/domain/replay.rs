@@ -275,6 +275,7 @@ pub fn simulate(graph: &Graph, recording: &Recording, render: &dyn Render) -> Si
                     text: text.clone(),
                     sentiment: sentiment.clone(),
                     message_id: "replayed".into(),
+                    clicked: false,
                 }
             }
         };
@@ -326,7 +327,10 @@ fn behavior(event: &RunEvent, now: i64) -> Option<Behavior> {
             ..
         } => Some(Behavior::Says {
             text: text.clone(),
-            buttons: buttons.clone(),
+            buttons: buttons
+                .iter()
+                .map(|b| (b.label.clone(), b.value.clone()))
+                .collect(),
             form: form.iter().map(|f| f.name.clone()).collect(),
         }),
         RunEvent::Reasked { text, .. } => Some(Behavior::Says {
@@ -453,11 +457,13 @@ mod tests {
                 text: "no idea".into(),
                 sentiment: "negative".into(),
                 message_id: String::new(),
+                clicked: false,
             },
             Input::Message {
                 text: "12345".into(),
                 sentiment: String::new(),
                 message_id: String::new(),
+                clicked: false,
             },
             Input::EffectDone {
                 key: "run_1/lookup/1".into(),

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde_json::{Map, Value as Json, json};
 use switchboard_proto::flows::v1::node::Kind;
-use switchboard_proto::flows::v1::{AgentNode, FormFieldSpec, Graph, Node, Operator, Rule};
+use switchboard_proto::flows::v1::{
+    AgentNode, ButtonOption, FormFieldSpec, Graph, Node, Operator, Rule,
+};
 
 /// Nodes one input may pass through before the run is stopped as a loop.
 pub const STEP_LIMIT: u32 = 1000;
@@ -123,7 +125,7 @@ pub enum RunEvent {
     MessageSent {
         node: String,
         text: String,
-        buttons: Vec<(String, String)>,
+        buttons: Vec<ButtonOption>,
         /// The form's fields, when the message is a form.
         form: Vec<FormFieldSpec>,
     },
@@ -227,6 +229,8 @@ pub enum Input {
         sentiment: String,
         /// The conversation's id for the message (what a confirmation records).
         message_id: String,
+        /// A click on a button (its value is `text`), not typed words.
+        clicked: bool,
     },
     EffectDone {
         key: String,
@@ -260,6 +264,8 @@ pub struct Run {
     pub queued: VecDeque<String>,
     /// The agent's turn, while the run is at an agent node.
     pub agent: Option<AgentTurn>,
+    /// The buttons of the last message sent (what a click can be of).
+    pub buttons: Vec<ButtonOption>,
 }
 
 impl Run {
@@ -401,7 +407,8 @@ impl Run {
                     call.result = Some(result.clone());
                 }
             }
-            RunEvent::MessageSent { .. } | RunEvent::ConditionEvaluated { .. } => {}
+            RunEvent::MessageSent { buttons, .. } => self.buttons = buttons.clone(),
+            RunEvent::ConditionEvaluated { .. } => {}
         }
     }
 
@@ -526,10 +533,20 @@ impl<'g> Decider<'g> {
                     text,
                     sentiment,
                     message_id,
+                    clicked,
                 },
             ) => {
                 let waiting = *status == Status::WaitingInput;
                 let confirming = self.confirming().map(str::to_owned);
+                // A click on a button with an action, while a capture waits: the action
+                // runs first, and the click is captured once it has an outcome.
+                let action = self
+                    .run
+                    .buttons
+                    .iter()
+                    .find(|b| *clicked && b.value == *text && !b.action_id.is_empty())
+                    .filter(|_| waiting && confirming.is_none() && self.at_capture())
+                    .cloned();
                 if !sentiment.is_empty() {
                     self.emit(RunEvent::VariableSet {
                         variable: "message.sentiment".into(),
@@ -537,6 +554,10 @@ impl<'g> Decider<'g> {
                     });
                 }
                 self.emit(RunEvent::InputQueued { text: text.clone() });
+                if let Some(button) = action {
+                    let next = self.click(&button);
+                    return self.go(next);
+                }
                 match (waiting, confirming) {
                     (true, Some(call_id)) => self.answer_confirmation(&call_id, message_id, text),
                     (true, None) => self.capture(),
@@ -562,6 +583,8 @@ impl<'g> Decider<'g> {
                 });
                 if self.run.agent.is_some() {
                     self.agent_outcome(&node, done, *success, outputs, error)
+                } else if self.at_capture() {
+                    self.clicked(&node)
                 } else if *success {
                     self.route(&node, "success")
                 } else {
@@ -582,6 +605,8 @@ impl<'g> Decider<'g> {
                 });
                 if self.run.agent.is_some() {
                     self.agent_outcome(&node.clone(), &key, false, &json!({}), &error)
+                } else if self.at_capture() {
+                    self.clicked(&node.clone())
                 } else {
                     self.fail(&node.clone(), &error)
                 }
@@ -703,14 +728,23 @@ impl<'g> Decider<'g> {
             }
             Kind::SendMessage(m) => match self.render.text(&m.text, &self.open_vars()) {
                 Ok(text) => {
+                    let mut buttons = m.buttons.clone();
+                    for button in &mut buttons {
+                        if button.url.is_empty() {
+                            continue;
+                        }
+                        match self.render.text(&button.url, &self.open_vars()) {
+                            Ok(url) => button.url = url,
+                            Err(e) => {
+                                self.end(render_failure(id, e));
+                                return None;
+                            }
+                        }
+                    }
                     self.emit(RunEvent::MessageSent {
                         node: id.to_owned(),
                         text,
-                        buttons: m
-                            .buttons
-                            .iter()
-                            .map(|b| (b.label.clone(), b.value.clone()))
-                            .collect(),
+                        buttons,
                         form: m.form.clone(),
                     });
                     self.route(id, "next")
@@ -812,6 +846,51 @@ impl<'g> Decider<'g> {
                 }
             }
         }
+    }
+
+    /// Whether the run is at a capture node.
+    fn at_capture(&self) -> bool {
+        matches!(
+            self.nodes
+                .get(self.run.at.as_str())
+                .and_then(|n| n.kind.as_ref()),
+            Some(Kind::CaptureInput(_))
+        )
+    }
+
+    /// A click on a button with an action: the action runs as the capture node's effect,
+    /// with the button's value and label as its input.
+    fn click(&mut self, button: &ButtonOption) -> Option<String> {
+        let id = self.run.at.clone();
+        let attempt = self.run.entered.get(&id).copied().unwrap_or(1);
+        // Each click at this visit its own key (a re-ask may be answered by another).
+        let key = format!(
+            "{}/{id}/{attempt}/click{}",
+            self.run.run_id,
+            self.run.asks + 1
+        );
+        self.emit(RunEvent::EffectRequested {
+            node: id,
+            key,
+            effect: Effect::Action {
+                action_id: button.action_id.clone(),
+            },
+            inputs: BTreeMap::from([
+                ("value".to_owned(), Json::String(button.value.clone())),
+                ("label".to_owned(), Json::String(button.label.clone())),
+            ]),
+            sealed_inputs: BTreeMap::new(),
+        });
+        None
+    }
+
+    /// A clicked button's action has its outcome (recorded as the capture node's): the
+    /// click is captured.
+    fn clicked(&mut self, id: &str) -> Option<String> {
+        self.emit(RunEvent::AwaitingInput {
+            node: id.to_owned(),
+        });
+        self.capture()
     }
 
     /// Whether `node` has a route by `port`.
@@ -1026,10 +1105,15 @@ impl<'g> Decider<'g> {
                     0 => CONFIRMATION_SECONDS_DEFAULT,
                     s => s.min(CONFIRMATION_SECONDS_MAX),
                 };
+                let button = |label: &str, value: &str| ButtonOption {
+                    label: label.into(),
+                    value: value.into(),
+                    ..Default::default()
+                };
                 self.emit(RunEvent::MessageSent {
                     node: id.to_owned(),
                     text: confirmation_question(&call.name, arguments),
-                    buttons: vec![("Yes".into(), "yes".into()), ("No".into(), "no".into())],
+                    buttons: vec![button("Yes", "yes"), button("No", "no")],
                     form: Vec::new(),
                 });
                 self.emit(RunEvent::ConfirmationAsked {
@@ -1397,6 +1481,7 @@ mod tests {
             text: text.into(),
             sentiment: String::new(),
             message_id: "msg_1".into(),
+            clicked: false,
         }
     }
 
@@ -1748,6 +1833,7 @@ mod tests {
             text: "It was late again.".into(),
             sentiment: sentiment.into(),
             message_id: "msg_1".into(),
+            clicked: false,
         };
         let (run, events) = drive(&graph, &[start(), message("negative")]);
         assert_eq!(
@@ -2066,13 +2152,12 @@ mod tests {
             asked.0,
             "Shall I go ahead and refund (amount: 20, order number: 12345)?"
         );
-        assert_eq!(
-            asked.1,
-            [
-                ("Yes".to_owned(), "yes".to_owned()),
-                ("No".to_owned(), "no".to_owned())
-            ]
-        );
+        let buttons: Vec<(&str, &str)> = asked
+            .1
+            .iter()
+            .map(|b| (b.label.as_str(), b.value.as_str()))
+            .collect();
+        assert_eq!(buttons, [("Yes", "yes"), ("No", "no")]);
         assert_eq!(run.status, Status::WaitingInput);
         assert_eq!(requested(&events).len(), 1, "nothing ran before the answer");
         assert!(events.iter().any(|e| matches!(e,
@@ -2237,5 +2322,90 @@ mod tests {
             vars: json!({"agent": {"id": "u_8"}}),
         };
         assert!(decide(&graph, &ended, &newer, NOW, &r).is_empty());
+    }
+
+    #[test]
+    fn a_link_button_is_rendered_and_an_action_button_runs_its_action_on_a_click() {
+        let graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node(
+                    "offer",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Track it, or shall we call you?".into(),
+                        buttons: vec![
+                            ButtonOption {
+                                label: "Track".into(),
+                                url: "https://track.example/{{ conversation.id }}".into(),
+                                ..Default::default()
+                            },
+                            ButtonOption {
+                                label: "Call me".into(),
+                                value: "callback".into(),
+                                action_id: "act_callback".into(),
+                                ..Default::default()
+                            },
+                        ],
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "capture",
+                    node::Kind::CaptureInput(CaptureInput {
+                        variable: "session.choice".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "done",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "{{ session.choice }}: ticket {{ nodes.capture.ticket }}".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "offer", ""),
+                edge("offer", "capture", ""),
+                edge("capture", "done", ""),
+                edge("done", "end", ""),
+            ],
+            ..Default::default()
+        };
+        let (_, events) = drive(&graph, &[start()]);
+        let buttons = events
+            .iter()
+            .find_map(|e| match e {
+                RunEvent::MessageSent { buttons, .. } => Some(buttons.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(buttons[0].url, "https://track.example/conv_1");
+        let click = Input::Message {
+            text: "callback".into(),
+            sentiment: String::new(),
+            message_id: "msg_2".into(),
+            clicked: true,
+        };
+        let (run, events) = drive(&graph, &[start(), click.clone()]);
+        let (key, effect, inputs) = last_request(&events);
+        assert_eq!(key, "run_1/capture/1/click1");
+        assert_eq!(
+            effect,
+            Effect::Action {
+                action_id: "act_callback".into()
+            }
+        );
+        assert_eq!(inputs["value"], "callback");
+        assert!(matches!(run.status, Status::WaitingEffect { .. }));
+        let outcome = done("run_1/capture/1/click1", true, json!({"ticket": "T-1"}));
+        let (run, events) = drive(&graph, &[start(), click, outcome]);
+        assert_eq!(sent(&events).last().unwrap(), "callback: ticket T-1");
+        assert!(matches!(run.status, Status::Ended { .. }));
+        assert_eq!(Run::fold(&events), run);
+        // Typed, the same word is only words.
+        let (_, events) = drive(&graph, &[start(), say("callback")]);
+        assert!(requested(&events).is_empty());
     }
 }
