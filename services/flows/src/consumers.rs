@@ -53,6 +53,25 @@ impl ConversationEvents {
         self
     }
 
+    /// Whether the assistant's agent has a model to ask: its own provider, or the
+    /// workspace's first.
+    async fn has_model(&self, ws: &str, assistant_id: &str) -> Result<bool, HandleError> {
+        let Some(providers) = &self.providers else {
+            return Ok(false);
+        };
+        let named = match self.flows.load_assistant(ws, assistant_id).await {
+            Ok((assistant, _)) => !assistant.model_provider_id.is_empty(),
+            Err(ServiceError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(retry_or_reject(e)),
+        };
+        Ok(named
+            || providers
+                .first(ws)
+                .await
+                .map_err(retry_or_reject)?
+                .is_some())
+    }
+
     /// The assistant whose conversation `conversation` was.
     async fn assistant_of(
         &self,
@@ -438,7 +457,7 @@ impl Handler for ConversationEvents {
                     return Ok(());
                 };
                 let preferred = conversation.metafields.get("assistant_id").cloned();
-                let Some((_, flow_id)) = self
+                let Some((assistant_id, flow_id)) = self
                     .flows
                     .store()
                     .conversation_assistant(ws, preferred.as_deref())
@@ -447,6 +466,10 @@ impl Handler for ConversationEvents {
                 else {
                     return Ok(());
                 };
+                // An assistant without a flow is its own agent, when there is a model.
+                if flow_id.is_empty() && !self.has_model(ws, &assistant_id).await? {
+                    return Ok(());
+                }
                 match self
                     .runs
                     .start_in(tx, ws, &flow_id, &conversation.id, context(&conversation))

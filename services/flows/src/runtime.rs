@@ -357,6 +357,53 @@ pub struct RunService {
     /// Published graphs by (workspace, flow, version): versions never change, so every
     /// input of every run need not read its flow's stream again.
     graphs: Arc<std::sync::Mutex<HashMap<VersionKey, Arc<Graph>>>>,
+    /// What an assistant without a conversation flow runs: [`assistant_agent`].
+    agent_graph: Arc<Graph>,
+}
+
+/// The graph of an assistant without a conversation flow: its agent keeps the
+/// conversation, answering each customer message; when the model cannot answer, the
+/// customer is told a teammate will follow up.
+pub fn assistant_agent() -> Graph {
+    use switchboard_proto::flows::v1::node::Kind;
+    use switchboard_proto::flows::v1::{AgentNode, Edge, End, Node, SendMessage, Start};
+    let node = |id: &str, kind: Kind| Node {
+        id: id.into(),
+        kind: Some(kind),
+        ..Default::default()
+    };
+    let edge = |from: &str, to: &str, port: &str| Edge {
+        from: from.into(),
+        to: to.into(),
+        port: port.into(),
+    };
+    Graph {
+        nodes: vec![
+            node("start", Kind::Start(Start {})),
+            node(
+                "agent",
+                Kind::Agent(AgentNode {
+                    wait_for_customer: true,
+                    ..Default::default()
+                }),
+            ),
+            node(
+                "unavailable",
+                Kind::SendMessage(SendMessage {
+                    text: "Sorry, I cannot answer right now. A teammate will get back to you."
+                        .into(),
+                    ..Default::default()
+                }),
+            ),
+            node("end", Kind::End(End::default())),
+        ],
+        edges: vec![
+            edge("start", "agent", ""),
+            edge("agent", "unavailable", "failure"),
+            edge("unavailable", "end", ""),
+        ],
+        ..Default::default()
+    }
 }
 
 /// A published version: workspace, flow, number.
@@ -372,6 +419,7 @@ impl RunService {
             flows,
             render: Arc::new(switchboard_template::Renderer::new(Default::default())),
             graphs: Arc::default(),
+            agent_graph: Arc::new(assistant_agent()),
         }
     }
 
@@ -481,6 +529,9 @@ impl RunService {
             state.flow_id.clone(),
             state.flow_version,
         );
+        if state.flow_id.is_empty() {
+            return Ok(self.agent_graph.clone());
+        }
         if let Some(graph) = self.graphs.lock().expect("not poisoned").get(&key) {
             return Ok(graph.clone());
         }
@@ -542,16 +593,22 @@ impl RunService {
         if let Ok(existing) = self.load(workspace_id, &run_id).await {
             return Ok(existing);
         }
-        let flow = self.flows.load(workspace_id, flow_id).await?.flow;
-        if flow.published_version == 0 {
-            return Err(ServiceError::FailedPrecondition(format!(
-                "flow `{}` has no published version to run",
-                flow.name
-            )));
-        }
+        // No flow: the assistant's own agent (version 0 of no flow).
+        let published = if flow_id.is_empty() {
+            0
+        } else {
+            let flow = self.flows.load(workspace_id, flow_id).await?.flow;
+            if flow.published_version == 0 {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "flow `{}` has no published version to run",
+                    flow.name
+                )));
+            }
+            flow.published_version
+        };
         let pinned = RunState {
             flow_id: flow_id.to_owned(),
-            flow_version: flow.published_version,
+            flow_version: published,
             conversation_id: conversation_id.to_owned(),
             ..Default::default()
         };

@@ -593,10 +593,14 @@ impl Projection for FlowsProjection {
 
 /// The condition that the run `r` (in workspace `$1`) is of a flow of kind `$3`, the flow
 /// deleted or not.
-const RUN_OF_KIND: &str = "(EXISTS (SELECT 1 FROM flows f
+/// A run of a flow of kind `$3`; a run of no flow is an assistant's own agent, a
+/// conversation flow's kind.
+const RUN_OF_KIND: &str = "((r.flow_id = '' AND $3 = 1)
+     OR EXISTS (SELECT 1 FROM flows f
         WHERE f.workspace_id = r.workspace_id AND f.flow_id = r.flow_id AND f.kind = $3)
      OR EXISTS (SELECT 1 FROM deleted_flows d
         WHERE d.workspace_id = r.workspace_id AND d.flow_id = r.flow_id AND d.kind = $3))";
+const _: () = assert!(FlowKind::ConversationFlow as i32 == 1);
 
 #[derive(Clone)]
 pub struct FlowsStore {
@@ -645,9 +649,9 @@ impl FlowsStore {
         .await)?)
     }
 
-    /// The assistant a conversation has and the flow it runs: the `preferred` assistant
-    /// (its `assistant_id` metafield) when it has a flow, otherwise the workspace's first
-    /// assistant (by id) that has one.
+    /// The assistant a conversation has and the flow it runs (empty: none, its own agent
+    /// answers): the `preferred` assistant (its `assistant_id` metafield), otherwise the
+    /// workspace's first assistant (by id) with a flow, otherwise its first.
     pub async fn conversation_assistant(
         &self,
         workspace_id: &str,
@@ -655,8 +659,9 @@ impl FlowsStore {
     ) -> Result<Option<(String, String)>, EventLogError> {
         Ok(on_pool!(self.log, pool => sqlx::query_as(
             "SELECT assistant_id, flow_id FROM assistants
-             WHERE workspace_id = $1 AND flow_id <> ''
-             ORDER BY CASE WHEN assistant_id = $2 THEN 0 ELSE 1 END, assistant_id
+             WHERE workspace_id = $1
+             ORDER BY CASE WHEN assistant_id = $2 THEN 0 WHEN flow_id <> '' THEN 1 ELSE 2 END,
+                 assistant_id
              LIMIT 1",
         )
         .bind(workspace_id)

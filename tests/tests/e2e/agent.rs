@@ -361,3 +361,75 @@ async fn look_it_up_and_act(process: &mut Process) {
 
     shutdown.cancel();
 }
+
+/// An assistant with instructions and a model but no flow is its own agent: it answers
+/// each customer message.
+#[tokio::test]
+async fn an_assistant_without_a_flow_is_its_own_agent() {
+    use switchboard_proto::flows::v1::flows_client::FlowsClient;
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let model = model_sim::serve(listener, None, shutdown.clone())
+        .await
+        .unwrap();
+    let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
+        .await
+        .unwrap();
+    flows
+        .save_model_provider(SaveModelProviderRequest {
+            provider: Some(ModelProvider {
+                workspace_id: WS.into(),
+                name: "local".into(),
+                base_url: model.base_url(),
+                model: "scripted-1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    flows
+        .save_assistant(SaveAssistantRequest {
+            assistant: Some(Assistant {
+                workspace_id: WS.into(),
+                name: "Concierge".into(),
+                instructions: "You are the hotel's concierge.".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    model.script([
+        Reply::Text("Good evening! How can I help?".into()),
+        Reply::Text("Breakfast is from 7 to 10.".into()),
+    ]);
+    let conversation = crate::common::new_conversation(&mut conversations, "concierge").await;
+    customer_says(&mut conversations, &conversation, "Hello").await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 1).await,
+        ["Good evening! How can I help?"]
+    );
+    customer_says(&mut conversations, &conversation, "When is breakfast?").await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 2).await[1],
+        "Breakfast is from 7 to 10."
+    );
+    let second = model.received()[1].body.to_string();
+    assert!(second.contains("You are the hotel's concierge."));
+    assert!(
+        second.contains("Good evening! How can I help?") && second.contains("When is breakfast?")
+    );
+    shutdown.cancel();
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
