@@ -249,6 +249,9 @@ impl Executor {
         result.error = redact(&result.error, &secret_refs);
         let mut result = finish(result, outcome, started);
         result.error = redact(&result.error, &secret_refs);
+        // A target that echoes a credential or a secure value keeps it out of the
+        // outputs, which runs record and the agent's model reads.
+        result.outputs_json = redact(&result.outputs_json, &secret_refs);
         result
     }
 

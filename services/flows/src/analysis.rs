@@ -591,7 +591,8 @@ pub fn from_model(
             }
         })
         .collect();
-    topics.dedup();
+    let mut seen = std::collections::HashSet::new();
+    topics.retain(|t| seen.insert(t.clone()));
     topics.truncate(MODEL_TOPICS);
     if topics.is_empty() {
         topics = built.topics.clone();

@@ -24,7 +24,7 @@ use switchboard_proto::flows::v1::{ButtonOption, FormFieldSpec, RunEventRecord};
 use crate::agent::Agent;
 use crate::domain::run::{Input, Status};
 use crate::providers::Providers;
-use crate::runtime::{Invocation, RunService};
+use crate::runtime::{RunService, RunState};
 use crate::service::ServiceError;
 
 /// Why an effect did not happen.
@@ -333,7 +333,9 @@ fn operation_outcome(
 }
 
 /// The event types [`Effects`] carries out.
-use switchboard_contract::event_types::flow_runs::{EFFECT_REQUESTED, MESSAGE_SENT, REASKED};
+use switchboard_contract::event_types::flow_runs::{
+    EFFECT_REQUESTED, ENDED, MESSAGE_SENT, REASKED,
+};
 
 /// Carries out runs' messages and non-action effects: conversation updates, Connexease
 /// operations, agents' model calls and the workflows agents call.
@@ -343,9 +345,6 @@ pub struct Effects {
     connexease: Option<Arc<dyn Connexease>>,
     agent: Agent,
 }
-
-/// How long an agent waits for a workflow it called.
-const WORKFLOW_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Effects {
     pub fn new(
@@ -363,59 +362,105 @@ impl Effects {
         }
     }
 
-    /// Runs the action workflow an agent called, waiting for its answer.
+    /// Starts the action workflow an agent called, as a child of the run: its end comes
+    /// back as the call's outcome. `Some` when it has ended already (a redelivery).
     async fn workflow(
         &self,
         workspace_id: &str,
-        conversation_id: &str,
+        parent: &RunState,
+        parent_run_id: &str,
         key: &str,
         workflow_id: &str,
         arguments: HashMap<String, Json>,
-    ) -> Result<Json, PortError> {
-        let refused = |e: ServiceError| match e {
-            ServiceError::NotFound(_)
-            | ServiceError::Invalid(_)
-            | ServiceError::FailedPrecondition(_) => PortError::Refused(e.to_string()),
-            other => PortError::Unavailable(other.to_string()),
-        };
-        let name = self
+    ) -> Result<Option<Json>, PortError> {
+        let child = self
             .runs
-            .flows()
-            .load(workspace_id, workflow_id)
-            .await
-            .map_err(refused)?
-            .flow
-            .name;
-        let variables = Json::Object(arguments.into_iter().collect());
-        let invocation = self
-            .runs
-            .invoke(
+            .start_child(
                 workspace_id,
-                &name,
-                variables,
-                conversation_id,
+                workflow_id,
+                &parent.conversation_id,
+                parent_run_id,
                 key,
-                WORKFLOW_DEADLINE,
+                Json::Object(arguments.into_iter().collect()),
             )
             .await
-            .map_err(refused)?;
-        match invocation {
-            Invocation::Completed { run_id, response } => {
-                Ok(json!({"run_id": run_id, "response": response}))
-            }
-            Invocation::Failed { reason, .. } => Err(PortError::Refused(format!(
-                "the workflow `{name}` failed: {reason}"
-            ))),
-            Invocation::TimedOut { .. } => Err(PortError::Refused(format!(
-                "the workflow `{name}` did not answer within {} s",
-                WORKFLOW_DEADLINE.as_secs()
-            ))),
+            .map_err(port_error)?;
+        match self
+            .runs
+            .workflow_answer(workspace_id, &child)
+            .await
+            .map_err(port_error)?
+        {
+            None => Ok(None),
+            Some(answer) => workflow_outcome(&child.run.run_id, answer).map(Some),
         }
     }
 
     /// `(workspace, run)` from the stream id `ws_…/run_…`.
     fn run_of(event: &RecordedEvent) -> (&str, &str) {
         event.stream.stream_id.split_once('/').unwrap_or_default()
+    }
+
+    /// A run that ended: when an agent's tool call started it, its answer goes back to
+    /// the run that called.
+    async fn child_ended(&self, workspace_id: &str, child: &RunState) -> Result<(), HandleError> {
+        let parent = &child.run.vars["parent"];
+        let (Some(parent_run), Some(key)) = (parent["run_id"].as_str(), parent["key"].as_str())
+        else {
+            return Ok(());
+        };
+        let Some(answer) = self
+            .runs
+            .workflow_answer(workspace_id, child)
+            .await
+            .map_err(service_error)?
+        else {
+            return Ok(());
+        };
+        let input = done(key, workflow_outcome(&child.run.run_id, answer));
+        match self.runs.handle(workspace_id, parent_run, input).await {
+            Ok(_) | Err(ServiceError::NotFound(_)) => Ok(()),
+            Err(e) => Err(service_error(e)),
+        }
+    }
+}
+
+/// A refusal takes the run's failure route; anything else is retried.
+fn port_error(e: ServiceError) -> PortError {
+    match e {
+        ServiceError::NotFound(_)
+        | ServiceError::Invalid(_)
+        | ServiceError::FailedPrecondition(_) => PortError::Refused(e.to_string()),
+        other => PortError::Unavailable(other.to_string()),
+    }
+}
+
+/// A child workflow's answer as its caller's outcome.
+fn workflow_outcome(run_id: &str, answer: Result<Json, String>) -> Result<Json, PortError> {
+    match answer {
+        Ok(response) => Ok(json!({"run_id": run_id, "response": response})),
+        Err(reason) => Err(PortError::Refused(format!("the workflow failed: {reason}"))),
+    }
+}
+
+/// An effect's outcome as the input that feeds it back to its run.
+fn done(key: &str, outcome: Result<Json, PortError>) -> Input {
+    let key = key.to_owned();
+    match outcome {
+        Ok(outputs) => Input::EffectDone {
+            key,
+            success: true,
+            outputs,
+            error: String::new(),
+        },
+        Err(e) => Input::EffectDone {
+            key,
+            success: false,
+            outputs: json!({}),
+            error: match e {
+                PortError::Refused(why) | PortError::Unavailable(why) => why,
+            },
+        },
     }
 }
 
@@ -434,7 +479,8 @@ fn service_error(e: ServiceError) -> HandleError {
 impl Handler for Effects {
     async fn wants(&self, event: &RecordedEvent) -> bool {
         match event.event_type.as_str() {
-            MESSAGE_SENT | REASKED => true,
+            // An ended run may be a workflow an agent's tool call is waiting for.
+            MESSAGE_SENT | REASKED | ENDED => true,
             // Actions go to the actions service over NATS; the rest are ours.
             EFFECT_REQUESTED => event.decode::<RunEventRecord>().is_ok_and(
                 |r| matches!(r.event, Some(Record::EffectRequested(e)) if e.effect != "action"),
@@ -443,7 +489,7 @@ impl Handler for Effects {
         }
     }
 
-    async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
+    async fn handle(&self, _tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
         let record: RunEventRecord = event
             .decode()
             .map_err(|e| HandleError::Reject(e.to_string()))?;
@@ -494,8 +540,15 @@ impl Handler for Effects {
                 } else if e.effect == "model" {
                     self.agent.step(workspace_id, &state, &inputs).await
                 } else if e.effect == "workflow" {
-                    self.workflow(workspace_id, &conversation_id, &e.key, &e.target, inputs)
+                    match self
+                        .workflow(workspace_id, &state, run_id, &e.key, &e.target, inputs)
                         .await
+                    {
+                        // It runs; its end is its outcome (`child_ended`).
+                        Ok(None) => return Ok(()),
+                        Ok(Some(outputs)) => Ok(outputs),
+                        Err(e) => Err(e),
+                    }
                 } else if e.effect == "update_conversation" {
                     let status = inputs.get("status").map(text);
                     let metafields = inputs
@@ -535,27 +588,20 @@ impl Handler for Effects {
                         }
                     }
                 };
-                let input = match outcome {
-                    Ok(outputs) => Input::EffectDone {
-                        key: e.key,
-                        success: true,
-                        outputs,
-                        error: String::new(),
-                    },
-                    Err(PortError::Refused(error)) => Input::EffectDone {
-                        key: e.key,
-                        success: false,
-                        outputs: json!({}),
-                        error,
-                    },
-                    Err(unavailable) => return Err(retry(unavailable)),
+                let outcome = match outcome {
+                    Err(unavailable @ PortError::Unavailable(_)) => return Err(retry(unavailable)),
+                    outcome => outcome,
                 };
+                // Its own commit: this subscription's inbox is not the log (a model's
+                // answer can take a while, and SQLite has one writer). A redelivery decides
+                // nothing twice: the run no longer waits for the key.
                 self.runs
-                    .handle_in(tx, workspace_id, run_id, input)
+                    .handle(workspace_id, run_id, done(&e.key, outcome))
                     .await
                     .map(|_| ())
                     .map_err(service_error)
             }
+            Some(Record::Ended(_)) => self.child_ended(workspace_id, &state).await,
             _ => Ok(()),
         }
     }

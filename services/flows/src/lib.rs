@@ -145,7 +145,9 @@ impl ServiceModule for Flows {
                         connexease,
                         providers,
                     )),
-                    inbox: Inbox::Log,
+                    // Model calls and outside operations are not held in a transaction
+                    // of the log: outcomes are appended on their own.
+                    inbox: Inbox::Dedicated,
                     order: Order::PerStream,
                 });
             }

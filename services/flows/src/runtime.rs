@@ -1000,6 +1000,73 @@ impl RunService {
     }
 }
 
+impl RunService {
+    /// Starts the published action workflow `workflow_id` for an agent's tool call, as a
+    /// child of the run `parent_run_id`: its variables are `input` (checked against the
+    /// workflow's input schema) and its end is fed back to the parent as the outcome of
+    /// `key` (see [`RunService::workflow_answer`]). Starting it again (a redelivery) is the
+    /// same run.
+    pub async fn start_child(
+        &self,
+        workspace_id: &str,
+        workflow_id: &str,
+        conversation_id: &str,
+        parent_run_id: &str,
+        key: &str,
+        input: Json,
+    ) -> Result<RunState, ServiceError> {
+        use switchboard_proto::flows::v1::FlowKind;
+        let flow = self.flows.load(workspace_id, workflow_id).await?.flow;
+        if flow.kind() != FlowKind::ActionWorkflow || flow.published_version == 0 {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "`{}` is not a published action workflow",
+                flow.name
+            )));
+        }
+        let version = self.flows.version(workspace_id, workflow_id, 0).await?;
+        let graph = version.graph.unwrap_or_default();
+        if let Some(schema) = schema_of(&graph.input_schema_json)?
+            && let Err(problem) = schema.validate(&input)
+        {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "the arguments do not match the workflow's input schema: {problem}"
+            )));
+        }
+        let subject = format!("{conversation_id}:invocation:{key}");
+        let context = json!({
+            "input": input,
+            "parent": {"run_id": parent_run_id, "key": key},
+        });
+        self.start(workspace_id, workflow_id, &subject, context)
+            .await
+    }
+
+    /// What an ended action workflow answered: its `session` variables, checked against
+    /// its response schema; `Err` says why it did not complete. `None` while it runs.
+    pub async fn workflow_answer(
+        &self,
+        workspace_id: &str,
+        state: &RunState,
+    ) -> Result<Option<Result<Json, String>>, ServiceError> {
+        let run::Status::Ended { reason } = &state.run.status else {
+            return Ok(None);
+        };
+        if reason != "completed" {
+            return Ok(Some(Err(reason.clone())));
+        }
+        let response = state.run.vars.get("session").cloned().unwrap_or(json!({}));
+        let graph = self.graph(workspace_id, state).await?;
+        if let Some(schema) = schema_of(&graph.response_schema_json)?
+            && let Err(problem) = schema.validate(&response)
+        {
+            return Ok(Some(Err(format!(
+                "the response does not match the response schema: {problem}"
+            ))));
+        }
+        Ok(Some(Ok(response)))
+    }
+}
+
 /// Runs one replay may cover, and the default when it names none.
 pub const REPLAY_LIMIT: u32 = 500;
 pub const REPLAY_DEFAULT: u32 = 50;

@@ -235,12 +235,48 @@ async fn look_it_up_and_act(process: &mut Process) {
         })
         .await
         .unwrap();
+    // An action workflow the assistant's instructions name: a tool too.
+    let points = flows
+        .create_flow(CreateFlowRequest {
+            workspace_id: WS.into(),
+            name: "loyalty_points".into(),
+            kind: FlowKind::ActionWorkflow as i32,
+            description: "A customer's loyalty points".into(),
+            draft: Some(Graph {
+                nodes: vec![
+                    flow_node("start", node::Kind::Start(Start {})),
+                    flow_node(
+                        "count",
+                        node::Kind::SetVariable(SetVariable {
+                            variable: "session.points".into(),
+                            value: "{{ input.customer | length * 40 }}".into(),
+                        }),
+                    ),
+                    flow_node("end", node::Kind::End(End::default())),
+                ],
+                edges: vec![flow_edge("start", "count", ""), flow_edge("count", "end", "")],
+                input_schema_json: r#"{"type":"object","properties":{"customer":{"type":"string"}},"required":["customer"]}"#.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    flows
+        .publish(PublishRequest {
+            workspace_id: WS.into(),
+            flow_id: points.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     flows
         .save_assistant(SaveAssistantRequest {
             assistant: Some(Assistant {
                 workspace_id: WS.into(),
                 name: "Orders".into(),
-                instructions: "You help customers with their orders.".into(),
+                instructions: "You help customers with their orders and @loyalty_points.".into(),
                 enabled_action_ids: vec![order_status.clone(), refund.clone()],
                 flow_id: flow.id.clone(),
                 model_provider_id: provider.id.clone(),
@@ -343,7 +379,7 @@ async fn look_it_up_and_act(process: &mut Process) {
         .iter()
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(tools, ["order_status", "refund"]);
+    assert_eq!(tools, ["order_status", "refund", "loyalty_points"]);
     assert!(received[1].body.to_string().contains("shipped"));
     assert!(
         received[3].body.to_string().contains("rf_1"),
@@ -358,6 +394,30 @@ async fn look_it_up_and_act(process: &mut Process) {
         );
         assert!(!body.contains(MODEL_KEY));
     }
+
+    // A workflow as a tool: it runs as a child of the agent's run, and its response goes
+    // back to the model.
+    model.script([
+        Reply::ToolCalls(vec![("loyalty_points".into(), json!({"customer": "ada"}))]),
+        Reply::Text("You have 120 points.".into()),
+    ]);
+    customer_says(&mut conversations, &declined, "How many points do I have?").await;
+    assert_eq!(
+        agent_says(&mut conversations, &declined, 3).await[2],
+        "You have 120 points."
+    );
+    let received = model.received();
+    let result = received[7].body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(result.contains(r#""points":"120""#), "{result}");
 
     shutdown.cancel();
 }

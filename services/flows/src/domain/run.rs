@@ -638,14 +638,31 @@ impl<'g> Decider<'g> {
             }
             (Status::NotStarted, _) => None,
             (_, Input::Context { vars }) => {
+                // Field by field (`conversation.status`), so what the run's start added
+                // beside them (`conversation.end_reason`) stays. Never secure metadata,
+                // whatever the caller sent.
+                let mut changed = Vec::new();
                 for (key, value) in vars.as_object().into_iter().flatten() {
-                    // Never secure metadata, whatever the caller sent.
-                    if key != "secure" && self.run.vars.get(key) != Some(value) {
-                        self.emit(RunEvent::VariableSet {
-                            variable: key.clone(),
-                            value: value.clone(),
-                        });
+                    if key == "secure" {
+                        continue;
                     }
+                    match value.as_object() {
+                        Some(fields) => {
+                            for (field, value) in fields {
+                                let path = format!("{key}.{field}");
+                                if lookup(&self.run.vars, &path) != Some(value) {
+                                    changed.push((path, value.clone()));
+                                }
+                            }
+                        }
+                        None if self.run.vars.get(key) != Some(value) => {
+                            changed.push((key.clone(), value.clone()));
+                        }
+                        None => {}
+                    }
+                }
+                for (variable, value) in changed {
+                    self.emit(RunEvent::VariableSet { variable, value });
                 }
                 None
             }
@@ -1017,8 +1034,23 @@ impl<'g> Decider<'g> {
                 let index = self.run.agent.as_ref().map_or(0, |a| a.calls.len()) + 1;
                 let text = |field: &str| call[field].as_str().unwrap_or_default().to_owned();
                 let arguments = text("arguments");
+                // Calls are told apart by id: one the model left out or used before in
+                // this turn (some servers number from call_0 each answer) is made unique.
+                let taken = |d: &Self, id: &str| {
+                    id.is_empty()
+                        || d.run
+                            .agent
+                            .as_ref()
+                            .is_some_and(|a| a.calls.iter().any(|c| c.call_id == id))
+                };
+                let mut call_id = text("id");
+                let mut n = index;
+                while taken(self, &call_id) {
+                    call_id = format!("call_{n}");
+                    n += 1;
+                }
                 let call = AgentCall {
-                    call_id: text("id"),
+                    call_id,
                     name: text("name"),
                     arguments: serde_json::from_str::<Json>(&arguments)
                         .ok()
@@ -1064,7 +1096,9 @@ impl<'g> Decider<'g> {
     /// Runs the turn's next call without a result (asking first when it needs the
     /// customer's yes); with every call answered, the model again.
     fn next_tool(&mut self, id: &str) -> Option<String> {
-        loop {
+        // Each pass answers one call, so this ends; the bound says so.
+        let calls = self.run.agent.as_ref().map_or(0, |a| a.calls.len());
+        for _ in 0..=calls {
             let pending = self
                 .run
                 .agent
@@ -1147,6 +1181,7 @@ impl<'g> Decider<'g> {
             });
             return None;
         }
+        self.fail(id, "the agent's tool calls could not be settled")
     }
 
     /// The customer's answer to a confirmation: a yes runs the call, anything else
@@ -2296,13 +2331,17 @@ mod tests {
         let graph = look_up_and_act();
         let now = Input::Context {
             vars: json!({
-                "conversation": {"id": "conv_1", "status": "on_hold", "metafields": {"plan": "pro"}},
+                "conversation": {"status": "on_hold", "metafields": {"plan": "pro"}},
                 "agent": {"id": "u_7"},
                 "secure": {"token": "s3cret"},
             }),
         };
         let (run, events) = drive(&graph, &[start(), now.clone()]);
         assert_eq!(run.vars["conversation"]["metafields"]["plan"], "pro");
+        assert_eq!(
+            run.vars["conversation"]["id"], "conv_1",
+            "fields the update does not name stay"
+        );
         assert_eq!(run.vars["agent"]["id"], "u_7");
         assert!(
             run.vars.get("secure").is_none(),
