@@ -106,7 +106,14 @@ pub mod flows {
     /// The flow is gone from the API and its name is free; runs already started on its
     /// versions go on. The last event of its stream.
     pub const FLOW_DELETED: &str = "flow.deleted";
+    /// Saved and in effect at once (`SaveAssistant`).
     pub const ASSISTANT_SAVED: &str = "assistant.saved";
+    /// A draft of the assistant, not in effect until published.
+    pub const ASSISTANT_DRAFT_SAVED: &str = "assistant.draft_saved";
+    /// The draft is in effect; there is no draft any more.
+    pub const ASSISTANT_PUBLISHED: &str = "assistant.published";
+    /// The draft is dropped: the assistant is as last published.
+    pub const ASSISTANT_DRAFT_DISCARDED: &str = "assistant.draft_discarded";
     /// The assistant is gone; the last event of its stream.
     pub const ASSISTANT_DELETED: &str = "assistant.deleted";
     pub const MODEL_PROVIDER_SAVED: &str = "model_provider.saved";

@@ -212,7 +212,10 @@ fn describe_payload(event: &switchboard_eventlog::RecordedEvent) -> String {
         t::FLOW_PUBLISHED => event
             .decode::<pb::FlowPublished>()
             .map(|p| format!("{p:?}")),
-        t::ASSISTANT_SAVED | t::ASSISTANT_DELETED => event
+        t::ASSISTANT_SAVED
+        | t::ASSISTANT_DELETED
+        | t::ASSISTANT_DRAFT_SAVED
+        | t::ASSISTANT_PUBLISHED => event
             .decode::<pb::AssistantSaved>()
             .map(|a| format!("{a:?}")),
         // The sealed key is never shown.

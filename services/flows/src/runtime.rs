@@ -1113,34 +1113,90 @@ impl RunService {
             if state.flow_id != flow_id {
                 return Err(not_ours());
             }
-            let Some(recording) = replay::Recording::of(&events) else {
-                continue;
-            };
-            let published = self.graph(workspace_id, &state).await?;
-            let comparison = replay::compare(&published, &draft, &recording, self.render.as_ref());
-            let steps =
-                |s: &replay::Simulation| s.behaviors.iter().map(ToString::to_string).collect();
-            let incomplete = matches!(comparison.draft.stop, replay::Stop::UnknownOutcome { .. });
-            let difference = comparison.difference.clone();
-            report.replayed += 1;
-            report.different += u32::from(difference.is_some());
-            report.incomplete += u32::from(incomplete);
-            report.runs.push(RunReplay {
-                run_id: run_id.clone(),
-                conversation_id: state.conversation_id.clone(),
-                version: state.flow_version,
-                same: difference.is_none(),
-                step: difference.as_ref().map_or(0, |d| d.step as u32),
-                published: difference
-                    .as_ref()
-                    .map(|d| d.published.clone())
-                    .unwrap_or_default(),
-                draft: difference.map(|d| d.draft).unwrap_or_default(),
-                published_stop: comparison.published.stop.to_string(),
-                draft_stop: comparison.draft.stop.to_string(),
-                published_steps: steps(&comparison.published),
-                draft_steps: steps(&comparison.draft),
-            });
+            self.replay_run(workspace_id, run_id, &state, &events, &draft, &mut report)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// Replays one recorded run on `draft` and adds what it found to `report`.
+    async fn replay_run(
+        &self,
+        workspace_id: &str,
+        run_id: &str,
+        state: &RunState,
+        events: &[RunEvent],
+        draft: &Graph,
+        report: &mut ReplayReport,
+    ) -> Result<(), ServiceError> {
+        let Some(recording) = replay::Recording::of(events) else {
+            return Ok(());
+        };
+        let published = self.graph(workspace_id, state).await?;
+        let comparison = replay::compare(&published, draft, &recording, self.render.as_ref());
+        let steps = |s: &replay::Simulation| s.behaviors.iter().map(ToString::to_string).collect();
+        let incomplete = matches!(comparison.draft.stop, replay::Stop::UnknownOutcome { .. });
+        let difference = comparison.difference.clone();
+        report.replayed += 1;
+        report.different += u32::from(difference.is_some());
+        report.incomplete += u32::from(incomplete);
+        report.runs.push(RunReplay {
+            run_id: run_id.to_owned(),
+            conversation_id: state.conversation_id.clone(),
+            version: state.flow_version,
+            same: difference.is_none(),
+            step: difference.as_ref().map_or(0, |d| d.step as u32),
+            published: difference
+                .as_ref()
+                .map(|d| d.published.clone())
+                .unwrap_or_default(),
+            draft: difference.map(|d| d.draft).unwrap_or_default(),
+            published_stop: comparison.published.stop.to_string(),
+            draft_stop: comparison.draft.stop.to_string(),
+            published_steps: steps(&comparison.published),
+            draft_steps: steps(&comparison.draft),
+        });
+        Ok(())
+    }
+
+    /// Replays the recent conversations of the assistant's flow (or of its own agent) on
+    /// the flow its draft names: how they would go once the draft is published. Model
+    /// steps are answered as they were recorded; nothing is sent or called.
+    pub async fn replay_assistant_draft(
+        &self,
+        workspace_id: &str,
+        assistant_id: &str,
+        limit: u32,
+    ) -> Result<ReplayReport, ServiceError> {
+        let (history, _) = self
+            .flows
+            .assistant_history(workspace_id, assistant_id)
+            .await?;
+        let Some(draft) = history.draft else {
+            return Err(ServiceError::FailedPrecondition(
+                "the assistant has no draft to replay: save one first".into(),
+            ));
+        };
+        let current = history.published.unwrap_or_default();
+        let graph = if draft.flow_id.is_empty() {
+            assistant_agent()
+        } else {
+            self.flows
+                .version(workspace_id, &draft.flow_id, 0)
+                .await?
+                .graph
+                .unwrap_or_default()
+        };
+        let limit = if limit == 0 { REPLAY_DEFAULT } else { limit };
+        let run_ids = self
+            .store()
+            .recent_runs(workspace_id, &current.flow_id, limit.min(REPLAY_LIMIT))
+            .await?;
+        let mut report = ReplayReport::default();
+        for run_id in run_ids {
+            let (state, events) = self.recorded(workspace_id, &run_id).await?;
+            self.replay_run(workspace_id, &run_id, &state, &events, &graph, &mut report)
+                .await?;
         }
         Ok(report)
     }

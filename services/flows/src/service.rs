@@ -19,8 +19,8 @@ use switchboard_eventlog::{
 use switchboard_proto::actions::v1::{ActionKind, AgentTool};
 use switchboard_proto::flows::v1::{
     Assistant, AssistantSaved, CreateFlowRequest, DeleteAssistantRequest, DeleteFlowRequest, Flow,
-    FlowChanged, FlowKind, FlowPublished, FlowVersion, Graph, PublishRequest, RollbackRequest,
-    SaveDraftRequest,
+    FlowChanged, FlowKind, FlowPublished, FlowVersion, Graph, PublishAssistantRequest,
+    PublishRequest, RollbackRequest, SaveDraftRequest,
 };
 use uuid::Uuid;
 
@@ -684,13 +684,151 @@ impl FlowsService {
         workspace_id: &str,
         assistant_id: &str,
     ) -> Result<(Assistant, u64), ServiceError> {
+        let (history, version) = self.assistant_history(workspace_id, assistant_id).await?;
+        Ok((history.published.unwrap_or_default(), version))
+    }
+
+    /// The assistant and its draft; `NotFound` when it does not exist (or was deleted).
+    pub async fn assistant_history(
+        &self,
+        workspace_id: &str,
+        assistant_id: &str,
+    ) -> Result<(AssistantHistory, u64), ServiceError> {
         let loaded = Assistants
             .load(&self.log, &assistant_stream(workspace_id, assistant_id))
             .await?;
-        match loaded.state {
-            Some(assistant) => Ok((assistant, loaded.version)),
-            None => Err(ServiceError::NotFound("assistant")),
+        if loaded.state.published.is_none() {
+            return Err(ServiceError::NotFound("assistant"));
         }
+        Ok((loaded.state, loaded.version))
+    }
+
+    /// Saves a draft of an existing assistant, checked like a save; it is not in effect
+    /// until published.
+    pub async fn save_assistant_draft(
+        &self,
+        mut draft: Assistant,
+        expected_version: u64,
+        request_id: &str,
+    ) -> Result<Assistant, ServiceError> {
+        if draft.id.is_empty() {
+            return Err(ServiceError::Invalid(vec![FieldViolation {
+                field: "assistant.id".into(),
+                description: "required: a draft is of an assistant that exists".into(),
+            }]));
+        }
+        self.check_assistant(&draft, request_id).await?;
+        let ws = draft.workspace_id.clone();
+        let (_, version) = self.assistant_history(&ws, &draft.id).await?;
+        if expected_version != 0 && expected_version != version {
+            return Err(ServiceError::Conflict {
+                expected: expected_version,
+                actual: version,
+            });
+        }
+        draft.updated_at = Some(timestamp(now_micros()));
+        draft.has_draft = true;
+        let saved = event(
+            t::ASSISTANT_DRAFT_SAVED,
+            AssistantSaved {
+                assistant: Some(draft.clone()),
+            }
+            .encode_to_vec(),
+            metadata(&ws, request_id),
+        );
+        draft.version = self
+            .append(
+                &assistant_stream(&ws, &draft.id),
+                ExpectedVersion::Exact(version),
+                vec![saved],
+            )
+            .await?;
+        Ok(draft)
+    }
+
+    /// Puts the assistant's draft in effect, checked again (what it names may be gone
+    /// since). Idempotent by request id.
+    pub async fn publish_assistant(
+        &self,
+        r: PublishAssistantRequest,
+    ) -> Result<Assistant, ServiceError> {
+        check_request_id(&r.request_id)?;
+        let ws = r.workspace_id.as_str();
+        let (history, _) = self.assistant_history(ws, &r.assistant_id).await?;
+        // Without a draft the command still runs: a retried publish gets its answer.
+        if let Some(draft) = &history.draft {
+            self.check_assistant(draft, &r.request_id).await?;
+        }
+        let checked = history.draft;
+        let stream = assistant_stream(ws, &r.assistant_id);
+        let metadata = metadata(ws, &r.request_id);
+        let key = request_key("assistant_publish", &r.assistant_id, &r.request_id);
+        let executed = Command::new(&self.log, &stream)
+            .request(ws, &key)
+            .fingerprint(&switchboard_runtime::requests::current_request_hash())
+            .run(&Assistants, |loaded: &Loaded<AssistantHistory>| {
+                let Some(draft) = &loaded.state.draft else {
+                    return Err(ServiceError::FailedPrecondition(
+                        "the assistant has no draft to publish: save one first".into(),
+                    ));
+                };
+                // Another draft saved since this one was checked: check it first.
+                if checked.as_ref().map(|c| &c.updated_at) != Some(&draft.updated_at) {
+                    return Err(ServiceError::Conflict {
+                        expected: loaded.version,
+                        actual: loaded.version,
+                    });
+                }
+                let mut assistant = draft.clone();
+                assistant.version = loaded.version + 1;
+                assistant.has_draft = false;
+                assistant.updated_at = Some(timestamp(now_micros()));
+                let published = event(
+                    t::ASSISTANT_PUBLISHED,
+                    AssistantSaved {
+                        assistant: Some(assistant.clone()),
+                    }
+                    .encode_to_vec(),
+                    metadata.clone(),
+                );
+                Ok(Decision::new(vec![published], assistant))
+            })
+            .await;
+        answer_delete(&stream, executed, |event| {
+            Ok((event.event_type == t::ASSISTANT_PUBLISHED)
+                .then(|| event.decode::<AssistantSaved>())
+                .transpose()?
+                .and_then(|saved| saved.assistant))
+        })
+    }
+
+    /// Drops the assistant's draft: it is as last published (which it answers).
+    pub async fn discard_assistant_draft(
+        &self,
+        workspace_id: &str,
+        assistant_id: &str,
+    ) -> Result<Assistant, ServiceError> {
+        let (history, version) = self.assistant_history(workspace_id, assistant_id).await?;
+        let mut assistant = history.published.unwrap_or_default();
+        if history.draft.is_none() {
+            return Err(ServiceError::FailedPrecondition(
+                "the assistant has no draft to discard".into(),
+            ));
+        }
+        let discarded = event(
+            t::ASSISTANT_DRAFT_DISCARDED,
+            Vec::new(),
+            metadata(workspace_id, ""),
+        );
+        assistant.version = self
+            .append(
+                &assistant_stream(workspace_id, assistant_id),
+                ExpectedVersion::Exact(version),
+                vec![discarded],
+            )
+            .await?;
+        assistant.has_draft = false;
+        Ok(assistant)
     }
 
     /// Deletes the assistant and answers with it as it was deleted; conversations no longer
@@ -707,8 +845,8 @@ impl FlowsService {
         let executed = Command::new(&self.log, &stream)
             .request(ws, &key)
             .fingerprint(&switchboard_runtime::requests::current_request_hash())
-            .run(&Assistants, |loaded: &Loaded<Option<Assistant>>| {
-                let Some(current) = &loaded.state else {
+            .run(&Assistants, |loaded: &Loaded<AssistantHistory>| {
+                let Some(current) = &loaded.state.published else {
                     return Err(ServiceError::NotFound("assistant"));
                 };
                 let mut assistant = current.clone();
@@ -733,12 +871,13 @@ impl FlowsService {
         })
     }
 
-    pub async fn save_assistant(
+    /// Checks an assistant whole, every mistake named: its ids, bounds, and that what it
+    /// names exists (flow, actions, workflows, model provider).
+    async fn check_assistant(
         &self,
-        mut assistant: Assistant,
-        expected_version: u64,
+        assistant: &Assistant,
         request_id: &str,
-    ) -> Result<Assistant, ServiceError> {
+    ) -> Result<(), ServiceError> {
         let ws = assistant.workspace_id.clone();
         let mut v = Violations::default();
         v.id("assistant.workspace_id", &ws, "ws_");
@@ -892,7 +1031,19 @@ impl FlowsService {
                 }
             }
         }
-        v.finish().map_err(ServiceError::Invalid)?;
+        v.finish().map_err(ServiceError::Invalid)
+    }
+
+    pub async fn save_assistant(
+        &self,
+        mut assistant: Assistant,
+        expected_version: u64,
+        request_id: &str,
+    ) -> Result<Assistant, ServiceError> {
+        let ws = assistant.workspace_id.clone();
+        self.check_assistant(&assistant, request_id).await?;
+        // Read-only: whether a draft waits is the stream's to say.
+        assistant.has_draft = false;
 
         let (expected, event_id) = if assistant.id.is_empty() {
             let request_id = if request_id.is_empty() {
@@ -996,26 +1147,46 @@ impl FlowsService {
     }
 }
 
-/// Assistants for the command skeleton: the one last saved, none once deleted.
+/// An assistant's stream folded: the assistant in effect (none once deleted) and its
+/// draft, if one waits.
+#[derive(Debug, Clone, Default)]
+pub struct AssistantHistory {
+    pub published: Option<Assistant>,
+    pub draft: Option<Assistant>,
+}
+
+/// Assistants for the command skeleton.
 struct Assistants;
 
 impl Aggregate for Assistants {
-    type State = Option<Assistant>;
+    type State = AssistantHistory;
 
-    fn apply(&self, state: &mut Option<Assistant>, e: &RecordedEvent) -> Result<(), EventLogError> {
+    fn apply(&self, state: &mut AssistantHistory, e: &RecordedEvent) -> Result<(), EventLogError> {
+        let saved = || -> Result<Assistant, EventLogError> {
+            Ok(e.decode::<AssistantSaved>()?.assistant.unwrap_or_default())
+        };
         match e.event_type.as_str() {
-            t::ASSISTANT_SAVED => {
-                *state = Some(e.decode::<AssistantSaved>()?.assistant.unwrap_or_default());
+            t::ASSISTANT_SAVED => state.published = Some(saved()?),
+            t::ASSISTANT_PUBLISHED => {
+                state.published = Some(saved()?);
+                state.draft = None;
             }
-            t::ASSISTANT_DELETED => *state = None,
+            t::ASSISTANT_DRAFT_SAVED => state.draft = Some(saved()?),
+            t::ASSISTANT_DRAFT_DISCARDED => state.draft = None,
+            t::ASSISTANT_DELETED => *state = AssistantHistory::default(),
             _ => {}
         }
         Ok(())
     }
 
-    fn at_version(&self, state: &mut Option<Assistant>, version: u64) {
-        if let Some(assistant) = state {
+    fn at_version(&self, state: &mut AssistantHistory, version: u64) {
+        let has_draft = state.draft.is_some();
+        for assistant in [&mut state.published, &mut state.draft]
+            .into_iter()
+            .flatten()
+        {
             assistant.version = version;
+            assistant.has_draft = has_draft;
         }
     }
 }

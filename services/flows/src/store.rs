@@ -344,7 +344,7 @@ impl Projection for FlowsProjection {
                     .await
                     .map(|r| r.rows_affected()))?;
                 }
-                t::ASSISTANT_SAVED => {
+                t::ASSISTANT_SAVED | t::ASSISTANT_PUBLISHED => {
                     let Some(assistant) = event.decode::<AssistantSaved>()?.assistant else {
                         continue;
                     };

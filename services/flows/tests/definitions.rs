@@ -969,3 +969,160 @@ async fn each_assistant_lists_only_its_own_tools() {
     assert_eq!(missing.code(), Code::NotFound);
     h.stop().await;
 }
+
+/// Assistants have a draft and publish like flows: a draft is checked and kept beside the
+/// assistant in effect, replays its recent conversations on the flow it names, is
+/// discarded (back to the last published) or published (in effect, once per request id).
+#[tokio::test]
+async fn assistants_have_a_draft_replayed_published_or_discarded() {
+    let schema = switchboard_eventlog::testing::TestSchema::new().await;
+    let log = switchboard_flows::open_log(&schema.store_config())
+        .await
+        .unwrap();
+    log.migrate().await.unwrap();
+    let flows = FlowsService::new(log.clone(), None);
+    let published = |name: &'static str, text: &'static str| {
+        let flows = flows.clone();
+        async move {
+            let flow = flows
+                .create_flow(CreateFlowRequest {
+                    workspace_id: WS.into(),
+                    name: name.into(),
+                    kind: FlowKind::ConversationFlow as i32,
+                    draft: Some(greeting(text)),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            flows
+                .publish(PublishRequest {
+                    workspace_id: WS.into(),
+                    flow_id: flow.id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            flow.id
+        }
+    };
+    let hello = published("hello", "Hello!").await;
+    let hi = published("hi", "Hi there!").await;
+    let assistant = flows
+        .save_assistant(
+            Assistant {
+                workspace_id: WS.into(),
+                name: "Ada".into(),
+                flow_id: hello.clone(),
+                ..Default::default()
+            },
+            0,
+            "",
+        )
+        .await
+        .unwrap();
+    let runs = RunService::new(flows.clone());
+    runs.start(WS, &hello, "conv_1", json!({})).await.unwrap();
+
+    // A draft: kept beside the assistant in effect, which conversations still get.
+    let draft = Assistant {
+        flow_id: hi.clone(),
+        instructions: "Be brief.".into(),
+        ..assistant.clone()
+    };
+    let saved = flows
+        .save_assistant_draft(draft.clone(), 0, "")
+        .await
+        .unwrap();
+    assert!(saved.has_draft);
+    let (current, _) = flows.load_assistant(WS, &assistant.id).await.unwrap();
+    assert_eq!(
+        (current.flow_id.as_str(), current.has_draft),
+        (hello.as_str(), true)
+    );
+    assert_eq!(
+        flows
+            .store()
+            .conversation_assistant(WS, None)
+            .await
+            .unwrap(),
+        Some((assistant.id.clone(), hello.clone()))
+    );
+
+    // Replayed: the recorded conversation says something else on the draft's flow.
+    let report = runs
+        .replay_assistant_draft(WS, &assistant.id, 0)
+        .await
+        .unwrap();
+    assert_eq!((report.replayed, report.different), (1, 1), "{report:#?}");
+    assert!(report.runs[0].published.contains("Hello!"), "{report:#?}");
+    assert!(report.runs[0].draft.contains("Hi there!"), "{report:#?}");
+
+    // Discarded: as last published.
+    let back = flows
+        .discard_assistant_draft(WS, &assistant.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (back.flow_id.as_str(), back.has_draft),
+        (hello.as_str(), false)
+    );
+    assert!(matches!(
+        flows.discard_assistant_draft(WS, &assistant.id).await,
+        Err(ServiceError::FailedPrecondition(_))
+    ));
+
+    // Published: in effect, once for its request id.
+    flows.save_assistant_draft(draft, 0, "").await.unwrap();
+    let publish = PublishAssistantRequest {
+        workspace_id: WS.into(),
+        assistant_id: assistant.id.clone(),
+        request_id: "publish-1".into(),
+    };
+    let live = flows.publish_assistant(publish.clone()).await.unwrap();
+    assert_eq!(
+        (live.flow_id.as_str(), live.has_draft),
+        (hi.as_str(), false)
+    );
+    assert_eq!(live.instructions, "Be brief.");
+    assert_eq!(
+        flows
+            .store()
+            .conversation_assistant(WS, None)
+            .await
+            .unwrap(),
+        Some((assistant.id.clone(), hi.clone()))
+    );
+    let again = flows.publish_assistant(publish).await.unwrap();
+    assert_eq!(
+        again.version, live.version,
+        "a retried publish is the same publish"
+    );
+    assert!(matches!(
+        flows
+            .publish_assistant(PublishAssistantRequest {
+                workspace_id: WS.into(),
+                assistant_id: assistant.id.clone(),
+                request_id: "publish-2".into(),
+            })
+            .await,
+        Err(ServiceError::FailedPrecondition(_))
+    ));
+    // A draft is of an assistant that exists, and is checked like a save.
+    let orphan = Assistant {
+        id: String::new(),
+        ..assistant.clone()
+    };
+    assert!(matches!(
+        flows.save_assistant_draft(orphan, 0, "").await,
+        Err(ServiceError::Invalid(_))
+    ));
+    let broken = Assistant {
+        flow_id: "flow_gone".into(),
+        ..assistant
+    };
+    assert!(matches!(
+        flows.save_assistant_draft(broken, 0, "").await,
+        Err(ServiceError::Invalid(v)) if v.iter().any(|f| f.field == "assistant.flow_id")
+    ));
+    schema.drop().await;
+}

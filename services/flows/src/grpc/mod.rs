@@ -320,6 +320,93 @@ impl flows_server::Flows for FlowsApi {
         ))
     }
 
+    async fn save_assistant_draft(
+        &self,
+        request: Request<SaveAssistantRequest>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        let assistant = r.assistant.ok_or_else(|| {
+            error::invalid(vec![FieldViolation {
+                field: "assistant".into(),
+                description: "required".into(),
+            }])
+        })?;
+        Ok(Response::new(
+            self.service
+                .save_assistant_draft(assistant, r.expected_version, &r.request_id)
+                .await?,
+        ))
+    }
+
+    async fn get_assistant_draft(
+        &self,
+        request: Request<AssistantRef>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        let (history, _) = self
+            .service
+            .assistant_history(&r.workspace_id, &r.assistant_id)
+            .await?;
+        match history.draft {
+            Some(draft) => Ok(Response::new(draft)),
+            None => Err(Status::from(ServiceError::NotFound("assistant draft"))),
+        }
+    }
+
+    async fn publish_assistant(
+        &self,
+        request: Request<PublishAssistantRequest>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        Ok(Response::new(self.service.publish_assistant(r).await?))
+    }
+
+    async fn discard_assistant_draft(
+        &self,
+        request: Request<AssistantRef>,
+    ) -> Result<Response<Assistant>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        Ok(Response::new(
+            self.service
+                .discard_assistant_draft(&r.workspace_id, &r.assistant_id)
+                .await?,
+        ))
+    }
+
+    async fn replay_assistant_draft(
+        &self,
+        request: Request<ReplayAssistantDraftRequest>,
+    ) -> Result<Response<ReplayReport>, Status> {
+        let r = request.into_inner();
+        check_ids(&[
+            ("workspace_id", &r.workspace_id, "ws_"),
+            ("assistant_id", &r.assistant_id, "asst_"),
+        ])?;
+        if r.limit > crate::runtime::REPLAY_LIMIT {
+            return Err(error::invalid(vec![FieldViolation {
+                field: "limit".into(),
+                description: format!("at most {}", crate::runtime::REPLAY_LIMIT),
+            }]));
+        }
+        Ok(Response::new(
+            self.runs
+                .replay_assistant_draft(&r.workspace_id, &r.assistant_id, r.limit)
+                .await?,
+        ))
+    }
+
     async fn get_assistant(
         &self,
         request: Request<AssistantRef>,
