@@ -13,7 +13,7 @@ use switchboard_flows::model_sim::{self, Reply};
 use switchboard_proto::actions::v1::{
     ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ResponseMapping,
 };
-use switchboard_proto::conversations::v1::StartConversationRequest;
+use switchboard_proto::conversations::v1::{ClickButtonRequest, StartConversationRequest};
 use switchboard_proto::events::v1::Channel;
 use tokio_util::sync::CancellationToken;
 
@@ -323,13 +323,23 @@ async fn look_it_up_and_act(process: &mut Process) {
     customer_says(&mut conversations, &happy, "Please refund it").await;
     let asked = agent_messages(&mut conversations, &happy, 2).await;
     assert_eq!(asked[1].text, "Shall I go ahead and refund (order: 4711)?");
-    let buttons: Vec<&str> = asked[1].buttons.iter().map(|b| b.value.as_str()).collect();
-    assert_eq!(buttons, ["yes", "no"]);
+    let labels: Vec<&str> = asked[1].buttons.iter().map(|b| b.label.as_str()).collect();
+    assert_eq!(labels, ["Yes", "No"]);
     assert!(
         partner.refund_requests.lock().unwrap().is_empty(),
         "nothing is refunded before the customer says yes"
     );
-    customer_says(&mut conversations, &happy, "yes").await;
+    // The customer clicks Yes.
+    conversations
+        .click_button(ClickButtonRequest {
+            workspace_id: WS.into(),
+            request_id: "refund-yes".into(),
+            conversation_id: happy.clone(),
+            buttons_message_id: asked[1].id.clone(),
+            button_id: asked[1].buttons[0].button_id.clone(),
+        })
+        .await
+        .unwrap();
     assert_eq!(
         agent_says(&mut conversations, &happy, 3).await[2],
         "Done: order 4711 is refunded."

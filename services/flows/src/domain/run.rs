@@ -559,7 +559,9 @@ impl<'g> Decider<'g> {
                     return self.go(next);
                 }
                 match (waiting, confirming) {
-                    (true, Some(call_id)) => self.answer_confirmation(&call_id, message_id, text),
+                    (true, Some(call_id)) => {
+                        self.answer_confirmation(&call_id, message_id, text, *clicked)
+                    }
                     (true, None) => self.capture(),
                     (false, _) => None,
                 }
@@ -1147,7 +1149,12 @@ impl<'g> Decider<'g> {
                 self.emit(RunEvent::MessageSent {
                     node: id.to_owned(),
                     text: confirmation_question(&call.name, arguments),
-                    buttons: vec![button("Yes", "yes"), button("No", "no")],
+                    // Values of this call alone: a click on an older question's Yes is no
+                    // yes to this one.
+                    buttons: vec![
+                        button("Yes", &confirmation_value(&call.key, true)),
+                        button("No", &confirmation_value(&call.key, false)),
+                    ],
                     form: Vec::new(),
                 });
                 self.emit(RunEvent::ConfirmationAsked {
@@ -1191,9 +1198,21 @@ impl<'g> Decider<'g> {
         call_id: &str,
         message_id: &str,
         text: &str,
+        clicked: bool,
     ) -> Option<String> {
         let id = self.run.at.clone();
-        let yes = is_yes(text);
+        let key = self
+            .run
+            .agent
+            .as_ref()
+            .and_then(|a| a.calls.iter().find(|c| c.call_id == call_id))
+            .map(|c| c.key.clone())
+            .unwrap_or_default();
+        let yes = if clicked {
+            text == confirmation_value(&key, true)
+        } else {
+            is_yes(text)
+        };
         self.emit(RunEvent::ConfirmationAnswered {
             node: id.clone(),
             call_id: call_id.to_owned(),
@@ -1394,6 +1413,11 @@ fn confirmation_question(name: &str, arguments: &Map<String, Json>) -> String {
             inputs.join(", ")
         )
     }
+}
+
+/// The value a confirmation's Yes or No button sends back for the call `key`.
+fn confirmation_value(key: &str, yes: bool) -> String {
+    format!("{}:{key}", if yes { "yes" } else { "no" })
 }
 
 /// Whether a reply to a confirmation is a yes (a button's `yes` or the words for it).
@@ -2192,7 +2216,39 @@ mod tests {
             .iter()
             .map(|b| (b.label.as_str(), b.value.as_str()))
             .collect();
-        assert_eq!(buttons, [("Yes", "yes"), ("No", "no")]);
+        assert_eq!(
+            buttons,
+            [
+                ("Yes", "yes:run_1/agent/1/1.t1"),
+                ("No", "no:run_1/agent/1/1.t1")
+            ]
+        );
+        let click = |value: &str| Input::Message {
+            text: value.into(),
+            sentiment: String::new(),
+            message_id: "msg_9".into(),
+            clicked: true,
+        };
+        // The Yes button runs it; a Yes of another question declines it.
+        let (_, yes) = drive(
+            &graph,
+            &[start(), refund.clone(), click("yes:run_1/agent/1/1.t1")],
+        );
+        assert_eq!(
+            last_request(&yes).1,
+            Effect::Action {
+                action_id: "act_refund".into()
+            }
+        );
+        let (stale, _) = drive(
+            &graph,
+            &[start(), refund.clone(), click("yes:run_1/agent/1/0.t7")],
+        );
+        let result = stale.agent.as_ref().unwrap().calls[0]
+            .result
+            .clone()
+            .unwrap();
+        assert_eq!(result["declined"], true);
         assert_eq!(run.status, Status::WaitingInput);
         assert_eq!(requested(&events).len(), 1, "nothing ran before the answer");
         assert!(events.iter().any(|e| matches!(e,
