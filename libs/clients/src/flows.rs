@@ -11,9 +11,10 @@ use switchboard_proto::flows::v1::{
     InvokeActionWorkflowRequest, InvokeActionWorkflowResponse, KnowledgeCollection,
     ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest, ListCollectionsResponse,
     ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest, ListFlowsResponse,
-    ListVersionsResponse, PublishRequest, ReplayDraftRequest, ReplayReport, RollbackRequest,
-    SaveAssistantRequest, SaveDraftRequest, SearchDocumentsRequest, SearchDocumentsResponse,
-    UpdateCollectionRequest, UpsertDocumentsRequest, UpsertDocumentsResponse,
+    ListVersionsResponse, PublishAssistantRequest, PublishRequest, ReplayDraftRequest,
+    ReplayReport, RollbackRequest, SaveAssistantRequest, SaveDraftRequest, SearchDocumentsRequest,
+    SearchDocumentsResponse, UpdateCollectionRequest, UpsertDocumentsRequest,
+    UpsertDocumentsResponse,
 };
 
 /// How much longer than the workflow's own deadline `invoke_action_workflow` waits for
@@ -53,6 +54,14 @@ typed_client! {
         fn get_assistant(AssistantRef) -> Assistant;
         /// One page of a workspace's assistants.
         fn list_assistants(ListAssistantsRequest) -> ListAssistantsResponse;
+        /// Saves a draft of an assistant, not in effect until published.
+        fn save_assistant_draft(SaveAssistantRequest) -> Assistant;
+        /// An assistant's draft.
+        fn get_assistant_draft(AssistantRef) -> Assistant;
+        /// Puts an assistant's draft in effect; retried, once per request id.
+        fn publish_assistant(PublishAssistantRequest) -> Assistant;
+        /// Drops an assistant's draft. Not retried: a second discard has no draft.
+        @once fn discard_assistant_draft(AssistantRef) -> Assistant;
         /// Creates a knowledge collection.
         fn create_collection(CreateCollectionRequest) -> KnowledgeCollection;
         /// One knowledge collection.

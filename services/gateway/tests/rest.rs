@@ -1115,6 +1115,9 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it(b
         "/v1/flows/{id}/versions",
         "/v1/assistants",
         "/v1/assistants/{id}",
+        "/v1/assistants/{id}/draft",
+        "/v1/assistants/{id}/publish",
+        "/v1/assistants/{id}/undo",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
         for (method, operation) in doc["paths"][path].as_object().unwrap() {
@@ -1750,6 +1753,36 @@ async fn flows_are_drafted_published_and_run_by_assistants_over_rest(backend: Ba
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
     assert_eq!(patched.body["instructions"], "Be brief.");
     assert_eq!(patched.body["flow_id"], id.as_str());
+
+    // A draft: kept beside the assistant in effect until published.
+    let drafted = api
+        .call(
+            reqwest::Method::PUT,
+            &format!("{assistant_path}/draft"),
+            &api.a,
+            Some(json!({"name": "Ada", "instructions": "Be warm.", "flow_id": id})),
+            &[],
+        )
+        .await;
+    assert_eq!(drafted.status, StatusCode::OK, "{}", drafted.body);
+    assert_eq!(drafted.body["has_draft"], true);
+    let current = api.get(&assistant_path, &api.a).await;
+    assert_eq!(current.body["instructions"], "Be brief.");
+    assert_eq!(current.body["has_draft"], true);
+    let draft = api.get(&format!("{assistant_path}/draft"), &api.a).await;
+    assert_eq!(draft.body["instructions"], "Be warm.");
+    let published = api
+        .post(&format!("{assistant_path}/publish"), &api.a, json!({}))
+        .await;
+    assert_eq!(published.status, StatusCode::OK, "{}", published.body);
+    assert_eq!(published.body["instructions"], "Be warm.");
+    assert_eq!(published.body["has_draft"], false);
+    let none = api.get(&format!("{assistant_path}/draft"), &api.a).await;
+    assert_eq!(none.status, StatusCode::NOT_FOUND, "{}", none.body);
+    let nothing = api
+        .post(&format!("{assistant_path}/undo"), &api.a, json!({}))
+        .await;
+    assert_eq!(nothing.status, StatusCode::CONFLICT, "{}", nothing.body);
     let server_field = api
         .post(
             "/v1/assistants",

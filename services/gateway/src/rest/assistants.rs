@@ -23,7 +23,7 @@ use crate::service::Caller;
 const RESOURCE: &str = "assistants";
 const ASSISTANT: &str = "switchboard.flows.v1.Assistant";
 /// Fields of an assistant the service sets.
-const SERVER_FIELDS: &[&str] = &["id", "workspace_id", "updated_at", "version"];
+const SERVER_FIELDS: &[&str] = &["id", "workspace_id", "updated_at", "version", "has_draft"];
 
 proto_schema!(
     /// An assistant.
@@ -34,7 +34,7 @@ proto_schema!(
 proto_schema!(
     /// An assistant to store.
     AssistantInput = "switchboard.flows.v1.Assistant" as "AssistantInput",
-    omit ["id", "workspace_id", "updated_at", "version"],
+    omit ["id", "workspace_id", "updated_at", "version", "has_draft"],
     strict = true
 );
 
@@ -47,6 +47,130 @@ pub fn routes() -> OpenApiRouter<AppState> {
             patch_assistant,
             delete_assistant
         ))
+        .routes(routes!(get_draft, save_draft))
+        .routes(routes!(publish))
+        .routes(routes!(undo))
+}
+
+fn assistant_ref(caller: &Caller, id: &str) -> pb::AssistantRef {
+    pb::AssistantRef {
+        workspace_id: caller.workspace_id.clone(),
+        assistant_id: id.to_owned(),
+    }
+}
+
+/// Gets an assistant's draft: what it will be once published.
+#[utoipa::path(
+    get, path = "/assistants/{id}/draft", tag = "assistants",
+    params(("id" = String, Path, description = "The assistant's id, `asst_...`")),
+    responses(
+        (status = 200, description = "The draft", body = AssistantJson),
+        (status = "4XX", description = "Refused; 404 when there is no draft", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_draft(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let draft = state
+        .flows_for(&caller)?
+        .get_assistant_draft(assistant_ref(&caller, &id))
+        .await?;
+    Ok(with_etag(StatusCode::OK, draft))
+}
+
+/// Saves a draft of an assistant, checked like the assistant; it is not in effect until
+/// published. With `If-Match`, only at that version.
+#[utoipa::path(
+    put, path = "/assistants/{id}/draft", tag = "assistants",
+    params(
+        ("id" = String, Path, description = "The assistant's id, `asst_...`"),
+        ("If-Match" = Option<String>, Header, description = "The `ETag` the change is based on"),
+    ),
+    request_body = AssistantInput,
+    responses(
+        (status = 200, description = "The draft", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn save_draft(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let client = state.flows_for(&caller)?;
+    let current = fetch(&client, &caller, &id).await?;
+    let mut draft: pb::Assistant = proto_json::from_json(ASSISTANT, body, SERVER_FIELDS)?;
+    draft.id = current.id;
+    draft.workspace_id = caller.workspace_id.clone();
+    let saved = client
+        .save_assistant_draft(pb::SaveAssistantRequest {
+            assistant: Some(draft),
+            expected_version: if_match(&headers)?.unwrap_or(0),
+            request_id,
+        })
+        .await
+        .map_err(|s| stale_as_412(s, &codes::FLOW_STALE_VERSION))?;
+    Ok(with_etag(StatusCode::OK, saved))
+}
+
+/// Puts the assistant's draft in effect. With `Idempotency-Key`, a retry is the same
+/// publish.
+#[utoipa::path(
+    post, path = "/assistants/{id}/publish", tag = "assistants",
+    params(
+        ("id" = String, Path, description = "The assistant's id, `asst_...`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer to the same request"),
+    ),
+    responses(
+        (status = 200, description = "The assistant, its draft in effect", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused; 409 when there is no draft", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let published = state
+        .flows_for(&caller)?
+        .publish_assistant(pb::PublishAssistantRequest {
+            workspace_id: caller.workspace_id.clone(),
+            assistant_id: id,
+            request_id,
+        })
+        .await?;
+    Ok(with_etag(StatusCode::OK, published))
+}
+
+/// Drops the assistant's draft: it stays as last published.
+#[utoipa::path(
+    post, path = "/assistants/{id}/undo", tag = "assistants",
+    params(("id" = String, Path, description = "The assistant's id, `asst_...`")),
+    responses(
+        (status = 200, description = "The assistant without its draft", body = AssistantJson, headers(("ETag" = String))),
+        (status = "4XX", description = "Refused; 409 when there is no draft", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn undo(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let assistant = state
+        .flows_for(&caller)?
+        .discard_assistant_draft(assistant_ref(&caller, &id))
+        .await?;
+    Ok(with_etag(StatusCode::OK, assistant))
 }
 
 fn with_etag(status: StatusCode, assistant: pb::Assistant) -> Response {
