@@ -203,7 +203,7 @@ impl Executor {
         }
         if let Some(log) = &self.shared_limits {
             let key = format!("{}/{}", definition.workspace_id, definition.id);
-            match crate::store::admit_call(log, &key, per_minute, now_micros()).await {
+            match crate::rate_limits::admit_call(log, &key, per_minute, now_micros()).await {
                 Ok(admitted) => return admitted,
                 Err(e) => {
                     tracing::warn!(error = %e, action = %definition.id, "the shared rate limit cannot be read; this process counts alone");

@@ -23,6 +23,7 @@ pub mod domain;
 pub mod execute;
 pub mod grpc;
 pub mod integrations;
+pub mod rate_limits;
 pub mod service;
 pub mod store;
 

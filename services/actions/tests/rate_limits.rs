@@ -2,7 +2,7 @@
 //! logs opened on one store (two replicas) together admit a minute's quota and no more,
 //! then one call an interval; on Postgres and on SQLite.
 
-use switchboard_actions::store::admit_call;
+use switchboard_actions::rate_limits::admit_call;
 use switchboard_eventlog::StoreConfig;
 use switchboard_eventlog::testing::{TestSchema, unique_name};
 

@@ -17,8 +17,8 @@ use switchboard_proto::actions::v1::AgentTool;
 
 use crate::consumers::{transcript, within_budget};
 use crate::domain::run::{AgentTurn, HANDOVER_TOOL};
-use crate::effects::{Conversations, PortError};
 use crate::model::{ChatMessage, ChatRequest, Completion, Role, ToolCall, ToolSpec};
+use crate::ports::{Conversations, PortError};
 use crate::providers::Providers;
 use crate::runtime::RunState;
 use crate::service::{FlowsService, ServiceError};

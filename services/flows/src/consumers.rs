@@ -19,7 +19,7 @@ use switchboard_proto::flows::v1::{AnalysisSchema, Assistant, FlowKind};
 
 use crate::analysis;
 use crate::domain::run::{Input, form_message};
-use crate::effects::{AnalysisUpdate, Conversations, PortError};
+use crate::ports::{AnalysisUpdate, Conversations, PortError};
 use crate::providers::Providers;
 use crate::runtime::RunService;
 use crate::service::{FlowsService, ServiceError};

@@ -9,6 +9,7 @@
 //!   discard, roll back, delete; assistants (save, delete).
 //! - [`runtime`]: the command handler of runs: start, apply inputs, fire timers, invoke
 //!   action workflows.
+//! - [`ports`]: the conversations and connexease services as runs use them.
 //! - [`effects`]: carries out what runs decided (messages, conversation updates,
 //!   Connexease, agents' model calls and workflows) from the flows log itself; [`agent`]:
 //!   what an agent's model is sent and how its answer is recorded.
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod knowledge;
 pub mod model;
 pub mod model_sim;
+pub mod ports;
 pub mod providers;
 pub mod runtime;
 pub mod service;
@@ -121,7 +123,7 @@ impl ServiceModule for Flows {
             .with_providers(providers.clone());
         match wiring.peer(services::CONVERSATIONS) {
             Some(peer) => {
-                let conversations: Arc<dyn effects::Conversations> =
+                let conversations: Arc<dyn ports::Conversations> =
                     Arc::new(ConversationsClient::connect_lazy(&peer.into())?);
                 conversation_events = conversation_events.with_transcripts(conversations.clone());
                 let connexease = match wiring.peer(services::CONNEXEASE) {
@@ -130,7 +132,7 @@ impl ServiceModule for Flows {
                         let config =
                             ClientConfig::from(peer).with_deadline(Duration::from_secs(30));
                         Some(Arc::new(ConnexeaseClient::connect_lazy(&config)?)
-                            as Arc<dyn effects::Connexease>)
+                            as Arc<dyn ports::Connexease>)
                     }
                     None => None,
                 };
