@@ -7,14 +7,15 @@ use switchboard_proto::flows::v1::flows_client::FlowsClient as Stub;
 use switchboard_proto::flows::v1::{
     Assistant, AssistantRef, CollectionRef, CreateCollectionRequest, CreateFlowRequest,
     DeleteAssistantRequest, DeleteDocumentsRequest, DeleteDocumentsResponse, DeleteFlowRequest,
-    Document, DocumentRef, Flow, FlowRef, FlowVersion, GetVersionRequest,
-    InvokeActionWorkflowRequest, InvokeActionWorkflowResponse, KnowledgeCollection,
-    ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest, ListCollectionsResponse,
-    ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest, ListFlowsResponse,
-    ListVersionsResponse, PublishAssistantRequest, PublishRequest, ReplayDraftRequest,
-    ReplayReport, RollbackRequest, SaveAssistantRequest, SaveDraftRequest, SearchDocumentsRequest,
-    SearchDocumentsResponse, UpdateCollectionRequest, UpsertDocumentsRequest,
-    UpsertDocumentsResponse,
+    DeleteModelProviderRequest, Document, DocumentRef, Flow, FlowRef, FlowVersion,
+    GetVersionRequest, InvokeActionWorkflowRequest, InvokeActionWorkflowResponse,
+    KnowledgeCollection, ListAssistantsRequest, ListAssistantsResponse, ListCollectionsRequest,
+    ListCollectionsResponse, ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest,
+    ListFlowsResponse, ListModelProvidersRequest, ListModelProvidersResponse, ListVersionsResponse,
+    ModelCallResult, ModelProvider, ModelProviderRef, PublishAssistantRequest, PublishRequest,
+    ReplayDraftRequest, ReplayReport, RollbackRequest, SaveAssistantRequest, SaveDraftRequest,
+    SaveModelProviderRequest, SearchDocumentsRequest, SearchDocumentsResponse,
+    UpdateCollectionRequest, UpsertDocumentsRequest, UpsertDocumentsResponse,
 };
 
 /// How much longer than the workflow's own deadline `invoke_action_workflow` waits for
@@ -62,6 +63,17 @@ typed_client! {
         fn publish_assistant(PublishAssistantRequest) -> Assistant;
         /// Drops an assistant's draft. Not retried: a second discard has no draft.
         @once fn discard_assistant_draft(AssistantRef) -> Assistant;
+        /// Creates or replaces a model provider.
+        fn save_model_provider(SaveModelProviderRequest) -> ModelProvider;
+        /// One model provider (never its key).
+        fn get_model_provider(ModelProviderRef) -> ModelProvider;
+        /// A workspace's model providers.
+        fn list_model_providers(ListModelProvidersRequest) -> ListModelProvidersResponse;
+        /// Deletes a model provider; retried, as `delete_flow` is.
+        fn delete_model_provider(DeleteModelProviderRequest) -> ModelProvider;
+        /// One short completion: whether the provider answers. Not retried: it is a call
+        /// to the provider.
+        @once fn test_model_provider(ModelProviderRef) -> ModelCallResult;
         /// Creates a knowledge collection.
         fn create_collection(CreateCollectionRequest) -> KnowledgeCollection;
         /// One knowledge collection.

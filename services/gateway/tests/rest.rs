@@ -139,6 +139,7 @@ impl Api {
         let keyring = std::sync::Arc::new(
             switchboard_secrets::Keyring::from_base64(&[base64_key()]).unwrap(),
         );
+        let keyring_for_flows = keyring.clone();
         let webhooks_settings = switchboard_webhooks::Settings {
             urls: switchboard_webhooks::domain::UrlRules {
                 allow_http_hosts: vec!["127.0.0.1".into()],
@@ -184,7 +185,19 @@ impl Api {
             .add_service(
                 switchboard_flows::GRPC_SERVICE,
                 switchboard_flows::FlowsApi::new(switchboard_flows::FlowsService::new(
-                    flows_log, None,
+                    flows_log.clone(),
+                    None,
+                ))
+                .with_providers(switchboard_flows::providers::Providers::new(
+                    flows_log,
+                    Some(keyring_for_flows),
+                    std::sync::Arc::new(switchboard_flows::model::OpenAiCompatible::new(
+                        switchboard_outbound::GuardedClient::new(
+                            switchboard_outbound::Policy::allowing(&["127.0.0.0/8"]).unwrap(),
+                            &Default::default(),
+                        )
+                        .unwrap(),
+                    )),
                 ))
                 .into_server(),
             );
@@ -1118,6 +1131,9 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it(b
         "/v1/assistants/{id}/draft",
         "/v1/assistants/{id}/publish",
         "/v1/assistants/{id}/undo",
+        "/v1/model-providers",
+        "/v1/model-providers/{id}",
+        "/v1/model-providers/{id}/test",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
         for (method, operation) in doc["paths"][path].as_object().unwrap() {
@@ -1814,6 +1830,70 @@ async fn flows_are_drafted_published_and_run_by_assistants_over_rest(backend: Ba
     assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
 }
 
+async fn model_providers_are_kept_over_rest_and_their_keys_never_shown(backend: Backend) {
+    let api = Api::start(backend).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let model = switchboard_flows::model_sim::serve(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Some("sk-rest-secret".into()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let created = api
+        .post(
+            "/v1/model-providers",
+            &api.a,
+            json!({"name": "local", "base_url": model.base_url(), "model": "m-1",
+                   "api_key": "sk-rest-secret"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["api_key_set"], true);
+    assert!(
+        !created.body.to_string().contains("sk-rest-secret"),
+        "{}",
+        created.body
+    );
+    let path = format!(
+        "/v1/model-providers/{}",
+        created.body["id"].as_str().unwrap()
+    );
+    let tested = api.post(&format!("{path}/test"), &api.a, json!({})).await;
+    assert_eq!(tested.status, StatusCode::OK, "{}", tested.body);
+    assert_eq!(tested.body["ok"], true, "{}", tested.body);
+    let listed = api.get("/v1/model-providers", &api.a).await;
+    assert_eq!(listed.body["data"][0]["name"], "local");
+    // Another workspace sees none of it; a bad provider is refused field by field.
+    assert_eq!(api.get(&path, &api.b).await.status, StatusCode::NOT_FOUND);
+    let bad = api
+        .post(
+            "/v1/model-providers",
+            &api.a,
+            json!({"name": "", "base_url": "ftp://x", "model": ""}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    let replaced = api
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            &api.a,
+            Some(json!({"name": "local", "base_url": model.base_url(), "model": "m-2"})),
+            &[],
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK, "{}", replaced.body);
+    assert_eq!(replaced.body["model"], "m-2");
+    assert_eq!(replaced.body["api_key_set"], true, "the stored key stays");
+    let gone = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
+    assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
+    shutdown.cancel();
+}
+
 async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment(
     backend: Backend,
 ) {
@@ -2153,5 +2233,6 @@ on_both_backends!(
     webhook_endpoints_are_managed_with_etags_and_their_secrets_rotate,
     actions_are_defined_patched_tested_and_deleted_as_their_json,
     flows_are_drafted_published_and_run_by_assistants_over_rest,
+    model_providers_are_kept_over_rest_and_their_keys_never_shown,
     insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment,
 );

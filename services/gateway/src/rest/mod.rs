@@ -15,6 +15,7 @@ pub mod conversations;
 pub mod extract;
 pub mod flows;
 pub mod insights;
+pub mod model_providers;
 pub mod problem;
 pub mod proto_json;
 pub mod webhook_endpoints;
@@ -148,6 +149,7 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(actions::routes())
         .merge(flows::routes())
         .merge(assistants::routes())
+        .merge(model_providers::routes())
         .merge(insights::routes())
         .merge(api_keys::routes());
     let (router, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
