@@ -192,15 +192,6 @@ pub struct Agent {
     conversations: Arc<dyn Conversations>,
 }
 
-fn port_error(e: ServiceError) -> PortError {
-    match e {
-        ServiceError::NotFound(_)
-        | ServiceError::Invalid(_)
-        | ServiceError::FailedPrecondition(_) => PortError::Refused(e.to_string()),
-        other => PortError::Unavailable(other.to_string()),
-    }
-}
-
 impl Agent {
     pub fn new(
         flows: FlowsService,
@@ -235,7 +226,7 @@ impl Agent {
             Some((id, _)) => match self.flows.load_assistant(workspace_id, &id).await {
                 Ok((assistant, _)) => Some(assistant),
                 Err(ServiceError::NotFound(_)) => None,
-                Err(e) => return Err(port_error(e)),
+                Err(e) => return Err(e.into()),
             },
             None => None,
         };
@@ -244,37 +235,30 @@ impl Agent {
                 .flows
                 .agent_tools(workspace_id, &a.id)
                 .await
-                .map_err(port_error)?,
+                .map_err(PortError::from)?,
             None => Vec::new(),
         };
-        let named = text(inputs.get("provider_id"));
-        let named = if named.is_empty() {
-            assistant
+        let mut named = text(inputs.get("provider_id"));
+        if named.is_empty() {
+            named = assistant
                 .as_ref()
                 .map(|a| a.model_provider_id.clone())
-                .unwrap_or_default()
-        } else {
-            named
-        };
-        let provider_id = match named.as_str() {
-            "" => self
-                .providers
-                .first(workspace_id)
-                .await
-                .map_err(port_error)?
-                .ok_or_else(|| {
-                    PortError::Refused(
-                        "no model provider is configured in the workspace (SaveModelProvider)"
-                            .into(),
-                    )
-                })?,
-            id => id.to_owned(),
-        };
+                .unwrap_or_default();
+        }
+        let provider_id = self
+            .providers
+            .resolve(workspace_id, &named)
+            .await?
+            .ok_or_else(|| {
+                PortError::Refused(
+                    "no model provider is configured in the workspace (SaveModelProvider)".into(),
+                )
+            })?;
         let endpoint = self
             .providers
             .endpoint(workspace_id, &provider_id)
             .await
-            .map_err(port_error)?;
+            .map_err(PortError::from)?;
         let lines = transcript(
             self.conversations.as_ref(),
             workspace_id,

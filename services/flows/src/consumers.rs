@@ -60,16 +60,15 @@ impl ConversationEvents {
             return Ok(false);
         };
         let named = match self.flows.load_assistant(ws, assistant_id).await {
-            Ok((assistant, _)) => !assistant.model_provider_id.is_empty(),
+            Ok((assistant, _)) => assistant.model_provider_id,
             Err(ServiceError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(retry_or_reject(e)),
         };
-        Ok(named
-            || providers
-                .first(ws)
-                .await
-                .map_err(retry_or_reject)?
-                .is_some())
+        Ok(providers
+            .resolve(ws, &named)
+            .await
+            .map_err(retry_or_reject)?
+            .is_some())
     }
 
     /// The assistant whose conversation `conversation` was.
@@ -114,11 +113,11 @@ impl ConversationEvents {
             return Ok(None);
         };
         let named = assistant.map_or("", |a| a.model_provider_id.as_str());
-        let provider = match named {
-            "" => providers.first(ws).await.map_err(retry_or_reject)?,
-            id => Some(id.to_owned()),
-        };
-        let Some(provider) = provider else {
+        let Some(provider) = providers
+            .resolve(ws, named)
+            .await
+            .map_err(retry_or_reject)?
+        else {
             return Ok(None);
         };
         let endpoint = match providers.endpoint(ws, &provider).await {

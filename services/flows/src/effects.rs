@@ -73,12 +73,12 @@ impl Effects {
                 Json::Object(arguments.into_iter().collect()),
             )
             .await
-            .map_err(port_error)?;
+            .map_err(PortError::from)?;
         match self
             .runs
             .workflow_answer(workspace_id, &child)
             .await
-            .map_err(port_error)?
+            .map_err(PortError::from)?
         {
             None => Ok(None),
             Some(answer) => workflow_outcome(&child.run.run_id, answer).map(Some),
@@ -111,16 +111,6 @@ impl Effects {
             Ok(_) | Err(ServiceError::NotFound(_)) => Ok(()),
             Err(e) => Err(service_error(e)),
         }
-    }
-}
-
-/// A refusal takes the run's failure route; anything else is retried.
-fn port_error(e: ServiceError) -> PortError {
-    match e {
-        ServiceError::NotFound(_)
-        | ServiceError::Invalid(_)
-        | ServiceError::FailedPrecondition(_) => PortError::Refused(e.to_string()),
-        other => PortError::Unavailable(other.to_string()),
     }
 }
 

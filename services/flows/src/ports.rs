@@ -27,6 +27,20 @@ pub enum PortError {
     Refused(String),
 }
 
+/// Another part of this service failing: a refusal (missing, invalid, not possible) takes
+/// the run's failure route; anything else is retried.
+impl From<crate::service::ServiceError> for PortError {
+    fn from(e: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError as E;
+        match e {
+            E::NotFound(_) | E::Invalid(_) | E::FailedPrecondition(_) => {
+                PortError::Refused(e.to_string())
+            }
+            other => PortError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 fn from_status(status: tonic::Status) -> PortError {
     match status.code() {
         tonic::Code::Unavailable

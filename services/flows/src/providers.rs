@@ -447,9 +447,16 @@ impl Providers {
         }
     }
 
-    /// The workspace's first provider by name, the one an agent uses when neither its
-    /// node nor its assistant names one.
-    pub async fn first(&self, workspace_id: &str) -> Result<Option<String>, ServiceError> {
+    /// The provider a call goes to: `named` (a node's, else an assistant's) when set,
+    /// else the workspace's first by name; `None` when the workspace has none.
+    pub async fn resolve(
+        &self,
+        workspace_id: &str,
+        named: &str,
+    ) -> Result<Option<String>, ServiceError> {
+        if !named.is_empty() {
+            return Ok(Some(named.to_owned()));
+        }
         let providers = self.store.model_providers(workspace_id).await?;
         Ok(providers.into_iter().next().map(|(id, _)| id))
     }

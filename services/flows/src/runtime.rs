@@ -971,25 +971,10 @@ impl RunService {
         let until = std::time::Instant::now() + deadline;
         let mut state = state;
         loop {
-            if let run::Status::Ended { reason } = &state.run.status {
-                if reason != "completed" {
-                    return Ok(Invocation::Failed {
-                        run_id,
-                        reason: reason.clone(),
-                    });
-                }
-                let response = state.run.vars.get("session").cloned().unwrap_or(json!({}));
-                if let Some(schema) = schema_of(&graph.response_schema_json)?
-                    && let Err(problem) = schema.validate(&response)
-                {
-                    return Ok(Invocation::Failed {
-                        run_id,
-                        reason: format!(
-                            "the response does not match the response schema: {problem}"
-                        ),
-                    });
-                }
-                return Ok(Invocation::Completed { run_id, response });
+            match self.workflow_answer(workspace_id, &state).await? {
+                Some(Ok(response)) => return Ok(Invocation::Completed { run_id, response }),
+                Some(Err(reason)) => return Ok(Invocation::Failed { run_id, reason }),
+                None => {}
             }
             if std::time::Instant::now() >= until {
                 return Ok(Invocation::TimedOut { run_id });

@@ -665,7 +665,7 @@ impl FlowsService {
                 Ok(Decision::new(vec![deleted], flow))
             })
             .await;
-        answer_delete(&stream, executed, |event| {
+        answer_recorded(&stream, executed, |event| {
             Ok((event.event_type == t::FLOW_DELETED)
                 .then(|| event.decode::<FlowChanged>())
                 .transpose()?
@@ -794,7 +794,7 @@ impl FlowsService {
                 Ok(Decision::new(vec![published], assistant))
             })
             .await;
-        answer_delete(&stream, executed, |event| {
+        answer_recorded(&stream, executed, |event| {
             Ok((event.event_type == t::ASSISTANT_PUBLISHED)
                 .then(|| event.decode::<AssistantSaved>())
                 .transpose()?
@@ -863,7 +863,7 @@ impl FlowsService {
                 Ok(Decision::new(vec![deleted], assistant))
             })
             .await;
-        answer_delete(&stream, executed, |event| {
+        answer_recorded(&stream, executed, |event| {
             Ok((event.event_type == t::ASSISTANT_DELETED)
                 .then(|| event.decode::<AssistantSaved>())
                 .transpose()?
@@ -1209,10 +1209,11 @@ fn request_key(what: &str, id: &str, request_id: &str) -> String {
     }
 }
 
-/// The answer to a delete: what `decide` said, or, for a request executed before, what
-/// its original stored on `stream` (`original` reads it from the first event), however
-/// the state refuses it now.
-fn answer_delete<S, T>(
+/// The answer to a request executed at most once per request id (a delete, an
+/// assistant's publish): what `decide` said, or, for a request executed before, what its
+/// original stored on `stream` (`original` reads it from the first event), however the
+/// state refuses it now.
+fn answer_recorded<S, T>(
     stream: &StreamRef,
     executed: Result<Executed<S, T>, CommandError<ServiceError>>,
     original: impl Fn(&RecordedEvent) -> Result<Option<T>, EventLogError>,
@@ -1224,7 +1225,7 @@ fn answer_delete<S, T>(
         }
     };
     match executed {
-        // The key is scoped to the deleted stream, so its events are that delete's.
+        // The key is scoped to the stream, so its events are that request's.
         Ok(Executed::Duplicate { events, .. }) => stored(&events)?.ok_or_else(request_id_reused),
         Ok(executed) => Ok(executed.into_output()),
         Err(CommandError::Rejected {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{
     Partner, Process, WS, actions_client, agent_messages, agent_says, customer_says, drop_schema,
-    flow_edge, flow_node, say_node, webhooks_env,
+    flow_edge, flow_node, model_provider, say_node, webhooks_env,
 };
 
 const TOKEN: &str = "tok-SECRET-8812-for-the-order-api-only";
@@ -178,21 +178,7 @@ async fn look_it_up_and_act(process: &mut Process) {
     let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
         .await
         .unwrap();
-    let provider = flows
-        .save_model_provider(SaveModelProviderRequest {
-            provider: Some(ModelProvider {
-                workspace_id: WS.into(),
-                name: "fake".into(),
-                base_url: model.base_url(),
-                model: "scripted-1".into(),
-                api_key: MODEL_KEY.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let provider = model_provider(&mut flows, "fake", &model, Some(MODEL_KEY)).await;
     let graph = Graph {
         nodes: vec![
             flow_node("start", node::Kind::Start(Start {})),
@@ -279,7 +265,7 @@ async fn look_it_up_and_act(process: &mut Process) {
                 instructions: "You help customers with their orders and @loyalty_points.".into(),
                 enabled_action_ids: vec![order_status.clone(), refund.clone()],
                 flow_id: flow.id.clone(),
-                model_provider_id: provider.id.clone(),
+                model_provider_id: provider.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -454,19 +440,7 @@ async fn an_assistant_without_a_flow_is_its_own_agent() {
     let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
         .await
         .unwrap();
-    flows
-        .save_model_provider(SaveModelProviderRequest {
-            provider: Some(ModelProvider {
-                workspace_id: WS.into(),
-                name: "local".into(),
-                base_url: model.base_url(),
-                model: "scripted-1".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    model_provider(&mut flows, "local", &model, None).await;
     flows
         .save_assistant(SaveAssistantRequest {
             assistant: Some(Assistant {

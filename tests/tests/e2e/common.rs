@@ -950,3 +950,30 @@ pub async fn readyz(http_port: u16) -> (u16, String) {
         .unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
+
+/// Saves the scripted model `model` as the workspace's model provider named `name`, with
+/// `api_key` when given; answers its id.
+pub async fn model_provider(
+    flows: &mut switchboard_proto::flows::v1::flows_client::FlowsClient<GrpcChannel>,
+    name: &str,
+    model: &switchboard_flows::model_sim::FakeModel,
+    api_key: Option<&str>,
+) -> String {
+    use switchboard_proto::flows::v1::{ModelProvider, SaveModelProviderRequest};
+    flows
+        .save_model_provider(SaveModelProviderRequest {
+            provider: Some(ModelProvider {
+                workspace_id: WS.into(),
+                name: name.into(),
+                base_url: model.base_url(),
+                model: "scripted-1".into(),
+                api_key: api_key.unwrap_or_default().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}

@@ -377,19 +377,7 @@ async fn analysed_and_routed(with_model: bool) {
         let mut flows = FlowsClient::connect(format!("http://127.0.0.1:{}", process.grpc_port))
             .await
             .unwrap();
-        flows
-            .save_model_provider(SaveModelProviderRequest {
-                provider: Some(ModelProvider {
-                    workspace_id: WS.into(),
-                    name: "local".into(),
-                    base_url: model.base_url(),
-                    model: "scripted-1".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        crate::common::model_provider(&mut flows, "local", &model, None).await;
         // The assistant's schema: a custom field beside the standard ones.
         let mut assistant = flows
             .list_assistants(ListAssistantsRequest {

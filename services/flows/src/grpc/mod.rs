@@ -120,6 +120,23 @@ fn flow_ref(workspace_id: &str, flow_id: &str) -> Result<(), Status> {
     ])
 }
 
+fn assistant_ref(workspace_id: &str, assistant_id: &str) -> Result<(), Status> {
+    check_ids(&[
+        ("workspace_id", workspace_id, "ws_"),
+        ("assistant_id", assistant_id, "asst_"),
+    ])
+}
+
+/// A message field the request must carry.
+fn required<T>(field: Option<T>, name: &str) -> Result<T, Status> {
+    field.ok_or_else(|| {
+        error::invalid(vec![FieldViolation {
+            field: name.into(),
+            description: "required".into(),
+        }])
+    })
+}
+
 fn page_size(requested: u32) -> u32 {
     match requested {
         0 => 50,
@@ -306,12 +323,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<SaveAssistantRequest>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        let assistant = r.assistant.ok_or_else(|| {
-            error::invalid(vec![FieldViolation {
-                field: "assistant".into(),
-                description: "required".into(),
-            }])
-        })?;
+        let assistant = required(r.assistant, "assistant")?;
         // The service checks its ids and the request id with the rest of the request.
         Ok(Response::new(
             self.service
@@ -325,12 +337,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<SaveAssistantRequest>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        let assistant = r.assistant.ok_or_else(|| {
-            error::invalid(vec![FieldViolation {
-                field: "assistant".into(),
-                description: "required".into(),
-            }])
-        })?;
+        let assistant = required(r.assistant, "assistant")?;
         Ok(Response::new(
             self.service
                 .save_assistant_draft(assistant, r.expected_version, &r.request_id)
@@ -343,10 +350,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<AssistantRef>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         let (history, _) = self
             .service
             .assistant_history(&r.workspace_id, &r.assistant_id)
@@ -362,10 +366,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<PublishAssistantRequest>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         Ok(Response::new(self.service.publish_assistant(r).await?))
     }
 
@@ -374,10 +375,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<AssistantRef>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         Ok(Response::new(
             self.service
                 .discard_assistant_draft(&r.workspace_id, &r.assistant_id)
@@ -390,10 +388,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<ReplayAssistantDraftRequest>,
     ) -> Result<Response<ReplayReport>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         if r.limit > crate::runtime::REPLAY_LIMIT {
             return Err(error::invalid(vec![FieldViolation {
                 field: "limit".into(),
@@ -412,10 +407,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<AssistantRef>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         Ok(Response::new(
             self.service
                 .load_assistant(&r.workspace_id, &r.assistant_id)
@@ -613,10 +605,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<DeleteAssistantRequest>,
     ) -> Result<Response<Assistant>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         Ok(Response::new(self.service.delete_assistant(r).await?))
     }
 
@@ -699,12 +688,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<SaveModelProviderRequest>,
     ) -> Result<Response<ModelProvider>, Status> {
         let r = request.into_inner();
-        let provider = r.provider.ok_or_else(|| {
-            error::invalid(vec![FieldViolation {
-                field: "provider".into(),
-                description: "required".into(),
-            }])
-        })?;
+        let provider = required(r.provider, "provider")?;
         // The service checks its ids and the request id with the rest of the request.
         Ok(Response::new(
             self.providers()?
@@ -773,10 +757,7 @@ impl flows_server::Flows for FlowsApi {
         request: Request<AssistantRef>,
     ) -> Result<Response<switchboard_proto::actions::v1::ListAgentToolsResponse>, Status> {
         let r = request.into_inner();
-        check_ids(&[
-            ("workspace_id", &r.workspace_id, "ws_"),
-            ("assistant_id", &r.assistant_id, "asst_"),
-        ])?;
+        assistant_ref(&r.workspace_id, &r.assistant_id)?;
         Ok(Response::new(
             switchboard_proto::actions::v1::ListAgentToolsResponse {
                 tools: self
