@@ -2,10 +2,12 @@
 
 use switchboard_proto::actions::v1::actions_client::ActionsClient as Stub;
 use switchboard_proto::actions::v1::{
-    ActionResponse, CreateActionRequest, DeleteActionRequest, ExecuteActionRequest,
-    ExecutionResult, GetActionRequest, ListActionsRequest, ListActionsResponse,
-    ListAgentToolsRequest, ListAgentToolsResponse, ListExecutionsRequest, ListExecutionsResponse,
-    SetActionEnabledRequest, TestActionRequest, UpdateActionRequest,
+    ActionResponse, CreateActionRequest, DeleteActionRequest, DeleteIntegrationRequest,
+    ExecuteActionRequest, ExecutionResult, GetActionRequest, GetIntegrationRequest, Integration,
+    ListActionsRequest, ListActionsResponse, ListAgentToolsRequest, ListAgentToolsResponse,
+    ListExecutionsRequest, ListExecutionsResponse, ListIntegrationsRequest,
+    ListIntegrationsResponse, SaveIntegrationRequest, SetActionEnabledRequest, TestActionRequest,
+    UpdateActionRequest,
 };
 
 typed_client! {
@@ -35,5 +37,14 @@ typed_client! {
         /// definition as it was deleted. Retried: with a request id, a repeat answers as
         /// the first did (without one, a repeat answers `NOT_FOUND`).
         fn delete_action(DeleteActionRequest) -> ActionResponse;
+        /// Creates (no id; idempotent by request id) or replaces an integration.
+        fn save_integration(SaveIntegrationRequest) -> Integration;
+        /// One integration with its operations (`NOT_FOUND` when there is none).
+        fn get_integration(GetIntegrationRequest) -> Integration;
+        /// The workspace's integrations by name.
+        fn list_integrations(ListIntegrationsRequest) -> ListIntegrationsResponse;
+        /// Deletes an integration no action uses (`FAILED_PRECONDITION` naming those that
+        /// do); idempotent by request id.
+        fn delete_integration(DeleteIntegrationRequest) -> Integration;
     }
 }

@@ -13,9 +13,10 @@ use switchboard_proto::flows::v1::{
     ListCollectionsResponse, ListDocumentsRequest, ListDocumentsResponse, ListFlowsRequest,
     ListFlowsResponse, ListModelProvidersRequest, ListModelProvidersResponse, ListVersionsResponse,
     ModelCallResult, ModelProvider, ModelProviderRef, PublishAssistantRequest, PublishRequest,
-    ReplayDraftRequest, ReplayReport, RollbackRequest, SaveAssistantRequest, SaveDraftRequest,
-    SaveModelProviderRequest, SearchDocumentsRequest, SearchDocumentsResponse,
-    UpdateCollectionRequest, UpsertDocumentsRequest, UpsertDocumentsResponse,
+    ReplayAssistantDraftRequest, ReplayDraftRequest, ReplayReport, RollbackRequest,
+    SaveAssistantRequest, SaveDraftRequest, SaveModelProviderRequest, SearchDocumentsRequest,
+    SearchDocumentsResponse, UpdateCollectionRequest, UpsertDocumentsRequest,
+    UpsertDocumentsResponse,
 };
 
 /// How much longer than the workflow's own deadline `invoke_action_workflow` waits for
@@ -61,6 +62,9 @@ typed_client! {
         fn get_assistant_draft(AssistantRef) -> Assistant;
         /// Puts an assistant's draft in effect; retried, once per request id.
         fn publish_assistant(PublishAssistantRequest) -> Assistant;
+        /// Replays an assistant's recent runs against its draft and reports the
+        /// differences; changes nothing.
+        fn replay_assistant_draft(ReplayAssistantDraftRequest) -> ReplayReport;
         /// Drops an assistant's draft. Not retried: a second discard has no draft.
         @once fn discard_assistant_draft(AssistantRef) -> Assistant;
         /// Creates or replaces a model provider.

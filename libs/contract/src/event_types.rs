@@ -37,6 +37,11 @@ pub mod actions {
     /// Every change of a definition.
     pub const ALL: [&str; 5] = [CREATED, UPDATED, ENABLED, DISABLED, DELETED];
 
+    /// An integration created or replaced: the whole of it, its secret sealed.
+    pub const INTEGRATION_SAVED: &str = "integration.saved";
+    /// The integration as it was deleted; the last event of its stream.
+    pub const INTEGRATION_DELETED: &str = "integration.deleted";
+
     pub const EXECUTION_STARTED: &str = "action_execution.started";
     /// An execution's outcome; a live one's goes to the flow run that asked, on
     /// `internal.actions.action_completed`.

@@ -314,6 +314,20 @@ pub const ACT_STALE_VERSION: Code = Code {
     meaning: "The action is at another version than the one the request expected: someone changed it since you read it.",
     action: "Read the action again, reapply your change and send it with the new version.",
 };
+/// No such integration in the workspace.
+pub const ACT_INTEGRATION_NOT_FOUND: Code = Code {
+    id: "SB-ACT-0405",
+    status: Some(StatusCode::NotFound),
+    meaning: "No such integration in the workspace; an action naming it is refused with an `integration_id` field violation.",
+    action: "Check the workspace and integration ids, or create the integration first.",
+};
+/// An integration still used by actions cannot be deleted.
+pub const ACT_INTEGRATION_IN_USE: Code = Code {
+    id: "SB-ACT-0412",
+    status: Some(StatusCode::FailedPrecondition),
+    meaning: "The integration is still used by the actions the message names; deleting it would leave them with nowhere to send their requests.",
+    action: "Point those actions at another integration, or delete them, then delete the integration.",
+};
 /// The action store is out of reach.
 pub const ACT_STORE_UNAVAILABLE: Code = Code {
     id: "SB-ACT-0500",
@@ -735,7 +749,9 @@ pub const ALL: &[Code] = &[
     ACT_QUERY_DATABASE_UNKNOWN,
     ACT_INVALID_REQUEST,
     ACT_NOT_FOUND,
+    ACT_INTEGRATION_NOT_FOUND,
     ACT_STALE_VERSION,
+    ACT_INTEGRATION_IN_USE,
     ACT_STORE_UNAVAILABLE,
     ACT_STORE_REFUSED,
     CX_NOT_CONNECTED,

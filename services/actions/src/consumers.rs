@@ -12,7 +12,7 @@ use switchboard_proto::actions::v1::{ActionRequested, PermissionLevel};
 use serde_json::{Map, Value as Json};
 
 use crate::domain::DomainError;
-use crate::integrations::{Call, PortError};
+use crate::ports::{Call, PortError};
 use crate::service::{ActionService, RequestContext, RunRequest, ServiceError};
 
 /// The event type flow runs publish.
@@ -53,7 +53,7 @@ impl ActionRequests {
         };
         let secure = match self
             .service
-            .integrations()
+            .ports()
             .conversations
             .secure_metadata(&call)
             .await

@@ -15,15 +15,15 @@ use serde_json::{Map, Value as Json};
 use switchboard_eventlog::{EventLog, now_micros};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::actions::v1::{
-    ActionDefinition, ActionKind, AuthKind, ExecutionResult, FailureReason, HttpSpec, Outcome,
-    PermissionLevel, RenderedRequest,
+    ActionDefinition, ActionKind, AuthKind, ExecutionResult, FailureReason, HttpAuth, HttpSpec,
+    Integration, Outcome, PermissionLevel, RenderedRequest,
 };
 use switchboard_proto::events::v1::ConversationStatus;
 use switchboard_secrets::{Keyring, REDACTED, Secret, redact};
 use switchboard_template::{Renderer, map_response};
 
-use crate::domain::{self, compute, request_spec, secret_owner};
-use crate::integrations::{Call, ConversationUpdate, Integrations, PortError};
+use crate::domain::{self, compute, integration, request_spec, secret_owner};
+use crate::ports::{Call, ConversationUpdate, PortError, Ports};
 
 /// Response bytes kept in the result and the log.
 pub const RESPONSE_KEEP_BYTES: usize = 64 * 1024;
@@ -33,6 +33,10 @@ pub const RESPONSE_READ_BYTES: usize = 1024 * 1024;
 /// One run of an action.
 pub struct Invocation<'a> {
     pub definition: &'a ActionDefinition,
+    /// The integration the definition's request goes to, as stored now; `None` when it
+    /// names none, or names one that no longer exists (the run then fails as not
+    /// connected).
+    pub integration: Option<&'a Integration>,
     /// Variables by namespace (`input`, `conversation`, `secure`, ...).
     pub variables: Json,
     pub idempotency_key: String,
@@ -53,7 +57,7 @@ pub struct Executor {
     keyring: Arc<Keyring>,
     renderer: Arc<Renderer>,
     limits: Arc<Throttles>,
-    integrations: Integrations,
+    ports: Ports,
     /// Where rate limits are kept for every replica; without it, in this process.
     shared_limits: Option<EventLog>,
 }
@@ -62,7 +66,8 @@ pub struct Executor {
 /// this process.
 #[derive(Default)]
 struct Throttles {
-    limiters: Mutex<HashMap<(String, u64), Arc<DefaultDirectRateLimiter>>>,
+    /// By what is limited (an action version, an integration) and the limit.
+    limiters: Mutex<HashMap<(String, u32), Arc<DefaultDirectRateLimiter>>>,
     cache: Mutex<HashMap<String, Cached>>,
     /// OAuth2 access tokens by action version, until shortly before they expire.
     tokens: Mutex<HashMap<String, (Secret, Instant)>>,
@@ -81,20 +86,17 @@ struct Cached {
 const CACHE_ENTRIES: usize = 10_000;
 
 impl Throttles {
-    /// Whether one more call of this action version fits its per-minute limit.
-    fn admit(&self, definition: &ActionDefinition, per_minute: u32) -> bool {
-        let Some(per_minute) = NonZeroU32::new(per_minute) else {
+    /// Whether one more call counted under `key` fits `per_minute`.
+    fn admit(&self, key: &str, per_minute: u32) -> bool {
+        let Some(limit) = NonZeroU32::new(per_minute) else {
             return true;
         };
         let Ok(mut limiters) = self.limiters.lock() else {
             return true;
         };
         let limiter = limiters
-            .entry((
-                format!("{}/{}", definition.workspace_id, definition.id),
-                definition.version,
-            ))
-            .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_minute(per_minute))))
+            .entry((key.to_owned(), per_minute))
+            .or_insert_with(|| Arc::new(RateLimiter::direct(Quota::per_minute(limit))))
             .clone();
         drop(limiters);
         limiter.check().is_ok()
@@ -183,7 +185,7 @@ impl Executor {
             keyring,
             renderer: Arc::new(Renderer::default()),
             limits: Arc::default(),
-            integrations: Integrations::default(),
+            ports: Ports::default(),
             shared_limits: None,
         }
     }
@@ -194,33 +196,32 @@ impl Executor {
         self
     }
 
-    /// Whether one more call of the action fits its per-minute limit: counted in the
-    /// shared store when there is one (falling back to this process when it cannot be
-    /// reached), else here.
-    async fn admit(&self, definition: &ActionDefinition, per_minute: u32) -> bool {
+    /// Whether one more call counted under `key` (an action, an integration) fits
+    /// `per_minute`: counted in the shared store when there is one (falling back to this
+    /// process when it cannot be reached), else here.
+    async fn admit(&self, key: &str, per_minute: u32) -> bool {
         if per_minute == 0 {
             return true;
         }
         if let Some(log) = &self.shared_limits {
-            let key = format!("{}/{}", definition.workspace_id, definition.id);
-            match crate::rate_limits::admit_call(log, &key, per_minute, now_micros()).await {
+            match crate::rate_limits::admit_call(log, key, per_minute, now_micros()).await {
                 Ok(admitted) => return admitted,
                 Err(e) => {
-                    tracing::warn!(error = %e, action = %definition.id, "the shared rate limit cannot be read; this process counts alone");
+                    tracing::warn!(error = %e, key, "the shared rate limit cannot be read; this process counts alone");
                 }
             }
         }
-        self.limits.admit(definition, per_minute)
+        self.limits.admit(key, per_minute)
     }
 
     /// Wires the systems integration kinds act on.
-    pub fn with_integrations(mut self, integrations: Integrations) -> Self {
-        self.integrations = integrations;
+    pub fn with_ports(mut self, ports: Ports) -> Self {
+        self.ports = ports;
         self
     }
 
-    pub fn integrations(&self) -> &Integrations {
-        &self.integrations
+    pub fn ports(&self) -> &Ports {
+        &self.ports
     }
 
     /// Runs the invocation to an outcome. `result.execution_id`, timestamps and the test
@@ -235,6 +236,7 @@ impl Executor {
             kind: definition.kind,
             caller_permission: invocation.caller as i32,
             confirmed: invocation.confirmed,
+            integration_id: integration::of(definition).unwrap_or_default().to_owned(),
             ..Default::default()
         };
         let secrets = match self.secrets(&invocation) {
@@ -260,18 +262,25 @@ impl Executor {
     fn secrets(&self, invocation: &Invocation<'_>) -> Result<Secrets, Failure> {
         let mut credential = None;
         let mut all = Vec::new();
-        if let Some(auth) = auth_of(invocation.definition).filter(|a| !a.sealed_secret.is_empty()) {
-            let owner = secret_owner(
-                &invocation.definition.workspace_id,
-                &invocation.definition.id,
-            );
+        let definition = invocation.definition;
+        let (auth, owner) = match invocation.integration {
+            Some(integration) => (
+                integration.auth.as_ref(),
+                integration::secret_owner(&integration.workspace_id, &integration.id),
+            ),
+            None => (
+                auth_of(definition),
+                secret_owner(&definition.workspace_id, &definition.id),
+            ),
+        };
+        if let Some(auth) = auth.filter(|a| !a.sealed_secret.is_empty()) {
             let secret = self
                 .keyring
                 .open(&auth.sealed_secret, &owner)
                 .map_err(|e| {
                     fail(
                         FailureReason::InvalidInput,
-                        format!("the action's credential cannot be opened: {e}"),
+                        format!("the credential cannot be opened: {e}"),
                     )
                 })?;
             let secret = Secret::new(String::from_utf8_lossy(&secret).into_owned());
@@ -377,7 +386,7 @@ impl Executor {
                 }
                 let call = self.call(invocation)?;
                 let answer = self
-                    .integrations
+                    .ports
                     .connexease
                     .run(&call, &spec.operation, &arguments)
                     .await?;
@@ -409,7 +418,7 @@ impl Executor {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| fail(FailureReason::InvalidInput, e.to_string()))?;
                 let rows = self
-                    .integrations
+                    .ports
                     .databases
                     .query(
                         &spec.connection,
@@ -464,7 +473,7 @@ impl Executor {
                 }
                 let call = self.call(invocation)?;
                 let answer = self
-                    .integrations
+                    .ports
                     .workflows
                     .invoke(
                         &call,
@@ -534,10 +543,7 @@ impl Executor {
             return Ok(outputs);
         }
         let call = self.call(invocation)?;
-        self.integrations
-            .conversations
-            .update(&call, &update)
-            .await?;
+        self.ports.conversations.update(&call, &update).await?;
         Ok(outputs)
     }
 
@@ -584,16 +590,48 @@ impl Executor {
         result: &mut ExecutionResult,
     ) -> Result<Map<String, Json>, Failure> {
         let definition = invocation.definition;
-        let secret_refs: Vec<&Secret> = secrets.all.iter().collect();
-        let credential = auth_of(definition)
-            .filter(|a| !a.sealed_secret.is_empty())
-            .and(secrets.credential.as_ref());
-        let oauth =
-            auth_of(definition).is_some_and(|a| a.kind == AuthKind::Oauth2ClientCredentials as i32);
-        let mut token = match (oauth, credential) {
-            (true, Some(client_secret)) => {
-                Some(self.oauth_token(definition, client_secret, false).await?)
+        // Under an integration: its base URL, headers and credentials.
+        let applied;
+        let http = match (http.integration_id.as_str(), invocation.integration) {
+            ("", _) => http,
+            (_, Some(integration)) if integration.id == http.integration_id => {
+                applied = integration::apply(http, integration);
+                &applied
             }
+            (id, _) => {
+                return Err(fail(
+                    FailureReason::NotConnected,
+                    format!("the integration `{id}` no longer exists"),
+                ));
+            }
+        };
+        if let Some(refusal) = invocation
+            .integration
+            .and_then(|i| integration::refusal(i, http))
+        {
+            return Err(fail(FailureReason::Forbidden, refusal));
+        }
+        let auth = http.auth.clone().unwrap_or_default();
+        let secret_refs: Vec<&Secret> = secrets.all.iter().collect();
+        let credential = (!auth.sealed_secret.is_empty())
+            .then_some(secrets.credential.as_ref())
+            .flatten();
+        let oauth = auth.kind == AuthKind::Oauth2ClientCredentials as i32;
+        // An integration's token serves all its actions.
+        let token_key = match invocation.integration {
+            Some(i) if !http.integration_id.is_empty() => {
+                format!("{}/{}@{}", i.workspace_id, i.id, i.version)
+            }
+            _ => format!(
+                "{}/{}@{}",
+                definition.workspace_id, definition.id, definition.version
+            ),
+        };
+        let mut token = match (oauth, credential) {
+            (true, Some(client_secret)) => Some(
+                self.oauth_token(&token_key, &auth, client_secret, false)
+                    .await?,
+            ),
             _ => None,
         };
         let mut prepared = self.prepare(invocation, http, vars, credential, token.as_ref())?;
@@ -613,12 +651,32 @@ impl Executor {
             result.response_truncated = hit.truncated;
             return Ok(hit.outputs);
         }
-        if !self.admit(definition, http.rate_limit_per_minute).await {
+        let action_key = format!("{}/{}", definition.workspace_id, definition.id);
+        if !self.admit(&action_key, http.rate_limit_per_minute).await {
             return Err(fail(
                 FailureReason::RateLimited,
                 format!(
                     "the action's limit of {} calls a minute is reached",
                     http.rate_limit_per_minute
+                ),
+            ));
+        }
+        if let Some(integration) = invocation
+            .integration
+            .filter(|_| !http.integration_id.is_empty())
+            && !self
+                .admit(
+                    &integration::rate_limit_key(integration),
+                    integration.rate_limit_per_minute,
+                )
+                .await
+        {
+            return Err(fail(
+                FailureReason::RateLimited,
+                format!(
+                    "the integration `{}`'s limit of {} calls a minute, shared by its actions, \
+                     is reached",
+                    integration.name, integration.rate_limit_per_minute
                 ),
             ));
         }
@@ -661,7 +719,10 @@ impl Executor {
                         (oauth, refreshed, result.status_code, credential)
                     {
                         refreshed = true;
-                        token = Some(self.oauth_token(definition, client_secret, true).await?);
+                        token = Some(
+                            self.oauth_token(&token_key, &auth, client_secret, true)
+                                .await?,
+                        );
                         prepared =
                             self.prepare(invocation, http, vars, credential, token.as_ref())?;
                         remaining += 1;
@@ -792,27 +853,23 @@ impl Executor {
     /// the same SSRF guard.
     async fn oauth_token(
         &self,
-        definition: &ActionDefinition,
+        key: &str,
+        auth: &HttpAuth,
         client_secret: &Secret,
         refresh: bool,
     ) -> Result<Secret, Failure> {
-        let key = format!(
-            "{}/{}@{}",
-            definition.workspace_id, definition.id, definition.version
-        );
         let cached = self
             .limits
             .tokens
             .lock()
             .ok()
-            .and_then(|t| t.get(&key).cloned());
+            .and_then(|t| t.get(key).cloned());
         if !refresh
             && let Some((token, expires)) = cached
             && expires > Instant::now()
         {
             return Ok(token);
         }
-        let auth = auth_of(definition).cloned().unwrap_or_default();
         let form = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             form.append_pair("grant_type", "client_credentials");
@@ -890,7 +947,7 @@ impl Executor {
         let token = Secret::new(token);
         if let Ok(mut tokens) = self.limits.tokens.lock() {
             let expires = Instant::now() + Duration::from_secs(lifetime.saturating_sub(30));
-            tokens.insert(key, (token.clone(), expires));
+            tokens.insert(key.to_owned(), (token.clone(), expires));
         }
         Ok(token)
     }
@@ -933,7 +990,7 @@ impl Executor {
                     .map_err(invalid)?,
             )
         };
-        let auth = auth_of(invocation.definition).cloned().unwrap_or_default();
+        let auth = http.auth.clone().unwrap_or_default();
         let mut basic = None;
         match (
             AuthKind::try_from(auth.kind).unwrap_or(AuthKind::None),
@@ -1100,22 +1157,26 @@ fn guards(invocation: &Invocation<'_>) -> Result<(), Failure> {
         ));
     }
     let caller = (invocation.caller as i32).max(PermissionLevel::Agent as i32);
-    if caller
-        < definition
-            .permission_level
-            .max(PermissionLevel::Agent as i32)
-    {
+    let required = integration::permission_level(definition, invocation.integration)
+        .max(PermissionLevel::Agent as i32);
+    if caller < required {
         let who = |level: i32| match PermissionLevel::try_from(level) {
             Ok(PermissionLevel::Human) => "a human teammate",
             Ok(PermissionLevel::Admin) => "a workspace administrator",
             _ => "the AI agent",
         };
+        let through = match invocation.integration {
+            Some(i) if i.permission_level > definition.permission_level => {
+                format!(" (its integration `{}` asks that)", i.name)
+            }
+            _ => String::new(),
+        };
         return Err(fail(
             FailureReason::Forbidden,
             format!(
-                "`{}` may be run only by {} or above; this call came from {}",
+                "`{}` may be run only by {} or above{through}; this call came from {}",
                 definition.name,
-                who(definition.permission_level),
+                who(required),
                 who(caller)
             ),
         ));

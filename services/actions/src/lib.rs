@@ -12,7 +12,9 @@
 //! - [`service`]: the command handler (load, seal secrets, decide, append, retry).
 //! - [`execute`]: running an action (guards, rendering, auth, retries, mapping, and the
 //!   dispatch to each kind).
-//! - [`integrations`]: the systems integration kinds act on, behind traits.
+//! - [`integrations`]: the connected services HTTP actions share (base URL, credentials,
+//!   allowed methods, permission level, a shared rate limit).
+//! - [`ports`]: the systems integration kinds act on, behind traits.
 //! - [`store`]: the read model and its queries.
 //! - [`consumers`]: actions requested by flow runs over NATS.
 //! - [`grpc`]: the tonic service.
@@ -23,6 +25,7 @@ pub mod domain;
 pub mod execute;
 pub mod grpc;
 pub mod integrations;
+pub mod ports;
 pub mod rate_limits;
 pub mod service;
 pub mod store;
@@ -91,10 +94,9 @@ impl ServiceModule for Actions {
             },
             &[],
         )?;
-        let integrations = integrations_for(wiring)?;
+        let ports = ports_for(wiring)?;
         let keyring = wiring.required_keyring()?;
-        let service = ActionService::new(wiring.log().clone(), keyring, outbound)
-            .with_integrations(integrations);
+        let service = ActionService::new(wiring.log().clone(), keyring, outbound).with_ports(ports);
         wiring.serve_grpc(
             ActionsApi::new(service.clone(), ActionStore::new(wiring.log().clone())).into_server(),
         );
@@ -126,23 +128,23 @@ impl ServiceModule for Actions {
 /// What the integration kinds reach: the conversations, flows (action workflows) and
 /// connexease services over gRPC, wherever they run, and the operator's query databases.
 /// A service that is nowhere answers "not connected".
-fn integrations_for(wiring: &Wiring) -> Result<integrations::Integrations, BoxError> {
-    let mut integrations = integrations::Integrations {
-        databases: integrations::QueryDatabases::from_config(&wiring.config().query_databases)?,
-        ..integrations::Integrations::default()
+fn ports_for(wiring: &Wiring) -> Result<ports::Ports, BoxError> {
+    let mut ports = ports::Ports {
+        databases: ports::QueryDatabases::from_config(&wiring.config().query_databases)?,
+        ..ports::Ports::default()
     };
     if let Some(peer) = wiring.peer(services::CONVERSATIONS) {
-        integrations.conversations = Arc::new(ConversationsClient::connect_lazy(&peer.into())?);
+        ports.conversations = Arc::new(ConversationsClient::connect_lazy(&peer.into())?);
     }
     if let Some(peer) = wiring.peer(services::FLOWS) {
-        integrations.workflows = Arc::new(FlowsClient::connect_lazy(&peer.into())?);
+        ports.workflows = Arc::new(FlowsClient::connect_lazy(&peer.into())?);
     }
     if let Some(peer) = wiring.peer(services::CONNEXEASE) {
         // The connexease service retries 429 and 5xx itself, within this.
         let config = ClientConfig::from(peer).with_deadline(Duration::from_secs(60));
-        integrations.connexease = Arc::new(ConnexeaseClient::connect_lazy(&config)?);
+        ports.connexease = Arc::new(ConnexeaseClient::connect_lazy(&config)?);
     }
-    Ok(integrations)
+    Ok(ports)
 }
 
 /// Keeps the queryable execution log to its retention: prunes at start and every hour.

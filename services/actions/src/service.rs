@@ -129,14 +129,19 @@ impl ActionService {
 
     /// Wires the systems integration kinds act on (conversations, Connexease, workflows,
     /// query databases); without it they answer "not connected".
-    pub fn with_integrations(mut self, integrations: crate::integrations::Integrations) -> Self {
-        self.executor = self.executor.with_integrations(integrations);
+    pub fn with_ports(mut self, ports: crate::ports::Ports) -> Self {
+        self.executor = self.executor.with_ports(ports);
         self
     }
 
     /// The systems integration kinds act on.
-    pub fn integrations(&self) -> &crate::integrations::Integrations {
-        self.executor.integrations()
+    pub fn ports(&self) -> &crate::ports::Ports {
+        self.executor.ports()
+    }
+
+    /// The keys secrets are sealed with.
+    pub(crate) fn keyring(&self) -> &Keyring {
+        &self.keyring
     }
 
     /// The service's log, where consumers keep their processed records.
@@ -155,6 +160,7 @@ impl ActionService {
     ) -> Result<ExecutionResult, ServiceError> {
         let (definition, _) = self.load(&ctx.workspace_id, &request.action_id).await?;
         let definition = definition.ok_or(DomainError::NotFound)?;
+        let integration = self.integration_of(&definition).await?;
         let execution_id = format!("exec_{}", ulid::Ulid::new().to_string().to_lowercase());
         let (stream, key) = if request.test {
             (
@@ -241,6 +247,7 @@ impl ActionService {
             .executor
             .run(Invocation {
                 definition: &definition,
+                integration: integration.as_ref(),
                 variables: request.variables,
                 idempotency_key: key,
                 traceparent: ctx.traceparent.clone(),
@@ -392,6 +399,7 @@ impl ActionService {
         command: Command,
     ) -> Result<ActionDefinition, ServiceError> {
         self.check_connection(&command)?;
+        self.check_integration(&ctx.workspace_id, &command).await?;
         let stream = stream_of(&ctx.workspace_id, action_id);
         let executed = eventlog::Command::new(&self.log, &stream)
             .attempts(MAX_ATTEMPTS)
@@ -473,10 +481,42 @@ impl ActionService {
         }
     }
 
+    /// An action may name only an integration of its workspace, with a method it allows.
+    async fn check_integration(
+        &self,
+        workspace_id: &str,
+        command: &Command,
+    ) -> Result<(), ServiceError> {
+        let (Command::Create { definition } | Command::Update { definition, .. }) = command else {
+            return Ok(());
+        };
+        let (Some(id), Some(http)) = (
+            domain::integration::of(definition),
+            domain::request_spec(definition),
+        ) else {
+            return Ok(());
+        };
+        let field = domain::request_spec_field(definition);
+        let violation = match self.load_integration(workspace_id, id).await? {
+            None => FieldViolation {
+                field: format!("{field}.integration_id"),
+                description: format!("the workspace has no integration `{id}`"),
+            },
+            Some(integration) => match domain::integration::refusal(&integration, http) {
+                None => return Ok(()),
+                Some(refusal) => FieldViolation {
+                    field: format!("{field}.method"),
+                    description: refusal,
+                },
+            },
+        };
+        Err(DomainError::Invalid(vec![violation]).into())
+    }
+
     /// Why `definition`'s query database is not one the operator configured, if it is not.
     pub fn connection_violation(&self, definition: &ActionDefinition) -> Option<FieldViolation> {
         let query = definition.database_query.as_ref()?;
-        let databases = &self.executor.integrations().databases;
+        let databases = &self.executor.ports().databases;
         if databases.contains(&query.connection) {
             return None;
         }
@@ -558,7 +598,7 @@ impl Aggregate for Actions {
     }
 }
 
-fn request_id_reused() -> ServiceError {
+pub(crate) fn request_id_reused() -> ServiceError {
     DomainError::Invalid(vec![FieldViolation {
         field: "request_id".into(),
         description: switchboard_runtime::codes::ACT_REQUEST_ID_REUSED
@@ -567,7 +607,7 @@ fn request_id_reused() -> ServiceError {
     .into()
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|db| db.is_unique_violation())
 }

@@ -10,7 +10,7 @@ use switchboard_eventlog::{
     EventLog, EventLogError, Projection, RecordedEvent, Tx, on_conn, on_pool,
 };
 use switchboard_proto::actions::v1::{
-    ActionDefinition, ExecutionCompleted, ExecutionResult, FailureReason,
+    ActionDefinition, ExecutionCompleted, ExecutionResult, FailureReason, Integration,
 };
 
 use crate::domain;
@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS execution_log (
 CREATE INDEX IF NOT EXISTS execution_log_by_time ON execution_log (workspace_id, started_at, id);
 CREATE INDEX IF NOT EXISTS execution_log_by_action ON execution_log (workspace_id, action_id, started_at);
 CREATE INDEX IF NOT EXISTS execution_log_for_retention ON execution_log (started_at);
+CREATE TABLE IF NOT EXISTS integrations (
+    workspace_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, id),
+    CONSTRAINT integrations_name_unique UNIQUE (workspace_id, name)
+);
 CREATE TABLE IF NOT EXISTS rate_limits (
     key TEXT PRIMARY KEY,
     tat BIGINT NOT NULL
@@ -72,6 +79,10 @@ impl Projection for ActionsProjection {
         for event in events {
             if event.event_type == crate::service::execution_events::COMPLETED {
                 record_execution(tx, event).await?;
+                continue;
+            }
+            if let Some((integration, deleted)) = crate::integrations::decode(event)? {
+                record_integration(tx, &integration, deleted).await?;
                 continue;
             }
             let Some(d) = domain::decode(event)? else {
@@ -110,8 +121,39 @@ impl Projection for ActionsProjection {
     async fn reset(&self, tx: &mut Tx<'_>) -> Result<(), EventLogError> {
         on_conn!(tx, conn => sqlx::query("DELETE FROM actions").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         on_conn!(tx, conn => sqlx::query("DELETE FROM execution_log").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
+        on_conn!(tx, conn => sqlx::query("DELETE FROM integrations").execute(&mut *conn).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
+}
+
+/// An integration's row: its name taken while it lives, freed when it is deleted.
+async fn record_integration(
+    tx: &mut Tx<'_>,
+    integration: &Integration,
+    deleted: bool,
+) -> Result<(), EventLogError> {
+    if deleted {
+        on_conn!(tx, conn => sqlx::query(
+            "DELETE FROM integrations WHERE workspace_id = $1 AND id = $2",
+        )
+        .bind(&integration.workspace_id)
+        .bind(&integration.id)
+        .execute(&mut *conn)
+        .await
+        .map(|r| r.rows_affected()))?;
+        return Ok(());
+    }
+    on_conn!(tx, conn => sqlx::query(
+        "INSERT INTO integrations (workspace_id, id, name) VALUES ($1, $2, $3)
+         ON CONFLICT (workspace_id, id) DO UPDATE SET name = excluded.name",
+    )
+    .bind(&integration.workspace_id)
+    .bind(&integration.id)
+    .bind(&integration.name)
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected()))?;
+    Ok(())
 }
 
 async fn record_execution(tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), EventLogError> {
@@ -241,6 +283,45 @@ impl ActionStore {
             String::new()
         };
         Ok((items, next))
+    }
+}
+
+impl ActionStore {
+    /// The workspace's integrations, `(id, name)` by name.
+    pub async fn integrations(
+        &self,
+        workspace_id: &str,
+    ) -> Result<Vec<(String, String)>, QueryError> {
+        let rows: Vec<(String, String)> = on_pool!(self.log, pool => sqlx::query_as(
+            "SELECT id, name FROM integrations WHERE workspace_id = $1 ORDER BY name",
+        )
+        .bind(workspace_id)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows)
+    }
+
+    /// The workspace's actions whose request goes to the integration `integration_id`,
+    /// by name.
+    pub async fn using_integration(
+        &self,
+        workspace_id: &str,
+        integration_id: &str,
+    ) -> Result<Vec<ActionDefinition>, QueryError> {
+        let rows: Vec<Vec<u8>> = on_pool!(self.log, pool => sqlx::query_scalar(
+            "SELECT definition FROM actions WHERE workspace_id = $1 ORDER BY name",
+        )
+        .bind(workspace_id)
+        .fetch_all(pool)
+        .await)?;
+        let mut using = Vec::new();
+        for bytes in &rows {
+            let definition = decode(bytes)?;
+            if domain::integration::of(&definition) == Some(integration_id) {
+                using.push(definition);
+            }
+        }
+        Ok(using)
     }
 }
 

@@ -1131,6 +1131,9 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it(b
         "/v1/assistants/{id}/draft",
         "/v1/assistants/{id}/publish",
         "/v1/assistants/{id}/undo",
+        "/v1/assistants/{id}/draft/replay",
+        "/v1/integrations",
+        "/v1/integrations/{id}",
         "/v1/model-providers",
         "/v1/model-providers/{id}",
         "/v1/model-providers/{id}/test",
@@ -1782,6 +1785,28 @@ async fn flows_are_drafted_published_and_run_by_assistants_over_rest(backend: Ba
         .await;
     assert_eq!(drafted.status, StatusCode::OK, "{}", drafted.body);
     assert_eq!(drafted.body["has_draft"], true);
+    let replayed = api
+        .post(
+            &format!("{assistant_path}/draft/replay?limit=10"),
+            &api.a,
+            json!({}),
+        )
+        .await;
+    assert_eq!(replayed.status, StatusCode::OK, "{}", replayed.body);
+    assert!(replayed.body["replayed"].is_u64(), "{}", replayed.body);
+    let too_many = api
+        .post(
+            &format!("{assistant_path}/draft/replay?limit=100000"),
+            &api.a,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        too_many.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        too_many.body
+    );
     let current = api.get(&assistant_path, &api.a).await;
     assert_eq!(current.body["instructions"], "Be brief.");
     assert_eq!(current.body["has_draft"], true);
@@ -1892,6 +1917,120 @@ async fn model_providers_are_kept_over_rest_and_their_keys_never_shown(backend: 
     assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
     assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
     shutdown.cancel();
+}
+
+async fn integrations_are_kept_over_rest_and_their_secrets_never_shown(backend: Backend) {
+    let api = Api::start(backend).await;
+    let created = api
+        .post(
+            "/v1/integrations",
+            &api.a,
+            json!({"name": "shop", "base_url": "https://shop.example.com/api",
+                   "headers": {"X-Shop": "main"},
+                   "auth": {"kind": "AUTH_KIND_BEARER", "secret": "sk-integration-secret"},
+                   "allowed_methods": ["GET"], "rate_limit_per_minute": 60}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["auth"]["secret_set"], true);
+    assert!(
+        !created.body.to_string().contains("sk-integration-secret"),
+        "{}",
+        created.body
+    );
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/integrations/{id}");
+    let action = api
+        .post(
+            "/v1/actions",
+            &api.a,
+            json!({"name": "order_status", "description": "Where an order is",
+                   "kind": "ACTION_KIND_HTTP",
+                   "http": {"method": "GET", "url": "/orders/{{ input.number }}",
+                            "integration_id": id}}),
+        )
+        .await;
+    assert_eq!(action.status, StatusCode::CREATED, "{}", action.body);
+    let posting = api
+        .post(
+            "/v1/actions",
+            &api.a,
+            json!({"name": "cancel", "description": "Cancels an order",
+                   "kind": "ACTION_KIND_HTTP",
+                   "http": {"method": "POST", "url": "/orders/cancel", "integration_id": id}}),
+        )
+        .await;
+    assert_eq!(
+        posting.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        posting.body
+    );
+    assert!(
+        posting.body.to_string().contains("http.method"),
+        "{}",
+        posting.body
+    );
+
+    let got = api.get(&path, &api.a).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.body["operations"][0]["name"], "order_status");
+    assert_eq!(
+        api.get("/v1/integrations", &api.a).await.body["data"][0]["id"],
+        id.as_str()
+    );
+    assert_eq!(api.get(&path, &api.b).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get("/v1/integrations", &api.b).await.body["data"],
+        json!([])
+    );
+
+    let bad = api
+        .post(
+            "/v1/integrations",
+            &api.a,
+            json!({"name": "Bad Name", "base_url": "ftp://x", "operations": []}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    let replaced = api
+        .call(
+            reqwest::Method::PUT,
+            &path,
+            &api.a,
+            Some(
+                json!({"name": "shop", "base_url": "https://shop.example.com/v2",
+                        "auth": {"kind": "AUTH_KIND_BEARER"}}),
+            ),
+            &[("if-match", &got.header("etag"))],
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK, "{}", replaced.body);
+    assert_eq!(
+        replaced.body["auth"]["secret_set"], true,
+        "the stored secret stays"
+    );
+    assert_eq!(replaced.body["version"], 2);
+
+    let in_use = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(in_use.status, StatusCode::CONFLICT, "{}", in_use.body);
+    assert!(
+        in_use.body.to_string().contains("order_status"),
+        "{}",
+        in_use.body
+    );
+    let action_path = format!("/v1/actions/{}", action.body["id"].as_str().unwrap());
+    let removed = api
+        .call(reqwest::Method::DELETE, &action_path, &api.a, None, &[])
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
+    let gone = api
+        .call(reqwest::Method::DELETE, &path, &api.a, None, &[])
+        .await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
+    assert_eq!(api.get(&path, &api.a).await.status, StatusCode::NOT_FOUND);
 }
 
 async fn insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment(
@@ -2234,5 +2373,6 @@ on_both_backends!(
     actions_are_defined_patched_tested_and_deleted_as_their_json,
     flows_are_drafted_published_and_run_by_assistants_over_rest,
     model_providers_are_kept_over_rest_and_their_keys_never_shown,
+    integrations_are_kept_over_rest_and_their_secrets_never_shown,
     insights_answer_over_rest_and_conversation_lists_filter_by_assistant_and_segment,
 );

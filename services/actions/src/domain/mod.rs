@@ -13,6 +13,7 @@ use switchboard_proto::actions::v1::{
 use switchboard_template::{Kind, Mapping, Renderer};
 
 pub mod compute;
+pub mod integration;
 pub mod kinds;
 
 pub use kinds::{CONNEXEASE_OPERATIONS, CONVERSATION_STATUSES, VALIDATION_RULES};
@@ -86,6 +87,17 @@ pub enum DomainError {
         code = switchboard_runtime::codes::ACT_STALE_VERSION.id
     )]
     StaleVersion { expected: u64, actual: u64 },
+    #[error(
+        "{code}: integration not found",
+        code = switchboard_runtime::codes::ACT_INTEGRATION_NOT_FOUND.id
+    )]
+    IntegrationNotFound,
+    #[error(
+        "{code}: the integration is used by {}; point them elsewhere or delete them first",
+        .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+        code = switchboard_runtime::codes::ACT_INTEGRATION_IN_USE.id
+    )]
+    IntegrationInUse(Vec<String>),
 }
 
 /// What a caller asks of an action.
@@ -352,6 +364,15 @@ pub fn request_spec(definition: &ActionDefinition) -> Option<&HttpSpec> {
     }
 }
 
+/// Where [`request_spec`] is in a definition, for naming its fields (`http.url`).
+pub fn request_spec_field(definition: &ActionDefinition) -> &'static str {
+    match ActionKind::try_from(definition.kind) {
+        Ok(ActionKind::Form) => "form.on_submit",
+        Ok(ActionKind::Button) => "button.on_click",
+        _ => "http",
+    }
+}
+
 pub fn request_spec_mut(definition: &mut ActionDefinition) -> Option<&mut HttpSpec> {
     match ActionKind::try_from(definition.kind).ok()? {
         ActionKind::Http => definition.http.as_mut(),
@@ -397,23 +418,51 @@ pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: 
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
         v.push("method", "one of GET, POST, PUT, PATCH, DELETE");
     }
+    let under_integration = !http.integration_id.is_empty();
+    if under_integration
+        && !switchboard_runtime::requests::valid_prefixed_id(&http.integration_id, "int_")
+    {
+        v.push(
+            "integration_id",
+            "`int_` followed by 1 to 64 letters, digits, `_` or `-`",
+        );
+    }
     if http.url.len() > limits::URL_BYTES {
         v.push("url", format!("at most {} bytes", limits::URL_BYTES));
-    } else if !(http.url.starts_with("https://") || http.url.starts_with("http://")) {
+    } else if under_integration && !http.url.starts_with('/') {
+        v.push(
+            "url",
+            "under an integration, a path starting with `/`, joined to its base URL",
+        );
+    } else if !(under_integration
+        || http.url.starts_with("https://")
+        || http.url.starts_with("http://"))
+    {
         v.push("url", "must start with https:// or http://");
     } else {
         v.template("url", renderer.variables(&http.url));
+    }
+    if under_integration
+        && http.auth.as_ref().is_some_and(|a| {
+            !a.secret.is_empty()
+                || !matches!(
+                    AuthKind::try_from(a.kind),
+                    Ok(AuthKind::None | AuthKind::Unspecified)
+                )
+        })
+    {
+        v.push(
+            "auth",
+            "an action under an integration is sent with the integration's credentials: \
+             leave auth unset",
+        );
     }
     if http.headers.len() > limits::HEADERS {
         v.push("headers", format!("at most {}", limits::HEADERS));
     }
     for (name, value) in &http.headers {
         let field = format!("headers[{name}]");
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        if !valid_header_name(name) {
             v.push(field.clone(), "not a valid header name");
         }
         if value.len() > limits::HEADER_VALUE_BYTES {
@@ -500,7 +549,7 @@ pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: 
     validate_auth(v, http.auth.as_ref(), previous_auth);
 }
 
-fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: StoredAuth<'_>) {
+pub(crate) fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: StoredAuth<'_>) {
     let Some(auth) = auth else { return };
     let kind = match AuthKind::try_from(auth.kind) {
         Ok(kind) => kind,
@@ -590,7 +639,15 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn timestamp(micros: i64) -> prost_types::Timestamp {
+/// An HTTP header name (an RFC 9110 token).
+pub(crate) fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub(crate) fn timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),
         nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,

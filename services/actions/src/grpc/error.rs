@@ -26,6 +26,12 @@ impl From<ServiceError> for Status {
             ServiceError::Domain(e @ DomainError::AlreadyExists) => {
                 Status::already_exists(e.to_string())
             }
+            ServiceError::Domain(e @ DomainError::IntegrationNotFound) => {
+                Status::not_found(e.to_string())
+            }
+            ServiceError::Domain(e @ DomainError::IntegrationInUse(_)) => {
+                Status::failed_precondition(e.to_string())
+            }
             ServiceError::Domain(e @ DomainError::StaleVersion { .. }) => {
                 Status::aborted(e.to_string())
             }

@@ -22,15 +22,15 @@ pub struct ActionsApi {
 
 impl ActionsApi {
     /// The API over the service's log, sealing secrets with `keyring`, calling out through
-    /// `client` and acting on the systems in `integrations`.
+    /// `client` and acting on the systems in `ports`.
     pub fn over(
         log: switchboard_eventlog::EventLog,
         keyring: std::sync::Arc<switchboard_secrets::Keyring>,
         client: switchboard_outbound::GuardedClient,
-        integrations: crate::integrations::Integrations,
+        ports: crate::ports::Ports,
     ) -> Self {
         Self::new(
-            ActionService::new(log.clone(), keyring, client).with_integrations(integrations),
+            ActionService::new(log.clone(), keyring, client).with_ports(ports),
             ActionStore::new(log),
         )
     }
@@ -108,6 +108,17 @@ fn definition_violations(
     };
     found.extend(service.connection_violation(definition));
     found
+}
+
+/// An `integration_id` field's violation, if it is not an integration's id.
+fn integration_id(id: &str) -> Vec<FieldViolation> {
+    if valid_prefixed_id(id, "int_") {
+        return Vec::new();
+    }
+    vec![violation(
+        "integration_id",
+        "required: `int_` followed by 1 to 64 letters, digits, `_` or `-`",
+    )]
 }
 
 fn violation(field: &str, description: &str) -> FieldViolation {
@@ -360,19 +371,36 @@ impl actions_server::Actions for ActionsApi {
             }]));
         }
         let mut tools = Vec::new();
+        let mut levels = std::collections::HashMap::new();
         let mut cursor = String::new();
         loop {
             let (page, next) = self
                 .store
                 .list(&r.workspace_id, true, MAX_LIMIT, &cursor)
                 .await?;
-            // The agent may run only what its permission level allows: the rest is not
-            // offered to the model at all.
-            tools.extend(
-                page.iter()
-                    .filter(|d| d.permission_level <= PermissionLevel::Agent as i32)
-                    .map(domain::agent_tool),
-            );
+            // The agent may run only what its permission level allows (raised by an
+            // integration's): the rest is not offered to the model at all.
+            for definition in &page {
+                let integration = match domain::integration::of(definition) {
+                    None => None,
+                    Some(id) => match levels.get(id) {
+                        Some(level) => Some(*level),
+                        None => {
+                            let found = self
+                                .service
+                                .load_integration(&r.workspace_id, id)
+                                .await?
+                                .map_or(PermissionLevel::Agent as i32, |i| i.permission_level);
+                            levels.insert(id.to_owned(), found);
+                            Some(found)
+                        }
+                    },
+                };
+                let level = definition.permission_level.max(integration.unwrap_or(0));
+                if level <= PermissionLevel::Agent as i32 {
+                    tools.push(domain::agent_tool(definition));
+                }
+            }
             if next.is_empty() {
                 break;
             }
@@ -390,5 +418,59 @@ impl actions_server::Actions for ActionsApi {
                 .collect();
         }
         Ok(Response::new(ListAgentToolsResponse { tools }))
+    }
+    async fn save_integration(
+        &self,
+        request: Request<SaveIntegrationRequest>,
+    ) -> Result<Response<Integration>, Status> {
+        let r = request.into_inner();
+        let given = r.integration.unwrap_or_default();
+        let ctx = context(&given.workspace_id, &r.request_id, None)?;
+        let saved = self
+            .service
+            .save_integration(&ctx, given, r.expected_version)
+            .await?;
+        Ok(Response::new(saved))
+    }
+
+    async fn get_integration(
+        &self,
+        request: Request<GetIntegrationRequest>,
+    ) -> Result<Response<Integration>, Status> {
+        let r = request.into_inner();
+        context_with(&r.workspace_id, "", None, integration_id(&r.integration_id))?;
+        let found = self
+            .service
+            .integration(&r.workspace_id, &r.integration_id)
+            .await?;
+        Ok(Response::new(found))
+    }
+
+    async fn list_integrations(
+        &self,
+        request: Request<ListIntegrationsRequest>,
+    ) -> Result<Response<ListIntegrationsResponse>, Status> {
+        let r = request.into_inner();
+        context(&r.workspace_id, "", None)?;
+        let integrations = self.service.integrations(&r.workspace_id).await?;
+        Ok(Response::new(ListIntegrationsResponse { integrations }))
+    }
+
+    async fn delete_integration(
+        &self,
+        request: Request<DeleteIntegrationRequest>,
+    ) -> Result<Response<Integration>, Status> {
+        let r = request.into_inner();
+        let ctx = context_with(
+            &r.workspace_id,
+            &r.request_id,
+            None,
+            integration_id(&r.integration_id),
+        )?;
+        let deleted = self
+            .service
+            .delete_integration(&ctx, &r.integration_id)
+            .await?;
+        Ok(Response::new(deleted))
     }
 }

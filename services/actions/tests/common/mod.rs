@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use switchboard_actions::integrations::{Integrations, QueryDatabases};
+use switchboard_actions::ports::{Ports, QueryDatabases};
 use switchboard_eventlog::testing::{TestSchema, unique_name};
 use switchboard_eventlog::{EventLog, StoreConfig};
 use switchboard_proto::actions::v1::actions_client::ActionsClient;
@@ -62,7 +62,7 @@ impl Harness {
         .await
         .unwrap();
         conversations_log.migrate().await.unwrap();
-        let integrations = Integrations {
+        let ports = Ports {
             conversations: Arc::new(
                 switchboard_clients::ConversationsClient::connect_lazy(
                     &switchboard_clients::ClientConfig::new(
@@ -78,18 +78,13 @@ impl Harness {
                 switchboard_eventlog::testing::database_url()
             ))
             .unwrap(),
-            ..Integrations::default()
+            ..Ports::default()
         };
         let server = GrpcServer::new()
             .add_service(
                 switchboard_actions::GRPC_SERVICE,
-                switchboard_actions::ActionsApi::over(
-                    log.clone(),
-                    keyring,
-                    outbound(),
-                    integrations,
-                )
-                .into_server(),
+                switchboard_actions::ActionsApi::over(log.clone(), keyring, outbound(), ports)
+                    .into_server(),
             )
             .add_service(
                 switchboard_conversations::GRPC_SERVICE,

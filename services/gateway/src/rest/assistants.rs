@@ -50,6 +50,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_draft, save_draft))
         .routes(routes!(publish))
         .routes(routes!(undo))
+        .routes(routes!(replay_draft))
 }
 
 fn assistant_ref(caller: &Caller, id: &str) -> pb::AssistantRef {
@@ -171,6 +172,53 @@ async fn undo(
         .discard_assistant_draft(assistant_ref(&caller, &id))
         .await?;
     Ok(with_etag(StatusCode::OK, assistant))
+}
+
+proto_schema!(
+    /// Recorded runs replayed on what was published and on the draft, and where they part.
+    ReplayReportJson = "switchboard.flows.v1.ReplayReport" as "ReplayReport",
+    omit [],
+    strict = false
+);
+
+/// How many recent runs a replay takes.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ReplayParams {
+    /// Recent runs to replay: 50 by default, at most 500.
+    limit: Option<u32>,
+}
+
+/// Replays the assistant's recent recorded conversations against its draft (its
+/// instructions, tools and flow) and reports where the draft would behave differently.
+/// Changes nothing: no message is sent and no action runs.
+#[utoipa::path(
+    post, path = "/assistants/{id}/draft/replay", tag = "assistants",
+    params(("id" = String, Path, description = "The assistant's id, `asst_...`"), ReplayParams),
+    responses(
+        (status = 200, description = "What the draft would do differently", body = ReplayReportJson),
+        (status = "4XX", description = "Refused; 409 when there is no draft", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn replay_draft(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(params): Query<ReplayParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    caller.require(RESOURCE, Access::Read)?;
+    let report = state
+        .flows_for(&caller)?
+        .replay_assistant_draft(pb::ReplayAssistantDraftRequest {
+            workspace_id: caller.workspace_id.clone(),
+            assistant_id: id,
+            limit: params.limit.unwrap_or(0),
+        })
+        .await?;
+    Ok(axum::Json(proto_json::to_json(
+        "switchboard.flows.v1.ReplayReport",
+        &report,
+    )))
 }
 
 fn with_etag(status: StatusCode, assistant: pb::Assistant) -> Response {

@@ -15,6 +15,7 @@ pub mod conversations;
 pub mod extract;
 pub mod flows;
 pub mod insights;
+pub mod integrations;
 pub mod model_providers;
 pub mod problem;
 pub mod proto_json;
@@ -147,6 +148,7 @@ pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(collections::routes())
         .merge(webhook_endpoints::routes())
         .merge(actions::routes())
+        .merge(integrations::routes())
         .merge(flows::routes())
         .merge(assistants::routes())
         .merge(model_providers::routes())
