@@ -15,13 +15,14 @@ use serde_json::{Map, Value as Json};
 use switchboard_eventlog::{EventLog, now_micros};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::actions::v1::{
-    ActionDefinition, ActionKind, AuthKind, ExecutionResult, FailureReason, HttpAuth, HttpSpec,
-    Integration, Outcome, PermissionLevel, RenderedRequest,
+    ActionDefinition, ActionKind, AuthKind, BatchSpec, ExecutionResult, FailureReason, HttpAuth,
+    HttpSpec, Integration, Outcome, PermissionLevel, RenderedRequest, ResponseMapping,
 };
 use switchboard_proto::events::v1::ConversationStatus;
 use switchboard_secrets::{Keyring, REDACTED, Secret, redact};
 use switchboard_template::{Renderer, map_response};
 
+use crate::batch::{Batches, Delivered, KeyOutcome, Role};
 use crate::domain::{self, compute, integration, request_spec, secret_owner};
 use crate::ports::{Call, ConversationUpdate, PortError, Ports};
 
@@ -57,6 +58,8 @@ pub struct Executor {
     keyring: Arc<Keyring>,
     renderer: Arc<Renderer>,
     limits: Arc<Throttles>,
+    /// Calls of batched actions gathering to go out together.
+    batches: Arc<Batches>,
     ports: Ports,
     /// Where rate limits are kept for every replica; without it, in this process.
     shared_limits: Option<EventLog>,
@@ -185,6 +188,7 @@ impl Executor {
             keyring,
             renderer: Arc::new(Renderer::default()),
             limits: Arc::default(),
+            batches: Arc::default(),
             ports: Ports::default(),
             shared_limits: None,
         }
@@ -580,8 +584,269 @@ impl Executor {
             .collect()
     }
 
-    /// Makes the action's HTTP request with `vars`: rate limit, cache, retries, mapping.
+    /// Makes the action's HTTP request with `vars`, batched with others when the action
+    /// says so (never for a test run).
     async fn request(
+        &self,
+        invocation: &Invocation<'_>,
+        http: &HttpSpec,
+        vars: &Json,
+        secrets: &Secrets,
+        result: &mut ExecutionResult,
+    ) -> Result<Map<String, Json>, Failure> {
+        match &http.batch {
+            Some(batch) if !invocation.test => {
+                self.batched(invocation, http, batch, vars, secrets, result)
+                    .await
+            }
+            _ => self.send(invocation, http, vars, secrets, result).await,
+        }
+    }
+
+    /// One call of a batched action: it joins the open group of calls that would send the
+    /// same request but for their keys (or leads a new one), and takes its item of the
+    /// answer; alone, or when its leader went away, it is sent as usual.
+    async fn batched(
+        &self,
+        invocation: &Invocation<'_>,
+        http: &HttpSpec,
+        batch: &BatchSpec,
+        vars: &Json,
+        secrets: &Secrets,
+        result: &mut ExecutionResult,
+    ) -> Result<Map<String, Json>, Failure> {
+        let definition = invocation.definition;
+        let invalid = |e: switchboard_template::TemplateError| {
+            fail(FailureReason::InvalidInput, format!("batch: {e}"))
+        };
+        let key = self
+            .renderer
+            .render_text(&batch.key, vars)
+            .map_err(invalid)?
+            .trim()
+            .to_owned();
+        if key.is_empty() {
+            return Err(fail(
+                FailureReason::InvalidInput,
+                "batch: the call's key renders empty",
+            ));
+        }
+        let mut shape = vars.clone();
+        if let Some(object) = shape.as_object_mut() {
+            object.insert("batch".into(), serde_json::json!({"keys": ""}));
+        }
+        let mut group = format!(
+            "{}/{}@{} {}",
+            definition.workspace_id,
+            definition.id,
+            definition.version,
+            self.renderer
+                .render_text(&batch.url, &shape)
+                .map_err(invalid)?
+        );
+        let mut names: Vec<&String> = http.headers.keys().collect();
+        names.sort();
+        for name in names {
+            let value = self
+                .renderer
+                .render_text(&http.headers[name], vars)
+                .map_err(invalid)?;
+            group.push_str(&format!("\n{name}: {value}"));
+        }
+        let max_size = batch.max_size.clamp(2, domain::limits::BATCH_SIZE_MAX) as usize;
+        let outcome = match self.batches.join(&group, &key, max_size) {
+            Role::Leader(leader) => {
+                let full = leader.full.clone();
+                let window = Duration::from_millis(u64::from(batch.window_ms.max(1)));
+                tokio::select! {
+                    _ = tokio::time::sleep(window) => {}
+                    _ = full.notified() => {}
+                }
+                let taken = leader.take();
+                let keys = if taken.keys.is_empty() {
+                    vec![key.clone()]
+                } else {
+                    taken.keys.clone()
+                };
+                let delivered: Delivered = Arc::new(
+                    self.send_batch(invocation, http, batch, vars, secrets, &keys)
+                        .await,
+                );
+                taken.deliver(&delivered);
+                delivered.get(&key).cloned()
+            }
+            Role::Follower(waiting) => {
+                match tokio::time::timeout(lease_for(definition), waiting).await {
+                    Ok(Ok(delivered)) => delivered.get(&key).cloned(),
+                    _ => None,
+                }
+            }
+        };
+        let Some(outcome) = outcome else {
+            result.batch_size = 1;
+            return self.send(invocation, http, vars, secrets, result).await;
+        };
+        result.status_code = outcome.status_code;
+        result.response_body = outcome.response_body;
+        result.response_truncated = outcome.response_truncated;
+        result.attempts = outcome.attempts;
+        result.request = outcome.request;
+        result.batch_size = outcome.batch_size;
+        outcome
+            .outputs
+            .map_err(|(reason, error)| fail(reason, error))
+    }
+
+    /// Sends one request for `keys` and answers each key's outcome: a single key goes to
+    /// the action's own URL, several to the batch URL, and each takes its item.
+    async fn send_batch(
+        &self,
+        invocation: &Invocation<'_>,
+        http: &HttpSpec,
+        batch: &BatchSpec,
+        vars: &Json,
+        secrets: &Secrets,
+        keys: &[String],
+    ) -> HashMap<String, KeyOutcome> {
+        let mut sent = ExecutionResult::default();
+        let outcome = |sent: &ExecutionResult, outputs, body: String, truncated| KeyOutcome {
+            outputs,
+            status_code: sent.status_code,
+            response_body: body,
+            response_truncated: truncated,
+            attempts: sent.attempts,
+            request: sent.request.clone(),
+            batch_size: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+        };
+        let as_pair = |f: Failure| (f.reason, f.error);
+        if let [key] = keys {
+            let outputs = self
+                .send(invocation, http, vars, secrets, &mut sent)
+                .await
+                .map_err(as_pair);
+            let (body, truncated) = (sent.response_body.clone(), sent.response_truncated);
+            return HashMap::from([(key.clone(), outcome(&sent, outputs, body, truncated))]);
+        }
+        let separator = if batch.separator.is_empty() {
+            ","
+        } else {
+            &batch.separator
+        };
+        let mut batch_vars = vars.clone();
+        if let Some(object) = batch_vars.as_object_mut() {
+            object.insert(
+                "batch".into(),
+                serde_json::json!({"keys": keys.join(separator)}),
+            );
+        }
+        let batch_http = HttpSpec {
+            url: batch.url.clone(),
+            batch: None,
+            cache_ttl_seconds: 0,
+            response_mapping: vec![ResponseMapping {
+                name: "items".into(),
+                path: batch.items_path.clone(),
+                kind: "array".into(),
+                required: true,
+                ..Default::default()
+            }],
+            ..http.clone()
+        };
+        // The batch's own key: the same keys make the same request.
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut sorted = keys.to_vec();
+            sorted.sort();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            sorted.hash(&mut hasher);
+            invocation.definition.id.hash(&mut hasher);
+            hasher.finish()
+        };
+        let batch_invocation = Invocation {
+            definition: invocation.definition,
+            integration: invocation.integration,
+            variables: batch_vars.clone(),
+            idempotency_key: format!("batch-{digest:016x}"),
+            traceparent: invocation.traceparent.clone(),
+            confirmed: invocation.confirmed,
+            caller: invocation.caller,
+            conversation_id: String::new(),
+            test: false,
+        };
+        let answer = self
+            .send(
+                &batch_invocation,
+                &batch_http,
+                &batch_vars,
+                secrets,
+                &mut sent,
+            )
+            .await;
+        let mut items = match answer {
+            Ok(mut mapped) => match mapped.remove("items") {
+                Some(Json::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            Err(failure) => {
+                let failure = as_pair(failure);
+                let (body, truncated) = (sent.response_body.clone(), sent.response_truncated);
+                return keys
+                    .iter()
+                    .map(|k| {
+                        let failed = outcome(&sent, Err(failure.clone()), body.clone(), truncated);
+                        (k.clone(), failed)
+                    })
+                    .collect();
+            }
+        };
+        let key_of = domain::mapping(&ResponseMapping {
+            name: "key".into(),
+            path: batch.item_key_path.clone(),
+            ..Default::default()
+        });
+        let mappings: Result<Vec<_>, String> =
+            http.response_mapping.iter().map(domain::mapping).collect();
+        let secret_refs: Vec<&Secret> = secrets.all.iter().collect();
+        let mut by_key: HashMap<String, Json> = HashMap::new();
+        if let Ok(key_of) = &key_of {
+            for item in items.drain(..) {
+                let found = map_response(&item, std::slice::from_ref(key_of))
+                    .ok()
+                    .and_then(|mut m| m.remove("key"));
+                let text = match found {
+                    Some(Json::String(text)) => text,
+                    Some(Json::Null) | None => continue,
+                    Some(other) => other.to_string(),
+                };
+                by_key.entry(text).or_insert(item);
+            }
+        }
+        keys.iter()
+            .map(|k| {
+                let Some(item) = by_key.get(k) else {
+                    let missing = Err((
+                        FailureReason::Mapping,
+                        format!("the batch answer has no item with key `{k}`"),
+                    ));
+                    return (k.clone(), outcome(&sent, missing, String::new(), false));
+                };
+                let outputs = match &mappings {
+                    Ok(m) if m.is_empty() => Ok(Map::new()),
+                    Ok(m) => {
+                        map_response(item, m).map_err(|e| (FailureReason::Mapping, e.to_string()))
+                    }
+                    Err(e) => Err((FailureReason::Mapping, e.clone())),
+                };
+                let text = item.to_string();
+                let (kept, truncated) = keep(&text);
+                let body = redact(&kept, &secret_refs);
+                (k.clone(), outcome(&sent, outputs, body, truncated))
+            })
+            .collect()
+    }
+
+    /// Makes the action's HTTP request with `vars`: rate limit, cache, retries, mapping.
+    async fn send(
         &self,
         invocation: &Invocation<'_>,
         http: &HttpSpec,
@@ -789,14 +1054,8 @@ impl Executor {
             Err(e) => return Err((fail(FailureReason::Network, describe_network(&e)), true)),
         };
         let text = String::from_utf8_lossy(&body);
-        let kept: String = text
-            .chars()
-            .scan(0usize, |n, c| {
-                *n += c.len_utf8();
-                (*n <= RESPONSE_KEEP_BYTES).then_some(c)
-            })
-            .collect();
-        result.response_truncated = truncated || kept.len() < text.len();
+        let (kept, cut) = keep(&text);
+        result.response_truncated = truncated || cut;
         result.response_body = redact(&kept, secrets);
         if status.as_u16() == 429 {
             return Err((
@@ -1251,6 +1510,19 @@ fn collect_strings(value: Option<&Json>, out: &mut Vec<Secret>) {
 }
 
 /// Reads at most [`RESPONSE_READ_BYTES`]; `true` when there was more.
+/// The first [`RESPONSE_KEEP_BYTES`] of `text` (whole characters), and whether that cut it.
+fn keep(text: &str) -> (String, bool) {
+    let kept: String = text
+        .chars()
+        .scan(0usize, |n, c| {
+            *n += c.len_utf8();
+            (*n <= RESPONSE_KEEP_BYTES).then_some(c)
+        })
+        .collect();
+    let cut = kept.len() < text.len();
+    (kept, cut)
+}
+
 async fn read_body(response: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
     switchboard_outbound::read_capped(response, RESPONSE_READ_BYTES).await
 }

@@ -20,6 +20,7 @@
 //! - [`grpc`]: the tonic service.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod consumers;
 pub mod domain;
 pub mod execute;

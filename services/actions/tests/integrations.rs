@@ -7,7 +7,9 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,6 +29,21 @@ async fn shop() -> (SocketAddr, Seen) {
                 |State(s): State<Seen>, Path(number): Path<String>, h: HeaderMap| async move {
                     s.lock().unwrap().push((format!("orders/{number}"), h));
                     Json(serde_json::json!({"status": "shipped", "number": number}))
+                },
+            ),
+        )
+        .route(
+            "/api/orders",
+            get(
+                |State(s): State<Seen>, Query(q): Query<HashMap<String, String>>, h: HeaderMap| async move {
+                    let ids = q.get("ids").cloned().unwrap_or_default();
+                    s.lock().unwrap().push((format!("batch/{ids}"), h));
+                    let orders: Vec<serde_json::Value> = ids
+                        .split(',')
+                        .filter(|id| *id != "missing")
+                        .map(|id| serde_json::json!({"number": id, "status": format!("status of {id}")}))
+                        .collect();
+                    Json(serde_json::json!({"orders": orders}))
                 },
             ),
         )
@@ -465,5 +482,151 @@ async fn a_replace_keeps_the_secret_and_bad_input_names_every_field() {
         .integrations;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].operations.len(), 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn similar_lookups_made_together_go_as_one_batch() {
+    for postgres in [true, false] {
+        let (addr, seen) = shop().await;
+        let mut h = Harness::start(postgres).await;
+        let shop = save(&mut h, integration("shop", addr), "").await;
+        let mut lookup = operation(
+            "order_status",
+            &shop.id,
+            "GET",
+            "/orders/{{ input.number }}",
+        );
+        let http = lookup.http.as_mut().unwrap();
+        http.response_mapping = vec![ResponseMapping {
+            name: "status".into(),
+            path: "$.status".into(),
+            kind: "string".into(),
+            required: true,
+            ..Default::default()
+        }];
+        http.batch = Some(BatchSpec {
+            url: "/orders?ids={{ batch.keys }}".into(),
+            key: "{{ input.number }}".into(),
+            items_path: "$.orders".into(),
+            item_key_path: "$.number".into(),
+            window_ms: 1000,
+            max_size: 5,
+            separator: String::new(),
+        });
+        let lookup = create(&mut h, lookup).await.unwrap();
+        assert_eq!(
+            lookup
+                .http
+                .as_ref()
+                .unwrap()
+                .batch
+                .as_ref()
+                .unwrap()
+                .separator,
+            ","
+        );
+
+        // Five lookups at once (one of an order the shop does not know): one request.
+        let keys = ["n1", "n2", "n3", "n4", "missing"];
+        let calls = keys.iter().map(|key| {
+            let mut client = h.client.clone();
+            let request = ExecuteActionRequest {
+                workspace_id: WS.into(),
+                action_id: lookup.id.clone(),
+                variables_json: serde_json::json!({"input": {"number": key}}).to_string(),
+                idempotency_key: format!("batch-{key}"),
+                ..Default::default()
+            };
+            async move { client.execute_action(request).await.unwrap().into_inner() }
+        });
+        let results = futures::future::join_all(calls).await;
+        let routes: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect();
+        assert_eq!(routes.len(), 1, "one request for the five: {routes:?}");
+        let mut sent: Vec<&str> = routes[0].trim_start_matches("batch/").split(',').collect();
+        sent.sort();
+        assert_eq!(sent, ["missing", "n1", "n2", "n3", "n4"]);
+        for (key, result) in keys.iter().zip(&results) {
+            assert_eq!(result.batch_size, 5, "{result:?}");
+            if *key == "missing" {
+                assert_eq!(result.reason, FailureReason::Mapping as i32, "{result:?}");
+                assert!(
+                    result.error.contains("no item with key `missing`"),
+                    "{}",
+                    result.error
+                );
+                continue;
+            }
+            assert_eq!(result.outcome, Outcome::Success as i32, "{result:?}");
+            let outputs: serde_json::Value = serde_json::from_str(&result.outputs_json).unwrap();
+            assert_eq!(outputs["status"], format!("status of {key}"));
+            assert!(
+                result.response_body.contains(&format!("\"{key}\"")),
+                "{}",
+                result.response_body
+            );
+            assert!(
+                result
+                    .request
+                    .as_ref()
+                    .unwrap()
+                    .url
+                    .contains("/api/orders?ids=")
+            );
+        }
+        assert_eq!(
+            seen.lock().unwrap()[0].1["authorization"],
+            format!("Bearer {SECRET}"),
+            "the batch goes with the integration's credentials"
+        );
+
+        // A lookup alone goes to the action's own URL; a repeated key answers as recorded.
+        let alone = execute(&mut h, &lookup, "n9", PermissionLevel::Agent).await;
+        assert_eq!(alone.outcome, Outcome::Success as i32, "{alone:?}");
+        assert_eq!(alone.batch_size, 1);
+        assert_eq!(seen.lock().unwrap().last().unwrap().0, "orders/n9");
+        h.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_spec_is_checked_field_by_field() {
+    let (addr, _) = shop().await;
+    let mut h = Harness::start(false).await;
+    let shop = save(&mut h, integration("shop", addr), "").await;
+    let mut bad = operation("bad_batch", &shop.id, "GET", "/orders/{{ input.number }}");
+    let http = bad.http.as_mut().unwrap();
+    http.cache_ttl_seconds = 60;
+    http.batch = Some(BatchSpec {
+        url: "https://elsewhere.example/orders".into(),
+        key: String::new(),
+        items_path: "$[".into(),
+        item_key_path: String::new(),
+        window_ms: 5000,
+        max_size: 1,
+        separator: "0123456789".into(),
+    });
+    let refused = create(&mut h, bad).await.unwrap_err();
+    let mut found = fields(&refused);
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "http.batch",
+            "http.batch.item_key_path",
+            "http.batch.items_path",
+            "http.batch.key",
+            "http.batch.max_size",
+            "http.batch.separator",
+            "http.batch.url",
+            "http.batch.window_ms",
+        ],
+        "{refused:?}"
+    );
     h.stop().await;
 }

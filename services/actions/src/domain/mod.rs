@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use prost::Message as _;
 use switchboard_eventlog::{EventLogError, RecordedEvent};
 use switchboard_proto::actions::v1::{
-    ActionChanged, ActionDefinition, ActionKind, AuthKind, HttpAuth, HttpSpec, PermissionLevel,
-    RetryPolicy,
+    ActionChanged, ActionDefinition, ActionKind, AuthKind, BatchSpec, HttpAuth, HttpSpec,
+    PermissionLevel, ResponseMapping, RetryPolicy,
 };
 use switchboard_template::{Kind, Mapping, Renderer};
 
@@ -36,6 +36,10 @@ pub mod limits {
     pub const CACHE_TTL_MAX: u32 = 86_400;
     pub const MAPPINGS: usize = 50;
     pub const SECRET_BYTES: usize = 8 * 1024;
+    pub const BATCH_WINDOW_MS_DEFAULT: u32 = 20;
+    pub const BATCH_WINDOW_MS_MAX: u32 = 1_000;
+    pub const BATCH_SIZE_DEFAULT: u32 = 50;
+    pub const BATCH_SIZE_MAX: u32 = 100;
 }
 
 /// Namespaces a template may read: what the flow runtime provides when it runs an action.
@@ -271,6 +275,17 @@ fn normalize(definition: &mut ActionDefinition) {
         // The plain secret never reaches the log; the handler sealed it already.
         auth.secret.clear();
         auth.secret_set = !auth.sealed_secret.is_empty();
+        if let Some(batch) = http.batch.as_mut() {
+            if batch.window_ms == 0 {
+                batch.window_ms = limits::BATCH_WINDOW_MS_DEFAULT;
+            }
+            if batch.max_size == 0 {
+                batch.max_size = limits::BATCH_SIZE_DEFAULT;
+            }
+            if batch.separator.is_empty() {
+                batch.separator = ",".into();
+            }
+        }
     }
 }
 
@@ -547,6 +562,88 @@ pub(crate) fn validate_http(v: &mut Violations, http: &HttpSpec, previous_auth: 
         }
     }
     validate_auth(v, http.auth.as_ref(), previous_auth);
+    if let Some(batch) = &http.batch {
+        if method != "GET" {
+            v.push("batch", "only GET lookups are batched");
+        }
+        if http.cache_ttl_seconds > 0 {
+            v.push(
+                "batch",
+                "a batched action is not cached: set cache_ttl_seconds to 0",
+            );
+        }
+        v.within("batch.", |v| validate_batch(v, batch, under_integration));
+    }
+}
+
+/// Checks a batch spec; fields are named relative to it.
+fn validate_batch(v: &mut Violations, batch: &BatchSpec, under_integration: bool) {
+    let renderer = Renderer::default();
+    if batch.url.len() > limits::URL_BYTES {
+        v.push("url", format!("at most {} bytes", limits::URL_BYTES));
+    } else if under_integration && !batch.url.starts_with('/') {
+        v.push("url", "under an integration, a path starting with `/`");
+    } else if !(under_integration
+        || batch.url.starts_with("https://")
+        || batch.url.starts_with("http://"))
+    {
+        v.push("url", "must start with https:// or http://");
+    } else {
+        let variables = renderer.variables(&batch.url);
+        if let Ok(found) = &variables
+            && !found.contains("batch.keys")
+        {
+            v.push("url", "must place the keys: `{{ batch.keys }}`");
+        }
+        v.extra_namespaces.push("batch");
+        v.template("url", variables);
+        v.extra_namespaces.pop();
+    }
+    if batch.key.trim().is_empty() {
+        v.push("key", "required: the call's key, `{{ input.number }}`");
+    } else {
+        v.max_bytes("key", &batch.key, limits::HEADER_VALUE_BYTES);
+        v.template("key", renderer.variables(&batch.key));
+    }
+    for (field, path) in [
+        ("items_path", &batch.items_path),
+        ("item_key_path", &batch.item_key_path),
+    ] {
+        let probe = ResponseMapping {
+            name: "probe".into(),
+            path: path.clone(),
+            ..Default::default()
+        };
+        match mapping(&probe).map(|m| m.validate()) {
+            _ if path.trim().is_empty() => v.push(field, "required: a JSONPath"),
+            Ok(Err(e)) => v.push(field, e.to_string()),
+            Err(e) => v.push(field, e),
+            Ok(Ok(())) => {}
+        }
+    }
+    if batch.window_ms > limits::BATCH_WINDOW_MS_MAX {
+        v.push(
+            "window_ms",
+            format!(
+                "1 to {} ms, or 0 for {}",
+                limits::BATCH_WINDOW_MS_MAX,
+                limits::BATCH_WINDOW_MS_DEFAULT
+            ),
+        );
+    }
+    if batch.max_size == 1 || batch.max_size > limits::BATCH_SIZE_MAX {
+        v.push(
+            "max_size",
+            format!(
+                "2 to {}, or 0 for {}",
+                limits::BATCH_SIZE_MAX,
+                limits::BATCH_SIZE_DEFAULT
+            ),
+        );
+    }
+    if batch.separator.len() > 8 {
+        v.push("separator", "at most 8 bytes");
+    }
 }
 
 pub(crate) fn validate_auth(v: &mut Violations, auth: Option<&HttpAuth>, previous: StoredAuth<'_>) {
