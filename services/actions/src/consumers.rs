@@ -121,6 +121,7 @@ impl Handler for ActionRequests {
         if !request.sealed_inputs.is_empty() {
             self.unseal_inputs(&ctx, &request, &mut variables).await?;
         }
+        let trigger = request.triggered_by();
         let run = RunRequest {
             action_id: request.action_id,
             variables,
@@ -128,6 +129,7 @@ impl Handler for ActionRequests {
             confirmed: request.confirmed,
             caller: PermissionLevel::try_from(request.caller_permission)
                 .unwrap_or(PermissionLevel::Agent),
+            trigger,
             conversation_id: request.conversation_id,
             test: false,
             run_id: request.run_id,

@@ -16,7 +16,7 @@ use switchboard_eventlog::{EventLog, now_micros};
 use switchboard_outbound::{GuardedClient, OutboundError};
 use switchboard_proto::actions::v1::{
     ActionDefinition, ActionKind, AuthKind, BatchSpec, ExecutionResult, FailureReason, HttpAuth,
-    HttpSpec, Integration, Outcome, PermissionLevel, RenderedRequest, ResponseMapping,
+    HttpSpec, Integration, Outcome, PermissionLevel, RenderedRequest, ResponseMapping, Trigger,
 };
 use switchboard_proto::events::v1::ConversationStatus;
 use switchboard_secrets::{Keyring, REDACTED, Secret, redact};
@@ -44,6 +44,8 @@ pub struct Invocation<'a> {
     pub traceparent: String,
     pub confirmed: bool,
     pub caller: PermissionLevel,
+    /// Who made the run happen; its level caps `caller`.
+    pub trigger: Trigger,
     /// The conversation the action runs for; empty for none.
     pub conversation_id: String,
     /// A test run: guards for confirmation and permission do not apply, the action may be
@@ -238,7 +240,8 @@ impl Executor {
             action_version: definition.version,
             test: invocation.test,
             kind: definition.kind,
-            caller_permission: invocation.caller as i32,
+            caller_permission: effective_level(&invocation) as i32,
+            triggered_by: invocation.trigger as i32,
             confirmed: invocation.confirmed,
             integration_id: integration::of(definition).unwrap_or_default().to_owned(),
             ..Default::default()
@@ -770,6 +773,7 @@ impl Executor {
             traceparent: invocation.traceparent.clone(),
             confirmed: invocation.confirmed,
             caller: invocation.caller,
+            trigger: invocation.trigger,
             conversation_id: String::new(),
             test: false,
         };
@@ -1415,7 +1419,7 @@ fn guards(invocation: &Invocation<'_>) -> Result<(), Failure> {
             "the action needs the user's confirmation first",
         ));
     }
-    let caller = (invocation.caller as i32).max(PermissionLevel::Agent as i32);
+    let caller = effective_level(invocation) as i32;
     let required = integration::permission_level(definition, invocation.integration)
         .max(PermissionLevel::Agent as i32);
     if caller < required {
@@ -1430,17 +1434,34 @@ fn guards(invocation: &Invocation<'_>) -> Result<(), Failure> {
             }
             _ => String::new(),
         };
+        let from = match invocation.trigger {
+            Trigger::Flow => "a flow's action node, which runs at the AI agent's level".into(),
+            Trigger::Operator => format!("a human operator at the level of {}", who(caller)),
+            Trigger::Api | Trigger::Unspecified => {
+                format!("an API caller at the level of {}", who(caller))
+            }
+            Trigger::Agent => "the AI agent".to_owned(),
+        };
         return Err(fail(
             FailureReason::Forbidden,
             format!(
-                "`{}` may be run only by {} or above{through}; this call came from {}",
+                "`{}` may be run only by {} or above{through}; this call came from {from}",
                 definition.name,
                 who(required),
-                who(caller)
             ),
         ));
     }
     Ok(())
+}
+
+/// The level a run goes at: what the call claims, at most what its trigger may (the agent
+/// and a flow's node act with nobody approving each run: the agent's level).
+fn effective_level(invocation: &Invocation<'_>) -> PermissionLevel {
+    let claimed = invocation.caller.max(PermissionLevel::Agent);
+    match invocation.trigger {
+        Trigger::Agent | Trigger::Flow => PermissionLevel::Agent,
+        Trigger::Operator | Trigger::Api | Trigger::Unspecified => claimed,
+    }
 }
 
 /// `variables.input` against the action's input JSON Schema.

@@ -11,7 +11,7 @@ use switchboard_eventlog::{
 use switchboard_outbound::GuardedClient;
 use switchboard_proto::actions::v1::{
     ActionDefinition, ActionExecutedEvent, ExecutionCompleted, ExecutionResult, ExecutionStarted,
-    PermissionLevel,
+    PermissionLevel, Trigger,
 };
 use switchboard_secrets::Keyring;
 use tracing::Instrument as _;
@@ -102,6 +102,8 @@ pub struct RunRequest {
     pub idempotency_key: String,
     pub confirmed: bool,
     pub caller: PermissionLevel,
+    /// Who made the run happen; its level caps `caller`.
+    pub trigger: Trigger,
     pub conversation_id: String,
     pub test: bool,
     /// The flow run and node that asked, when a flow did.
@@ -253,6 +255,7 @@ impl ActionService {
                 traceparent: ctx.traceparent.clone(),
                 confirmed: request.confirmed,
                 caller: request.caller,
+                trigger: request.trigger,
                 conversation_id: request.conversation_id.clone(),
                 test: request.test,
             })

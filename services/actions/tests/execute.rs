@@ -255,12 +255,49 @@ async fn failures_have_reasons() {
     let mut admin = http_action("admin_only", "GET", format!("{base}/orders/1"));
     admin.permission_level = PermissionLevel::Admin as i32;
     let admin = define(&mut h, admin).await;
-    let result = execute(&mut h, run(&admin, "admin-1", serde_json::json!({}))).await;
+    let mut by_agent = run(&admin, "admin-1", serde_json::json!({}));
+    by_agent.triggered_by = Trigger::Agent as i32;
+    let result = execute(&mut h, by_agent).await;
     assert_eq!(result.reason, FailureReason::Forbidden as i32);
     assert_eq!(
         result.error,
         "`admin_only` may be run only by a workspace administrator or above; this call came \
          from the AI agent"
+    );
+    // Who triggers caps the level a call claims: a flow's node runs at the agent's.
+    let mut by_flow = run(&admin, "admin-2", serde_json::json!({}));
+    by_flow.triggered_by = Trigger::Flow as i32;
+    by_flow.caller_permission = PermissionLevel::Admin as i32;
+    let result = execute(&mut h, by_flow).await;
+    assert_eq!(result.reason, FailureReason::Forbidden as i32);
+    assert!(
+        result.error.ends_with(
+            "this call came from a flow's action node, which runs at the AI agent's level"
+        ),
+        "{}",
+        result.error
+    );
+    assert_eq!(result.caller_permission, PermissionLevel::Agent as i32);
+    assert_eq!(result.triggered_by, Trigger::Flow as i32);
+    let mut by_human = run(&admin, "admin-3", serde_json::json!({}));
+    by_human.triggered_by = Trigger::Operator as i32;
+    by_human.caller_permission = PermissionLevel::Human as i32;
+    let result = execute(&mut h, by_human).await;
+    assert!(
+        result
+            .error
+            .ends_with("this call came from a human operator at the level of a human teammate"),
+        "{}",
+        result.error
+    );
+    let mut by_admin = run(&admin, "admin-4", serde_json::json!({}));
+    by_admin.triggered_by = Trigger::Operator as i32;
+    by_admin.caller_permission = PermissionLevel::Admin as i32;
+    let result = execute(&mut h, by_admin).await;
+    assert_eq!(result.outcome, Outcome::Success as i32, "{result:?}");
+    assert_eq!(
+        (result.caller_permission, result.triggered_by),
+        (PermissionLevel::Admin as i32, Trigger::Operator as i32)
     );
 
     let lookup = define(
@@ -301,7 +338,11 @@ async fn failures_have_reasons() {
     .await;
     let result = execute(&mut h, run(&metadata, "meta-1", serde_json::json!({}))).await;
     assert_eq!(result.reason, FailureReason::DestinationBlocked as i32);
-    assert_eq!(calls(&seen, "orders"), 1, "refused runs made no call");
+    assert_eq!(
+        calls(&seen, "orders"),
+        2,
+        "refused runs made no call (the confirmed one and the administrator's did)"
+    );
     h.stop().await;
 }
 

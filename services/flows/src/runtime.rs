@@ -21,7 +21,7 @@ use switchboard_eventlog::{
     derive_event_id, micros, now_micros, timestamp,
 };
 use switchboard_proto::actions::v1::{
-    ActionRequested, ExecutionCompleted, Outcome, PermissionLevel,
+    ActionRequested, ExecutionCompleted, Outcome, PermissionLevel, Trigger,
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
@@ -805,12 +805,18 @@ fn new_events(
             sealed_inputs,
         } = event
         {
-            // An agent's tool call the customer confirmed runs as confirmed.
-            let confirmed = after
+            // An agent's tool call the customer confirmed runs as confirmed; the agent's
+            // calls are its own, every other the flow's.
+            let call = after
                 .agent
                 .as_ref()
-                .and_then(|a| a.calls.iter().find(|c| c.key == *key))
-                .is_some_and(|c| c.confirmed_by.is_some());
+                .and_then(|a| a.calls.iter().find(|c| c.key == *key));
+            let confirmed = call.is_some_and(|c| c.confirmed_by.is_some());
+            let triggered_by = if call.is_some() {
+                Trigger::Agent
+            } else {
+                Trigger::Flow
+            };
             // What the actions service runs: the node's inputs under `input`, beside the
             // run's variables (which never hold `secure`); inputs that read `secure.*` go
             // as templates, rendered by the actions service.
@@ -831,6 +837,7 @@ fn new_events(
                     node_id: node.clone(),
                     confirmed,
                     caller_permission: PermissionLevel::Agent as i32,
+                    triggered_by: triggered_by as i32,
                     inject_result: false,
                     sealed_inputs: sealed_inputs.clone().into_iter().collect(),
                 }

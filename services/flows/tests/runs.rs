@@ -11,7 +11,7 @@ use switchboard_eventlog::{EventLog, HandleError, Handler, Metadata, RecordedEve
 use switchboard_flows::domain::run::{Effect, Input, Run, RunEvent, Status};
 use switchboard_flows::runtime::{ACTION_COMPLETED, ACTION_REQUESTED, ActionOutcomes, RunService};
 use switchboard_proto::actions::v1::{
-    ActionKind, ActionRequested, ExecutionCompleted, ExecutionResult, Outcome,
+    ActionKind, ActionRequested, ExecutionCompleted, ExecutionResult, Outcome, Trigger,
 };
 use switchboard_proto::flows::v1::*;
 
@@ -144,6 +144,8 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
     let asked: ActionRequested = request.decode().unwrap();
     assert_eq!(asked.idempotency_key, key);
     assert_eq!(asked.conversation_id, "conv_1");
+    // The flow's own node: it runs at the agent's level, named as the flow's.
+    assert_eq!(asked.triggered_by(), Trigger::Flow);
     let variables: serde_json::Value = serde_json::from_str(&asked.variables_json).unwrap();
     assert_eq!(variables["input"]["order"], "4711");
     assert_eq!(variables["session"]["order"], "4711");

@@ -1120,6 +1120,7 @@ async fn the_openapi_document_describes_every_route_and_the_docs_page_loads_it(b
         "/v1/actions",
         "/v1/actions/{id}",
         "/v1/actions/{id}/test",
+        "/v1/actions/{id}/execute",
         "/v1/actions/{id}/executions",
         "/v1/flows",
         "/v1/flows/{id}",
@@ -1575,6 +1576,74 @@ async fn actions_are_defined_patched_tested_and_deleted_as_their_json(backend: B
     let executions = api.get(&format!("{path}/executions"), &api.a).await;
     assert_eq!(executions.status, StatusCode::OK, "{}", executions.body);
     assert_eq!(executions.body["data"].as_array().unwrap().len(), 1);
+
+    // A run for real, as an API caller: at a human teammate's level, an admin key's at an
+    // administrator's; once per Idempotency-Key.
+    let run = json!({"variables": {"input": {"price": 10, "quantity": 3}}});
+    let executed = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{path}/execute"),
+            &api.a,
+            Some(run.clone()),
+            &[("idempotency-key", "exec-1")],
+        )
+        .await;
+    assert_eq!(executed.status, StatusCode::OK, "{}", executed.body);
+    assert_eq!(
+        executed.body["outcome"], "OUTCOME_SUCCESS",
+        "{}",
+        executed.body
+    );
+    assert_eq!(executed.body["triggered_by"], "TRIGGER_API");
+    assert_eq!(executed.body["caller_permission"], "PERMISSION_LEVEL_HUMAN");
+    assert_eq!(executed.body["test"], false);
+    let mut admin_only = definition.clone();
+    admin_only["name"] = json!("admin_total");
+    admin_only["permission_level"] = json!("PERMISSION_LEVEL_ADMIN");
+    let admin_only = api.post("/v1/actions", &api.a, admin_only).await;
+    let admin_path = format!("/v1/actions/{}", admin_only.body["id"].as_str().unwrap());
+    let refused = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{admin_path}/execute"),
+            &api.a,
+            Some(run.clone()),
+            &[("idempotency-key", "exec-2")],
+        )
+        .await;
+    assert_eq!(
+        refused.body["reason"], "FAILURE_REASON_FORBIDDEN",
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("an API caller at the level of a human teammate"),
+        "{}",
+        refused.body
+    );
+    let by_admin = api
+        .call(
+            reqwest::Method::POST,
+            &format!("{admin_path}/execute"),
+            &api.a_admin,
+            Some(run),
+            &[("idempotency-key", "exec-3")],
+        )
+        .await;
+    assert_eq!(
+        by_admin.body["outcome"], "OUTCOME_SUCCESS",
+        "{}",
+        by_admin.body
+    );
+    assert_eq!(by_admin.body["caller_permission"], "PERMISSION_LEVEL_ADMIN");
+    let removed = api
+        .call(reqwest::Method::DELETE, &admin_path, &api.a, None, &[])
+        .await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.body);
 
     let etag = api.get(&path, &api.a).await.header("etag");
     let patched = api

@@ -11,7 +11,8 @@ use serde_json::json;
 use switchboard_eventlog::testing::{TestNats, unique_name};
 use switchboard_flows::model_sim::{self, Reply};
 use switchboard_proto::actions::v1::{
-    ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ResponseMapping,
+    ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ListExecutionsRequest, Outcome,
+    PermissionLevel, ResponseMapping, Trigger,
 };
 use switchboard_proto::conversations::v1::{ClickButtonRequest, StartConversationRequest};
 use switchboard_proto::events::v1::Channel;
@@ -331,6 +332,26 @@ async fn look_it_up_and_act(process: &mut Process) {
         "Done: order 4711 is refunded."
     );
     assert_eq!(partner.refund_requests.lock().unwrap().len(), 1);
+    // The log says who: the agent, confirmed by the customer, at the agent's level.
+    let executions = actions_client(process.grpc_port)
+        .await
+        .list_executions(ListExecutionsRequest {
+            workspace_id: WS.into(),
+            action_id: refund.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .executions;
+    let run = executions
+        .iter()
+        .find(|e| e.outcome == Outcome::Success as i32)
+        .expect("the refund's execution");
+    assert_eq!(
+        (run.triggered_by, run.confirmed, run.caller_permission),
+        (Trigger::Agent as i32, true, PermissionLevel::Agent as i32)
+    );
 
     // Declined: never run, and the model is told.
     let declined = conversations

@@ -274,8 +274,12 @@ impl actions_server::Actions for ActionsApi {
         if PermissionLevel::try_from(r.caller_permission).is_err() {
             v.push(violation("caller_permission", "unknown value"));
         }
+        if Trigger::try_from(r.triggered_by).is_err() {
+            v.push(violation("triggered_by", "unknown value"));
+        }
         let variables = variables(&r.variables_json, &mut v);
         let ctx = context_with(&r.workspace_id, "", Some(&r.action_id), v)?;
+        let trigger = r.triggered_by();
         let run = RunRequest {
             action_id: r.action_id,
             variables,
@@ -283,6 +287,7 @@ impl actions_server::Actions for ActionsApi {
             confirmed: r.confirmed,
             caller: PermissionLevel::try_from(r.caller_permission)
                 .unwrap_or(PermissionLevel::Agent),
+            trigger,
             conversation_id: r.conversation_id,
             inject_result: r.inject_result,
             test: false,

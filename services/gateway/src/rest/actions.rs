@@ -60,6 +60,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
             delete_action
         ))
         .routes(routes!(test_action))
+        .routes(routes!(execute_action))
         .routes(routes!(list_executions))
 }
 
@@ -310,6 +311,68 @@ async fn delete_action(
         })
         .await?;
     Ok(Json(Deleted { id, deleted: true }))
+}
+
+/// A run's variables and what the caller vouches for.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"variables": {"input": {"order": "4711"}}, "conversation_id": "conv_01", "confirmed": true}))]
+pub struct Run {
+    /// What the action's templates read (`input.*`, `conversation.*`, ...).
+    #[serde(default)]
+    pub variables: serde_json::Map<String, Value>,
+    /// The conversation it runs for (required by the kinds that act on one).
+    #[serde(default)]
+    pub conversation_id: String,
+    /// The user confirmed it (required by actions with `confirmation_required`).
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+/// Runs an action for real, once per `Idempotency-Key` (a retry with the key answers the
+/// recorded outcome). It runs as an API caller: at a human teammate's level, or a
+/// workspace administrator's with an `admin` key; an action above that is refused with
+/// outcome `forbidden`. A failed run is an outcome (200), not an error.
+#[utoipa::path(
+    post, path = "/actions/{id}/execute", tag = "actions",
+    params(
+        ("id" = String, Path, description = "The action's id, `act_...`"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Runs the action once for the key"),
+    ),
+    request_body = Run,
+    responses(
+        (status = 200, description = "What the run did", body = Execution),
+        (status = "4XX", description = "Refused", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn execute_action(
+    State(state): State<AppState>,
+    caller: Caller,
+    RequestKey(request_id): RequestKey,
+    Path(id): Path<String>,
+    Json(body): Json<Run>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(RESOURCE, Access::Write)?;
+    let level = if caller.scopes.iter().any(|s| s == "admin") {
+        pb::PermissionLevel::Admin
+    } else {
+        pb::PermissionLevel::Human
+    };
+    let result = state
+        .actions_for(&caller)?
+        .execute_action(pb::ExecuteActionRequest {
+            workspace_id: caller.workspace_id.clone(),
+            action_id: id,
+            variables_json: Value::Object(body.variables).to_string(),
+            idempotency_key: request_id,
+            confirmed: body.confirmed,
+            caller_permission: level as i32,
+            conversation_id: body.conversation_id,
+            inject_result: false,
+            triggered_by: pb::Trigger::Api as i32,
+        })
+        .await?;
+    Ok(Json(proto_json::to_json(EXECUTION, &result)))
 }
 
 /// A test run's variables.
