@@ -328,6 +328,7 @@ mod tests {
                 ..Default::default()
             }],
             confirming: None,
+            asked_at: 0,
         };
         let tools = [tool("order_status", false)];
         let request = request(&Prompt {

@@ -511,6 +511,9 @@ impl Handler for ConversationEvents {
                                 sentiment: sentiment.clone(),
                                 message_id: message.id.clone(),
                                 clicked: message.button_click.is_some(),
+                                sent_at: message.created_at.as_ref().map_or(0, |t| {
+                                    t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+                                }),
                             },
                         )
                         .await

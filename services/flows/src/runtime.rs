@@ -202,10 +202,12 @@ pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRe
         RunEvent::ConfirmationAsked {
             node: n,
             call_id,
+            asked_at,
             due_at,
         } => Record::ConfirmationAsked(RunConfirmation {
             node: n.clone(),
             call_id: call_id.clone(),
+            asked_at: Some(timestamp(*asked_at)),
             due_at: Some(timestamp(*due_at)),
             ..Default::default()
         }),
@@ -218,10 +220,10 @@ pub fn encode(event: &RunEvent, pinned: Option<(&str, u32, &str)>) -> RunEventRe
         } => Record::ConfirmationAnswered(RunConfirmation {
             node: n.clone(),
             call_id: call_id.clone(),
-            due_at: None,
             yes: *yes,
             message_id: message_id.clone(),
             text: text.clone(),
+            ..Default::default()
         }),
         RunEvent::ToolResult {
             node: n,
@@ -332,6 +334,7 @@ pub fn decode(record: RunEventRecord) -> Option<RunEvent> {
         Record::ConfirmationAsked(c) => RunEvent::ConfirmationAsked {
             node: c.node,
             call_id: c.call_id,
+            asked_at: c.asked_at.as_ref().map(micros).unwrap_or_default(),
             due_at: c.due_at.as_ref().map(micros).unwrap_or_default(),
         },
         Record::ConfirmationAnswered(c) => RunEvent::ConfirmationAnswered {

@@ -733,6 +733,7 @@ async fn a_run_started_before_its_flow_was_deleted_goes_on(log: EventLog) {
                 sentiment: String::new(),
                 message_id: String::new(),
                 clicked: false,
+                sent_at: 0,
             },
         )
         .await

@@ -120,6 +120,7 @@ async fn a_run_asks_for_its_action_and_goes_on_with_the_outcome_after_a_restart(
                 sentiment: String::new(),
                 message_id: String::new(),
                 clicked: false,
+                sent_at: 0,
             },
         )
         .await
@@ -275,6 +276,7 @@ async fn runs_stay_on_their_version_while_new_ones_take_the_new_one() {
                 sentiment: String::new(),
                 message_id: String::new(),
                 clicked: false,
+                sent_at: 0,
             },
         )
         .await
@@ -537,6 +539,7 @@ async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_diffe
                 sentiment: String::new(),
                 message_id: String::new(),
                 clicked: false,
+                sent_at: 0,
             },
         )
         .await
@@ -682,6 +685,7 @@ async fn a_run_whose_action_never_answers_takes_its_failure_route_at_the_deadlin
             sentiment: String::new(),
             message_id: String::new(),
             clicked: false,
+            sent_at: 0,
         },
     )
     .await

@@ -276,6 +276,7 @@ pub fn simulate(graph: &Graph, recording: &Recording, render: &dyn Render) -> Si
                     sentiment: sentiment.clone(),
                     message_id: "replayed".into(),
                     clicked: false,
+                    sent_at: 0,
                 }
             }
         };
@@ -458,12 +459,14 @@ mod tests {
                 sentiment: "negative".into(),
                 message_id: String::new(),
                 clicked: false,
+                sent_at: 0,
             },
             Input::Message {
                 text: "12345".into(),
                 sentiment: String::new(),
                 message_id: String::new(),
                 clicked: false,
+                sent_at: 0,
             },
             Input::EffectDone {
                 key: "run_1/lookup/1".into(),

@@ -96,6 +96,9 @@ pub struct AgentTurn {
     pub calls: Vec<AgentCall>,
     /// The call the customer is asked to confirm.
     pub confirming: Option<String>,
+    /// When it was asked (microseconds; 0 for runs recorded before this was kept): a
+    /// message the customer sent before it answers nothing.
+    pub asked_at: i64,
 }
 
 /// The built-in tool an agent with a `handover` route offers its model.
@@ -193,10 +196,11 @@ pub enum RunEvent {
         node: String,
         call: AgentCall,
     },
-    /// The customer is asked to confirm a call, until `due_at`.
+    /// The customer is asked to confirm a call, at `asked_at`, until `due_at`.
     ConfirmationAsked {
         node: String,
         call_id: String,
+        asked_at: i64,
         due_at: i64,
     },
     /// Yes or no, by the message `message_id` (empty: nobody answered in time).
@@ -231,6 +235,8 @@ pub enum Input {
         message_id: String,
         /// A click on a button (its value is `text`), not typed words.
         clicked: bool,
+        /// When the customer sent it (microseconds; 0 when unknown).
+        sent_at: i64,
     },
     EffectDone {
         key: String,
@@ -374,9 +380,12 @@ impl Run {
                     agent.calls.push(call.clone());
                 }
             }
-            RunEvent::ConfirmationAsked { call_id, .. } => {
+            RunEvent::ConfirmationAsked {
+                call_id, asked_at, ..
+            } => {
                 if let Some(agent) = &mut self.agent {
                     agent.confirming = Some(call_id.clone());
+                    agent.asked_at = *asked_at;
                 }
                 self.status = Status::WaitingInput;
             }
@@ -534,6 +543,7 @@ impl<'g> Decider<'g> {
                     sentiment,
                     message_id,
                     clicked,
+                    sent_at,
                 },
             ) => {
                 let waiting = *status == Status::WaitingInput;
@@ -558,7 +568,12 @@ impl<'g> Decider<'g> {
                     let next = self.click(&button);
                     return self.go(next);
                 }
+                // Typed before the question was asked (it crossed the question on its
+                // way), it answers nothing: it waits for the turn after.
+                let asked_at = self.run.agent.as_ref().map_or(0, |a| a.asked_at);
+                let before_question = !*clicked && *sent_at > 0 && *sent_at < asked_at;
                 match (waiting, confirming) {
+                    (true, Some(_)) if before_question => None,
                     (true, Some(call_id)) => {
                         self.answer_confirmation(&call_id, message_id, text, *clicked)
                     }
@@ -1160,6 +1175,7 @@ impl<'g> Decider<'g> {
                 self.emit(RunEvent::ConfirmationAsked {
                     node: id.to_owned(),
                     call_id: call.call_id.clone(),
+                    asked_at: self.now,
                     due_at: self.now + i64::from(timeout) * 1_000_000,
                 });
                 return None;
@@ -1541,6 +1557,7 @@ mod tests {
             sentiment: String::new(),
             message_id: "msg_1".into(),
             clicked: false,
+            sent_at: 0,
         }
     }
 
@@ -1893,6 +1910,7 @@ mod tests {
             sentiment: sentiment.into(),
             message_id: "msg_1".into(),
             clicked: false,
+            sent_at: 0,
         };
         let (run, events) = drive(&graph, &[start(), message("negative")]);
         assert_eq!(
@@ -2228,6 +2246,7 @@ mod tests {
             sentiment: String::new(),
             message_id: "msg_9".into(),
             clicked: true,
+            sent_at: 0,
         };
         // The Yes button runs it; a Yes of another question declines it.
         let (_, yes) = drive(
@@ -2270,6 +2289,21 @@ mod tests {
             run.queued.is_empty(),
             "the answer is not a message for a later turn"
         );
+
+        // A yes sent before the question was asked crossed it: it confirms nothing.
+        let early = Input::Message {
+            text: "yes".into(),
+            sentiment: String::new(),
+            message_id: "msg_early".into(),
+            clicked: false,
+            sent_at: NOW - 1,
+        };
+        let (run, events) = drive(&graph, &[start(), refund.clone(), early]);
+        assert_eq!(requested(&events).len(), 1, "nothing ran on the early yes");
+        assert_eq!(run.status, Status::WaitingInput);
+        let agent = run.agent.as_ref().unwrap();
+        assert!(agent.confirming.is_some() && agent.calls[0].confirmed_by.is_none());
+        assert_eq!(run.queued, ["yes"], "it waits for the turn after");
 
         // No: it never runs, and the model hears why.
         let (run, events) = drive(&graph, &[start(), refund.clone(), say("no, wait")]);
@@ -2482,6 +2516,7 @@ mod tests {
             sentiment: String::new(),
             message_id: "msg_2".into(),
             clicked: true,
+            sent_at: 0,
         };
         let (run, events) = drive(&graph, &[start(), click.clone()]);
         let (key, effect, inputs) = last_request(&events);
