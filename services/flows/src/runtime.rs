@@ -25,7 +25,7 @@ use switchboard_proto::actions::v1::{
 };
 use switchboard_proto::flows::v1::run_event_record::Event as Record;
 use switchboard_proto::flows::v1::{
-    Graph, ReplayReport, RunAgentTurn, RunCaptured, RunCondition, RunConfirmation,
+    FlowKind, Graph, ReplayReport, RunAgentTurn, RunCaptured, RunCondition, RunConfirmation,
     RunEffectCompleted, RunEffectRequested, RunEventRecord, RunMessage, RunNode, RunReplay,
     RunStarted, RunText, RunTimer, RunToolCall, RunToolResult, RunVariable,
 };
@@ -364,6 +364,9 @@ pub struct RunService {
     agent_graph: Arc<Graph>,
 }
 
+/// The reason of an End node that hands the conversation to the assistant's own agent.
+pub const HANDED_TO_AGENT: &str = "agent";
+
 /// The graph of an assistant without a conversation flow: its agent keeps the
 /// conversation, answering each customer message; when the model cannot answer, the
 /// customer is told a teammate will follow up.
@@ -584,7 +587,7 @@ impl RunService {
 
     async fn start_with(
         &self,
-        tx: Option<&mut Tx<'_>>,
+        mut tx: Option<&mut Tx<'_>>,
         workspace_id: &str,
         flow_id: &str,
         conversation_id: &str,
@@ -628,25 +631,54 @@ impl RunService {
         let decide = |loaded: &Loaded<RunState>| -> Result<_, Infallible> {
             let now = now_micros();
             let events = run::decide(&graph, &loaded.state.run, &input, now, self.render.as_ref());
-            Ok(Decision::events(new_events(
-                workspace_id,
-                &run_id,
-                &loaded.state,
-                &events,
-                now,
-            )))
+            let new = new_events(workspace_id, &run_id, &loaded.state, &events, now);
+            Ok(Decision::new(new, events))
         };
         let in_tx = tx.is_some();
-        let executed = match tx {
+        let executed = match tx.as_deref_mut() {
             Some(tx) => command.run_in(tx, &Runs, decide).await,
             None => command.run(&Runs, decide).await,
         }
         .map_err(run_command_error)?;
         match executed {
-            // Not committed yet: what was decided is what the run will be.
-            Executed::Appended { state, .. } if in_tx => Ok(state),
+            Executed::Appended { state, output, .. } => {
+                self.hand_over(tx, workspace_id, &state, &output).await?;
+                // Not committed yet: what was decided is what the run will be.
+                if in_tx {
+                    return Ok(state);
+                }
+                self.load(workspace_id, &run_id).await
+            }
             _ => self.load(workspace_id, &run_id).await,
         }
+    }
+
+    /// A conversation flow's run that just ended with reason `agent` hands the
+    /// conversation to the assistant's own agent: its run starts (in the same transaction)
+    /// with the flow's variables, and answers from the customer's next message on.
+    async fn hand_over(
+        &self,
+        tx: Option<&mut Tx<'_>>,
+        workspace_id: &str,
+        ended: &RunState,
+        events: &[RunEvent],
+    ) -> Result<(), ServiceError> {
+        let handed = events
+            .iter()
+            .any(|e| matches!(e, RunEvent::Ended { reason } if reason == HANDED_TO_AGENT));
+        if !handed || ended.flow_id.is_empty() {
+            return Ok(());
+        }
+        let flow = self.flows.load(workspace_id, &ended.flow_id).await?.flow;
+        if flow.kind() != FlowKind::ConversationFlow {
+            return Ok(());
+        }
+        let mut context = ended.run.vars.clone();
+        if let Some(map) = context.as_object_mut() {
+            map.remove("nodes");
+        }
+        Box::pin(self.start_with(tx, workspace_id, "", &ended.conversation_id, context)).await?;
+        Ok(())
     }
 
     /// Applies `input` to the run: decides at the version it read and appends there,
@@ -674,7 +706,7 @@ impl RunService {
 
     async fn handle_with(
         &self,
-        tx: Option<&mut Tx<'_>>,
+        mut tx: Option<&mut Tx<'_>>,
         workspace_id: &str,
         run_id: &str,
         input: Input,
@@ -693,14 +725,16 @@ impl RunService {
             let new = new_events(workspace_id, run_id, &loaded.state, &events, now);
             Ok(Decision::new(new, events))
         };
-        let executed = match tx {
+        let executed = match tx.as_deref_mut() {
             Some(tx) => command.run_in(tx, &Runs, decide).await,
             None => command.run(&Runs, decide).await,
         };
         match executed {
-            Ok(Executed::Appended { output, .. } | Executed::Unchanged { output, .. }) => {
+            Ok(Executed::Appended { state, output, .. }) => {
+                self.hand_over(tx, workspace_id, &state, &output).await?;
                 Ok(output)
             }
+            Ok(Executed::Unchanged { output, .. }) => Ok(output),
             // Run events have ids of their own: never a repeat.
             Ok(Executed::Duplicate { .. }) => Ok(Vec::new()),
             Err(CommandError::Contended { .. }) => Err(ServiceError::FailedPrecondition(
@@ -924,7 +958,6 @@ impl RunService {
         request_id: &str,
         deadline: std::time::Duration,
     ) -> Result<Invocation, ServiceError> {
-        use switchboard_proto::flows::v1::FlowKind;
         let invalid = |field: &str, description: String| {
             ServiceError::Invalid(vec![crate::domain::FieldViolation {
                 field: field.into(),

@@ -835,3 +835,84 @@ async fn post_conversation_workflows_follow_the_conversations_assistant() {
     assert_eq!(state.run.vars["transcript_total"], 0);
     h.stop().await;
 }
+
+/// A conversation flow that ends with reason `agent` hands the conversation to the
+/// assistant's own agent: its run starts with the flow's variables and waits for the
+/// customer; a flow that ends otherwise leaves nothing running.
+#[tokio::test]
+async fn a_flow_that_ends_for_the_agent_hands_the_conversation_over() {
+    let mut h = Harness::start().await;
+    let handing = |reason: &str| Graph {
+        nodes: vec![
+            node("start", node::Kind::Start(Start {})),
+            node(
+                "remember",
+                node::Kind::SetVariable(SetVariable {
+                    variable: "session.topic".into(),
+                    value: "orders".into(),
+                }),
+            ),
+            node("hello", say("Our assistant will take it from here.")),
+            node(
+                "end",
+                node::Kind::End(End {
+                    reason: reason.into(),
+                }),
+            ),
+        ],
+        edges: vec![
+            edge("start", "remember", ""),
+            edge("remember", "hello", ""),
+            edge("hello", "end", ""),
+        ],
+        ..Default::default()
+    };
+    let to_agent = h
+        .create("to_agent", FlowKind::ConversationFlow, handing("agent"))
+        .await;
+    h.publish(&to_agent).await.unwrap();
+    let done = h
+        .create("done", FlowKind::ConversationFlow, handing("completed"))
+        .await;
+    h.publish(&done).await.unwrap();
+    let (runs, _log) = open_runs(&h).await;
+
+    let ended = runs
+        .start(
+            WS,
+            &to_agent.id,
+            "conv_handed",
+            json!({"conversation": {"id": "conv_handed"}}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(ended.run.status, Status::Ended { .. }),
+        "{:?}",
+        ended.run.status
+    );
+    let open = runs.store().open_runs(WS, "conv_handed").await.unwrap();
+    assert_eq!(open.len(), 1, "the agent's run: {open:?}");
+    let agent = runs.load(WS, &open[0]).await.unwrap();
+    assert_eq!((agent.flow_id.as_str(), agent.flow_version), ("", 0));
+    assert_eq!(agent.run.status, Status::WaitingInput);
+    assert_eq!(agent.run.vars["session"]["topic"], "orders");
+    assert_eq!(agent.run.vars["conversation"]["id"], "conv_handed");
+
+    runs.start(
+        WS,
+        &done.id,
+        "conv_done",
+        json!({"conversation": {"id": "conv_done"}}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        runs.store()
+            .open_runs(WS, "conv_done")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.stop().await;
+}
