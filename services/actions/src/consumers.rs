@@ -135,6 +135,7 @@ impl Handler for ActionRequests {
             run_id: request.run_id,
             node_id: request.node_id,
             inject_result: request.inject_result,
+            confirmed_by: request.confirmed_by,
         };
         // The outcome, success or failure, is recorded and published by the run itself.
         // A key another run holds is waited out here, lease by lease, instead of retried

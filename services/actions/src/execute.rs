@@ -486,6 +486,7 @@ impl Executor {
                         &call,
                         &spec.workflow,
                         &inputs,
+                        &conversation_context(vars),
                         Duration::from_millis(u64::from(spec.timeout_ms.max(1))),
                     )
                     .await?;
@@ -906,11 +907,37 @@ impl Executor {
         let mut prepared = self.prepare(invocation, http, vars, credential, token.as_ref())?;
         result.request = Some(prepared.redacted(&secret_refs));
 
+        // The same request: the URL and every header that says whom it is for (templated
+        // ones may read `input.*` or `secure.*`: another customer's token is another
+        // request), kept as a digest so no credential sits in the key.
         let cache_key = (http.cache_ttl_seconds > 0 && prepared.method == reqwest::Method::GET)
             .then(|| {
+                use sha2::Digest as _;
+                let mut digest = sha2::Sha256::new();
+                digest.update(prepared.url.as_str());
+                for (name, value) in &prepared.headers {
+                    if name.eq_ignore_ascii_case("idempotency-key")
+                        || name.eq_ignore_ascii_case("traceparent")
+                    {
+                        continue;
+                    }
+                    digest.update([0]);
+                    digest.update(name.to_ascii_lowercase());
+                    digest.update([0]);
+                    digest.update(value);
+                }
+                if let Some((user, password)) = &prepared.basic {
+                    digest.update([1]);
+                    digest.update(user);
+                    digest.update([0]);
+                    digest.update(password.expose());
+                }
                 format!(
-                    "{}/{}@{} {}",
-                    definition.workspace_id, definition.id, definition.version, prepared.url
+                    "{}/{}@{} {:x}",
+                    definition.workspace_id,
+                    definition.id,
+                    definition.version,
+                    digest.finalize()
                 )
             });
         if let Some(hit) = cache_key.as_deref().and_then(|key| self.limits.cached(key)) {
@@ -1462,6 +1489,27 @@ fn effective_level(invocation: &Invocation<'_>) -> PermissionLevel {
         Trigger::Agent | Trigger::Flow => PermissionLevel::Agent,
         Trigger::Operator | Trigger::Api | Trigger::Unspecified => claimed,
     }
+}
+
+/// What an action workflow may read of the run's variables beside its inputs: the
+/// conversation's (never `secure`, nor the caller's own `session`, `nodes` or `input`).
+fn conversation_context(vars: &Json) -> Map<String, Json> {
+    const SHARED: [&str; 6] = [
+        "conversation",
+        "lead",
+        "agent",
+        "workspace",
+        "message",
+        "analysis",
+    ];
+    vars.as_object()
+        .map(|all| {
+            all.iter()
+                .filter(|(name, _)| SHARED.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `variables.input` against the action's input JSON Schema.

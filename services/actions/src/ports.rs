@@ -74,12 +74,15 @@ pub trait Connexease: Send + Sync {
 
 #[async_trait]
 pub trait Workflows: Send + Sync {
-    /// Runs an action workflow to its answer within `deadline`.
+    /// Runs an action workflow to its answer within `deadline`, with `inputs` as its
+    /// `input` and `context` (the conversation's variables: `conversation`, `lead`, …)
+    /// beside them.
     async fn invoke(
         &self,
         call: &Call<'_>,
         workflow: &str,
         inputs: &Map<String, Json>,
+        context: &Map<String, Json>,
         deadline: Duration,
     ) -> Result<Json, PortError>;
 }
@@ -138,6 +141,7 @@ impl Workflows for NotConnected {
         &self,
         _: &Call<'_>,
         _: &str,
+        _: &Map<String, Json>,
         _: &Map<String, Json>,
         _: Duration,
     ) -> Result<Json, PortError> {
@@ -460,6 +464,7 @@ impl Workflows for FlowsClient {
         call: &Call<'_>,
         workflow: &str,
         inputs: &Map<String, Json>,
+        context: &Map<String, Json>,
         deadline: Duration,
     ) -> Result<Json, PortError> {
         use switchboard_proto::flows::v1::{InvocationStatus, InvokeActionWorkflowRequest};
@@ -470,6 +475,7 @@ impl Workflows for FlowsClient {
             deadline_ms: deadline.as_millis().min(60_000) as u32,
             conversation_id: call.conversation_id.to_owned(),
             request_id: call.idempotency_key.to_owned(),
+            context_json: Json::Object(context.clone()).to_string(),
         };
         let answer = self
             .with_traceparent(call.traceparent)

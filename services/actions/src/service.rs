@@ -111,6 +111,8 @@ pub struct RunRequest {
     pub node_id: String,
     /// The caller will put the result into the conversation.
     pub inject_result: bool,
+    /// The conversation's message that confirmed the run, when one did.
+    pub confirmed_by: String,
 }
 
 pub mod execution_events {
@@ -277,6 +279,9 @@ impl ActionService {
         });
         result.execution_id = execution_id;
         result.conversation_id = request.conversation_id;
+        if result.confirmed {
+            result.confirmed_by = request.confirmed_by;
+        }
         result.injected_into_conversation = request.inject_result && !request.test;
         result.trace_id = ctx
             .traceparent

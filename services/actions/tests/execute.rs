@@ -459,6 +459,25 @@ async fn rate_limits_and_the_get_cache_save_calls() {
         4,
         "one call for the two identical GETs, one for the other"
     );
+
+    // Whom a request is for is part of it: another customer's token is never answered
+    // from the first one's cached response.
+    let mut personal = http_action(
+        "personal",
+        "GET",
+        format!("{base}/orders/{{{{ input.number }}}}"),
+    );
+    let spec = personal.http.as_mut().unwrap();
+    spec.cache_ttl_seconds = 60;
+    spec.headers
+        .insert("X-Customer".into(), "{{ secure.customer_token }}".into());
+    let personal = define(&mut h, personal).await;
+    let as_customer = |token: &str| serde_json::json!({"input": {"number": "p1"}, "secure": {"customer_token": token}});
+    let ada = execute(&mut h, run(&personal, "personal-1", as_customer("tok-ada"))).await;
+    let bob = execute(&mut h, run(&personal, "personal-2", as_customer("tok-bob"))).await;
+    let ada_again = execute(&mut h, run(&personal, "personal-3", as_customer("tok-ada"))).await;
+    assert!(!ada.cached && !bob.cached && ada_again.cached);
+    assert_eq!(calls(&seen, "orders"), 6);
     h.stop().await;
 }
 

@@ -712,9 +712,10 @@ async fn refusals_are_audited_and_retention_prunes_the_queryable_log() {
         reasons,
         [
             (FailureReason::Forbidden, PermissionLevel::Agent, true),
+            // Recorded at the level it ran at: a call that claims none runs at the agent's.
             (
                 FailureReason::ConfirmationRequired,
-                PermissionLevel::Unspecified,
+                PermissionLevel::Agent,
                 false
             ),
         ]

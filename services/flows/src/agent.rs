@@ -267,11 +267,20 @@ impl Agent {
         .await?;
         let lines = within_budget(lines, TRANSCRIPT_BUDGET);
         let turn = state.run.agent.clone().unwrap_or_default();
+        // The assistant's instructions are a template too (`{{ lead.name }}`, metafields):
+        // rendered with the run's variables, as they are now; one that does not render is
+        // sent as written.
+        let instructions = assistant.as_ref().map_or(String::new(), |a| {
+            let mut vars = state.run.vars.clone();
+            if let Some(map) = vars.as_object_mut() {
+                map.remove("secure");
+            }
+            switchboard_template::Renderer::default()
+                .render_text(&a.instructions, &vars)
+                .unwrap_or_else(|_| a.instructions.clone())
+        });
         let request = request(&Prompt {
-            assistant_instructions: assistant
-                .as_ref()
-                .map(|a| a.instructions.as_str())
-                .unwrap_or_default(),
+            assistant_instructions: &instructions,
             node_instructions: &text(inputs.get("instructions")),
             transcript: &lines,
             tools: &tools,

@@ -57,7 +57,6 @@ impl Effects {
         &self,
         workspace_id: &str,
         parent: &RunState,
-        parent_run_id: &str,
         key: &str,
         workflow_id: &str,
         arguments: HashMap<String, Json>,
@@ -67,8 +66,7 @@ impl Effects {
             .start_child(
                 workspace_id,
                 workflow_id,
-                &parent.conversation_id,
-                parent_run_id,
+                parent,
                 key,
                 Json::Object(arguments.into_iter().collect()),
             )
@@ -131,6 +129,7 @@ fn done(key: &str, outcome: Result<Json, PortError>) -> Input {
             success: true,
             outputs,
             error: String::new(),
+            needs_confirmation: false,
         },
         Err(e) => Input::EffectDone {
             key,
@@ -139,6 +138,7 @@ fn done(key: &str, outcome: Result<Json, PortError>) -> Input {
             error: match e {
                 PortError::Refused(why) | PortError::Unavailable(why) => why,
             },
+            needs_confirmation: false,
         },
     }
 }
@@ -220,7 +220,7 @@ impl Handler for Effects {
                     self.agent.step(workspace_id, &state, &inputs).await
                 } else if e.effect == "workflow" {
                     match self
-                        .workflow(workspace_id, &state, run_id, &e.key, &e.target, inputs)
+                        .workflow(workspace_id, &state, &e.key, &e.target, inputs)
                         .await
                     {
                         // It runs; its end is its outcome (`child_ended`).

@@ -364,6 +364,21 @@ pub struct RunService {
     agent_graph: Arc<Graph>,
 }
 
+/// What a run started for another passes on: the conversation's variables as the other
+/// has them (`conversation`, `lead`, `agent`, `workspace`, `message`, `analysis`), not its
+/// own working state (`session`, `nodes`, `input`, `parent`) and never `secure`.
+pub fn inherited(vars: &Json) -> serde_json::Map<String, Json> {
+    const OWN: [&str; 5] = ["session", "nodes", "input", "parent", "secure"];
+    vars.as_object()
+        .map(|all| {
+            all.iter()
+                .filter(|(name, _)| !OWN.contains(&name.as_str()))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The reason of an End node that hands the conversation to the assistant's own agent.
 pub const HANDED_TO_AGENT: &str = "agent";
 
@@ -848,7 +863,10 @@ fn new_events(
                 .agent
                 .as_ref()
                 .and_then(|a| a.calls.iter().find(|c| c.key == *key));
-            let confirmed = call.is_some_and(|c| c.confirmed_by.is_some());
+            // Confirmed by the customer: an agent's call, or a flow node's second request.
+            let confirmed_by = call
+                .and_then(|c| c.confirmed_by.clone())
+                .or_else(|| after.confirmed.get(key).cloned());
             let triggered_by = if call.is_some() {
                 Trigger::Agent
             } else {
@@ -872,7 +890,8 @@ fn new_events(
                     conversation_id: state.conversation_id.clone(),
                     run_id: run_id.to_owned(),
                     node_id: node.clone(),
-                    confirmed,
+                    confirmed: confirmed_by.is_some(),
+                    confirmed_by: confirmed_by.unwrap_or_default(),
                     caller_permission: PermissionLevel::Agent as i32,
                     triggered_by: triggered_by as i32,
                     inject_result: false,
@@ -913,6 +932,9 @@ impl Handler for ActionOutcomes {
             success: result.outcome == Outcome::Success as i32,
             outputs: serde_json::from_str(&result.outputs_json).unwrap_or(json!({})),
             error: result.error.clone(),
+            // A flow's own action node asks the customer, then runs it again confirmed.
+            needs_confirmation: result.reason
+                == switchboard_proto::actions::v1::FailureReason::ConfirmationRequired as i32,
         };
         match self
             .runs
@@ -945,19 +967,42 @@ pub enum Invocation {
     TimedOut { run_id: String },
 }
 
+/// A call of an action workflow ([`RunService::invoke`]).
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    /// The workflow's name.
+    pub name: String,
+    /// Its `input`, checked against its input schema.
+    pub variables: Json,
+    /// The conversation's variables it may read beside them (`conversation`, `lead`, …).
+    pub context: serde_json::Map<String, Json>,
+    /// The conversation it acts for; empty for none.
+    pub conversation_id: String,
+    /// Makes a retried call the same run; empty for a new one.
+    pub request_id: String,
+    /// How long to wait for its answer.
+    pub deadline: std::time::Duration,
+}
+
 impl RunService {
-    /// Runs a published action workflow with `variables` (checked against its input
-    /// schema) and waits, up to `deadline`, for its answer: the run's `session` variables,
-    /// checked against its response schema.
+    /// Runs a published action workflow with its variables beside the context it may
+    /// read and waits, up to the deadline, for its answer: the run's `session`
+    /// variables, checked against its response schema.
     pub async fn invoke(
         &self,
         workspace_id: &str,
-        name: &str,
-        variables: Json,
-        conversation_id: &str,
-        request_id: &str,
-        deadline: std::time::Duration,
+        request: InvokeRequest,
     ) -> Result<Invocation, ServiceError> {
+        let InvokeRequest {
+            name,
+            variables,
+            mut context,
+            conversation_id,
+            request_id,
+            deadline,
+        } = request;
+        let (name, conversation_id, request_id) =
+            (name.as_str(), conversation_id.as_str(), request_id.as_str());
         let invalid = |field: &str, description: String| {
             ServiceError::Invalid(vec![crate::domain::FieldViolation {
                 field: field.into(),
@@ -1003,12 +1048,10 @@ impl RunService {
             format!("{conversation_id}:invocation:{key}")
         };
         let state = self
-            .start(
-                workspace_id,
-                &flow_id,
-                &subject,
-                json!({ "input": variables }),
-            )
+            .start(workspace_id, &flow_id, &subject, {
+                context.insert("input".into(), variables);
+                Json::Object(context)
+            })
             .await?;
         let run_id = state.run.run_id.clone();
         let until = std::time::Instant::now() + deadline;
@@ -1030,19 +1073,21 @@ impl RunService {
 
 impl RunService {
     /// Starts the published action workflow `workflow_id` for an agent's tool call, as a
-    /// child of the run `parent_run_id`: its variables are `input` (checked against the
-    /// workflow's input schema) and its end is fed back to the parent as the outcome of
-    /// `key` (see [`RunService::workflow_answer`]). Starting it again (a redelivery) is the
-    /// same run.
+    /// child of the run `parent`: its variables are `input` (checked against the
+    /// workflow's input schema) beside the conversation's as the parent has them
+    /// (`conversation`, `lead`, `agent`, …; not its `session` or `nodes`), and its end is
+    /// fed back to the parent as the outcome of `key` (see
+    /// [`RunService::workflow_answer`]). Starting it again (a redelivery) is the same run.
     pub async fn start_child(
         &self,
         workspace_id: &str,
         workflow_id: &str,
-        conversation_id: &str,
-        parent_run_id: &str,
+        parent: &RunState,
         key: &str,
         input: Json,
     ) -> Result<RunState, ServiceError> {
+        let conversation_id = parent.conversation_id.as_str();
+        let parent_run_id = parent.run.run_id.as_str();
         use switchboard_proto::flows::v1::FlowKind;
         let flow = self.flows.load(workspace_id, workflow_id).await?.flow;
         if flow.kind() != FlowKind::ActionWorkflow || flow.published_version == 0 {
@@ -1061,11 +1106,13 @@ impl RunService {
             )));
         }
         let subject = format!("{conversation_id}:invocation:{key}");
-        let context = json!({
-            "input": input,
-            "parent": {"run_id": parent_run_id, "key": key},
-        });
-        self.start(workspace_id, workflow_id, &subject, context)
+        let mut context = inherited(&parent.run.vars);
+        context.insert("input".into(), input);
+        context.insert(
+            "parent".into(),
+            json!({"run_id": parent_run_id, "key": key}),
+        );
+        self.start(workspace_id, workflow_id, &subject, Json::Object(context))
             .await
     }
 

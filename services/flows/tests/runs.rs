@@ -415,6 +415,13 @@ async fn action_workflows_answer_in_their_response_schema_within_a_deadline() {
             "broken",
             workflow("Hi", r#"{"type":"object","required":["total"]}"#),
         ),
+        (
+            "greet_lead",
+            workflow(
+                "Hello {{ input.name }} of {{ lead.company }}",
+                r#"{"type":"object","required":["greeting"]}"#,
+            ),
+        ),
     ] {
         let flow = h.create(name, FlowKind::ActionWorkflow, graph).await;
         h.publish(&flow).await.unwrap();
@@ -447,6 +454,34 @@ async fn action_workflows_answer_in_their_response_schema_within_a_deadline() {
     assert_eq!(answer.status(), InvocationStatus::Completed, "{answer:?}");
     let response: serde_json::Value = serde_json::from_str(&answer.response_json).unwrap();
     assert_eq!(response["greeting"], "Hello Ada");
+
+    // The conversation's variables come beside the inputs; its working state does not.
+    let with_context = h
+        .flows
+        .invoke_action_workflow(InvokeActionWorkflowRequest {
+            context_json: r#"{"lead": {"company": "Acme"}, "session": {"greeting": "no"}}"#.into(),
+            ..invoke("greet_lead", r#"{"name":"Ada"}"#, 5000)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let response: serde_json::Value = serde_json::from_str(&with_context.response_json).unwrap();
+    assert_eq!(
+        response["greeting"], "Hello Ada of Acme",
+        "{with_context:?}"
+    );
+    let bad_context = h
+        .flows
+        .invoke_action_workflow(InvokeActionWorkflowRequest {
+            context_json: "[1]".into(),
+            ..invoke("greet_lead", r#"{"name":"Ada"}"#, 5000)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        fields(&bad_context),
+        std::collections::BTreeSet::from(["context_json".to_owned()])
+    );
 
     let refused = h
         .flows
@@ -552,6 +587,7 @@ async fn a_draft_replayed_on_recorded_conversations_reports_where_it_would_diffe
                 success: outcome,
                 outputs: json!({"status": "shipped"}),
                 error: if outcome { "" } else { "HTTP 503" }.into(),
+                needs_confirmation: false,
             },
         )
         .await

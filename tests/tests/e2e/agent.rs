@@ -352,6 +352,10 @@ async fn look_it_up_and_act(process: &mut Process) {
         (run.triggered_by, run.confirmed, run.caller_permission),
         (Trigger::Agent as i32, true, PermissionLevel::Agent as i32)
     );
+    assert!(
+        !run.confirmed_by.is_empty() && run.confirmed_by != asked[1].id,
+        "the customer's click is the confirming message: {run:?}"
+    );
 
     // Declined: never run, and the model is told.
     let declined = conversations

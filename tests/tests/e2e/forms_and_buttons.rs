@@ -245,3 +245,141 @@ async fn buttons_open_a_link_or_run_an_http_action() {
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A flow's own action node whose action needs the customer's yes asks first: on Yes it
+/// runs once, confirmed by the click; on No it never runs and the flow takes `declined`.
+#[tokio::test]
+async fn a_flow_node_asks_before_an_action_that_needs_confirmation() {
+    use switchboard_proto::actions::v1::{
+        ActionDefinition, ActionKind, CreateActionRequest, HttpSpec, ListExecutionsRequest,
+        Outcome, Trigger,
+    };
+    use switchboard_proto::flows::v1::*;
+
+    let dir = std::env::temp_dir().join(unique_name());
+    let data_dir = dir.to_string_lossy().to_string();
+    let mut process = Process::new(
+        &["dev", "--data-dir", &data_dir],
+        vec![("SWITCHBOARD_OUTBOUND_ALLOW".into(), "127.0.0.0/8".into())],
+    );
+    let mut conversations = process.start().await;
+    let partner = Partner::default();
+    let api = partner.serve().await;
+    let mut actions = crate::common::actions_client(process.grpc_port).await;
+    let refund = actions
+        .create_action(CreateActionRequest {
+            workspace_id: WS.into(),
+            definition: Some(ActionDefinition {
+                name: "refund".into(),
+                description: "Refunds an order".into(),
+                kind: ActionKind::Http as i32,
+                confirmation_required: true,
+                http: Some(HttpSpec {
+                    method: "POST".into(),
+                    url: format!("http://{api}/notes"),
+                    body: r#"{"refund": "{{ input.order }}"}"#.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .action
+        .unwrap()
+        .id;
+    published_flow(
+        process.grpc_port,
+        "refunds",
+        FlowKind::ConversationFlow,
+        Graph {
+            nodes: vec![
+                flow_node("start", node::Kind::Start(Start {})),
+                flow_node(
+                    "refund",
+                    node::Kind::CustomAction(CustomAction {
+                        action_id: refund.clone(),
+                        inputs: [("order".to_owned(), "4711".to_owned())].into(),
+                    }),
+                ),
+                say_node("done", "Refunded."),
+                say_node("kept", "Nothing was refunded."),
+                say_node("sorry", "Something went wrong."),
+                flow_node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                flow_edge("start", "refund", ""),
+                flow_edge("refund", "done", "success"),
+                flow_edge("refund", "kept", "declined"),
+                flow_edge("refund", "sorry", "failure"),
+                flow_edge("done", "end", ""),
+                flow_edge("kept", "end", ""),
+                flow_edge("sorry", "end", ""),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+
+    // Yes: asked, then run once, confirmed by the click.
+    let yes = new_conversation(&mut conversations, "refund-yes").await;
+    let asked = agent_messages(&mut conversations, &yes, 1).await[0].clone();
+    assert_eq!(asked.text, "Shall I go ahead and refund (order: 4711)?");
+    assert_eq!(asked.kind(), MessageKind::Buttons);
+    assert!(
+        partner.notes.lock().unwrap().is_empty(),
+        "nothing before the yes"
+    );
+    conversations
+        .click_button(ClickButtonRequest {
+            workspace_id: WS.into(),
+            request_id: "refund-click".into(),
+            conversation_id: yes.clone(),
+            buttons_message_id: asked.id.clone(),
+            button_id: asked.buttons[0].button_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        agent_says(&mut conversations, &yes, 2).await[1],
+        "Refunded."
+    );
+    assert_eq!(
+        *partner.notes.lock().unwrap(),
+        [serde_json::json!({"refund": "4711"})]
+    );
+    let executions = actions
+        .list_executions(ListExecutionsRequest {
+            workspace_id: WS.into(),
+            action_id: refund.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .executions;
+    let ran = executions
+        .iter()
+        .find(|e| e.outcome == Outcome::Success as i32)
+        .expect("the confirmed run");
+    assert!(ran.confirmed && !ran.confirmed_by.is_empty(), "{ran:?}");
+    assert_eq!(ran.triggered_by, Trigger::Flow as i32);
+
+    // No: never run, the declined route.
+    let no = new_conversation(&mut conversations, "refund-no").await;
+    agent_messages(&mut conversations, &no, 1).await;
+    crate::common::customer_says(&mut conversations, &no, "no").await;
+    assert_eq!(
+        agent_says(&mut conversations, &no, 2).await[1],
+        "Nothing was refunded."
+    );
+    assert_eq!(
+        partner.notes.lock().unwrap().len(),
+        1,
+        "the declined refund never ran"
+    );
+    assert_eq!(process.terminate().code(), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -149,6 +149,15 @@ fn ports(node: &Node) -> (&'static [&'static str], &'static [&'static str]) {
                 &["failure"]
             },
         ),
+        // An action that needs the customer's yes may be declined: `declined` when wired,
+        // else `failure`.
+        Some(Kind::ApiCall(_) | Kind::CustomAction(_)) => {
+            if node.end_on_failure {
+                (&["success", "failure", "declined"], &["success"])
+            } else {
+                (&["success", "failure", "declined"], &["success", "failure"])
+            }
+        }
         Some(_) if acts(node) => {
             if node.end_on_failure {
                 (&["success", "failure"], &["success"])

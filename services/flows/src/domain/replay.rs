@@ -256,6 +256,7 @@ pub fn simulate(graph: &Graph, recording: &Recording, render: &dyn Render) -> Si
                     success: outcome.success,
                     outputs: outcome.outputs.clone(),
                     error: outcome.error.clone(),
+                    needs_confirmation: false,
                 }
             }
             Status::WaitingTimer { due_at } => {
@@ -473,6 +474,7 @@ mod tests {
                 success: lookup_succeeds,
                 outputs: json!({"status": "shipped"}),
                 error: if lookup_succeeds { "" } else { "HTTP 503" }.into(),
+                needs_confirmation: false,
             },
             Input::EffectDone {
                 key: if lookup_succeeds {
@@ -484,6 +486,7 @@ mod tests {
                 success: true,
                 outputs: json!({}),
                 error: String::new(),
+                needs_confirmation: false,
             },
         ]
     }

@@ -243,6 +243,8 @@ pub enum Input {
         success: bool,
         outputs: Json,
         error: String,
+        /// The action was refused for want of the customer's confirmation.
+        needs_confirmation: bool,
     },
     TimerDue {
         node: String,
@@ -272,6 +274,12 @@ pub struct Run {
     pub agent: Option<AgentTurn>,
     /// The buttons of the last message sent (what a click can be of).
     pub buttons: Vec<ButtonOption>,
+    /// A flow's own action node waiting for the customer's yes: the refused effect's key,
+    /// and when the question was asked.
+    pub node_confirming: Option<(String, i64)>,
+    /// Effects of a flow's own nodes the customer confirmed, by key: the confirming
+    /// message's id.
+    pub confirmed: BTreeMap<String, String>,
 }
 
 impl Run {
@@ -289,6 +297,7 @@ impl Run {
                 self.at = node.clone();
                 self.asks = 0;
                 self.agent = None;
+                self.node_confirming = None;
                 *self.entered.entry(node.clone()).or_default() += 1;
                 self.status = Status::Running;
             }
@@ -383,9 +392,12 @@ impl Run {
             RunEvent::ConfirmationAsked {
                 call_id, asked_at, ..
             } => {
-                if let Some(agent) = &mut self.agent {
-                    agent.confirming = Some(call_id.clone());
-                    agent.asked_at = *asked_at;
+                match &mut self.agent {
+                    Some(agent) => {
+                        agent.confirming = Some(call_id.clone());
+                        agent.asked_at = *asked_at;
+                    }
+                    None => self.node_confirming = Some((call_id.clone(), *asked_at)),
                 }
                 self.status = Status::WaitingInput;
             }
@@ -401,6 +413,10 @@ impl Run {
                 }
                 if let Some(agent) = &mut self.agent {
                     agent.confirming = None;
+                }
+                if self.node_confirming.take().is_some() && *yes {
+                    self.confirmed
+                        .insert(confirmed_key(call_id), message_id.clone());
                 }
                 if let Some(call) = self.agent_call_mut(|c| c.call_id == *call_id)
                     && *yes
@@ -570,10 +586,17 @@ impl<'g> Decider<'g> {
                 }
                 // Typed before the question was asked (it crossed the question on its
                 // way), it answers nothing: it waits for the turn after.
-                let asked_at = self.run.agent.as_ref().map_or(0, |a| a.asked_at);
+                let asked_at = match (&self.run.agent, &self.run.node_confirming) {
+                    (Some(agent), _) => agent.asked_at,
+                    (None, Some((_, asked_at))) => *asked_at,
+                    (None, None) => 0,
+                };
                 let before_question = !*clicked && *sent_at > 0 && *sent_at < asked_at;
                 match (waiting, confirming) {
                     (true, Some(_)) if before_question => None,
+                    (true, Some(key)) if self.run.agent.is_none() => {
+                        self.answer_node_confirmation(&key, message_id, text, *clicked)
+                    }
                     (true, Some(call_id)) => {
                         self.answer_confirmation(&call_id, message_id, text, *clicked)
                     }
@@ -588,6 +611,7 @@ impl<'g> Decider<'g> {
                     success,
                     outputs,
                     error,
+                    needs_confirmation,
                 },
             ) if key == done => {
                 let node = self.run.at.clone();
@@ -604,6 +628,8 @@ impl<'g> Decider<'g> {
                     self.clicked(&node)
                 } else if *success {
                     self.route(&node, "success")
+                } else if *needs_confirmation && !self.run.confirmed.contains_key(done) {
+                    self.ask_node_confirmation(&node, done)
                 } else {
                     self.fail(&node, error)
                 }
@@ -627,6 +653,24 @@ impl<'g> Decider<'g> {
                 } else {
                     self.fail(&node.clone(), &error)
                 }
+            }
+            // Nobody answered a flow node's confirmation in time: a no.
+            (Status::WaitingInput, Input::TimerDue { node })
+                if *node == self.run.at && self.run.node_confirming.is_some() =>
+            {
+                let key = self.confirming().unwrap_or_default().to_owned();
+                let node = node.clone();
+                self.emit(RunEvent::ConfirmationAnswered {
+                    node: node.clone(),
+                    call_id: key,
+                    yes: false,
+                    message_id: String::new(),
+                    text: String::new(),
+                });
+                self.declined(
+                    &node,
+                    "the customer did not confirm in time; nothing was done",
+                )
             }
             // Nobody answered a confirmation in time: a no.
             (Status::WaitingInput, Input::TimerDue { node })
@@ -935,9 +979,123 @@ impl<'g> Decider<'g> {
             .any(|e| e.from == node && (e.port == port || (e.port.is_empty() && port == "next")))
     }
 
-    /// The call the customer is asked to confirm, if the run waits for that.
+    /// The call (an agent's) or effect key (a flow node's) the customer is asked to
+    /// confirm, if the run waits for that.
     fn confirming(&self) -> Option<&str> {
-        self.run.agent.as_ref()?.confirming.as_deref()
+        match &self.run.agent {
+            Some(agent) => agent.confirming.as_deref(),
+            None => self
+                .run
+                .node_confirming
+                .as_ref()
+                .map(|(key, _)| key.as_str()),
+        }
+    }
+
+    /// A flow's own action node was refused for want of the customer's yes: the customer
+    /// is asked (the node's inputs in words, Yes/No buttons naming the effect), and the
+    /// run waits for the answer until the default confirmation timeout.
+    fn ask_node_confirmation(&mut self, id: &str, key: &str) -> Option<String> {
+        let templates = match self.nodes.get(id).copied().and_then(|n| n.kind.as_ref()) {
+            Some(Kind::ApiCall(a)) => &a.inputs,
+            Some(Kind::CustomAction(a)) => &a.inputs,
+            _ => return self.fail(id, "the action needs the customer's confirmation"),
+        };
+        let vars = self.open_vars();
+        let mut arguments = Map::new();
+        let mut names: Vec<&String> = templates.keys().collect();
+        names.sort();
+        for name in names {
+            let template = &templates[name];
+            let secure = self
+                .render
+                .reads(template)
+                .iter()
+                .any(|v| v == "secure" || v.starts_with("secure."));
+            if let (false, Ok(value)) = (secure, self.render.text(template, &vars)) {
+                arguments.insert(name.clone(), Json::String(value));
+            }
+        }
+        let button = |label: &str, value: &str| ButtonOption {
+            label: label.into(),
+            value: value.into(),
+            ..Default::default()
+        };
+        self.emit(RunEvent::MessageSent {
+            node: id.to_owned(),
+            text: confirmation_question(&id.replace('_', " "), &arguments),
+            buttons: vec![
+                button("Yes", &confirmation_value(key, true)),
+                button("No", &confirmation_value(key, false)),
+            ],
+            form: Vec::new(),
+        });
+        self.emit(RunEvent::ConfirmationAsked {
+            node: id.to_owned(),
+            call_id: key.to_owned(),
+            asked_at: self.now,
+            due_at: self.now + i64::from(CONFIRMATION_SECONDS_DEFAULT) * 1_000_000,
+        });
+        None
+    }
+
+    /// The customer's answer to a flow node's confirmation: a yes runs the action again,
+    /// confirmed (under a key of its own); anything else takes the `declined` route, or
+    /// the failure route when there is none.
+    fn answer_node_confirmation(
+        &mut self,
+        key: &str,
+        message_id: &str,
+        text: &str,
+        clicked: bool,
+    ) -> Option<String> {
+        let id = self.run.at.clone();
+        let yes = if clicked {
+            text == confirmation_value(key, true)
+        } else {
+            is_yes(text)
+        };
+        self.emit(RunEvent::ConfirmationAnswered {
+            node: id.clone(),
+            call_id: key.to_owned(),
+            yes,
+            message_id: message_id.to_owned(),
+            text: text.to_owned(),
+        });
+        if !yes {
+            return self.declined(&id, "the customer declined; nothing was done");
+        }
+        let Some(node) = self.nodes.get(id.as_str()).copied() else {
+            return self.fail(&id, "no such node");
+        };
+        let (action_id, templates) = match node.kind.as_ref() {
+            Some(Kind::ApiCall(a)) => (&a.action_id, &a.inputs),
+            Some(Kind::CustomAction(a)) => (&a.action_id, &a.inputs),
+            _ => return self.fail(&id, "the action needs the customer's confirmation"),
+        };
+        let effect = Effect::Action {
+            action_id: action_id.clone(),
+        };
+        self.request_as(
+            node,
+            effect,
+            &templates.iter().collect(),
+            Some(confirmed_key(key)),
+        )
+    }
+
+    /// A declined confirmation at a flow's node: its `declined` route when wired, else its
+    /// failure route.
+    fn declined(&mut self, id: &str, why: &str) -> Option<String> {
+        self.emit(RunEvent::VariableSet {
+            variable: format!("nodes.{id}.declined"),
+            value: Json::Bool(true),
+        });
+        if self.wired(id, "declined") {
+            self.route(id, "declined")
+        } else {
+            self.fail(id, why)
+        }
     }
 
     fn agent_node(&self, id: &str) -> Option<&'g AgentNode> {
@@ -1255,9 +1413,21 @@ impl<'g> Decider<'g> {
         effect: Effect,
         templates: &BTreeMap<&String, &String>,
     ) -> Option<String> {
+        self.request_as(node, effect, templates, None)
+    }
+
+    /// [`Decider::request`] under `key` when given (a confirmed second request), else the
+    /// node's attempt key.
+    fn request_as(
+        &mut self,
+        node: &Node,
+        effect: Effect,
+        templates: &BTreeMap<&String, &String>,
+        key: Option<String>,
+    ) -> Option<String> {
         let id = node.id.clone();
         let attempt = self.run.entered.get(&id).copied().unwrap_or(1);
-        let key = format!("{}/{}/{}", self.run.run_id, id, attempt);
+        let key = key.unwrap_or_else(|| format!("{}/{}/{}", self.run.run_id, id, attempt));
         let mut inputs = BTreeMap::new();
         let mut sealed_inputs = BTreeMap::new();
         for (name, template) in templates {
@@ -1431,6 +1601,11 @@ fn confirmation_question(name: &str, arguments: &Map<String, Json>) -> String {
     }
 }
 
+/// The key a flow node's effect runs under once the customer confirmed the refused `key`.
+pub fn confirmed_key(key: &str) -> String {
+    format!("{key}.yes")
+}
+
 /// The value a confirmation's Yes or No button sends back for the call `key`.
 fn confirmation_value(key: &str, yes: bool) -> String {
     format!("{}:{key}", if yes { "yes" } else { "no" })
@@ -1571,6 +1746,7 @@ mod tests {
             } else {
                 "HTTP 503".into()
             },
+            needs_confirmation: false,
         }
     }
 
@@ -2537,5 +2713,116 @@ mod tests {
         // Typed, the same word is only words.
         let (_, events) = drive(&graph, &[start(), say("callback")]);
         assert!(requested(&events).is_empty());
+    }
+
+    #[test]
+    fn a_flow_node_whose_action_needs_confirmation_asks_first() {
+        let graph = Graph {
+            nodes: vec![
+                node("start", node::Kind::Start(Start {})),
+                node(
+                    "refund_order",
+                    node::Kind::CustomAction(CustomAction {
+                        action_id: "act_refund".into(),
+                        inputs: [("order".to_owned(), "4711".to_owned())].into(),
+                    }),
+                ),
+                node(
+                    "done",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Refunded.".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "kept",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Nothing was refunded.".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node(
+                    "sorry",
+                    node::Kind::SendMessage(SendMessage {
+                        text: "Something went wrong.".into(),
+                        ..Default::default()
+                    }),
+                ),
+                node("end", node::Kind::End(End::default())),
+            ],
+            edges: vec![
+                edge("start", "refund_order", ""),
+                edge("refund_order", "done", "success"),
+                edge("refund_order", "kept", "declined"),
+                edge("refund_order", "sorry", "failure"),
+                edge("done", "end", ""),
+                edge("kept", "end", ""),
+                edge("sorry", "end", ""),
+            ],
+            ..Default::default()
+        };
+        let refused = Input::EffectDone {
+            key: "run_1/refund_order/1".into(),
+            success: false,
+            outputs: json!({}),
+            error: "the action needs the user's confirmation first".into(),
+            needs_confirmation: true,
+        };
+        let (run, events) = drive(&graph, &[start(), refused.clone()]);
+        assert_eq!(
+            sent(&events),
+            ["Shall I go ahead and refund order (order: 4711)?"]
+        );
+        assert_eq!(run.status, Status::WaitingInput);
+        let labels: Vec<&str> = run.buttons.iter().map(|b| b.value.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["yes:run_1/refund_order/1", "no:run_1/refund_order/1"]
+        );
+
+        // Yes: asked again under a key of its own, confirmed by the message.
+        let (run, events) = drive(&graph, &[start(), refused.clone(), say("yes")]);
+        let (key, effect, inputs) = requested(&events).pop().unwrap();
+        assert_eq!(key, "run_1/refund_order/1.yes");
+        assert_eq!(
+            effect,
+            Effect::Action {
+                action_id: "act_refund".into()
+            }
+        );
+        assert_eq!(inputs["order"], "4711");
+        assert_eq!(run.confirmed.get(&key).map(String::as_str), Some("msg_1"));
+        let (_, events) = drive(
+            &graph,
+            &[
+                start(),
+                refused.clone(),
+                say("yes"),
+                done(&key, true, json!({})),
+            ],
+        );
+        assert_eq!(sent(&events).last().unwrap(), "Refunded.");
+
+        // No, or silence: the declined route, nothing run again.
+        let (run, events) = drive(&graph, &[start(), refused.clone(), say("no")]);
+        assert_eq!(requested(&events).len(), 1);
+        assert_eq!(sent(&events).last().unwrap(), "Nothing was refunded.");
+        assert_eq!(run.vars["nodes"]["refund_order"]["declined"], true);
+        let silence = Input::TimerDue {
+            node: "refund_order".into(),
+        };
+        let (_, events) = drive(&graph, &[start(), refused.clone(), silence]);
+        assert_eq!(sent(&events).last().unwrap(), "Nothing was refunded.");
+
+        // Refused again once confirmed (the action changed): the failure route.
+        let again = Input::EffectDone {
+            key: "run_1/refund_order/1.yes".into(),
+            success: false,
+            outputs: json!({}),
+            error: "the action needs the user's confirmation first".into(),
+            needs_confirmation: true,
+        };
+        let (_, events) = drive(&graph, &[start(), refused, say("yes"), again]);
+        assert_eq!(sent(&events).last().unwrap(), "Something went wrong.");
     }
 }

@@ -643,6 +643,33 @@ impl flows_server::Flows for FlowsApi {
                 }
             }
         };
+        let context = match serde_json::from_str::<serde_json::Value>(&r.context_json) {
+            _ if r.context_json.trim().is_empty() => serde_json::Map::new(),
+            _ if r.context_json.len() > 256 * 1024 => {
+                violations.push(FieldViolation {
+                    field: "context_json".into(),
+                    description: "at most 256 KiB".into(),
+                });
+                serde_json::Map::new()
+            }
+            Ok(serde_json::Value::Object(context)) => {
+                crate::runtime::inherited(&serde_json::Value::Object(context))
+            }
+            Ok(_) => {
+                violations.push(FieldViolation {
+                    field: "context_json".into(),
+                    description: "a JSON object of namespaces".into(),
+                });
+                serde_json::Map::new()
+            }
+            Err(e) => {
+                violations.push(FieldViolation {
+                    field: "context_json".into(),
+                    description: format!("not JSON: {e}"),
+                });
+                serde_json::Map::new()
+            }
+        };
         if !violations.is_empty() {
             return Err(error::invalid(violations));
         }
@@ -654,11 +681,14 @@ impl flows_server::Flows for FlowsApi {
             .runs
             .invoke(
                 &r.workspace_id,
-                &r.name,
-                variables,
-                &r.conversation_id,
-                &r.request_id,
-                deadline,
+                crate::runtime::InvokeRequest {
+                    name: r.name.clone(),
+                    variables,
+                    context,
+                    conversation_id: r.conversation_id.clone(),
+                    request_id: r.request_id.clone(),
+                    deadline,
+                },
             )
             .await?;
         Ok(Response::new(match answer {
