@@ -91,6 +91,15 @@ macro_rules! event_columns {
     };
 }
 
+/// What an insert did, short of an error that aborts its transaction.
+pub(crate) enum Inserted {
+    Recorded(Vec<RecordedEvent>),
+    /// One of the event ids is stored already: nothing was inserted.
+    Duplicate,
+    /// The stream is at this version, not the expected one: nothing was inserted.
+    Conflict(u64),
+}
+
 pub(crate) struct PgLog {
     pub(crate) pool: PgPool,
     pub(crate) schema: String,
@@ -192,6 +201,33 @@ impl PgLog {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<Option<Vec<RecordedEvent>>, EventLogError> {
+        match Self::try_insert(conn, stream, expected, events).await {
+            Ok(Inserted::Recorded(recorded)) => Ok(Some(recorded)),
+            Ok(Inserted::Duplicate) => Ok(None),
+            Ok(Inserted::Conflict(actual)) => Err(conflict(stream, expected, actual)),
+            Err(EventLogError::Database(sqlx::Error::Database(db)))
+                if db.constraint() == Some("events_event_id_unique") =>
+            {
+                Ok(None)
+            }
+            Err(EventLogError::Database(sqlx::Error::Database(db)))
+                if db.constraint() == Some("events_stream_version_unique") =>
+            {
+                Err(conflict(stream, expected, expected.as_u64() + 1))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`PgLog::insert`] telling apart what leaves the transaction usable (a duplicate, a
+    /// version the statement itself found stale) from what aborts it (`Err`: any database
+    /// error, a racing writer's unique key included).
+    pub(crate) async fn try_insert(
+        conn: &mut PgConnection,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Inserted, EventLogError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let first = expected.as_u64() as i64;
         let versions: Vec<i64> = (1..=events.len() as i64).map(|i| first + i).collect();
@@ -237,19 +273,8 @@ impl PgLog {
         .bind(&metadata)
         .bind(first)
         .fetch_all(&mut *conn)
-        .await;
-        let rows = match inserted {
-            Ok(rows) => rows,
-            Err(sqlx::Error::Database(db)) if db.constraint() == Some("events_event_id_unique") => {
-                return Ok(None);
-            }
-            Err(sqlx::Error::Database(db))
-                if db.constraint() == Some("events_stream_version_unique") =>
-            {
-                return Err(conflict(stream, expected, expected.as_u64() + 1));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        .await?;
+        let rows = inserted;
         let Some(head) = rows.first() else {
             return Err(EventLogError::Invalid {
                 field: "append",
@@ -257,11 +282,11 @@ impl PgLog {
             });
         };
         if head.try_get::<bool, _>(1)? {
-            return Ok(None);
+            return Ok(Inserted::Duplicate);
         }
         let current = head.try_get::<Option<i64>, _>(0)?.unwrap_or(0) as u64;
         if current != expected.as_u64() {
-            return Err(conflict(stream, expected, current));
+            return Ok(Inserted::Conflict(current));
         }
 
         let mut recorded = Vec::with_capacity(events.len());
@@ -279,7 +304,7 @@ impl PgLog {
                 recorded_at: row.3,
             });
         }
-        Ok(Some(recorded))
+        Ok(Inserted::Recorded(recorded))
     }
 
     pub(crate) async fn read_stream(

@@ -17,6 +17,8 @@ use crate::projection::{Projection, RebuildProgress, Upcaster};
 use crate::sqlite::SqliteLog;
 use crate::tx::Tx;
 
+mod group;
+
 /// Runs the same query on the pool a backend reads with. Most of the log's SQL is
 /// written once for both backends; only appends and tailing differ.
 macro_rules! on_read_pool {
@@ -112,6 +114,8 @@ pub struct EventLog {
     handler_slots: Arc<tokio::sync::Semaphore>,
     /// How long a lease taken through this log lasts without renewal.
     lease_term: Duration,
+    /// Appends waiting to be committed together ([`group`]).
+    group: Arc<group::Queue>,
 }
 
 /// Handler transactions at once on Postgres (the pool has 16 connections).
@@ -140,6 +144,7 @@ impl EventLog {
             read_model_ddl: Arc::default(),
             handler_slots: Arc::new(tokio::sync::Semaphore::new(HANDLER_SLOTS)),
             lease_term: DEFAULT_LEASE_TERM,
+            group: Arc::default(),
         })
     }
 
@@ -248,6 +253,24 @@ impl EventLog {
                 reason: "an append needs at least one event".into(),
             });
         }
+        // A fenced write locks its lease's row until its commit: it goes alone.
+        match fence {
+            None => self.append_grouped(stream, expected, events).await,
+            Some(fence) => {
+                self.append_alone(stream, expected, events, Some(fence))
+                    .await
+            }
+        }
+    }
+
+    /// One append in a transaction of its own.
+    async fn append_alone(
+        &self,
+        stream: &StreamRef,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        fence: Option<&Fence>,
+    ) -> Result<Appended, EventLogError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let appended = match self.backend.as_ref() {
             Backend::Postgres(pg) if self.projections.is_empty() && fence.is_none() => {
@@ -395,6 +418,21 @@ impl EventLog {
             projection.apply(tx, &events).await?;
         }
         Ok(())
+    }
+
+    /// The stored events among `ids`, upcast, in log order.
+    async fn stored(&self, ids: &[Uuid]) -> Result<Vec<RecordedEvent>, EventLogError> {
+        let found = match self.backend.as_ref() {
+            Backend::Postgres(pg) => {
+                let mut conn = pg.pool.acquire().await?;
+                PgLog::find_events(&mut conn, ids).await?
+            }
+            Backend::Sqlite(lite) => {
+                let mut conn = lite.reader.acquire().await?;
+                SqliteLog::find_events(&mut conn, ids).await?
+            }
+        };
+        Ok(self.upcast_all(found))
     }
 
     /// The stored event with id `event_id`, if any.

@@ -646,3 +646,110 @@ async fn append_in_a_handlers_transaction_postgres() {
 async fn append_in_a_handlers_transaction_sqlite() {
     append_in_case(Fixture::sqlite()).await;
 }
+
+/// Appends made at once are committed together, and each caller is answered with its own
+/// result: a stale expected version, a duplicate and a projection that refuses touch that
+/// caller only, and every event is in the log and projected exactly once.
+async fn group_commit_case(fixture: Fixture) {
+    let log = fixture.open().await.with_projection(Arc::new(Counts));
+    let taken = stream("taken");
+    log.append(
+        &taken,
+        ExpectedVersion::NoStream,
+        vec![event("thing.made", b"0")],
+    )
+    .await
+    .unwrap();
+    let retried = event("thing.made", b"r");
+    log.append(
+        &stream("retried"),
+        ExpectedVersion::NoStream,
+        vec![retried.clone()],
+    )
+    .await
+    .unwrap();
+
+    let append = |id: String, expected: ExpectedVersion, events: Vec<NewEvent>| {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(&stream(&id), expected, events).await })
+    };
+    let mut many = Vec::new();
+    for i in 0..200 {
+        many.push(append(
+            format!("g{i}"),
+            ExpectedVersion::NoStream,
+            vec![event("thing.made", b"x"), event("thing.changed", b"y")],
+        ));
+    }
+    let stale = append(
+        "taken".into(),
+        ExpectedVersion::NoStream,
+        vec![event("thing.made", b"late")],
+    );
+    let again = append("retried".into(), ExpectedVersion::NoStream, vec![retried]);
+    let poisoned = append(
+        "poisoned".into(),
+        ExpectedVersion::NoStream,
+        vec![event("thing.poison", b"p")],
+    );
+
+    let mut transactions = HashSet::new();
+    for task in many {
+        let appended = task.await.unwrap().unwrap();
+        assert!(!appended.duplicate);
+        let versions: Vec<u64> = appended.events.iter().map(|e| e.stream_version).collect();
+        assert_eq!(versions, [1, 2]);
+        transactions.insert(appended.events[0].transaction_id);
+    }
+    let stale = stale.await.unwrap();
+    assert!(
+        matches!(stale, Err(EventLogError::Conflict { actual: 1, .. })),
+        "{stale:?}"
+    );
+    let again = again.await.unwrap().unwrap();
+    assert!(again.duplicate && again.events.len() == 1);
+    let poisoned = poisoned.await.unwrap();
+    assert!(
+        matches!(poisoned, Err(EventLogError::Projection { .. })),
+        "{poisoned:?}"
+    );
+
+    for i in [0, 99, 199] {
+        assert_eq!(count_of(&log, &format!("ws_test/g{i}")).await, 2);
+    }
+    assert_eq!(count_of(&log, "ws_test/taken").await, 1);
+    assert_eq!(count_of(&log, "ws_test/poisoned").await, 0);
+    // A gap-safe read holds events back while any older transaction on the server is
+    // open (other tests run beside this one): read until it has caught up.
+    let mut all = Vec::new();
+    for _ in 0..400 {
+        all = log.read_all(LogPosition::START, 10_000).await.unwrap();
+        if all.len() >= 402 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        all.len(),
+        2 + 400,
+        "each event once, nothing of the refused appends"
+    );
+    if log.postgres_pool().is_some() {
+        assert!(
+            transactions.len() < 200,
+            "200 appends at once share commits ({} transactions)",
+            transactions.len()
+        );
+    }
+    fixture.cleanup().await;
+}
+
+#[tokio::test]
+async fn group_commit_postgres() {
+    group_commit_case(Fixture::postgres().await).await;
+}
+
+#[tokio::test]
+async fn group_commit_sqlite() {
+    group_commit_case(Fixture::sqlite()).await;
+}
