@@ -648,19 +648,39 @@ impl EventLog {
              WHERE (checkpoints.transaction_id, checkpoints.global_position)
                  < (excluded.transaction_id, excluded.global_position)";
         match (self.backend.as_ref(), fence) {
+            // One statement: the lease row read `FOR SHARE` and the checkpoint written only
+            // while it is still this holder's, atomically, without a transaction of its own
+            // (the relay checkpoints after every batch).
             (Backend::Postgres(pg), Some(fence)) => {
-                let mut tx = pg.pool.begin().await?;
-                sqlx::query(UPSERT)
-                    .bind(name)
-                    .bind(position.transaction_id as i64)
-                    .bind(position.global_position)
-                    .execute(&mut *tx)
-                    .await?;
-                if let Err(e) = fence.check(&mut tx).await {
-                    rollback_quietly(tx).await;
-                    return Err(e);
+                let held: bool = sqlx::query_scalar(
+                    "WITH held AS (
+                         SELECT 1 FROM leases WHERE name = $4 AND holder = $5 AND token = $6
+                         FOR SHARE
+                     ), saved AS (
+                         INSERT INTO checkpoints (name, transaction_id, global_position)
+                         SELECT $1, $2, $3 FROM held
+                         ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
+                             global_position = excluded.global_position
+                         WHERE (checkpoints.transaction_id, checkpoints.global_position)
+                             < (excluded.transaction_id, excluded.global_position)
+                         RETURNING 1
+                     )
+                     SELECT EXISTS (SELECT 1 FROM held)",
+                )
+                .bind(name)
+                .bind(position.transaction_id as i64)
+                .bind(position.global_position)
+                .bind(&fence.name)
+                .bind(&fence.holder)
+                .bind(fence.token)
+                .fetch_one(&pg.pool)
+                .await?;
+                if !held {
+                    return Err(EventLogError::Fenced {
+                        lease: fence.name.clone(),
+                        token: fence.token,
+                    });
                 }
-                tx.commit().await?;
             }
             _ => {
                 on_write_pool!(self.backend.as_ref(), pool => sqlx::query(UPSERT)
