@@ -471,7 +471,9 @@ async fn an_assistant_without_a_flow_is_its_own_agent() {
             assistant: Some(Assistant {
                 workspace_id: WS.into(),
                 name: "Concierge".into(),
-                instructions: "You are the hotel's concierge.".into(),
+                // A template: rendered with the run's variables for each turn.
+                instructions: "You are the hotel's concierge (conversation {{ conversation.id }})."
+                    .into(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -494,9 +496,21 @@ async fn an_assistant_without_a_flow_is_its_own_agent() {
         "Breakfast is from 7 to 10."
     );
     let second = model.received()[1].body.to_string();
-    assert!(second.contains("You are the hotel's concierge."));
+    assert!(
+        second.contains(&format!(
+            "You are the hotel's concierge (conversation {conversation})."
+        )),
+        "{second}"
+    );
     assert!(
         second.contains("Good evening! How can I help?") && second.contains("When is breakfast?")
+    );
+    // A provider that refuses the call: the agent's failure route, said to the customer.
+    model.script([Reply::Status(400, None)]);
+    customer_says(&mut conversations, &conversation, "Is the pool open?").await;
+    assert_eq!(
+        agent_says(&mut conversations, &conversation, 3).await[2],
+        "Sorry, I cannot answer right now. A teammate will get back to you."
     );
     shutdown.cancel();
     assert_eq!(process.terminate().code(), Some(0));
