@@ -129,7 +129,7 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
         &mut actions,
         "crm_note",
         format!("http://{api}/notes"),
-        r#"{"transcript": "{{ input.transcript }}", "order": "{{ input.order }}", "topic": "{{ input.topic }}"}"#,
+        r#"{"transcript": "{{ input.transcript }}", "order": "{{ input.order }}", "topic": "{{ input.topic }}", "truncated": "{{ input.truncated }}"}"#,
         None,
         &[],
     )
@@ -182,6 +182,10 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
                             ),
                             ("order".to_owned(), "{{ session.order }}".to_owned()),
                             ("topic".to_owned(), "{{ analysis.topic }}".to_owned()),
+                            (
+                                "truncated".to_owned(),
+                                "{{ transcript_truncated }} of {{ transcript_total }}".to_owned(),
+                            ),
                         ]
                         .into(),
                     }),
@@ -234,8 +238,50 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
             "transcript": "agent: What is your order number?\ncustomer: 4711\nagent: Thanks, noted.\n",
             "order": "4711",
             "topic": "order status",
+            "truncated": "false of 3",
         })]
     );
+
+    // A transcript past the documented 128 KiB: the oldest messages are left out, and the
+    // cut is recorded for the workflow to see.
+    let long = new_conversation(&mut conversations, "post-conversation-long").await;
+    agent_says(&mut conversations, &long, 1).await;
+    for i in 0..6 {
+        let text = format!("{i}{}", "x".repeat(30_000));
+        customer_says(&mut conversations, &long, &text).await;
+    }
+    agent_says(&mut conversations, &long, 2).await;
+    conversations
+        .record_analysis(RecordAnalysisRequest {
+            workspace_id: WS.into(),
+            request_id: "analysis-long".into(),
+            conversation_id: long.clone(),
+            topic: "long".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    conversations
+        .end_conversation(EndConversationRequest {
+            workspace_id: WS.into(),
+            request_id: "end-long".into(),
+            conversation_id: long.clone(),
+            reason: "answered".into(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if partner.notes.lock().unwrap().len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let notes = partner.notes.lock().unwrap().clone();
+    assert_eq!(notes.len(), 2, "the long conversation's note");
+    assert_eq!(notes[1]["truncated"], "true of 8", "{}", notes[1]["truncated"]);
+    let kept = notes[1]["transcript"].as_str().unwrap();
+    assert!(kept.len() <= 128 * 1024 + 1024, "{} bytes", kept.len());
+    assert!(!kept.contains(&format!("0{}", "x".repeat(100))), "the oldest went first");
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
