@@ -1263,13 +1263,29 @@ impl RunService {
                 .unwrap_or_default()
         };
         let limit = if limit == 0 { REPLAY_DEFAULT } else { limit };
-        let run_ids = self
+        // The recent runs of the flow (or of no flow) that were this assistant's
+        // conversations: another assistant may run the same flow.
+        let candidates = self
             .store()
-            .recent_runs(workspace_id, &current.flow_id, limit.min(REPLAY_LIMIT))
+            .recent_runs(workspace_id, &current.flow_id, REPLAY_LIMIT)
             .await?;
         let mut report = ReplayReport::default();
-        for run_id in run_ids {
+        let mut taken = 0;
+        for run_id in candidates {
+            if taken >= limit.min(REPLAY_LIMIT) {
+                break;
+            }
             let (state, events) = self.recorded(workspace_id, &run_id).await?;
+            let preferred = state.run.vars["conversation"]["metafields"]["assistant_id"].as_str();
+            let whose = self
+                .flows
+                .store()
+                .conversation_assistant(workspace_id, preferred)
+                .await?;
+            if whose.as_ref().map(|(id, _)| id.as_str()) != Some(assistant_id) {
+                continue;
+            }
+            taken += 1;
             self.replay_run(workspace_id, &run_id, &state, &events, &graph, &mut report)
                 .await?;
         }
