@@ -81,14 +81,28 @@ impl TestSchema {
         }
     }
 
+    /// Drops the schema. A service of the test may still be stopping, inside a handler's
+    /// transaction that waits on a read: a `DROP` queued for its locks would block that
+    /// read behind it, and neither would ever finish (Postgres cannot see a wait in the
+    /// client). So the `DROP` waits at most a moment for its locks, and tries again; if it
+    /// never gets them, the schema is left to the sweep of stale ones.
     pub async fn drop(self) {
         let mut conn = connect_postgres().await;
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await;
+        let _ = sqlx::query("SET lock_timeout = '1s'")
+            .execute(&mut conn)
+            .await;
+        for _ in 0..20 {
+            let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+            if dropped.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 
