@@ -10,7 +10,8 @@ use switchboard_eventlog::{HandleError, Handler, RecordedEvent, Tx};
 use switchboard_proto::events::v1::{
     ConversationCreatedEvent, ConversationEndedEvent, ConversationUpdatedEvent,
 };
-use switchboard_proto::flows::v1::RunStarted;
+use switchboard_proto::flows::v1::RunEventRecord;
+use switchboard_proto::flows::v1::run_event_record::Event as Record;
 
 use crate::domain::facts;
 use crate::store;
@@ -83,7 +84,11 @@ impl Handler for FlowRuns {
     }
 
     async fn handle(&self, tx: &mut Tx<'_>, event: &RecordedEvent) -> Result<(), HandleError> {
-        let started = event.decode::<RunStarted>().map_err(reject)?;
+        // Run events are stored as `RunEventRecord`s, one step each.
+        let record = event.decode::<RunEventRecord>().map_err(reject)?;
+        let Some(Record::Started(started)) = record.event else {
+            return Ok(());
+        };
         if started.conversation_id.is_empty() || started.flow_id.is_empty() {
             return Ok(());
         }

@@ -12,7 +12,8 @@ use switchboard_eventlog::testing::TestSchema;
 use switchboard_eventlog::{EventLog, Metadata, RecordedEvent, StoreConfig, StreamRef};
 use switchboard_insights::consumers::{ConversationEvents, FlowRuns};
 use switchboard_proto::events::v1 as ev;
-use switchboard_proto::flows::v1::RunStarted;
+use switchboard_proto::flows::v1::run_event_record::Event as Record;
+use switchboard_proto::flows::v1::{RunEventRecord, RunStarted};
 use switchboard_proto::insights::v1 as pb;
 use switchboard_runtime::GrpcServer;
 use tokio::net::TcpListener;
@@ -288,11 +289,14 @@ fn flow_started(seed: &Seed, flow: &str) -> RecordedEvent {
         WS,
         &seed.id,
         "flow_run.started",
-        RunStarted {
-            run_id: format!("run_{}", seed.id),
-            flow_id: flow.to_owned(),
-            conversation_id: seed.id.clone(),
-            ..Default::default()
+        // As the flows service stores it: one step of a run, in its record.
+        RunEventRecord {
+            event: Some(Record::Started(RunStarted {
+                run_id: format!("run_{}", seed.id),
+                flow_id: flow.to_owned(),
+                conversation_id: seed.id.clone(),
+                ..Default::default()
+            })),
         }
         .encode_to_vec(),
     )

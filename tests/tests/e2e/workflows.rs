@@ -238,7 +238,7 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
             "transcript": "agent: What is your order number?\ncustomer: 4711\nagent: Thanks, noted.\n",
             "order": "4711",
             "topic": "order status",
-            "truncated": "false of 3",
+            "truncated": "False of 3",
         })]
     );
 
@@ -246,11 +246,12 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
     // cut is recorded for the workflow to see.
     let long = new_conversation(&mut conversations, "post-conversation-long").await;
     agent_says(&mut conversations, &long, 1).await;
+    customer_says(&mut conversations, &long, "4712").await;
+    agent_says(&mut conversations, &long, 2).await;
     for i in 0..6 {
         let text = format!("{i}{}", "x".repeat(30_000));
         customer_says(&mut conversations, &long, &text).await;
     }
-    agent_says(&mut conversations, &long, 2).await;
     conversations
         .record_analysis(RecordAnalysisRequest {
             workspace_id: WS.into(),
@@ -278,10 +279,17 @@ async fn post_conversation_workflows_start_with_the_transcript_analysis_and_vari
     }
     let notes = partner.notes.lock().unwrap().clone();
     assert_eq!(notes.len(), 2, "the long conversation's note");
-    assert_eq!(notes[1]["truncated"], "true of 8", "{}", notes[1]["truncated"]);
+    assert_eq!(
+        notes[1]["truncated"], "True of 9",
+        "{}",
+        notes[1]["truncated"]
+    );
     let kept = notes[1]["transcript"].as_str().unwrap();
     assert!(kept.len() <= 128 * 1024 + 1024, "{} bytes", kept.len());
-    assert!(!kept.contains(&format!("0{}", "x".repeat(100))), "the oldest went first");
+    assert!(
+        !kept.contains(&format!("0{}", "x".repeat(100))),
+        "the oldest went first"
+    );
     assert_eq!(process.terminate().code(), Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -45,6 +45,10 @@ pub const VARIABLE_NAMESPACES: &[&str] = &[
     "workspace",
     "input",
     "transcript",
+    // Post-conversation workflows: how many messages the conversation had, and whether
+    // `transcript` was cut to its documented budget.
+    "transcript_total",
+    "transcript_truncated",
 ];
 
 /// Connexease operations a node may run.
