@@ -21,19 +21,7 @@ pub fn stream_of(workspace_id: &str, integration_id: &str) -> StreamRef {
     StreamRef::new("integration", format!("{workspace_id}/{integration_id}"))
 }
 
-/// The integration stored in `event`, and whether the event deletes it; `None` for an
-/// event that is not an integration's.
-pub fn decode(event: &RecordedEvent) -> Result<Option<(Integration, bool)>, EventLogError> {
-    let deleted = match event.event_type.as_str() {
-        t::INTEGRATION_SAVED => false,
-        t::INTEGRATION_DELETED => true,
-        _ => return Ok(None),
-    };
-    Ok(event
-        .decode::<IntegrationSaved>()?
-        .integration
-        .map(|i| (i, deleted)))
-}
+pub use crate::domain::integration::decode;
 
 /// The id a create with `request_id` makes, so a retried create makes one integration.
 fn created_id(workspace_id: &str, request_id: &str) -> String {

@@ -81,7 +81,7 @@ impl Projection for ActionsProjection {
                 record_execution(tx, event).await?;
                 continue;
             }
-            if let Some((integration, deleted)) = crate::integrations::decode(event)? {
+            if let Some((integration, deleted)) = domain::integration::decode(event)? {
                 record_integration(tx, &integration, deleted).await?;
                 continue;
             }

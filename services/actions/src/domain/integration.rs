@@ -3,12 +3,27 @@
 //! counted across all of them). Pure: checks, the view callers get, and how an action's
 //! request reads once its integration is applied.
 
+use switchboard_eventlog::{EventLogError, RecordedEvent};
 use switchboard_proto::actions::v1::{
     ActionDefinition, AuthKind, HttpAuth, HttpSpec, Integration, IntegrationOperation,
-    PermissionLevel,
+    IntegrationSaved, PermissionLevel,
 };
 
-use super::{StoredAuth, Violations, limits, request_spec, valid_name, validate_auth};
+use super::{StoredAuth, Violations, event_types, limits, request_spec, valid_name, validate_auth};
+
+/// The integration stored in `event`, and whether the event deletes it; `None` for an
+/// event that is not an integration's.
+pub fn decode(event: &RecordedEvent) -> Result<Option<(Integration, bool)>, EventLogError> {
+    let deleted = match event.event_type.as_str() {
+        event_types::INTEGRATION_SAVED => false,
+        event_types::INTEGRATION_DELETED => true,
+        _ => return Ok(None),
+    };
+    Ok(event
+        .decode::<IntegrationSaved>()?
+        .integration
+        .map(|i| (i, deleted)))
+}
 
 /// Integrations one workspace may have.
 pub const PER_WORKSPACE: usize = 100;
