@@ -132,7 +132,15 @@ impl EventLog {
             let log = self.clone();
             tokio::spawn(async move {
                 while let Some(batch) = log.group.take() {
-                    log.flush(batch).await;
+                    // A flush that panics (a projection's bug) answers its batch with an
+                    // error (their replies dropped) and leaves this flusher running, so
+                    // its slot is never lost and the queue never stalls.
+                    let flushed = std::panic::AssertUnwindSafe(log.flush(batch));
+                    if futures::FutureExt::catch_unwind(flushed).await.is_err() {
+                        tracing::error!(
+                            "an append flush panicked; its appends were answered with an error"
+                        );
+                    }
                 }
             });
         }
