@@ -1007,36 +1007,52 @@ impl<'g> Decider<'g> {
         names.sort();
         for name in names {
             let template = &templates[name];
-            let secure = self
-                .render
-                .reads(template)
-                .iter()
-                .any(|v| v == "secure" || v.starts_with("secure."));
+            let secure = self.reads_secure(template);
             if let (false, Ok(value)) = (secure, self.render.text(template, &vars)) {
                 arguments.insert(name.clone(), Json::String(value));
             }
         }
-        let button = |label: &str, value: &str| ButtonOption {
+        let question = confirmation_question(&id.replace('_', " "), &arguments);
+        self.ask_confirmation(id, key, key, question, CONFIRMATION_SECONDS_DEFAULT);
+        None
+    }
+
+    /// Whether `template` reads the conversation's secure metadata (`secure.*`).
+    fn reads_secure(&self, template: &str) -> bool {
+        self.render
+            .reads(template)
+            .iter()
+            .any(|v| v == "secure" || v.starts_with("secure."))
+    }
+
+    /// Asks the customer `question` with Yes/No buttons whose values name `key` (so a
+    /// click on an older question's Yes is no yes to this one), and waits for the answer
+    /// to `call_id` until `timeout_seconds` from now.
+    fn ask_confirmation(
+        &mut self,
+        node: &str,
+        key: &str,
+        call_id: &str,
+        question: String,
+        timeout_seconds: u32,
+    ) {
+        let button = |label: &str, yes: bool| ButtonOption {
             label: label.into(),
-            value: value.into(),
+            value: confirmation_value(key, yes),
             ..Default::default()
         };
         self.emit(RunEvent::MessageSent {
-            node: id.to_owned(),
-            text: confirmation_question(&id.replace('_', " "), &arguments),
-            buttons: vec![
-                button("Yes", &confirmation_value(key, true)),
-                button("No", &confirmation_value(key, false)),
-            ],
+            node: node.to_owned(),
+            text: question,
+            buttons: vec![button("Yes", true), button("No", false)],
             form: Vec::new(),
         });
         self.emit(RunEvent::ConfirmationAsked {
-            node: id.to_owned(),
-            call_id: key.to_owned(),
+            node: node.to_owned(),
+            call_id: call_id.to_owned(),
             asked_at: self.now,
-            due_at: self.now + i64::from(CONFIRMATION_SECONDS_DEFAULT) * 1_000_000,
+            due_at: self.now + i64::from(timeout_seconds) * 1_000_000,
         });
-        None
     }
 
     /// The customer's answer to a flow node's confirmation: a yes runs the action again,
@@ -1050,11 +1066,7 @@ impl<'g> Decider<'g> {
         clicked: bool,
     ) -> Option<String> {
         let id = self.run.at.clone();
-        let yes = if clicked {
-            text == confirmation_value(key, true)
-        } else {
-            is_yes(text)
-        };
+        let yes = confirms(key, text, clicked);
         self.emit(RunEvent::ConfirmationAnswered {
             node: id.clone(),
             call_id: key.to_owned(),
@@ -1314,28 +1326,8 @@ impl<'g> Decider<'g> {
                     0 => CONFIRMATION_SECONDS_DEFAULT,
                     s => s.min(CONFIRMATION_SECONDS_MAX),
                 };
-                let button = |label: &str, value: &str| ButtonOption {
-                    label: label.into(),
-                    value: value.into(),
-                    ..Default::default()
-                };
-                self.emit(RunEvent::MessageSent {
-                    node: id.to_owned(),
-                    text: confirmation_question(&call.name, arguments),
-                    // Values of this call alone: a click on an older question's Yes is no
-                    // yes to this one.
-                    buttons: vec![
-                        button("Yes", &confirmation_value(&call.key, true)),
-                        button("No", &confirmation_value(&call.key, false)),
-                    ],
-                    form: Vec::new(),
-                });
-                self.emit(RunEvent::ConfirmationAsked {
-                    node: id.to_owned(),
-                    call_id: call.call_id.clone(),
-                    asked_at: self.now,
-                    due_at: self.now + i64::from(timeout) * 1_000_000,
-                });
+                let question = confirmation_question(&call.name, arguments);
+                self.ask_confirmation(id, &call.key, &call.call_id, question, timeout);
                 return None;
             }
             // The node's sealed inputs go to actions (rendered there from secure
@@ -1382,11 +1374,7 @@ impl<'g> Decider<'g> {
             .and_then(|a| a.calls.iter().find(|c| c.call_id == call_id))
             .map(|c| c.key.clone())
             .unwrap_or_default();
-        let yes = if clicked {
-            text == confirmation_value(&key, true)
-        } else {
-            is_yes(text)
-        };
+        let yes = confirms(&key, text, clicked);
         self.emit(RunEvent::ConfirmationAnswered {
             node: id.clone(),
             call_id: call_id.to_owned(),
@@ -1431,11 +1419,7 @@ impl<'g> Decider<'g> {
         let mut inputs = BTreeMap::new();
         let mut sealed_inputs = BTreeMap::new();
         for (name, template) in templates {
-            let reads_secure = self
-                .render
-                .reads(template)
-                .iter()
-                .any(|v| v == "secure" || v.starts_with("secure."));
+            let reads_secure = self.reads_secure(template);
             if reads_secure {
                 sealed_inputs.insert((*name).clone(), (*template).clone());
                 continue;
@@ -1609,6 +1593,16 @@ pub fn confirmed_key(key: &str) -> String {
 /// The value a confirmation's Yes or No button sends back for the call `key`.
 fn confirmation_value(key: &str, yes: bool) -> String {
     format!("{}:{key}", if yes { "yes" } else { "no" })
+}
+
+/// Whether a reply to the confirmation of `key` says yes: a click on its Yes button, or
+/// typed words for yes.
+fn confirms(key: &str, text: &str, clicked: bool) -> bool {
+    if clicked {
+        text == confirmation_value(key, true)
+    } else {
+        is_yes(text)
+    }
 }
 
 /// Whether a reply to a confirmation is a yes (a button's `yes` or the words for it).
